@@ -1,0 +1,3 @@
+from dscoder.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,257 @@
+"""The `dscoder` command: one short function per subcommand (load config, build, run, save).
+
+Heavy libraries (torch, transformers) are imported inside the commands, so `dscoder --help`
+answers at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections import Counter
+from pathlib import Path
+
+from dscoder import __version__
+from dscoder.errors import UserError
+
+log = logging.getLogger("dscoder")
+
+
+# --- tokenizer -------------------------------------------------------------------------------
+
+def cmd_tokenizer_train(args: argparse.Namespace) -> int:
+    from dscoder import tokenizer
+    from dscoder.artifacts import output_dir, write_manifest
+    from dscoder.data.sources import read_texts
+
+    _refuse_existing(args.out, args.force)
+    skips: Counter = Counter()
+    texts = read_texts(args.inputs, skips, args.max_bytes)
+    if not texts:
+        raise UserError("no text files found in the inputs")
+    log.info("training a %d-token BPE vocabulary on %d files (%.1f MB)", args.vocab_size,
+             len(texts), sum(map(len, texts)) / 1e6)
+    tok = tokenizer.train(texts, args.vocab_size, args.min_frequency, length=len(texts))
+    with output_dir(args.out, args.force) as out:
+        tokenizer.save(tok, out)
+        write_manifest(out, "tokenizer", method="train", inputs=[str(p) for p in args.inputs],
+                       config={"vocab_size": args.vocab_size, "min_frequency": args.min_frequency,
+                               "max_bytes": args.max_bytes},
+                       files=len(texts), skipped=dict(skips))
+    print(f"tokenizer: {args.out} ({tok.get_vocab_size()} tokens)")
+    return 0
+
+
+def cmd_tokenizer_import_gguf(args: argparse.Namespace) -> int:
+    from dscoder import tokenizer
+    from dscoder.artifacts import output_dir, write_manifest
+
+    _refuse_existing(args.out, args.force)
+    tok, facts = tokenizer.from_gguf(args.file)
+    with output_dir(args.out, args.force) as out:
+        tokenizer.save(tok, out, eos_token=facts["eos_token"], add_bos_token=facts["add_bos_token"])
+        write_manifest(out, "tokenizer", method="import-gguf", inputs=[str(args.file)], facts=facts)
+    print(f"tokenizer: {args.out} ({tok.get_vocab_size()} tokens, embedding rows {facts['vocab_size']})")
+    return 0
+
+
+# --- model -----------------------------------------------------------------------------------
+
+def cmd_model_init(args: argparse.Namespace) -> int:
+    from dscoder import config, model, tokenizer
+    from dscoder.artifacts import output_dir, write_manifest
+
+    _refuse_existing(args.out, args.force)
+    preset = model.get_preset(args.preset)
+    cfg = config.load(preset.config, args.config, config.parse_overrides(args.extra), section="model")
+    tok = tokenizer.load(args.tokenizer)
+    hf_cfg = model.hf_config(cfg, tok)
+    with output_dir(args.out, args.force) as out:
+        net = None if args.no_weights else model.build(hf_cfg, seed=args.seed)
+        model.save(out, hf_cfg, args.tokenizer, net)
+        write_manifest(out, "model", method="init", preset=args.preset, config=config.to_dict(cfg),
+                       tokenizer=str(args.tokenizer), seed=args.seed, weights=not args.no_weights)
+    total = model.count_parameters(hf_cfg)["total"]
+    print(f"model: {args.out} ({args.preset}, {total / 1e6:,.1f}M parameters"
+          f"{', config only' if args.no_weights else ''})")
+    return 0
+
+
+def cmd_model_info(args: argparse.Namespace) -> int:
+    from dscoder import model
+
+    info = model.describe(args.model)
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    p, lay = info["parameters"], info["layout"]
+    saved = info["saved_parameters"]
+    print(f"model       {args.model} ({info['architecture']}, {lay['dtype']})")
+    print(f"parameters  {p['total']:,} ({p['total'] / 1e9:.2f} B)"
+          + ("" if saved is None else f"; weights file holds {saved:,}")
+          + ("" if saved is not None else "; no weights saved"))
+    print(f"            embedding {p['embedding']:,}  attention {p['attention']:,}  mlp {p['mlp']:,}"
+          f"  norms {p['norms']:,}  lm_head {p['lm_head']:,}")
+    gqa = "" if lay["num_key_value_heads"] == lay["num_attention_heads"] else " (grouped-query)"
+    print(f"layout      {lay['num_hidden_layers']} layers, hidden {lay['hidden_size']}, "
+          f"ffn {lay['intermediate_size']}, heads {lay['num_attention_heads']} / kv "
+          f"{lay['num_key_value_heads']}{gqa}, head_dim {lay['head_dim']}")
+    tokens = "" if lay["tokenizer_tokens"] is None else f" ({lay['tokenizer_tokens']:,} tokenizer tokens)"
+    print(f"vocabulary  {lay['vocab_size']:,} embedding rows{tokens}; bos {lay['bos_token_id']}, "
+          f"eos {lay['eos_token_id']}")
+    rope = f"RoPE theta {lay['rope_theta']:g}"
+    if lay["rope_type"] != "default":
+        rope += f", {lay['rope_type']} scaling x{lay['rope_factor']:g}"
+    print(f"context     {lay['max_position_embeddings']:,} positions; {rope}")
+    weights = "  ".join(f"{k} {human_bytes(v)}" for k, v in info["weight_bytes"].items())
+    print(f"weights     {weights}")
+    print(f"kv cache    {human_bytes(info['kv_cache_bytes_per_token_bf16'])} per token in bfloat16; "
+          f"{human_bytes(info['kv_cache_bytes_full_context_bf16'])} at full context")
+    print(f"training    {human_bytes(info['adamw_training_bytes'])} for fp32 weights, gradients and "
+          f"AdamW moments (before activations)")
+    return 0
+
+
+def cmd_model_presets(args: argparse.Namespace) -> int:
+    from dscoder import model
+
+    for name, preset in model.PRESETS.items():
+        c = preset.config
+        print(f"{name:22s} {c.num_hidden_layers:3d} layers  hidden {c.hidden_size:5d}  heads "
+              f"{c.num_attention_heads:3d}/{c.num_key_value_heads:<3d} context {c.max_position_embeddings:6d}"
+              f"  lr {preset.max_lr:g}  {preset.about}")
+    return 0
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
+        n /= 1024
+    raise AssertionError("unreachable")
+
+
+# --- quickstart ------------------------------------------------------------------------------
+
+def cmd_quickstart(args: argparse.Namespace) -> int:
+    from dscoder import quickstart
+
+    quickstart.run(Path(args.out), force=args.force, max_bytes=args.corpus_mb * 1_000_000)
+    return 0
+
+
+# --- plumbing --------------------------------------------------------------------------------
+
+def _refuse_existing(path: str | Path, force: bool) -> None:
+    """Fail before any work when the output folder exists (output_dir checks again at the end)."""
+    if Path(path).exists() and not force:
+        raise UserError(f"{path} already exists (use --force to replace it)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="dscoder",
+        description="DeepSeek-Coder end to end: tokenizer, model presets and (as they land) data, "
+        "training, inference, serving and evaluation.",
+    )
+    parser.add_argument("--version", action="version", version=f"dscoder {__version__}")
+    parser.add_argument("-q", "--quiet", action="store_true", help="only print warnings and results")
+    groups = parser.add_subparsers(dest="group", metavar="COMMAND", required=True)
+
+    tok = groups.add_parser("tokenizer", help="train or import a DeepSeek-Coder tokenizer")
+    tok_cmds = tok.add_subparsers(dest="command", metavar="SUBCOMMAND", required=True)
+    p = tok_cmds.add_parser(
+        "train", help="learn a byte-level BPE vocabulary on code files and folders",
+        description="Learn a byte-level BPE vocabulary (DeepSeek pre-tokenizer) on code files and "
+        "folders; the DeepSeek added tokens (BOS, EOS, FIM, pad, User/Assistant, EOT) follow it.")
+    p.add_argument("inputs", nargs="+", type=Path, metavar="INPUT", help="code file or folder")
+    p.add_argument("--vocab-size", type=int, required=True,
+                   help="learned tokens, byte alphabet included (the released vocabulary has 32000)")
+    p.add_argument("--min-frequency", type=int, default=2, help="least count for a merge (default 2)")
+    p.add_argument("--max-bytes", type=int, default=None,
+                   help="stop reading files after this many characters (default: read all)")
+    p.add_argument("--out", type=Path, required=True, help="tokenizer folder to write")
+    p.add_argument("--force", action="store_true", help="replace --out if it exists")
+    p.set_defaults(func=cmd_tokenizer_train)
+
+    p = tok_cmds.add_parser(
+        "import-gguf", help="convert a llama.cpp GGUF vocabulary into Hugging Face tokenizer files",
+        description="Convert a llama.cpp vocabulary file (e.g. ggml-vocab-deepseek-coder.gguf) into "
+        "Hugging Face tokenizer files with the released ids, added tokens and chat template.")
+    p.add_argument("file", type=Path, metavar="FILE", help="GGUF file with a tokenizer")
+    p.add_argument("--out", type=Path, required=True, help="tokenizer folder to write")
+    p.add_argument("--force", action="store_true", help="replace --out if it exists")
+    p.set_defaults(func=cmd_tokenizer_import_gguf)
+
+    mod = groups.add_parser("model", help="create and inspect model folders")
+    mod_cmds = mod.add_subparsers(dest="command", metavar="SUBCOMMAND", required=True)
+    p = mod_cmds.add_parser(
+        "init", help="write a freshly initialised model folder from a preset",
+        description="Write a Hugging Face model folder (config.json, model.safetensors, "
+        "generation_config.json, tokenizer files) for a preset. Any architecture field can be "
+        "changed with --model.FIELD=VALUE (e.g. --model.num_hidden_layers=2) or a TOML file's "
+        "[model] section.")
+    p.add_argument("--preset", required=True, help="preset name (see `dscoder model presets`)")
+    p.add_argument("--tokenizer", type=Path, required=True, help="tokenizer folder")
+    p.add_argument("--out", type=Path, required=True, help="model folder to write")
+    p.add_argument("--config", type=Path, help="TOML file whose [model] section overrides the preset")
+    p.add_argument("--no-weights", action="store_true",
+                   help="write only the config and tokenizer files (inspect a 33B layout on a laptop)")
+    p.add_argument("--seed", type=int, default=0, help="initialisation seed (default 0)")
+    p.add_argument("--force", action="store_true", help="replace --out if it exists")
+    p.set_defaults(func=cmd_model_init, overrides=True)
+
+    p = mod_cmds.add_parser("info", help="parameters, layout and memory of a model folder",
+                            description="Print parameters, layout and memory at each dtype of a "
+                            "model folder (ours or a released DeepSeek-Coder download).")
+    p.add_argument("model", type=Path, metavar="DIR", help="model folder")
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
+    p.set_defaults(func=cmd_model_info)
+
+    p = mod_cmds.add_parser("presets", help="list the model presets")
+    p.set_defaults(func=cmd_model_presets)
+
+    p = groups.add_parser(
+        "quickstart", help="the demo: tokenizer and tiny model from this machine's Python code",
+        description="Train a tokenizer on this machine's installed Python code, build a tiny "
+        "model, save it, load it back through transformers and print a completion. Finished "
+        "stages are reused when run again.")
+    p.add_argument("--out", type=Path, default=Path("runs/quickstart"), help="output folder (default runs/quickstart)")
+    p.add_argument("--corpus-mb", type=int, default=16, help="megabytes of code to read (default 16)")
+    p.add_argument("--force", action="store_true", help="redo every stage")
+    p.set_defaults(func=cmd_quickstart)
+    return parser
+
+
+def _log_to_stderr(level: int) -> None:
+    """Progress and skip counts go to stderr as plain lines; results go to stdout."""
+    for handler in list(log.handlers):
+        log.removeHandler(handler)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    log.addHandler(handler)
+    log.setLevel(level)
+    log.propagate = False
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and not getattr(args, "overrides", False):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    args.extra = extra
+    _log_to_stderr(logging.WARNING if args.quiet else logging.INFO)
+    try:
+        return args.func(args)
+    except UserError as exc:
+        print(f"dscoder: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("dscoder: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

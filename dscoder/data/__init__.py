@@ -1,0 +1,1 @@
+"""Repository-level code data: sources, languages and (later) the pipeline steps."""

@@ -1,0 +1,294 @@
+"""Model presets and the model folder format.
+
+DeepSeek-Coder ships as `LlamaForCausalLM` (reference/deepseek-coder.md, "Model"): RMSNorm,
+SwiGLU, RoPE, untied embeddings, head_dim 128. The released 1.3B/6.7B/33B configs and tiny CPU
+presets live in one table. A model folder is a Hugging Face folder (config.json,
+model.safetensors, generation_config.json, tokenizer files) in the released layout, so our
+checkpoints and the released ones are interchangeable.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from dscoder import tokenizer as tokenizer_lib
+from dscoder.errors import UserError
+
+DType = Literal["float32", "bfloat16", "float16"]
+RELEASED_VOCAB_TOKENS = 32022  # learned 32,000 + 22 added tokens in the released tokenizer
+RELEASED_EMBEDDING_ROWS = 32256
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The architecture of a Llama-style DeepSeek-Coder model."""
+
+    hidden_size: int
+    """Width of the residual stream."""
+    intermediate_size: int
+    """Width of the SwiGLU feed-forward layer."""
+    num_hidden_layers: int
+    """Number of transformer blocks."""
+    num_attention_heads: int
+    """Query heads per block."""
+    num_key_value_heads: int
+    """Key/value heads per block (fewer than query heads means grouped-query attention)."""
+    max_position_embeddings: int = 16384
+    """Longest sequence the positions are set up for."""
+    rope_theta: float = 100000.0
+    """RoPE base frequency."""
+    rope_factor: float = 4.0
+    """Linear RoPE scaling factor (1.0: no scaling); the released models use 4 after the long-context step."""
+    rms_norm_eps: float = 1e-6
+    """RMSNorm epsilon."""
+    dtype: DType = "bfloat16"
+    """Parameter dtype the weights are created and saved in."""
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_attention_heads
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A named model size with the learning rate it was trained at."""
+
+    config: ModelConfig
+    max_lr: float
+    about: str
+
+
+PRESETS: dict[str, Preset] = {
+    "deepseek-coder-1.3b": Preset(
+        ModelConfig(hidden_size=2048, intermediate_size=5504, num_hidden_layers=24,
+                    num_attention_heads=16, num_key_value_heads=16),
+        max_lr=5.3e-4, about="released 1.3B layout"),
+    "deepseek-coder-6.7b": Preset(
+        ModelConfig(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
+                    num_attention_heads=32, num_key_value_heads=32),
+        max_lr=4.2e-4, about="released 6.7B layout"),
+    "deepseek-coder-33b": Preset(
+        ModelConfig(hidden_size=7168, intermediate_size=19200, num_hidden_layers=62,
+                    num_attention_heads=56, num_key_value_heads=8),
+        max_lr=3.5e-4, about="released 33B layout (grouped-query attention)"),
+    # CPU presets: pretraining-time layouts (no RoPE scaling yet; `train extend` adds it).
+    "tiny": Preset(
+        ModelConfig(hidden_size=128, intermediate_size=352, num_hidden_layers=4,
+                    num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=1024,
+                    rope_factor=1.0, dtype="float32"),
+        max_lr=1e-3, about="a few million parameters; trains in minutes on 2 CPU cores"),
+    "small": Preset(
+        ModelConfig(hidden_size=512, intermediate_size=1376, num_hidden_layers=8,
+                    num_attention_heads=8, num_key_value_heads=8, max_position_embeddings=2048,
+                    rope_factor=1.0, dtype="float32"),
+        max_lr=6e-4, about="tens of millions of parameters; a CPU-sized real model"),
+}
+
+
+def get_preset(name: str) -> Preset:
+    if name not in PRESETS:
+        raise UserError(f"unknown preset {name!r} (choose from: {', '.join(PRESETS)})")
+    return PRESETS[name]
+
+
+def embedding_rows(num_tokens: int) -> int:
+    """Rows of the (padded) embedding: 32,256 for the released vocabulary, as released; a
+    multiple of 64 for trained vocabularies (friendly to matrix kernels)."""
+    if num_tokens == RELEASED_VOCAB_TOKENS:
+        return RELEASED_EMBEDDING_ROWS
+    return 64 * math.ceil(num_tokens / 64)
+
+
+def hf_config(cfg: ModelConfig, tokenizer):
+    """The transformers `LlamaConfig` for `cfg` with the tokenizer's vocabulary and ids."""
+    from transformers import LlamaConfig
+
+    if cfg.hidden_size % cfg.num_attention_heads or cfg.num_attention_heads % cfg.num_key_value_heads:
+        raise UserError(
+            f"hidden_size {cfg.hidden_size}, num_attention_heads {cfg.num_attention_heads} and "
+            f"num_key_value_heads {cfg.num_key_value_heads} must divide evenly"
+        )
+    rope_scaling = {"type": "linear", "factor": cfg.rope_factor} if cfg.rope_factor != 1.0 else None
+    return LlamaConfig(
+        vocab_size=embedding_rows(len(tokenizer)),
+        hidden_size=cfg.hidden_size,
+        intermediate_size=cfg.intermediate_size,
+        num_hidden_layers=cfg.num_hidden_layers,
+        num_attention_heads=cfg.num_attention_heads,
+        num_key_value_heads=cfg.num_key_value_heads,
+        head_dim=cfg.head_dim,
+        hidden_act="silu",
+        max_position_embeddings=cfg.max_position_embeddings,
+        rms_norm_eps=cfg.rms_norm_eps,
+        rope_theta=cfg.rope_theta,
+        rope_scaling=rope_scaling,
+        tie_word_embeddings=False,
+        attention_bias=False,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=None,
+        torch_dtype=cfg.dtype,
+        architectures=["LlamaForCausalLM"],
+    )
+
+
+def build(hf_cfg, seed: int = 0):
+    """A freshly initialised `LlamaForCausalLM` in the config's dtype."""
+    import torch
+    from transformers import LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(hf_cfg)
+    return model.to(getattr(torch, _dtype_name(hf_cfg)))
+
+
+def _dtype_name(hf_cfg) -> str:
+    dtype = getattr(hf_cfg, "dtype", None) or getattr(hf_cfg, "torch_dtype", None) or "float32"
+    return str(dtype).removeprefix("torch.")
+
+
+def save(folder: str | Path, hf_cfg, tokenizer_dir: str | Path, model=None) -> None:
+    """Write a model folder: config and generation config in the released layout, the weights
+    (when `model` is given) as safetensors, and the tokenizer files copied from `tokenizer_dir`."""
+    from transformers import GenerationConfig
+
+    folder = Path(folder)
+    if model is not None:
+        model.save_pretrained(folder, safe_serialization=True)
+    else:
+        hf_cfg.save_pretrained(folder)
+        GenerationConfig.from_model_config(hf_cfg).save_pretrained(folder)
+    write_released_rope_keys(folder / "config.json")
+    for name in tokenizer_lib.TOKENIZER_FILES:
+        shutil.copyfile(Path(tokenizer_dir, name), folder / name)
+
+
+def write_released_rope_keys(config_path: Path) -> None:
+    """Add the released `rope_theta` / `rope_scaling` keys beside transformers 5's
+    `rope_parameters`, so tools that read the released layout (vLLM, llama.cpp's converter)
+    see the same RoPE settings."""
+    data = json.loads(config_path.read_text(encoding="utf-8"))
+    rope = data.get("rope_parameters") or {}
+    data["rope_theta"] = rope.get("rope_theta", data.get("rope_theta", 10000.0))
+    kind = rope.get("rope_type", "default")
+    data["rope_scaling"] = None if kind == "default" else {"type": kind, "factor": rope.get("factor", 1.0)}
+    data.setdefault("torch_dtype", data.get("dtype"))
+    config_path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
+def load_config(folder: str | Path):
+    """The transformers config of a model folder (ours or a released download)."""
+    from transformers import AutoConfig
+
+    folder = Path(folder)
+    if not (folder / "config.json").is_file():
+        raise UserError(f"{folder}: not a model folder (no config.json)")
+    try:
+        return AutoConfig.from_pretrained(str(folder), local_files_only=True)
+    except Exception as exc:
+        raise UserError(f"{folder}/config.json: cannot be read ({type(exc).__name__}: {exc})") from None
+
+
+def load(folder: str | Path, dtype: str | None = None, device: str = "cpu"):
+    """`(model, tokenizer)` from a model folder, in eval mode."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    folder = Path(folder)
+    load_config(folder)
+    if not any(folder.glob("*.safetensors")) and not any(folder.glob("*.bin")):
+        raise UserError(f"{folder}: has no weights (made with --no-weights?)")
+    kwargs = {"dtype": getattr(torch, dtype)} if dtype else {"dtype": "auto"}
+    try:
+        model = AutoModelForCausalLM.from_pretrained(str(folder), local_files_only=True, **kwargs)
+    except Exception as exc:
+        raise UserError(f"{folder}: cannot load the model ({type(exc).__name__}: {exc})") from None
+    return model.to(device).eval(), tokenizer_lib.load(folder)
+
+
+def count_parameters(hf_cfg) -> dict[str, int]:
+    """Parameters by part, computed from the config alone (works for --no-weights folders)."""
+    hidden, layers = hf_cfg.hidden_size, hf_cfg.num_hidden_layers
+    head_dim = getattr(hf_cfg, "head_dim", None) or hidden // hf_cfg.num_attention_heads
+    q = hf_cfg.num_attention_heads * head_dim
+    kv = hf_cfg.num_key_value_heads * head_dim
+    attention = hidden * q + 2 * hidden * kv + q * hidden
+    if getattr(hf_cfg, "attention_bias", False):
+        attention += q + 2 * kv + hidden
+    mlp = 3 * hidden * hf_cfg.intermediate_size
+    embedding = hf_cfg.vocab_size * hidden
+    parts = {
+        "embedding": embedding,
+        "attention": layers * attention,
+        "mlp": layers * mlp,
+        "norms": layers * 2 * hidden + hidden,
+        "lm_head": 0 if hf_cfg.tie_word_embeddings else embedding,
+    }
+    parts["total"] = sum(parts.values())
+    return parts
+
+
+def count_saved_parameters(folder: str | Path) -> int | None:
+    """Elements stored in the folder's safetensors files (None without weights), read from the
+    file headers only."""
+    from safetensors import safe_open
+
+    files = sorted(Path(folder).glob("*.safetensors"))
+    if not files:
+        return None
+    total = 0
+    for file in files:
+        try:
+            with safe_open(str(file), framework="pt") as f:
+                for name in f.keys():
+                    total += math.prod(f.get_slice(name).get_shape())
+        except Exception as exc:
+            raise UserError(f"{file}: unreadable weights ({type(exc).__name__}: {exc})") from None
+    return total
+
+
+BYTES_PER_PARAMETER = {"float32": 4, "bfloat16": 2, "int8": 1, "int4": 0.5}
+
+
+def describe(folder: str | Path) -> dict:
+    """What `dscoder model info` shows: parameters, layout and memory at each dtype."""
+    cfg = load_config(folder)
+    params = count_parameters(cfg)
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    rope = getattr(cfg, "rope_parameters", None) or {}
+    kv_bytes_per_token = 2 * cfg.num_hidden_layers * cfg.num_key_value_heads * head_dim * 2
+    tokenizer_tokens = None
+    if (Path(folder) / "tokenizer.json").is_file():
+        tokenizer_tokens = len(tokenizer_lib.load(folder))
+    return {
+        "architecture": (cfg.architectures or [type(cfg).__name__])[0],
+        "parameters": params,
+        "saved_parameters": count_saved_parameters(folder),
+        "layout": {
+            "num_hidden_layers": cfg.num_hidden_layers,
+            "hidden_size": cfg.hidden_size,
+            "intermediate_size": cfg.intermediate_size,
+            "num_attention_heads": cfg.num_attention_heads,
+            "num_key_value_heads": cfg.num_key_value_heads,
+            "head_dim": head_dim,
+            "vocab_size": cfg.vocab_size,
+            "tokenizer_tokens": tokenizer_tokens,
+            "max_position_embeddings": cfg.max_position_embeddings,
+            "rope_theta": rope.get("rope_theta", getattr(cfg, "rope_theta", None)),
+            "rope_type": rope.get("rope_type", "default"),
+            "rope_factor": rope.get("factor", 1.0),
+            "bos_token_id": cfg.bos_token_id,
+            "eos_token_id": cfg.eos_token_id,
+            "dtype": _dtype_name(cfg),
+        },
+        "weight_bytes": {k: int(params["total"] * v) for k, v in BYTES_PER_PARAMETER.items()},
+        "kv_cache_bytes_per_token_bf16": kv_bytes_per_token,
+        "kv_cache_bytes_full_context_bf16": kv_bytes_per_token * cfg.max_position_embeddings,
+        # fp32 weights + fp32 gradients + two fp32 AdamW moments, before activations
+        "adamw_training_bytes": params["total"] * 16,
+    }

@@ -1,0 +1,149 @@
+"""The `dscoder` command as a user runs it: results, refusals and one-line errors."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from dscoder.cli import main
+
+from conftest import GGUF, STDLIB, need_shared
+
+
+def run(capsys, *argv):
+    code = main(list(map(str, argv)))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def assert_one_line_error(code, err, *needles):
+    assert code == 2
+    lines = [l for l in err.strip().splitlines() if l.startswith("dscoder: error:")]
+    assert len(lines) == 1, err
+    assert "Traceback" not in err
+    for needle in needles:
+        assert needle in lines[0]
+
+
+def no_partials(folder):
+    return not [p for p in folder.iterdir() if ".partial-" in p.name]
+
+
+def test_import_gguf_then_refuse_existing_then_force(capsys, tmp_path):
+    need_shared(GGUF)
+    out = tmp_path / "tok"
+    code, stdout, _ = run(capsys, "tokenizer", "import-gguf", GGUF, "--out", out)
+    assert code == 0 and "32022 tokens" in stdout
+    assert json.loads((out / "dscoder.json").read_text())["kind"] == "tokenizer"
+    before = (out / "tokenizer.json").stat().st_mtime_ns
+    code, _, err = run(capsys, "tokenizer", "import-gguf", GGUF, "--out", out)
+    assert_one_line_error(code, err, "already exists", "--force")
+    assert (out / "tokenizer.json").stat().st_mtime_ns == before
+    code, _, _ = run(capsys, "tokenizer", "import-gguf", GGUF, "--out", out, "--force")
+    assert code == 0 and no_partials(tmp_path)
+
+
+def test_missing_and_corrupt_gguf(capsys, tmp_path):
+    code, _, err = run(capsys, "tokenizer", "import-gguf", tmp_path / "missing.gguf", "--out", tmp_path / "a")
+    assert_one_line_error(code, err, "not found", "missing.gguf")
+    bad = tmp_path / "bad.gguf"
+    bad.write_bytes(b"GGUF" + b"\xff" * 64)
+    code, _, err = run(capsys, "tokenizer", "import-gguf", bad, "--out", tmp_path / "b")
+    assert_one_line_error(code, err, "bad.gguf")
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists() and no_partials(tmp_path)
+
+
+def test_tokenizer_train_on_a_folder_with_bad_files(capsys, tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    for path in sorted((STDLIB / "json").glob("*.py")):
+        (src / path.name).write_bytes(path.read_bytes())
+    (src / "blob.py").write_bytes(b"\x00\x01\x02binary")
+    (src / "latin1.py").write_bytes("s = 'caf\xe9'\n".encode("latin-1"))
+    out = tmp_path / "tok"
+    code, stdout, err = run(capsys, "tokenizer", "train", src, "--vocab-size", "500", "--out", out)
+    assert code == 0, err
+    assert "binary 1" in err and "non_utf8_decoded_latin1 1" in err
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(out)
+    assert len(tok) == 509
+
+
+def test_tokenizer_train_refuses_a_tiny_vocabulary(capsys, tmp_path):
+    code, _, err = run(capsys, "tokenizer", "train", STDLIB / "json", "--vocab-size", "5", "--out", tmp_path / "t")
+    assert_one_line_error(code, err, "--vocab-size 5")
+    assert not (tmp_path / "t").exists()
+
+
+def test_tokenizer_train_missing_input(capsys, tmp_path):
+    code, _, err = run(capsys, "tokenizer", "train", tmp_path / "nowhere", "--vocab-size", "300", "--out", tmp_path / "t")
+    assert_one_line_error(code, err, "input not found")
+
+
+def test_model_init_with_overrides_and_info(capsys, tmp_path, trained_tokenizer_dir):
+    toml = tmp_path / "m.toml"
+    toml.write_text("[model]\nhidden_size = 64\nintermediate_size = 160\n")
+    out = tmp_path / "m"
+    code, stdout, err = run(capsys, "model", "init", "--preset", "tiny", "--tokenizer", trained_tokenizer_dir,
+                            "--out", out, "--config", toml, "--model.num_hidden_layers=2",
+                            "--model.intermediate_size", "192")
+    assert code == 0, err
+    cfg = json.loads((out / "config.json").read_text())
+    assert (cfg["hidden_size"], cfg["intermediate_size"], cfg["num_hidden_layers"]) == (64, 192, 2)
+    record = json.loads((out / "dscoder.json").read_text())
+    assert record["config"]["num_hidden_layers"] == 2 and record["preset"] == "tiny"
+
+    code, stdout, _ = run(capsys, "model", "info", out)
+    assert code == 0 and "2 layers, hidden 64" in stdout and "float32" in stdout
+    code, stdout, _ = run(capsys, "model", "info", out, "--json")
+    info = json.loads(stdout)
+    assert info["saved_parameters"] == info["parameters"]["total"]
+
+
+def test_model_init_errors(capsys, tmp_path, trained_tokenizer_dir):
+    base = ["model", "init", "--tokenizer", trained_tokenizer_dir]
+    code, _, err = run(capsys, *base, "--preset", "huge", "--out", tmp_path / "a")
+    assert_one_line_error(code, err, "unknown preset 'huge'")
+    code, _, err = run(capsys, *base, "--preset", "tiny", "--out", tmp_path / "b", "--model.hiden_size=3")
+    assert_one_line_error(code, err, "unknown setting 'model.hiden_size'")
+    code, _, err = run(capsys, *base, "--preset", "tiny", "--out", tmp_path / "c", "--model.hidden_size=big")
+    assert_one_line_error(code, err, "model.hidden_size", "expected int")
+    code, _, err = run(capsys, *base, "--preset", "tiny", "--out", tmp_path / "d", "--train.lr=1")
+    assert_one_line_error(code, err, "--train.lr")
+    code, _, err = run(capsys, "model", "init", "--preset", "tiny", "--tokenizer", tmp_path, "--out", tmp_path / "e")
+    assert_one_line_error(code, err, "no tokenizer files")
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_no_weights_33b_layout(capsys, tmp_path, deepseek_tokenizer_dir):
+    out = tmp_path / "33b"
+    code, stdout, _ = run(capsys, "model", "init", "--preset", "deepseek-coder-33b", "--tokenizer",
+                          deepseek_tokenizer_dir, "--out", out, "--no-weights")
+    assert code == 0 and "config only" in stdout
+    assert sorted(p.name for p in out.iterdir()) == [
+        "config.json", "dscoder.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json"]
+    code, stdout, _ = run(capsys, "model", "info", out)
+    assert "33.34 B" in stdout and "grouped-query" in stdout and "no weights saved" in stdout
+    assert "linear scaling x4" in stdout
+
+
+def test_model_info_on_a_missing_folder(capsys, tmp_path):
+    code, _, err = run(capsys, "model", "info", tmp_path)
+    assert_one_line_error(code, err, "not a model folder")
+
+
+def test_every_command_has_help():
+    for argv in (["--help"], ["tokenizer", "--help"], ["tokenizer", "train", "--help"],
+                 ["tokenizer", "import-gguf", "--help"], ["model", "init", "--help"],
+                 ["model", "info", "--help"], ["model", "presets"], ["quickstart", "--help"]):
+        result = subprocess.run([sys.executable, "-m", "dscoder", *argv], capture_output=True, text=True)
+        assert result.returncode == 0, (argv, result.stderr)
+        assert result.stdout.strip()
+
+
+def test_unknown_flag_is_an_argparse_error(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["model", "info", "x", "--bogus"])
+    assert exc.value.code == 2
