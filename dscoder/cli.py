@@ -89,7 +89,8 @@ def cmd_model_info(args: argparse.Namespace) -> int:
     p, lay = info["parameters"], info["layout"]
     saved = info["saved_parameters"]
     print(f"model       {args.model} ({info['architecture']}, {lay['dtype']})")
-    print(f"parameters  {p['total']:,} ({p['total'] / 1e9:.2f} B)"
+    size = f"{p['total'] / 1e9:.2f} B" if p["total"] >= 1e9 else f"{p['total'] / 1e6:.1f} M"
+    print(f"parameters  {p['total']:,} ({size})"
           + ("" if saved is None else f"; weights file holds {saved:,}")
           + ("" if saved is not None else "; no weights saved"))
     print(f"            embedding {p['embedding']:,}  attention {p['attention']:,}  mlp {p['mlp']:,}"

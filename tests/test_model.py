@@ -102,3 +102,25 @@ def test_folder_without_weights_is_refused_by_load(deepseek_tokenizer_dir, tmp_p
     model.save(tmp_path, model.hf_config(model.get_preset("deepseek-coder-1.3b").config, tok), deepseek_tokenizer_dir)
     with pytest.raises(UserError, match="no weights"):
         model.load(tmp_path)
+
+
+RELEASED_6_7B_CONFIG = {  # config.json of the released deepseek-coder-6.7b-base, as published
+    "_name_or_path": "deepseek-coder-6.7b-base", "architectures": ["LlamaForCausalLM"],
+    "bos_token_id": 32013, "eos_token_id": 32014, "hidden_act": "silu", "hidden_size": 4096,
+    "initializer_range": 0.02, "intermediate_size": 11008, "max_position_embeddings": 16384,
+    "model_type": "llama", "num_attention_heads": 32, "num_hidden_layers": 32,
+    "num_key_value_heads": 32, "pretraining_tp": 1, "rms_norm_eps": 1e-06,
+    "rope_scaling": {"factor": 4.0, "type": "linear"}, "rope_theta": 100000,
+    "tie_word_embeddings": False, "torch_dtype": "bfloat16", "transformers_version": "4.33.1",
+    "use_cache": True, "vocab_size": 32256,
+}
+
+
+def test_describe_reads_a_released_config(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps(RELEASED_6_7B_CONFIG))
+    info = model.describe(tmp_path)
+    assert info["parameters"]["total"] == 6_740_512_768
+    assert info["layout"]["dtype"] == "bfloat16"
+    assert (info["layout"]["rope_type"], info["layout"]["rope_factor"]) == ("linear", 4.0)
+    assert info["weight_bytes"]["bfloat16"] == 2 * 6_740_512_768
+    assert info["saved_parameters"] is None
