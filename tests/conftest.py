@@ -42,3 +42,42 @@ def trained_tokenizer_dir(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("trained-tokenizer")
     tokenizer.save(tok, out)
     return out
+
+
+def write_tree(root: Path, files: dict[str, str]) -> Path:
+    """Create `files` ({relative path: text}) under `root`."""
+    for rel, text in files.items():
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+    return root
+
+
+# Small real-looking repositories, one per dependency language.
+PYTHON_REPO = {
+    "pkg/__init__.py": "from .core import Engine\n\n__all__ = ['Engine']\n",
+    "pkg/core.py": "from .util import clamp\nfrom . import config\n\n\nclass Engine:\n    def run(self, value):\n        return clamp(value, config.LOW, config.HIGH)\n",
+    "pkg/util.py": "def clamp(value, low, high):\n    \"\"\"Keep value inside [low, high].\"\"\"\n    return max(low, min(value, high))\n",
+    "pkg/config.py": "import os\n\nLOW = int(os.environ.get('LOW', '0'))\nHIGH = int(os.environ.get('HIGH', '10'))\n",
+    "pkg/a.py": "from pkg import b\n\n\ndef ping(n):\n    return b.pong(n - 1) if n else 'done'\n",
+    "pkg/b.py": "from pkg import a\n\n\ndef pong(n):\n    return a.ping(n - 1) if n else 'done'\n",
+    "main.py": "import sys\nfrom pkg import Engine\nimport helpers\n\nif __name__ == '__main__':\n    print(Engine().run(int(sys.argv[1])), helpers.greeting())\n",
+    "helpers.py": "def greeting():\n    return 'hello from the helpers module'\n",
+    "README.md": "# Demo\n\nA small package used by the tests: the engine clamps values between bounds.\n",
+}
+
+JAVA_REPO = {
+    "src/main/java/com/acme/model/Shape.java": "package com.acme.model;\n\npublic interface Shape {\n    double area();\n}\n",
+    "src/main/java/com/acme/model/Circle.java": "package com.acme.model;\n\npublic class Circle implements Shape {\n    private final double r;\n    public Circle(double r) { this.r = r; }\n    public double area() { return Math.PI * r * r; }\n}\n",
+    "src/main/java/com/acme/util/Geometry.java": "package com.acme.util;\n\nimport com.acme.model.*;\n\npublic final class Geometry {\n    public static double total(Shape[] shapes) {\n        double sum = 0;\n        for (Shape s : shapes) sum += s.area();\n        return sum;\n    }\n}\n",
+    "src/main/java/com/acme/App.java": "package com.acme;\n\nimport com.acme.model.Circle;\nimport com.acme.model.Shape;\nimport com.acme.util.Geometry;\n\npublic class App {\n    public static void main(String[] args) {\n        Shape[] shapes = { new Circle(1), new Circle(2) };\n        System.out.println(Geometry.total(shapes));\n    }\n}\n",
+}
+
+C_REPO = {
+    "CMakeLists.txt": "cmake_minimum_required(VERSION 3.10)\nproject(calc C)\ninclude_directories(lib/inc)\nadd_executable(calc src/main.c src/ops.c lib/vec.c)\n",
+    "lib/inc/vec.h": "#ifndef VEC_H\n#define VEC_H\ntypedef struct { double x, y; } vec;\nvec vec_add(vec a, vec b);\n#endif\n",
+    "lib/vec.c": "#include \"vec.h\"\n\nvec vec_add(vec a, vec b) {\n    vec r = { a.x + b.x, a.y + b.y };\n    return r;\n}\n",
+    "src/ops.h": "#ifndef OPS_H\n#define OPS_H\n#include <vec.h>\ndouble dot(vec a, vec b);\n#endif\n",
+    "src/ops.c": "#include \"ops.h\"\n\ndouble dot(vec a, vec b) {\n    return a.x * b.x + a.y * b.y;\n}\n",
+    "src/main.c": "#include <stdio.h>\n#include \"ops.h\"\n\nint main(void) {\n    vec a = { 1, 2 }, b = { 3, 4 };\n    printf(\"%f\\n\", dot(vec_add(a, b), b));\n    return 0;\n}\n",
+}

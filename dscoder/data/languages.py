@@ -32,6 +32,7 @@ EXTENSIONS: dict[str, str] = {
     ".hs": "haskell",
     ".sql": "sql",
     ".css": "css", ".scss": "css",
+    ".cmake": "cmake", ".mk": "makefile",
     ".md": "markdown", ".markdown": "markdown", ".rst": "restructuredtext",
     ".json": "json",
     ".yaml": "yaml", ".yml": "yaml",
@@ -47,6 +48,7 @@ FILE_NAMES: dict[str, str] = {
     "makefile": "makefile",
     "Dockerfile": "dockerfile",
     "CMakeLists.txt": "cmake",
+    "go.mod": "gomod",
     "Rakefile": "ruby",
     "Gemfile": "ruby",
 }

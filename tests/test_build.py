@@ -1,0 +1,231 @@
+"""`dscoder data build` end to end: outputs, resume after a kill, engines, bad input."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tarfile
+import time
+
+import pyarrow as pa
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+import pytest
+
+from dscoder.cli import main
+from dscoder.config import apply_overrides
+from dscoder.data import build as build_module
+from dscoder.data.build import build
+from dscoder.data.steps import DataConfig
+from dscoder.errors import UserError
+
+from conftest import C_REPO, JAVA_REPO, PYTHON_REPO, SHARED, STDLIB, need_shared, write_tree
+
+HUMANEVAL = SHARED / "benchmarks" / "HumanEval.jsonl.gz"
+
+
+def read_rows(folder):
+    files = sorted(folder.glob("*.parquet"))
+    return [row for f in files for row in pq.read_table(f).to_pylist()]
+
+
+def corpus_content(out):
+    """Everything a build wrote, in comparable form."""
+    return {
+        "data": sorted(read_rows(out / "data"), key=lambda r: r["id"]),
+        "rejects": sorted(read_rows(out / "rejects"), key=lambda r: (r["repo"], r["path"], r["step"])),
+        "stats": json.loads((out / "stats.json").read_text()),
+        "clusters": (out / "dedup" / "clusters.jsonl").read_text(),
+    }
+
+
+@pytest.fixture(scope="module")
+def sources(tmp_path_factory):
+    root = tmp_path_factory.mktemp("sources")
+    demo = dict(PYTHON_REPO)
+    demo["pkg/broken.py"] = "def broken(:\n    pass\n"
+    demo["pkg/settings.py"] = "API_KEY = 'AKIAIOSFODNN7EXAMPLE'\nADMIN = 'ops@acme-corp.com'\n"
+    write_tree(root / "demo", demo)
+    fork = {k: v.replace("hello from the helpers module", "hello from my fork") for k, v in demo.items()}
+    write_tree(root / "demo-fork", fork)
+    java = write_tree(root / "java-src", JAVA_REPO)
+    with tarfile.open(root / "shapes.tar.gz", "w:gz") as tar:
+        tar.add(java, arcname="shapes")
+    write_tree(root / "calc", C_REPO)
+    subprocess.run(["git", "-C", str(root / "calc"), "init", "-q"], check=True)
+    subprocess.run(["git", "-C", str(root / "calc"), "-c", "user.email=t@e.org", "-c", "user.name=t", "add", "."], check=True)
+    subprocess.run(["git", "-C", str(root / "calc"), "-c", "user.email=t@e.org", "-c", "user.name=t", "commit", "-qm", "c"], check=True)
+    leak = "from typing import List\n\n\ndef has_close_elements(numbers: List[float], threshold: float) -> bool:\n" \
+           '    """ Check if in given list of numbers, are any two numbers closer to each other than\n    given threshold.\n    """\n    return False\n'
+    write_tree(root / "leaky", {"solutions.py": leak, "ok.py": "def fine(x):\n    return x * 2\n"})
+    rows = [
+        {"max_stars_repo_name": "org/tablelib", "max_stars_repo_path": "tablelib/__init__.py", "content": "from .table import Table\n"},
+        {"max_stars_repo_name": "org/tablelib", "max_stars_repo_path": "tablelib/table.py", "content": "class Table:\n    def __init__(self, rows):\n        self.rows = list(rows)\n"},
+        {"max_stars_repo_name": "org/other", "max_stars_repo_path": "main.py", "content": "print('another repository entirely')\n"},
+    ]
+    pq.write_table(pa.Table.from_pylist(rows[:2]), root / "stack-python-0.parquet")
+    (root / "stack-python-1.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[2:]))
+    return root
+
+
+def source_args(root):
+    return [root / "demo", root / "demo-fork", root / "shapes.tar.gz", root / "calc", root / "leaky",
+            root / "stack-python-0.parquet", root / "stack-python-1.jsonl"]
+
+
+def test_build_outputs(sources, tmp_path, capsys):
+    need_shared(HUMANEVAL)
+    out = tmp_path / "corpus"
+    argv = ["data", "build", "--out", str(out), "--workers", "1", "--decontaminate", str(HUMANEVAL), "--"]
+    assert main(argv + [str(p) for p in source_args(sources)]) == 0
+    stdout = capsys.readouterr().out
+    assert "dropped at dedup" in stdout and "corpus:" in stdout
+
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["kind"] == "corpus" and manifest["complete"] and not (out / "work").exists()
+    table = ds.dataset(out / "data", format="parquet").to_table()
+    assert set(table.column_names) >= {"id", "repo", "paths", "languages", "text", "n_chars", "source"}
+    samples = {r["id"]: r for r in table.to_pylist()}
+    by_repo = {}
+    for r in samples.values():
+        by_repo.setdefault(r["repo"], []).append(r)
+
+    # Python: one dependency-ordered sample with path headers; README is its own sample.
+    demo = {tuple(r["paths"]): r for r in by_repo["demo"]}
+    (main_sample,) = [r for r in demo.values() if "main.py" in r["paths"]]
+    order = main_sample["paths"]
+    assert order.index("pkg/util.py") < order.index("pkg/core.py") < order.index("pkg/__init__.py") < order.index("main.py")
+    assert main_sample["text"].startswith(f"#{order[0]}\n")
+    assert ("README.md",) in demo and demo[("README.md",)]["text"].startswith("# Demo")
+    assert "<KEY>" in main_sample["text"] + "".join(r["text"] for r in demo.values())
+    assert "AKIAIOSFODNN7EXAMPLE" not in "".join(r["text"] for r in samples.values())
+
+    assert "demo-fork" not in by_repo  # a near-duplicate of demo
+    assert {r["repo"] for r in samples.values()} >= {"demo", "shapes", "calc", "leaky", "org/tablelib", "org/other"}
+    (tables,) = by_repo["org/tablelib"]
+    assert tables["paths"] == ["tablelib/table.py", "tablelib/__init__.py"]
+    (calc,) = [r for r in by_repo["calc"] if "src/main.c" in r["paths"]]
+    assert calc["paths"].index("lib/inc/vec.h") < calc["paths"].index("src/ops.h") < calc["paths"].index("src/main.c")
+
+    rejects = read_rows(out / "rejects")
+    reasons = {(r["repo"], r["path"]): (r["step"], r["reason"]) for r in rejects}
+    assert reasons[("demo", "pkg/broken.py")] == ("quality", "syntax_error")
+    assert reasons[("leaky", "solutions.py")] == ("decontam", "HumanEval.jsonl.gz")
+    assert any(r["step"] == "dedup" and r["repo"] == "demo-fork" for r in rejects)
+    clusters = [json.loads(l) for l in (out / "dedup" / "clusters.jsonl").read_text().splitlines()]
+    assert any(c["survivor"].startswith("demo/") and any(d["id"].startswith("demo-fork/") for d in c["duplicates"]) for c in clusters)
+
+    stats = json.loads((out / "stats.json").read_text())
+    assert stats["dropped"]["quality/syntax_error/python"] == 2  # demo and its fork
+    assert main(["data", "stats", str(out)]) == 0
+    assert "dropped at quality" in capsys.readouterr().out
+
+    # An existing, finished corpus is refused without --force; with it, rebuilt identically.
+    before = corpus_content(out)
+    assert main(argv + [str(p) for p in source_args(sources)]) == 2
+    assert "already holds a finished corpus" in capsys.readouterr().err
+    assert main(argv[:-1] + ["--force", "--"] + [str(p) for p in source_args(sources)]) == 0
+    assert corpus_content(out) == before
+
+    # The corpus is a tokenizer input.
+    assert main(["tokenizer", "train", str(out), "--vocab-size", "300", "--out", str(tmp_path / "tok")]) == 0
+
+
+def stdlib_repos():
+    return [STDLIB / name for name in ("json", "email", "logging", "asyncio", "concurrent", "importlib",
+                                       "sqlite3", "urllib", "xml", "http", "unittest", "wsgiref")]
+
+
+def uninterrupted(tmp_path, cfg):
+    out = tmp_path / "reference"
+    build(out, stdlib_repos(), [], [], cfg)
+    return corpus_content(out)
+
+
+CFG = apply_overrides(DataConfig(), {"run.repos_per_unit": "1", "run.workers": "1"})
+
+
+def test_kill_and_resume_gives_the_uninterrupted_output(tmp_path):
+    reference = uninterrupted(tmp_path, CFG)
+    out = tmp_path / "killed"
+    command = [sys.executable, "-m", "dscoder", "data", "build", "--out", str(out), "--workers", "1",
+               "--run.repos_per_unit=1", *map(str, stdlib_repos())]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and len(list((out / "work" / "units").glob("*.stats.json"))) < 3:
+        time.sleep(0.005)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    done = len(list((out / "work" / "units").glob("*.stats.json")))
+    assert 0 < done < len(stdlib_repos()), "the kill should land mid-build"
+    assert subprocess.run(command, capture_output=True).returncode == 0
+    assert corpus_content(out) == reference
+
+
+def test_crash_while_finishing_then_resume(tmp_path, monkeypatch):
+    reference = uninterrupted(tmp_path, CFG)
+    out = tmp_path / "crashed"
+    real_write = build_module.corpus.write_table
+    calls = {"n": 0}
+
+    def failing_write(rows, schema, path):
+        if "data" == path.parent.name:
+            calls["n"] += 1
+            if calls["n"] == 3:
+                raise OSError("disk full")
+        return real_write(rows, schema, path)
+
+    monkeypatch.setattr(build_module.corpus, "write_table", failing_write)
+    with pytest.raises(OSError):
+        build(out, stdlib_repos(), [], [], CFG)
+    monkeypatch.setattr(build_module.corpus, "write_table", real_write)
+    with pytest.raises(UserError, match="other inputs or settings"):
+        build(out, stdlib_repos()[:3], [], [], CFG)
+    build(out, stdlib_repos(), [], [], CFG)
+    assert corpus_content(out) == reference
+
+
+def test_worker_processes_give_the_same_output(tmp_path):
+    reference = uninterrupted(tmp_path, CFG)
+    out = tmp_path / "two-workers"
+    build(out, stdlib_repos(), [], [], apply_overrides(CFG, {"run.workers": "2"}))
+    assert corpus_content(out) == reference
+
+
+def test_ray_gives_the_same_output(tmp_path):
+    pytest.importorskip("ray")
+    reference = uninterrupted(tmp_path, CFG)
+    out = tmp_path / "ray"
+    build(out, stdlib_repos(), [], [], apply_overrides(CFG, {"run.workers": "2"}), engine="ray")
+    assert corpus_content(out) == reference
+
+
+def test_bad_sources(tmp_path, capsys):
+    corrupt = tmp_path / "bad.parquet"
+    corrupt.write_bytes(b"PAR1 not really parquet")
+    code = main(["data", "build", "--out", str(tmp_path / "c1"), "--workers", "1", str(corrupt)])
+    err = capsys.readouterr().err
+    assert code == 2 and "bad.parquet: unreadable parquet file" in err and "Traceback" not in err
+
+    weird = tmp_path / "data.jsonl"
+    weird.write_text('{"name": "x", "body": "y"}\n')
+    assert main(["data", "build", "--out", str(tmp_path / "c2"), str(weird)]) == 2
+    assert "no repository column" in capsys.readouterr().err
+
+    assert main(["data", "build", "--out", str(tmp_path / "c3"), str(tmp_path / "missing")]) == 2
+    assert "source not found" in capsys.readouterr().err
+
+    bench = tmp_path / "bench.jsonl"
+    bench.write_text('{"q": 1}\n')
+    repo = write_tree(tmp_path / "r", {"a.py": "x = 1\n"})
+    assert main(["data", "build", "--out", str(tmp_path / "c4"), "--decontaminate", str(bench), "--", str(repo)]) == 2
+    assert "unknown benchmark format" in capsys.readouterr().err
+
+    (tmp_path / "r" / "dangling.py").symlink_to(tmp_path / "nowhere.py")
+    broken = tmp_path / "broken.tar.gz"
+    broken.write_bytes(b"\x1f\x8b\x08 broken")
+    assert main(["data", "build", "--out", str(tmp_path / "c5"), "--workers", "1", str(repo), str(broken)]) == 0
+    stats = json.loads((tmp_path / "c5" / "stats.json").read_text())
+    assert stats["skipped"]["broken_symlink"] == 1 and stats["skipped"]["unreadable_repository"] == 1
