@@ -85,7 +85,8 @@ def match(text: str, index: BenchmarkIndex) -> str | None:
         if table.size == 0 or words.size < n:
             continue
         grams = ngram_hashes(words, n)
-        hits = np.isin(grams, table, assume_unique=False)
+        positions = np.minimum(np.searchsorted(table, grams), table.size - 1)
+        hits = table[positions] == grams
         if hits.any():
             return index.owners.get(int(grams[np.argmax(hits)]), "benchmark")
     return None

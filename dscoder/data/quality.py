@@ -17,6 +17,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+import numpy as np
+
 from dscoder.data.parsing import Parsed
 
 
@@ -41,8 +43,12 @@ class QualityConfig:
 _DATA_TOKEN = re.compile(r""""[^"\n]*"|'[^'\n]*'|[^\s,;:\[\]{}()]+""")
 _LITERAL = re.compile(r"""0[xX][0-9a-fA-F]+|[-+]?\.?\d[\w.+-]*|".*"|'.*'|true|false|null|None|True|False""")
 _ENCODED_LINE = re.compile(r"""^\s*[bru]?["']?[A-Za-z0-9+/=_-]{60,}["']?,?\s*$""")
-_WORD = re.compile(r"\w+")
-_SPACE = re.compile(r"\s+")
+_SPACE_BYTES = np.zeros(256, dtype=bool)
+_SPACE_BYTES[list(b" \t\n\r\f\v")] = True
+# Bytes of words: ASCII letters, digits, underscore, and every byte of a non-ASCII character.
+_WORDISH_BYTES = np.zeros(256, dtype=bool)
+_WORDISH_BYTES[list(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_")] = True
+_WORDISH_BYTES[128:] = True
 
 
 def is_data_line(line: str) -> bool:
@@ -57,11 +63,12 @@ def readability_reason(text: str, cfg: QualityConfig) -> str | None:
         if data > cfg.max_data_line_fraction * len(lines):
             return "literal_table"
     if lines:
-        encoded = sum(1 for line in lines if _ENCODED_LINE.match(line))
+        encoded = sum(1 for line in lines if len(line) >= 60 and _ENCODED_LINE.match(line))
         if encoded > cfg.max_encoded_line_fraction * len(lines):
             return "encoded_data"
-    visible = len(_SPACE.sub("", text))
-    if visible and sum(map(len, _WORD.findall(text))) < cfg.min_word_fraction * visible:
+    data = np.frombuffer(text.encode("utf-8", "surrogatepass"), dtype=np.uint8)
+    visible = int((~_SPACE_BYTES[data]).sum())
+    if visible and int(_WORDISH_BYTES[data].sum()) < cfg.min_word_fraction * visible:
         return "low_identifier_content"
     return None
 

@@ -1,0 +1,191 @@
+"""Data pipeline throughput and dedup quality, against datasketch (and rensa when installed).
+
+On the Python code installed on this machine (standard library, then site-packages):
+1. MB/s of each step on one core, and of a whole `dscoder data build --workers 1`;
+2. our MinHash signatures against datasketch's on the same samples (BigCode-style word 5-gram
+   shingles, 256 permutations), ratio printed;
+3. dedup precision/recall/F1 on a constructed set of forks (copies with a few lines edited) and
+   distinct files, for our LSH and datasketch's MinHashLSH at the same threshold.
+
+    python bench/bench_data.py [--mb 37] [--pairs 300]
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import re
+import shutil
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+from dscoder.data import dedup, filters, pii, quality
+from dscoder.data.decontam import DecontamConfig, build_index, match
+from dscoder.data.dependencies import order_repository
+from dscoder.data.imports import CodeFile, dependencies
+from dscoder.data.parsing import parse
+from dscoder.data.sources import SKIPPED_DIRS, CollectConfig, installed_python_roots, read_folder
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "benchmarks"
+NON_ALPHA = re.compile(r"[^A-Za-z_0-9]")  # BigCode's tokenisation for MinHash
+
+
+def load_corpus(megabytes: float):
+    """(root, files) with up to `megabytes` of Python code, package by package."""
+    files, total = [], 0
+    for root in installed_python_roots():
+        for folder in sorted(p for p in root.iterdir()
+                             if p.is_dir() and not p.name.startswith((".", "__")) and p.name not in SKIPPED_DIRS):
+            for f in read_folder(folder, CollectConfig(), Counter()):
+                if f.language == "python":
+                    files.append((folder, f))
+                    total += len(f.text)
+            if total >= megabytes * 1e6:
+                return files, total
+    return files, total
+
+
+def timed(label, texts_mb, fn):
+    start = time.perf_counter()
+    fn()
+    seconds = time.perf_counter() - start
+    print(f"  {label:34s} {texts_mb / seconds:8.1f} MB/s")
+    return seconds
+
+
+def datasketch_signature(text, num_perm=256, ngram=5):
+    from datasketch import MinHash
+
+    tokens = [t for t in NON_ALPHA.split(text) if t]
+    grams = {" ".join(tokens[i:i + ngram]) for i in range(max(len(tokens) - ngram + 1, 1))}
+    m = MinHash(num_perm=num_perm)
+    m.update_batch([g.encode("utf-8") for g in grams])
+    return m
+
+
+def rensa_signature(text, num_perm=256, ngram=5):
+    from rensa import RMinHash
+
+    tokens = [t for t in NON_ALPHA.split(text) if t]
+    grams = [" ".join(tokens[i:i + ngram]) for i in range(max(len(tokens) - ngram + 1, 1))]
+    m = RMinHash(num_perm=num_perm, seed=42)
+    m.update(grams)
+    return m
+
+
+def fork_set(texts, pairs, rng):
+    """Distinct originals, half of them followed by a fork (2-10% of lines edited)."""
+    chosen = rng.sample([t for t in texts if t.count("\n") >= 40], pairs)
+    items, truth = [], set()
+    for i, text in enumerate(chosen):
+        items.append(text)
+        if i % 2 == 0:
+            lines = text.splitlines()
+            for j in rng.sample(range(len(lines)), max(1, int(len(lines) * rng.uniform(0.02, 0.10)))):
+                lines[j] = f"edited_{j} = {rng.randint(0, 10**6)}"
+            truth.add((len(items) - 1, len(items)))
+            items.append("\n".join(lines))
+    return items, truth
+
+
+def scores(predicted: set, truth: set):
+    tp = len(predicted & truth)
+    precision = tp / len(predicted) if predicted else 1.0
+    recall = tp / len(truth) if truth else 1.0
+    return precision, recall, 2 * precision * recall / max(precision + recall, 1e-9)
+
+
+def our_pairs(items, cfg):
+    sigs = np.stack([dedup.signature(t, cfg) for t in items])
+    roots, _ = dedup.cluster(len(items), [dedup.text_digest(t) for t in items], lambda b: dedup.band_keys(sigs, cfg, b),
+                             lambda idx: sigs[idx], sigs[:, 0] == dedup.EMPTY, cfg)
+    return {(int(r), i) for i, r in enumerate(roots) if r != i}
+
+
+def datasketch_pairs(items, cfg):
+    from datasketch import MinHashLSH
+
+    lsh = MinHashLSH(threshold=cfg.threshold, num_perm=cfg.num_perm, params=(cfg.bands, cfg.rows))
+    found = set()
+    for i, text in enumerate(items):
+        m = datasketch_signature(text, cfg.num_perm, cfg.ngram)
+        for j in lsh.query(m):
+            found.add((min(i, j), max(i, j)))
+        lsh.insert(i, m)
+    return found
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--mb", type=float, default=37.0, help="megabytes of installed Python code")
+    parser.add_argument("--pairs", type=int, default=300, help="originals in the fork set")
+    args = parser.parse_args()
+
+    files, total = load_corpus(args.mb)
+    texts = [f.text for _, f in files]
+    mb = total / 1e6
+    print(f"corpus: {len(texts):,} Python files, {mb:.1f} MB from {len({str(r) for r, _ in files})} packages")
+
+    print("\nper step, one core")
+    cfg_filter, cfg_quality, cfg_pii, cfg_dedup = filters.FilterConfig(), quality.QualityConfig(), pii.PIIConfig(), dedup.DedupConfig()
+    timed("rule filters", mb, lambda: [filters.rule_reason(t, "python", cfg_filter) for t in texts])
+    parsed = {}
+    timed("parse (ast) + readability", mb, lambda: [parsed.__setitem__(i, parse(t, "python")) or quality.quality_reason(t, parsed[i], cfg_quality) for i, t in enumerate(texts)])
+    if (SHARED / "HumanEval.jsonl.gz").is_file():
+        from dscoder.evaluate.benchmarks import contaminating_strings
+
+        strings = [s for name in ("HumanEval.jsonl.gz", "mbpp.jsonl") for s in contaminating_strings(SHARED / name)[1]]
+        index = build_index(strings, DecontamConfig())
+        timed("decontamination (HumanEval+MBPP)", mb, lambda: [match(t, index) for t in texts])
+    timed("PII redaction", mb, lambda: [pii.redact(t, cfg_pii, Counter()) for t in texts])
+
+    def order_all():
+        by_root = {}
+        for i, (root, f) in enumerate(files):
+            by_root.setdefault(root, []).append(CodeFile(f.path, f.text, "python", parsed[i]))
+        for root, code in by_root.items():
+            deps = dependencies(code, [], root.name)
+            order_repository([c.path for c in code], deps, 0)
+
+    timed("dependency extraction + Algorithm 1", mb, order_all)
+    ours = timed("MinHash signatures (dscoder)", mb, lambda: [dedup.signature(t, cfg_dedup) for t in texts])
+    theirs = timed("MinHash signatures (datasketch)", mb, lambda: [datasketch_signature(t) for t in texts])
+    print(f"  -> dscoder / datasketch speed: {theirs / ours:.1f}x")
+    try:
+        import rensa  # noqa: F401
+
+        rensa_s = timed("MinHash signatures (rensa)", mb, lambda: [rensa_signature(t) for t in texts])
+        print(f"  -> dscoder / rensa speed: {rensa_s / ours:.1f}x")
+    except ImportError:
+        print("  (rensa not installed: pip install rensa to compare)")
+
+    print("\nwhole build, one worker (dscoder data build --workers 1)")
+    from dscoder.config import apply_overrides
+    from dscoder.data.build import build
+    from dscoder.data.steps import DataConfig
+
+    roots = sorted({r for r, _ in files})
+    out = Path(tempfile.mkdtemp()) / "corpus"
+    start = time.perf_counter()
+    stats = build(out, roots, [], [], apply_overrides(DataConfig(), {"run.workers": "1"}))
+    seconds = time.perf_counter() - start
+    read_mb = sum(stats.chars_in.values()) / 1e6
+    print(f"  {read_mb:.1f} MB of {len(roots)} repositories (all languages) in {seconds:.1f}s: {read_mb / seconds:.1f} MB/s")
+    shutil.rmtree(out.parent)
+
+    print(f"\ndedup quality on {args.pairs} originals, half of them forked (2-10% of lines edited)")
+    items, truth = fork_set(texts, args.pairs, random.Random(0))
+    for name, fn in (("dscoder", our_pairs), ("datasketch", datasketch_pairs)):
+        start = time.perf_counter()
+        predicted = fn(items, cfg_dedup)
+        p, r, f1 = scores(predicted, truth)
+        print(f"  {name:10s} precision {p:.3f} recall {r:.3f} F1 {f1:.3f}  ({time.perf_counter() - start:.1f}s)")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
