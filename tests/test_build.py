@@ -75,7 +75,7 @@ def source_args(root):
             root / "stack-python-0.parquet", root / "stack-python-1.jsonl"]
 
 
-def test_build_outputs(sources, tmp_path, capsys):
+def test_build_outputs(sources, tmp_path, capsys, monkeypatch):
     need_shared(HUMANEVAL)
     out = tmp_path / "corpus"
     argv = ["data", "build", "--out", str(out), "--workers", "1", "--decontaminate", str(HUMANEVAL), "--"]
@@ -128,6 +128,13 @@ def test_build_outputs(sources, tmp_path, capsys):
     assert "already holds a finished corpus" in capsys.readouterr().err
     assert main(argv[:-1] + ["--force", "--"] + [str(p) for p in source_args(sources)]) == 0
     assert corpus_content(out) == before
+
+    # The shards load with Hugging Face datasets too.
+    datasets = pytest.importorskip("datasets")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    loaded = datasets.load_dataset("parquet", data_files=sorted(map(str, (out / "data").glob("*.parquet"))),
+                                   split="train", cache_dir=str(tmp_path / "hf-cache"))
+    assert sorted(loaded["id"]) == sorted(samples)
 
     # The corpus is a tokenizer input.
     assert main(["tokenizer", "train", str(out), "--vocab-size", "300", "--out", str(tmp_path / "tok")]) == 0
