@@ -102,7 +102,8 @@ def scores(predicted: set, truth: set):
 
 def our_pairs(items, cfg):
     sigs = np.stack([dedup.signature(t, cfg) for t in items])
-    roots, _ = dedup.cluster(len(items), [dedup.text_digest(t) for t in items], lambda b: dedup.band_keys(sigs, cfg, b),
+    digests = np.frombuffer(b"".join(dedup.text_digest(t) for t in items), dtype=np.uint8).reshape(-1, 16)
+    roots, _ = dedup.cluster(len(items), digests, lambda b: dedup.band_keys(sigs, cfg, b),
                              lambda idx: sigs[idx], sigs[:, 0] == dedup.EMPTY, cfg)
     return {(int(r), i) for i, r in enumerate(roots) if r != i}
 

@@ -1,8 +1,6 @@
 """`dscoder data build` end to end: outputs, resume after a kill, engines, bad input."""
 
 import json
-import os
-import shutil
 import signal
 import subprocess
 import sys

@@ -44,7 +44,8 @@ def test_signature_is_deterministic_and_empty_texts_are_marked():
 def run_cluster(texts):
     sigs = np.stack([signature(t, CFG) for t in texts])
     empty = sigs[:, 0] == EMPTY
-    return cluster(len(texts), [text_digest(t) for t in texts], lambda b: band_keys(sigs, CFG, b),
+    digests = np.frombuffer(b"".join(text_digest(t) for t in texts), dtype=np.uint8).reshape(-1, 16)
+    return cluster(len(texts), digests, lambda b: band_keys(sigs, CFG, b),
                    lambda idx: sigs[idx], empty, CFG)
 
 

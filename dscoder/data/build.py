@@ -197,8 +197,7 @@ def deduplicate(work: Path, units: list[dict], cfg: DataConfig) -> dict:
             return np.stack([sigs[u][i - offsets[u]] for u, i in zip(unit, indices)])
 
         empty = np.concatenate([np.asarray(s[:, 0]) == dedup.EMPTY for s in sigs])
-        all_digests = [bytes(d) for block in digests for d in block]
-        roots, similarity = dedup.cluster(n, all_digests, band_keys, rows, empty, cfg.dedup,
+        roots, similarity = dedup.cluster(n, np.concatenate(digests), band_keys, rows, empty, cfg.dedup,
                                           progress=lambda it: tqdm(it, desc="dedup bands", file=sys.stderr))
     tmp = work / f".dedup.tmp-{os.getpid()}.npz"
     np.savez(tmp, roots=roots, similarity=similarity, offsets=offsets)
@@ -211,6 +210,8 @@ def finalize(out: Path, work: Path, units: list[dict], decisions: dict, manifest
     roots, similarity, offsets = decisions["roots"], decisions["similarity"], decisions["offsets"]
     for folder in ("data", "rejects", "dedup"):
         (out / folder).mkdir(exist_ok=True)
+    duplicated = np.flatnonzero(roots != np.arange(len(roots)))
+    named = set(duplicated.tolist()) | set(roots[duplicated].tolist())  # ids the clusters need
     total, ids_by_index = Stats(), {}
     total.skipped.update(skips)
     clusters: dict[int, list[int]] = {}
@@ -222,7 +223,8 @@ def finalize(out: Path, work: Path, units: list[dict], decisions: dict, manifest
         keep, dropped = [], []
         for j, row in enumerate(rows):
             g = int(offsets[i]) + j
-            ids_by_index[g] = row["id"]
+            if g in named:
+                ids_by_index[g] = row["id"]
             if roots[g] == g:
                 keep.append(row)
             else:

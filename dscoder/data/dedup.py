@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Iterable
 
 import numpy as np
 
@@ -112,7 +112,12 @@ class UnionFind:
             self.parent[max(ra, rb)] = min(ra, rb)
 
     def roots(self) -> np.ndarray:
-        return np.array([self.find(i) for i in range(len(self.parent))], dtype=np.int64)
+        parent = self.parent.copy()
+        while True:  # pointer jumping until every entry names its root
+            grand = parent[parent]
+            if np.array_equal(grand, parent):
+                return parent
+            parent = grand
 
 
 def estimated_jaccard(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -122,29 +127,29 @@ def estimated_jaccard(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 def cluster(
     n: int,
-    digests: Sequence[bytes],
+    digests: np.ndarray,
     band_key_fn: Callable[[int], np.ndarray],
     rows_fn: Callable[[np.ndarray], np.ndarray],
     empty: np.ndarray,
     cfg: DedupConfig,
     progress: Callable[[Iterable], Iterable] = lambda it: it,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Cluster samples 0..n-1 (in input order): first exact duplicates by digest, then near
-    duplicates by LSH. `band_key_fn(b)` gives every sample's key for band b, `rows_fn(idx)` the
-    signatures of the samples `idx`, `empty[i]` marks samples without words (never near-matched).
+    """Cluster samples 0..n-1 (in input order): first exact duplicates by digest ((n, 16)
+    uint8, from `text_digest`), then near duplicates by LSH. `band_key_fn(b)` gives every
+    sample's key for band b, `rows_fn(idx)` the signatures of the samples `idx`, `empty[i]`
+    marks samples without words (never near-matched).
 
     Returns (roots, similarity): each sample's cluster survivor and, for a dropped sample, the
     estimated Jaccard with the member it was matched to (1.0 for exact copies).
     """
     uf = UnionFind(n)
     similarity = np.zeros(n, dtype=np.float32)
-    first: dict[bytes, int] = {}
-    for i, digest in enumerate(digests):
-        if digest in first:
-            uf.union(first[digest], i)
-            similarity[i] = 1.0
-        else:
-            first[digest] = i
+    if n:
+        keys = np.ascontiguousarray(digests).view(np.dtype((np.void, digests.shape[1]))).ravel()
+        _, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
+        copies = np.flatnonzero(first[inverse] != np.arange(n))
+        uf.parent[copies] = first[inverse][copies]  # the first occurrence is always the smaller index
+        similarity[copies] = 1.0
     for band in progress(range(cfg.bands)):
         keys = band_key_fn(band)
         keys = np.where(empty, np.arange(n, dtype=np.uint64) ^ np.uint64(0xA5A5A5A5A5A5A5A5), keys)

@@ -8,7 +8,6 @@ Every skip is counted by reason in a `collections.Counter` the caller owns and r
 
 from __future__ import annotations
 
-import io
 import logging
 import os
 import posixpath
@@ -148,20 +147,25 @@ def walk(root: Path, skips: Counter, skip_vendored: bool = True) -> Iterator[Pat
             yield path
 
 
+def _read_text(path: Path, skips: Counter) -> str | None:
+    try:
+        data = path.read_bytes()
+    except OSError:
+        skips["unreadable"] += 1
+        return None
+    return decode(data, skips)
+
+
 def read_folder(root: Path, cfg: CollectConfig, skips: Counter) -> list[SourceFile]:
     files = []
     for path in walk(root, skips, cfg.skip_vendored):
         rel = path.relative_to(root).as_posix()
         try:
-            size = path.stat().st_size
-            language = admit(rel, size, lambda: _first_line(path), cfg, skips)
-            if language is None:
-                continue
-            data = path.read_bytes()
+            language = admit(rel, path.stat().st_size, lambda: _first_line(path), cfg, skips)
         except OSError:
             skips["unreadable"] += 1
             continue
-        text = decode(data, skips)
+        text = None if language is None else _read_text(path, skips)
         if text is not None:
             files.append(SourceFile(rel, text, language))
     return files
@@ -330,12 +334,7 @@ def iter_files(
         if root.is_dir():
             yield from read_folder(root, cfg, skips)
             continue
-        try:
-            data = root.read_bytes()
-        except OSError:
-            skips["unreadable"] += 1
-            continue
-        text = decode(data, skips)
+        text = _read_text(root, skips)
         if text is not None:
             yield SourceFile(root.name, text, detect_language(root.name, text[:200].split("\n", 1)[0]))
 
