@@ -92,10 +92,10 @@ def parse(text: str, language: str, path: str = "") -> Parsed | None:
         try:
             with warnings.catch_warnings(), _gc_paused():
                 warnings.simplefilter("ignore")  # invalid escape sequences etc. still parse
-                tree = ast.parse(text)
+                imports = python_imports(ast.parse(text))  # the tree is freed before GC resumes
         except (SyntaxError, ValueError, RecursionError, MemoryError) as exc:
             return Parsed(language, None, 1.0, f"{type(exc).__name__}: {exc}")
-        return Parsed(language, None, 0.0, python_imports=python_imports(tree))
+        return Parsed(language, None, 0.0, python_imports=imports)
     if language not in GRAMMARS:
         return None
     source = text.encode("utf-8", "surrogatepass")
@@ -114,10 +114,17 @@ def python_imports(tree: ast.Module) -> list[tuple[str, int, list[str]]]:
             found.extend((alias.name, 0, []) for alias in node.names)
         elif isinstance(node, ast.ImportFrom):
             found.append((node.module or "", node.level, [a.name for a in node.names]))
-        else:
+        elif isinstance(node, _COMPOUND):
             for name in ("body", "orelse", "finalbody", "handlers", "cases"):
                 stack.extend(getattr(node, name, None) or [])
     return found
+
+
+# Statements that hold other statements (where nested imports can hide).
+_COMPOUND = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.If, ast.For, ast.AsyncFor,
+             ast.While, ast.With, ast.AsyncWith, ast.Try, ast.ExceptHandler, ast.Match, ast.match_case)
+if hasattr(ast, "TryStar"):
+    _COMPOUND += (ast.TryStar,)
 
 
 def _error_bytes(root) -> int:
