@@ -81,3 +81,21 @@ C_REPO = {
     "src/ops.c": "#include \"ops.h\"\n\ndouble dot(vec a, vec b) {\n    return a.x * b.x + a.y * b.y;\n}\n",
     "src/main.c": "#include <stdio.h>\n#include \"ops.h\"\n\nint main(void) {\n    vec a = { 1, 2 }, b = { 3, 4 };\n    printf(\"%f\\n\", dot(vec_add(a, b), b));\n    return 0;\n}\n",
 }
+
+
+@pytest.fixture(scope="session")
+def small_corpus(tmp_path_factory) -> Path:
+    """A corpus of four standard-library packages (about 1.5 MB)."""
+    from dscoder.config import apply_overrides
+    from dscoder.data.build import build
+    from dscoder.data.steps import DataConfig
+
+    out = tmp_path_factory.mktemp("corpus") / "stdlib"
+    build(out, [STDLIB / n for n in ("json", "email", "logging", "asyncio")], [], [],
+          apply_overrides(DataConfig(), {"run.workers": "1"}))
+    return out
+
+
+# Small, quick training settings for tests: flags of `dscoder train ...`.
+QUICK_TRAIN = ["--seq-len", "64", "--batch-size", "4", "--max-steps", "12", "--eval-every", "6",
+               "--save-every", "4", "--loop.log_every=1", "--loop.eval_batches=2", "--data.eval_fraction=0.05"]

@@ -36,6 +36,9 @@ class OrderConfig:
     """Build repository-level samples in dependency order (else every file is its own sample)."""
     seed: int = 0
     """Seed of the tie-breaking in Algorithm 1 (combined with each component's paths)."""
+    max_sample_chars: int = 4_000_000
+    """A component larger than this is cut, in order, into consecutive samples of at most this
+    size (one huge sample would stall tokenization and dominate a training mix)."""
 
 
 @dataclass(frozen=True)
@@ -111,6 +114,7 @@ def process_repository(repo: Repository, cfg: DataConfig, bench: BenchmarkIndex 
     if ordered:
         deps = dependencies(ordered, [f for f in kept if f.language in BUILD_FILE_LANGUAGES], repo.name)
         groups = order_repository([f.path for f in ordered], deps, cfg.order.seed)
+    groups = [part for group in groups for part in split_group(group, by_path, cfg.order.max_sample_chars)]
     in_groups = {p for g in groups for p in g}
     groups += [[f.path] for f in kept if f.path not in in_groups]
     groups.sort(key=lambda g: min(g))
@@ -133,6 +137,20 @@ def process_repository(repo: Repository, cfg: DataConfig, bench: BenchmarkIndex 
         })
     stats.counts["samples"] += len(samples)
     return samples, rejects
+
+
+def split_group(group: list[str], by_path: dict, max_chars: int) -> list[list[str]]:
+    """Consecutive runs of an ordered component, each under `max_chars` (a larger single file
+    stays whole)."""
+    parts, current, size = [], [], 0
+    for path in group:
+        length = len(by_path[path].text) + len(path) + 2
+        if current and size + length > max_chars:
+            parts.append(current)
+            current, size = [], 0
+        current.append(path)
+        size += length
+    return parts + [current] if current else parts
 
 
 def failed_repository(repo: Repository, exc: BaseException, stats: Stats) -> list[dict]:

@@ -1,0 +1,133 @@
+"""Training-step throughput and peak memory: dscoder's loop against a plain transformers loop.
+
+Both train the same preset on the same packed batches of installed Python code:
+- plain: LlamaForCausalLM in fp32, `model(input_ids, labels=...)`, torch.optim.AdamW;
+- dscoder: the Trainer's step (bf16 autocast on the weights kept in fp32, fused AdamW, SDPA,
+  optionally torch.compile).
+Each variant runs in its own process so peak memory (max RSS, or CUDA max allocated) is its own.
+
+    python bench/bench_train.py [--preset small] [--seq-len 256] [--batch-size 8] [--steps 20] [--compile]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+def prepare(folder: Path, seq_len: int) -> tuple[Path, Path]:
+    """A tokenizer and a token cache from the standard library (made once per folder)."""
+    from dscoder import tokenizer as tokenizer_lib
+    from dscoder.data.sources import installed_python_roots, read_texts
+    from dscoder.train.dataset import build_cache
+
+    tok_dir, cache = folder / "tokenizer", folder / "tokens"
+    if not (tok_dir / "tokenizer.json").is_file():
+        texts = read_texts(installed_python_roots()[:1], Counter(), max_bytes=12_000_000)
+        tok_dir.mkdir(parents=True, exist_ok=True)
+        tokenizer_lib.save(tokenizer_lib.train(texts, 8000, show_progress=False), tok_dir)
+        tok = tokenizer_lib.load(tok_dir)
+        backend = tok.backend_tokenizer
+
+        def encode(batch):
+            return [([tok.bos_token_id, *e.ids, tok.eos_token_id], None) for e in backend.encode_batch(batch, add_special_tokens=False)]
+
+        build_cache(cache, {"source": "stdlib"}, texts, encode, 256, len(tok))
+    return tok_dir, cache
+
+
+def run_variant(args) -> dict:
+    from dscoder import model as model_lib
+    from dscoder import tokenizer as tokenizer_lib
+    from dscoder.config import apply_overrides
+    from dscoder.train.dataset import Mixture, TokenFile
+    from dscoder.train.distributed import ParallelConfig
+    from dscoder.train.loop import LoopConfig, Trainer
+    from dscoder.train.schedule import OptimConfig
+
+    folder = Path(args.work)
+    tok = tokenizer_lib.load(folder / "tokenizer")
+    cfg = apply_overrides(model_lib.get_preset(args.preset).config, {"dtype": "float32"})
+    hf_model = model_lib.build(model_lib.hf_config(cfg, tok), seed=0)
+    mixture = Mixture([TokenFile(folder / "tokens")], [1.0], args.seq_len, seed=0)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    lr = 3e-4
+    if args.variant == "dscoder":
+        loop = LoopConfig(max_steps=args.steps + args.warmup, batch_size=args.batch_size, precision="bf16",
+                          compile=args.compile, device=device.type)
+        trainer = Trainer(folder / "run", hf_model, folder / "tokenizer", mixture, loop, OptimConfig(lr=lr),
+                          ParallelConfig(), lr)
+        step = trainer.train_step
+    else:
+        model = hf_model.to(device).train()
+        optimizer = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=0.1)
+
+        def step():
+            tokens, _ = mixture.next_batch(args.batch_size)
+            batch = torch.from_numpy(tokens[:, :-1]).to(device)
+            optimizer.zero_grad(set_to_none=True)
+            loss = model(input_ids=batch, labels=batch).loss
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            return float(loss)
+
+    for _ in range(args.warmup):
+        step()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(args.steps):
+        step()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - start
+    peak = torch.cuda.max_memory_allocated() if device.type == "cuda" else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    return {"tokens_per_s": args.steps * args.batch_size * args.seq_len / seconds, "peak_bytes": peak,
+            "device": str(device), "parameters": sum(p.numel() for p in hf_model.parameters())}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", default="small")
+    parser.add_argument("--seq-len", type=int, default=256)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--compile", action="store_true", help="also compile dscoder's model")
+    parser.add_argument("--variant", choices=["dscoder", "plain"], help=argparse.SUPPRESS)
+    parser.add_argument("--work", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.variant:
+        print(json.dumps(run_variant(args)))
+        return
+    with tempfile.TemporaryDirectory() as work:
+        prepare(Path(work), args.seq_len)
+        results = {}
+        for variant in ("plain", "dscoder"):
+            command = [sys.executable, __file__, "--variant", variant, "--work", work, "--preset", args.preset,
+                       "--seq-len", str(args.seq_len), "--batch-size", str(args.batch_size),
+                       "--steps", str(args.steps), "--warmup", str(args.warmup)] + (["--compile"] if args.compile else [])
+            out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+            results[variant] = json.loads(out.strip().splitlines()[-1])
+    plain, ours = results["plain"], results["dscoder"]
+    print(f"preset {args.preset} ({ours['parameters'] / 1e6:.1f}M parameters), seq_len {args.seq_len}, "
+          f"batch {args.batch_size}, {args.steps} timed steps on {ours['device']}")
+    for name, r in results.items():
+        print(f"  {name:8s} {r['tokens_per_s']:10,.0f} tokens/s   peak memory {r['peak_bytes'] / 2**20:8,.0f} MiB")
+    print(f"  speed ratio dscoder / plain: {ours['tokens_per_s'] / plain['tokens_per_s']:.2f}x; "
+          f"memory ratio: {ours['peak_bytes'] / plain['peak_bytes']:.2f}x")
+
+
+if __name__ == "__main__":
+    main()

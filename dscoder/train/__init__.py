@@ -1,0 +1,1 @@
+"""Training: packed FIM data, one loop for pretraining, long-context extension and instruction tuning."""

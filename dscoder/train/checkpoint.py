@@ -1,0 +1,78 @@
+"""Checkpoints: a Hugging Face model folder plus `training_state.pt` (optimizer, scheduler, RNG,
+data position), written under a temporary name and renamed, so a checkpoint is whole or absent.
+
+```
+RUN/checkpoints/step-0000500/   config.json model.safetensors generation_config.json
+                                tokenizer files dscoder.json training_state.pt
+```
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from dscoder import model as model_lib
+from dscoder import tokenizer as tokenizer_lib
+
+STATE = "training_state.pt"
+
+
+def folder_for(run: Path, step: int) -> Path:
+    return run / "checkpoints" / f"step-{step:07d}"
+
+
+def latest(run: Path) -> Path | None:
+    """The newest complete checkpoint of a run."""
+    done = sorted(p for p in (run / "checkpoints").glob("step-*") if (p / STATE).is_file())
+    return done[-1] if done else None
+
+
+def rng_state() -> dict:
+    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def write_model(folder: Path, hf_model, state_dict: dict, tokenizer_dir: Path) -> None:
+    """A model folder from full (unsharded) weights, in the released layout."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_model.save_pretrained(folder, state_dict=state_dict, safe_serialization=True)
+    model_lib.write_released_rope_keys(folder / "config.json")
+    for name in tokenizer_lib.TOKENIZER_FILES:
+        shutil.copyfile(tokenizer_dir / name, folder / name)
+
+
+def save(run: Path, step: int, hf_model, model_state: dict, training_state: dict, tokenizer_dir: Path,
+         keep: int) -> Path:
+    """Write checkpoint `step` (call on the main process with full state dicts)."""
+    final = folder_for(run, step)
+    tmp = final.with_name(f".{final.name}.partial-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    write_model(tmp, hf_model, model_state, tokenizer_dir)
+    torch.save(training_state, tmp / STATE)
+    shutil.rmtree(final, ignore_errors=True)
+    tmp.rename(final)
+    complete = sorted(p for p in (run / "checkpoints").glob("step-*") if (p / STATE).is_file())
+    for old in complete[:-keep] if keep > 0 else []:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def load_state(folder: Path) -> dict:
+    return torch.load(folder / STATE, map_location="cpu", weights_only=False)

@@ -1,0 +1,243 @@
+"""Training data: corpora tokenized once into memory-mapped token files, FIM applied per
+document, packed into fixed-length sequences, mixed by weight, sharded by data-parallel rank.
+
+Cache layout (one folder per corpus, reused while its key matches):
+```
+CACHE/<key>/tokens.bin     token ids (uint16 when the vocabulary fits, else uint32)
+CACHE/<key>/mask.bin       uint8 loss mask (instruct data only)
+CACHE/<key>/meta.json      the key, documents and tokens
+```
+Each document becomes `BOS doc EOS` (after the FIM transform). Window k is
+tokens[k*L : k*L + L + 1], so inputs and targets come from one window. A seeded hash of the
+window index holds out `eval_fraction` of the windows for the evaluation loss: those tokens are
+never trained on (holding out whole documents fails on repository-level corpora, where a few
+documents hold most of the tokens).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import random
+import shutil
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable, Iterable, Iterator
+
+import numpy as np
+
+from dscoder.errors import UserError
+from dscoder.train.fim import FIMConfig
+from dscoder.train.fim import apply as apply_fim
+
+log = logging.getLogger("dscoder")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """What the trainer reads and how it is cut."""
+
+    sources: tuple[str, ...] = ()
+    """Corpus folders, each optionally `DIR:WEIGHT` (weights are relative; default 1)."""
+    seq_len: int = 512
+    """Tokens per training sequence."""
+    eval_fraction: float = 0.01
+    """Share of sequences held out for the evaluation loss."""
+    cache_dir: str = ""
+    """Where token files are cached (default: RUN/cache)."""
+    tokenize_batch: int = 256
+    """Documents tokenized per batch."""
+
+
+def parse_source(spec: str) -> tuple[str, float]:
+    """`DIR` or `DIR:WEIGHT`."""
+    path, sep, weight = spec.rpartition(":")
+    if sep and path and not Path(spec).exists():
+        try:
+            value = float(weight)
+        except ValueError:
+            raise UserError(f"--data {spec}: the weight after ':' must be a number") from None
+        if value <= 0:
+            raise UserError(f"--data {spec}: the weight must be positive")
+        return path, value
+    return spec, 1.0
+
+
+def _tokenizer_fingerprint(tokenizer) -> str:
+    return hashlib.sha256(tokenizer.backend_tokenizer.to_str().encode()).hexdigest()[:16]
+
+
+def held_out(count: int, fraction: float) -> np.ndarray:
+    """Which of `count` windows are held out for evaluation (a fixed hash of the index)."""
+    index = np.arange(count, dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        h = (index + np.uint64(0x9E3779B97F4A7C15)) * np.uint64(0xBF58476D1CE4E5B9)
+        h ^= h >> np.uint64(31)
+    return (h >> np.uint64(11)).astype(np.float64) / 2.0**53 < fraction
+
+
+class TokenFile:
+    """A cached corpus: token ids (and a loss mask) as memory maps, cut into windows."""
+
+    def __init__(self, folder: Path):
+        meta = json.loads((folder / "meta.json").read_text())
+        self.tokens = np.memmap(folder / "tokens.bin", dtype=meta["dtype"], mode="r")
+        self.mask = np.memmap(folder / "mask.bin", dtype=np.uint8, mode="r") if (folder / "mask.bin").is_file() else None
+
+    def windows(self, seq_len: int, eval_fraction: float, split: str) -> np.ndarray:
+        """Indices of the windows of `split` ("train" or "eval")."""
+        count = max(0, (len(self.tokens) - 1) // seq_len)
+        evaluation = held_out(count, eval_fraction)
+        return np.flatnonzero(evaluation if split == "eval" else ~evaluation)
+
+    def window(self, k: int, seq_len: int) -> tuple[np.ndarray, np.ndarray | None]:
+        start = k * seq_len
+        tokens = np.asarray(self.tokens[start:start + seq_len + 1], dtype=np.int64)
+        mask = None if self.mask is None else np.asarray(self.mask[start:start + seq_len + 1], dtype=np.bool_)
+        return tokens, mask
+
+
+Encoded = tuple[list[int], list[int] | None]  # token ids and, for instruct data, a loss mask
+
+
+def build_cache(folder: Path, key: dict, documents: Iterable[str], encode: Callable[[list[str]], list[Encoded]],
+                batch: int, vocab_size: int) -> Path:
+    """Tokenize `documents` into `folder` unless a cache with the same key is there."""
+    meta_path = folder / "meta.json"
+    if meta_path.is_file() and json.loads(meta_path.read_text())["key"] == key:
+        return folder
+    from tqdm import tqdm
+
+    dtype = "uint16" if vocab_size <= 2**16 else "uint32"
+    tmp = folder.with_name(f".{folder.name}.partial-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    has_mask, documents_done, tokens_done = False, 0, 0
+    with open(tmp / "tokens.bin", "wb") as out, open(tmp / "mask.bin", "wb") as masks, \
+            tqdm(desc=f"tokenizing {Path(key.get('source', '')).name}", unit=" docs", file=sys.stderr) as bar:
+        pending: list[str] = []
+
+        def flush():
+            nonlocal has_mask, documents_done, tokens_done
+            for ids, mask in encode(pending):
+                out.write(np.asarray(ids, dtype=dtype).tobytes())
+                if mask is not None:
+                    has_mask = True
+                    masks.write(np.asarray(mask, dtype=np.uint8).tobytes())
+                documents_done += 1
+                tokens_done += len(ids)
+            bar.update(len(pending))
+            pending.clear()
+
+        for doc in documents:
+            pending.append(doc)
+            if len(pending) >= batch:
+                flush()
+        if pending:
+            flush()
+    if not has_mask:
+        (tmp / "mask.bin").unlink()
+    if tokens_done == 0:
+        shutil.rmtree(tmp)
+        raise UserError(f"{key.get('source')}: no tokens (an empty corpus?)")
+    meta = {"key": key, "dtype": dtype, "documents": documents_done, "tokens": tokens_done}
+    (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+    shutil.rmtree(folder, ignore_errors=True)
+    tmp.rename(folder)
+    return folder
+
+
+def pretraining_encoder(tokenizer, fim: FIMConfig, seed: int, source: str) -> Callable[[list[str]], list[Encoded]]:
+    """FIM per document (seeded by its position), then `BOS ids EOS`."""
+    backend = tokenizer.backend_tokenizer
+    bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
+    state = {"index": 0}
+
+    def encode(texts: list[str]) -> list[Encoded]:
+        rewritten = []
+        for text in texts:
+            rng = random.Random(f"{seed}:{source}:{state['index']}")
+            state["index"] += 1
+            rewritten.append(apply_fim(text, fim, rng))
+        encodings = backend.encode_batch(rewritten, add_special_tokens=False)
+        return [([bos, *e.ids, eos], None) for e in encodings]
+
+    return encode
+
+
+def corpus_cache(source: str, tokenizer, fim: FIMConfig, seed: int, cfg: DataConfig, cache_root: Path) -> Path:
+    """The token cache of one corpus folder (built on first use)."""
+    from dscoder.data import corpus
+
+    path = Path(source)
+    if not corpus.is_corpus(path):
+        raise UserError(f"--data {source}: not a corpus folder (make one with `dscoder data build`)")
+    manifest = json.loads((path / corpus.MANIFEST).read_text(encoding="utf-8"))
+    key = {"source": str(path.resolve()), "corpus_created": (path / "stats.json").stat().st_mtime_ns,
+           "corpus_inputs": hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()[:16],
+           "tokenizer": _tokenizer_fingerprint(tokenizer), "fim": asdict(fim), "seed": seed, "format": 2}
+    name = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    encode = pretraining_encoder(tokenizer, fim, seed, str(path.resolve()))
+    return build_cache(cache_root / f"{path.name}-{name}", key, corpus.iter_texts(path), encode,
+                       cfg.tokenize_batch, len(tokenizer))
+
+
+class Mixture:
+    """Sequences drawn from several token files by weight, in a deterministic order.
+
+    Global sample i picks its source from a generator seeded with (seed, i); within a source,
+    sequences follow a seeded permutation per epoch. `state` (samples drawn so far and per
+    source) is all a checkpoint needs to continue exactly. Data-parallel rank r of W takes
+    samples r*B .. r*B+B-1 of every global batch of W*B, so the stream does not depend on W.
+    """
+
+    def __init__(self, files: list[TokenFile], weights: list[float], seq_len: int, seed: int, eval_fraction: float = 0.0):
+        self.files, self.seq_len, self.seed, self.eval_fraction = files, seq_len, seed, eval_fraction
+        self.train_windows = [f.windows(seq_len, eval_fraction, "train") for f in files]
+        self.counts = [len(w) for w in self.train_windows]
+        usable = [w if n else 0.0 for w, n in zip(weights, self.counts)]
+        if not any(usable):
+            raise UserError(f"no training sequence of {seq_len + 1} tokens in the data (a tiny corpus, or --seq-len too long)")
+        self.cumulative = np.cumsum(usable) / sum(usable)
+        self.state = {"drawn": 0, "per_source": [0] * len(files)}
+        self._perms: dict[tuple[int, int], np.ndarray] = {}
+
+    def _permutation(self, source: int, epoch: int) -> np.ndarray:
+        if (source, epoch) not in self._perms:
+            self._perms = {k: v for k, v in self._perms.items() if k[0] != source}
+            self._perms[(source, epoch)] = np.random.default_rng([self.seed, source, epoch]).permutation(self.counts[source])
+        return self._perms[(source, epoch)]
+
+    def _draw(self) -> tuple[int, int]:
+        u = np.random.default_rng([self.seed, 1_000_003, self.state["drawn"]]).random()
+        source = min(int(np.searchsorted(self.cumulative, u, side="right")), len(self.files) - 1)
+        n = self.state["per_source"][source]
+        self.state["drawn"] += 1
+        self.state["per_source"][source] += 1
+        position = int(self._permutation(source, n // self.counts[source])[n % self.counts[source]])
+        return source, int(self.train_windows[source][position])
+
+    def next_batch(self, batch_size: int, rank: int = 0, world: int = 1) -> tuple[np.ndarray, np.ndarray]:
+        """This rank's (batch_size, L+1) tokens and loss mask of the next global batch."""
+        picks = [self._draw() for _ in range(batch_size * world)][rank * batch_size:(rank + 1) * batch_size]
+        return _stack([self.files[s].window(k, self.seq_len) for s, k in picks], self.seq_len)
+
+
+def _stack(windows: list[tuple[np.ndarray, np.ndarray | None]], seq_len: int) -> tuple[np.ndarray, np.ndarray]:
+    tokens = np.stack([t for t, _ in windows])
+    mask = np.stack([m if m is not None else np.ones(seq_len + 1, dtype=np.bool_) for _, m in windows])
+    return tokens, mask
+
+
+def eval_batches(mixture: Mixture, batch_size: int, batches: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Up to `batches` batches of held-out windows, taken evenly from every source (fixed)."""
+    files, seq_len = mixture.files, mixture.seq_len
+    per_source = [f.windows(seq_len, mixture.eval_fraction, "eval") for f in files]
+    want = batch_size * batches
+    picks = [(i, k) for i, ws in enumerate(per_source) for k in ws[: max(1, want // max(len(files), 1))]]
+    windows = [files[i].window(int(k), seq_len) for i, k in picks][:want]
+    for start in range(0, len(windows) - batch_size + 1, batch_size):
+        yield _stack(windows[start:start + batch_size], seq_len)

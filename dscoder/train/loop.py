@@ -1,0 +1,260 @@
+"""The training loop shared by pretraining, long-context extension and instruction tuning.
+
+AdamW with warm-up and the stage's schedule, gradient accumulation and clipping, bf16 autocast
+(CPU and CUDA), SDPA attention, optional torch.compile and activation checkpointing, periodic
+evaluation and checkpoints, exact resume. The model is transformers' LlamaForCausalLM; data
+parallelism wraps it from outside (distributed.py).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from dscoder.errors import UserError
+from dscoder.train import checkpoint, distributed
+from dscoder.train.dataset import Mixture, eval_batches
+from dscoder.train.report import METRICS
+from dscoder.train.schedule import OptimConfig, lr_factor, make_optimizer
+
+log = logging.getLogger("dscoder")
+
+
+@dataclass(frozen=True)
+class LoopConfig:
+    """Steps, batches, precision and bookkeeping."""
+
+    max_steps: int = 1000
+    """Optimizer steps to run."""
+    max_minutes: float = 0.0
+    """Stop (with a checkpoint) after this much wall time; 0: no limit."""
+    batch_size: int = 8
+    """Sequences per micro-batch on each process."""
+    grad_accum: int = 1
+    """Micro-batches per optimizer step."""
+    precision: Literal["bf16", "fp32"] = "bf16"
+    """bf16 autocast (weights and optimizer stay fp32) or plain fp32."""
+    compile: bool = False
+    """Compile the model with torch.compile."""
+    activation_checkpointing: bool = False
+    """Recompute activations in the backward pass to save memory."""
+    log_every: int = 10
+    """Steps between metrics lines."""
+    eval_every: int = 200
+    """Steps between evaluation losses (0: only at the end)."""
+    eval_batches: int = 8
+    """Held-out batches per evaluation."""
+    save_every: int = 200
+    """Steps between checkpoints (0: only at the end)."""
+    keep_checkpoints: int = 2
+    """Checkpoints kept (older ones are deleted)."""
+    seed: int = 0
+    """Seed of the data order, FIM and initialisation."""
+    device: str = "auto"
+    """auto (CUDA when available), cpu, cuda or cuda:N."""
+
+
+def pick_device(name: str, world: distributed.World) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda":
+        name = f"cuda:{world.local_rank}"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError("--loop.device cuda: no CUDA device is available")
+    return torch.device(name)
+
+
+def token_loss(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy over the masked target tokens. (B, T, V), (B, T), (B, T) -> ()."""
+    labels = targets.masked_fill(~mask, -100)
+    return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100)
+
+
+def _batch(tokens: np.ndarray, mask: np.ndarray, device) -> tuple[torch.Tensor, ...]:
+    t = torch.from_numpy(tokens).to(device, non_blocking=True)
+    m = torch.from_numpy(mask).to(device, non_blocking=True)
+    return t[:, :-1], t[:, 1:], m[:, 1:]
+
+
+class Trainer:
+    """Runs `cfg` on a model and data, writing metrics and checkpoints into `run`."""
+
+    def __init__(self, run: Path, hf_model, tokenizer_dir: Path, mixture: Mixture, loop: LoopConfig, optim: OptimConfig, parallel: distributed.ParallelConfig, lr: float,
+                 extra_state: dict | None = None):
+        self.run, self.loop, self.optim_cfg, self.lr = run, loop, optim, lr
+        self.tokenizer_dir, self.mixture = tokenizer_dir, mixture
+        self.device = pick_device(loop.device, distributed.World())
+        self.world = distributed.init(self.device.type)
+        self.device = pick_device(loop.device, self.world)
+        self.hf_model = hf_model.to(self.device)
+        if loop.activation_checkpointing:
+            self.hf_model.gradient_checkpointing_enable()
+        self.model = distributed.wrap(self.hf_model, self.world, parallel, self.device)
+        self.optimizer = make_optimizer(self.hf_model, optim, lr, self.device.type)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda s: lr_factor(s, optim, loop.max_steps))
+        self.forward = torch.compile(self.model) if loop.compile else self.model
+        self.step, self.tokens, self.extra_state = 0, 0, extra_state or {}
+
+    # --- state ---------------------------------------------------------------------------------
+
+    def _full_state(self) -> tuple[dict, dict]:
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
+
+        options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+        return get_state_dict(self.model, self.optimizer, options=options)
+
+    def save(self) -> Path | None:
+        model_state, optim_state = self._full_state()
+        folder = None
+        if self.world.main:
+            state = {"step": self.step, "tokens": self.tokens, "optimizer": optim_state,
+                     "scheduler": self.scheduler.state_dict(), "rng": checkpoint.rng_state(),
+                     "data": self.mixture.state, "world_size": self.world.size, **self.extra_state}
+            folder = checkpoint.save(self.run, self.step, self.hf_model, model_state, state, self.tokenizer_dir,
+                                     self.loop.keep_checkpoints)
+        distributed.barrier(self.world)
+        return folder
+
+    def resume(self, folder: Path) -> None:
+        """Continue from `folder`: weights, optimizer, schedule, RNG and data position."""
+        from safetensors.torch import load_file
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
+
+        state = checkpoint.load_state(folder)
+        if state.get("world_size", 1) != self.world.size:
+            log.warning("resuming a run saved with %d processes on %d: the data stream is the same, "
+                        "the reduction order is not", state.get("world_size", 1), self.world.size)
+        weights = {}
+        for file in sorted(folder.glob("*.safetensors")):
+            weights.update(load_file(file))
+        options = StateDictOptions(full_state_dict=True, strict=False)
+        set_state_dict(self.model, self.optimizer, model_state_dict=weights, optim_state_dict=state["optimizer"],
+                       options=options)
+        self.scheduler.load_state_dict(state["scheduler"])
+        checkpoint.set_rng_state(state["rng"])
+        self.mixture.state = state["data"]
+        self.step, self.tokens = state["step"], state["tokens"]
+        _truncate_metrics(self.run / METRICS, self.step)
+        log.info("resumed %s at step %d", folder, self.step)
+
+    # --- steps -----------------------------------------------------------------------------------
+
+    def _autocast(self):
+        if self.loop.precision == "bf16":
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def train_step(self) -> tuple[float, float, float]:
+        """One optimizer step over `grad_accum` micro-batches: (loss, gradient norm, lr used)."""
+        self.model.train()
+        self.optimizer.zero_grad(set_to_none=True)
+        total = 0.0
+        for micro in range(self.loop.grad_accum):
+            tokens, mask = self.mixture.next_batch(self.loop.batch_size, self.world.rank, self.world.size)
+            inputs, targets, target_mask = _batch(tokens, mask, self.device)
+            sync = micro == self.loop.grad_accum - 1 or not hasattr(self.model, "no_sync")
+            with contextlib.nullcontext() if sync else self.model.no_sync():
+                with self._autocast():
+                    logits = self.forward(input_ids=inputs, use_cache=False).logits
+                loss = token_loss(logits, targets, target_mask) / self.loop.grad_accum
+                loss.backward()
+            total += float(loss.detach())
+        norm = torch.nn.utils.clip_grad_norm_(self.hf_model.parameters(), self.optim_cfg.grad_clip or float("inf"))
+        lr = self.scheduler.get_last_lr()[0]
+        self.optimizer.step()
+        self.scheduler.step()
+        self.step += 1
+        self.tokens += self.loop.batch_size * self.loop.grad_accum * self.world.size * self.mixture.seq_len
+        return distributed.all_reduce_mean(total, self.world, self.device), float(norm), lr
+
+    @torch.no_grad()
+    def evaluate(self) -> float | None:
+        self.model.eval()
+        losses = []
+        for tokens, mask in eval_batches(self.mixture, self.loop.batch_size, self.loop.eval_batches):
+            inputs, targets, target_mask = _batch(tokens, mask, self.device)
+            if not target_mask.any():
+                continue
+            with self._autocast():
+                logits = self.forward(input_ids=inputs, use_cache=False).logits
+            losses.append(float(token_loss(logits, targets, target_mask)))
+        return float(np.mean(losses)) if losses else None
+
+    def run_loop(self) -> dict:
+        """Train to `max_steps` (or the time limit), then write `RUN/final`."""
+        from tqdm import tqdm
+
+        metrics = open(self.run / METRICS, "a", encoding="utf-8") if self.world.main else None
+        started = time.perf_counter()
+        window_start, window_tokens = time.perf_counter(), self.tokens
+        bar = tqdm(total=self.loop.max_steps, initial=self.step, desc="train", unit=" steps", file=sys.stderr,
+                   disable=not self.world.main)
+        last: dict = {}
+        try:
+            while self.step < self.loop.max_steps:
+                try:
+                    loss, norm, lr = self.train_step()
+                except torch.OutOfMemoryError:
+                    raise UserError("out of memory: lower --batch-size (and raise --grad-accum to keep the batch)") from None
+                except RuntimeError as exc:
+                    if "alloc" in str(exc).lower() or "out of memory" in str(exc).lower():
+                        raise UserError("out of memory: lower --batch-size (and raise --grad-accum to keep the batch)") from None
+                    raise
+                if not math.isfinite(loss):
+                    raise UserError(f"the loss became {loss} at step {self.step}: lower --lr")
+                bar.update()
+                out_of_time = self.loop.max_minutes and time.perf_counter() - started > 60 * self.loop.max_minutes
+                done = self.step >= self.loop.max_steps or out_of_time
+                record = None
+                if self.step % self.loop.log_every == 0 or done:
+                    elapsed = time.perf_counter() - window_start
+                    record = {"step": self.step, "loss": loss, "lr": lr,
+                              "tokens": self.tokens, "tokens_per_s": (self.tokens - window_tokens) / max(elapsed, 1e-9),
+                              "grad_norm": norm}
+                    window_start, window_tokens = time.perf_counter(), self.tokens
+                    bar.set_postfix(loss=f"{loss:.3f}", lr=f"{record['lr']:.2e}", tok_s=f"{record['tokens_per_s']:.0f}")
+                if (self.loop.eval_every and self.step % self.loop.eval_every == 0) or done:
+                    eval_loss = self.evaluate()
+                    if eval_loss is not None:
+                        record = (record or {"step": self.step}) | {"eval_loss": eval_loss}
+                if record and metrics:
+                    metrics.write(json.dumps(record) + "\n")
+                    metrics.flush()
+                    last |= record
+                if (self.loop.save_every and self.step % self.loop.save_every == 0) or done:
+                    self.save()
+                if out_of_time:
+                    log.info("time limit of %.1f minutes reached at step %d", self.loop.max_minutes, self.step)
+                    break
+        finally:
+            bar.close()
+            if metrics:
+                metrics.close()
+        if self.world.main:
+            newest = checkpoint.latest(self.run)
+            final = self.run / "final"
+            shutil.rmtree(final, ignore_errors=True)
+            shutil.copytree(newest, final, ignore=shutil.ignore_patterns(checkpoint.STATE))
+        distributed.barrier(self.world)
+        return last | {"step": self.step, "tokens": self.tokens}
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """Drop metrics logged after `step` (they are recomputed when a run resumes)."""
+    if not path.is_file():
+        return
+    kept = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip() and json.loads(line)["step"] <= step]
+    path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")

@@ -1,0 +1,86 @@
+"""Token caches, packing and mixing."""
+
+import json
+
+import numpy as np
+
+from dscoder import tokenizer as tokenizer_lib
+from dscoder.train import dataset
+from dscoder.train.fim import FIMConfig
+
+
+def cache(small_corpus, trained_tokenizer_dir, tmp_path, fim_rate=0.5, seed=0):
+    tok = tokenizer_lib.load(trained_tokenizer_dir)
+    cfg = dataset.DataConfig(seq_len=64, eval_fraction=0.05)
+    folder = dataset.corpus_cache(str(small_corpus), tok, FIMConfig(rate=fim_rate), seed, cfg, tmp_path)
+    return tok, folder
+
+
+def test_documents_are_bos_text_eos_and_the_cache_is_reused(small_corpus, trained_tokenizer_dir, tmp_path):
+    tok, folder = cache(small_corpus, trained_tokenizer_dir, tmp_path, fim_rate=0.0)
+    meta = json.loads((folder / "meta.json").read_text())
+    tokens = np.memmap(folder / "tokens.bin", dtype=meta["dtype"], mode="r")
+    assert meta["dtype"] == "uint16" and len(tokens) == meta["tokens"]
+    assert tokens[0] == tok.bos_token_id
+    assert (tokens == tok.bos_token_id).sum() == (tokens == tok.eos_token_id).sum() == meta["documents"]
+    first_doc = tokens[1:int(np.argmax(tokens == tok.eos_token_id))]
+    from dscoder.data import corpus
+
+    texts = list(corpus.iter_texts(small_corpus))
+    assert tok.decode(first_doc.tolist()) in texts
+    mtime = (folder / "tokens.bin").stat().st_mtime_ns
+    _, again = cache(small_corpus, trained_tokenizer_dir, tmp_path, fim_rate=0.0)
+    assert again == folder and (folder / "tokens.bin").stat().st_mtime_ns == mtime
+    _, other = cache(small_corpus, trained_tokenizer_dir, tmp_path, fim_rate=0.5)
+    assert other != folder  # a different FIM setting is a different cache
+
+
+def test_every_document_is_rewritten_at_fim_rate_one(small_corpus, trained_tokenizer_dir, tmp_path):
+    tok, folder = cache(small_corpus, trained_tokenizer_dir, tmp_path, fim_rate=1.0)
+    tokens = np.memmap(folder / "tokens.bin", dtype="uint16", mode="r")
+    starts = np.flatnonzero(tokens == tok.bos_token_id)
+    assert (tokens[starts + 1] == tok.convert_tokens_to_ids("<｜fim▁begin｜>")).all()
+
+
+def test_packing_windows_and_the_held_out_split(small_corpus, trained_tokenizer_dir, tmp_path):
+    _, folder = cache(small_corpus, trained_tokenizer_dir, tmp_path)
+    f = dataset.TokenFile(folder)
+    train, held = f.windows(64, 0.05, "train"), f.windows(64, 0.05, "eval")
+    assert len(train) + len(held) == (len(f.tokens) - 1) // 64
+    assert not set(train) & set(held) and 0.03 < len(held) / (len(train) + len(held)) < 0.07
+    a, _ = f.window(0, 64)
+    b, _ = f.window(1, 64)
+    assert a.shape == (65,) and a[-1] == b[0]
+    assert np.array_equal(np.concatenate([a[:-1], b]), np.asarray(f.tokens[:129]))
+
+
+def test_mixture_is_deterministic_weighted_and_rank_sharded(small_corpus, trained_tokenizer_dir, tmp_path):
+    _, folder = cache(small_corpus, trained_tokenizer_dir, tmp_path)
+    files = [dataset.TokenFile(folder), dataset.TokenFile(folder)]
+
+    def stream(weights, steps=50):
+        m = dataset.Mixture(files, weights, 64, seed=1)
+        for _ in range(steps):
+            m.next_batch(4)
+        return m
+
+    a, b = stream([3.0, 1.0]), stream([3.0, 1.0])
+    assert a.state == b.state
+    share = a.state["per_source"][0] / a.state["drawn"]
+    assert 0.65 < share < 0.85
+
+    whole = dataset.Mixture(files, [1, 1], 64, seed=2).next_batch(4, 0, 1)[0]
+    halves = [dataset.Mixture(files, [1, 1], 64, seed=2).next_batch(2, r, 2)[0] for r in (0, 1)]
+    assert np.array_equal(whole, np.concatenate(halves))
+
+    resumed = dataset.Mixture(files, [1, 1], 64, seed=3)
+    reference = dataset.Mixture(files, [1, 1], 64, seed=3)
+    for _ in range(5):
+        reference.next_batch(4)
+    resumed.state = json.loads(json.dumps(reference.state))
+    assert np.array_equal(resumed.next_batch(4)[0], reference.next_batch(4)[0])
+
+
+def test_source_weights_parse():
+    assert dataset.parse_source("runs/corpus:0.5") == ("runs/corpus", 0.5)
+    assert dataset.parse_source("runs/corpus") == ("runs/corpus", 1.0)
