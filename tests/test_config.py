@@ -63,3 +63,17 @@ def test_flag_parsing():
         config.parse_overrides(["--a.b"])
     with pytest.raises(UserError, match="unrecognized"):
         config.parse_overrides(["stray"])
+
+
+def test_shipped_training_configs_resolve():
+    from pathlib import Path
+
+    from dscoder.train.recipes import resolve
+
+    stages = {"pretrain-1.3b": "pretrain", "extend-16k": "extend", "instruct": "instruct"}
+    folder = Path(__file__).resolve().parents[1] / "configs"
+    assert sorted(p.stem for p in folder.glob("*.toml")) == sorted(stages)
+    for name, stage in stages.items():
+        cfg = resolve(stage, folder / f"{name}.toml", {})
+        assert cfg.stage == stage
+    assert resolve("pretrain", folder / "pretrain-1.3b.toml", {}).data.seq_len == 4096

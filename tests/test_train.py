@@ -176,3 +176,26 @@ def test_refusals(pretrained, small_corpus, trained_tokenizer_dir, deepseek_toke
     bad.write_text('{"instruction": "x"}\n')
     refused(["train", "instruct", "--model", str(pretrained / "final"), "--data", str(bad), "--out",
              str(tmp_path / "e")], "bad.jsonl:1")
+
+
+def test_activation_checkpointing_gives_the_same_losses(small_corpus, trained_tokenizer_dir, tmp_path):
+    losses = []
+    for flag in ("false", "true"):
+        run = tmp_path / flag
+        assert main(["train", "pretrain", "--data", str(small_corpus), "--tokenizer", str(trained_tokenizer_dir),
+                     "--preset", "tiny", "--out", str(run), *QUICK_TRAIN, "--max-steps", "3", "--save-every", "3",
+                     "--loop.precision=fp32", f"--loop.activation_checkpointing={flag}"]) == 0
+        losses.append([r["loss"] for r in metrics(run) if "loss" in r])
+    assert losses[0] == pytest.approx(losses[1], rel=1e-5)
+
+
+def test_corrupt_corpus_shard_is_a_clear_error(small_corpus, trained_tokenizer_dir, tmp_path, capsys):
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(small_corpus, broken)
+    next((broken / "data").glob("*.parquet")).write_bytes(b"PAR1 garbage")
+    code = main(["train", "pretrain", "--data", str(broken), "--tokenizer", str(trained_tokenizer_dir),
+                 "--preset", "tiny", "--out", str(tmp_path / "run"), *QUICK_TRAIN])
+    err = capsys.readouterr().err
+    assert code == 2 and "unreadable corpus shard" in err and "Traceback" not in err

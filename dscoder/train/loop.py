@@ -100,7 +100,8 @@ class Trainer:
         self.device = pick_device(loop.device, self.world)
         self.hf_model = hf_model.to(self.device)
         if loop.activation_checkpointing:
-            self.hf_model.gradient_checkpointing_enable()
+            enable = getattr(self.hf_model, "activation_checkpointing_enable", None) or self.hf_model.gradient_checkpointing_enable
+            enable()
         self.model = distributed.wrap(self.hf_model, self.world, parallel, self.device)
         self.optimizer = make_optimizer(self.hf_model, optim, lr, self.device.type)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
