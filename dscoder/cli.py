@@ -9,147 +9,17 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 from collections import Counter
 from pathlib import Path
 
 from dscoder import __version__
+from dscoder.data import cli as data_cli
 from dscoder.errors import UserError
+from dscoder.infer import cli as infer_cli
+from dscoder.train import cli as train_cli
 
 log = logging.getLogger("dscoder")
-
-
-# --- data ------------------------------------------------------------------------------------
-
-def cmd_data_build(args: argparse.Namespace) -> int:
-    from dscoder import config
-    from dscoder.data.build import build
-    from dscoder.data.stats import report
-    from dscoder.data.steps import DataConfig
-
-    cfg = config.load(DataConfig(), args.config, config.parse_overrides(args.extra))
-    if args.workers is not None:
-        cfg = config.apply_overrides(cfg, {"run.workers": str(args.workers)})
-    stats = build(args.out, args.sources, args.repos_in, args.decontaminate, cfg, engine=args.engine,
-                  ray_address=args.ray_address, force=args.force)
-    print(report(stats.to_json()))
-    print(f"\ncorpus: {args.out}")
-    return 0
-
-
-def cmd_data_stats(args: argparse.Namespace) -> int:
-    from dscoder.data import stats
-
-    data = stats.read(args.corpus)
-    print(json.dumps(data, indent=2) if args.json else stats.report(data))
-    return 0
-
-
-# --- train -----------------------------------------------------------------------------------
-
-# Common flags and the setting each one sets.
-TRAIN_FLAGS = {
-    "max_steps": "loop.max_steps", "seq_len": "data.seq_len", "batch_size": "loop.batch_size",
-    "grad_accum": "loop.grad_accum", "lr": "optim.lr", "fim_rate": "fim.rate", "seed": "loop.seed",
-    "eval_every": "loop.eval_every", "save_every": "loop.save_every",
-}
-
-
-def _train_config(args: argparse.Namespace, stage: str):
-    from dscoder import config
-    from dscoder.train.recipes import resolve
-
-    overrides = config.parse_overrides(args.extra)
-    for flag, key in TRAIN_FLAGS.items():
-        value = getattr(args, flag, None)
-        if value is not None:
-            overrides[key] = str(value)
-    if getattr(args, "data", None):
-        overrides["data.sources"] = ",".join(args.data)
-    for flag in ("rope_factor", "rope_theta"):
-        if getattr(args, flag, None) is not None:
-            overrides[f"extend.{flag}"] = str(getattr(args, flag))
-    return resolve(stage, args.config, overrides)
-
-
-def _finish_run(args: argparse.Namespace) -> int:
-    from dscoder.train import report
-
-    if os.environ.get("RANK", "0") == "0":
-        print(report.text(args.out))
-    return 0
-
-
-def cmd_train_pretrain(args: argparse.Namespace) -> int:
-    from dscoder.train.recipes import pretrain
-
-    cfg = _train_config(args, "pretrain")
-    pretrain(args.out, cfg, args.tokenizer, args.preset, args.model, resume=args.resume, force=args.force)
-    return _finish_run(args)
-
-
-def cmd_train_extend(args: argparse.Namespace) -> int:
-    from dscoder.train.recipes import extend
-
-    cfg = _train_config(args, "extend")
-    extend(args.out, cfg, args.model, resume=args.resume, force=args.force)
-    return _finish_run(args)
-
-
-def cmd_train_instruct(args: argparse.Namespace) -> int:
-    from dscoder.train.recipes import instruct
-
-    cfg = _train_config(args, "instruct")
-    instruct(args.out, cfg, args.model, args.data_file, resume=args.resume, force=args.force)
-    return _finish_run(args)
-
-
-def cmd_train_make_instruct(args: argparse.Namespace) -> int:
-    from dscoder.data import corpus
-    from dscoder.data.sources import read_texts
-    from dscoder.train.instruct import make_pairs
-
-    if args.out.exists() and not args.force:
-        raise UserError(f"{args.out} already exists (use --force to replace it)")
-    texts = corpus.iter_texts(args.corpus) if corpus.is_corpus(args.corpus) else iter(read_texts([args.corpus], Counter()))
-    tmp = args.out.with_name(f".{args.out.name}.partial")
-    count = 0
-    with open(tmp, "w", encoding="utf-8") as f:
-        for pair in make_pairs(texts, args.max_pairs):
-            f.write(json.dumps(pair, ensure_ascii=False) + "\n")
-            count += 1
-    if count == 0:
-        tmp.unlink()
-        raise UserError(f"{args.corpus}: no documented Python functions to turn into instructions")
-    tmp.replace(args.out)
-    print(f"instructions: {args.out} ({count:,} pairs)")
-    return 0
-
-
-def cmd_train_report(args: argparse.Namespace) -> int:
-    from dscoder.train import report
-
-    print(report.text(args.run))
-    print(f"plot         {report.plot_loss(args.run)}")
-    return 0
-
-
-def _add_train_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--out", type=Path, required=True, help="run folder to write")
-    p.add_argument("--config", type=Path, help="TOML file with [data], [fim], [optim], [loop], [parallel], [extend]")
-    p.add_argument("--max-steps", type=int, help="optimizer steps")
-    p.add_argument("--seq-len", type=int, help="tokens per sequence")
-    p.add_argument("--batch-size", type=int, help="sequences per micro-batch per process")
-    p.add_argument("--grad-accum", type=int, help="micro-batches per step")
-    p.add_argument("--lr", type=float, help="peak learning rate")
-    p.add_argument("--fim-rate", type=float, help="share of documents turned into FIM (pretraining: 0.5)")
-    p.add_argument("--seed", type=int, help="seed of data order, FIM and initialisation")
-    p.add_argument("--eval-every", type=int, help="steps between held-out losses")
-    p.add_argument("--save-every", type=int, help="steps between checkpoints")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out from its newest checkpoint")
-    p.add_argument("--force", action="store_true", help="replace --out if it exists")
-    p.set_defaults(overrides=True)
 
 
 # --- tokenizer -------------------------------------------------------------------------------
@@ -287,89 +157,13 @@ def _refuse_existing(path: str | Path, force: bool) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dscoder",
-        description="DeepSeek-Coder end to end: tokenizer, model presets and (as they land) data, "
-        "training, inference, serving and evaluation.",
+        description="DeepSeek-Coder end to end: repository-level data, tokenizer, model presets, "
+        "pretraining with FIM, long-context extension, instruction tuning, inference and serving.",
     )
     parser.add_argument("--version", action="version", version=f"dscoder {__version__}")
     parser.add_argument("-q", "--quiet", action="store_true", help="only print warnings and results")
     groups = parser.add_subparsers(dest="group", metavar="COMMAND", required=True)
-
-    data = groups.add_parser("data", help="build a repository-level code corpus")
-    data_cmds = data.add_subparsers(dest="command", metavar="SUBCOMMAND", required=True)
-    p = data_cmds.add_parser(
-        "build", help="collect, filter, order by dependencies, deduplicate, screen, decontaminate, redact",
-        description="Build a corpus of repository-level samples. Each SRC is one repository (a folder, "
-        "a git repository, a .tar/.tar.gz/.zip archive) or a dataset file (parquet/jsonl with "
-        "repository, path and content columns). Any setting can be changed with "
-        "--SECTION.KEY=VALUE (e.g. --dedup.threshold=0.8) or a TOML --config file; see docs/data.md. "
-        "Run the same command again to resume an interrupted build.")
-    p.add_argument("sources", nargs="*", type=Path, metavar="SRC", help="repository or dataset file")
-    p.add_argument("--out", type=Path, required=True, help="corpus folder to write")
-    p.add_argument("--repos-in", type=Path, action="append", default=[], metavar="DIR",
-                   help="take every subfolder (and archive) of DIR as a repository (repeatable)")
-    p.add_argument("--decontaminate", type=Path, nargs="+", default=[], metavar="FILE",
-                   help="benchmark files (HumanEval, MBPP, MultiPL-E, HumanEval-X jsonl/jsonl.gz)")
-    p.add_argument("--engine", choices=["local", "ray"], default="local",
-                   help="local worker processes (default) or Ray")
-    p.add_argument("--ray-address", help="address of an existing Ray cluster (default: start a local one)")
-    p.add_argument("--workers", type=int, help="worker processes (default: one per CPU core)")
-    p.add_argument("--config", type=Path, help="TOML file with [collect], [filters], [quality], "
-                   "[decontam], [pii], [order], [dedup] and [run] sections")
-    p.add_argument("--force", action="store_true", help="discard what --out holds and build again")
-    p.set_defaults(func=cmd_data_build, overrides=True)
-
-    p = data_cmds.add_parser("stats", help="what a corpus build kept and dropped, per step, rule and language")
-    p.add_argument("corpus", type=Path, metavar="DIR", help="corpus folder")
-    p.add_argument("--json", action="store_true", help="print stats.json as it is")
-    p.set_defaults(func=cmd_data_stats)
-
-    train = groups.add_parser("train", help="pretrain with FIM, extend the context, instruction-tune")
-    train_cmds = train.add_subparsers(dest="command", metavar="SUBCOMMAND", required=True)
-    p = train_cmds.add_parser(
-        "pretrain", help="next-token prediction with FIM on packed corpora",
-        description="Pretrain from a preset (with --tokenizer) or continue a model folder, on one or "
-        "more corpora from `dscoder data build`. Any setting can be changed with "
-        "--SECTION.KEY=VALUE (see docs/training.md). Works under torchrun for DDP/FSDP2.")
-    p.add_argument("--data", action="append", metavar="DIR[:WEIGHT]", help="corpus folder with a mixing weight (repeatable)")
-    p.add_argument("--tokenizer", type=Path, help="tokenizer folder (with --preset)")
-    p.add_argument("--preset", help="model preset to start from (see `dscoder model presets`)")
-    p.add_argument("--model", type=Path, help="model folder to continue from")
-    _add_train_flags(p)
-    p.set_defaults(func=cmd_train_pretrain)
-
-    p = train_cmds.add_parser(
-        "extend", help="long-context extension: linear RoPE scaling at a longer sequence length",
-        description="Continue a model at a longer --seq-len with linear RoPE scaling (factor, base); the "
-        "saved config loads in transformers with that scaling.")
-    p.add_argument("--model", type=Path, required=True, help="model folder to extend")
-    p.add_argument("--data", action="append", metavar="DIR[:WEIGHT]", help="corpus folder with a mixing weight (repeatable)")
-    p.add_argument("--rope-factor", type=float, help="linear RoPE scaling factor (default 4)")
-    p.add_argument("--rope-theta", type=float, help="RoPE base (default 100000)")
-    _add_train_flags(p)
-    p.set_defaults(func=cmd_train_extend)
-
-    p = train_cmds.add_parser(
-        "instruct", help="instruction tuning with the chat template, loss on responses only",
-        description="Fine-tune on {instruction, output} or {messages} JSON lines rendered with the "
-        "released chat template; only responses and <|EOT|> are trained; the saved model stops at <|EOT|>.")
-    p.add_argument("--model", type=Path, required=True, help="model folder to tune")
-    p.add_argument("--data", dest="data_file", type=Path, required=True, metavar="FILE.jsonl", help="instruction data")
-    _add_train_flags(p)
-    p.set_defaults(func=cmd_train_instruct)
-
-    p = train_cmds.add_parser(
-        "make-instruct", help="derive instruction pairs from a corpus (documented Python functions)",
-        description="Turn documented Python functions of a corpus (or a code folder) into "
-        "{instruction, output} pairs: the docstring asks, the function answers.")
-    p.add_argument("corpus", type=Path, metavar="CORPUS", help="corpus folder or code folder")
-    p.add_argument("--out", type=Path, required=True, help="JSON-lines file to write")
-    p.add_argument("--max-pairs", type=int, default=20000, help="most pairs written (default 20000)")
-    p.add_argument("--force", action="store_true", help="replace --out if it exists")
-    p.set_defaults(func=cmd_train_make_instruct)
-
-    p = train_cmds.add_parser("report", help="summarise a run and redraw its loss.png")
-    p.add_argument("run", type=Path, metavar="RUN", help="run folder")
-    p.set_defaults(func=cmd_train_report)
+    data_cli.add_commands(groups)
 
     tok = groups.add_parser("tokenizer", help="train or import a DeepSeek-Coder tokenizer")
     tok_cmds = tok.add_subparsers(dest="command", metavar="SUBCOMMAND", required=True)
@@ -424,6 +218,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = mod_cmds.add_parser("presets", help="list the model presets")
     p.set_defaults(func=cmd_model_presets)
+
+    train_cli.add_commands(groups)
+    infer_cli.add_commands(groups)
 
     p = groups.add_parser(
         "quickstart", help="the demo: tokenizer and tiny model from this machine's Python code",

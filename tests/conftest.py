@@ -99,3 +99,28 @@ def small_corpus(tmp_path_factory) -> Path:
 # Small, quick training settings for tests: flags of `dscoder train ...`.
 QUICK_TRAIN = ["--seq-len", "64", "--batch-size", "4", "--max-steps", "12", "--eval-every", "6",
                "--save-every", "4", "--loop.log_every=1", "--loop.eval_batches=2", "--data.eval_fraction=0.05"]
+
+
+@pytest.fixture(scope="session")
+def tiny_base_model(small_corpus, trained_tokenizer_dir, tmp_path_factory) -> Path:
+    """A tiny base model trained for a few seconds (its text is code-like noise)."""
+    from dscoder.cli import main
+
+    run = tmp_path_factory.mktemp("models") / "base"
+    assert main(["train", "pretrain", "--data", str(small_corpus), "--tokenizer", str(trained_tokenizer_dir),
+                 "--preset", "tiny", "--out", str(run), *QUICK_TRAIN, "--max-steps", "30", "--lr", "3e-3",
+                 "--save-every", "30"]) == 0
+    return run / "final"
+
+
+@pytest.fixture(scope="session")
+def tiny_instruct_model(tiny_base_model, small_corpus, tmp_path_factory) -> Path:
+    """The base model after a few instruction-tuning steps (EOS = <|EOT|>)."""
+    from dscoder.cli import main
+
+    folder = tmp_path_factory.mktemp("models")
+    pairs = folder / "pairs.jsonl"
+    assert main(["train", "make-instruct", str(small_corpus), "--out", str(pairs), "--max-pairs", "100"]) == 0
+    assert main(["train", "instruct", "--model", str(tiny_base_model), "--data", str(pairs), "--out",
+                 str(folder / "instruct"), *QUICK_TRAIN, "--max-steps", "3", "--save-every", "3"]) == 0
+    return folder / "instruct" / "final"

@@ -1,0 +1,1 @@
+"""Inference: the generation engine, prompts (completion, insertion, repository, chat) and the server."""

@@ -1,0 +1,199 @@
+"""The inference commands: `dscoder complete`, `infill`, `repo-complete`, `chat` and `serve`."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from dscoder.errors import UserError
+
+log = logging.getLogger("dscoder")
+
+
+def _engine(args: argparse.Namespace):
+    from dscoder.infer.engine import Engine
+
+    return Engine.load(args.model, dtype=args.dtype, device=args.device)
+
+
+def _params(args: argparse.Namespace, engine):
+    from dscoder.infer.sampling import SamplingParams
+
+    if args.max_new_tokens < 1:
+        raise UserError("--max-new-tokens must be at least 1")
+    return SamplingParams(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
+                          top_k=args.top_k, seed=args.seed, stop=tuple(args.stop or ()))
+
+
+def _generate(args: argparse.Namespace, engine, prompt) -> str:
+    """Run one prompt, printing the prompt first with --show-prompt and streaming with --stream."""
+    from dscoder.infer.engine import Sequence
+
+    if args.show_prompt:
+        sys.stdout.write(f"=== prompt ===\n{prompt.text}\n=== completion ===\n")
+    on_delta = None
+    if args.stream:
+        def on_delta(delta: str) -> None:
+            sys.stdout.write(delta)
+            sys.stdout.flush()
+    (sequence,) = engine.generate([Sequence(prompt.ids, _params(args, engine), on_delta)])
+    if not args.stream:
+        sys.stdout.write(sequence.text)
+    sys.stdout.write("\n")
+    sys.stdout.flush()
+    return sequence.text
+
+
+def cmd_complete(args: argparse.Namespace) -> int:
+    from dscoder.infer import prompts
+
+    engine = _engine(args)
+    text = sys.stdin.read() if args.prompt == "-" else args.prompt
+    _generate(args, engine, prompts.completion(engine, text, args.max_new_tokens))
+    return 0
+
+
+def cmd_infill(args: argparse.Namespace) -> int:
+    from dscoder.infer import prompts
+    from dscoder.infer.engine import is_instruct
+
+    engine = _engine(args)
+    if args.file is not None:
+        if args.line is None:
+            raise UserError("--file needs --line (and optionally --column)")
+        try:
+            text = Path(args.file).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise UserError(f"{args.file}: cannot be read ({exc})") from None
+        prefix, suffix = prompts.split_at_cursor(text, args.line, args.column)
+    elif args.prefix is not None:
+        prefix, suffix = args.prefix, args.suffix or ""
+    else:
+        raise UserError("give --prefix/--suffix or --file/--line")
+    if is_instruct(engine.tokenizer):
+        log.warning("%s is an instruct model: insertion is what base models are trained for", engine.name)
+    _generate(args, engine, prompts.insertion(engine, prefix, suffix, args.max_new_tokens))
+    return 0
+
+
+def cmd_repo_complete(args: argparse.Namespace) -> int:
+    from dscoder.infer import repo_context
+
+    engine = _engine(args)
+    prompt = repo_context.build(engine, args.repo, args.file, args.line, args.column, args.max_new_tokens)
+    _generate(args, engine, prompt)
+    return 0
+
+
+def cmd_chat(args: argparse.Namespace) -> int:
+    from dscoder.infer import prompts
+    from dscoder.infer.engine import is_instruct
+
+    engine = _engine(args)
+    if not is_instruct(engine.tokenizer):
+        log.warning("%s is a base model: it was not tuned for chat, answers may ramble", engine.name)
+    messages = [{"role": "system", "content": args.system}] if args.system else []
+    if args.message is not None:
+        messages.append({"role": "user", "content": args.message})
+        _generate(args, engine, prompts.chat(engine, messages, args.max_new_tokens))
+        return 0
+    print(f"chatting with {engine.name} (empty line: nothing; /reset: new conversation; /exit or Ctrl-D: quit)",
+          file=sys.stderr)
+    while True:
+        try:
+            line = input(">>> ")
+        except EOFError:
+            print(file=sys.stderr)
+            return 0
+        if not line.strip():
+            continue
+        if line.strip() == "/exit":
+            return 0
+        if line.strip() == "/reset":
+            messages = messages[:1] if args.system else []
+            continue
+        messages.append({"role": "user", "content": line})
+        try:
+            answer = _generate(args, engine, prompts.chat(engine, messages, args.max_new_tokens))
+        except UserError as exc:
+            print(f"dscoder: {exc}", file=sys.stderr)
+            messages.pop()
+            continue
+        messages.append({"role": "assistant", "content": answer})
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from dscoder.infer.server import serve
+
+    serve(_engine(args), host=args.host, port=args.port, api_key=args.api_key, max_batch=args.max_batch)
+    return 0
+
+
+def _model_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", type=Path, required=True, help="model folder (ours or a released DeepSeek-Coder one)")
+    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
+                   help="weights dtype (auto: as saved)")
+    p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu or cuda")
+
+
+def _generation_flags(p: argparse.ArgumentParser) -> None:
+    _model_flags(p)
+    p.add_argument("--max-new-tokens", type=int, default=128, help="most tokens generated (default 128)")
+    p.add_argument("--temperature", type=float, default=0.0, help="sampling temperature (default 0: greedy)")
+    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (default 1)")
+    p.add_argument("--top-k", type=int, default=0, help="sample among the k most likely tokens (default 0: all)")
+    p.add_argument("--seed", type=int, help="sampling seed")
+    p.add_argument("--stop", action="append", metavar="TEXT", help="stop sequence, trimmed from the output (repeatable)")
+    p.add_argument("--stream", action="store_true", help="print tokens as they are generated")
+    p.add_argument("--show-prompt", action="store_true", help="print the exact prompt text first")
+
+
+def add_commands(groups) -> None:
+    p = groups.add_parser("complete", help="continue a prompt (base models stop at EOS)",
+                          description="Plain completion: the prompt after BOS. A prompt longer than the "
+                          "context is cut from the left, with a warning.")
+    p.add_argument("prompt", metavar="PROMPT", help="text to continue ('-' reads standard input)")
+    _generation_flags(p)
+    p.set_defaults(func=cmd_complete)
+
+    p = groups.add_parser("infill", help="fill in the middle between a prefix and a suffix",
+                          description="Insertion with the released FIM layout: --prefix/--suffix, or "
+                          "--file PATH --line N [--column C] to insert at a cursor in a real file.")
+    p.add_argument("--prefix", help="text before the hole")
+    p.add_argument("--suffix", help="text after the hole")
+    p.add_argument("--file", type=Path, help="file to insert into")
+    p.add_argument("--line", type=int, help="cursor line (1-based)")
+    p.add_argument("--column", type=int, help="cursor column (0-based; default: end of the line)")
+    _generation_flags(p)
+    p.set_defaults(func=cmd_infill)
+
+    p = groups.add_parser("repo-complete", help="complete a file with its repository's dependencies as context",
+                          description="Repository-level completion: the target file's dependencies in "
+                          "dependency order with #path headers, fitted to the context, then the file up to the "
+                          "cursor (as FIM when text follows the cursor).")
+    p.add_argument("--repo", type=Path, required=True, help="repository folder")
+    p.add_argument("--file", required=True, help="file to complete (inside the repository)")
+    p.add_argument("--line", type=int, help="cursor line (default: the end of the file)")
+    p.add_argument("--column", type=int, help="cursor column (default: the end of the line)")
+    _generation_flags(p)
+    p.set_defaults(func=cmd_repo_complete)
+
+    p = groups.add_parser("chat", help="chat with an instruct model in the terminal",
+                          description="Multi-turn chat with the released template (instruct models stop "
+                          "at <|EOT|>); --message for one exchange.")
+    p.add_argument("--message", help="one message to answer, then exit")
+    p.add_argument("--system", help="system message (default: the released default system prompt)")
+    _generation_flags(p)
+    p.set_defaults(func=cmd_chat)
+
+    p = groups.add_parser("serve", help="OpenAI-compatible HTTP server (completions with suffix, chat, /infill)",
+                          description="Serve a model folder over HTTP: /v1/models, /v1/completions (suffix "
+                          "rendered as FIM), /v1/chat/completions, llama.cpp's /infill, /health.")
+    _model_flags(p)
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    p.add_argument("--api-key", help="require this key as 'Authorization: Bearer KEY'")
+    p.add_argument("--max-batch", type=int, default=8, help="most sequences generated together (default 8)")
+    p.set_defaults(func=cmd_serve)

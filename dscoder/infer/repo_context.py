@@ -1,0 +1,93 @@
+"""Repository-level completion prompts (paper section 2.3, README "repository level code
+completion"): the files the target file depends on, found with the data pipeline's dependency
+code and ordered by Algorithm 1, each headed by `#{path}`, then the target file up to the cursor
+(as FIM when there is text after the cursor).
+
+When the context does not fit the token budget, the least related files go first: those
+farthest from the target in the dependency graph, the largest first among equals.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter, deque
+from pathlib import Path
+
+from dscoder import formats
+from dscoder.data.dependencies import order_repository
+from dscoder.data.imports import DEPENDENCY_LANGUAGES, CodeFile, dependencies
+from dscoder.data.parsing import PARSED_LANGUAGES, parse
+from dscoder.data.sources import CollectConfig, read_folder
+from dscoder.errors import UserError
+from dscoder.infer import prompts
+
+log = logging.getLogger("dscoder")
+BUILD_FILES = ("makefile", "cmake", "gomod")
+
+
+def related_files(files: dict[str, str], languages: dict[str, str], target: str) -> tuple[dict[str, int], dict]:
+    """Files the target depends on, directly or not, with their distance from it; and the
+    dependency graph."""
+    code = [CodeFile(p, t, languages[p], parse(t, languages[p], p) if languages[p] in PARSED_LANGUAGES else None)
+            for p, t in files.items() if languages[p] in DEPENDENCY_LANGUAGES]
+    build = [CodeFile(p, t, languages[p], None) for p, t in files.items() if languages[p] in BUILD_FILES]
+    deps = dependencies(code, build)
+    distance, queue = {target: 0}, deque([target])
+    while queue:
+        current = queue.popleft()
+        for dep in sorted(deps.get(current, ())):
+            if dep not in distance:
+                distance[dep] = distance[current] + 1
+                queue.append(dep)
+    distance.pop(target)
+    return distance, deps
+
+
+def build(engine, repo: Path, target: str, line: int | None, column: int | None, max_new_tokens: int) -> prompts.Prompt:
+    """The prompt for completing `target` (a path inside `repo`) at the cursor."""
+    repo = Path(repo)
+    if not repo.is_dir():
+        raise UserError(f"repository folder not found: {repo}")
+    candidate = Path(target) if Path(target).is_absolute() else repo / target
+    if not candidate.exists() and Path(target).exists():
+        candidate = Path(target)  # a path relative to the working directory
+    if not candidate.resolve().is_relative_to(repo.resolve()):
+        raise UserError(f"{target} is not inside {repo}")
+    rel = candidate.resolve().relative_to(repo.resolve()).as_posix()
+    sources = {f.path: f for f in read_folder(repo, CollectConfig(), Counter())}
+    if rel not in sources:
+        if not (repo / rel).is_file():
+            raise UserError(f"{rel}: not a file of {repo}")
+        raise UserError(f"{rel}: not a text file of a known language")
+    text = sources[rel].text
+    lines = text.split("\n")
+    prefix, suffix = prompts.split_at_cursor(text, line or len(lines), column)
+    files = {p: f.text for p, f in sources.items()}
+    languages = {p: f.language for p, f in sources.items()}
+    distance, deps = related_files(files, languages, rel)
+
+    ordered = [p for group in order_repository(sorted(distance), deps, 0) for p in group]
+    fim = bool(suffix.strip())
+
+    def render(context: list[str]) -> str:
+        pairs = [(p, files[p]) for p in context]
+        if fim:
+            return formats.fim_prompt(formats.repo_sample(pairs) + formats.file_header(rel) + prefix, suffix)
+        return formats.repo_prompt(pairs, rel, prefix)
+
+    room = engine.context - max_new_tokens
+    cost = {p: len(engine.tokenizer(formats.file_header(p) + files[p], add_special_tokens=False)["input_ids"])
+            for p in ordered}
+    base = len(engine.encode(render([])))
+    keep = list(ordered)
+    for path in sorted(ordered, key=lambda p: (-distance[p], -cost[p], p)):
+        if base + sum(cost[p] for p in keep) <= room:
+            break
+        keep.remove(path)
+    dropped = len(ordered) - len(keep)
+    if dropped:
+        log.info("repository context: kept %d of %d related files to fit %d tokens", len(keep), len(ordered), room)
+    context = formats.repo_sample([(p, files[p]) for p in keep]) + formats.file_header(rel) + prefix
+    if fim:
+        return prompts.insertion(engine, context, suffix, max_new_tokens)
+    return prompts.completion(engine, context, max_new_tokens)

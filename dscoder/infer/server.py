@@ -1,0 +1,365 @@
+"""An OpenAI-compatible HTTP server (FastAPI + uvicorn) for one model folder.
+
+- `GET /v1/models`, `GET /health`
+- `POST /v1/completions`: `prompt` (string or list), `suffix` (rendered as DeepSeek FIM),
+  `max_tokens`, `temperature`, `top_p`, `top_k`, `n`, `stop`, `seed`, `echo`, `logprobs` (up to 5),
+  `stream` (SSE ending with `data: [DONE]`), `stream_options.include_usage`
+- `POST /v1/chat/completions`: `messages` with the same options; streamed deltas
+- `POST /infill`: llama.cpp's shape (`input_prefix`, `input_suffix`, `input_extra` as
+  `{filename, text}` repository context, `n_predict`), which editor plugins use
+
+Errors carry OpenAI's body (`{"error": {"message", "type", "param", "code"}}`) with a 4xx status,
+and the server keeps serving. `create_app` builds the app without touching argv, for tests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+import uuid
+from contextlib import asynccontextmanager
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from dscoder import formats
+from dscoder.errors import UserError
+from dscoder.infer import prompts
+from dscoder.infer.batching import _DONE, Batcher
+from dscoder.infer.engine import Engine, Sequence, is_instruct
+from dscoder.infer.sampling import SamplingParams
+
+log = logging.getLogger("dscoder")
+MAX_LOGPROBS = 5
+
+
+class APIError(Exception):
+    def __init__(self, status: int, message: str, code: str | None = None, param: str | None = None,
+                 kind: str = "invalid_request_error"):
+        super().__init__(message)
+        self.status, self.message, self.code, self.param, self.kind = status, message, code, param, kind
+
+
+class StreamOptions(BaseModel):
+    include_usage: bool = False
+
+
+class _Common(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    model: str | None = None
+    temperature: float = Field(1.0, ge=0.0, le=2.0)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    top_k: int = Field(0, ge=0)
+    n: int = Field(1, ge=1, le=16)
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+
+
+class CompletionRequest(_Common):
+    prompt: str | list[str]
+    suffix: str | None = None
+    max_tokens: int | None = Field(16, ge=1)
+    echo: bool = False
+    logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS)
+
+
+class Message(BaseModel):
+    role: Literal["system", "user", "assistant"]
+    content: str
+
+
+class ChatRequest(_Common):
+    messages: list[Message] = Field(min_length=1)
+    max_tokens: int | None = Field(None, ge=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
+    logprobs: bool = False
+    top_logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS)
+
+
+class ExtraFile(BaseModel):
+    filename: str = ""
+    text: str
+
+
+class InfillRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    input_prefix: str = ""
+    input_suffix: str = ""
+    input_extra: list[ExtraFile] = []
+    prompt: str = ""
+    n_predict: int = Field(-1, ge=-1)
+    temperature: float = Field(0.0, ge=0.0, le=2.0)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    top_k: int = Field(0, ge=0)
+    stop: list[str] = []
+    seed: int | None = None
+    stream: bool = False
+
+
+def _stops(stop: str | list[str] | None) -> tuple[str, ...]:
+    if stop is None:
+        return ()
+    stops = (stop,) if isinstance(stop, str) else tuple(stop)
+    if len(stops) > 4 or any(not s for s in stops):
+        raise APIError(400, "stop must be up to 4 non-empty strings", "invalid_value", "stop")
+    return stops
+
+
+def _fit(engine: Engine, ids: list[int], max_tokens: int | None, param: str = "max_tokens") -> int:
+    """The new-token limit for a prompt; 4xx when the prompt and limit exceed the context."""
+    room = engine.context - len(ids)
+    if room < 1:
+        raise APIError(400, f"this model's maximum context length is {engine.context} tokens; the prompt has "
+                            f"{len(ids)}", "context_length_exceeded", "prompt")
+    if max_tokens is None:
+        return room
+    if max_tokens > room:
+        raise APIError(400, f"this model's maximum context length is {engine.context} tokens; the prompt has "
+                            f"{len(ids)} and {max_tokens} were requested", "context_length_exceeded", param)
+    return max_tokens
+
+
+def _seeds(seed: int | None, n: int) -> list[int | None]:
+    return [None if seed is None else seed + i for i in range(n)]
+
+
+def _usage(sequences: list[Sequence], prompt_tokens: int) -> dict:
+    completion = sum(len(s.token_ids) for s in sequences)
+    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion, "total_tokens": prompt_tokens + completion}
+
+
+def _finish(sequence: Sequence) -> str:
+    return "length" if sequence.finish_reason == "length" else "stop"
+
+
+def _completion_logprobs(engine: Engine, s: Sequence, offset: int) -> dict:
+    convert = engine.tokenizer.convert_ids_to_tokens
+    tokens = [convert(item["token_id"]) for item in s.logprobs]
+    offsets, position = [], offset
+    for item in s.logprobs:
+        offsets.append(position)
+        position += len(engine.tokenizer.decode([item["token_id"]], skip_special_tokens=True))
+    return {"tokens": tokens, "token_logprobs": [item["logprob"] for item in s.logprobs],
+            "top_logprobs": [dict(item["top"]) for item in s.logprobs], "text_offset": offsets}
+
+
+def _chat_logprobs(engine: Engine, s: Sequence) -> dict:
+    convert = engine.tokenizer.convert_ids_to_tokens
+    return {"content": [{"token": convert(item["token_id"]), "logprob": item["logprob"], "bytes": None,
+                         "top_logprobs": [{"token": t, "logprob": v, "bytes": None} for t, v in item["top"]]}
+                        for item in s.logprobs]}
+
+
+def create_app(engine: Engine, api_key: str | None = None, max_batch: int = 8):
+    """The FastAPI application serving `engine`."""
+    from fastapi import FastAPI, Request
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import JSONResponse, StreamingResponse
+
+    state: dict[str, Any] = {}
+
+    @asynccontextmanager
+    async def lifespan(app):
+        state["batcher"] = Batcher(engine, max_batch)
+        yield
+        state["batcher"].close()
+
+    app = FastAPI(title="dscoder", lifespan=lifespan)
+
+    def error_body(message: str, kind: str = "invalid_request_error", code=None, param=None) -> dict:
+        return {"error": {"message": message, "type": kind, "param": param, "code": code}}
+
+    @app.exception_handler(APIError)
+    async def api_error(request, exc: APIError):
+        return JSONResponse(error_body(exc.message, exc.kind, exc.code, exc.param), status_code=exc.status)
+
+    @app.exception_handler(UserError)
+    async def user_error(request, exc: UserError):
+        return JSONResponse(error_body(str(exc)), status_code=400)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request, exc: RequestValidationError):
+        first = exc.errors()[0] if exc.errors() else {}
+        where = ".".join(str(p) for p in first.get("loc", ())[1:]) or None
+        message = "malformed JSON body" if first.get("type") == "json_invalid" else f"{where}: {first.get('msg', 'invalid value')}"
+        return JSONResponse(error_body(message, param=where, code="invalid_value"), status_code=400)
+
+    @app.middleware("http")
+    async def authenticate(request: Request, call_next):
+        if api_key and request.url.path != "/health":
+            if request.headers.get("authorization", "") != f"Bearer {api_key}":
+                return JSONResponse(error_body("invalid or missing API key", code="invalid_api_key"), status_code=401)
+        return await call_next(request)
+
+    def check_model(name: str | None) -> None:
+        if name is not None and name != engine.name:
+            raise APIError(404, f"the model '{name}' does not exist (this server has '{engine.name}')",
+                           "model_not_found", "model")
+
+    def sse(data: dict | str) -> str:
+        return f"data: {data if isinstance(data, str) else json.dumps(data)}\n\n"
+
+    async def run_stream(sequences: list[Sequence], chunk, final_chunks, usage_chunk):
+        """Server-sent events: a chunk per delta, final chunks, usage, [DONE]."""
+        out, start = state["batcher"].stream(sequences)
+        task = asyncio.create_task(start())
+        try:
+            while True:
+                item = await out.get()
+                if item is _DONE:
+                    break
+                if isinstance(item, Exception):
+                    yield sse(error_body(str(item), "server_error"))
+                    return
+                index, delta = item
+                if delta:
+                    yield sse(chunk(index, delta))
+            for data in final_chunks():
+                yield sse(data)
+            if usage_chunk is not None:
+                yield sse(usage_chunk())
+            yield sse("[DONE]")
+        finally:
+            if not task.done():  # the client went away: free the rows
+                for s in sequences:
+                    s.cancelled.set()
+                task.cancel()
+
+    @app.get("/health")
+    async def health():
+        return {"status": "ok", "model": engine.name}
+
+    @app.get("/v1/models")
+    async def models():
+        return {"object": "list", "data": [{"id": engine.name, "object": "model", "created": 0, "owned_by": "dscoder"}]}
+
+    @app.post("/v1/completions")
+    async def completions(body: CompletionRequest):
+        check_model(body.model)
+        texts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
+        if not texts:
+            raise APIError(400, "prompt must not be empty", "invalid_value", "prompt")
+        if body.suffix is not None and is_instruct(engine.tokenizer):
+            log.warning("FIM request to an instruct model: rendered as asked, though insertion is a base-model skill")
+        stops = _stops(body.stop)
+        sequences, prompt_tokens, echoes = [], 0, []
+        for text in texts:
+            rendered = formats.fim_prompt(text, body.suffix) if body.suffix is not None else text
+            ids = engine.encode(rendered)
+            limit = _fit(engine, ids, body.max_tokens)
+            prompt_tokens += len(ids)
+            for seed in _seeds(body.seed, body.n):
+                params = SamplingParams(max_new_tokens=limit, temperature=body.temperature, top_p=body.top_p,
+                                        top_k=body.top_k, seed=seed, stop=stops, logprobs=body.logprobs)
+                sequences.append(Sequence(ids, params))
+                echoes.append(text if body.echo else "")
+        ident, created = f"cmpl-{uuid.uuid4().hex[:24]}", int(time.time())
+
+        def choice(i: int, s: Sequence) -> dict:
+            return {"text": echoes[i] + s.text, "index": i, "finish_reason": _finish(s),
+                    "logprobs": _completion_logprobs(engine, s, len(echoes[i])) if body.logprobs is not None else None}
+
+        if body.stream:
+            started: set[int] = set()
+
+            def chunk(i, delta):
+                if i not in started:  # the echoed prompt leads the first chunk
+                    started.add(i)
+                    delta = echoes[i] + delta
+                return {"id": ident, "object": "text_completion", "created": created, "model": engine.name,
+                        "choices": [{"text": delta, "index": i, "logprobs": None, "finish_reason": None}]}
+
+            def finals():
+                for i, s in enumerate(sequences):
+                    yield {"id": ident, "object": "text_completion", "created": created, "model": engine.name,
+                           "choices": [{"text": "" if i in started else echoes[i], "index": i, "logprobs": None,
+                                        "finish_reason": _finish(s)}]}
+
+            usage = None
+            if body.stream_options and body.stream_options.include_usage:
+                def usage():
+                    return {"id": ident, "object": "text_completion", "created": created, "model": engine.name,
+                            "choices": [], "usage": _usage(sequences, prompt_tokens)}
+            return StreamingResponse(run_stream(sequences, chunk, finals, usage), media_type="text/event-stream")
+        await state["batcher"].run(sequences)
+        return {"id": ident, "object": "text_completion", "created": created, "model": engine.name,
+                "choices": [choice(i, s) for i, s in enumerate(sequences)], "usage": _usage(sequences, prompt_tokens)}
+
+    @app.post("/v1/chat/completions")
+    async def chat(body: ChatRequest):
+        check_model(body.model)
+        if not is_instruct(engine.tokenizer):
+            log.warning("chat request to a base model: rendered with the chat template, answers may ramble")
+        prompt = prompts.chat(engine, [m.model_dump() for m in body.messages], 1)
+        limit = _fit(engine, prompt.ids, body.max_completion_tokens or body.max_tokens, "max_tokens")
+        stops = _stops(body.stop)
+        top = (body.top_logprobs or 0) if body.logprobs else None
+        sequences = [Sequence(prompt.ids, SamplingParams(max_new_tokens=limit, temperature=body.temperature,
+                                                         top_p=body.top_p, top_k=body.top_k, seed=seed, stop=stops,
+                                                         logprobs=top))
+                     for seed in _seeds(body.seed, body.n)]
+        ident, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
+        if body.stream:
+            started: set[int] = set()
+
+            def chunk(i, delta):
+                d = {"content": delta} if i in started else {"role": "assistant", "content": delta}
+                started.add(i)
+                return {"id": ident, "object": "chat.completion.chunk", "created": created, "model": engine.name,
+                        "choices": [{"index": i, "delta": d, "logprobs": None, "finish_reason": None}]}
+
+            def finals():
+                for i, s in enumerate(sequences):
+                    delta = {} if i in started else {"role": "assistant", "content": ""}
+                    yield {"id": ident, "object": "chat.completion.chunk", "created": created, "model": engine.name,
+                           "choices": [{"index": i, "delta": delta, "logprobs": None, "finish_reason": _finish(s)}]}
+
+            usage = None
+            if body.stream_options and body.stream_options.include_usage:
+                def usage():
+                    return {"id": ident, "object": "chat.completion.chunk", "created": created, "model": engine.name,
+                            "choices": [], "usage": _usage(sequences, len(prompt.ids))}
+            return StreamingResponse(run_stream(sequences, chunk, finals, usage), media_type="text/event-stream")
+        await state["batcher"].run(sequences)
+        choices = [{"index": i, "message": {"role": "assistant", "content": s.text}, "finish_reason": _finish(s),
+                    "logprobs": _chat_logprobs(engine, s) if body.logprobs else None} for i, s in enumerate(sequences)]
+        return {"id": ident, "object": "chat.completion", "created": created, "model": engine.name,
+                "choices": choices, "usage": _usage(sequences, len(prompt.ids))}
+
+    @app.post("/infill")
+    async def infill(body: InfillRequest):
+        context = formats.repo_sample([(f.filename or "context", f.text) for f in body.input_extra])
+        text = formats.fim_prompt(context + body.input_prefix + body.prompt, body.input_suffix)
+        ids = engine.encode(text)
+        limit = _fit(engine, ids, None if body.n_predict < 0 else body.n_predict, "n_predict")
+        params = SamplingParams(max_new_tokens=limit, temperature=body.temperature, top_p=body.top_p,
+                                top_k=body.top_k, seed=body.seed, stop=tuple(body.stop))
+        (sequence,) = sequences = [Sequence(ids, params)]
+
+        def summary() -> dict:
+            return {"content": "", "stop": True, "model": engine.name, "tokens_predicted": len(sequence.token_ids),
+                    "tokens_evaluated": len(ids), "stopped_eos": sequence.finish_reason == "stop",
+                    "stopped_limit": sequence.finish_reason == "length", "truncated": False}
+
+        if body.stream:
+            return StreamingResponse(run_stream(sequences, lambda i, d: {"content": d, "stop": False},
+                                                lambda: [summary()], None), media_type="text/event-stream")
+        await state["batcher"].run(sequences)
+        return summary() | {"content": sequence.text}
+
+    return app
+
+
+def serve(engine: Engine, host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None,
+          max_batch: int = 8) -> None:
+    """Run the server until interrupted."""
+    try:
+        import uvicorn
+    except ImportError:
+        raise UserError("serving needs the 'serve' extra: pip install 'dscoder[serve]'") from None
+    log.info("serving %s on http://%s:%d (OpenAI API under /v1)", engine.name, host, port)
+    uvicorn.run(create_app(engine, api_key, max_batch), host=host, port=port, log_level="warning")

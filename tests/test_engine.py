@@ -1,0 +1,91 @@
+"""The generation engine against transformers, batching, stops and prompts."""
+
+import pytest
+import torch
+
+from dscoder import formats
+from dscoder.errors import UserError
+from dscoder.infer import prompts
+from dscoder.infer.engine import Engine, Sequence
+from dscoder.infer.sampling import SamplingParams
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_base_model):
+    return Engine.load(tiny_base_model)
+
+
+PROMPTS = ["def fibonacci(n):\n", "import os\nimport sys\n\n", "class Handler:\n    def __init__(self"]
+
+
+def test_greedy_matches_transformers_generate(engine):
+    for text in PROMPTS:
+        ids = engine.encode(text)
+        (s,) = engine.generate([Sequence(ids, SamplingParams(max_new_tokens=24))])
+        reference = engine.model.generate(torch.tensor([ids]), max_new_tokens=24, do_sample=False,
+                                          pad_token_id=engine.pad_id)[0, len(ids):].tolist()
+        expected = [t for t in reference]
+        if engine.tokenizer.eos_token_id in expected:
+            expected = expected[:expected.index(engine.tokenizer.eos_token_id)]
+        assert s.token_ids == expected
+
+
+def test_a_batch_gives_what_each_prompt_gives_alone(engine):
+    alone = [engine.generate([Sequence(engine.encode(t), SamplingParams(max_new_tokens=16))])[0].token_ids for t in PROMPTS]
+    together = engine.generate([Sequence(engine.encode(t), SamplingParams(max_new_tokens=16)) for t in PROMPTS])
+    assert [s.token_ids for s in together] == alone
+
+
+def test_seeded_sampling_is_reproducible(engine):
+    params = SamplingParams(max_new_tokens=20, temperature=1.0, top_p=0.9, seed=7)
+    a = engine.generate([Sequence(engine.encode(PROMPTS[0]), params)])[0]
+    b = engine.generate([Sequence(engine.encode(PROMPTS[0]), params)])[0]
+    c = engine.generate([Sequence(engine.encode(PROMPTS[0]), SamplingParams(max_new_tokens=20, temperature=1.0, seed=8))])[0]
+    assert a.token_ids == b.token_ids != c.token_ids
+
+
+def test_stop_sequences_are_trimmed_and_streamed_text_matches(engine):
+    (free,) = engine.generate([Sequence(engine.encode(PROMPTS[1]), SamplingParams(max_new_tokens=40))])
+    assert len(free.text) > 4
+    stop = free.text[2:4]
+    deltas = []
+    (s,) = engine.generate([Sequence(engine.encode(PROMPTS[1]), SamplingParams(max_new_tokens=40, stop=(stop,)),
+                                     deltas.append)])
+    assert s.finish_reason == "stop" and s.text == free.text[:free.text.index(stop)]
+    assert "".join(deltas) == s.text
+
+
+def test_stops_at_eos_and_reports_length(engine):
+    eos = engine.tokenizer.eos_token_id
+    assert engine.stop_token_ids == (eos,)
+    (s,) = engine.generate([Sequence(engine.encode("x"), SamplingParams(max_new_tokens=3))])
+    assert s.finish_reason in ("length", "stop") and len(s.token_ids) <= 3
+    assert eos not in s.token_ids
+
+
+def test_instruct_models_stop_at_eot(tiny_instruct_model):
+    instruct = Engine.load(tiny_instruct_model)
+    eot = instruct.tokenizer.convert_tokens_to_ids(formats.EOT)
+    assert eot in instruct.stop_token_ids and instruct.tokenizer.convert_tokens_to_ids(formats.EOS) in instruct.stop_token_ids
+
+
+def test_prompt_fitting(engine):
+    long_text = "x = 1\n" * 2000
+    p = prompts.completion(engine, long_text, 100)
+    assert len(p.ids) == engine.context - 100 and p.truncated > 0 and p.ids[0] == engine.tokenizer.bos_token_id
+    with pytest.raises(UserError, match="insertion prompt has"):
+        prompts.insertion(engine, long_text, "", 100)
+    with pytest.raises(UserError, match="chat prompt has"):
+        prompts.chat(engine, [{"role": "user", "content": long_text}], 100)
+    with pytest.raises(UserError, match="the prompt has"):
+        engine.generate([Sequence(engine.encode(long_text), SamplingParams())])
+
+
+def test_prompts_use_the_shared_formats(engine):
+    assert prompts.insertion(engine, "a = ", "\n", 8).text == formats.fim_prompt("a = ", "\n")
+    chat = prompts.chat(engine, [{"role": "user", "content": "hi"}], 8)
+    assert chat.text == formats.render_chat([{"role": "user", "content": "hi"}], add_generation_prompt=True)
+    assert chat.ids.count(engine.tokenizer.bos_token_id) == 1
+    assert prompts.split_at_cursor("ab\ncd\nef", 2, 1) == ("ab\nc", "d\nef")
+    with pytest.raises(UserError, match="outside the file"):
+        prompts.split_at_cursor("a\nb", 5, None)

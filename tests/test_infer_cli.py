@@ -1,0 +1,78 @@
+"""`dscoder complete | infill | repo-complete | chat` as a user runs them, with golden prompts."""
+
+import io
+import shutil
+
+from dscoder import formats
+from dscoder.cli import main
+
+from conftest import write_tree
+
+
+def run(capsys, *argv):
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def shown_prompt(out):
+    assert out.startswith("=== prompt ===\n")
+    return out[len("=== prompt ===\n"):out.index("\n=== completion ===\n")]
+
+
+def test_complete_shows_the_exact_prompt(capsys, tiny_base_model):
+    code, out, _ = run(capsys, "complete", "--model", tiny_base_model, "def add(a, b):\n", "--max-new-tokens", "8",
+                       "--show-prompt")
+    assert code == 0 and shown_prompt(out) == "def add(a, b):\n"
+    code, streamed, _ = run(capsys, "complete", "--model", tiny_base_model, "def add(a, b):\n", "--max-new-tokens", "8",
+                            "--stream")
+    assert streamed == out.split("=== completion ===\n", 1)[1]
+
+
+def test_infill_at_a_cursor_in_a_file(capsys, tiny_base_model, tmp_path):
+    source = tmp_path / "calc.py"
+    source.write_text("def area(r):\n    pi = 3.14\n    return pi * r * r\n")
+    code, out, _ = run(capsys, "infill", "--model", tiny_base_model, "--file", source, "--line", "2", "--column", "4",
+                       "--max-new-tokens", "6", "--show-prompt")
+    assert code == 0
+    assert shown_prompt(out) == "<｜fim▁begin｜>def area(r):\n    <｜fim▁hole｜>pi = 3.14\n    return pi * r * r\n<｜fim▁end｜>"
+
+
+def test_repo_complete_puts_dependencies_first(capsys, tiny_base_model, tmp_path):
+    repo = write_tree(tmp_path / "app", {
+        "utils.py": "def load_data():\n    return [1, 2, 3]\n",
+        "model.py": "from utils import load_data\n\n\nclass Model:\n    data = load_data()\n",
+        "unrelated.py": "X = 1\n",
+        "main.py": "from model import Model\n\nm = Model()\n",
+    })
+    code, out, _ = run(capsys, "repo-complete", "--model", tiny_base_model, "--repo", repo, "--file", "main.py",
+                       "--max-new-tokens", "4", "--show-prompt")
+    assert code == 0
+    assert shown_prompt(out) == ("#utils.py\ndef load_data():\n    return [1, 2, 3]\n"
+                                 "#model.py\nfrom utils import load_data\n\n\nclass Model:\n    data = load_data()\n"
+                                 "#main.py\nfrom model import Model\n\nm = Model()\n")
+    code, out, _ = run(capsys, "repo-complete", "--model", tiny_base_model, "--repo", repo, "--file", repo / "main.py",
+                       "--line", "2", "--max-new-tokens", "4", "--show-prompt")
+    prompt = shown_prompt(out)
+    assert prompt.startswith("<｜fim▁begin｜>#utils.py\n") and prompt.endswith("<｜fim▁hole｜>\nm = Model()\n<｜fim▁end｜>")
+
+
+def test_chat_one_shot_and_interactive(capsys, tiny_instruct_model, monkeypatch):
+    code, out, _ = run(capsys, "chat", "--model", tiny_instruct_model, "--message", "Sort a list.",
+                       "--max-new-tokens", "6", "--show-prompt")
+    assert code == 0
+    assert shown_prompt(out) == formats.render_chat([{"role": "user", "content": "Sort a list."}], add_generation_prompt=True)
+    monkeypatch.setattr("sys.stdin", io.StringIO("Hello\n/reset\nAgain\n"))
+    code, out, err = run(capsys, "chat", "--model", tiny_instruct_model, "--max-new-tokens", "4")
+    assert code == 0 and "chatting with" in err
+
+
+def test_bad_model_folders(capsys, tiny_base_model, tmp_path):
+    code, _, err = run(capsys, "complete", "--model", tmp_path / "missing", "x")
+    assert code == 2 and "model folder not found" in err
+    partial = tmp_path / "no-tokenizer"
+    shutil.copytree(tiny_base_model, partial)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        (partial / name).unlink()
+    code, _, err = run(capsys, "complete", "--model", partial, "x")
+    assert code == 2 and "no tokenizer files" in err and "Traceback" not in err

@@ -1,0 +1,187 @@
+"""The OpenAI-compatible server, driven by the real `openai` client."""
+
+import json
+import socket
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import pytest
+
+from dscoder import formats
+from dscoder.infer.engine import Engine, Sequence
+from dscoder.infer.sampling import SamplingParams
+from dscoder.infer.server import create_app
+
+openai = pytest.importorskip("openai")
+uvicorn = pytest.importorskip("uvicorn")
+KEY = "test-key"
+
+
+def start(engine, api_key=KEY):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(create_app(engine, api_key), host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.time() + 30
+    while not server.started and time.time() < deadline:
+        time.sleep(0.02)
+    return server, thread, f"http://127.0.0.1:{port}"
+
+
+@pytest.fixture(scope="module")
+def base(tiny_base_model):
+    engine = Engine.load(tiny_base_model)
+    server, thread, url = start(engine)
+    yield engine, url, openai.OpenAI(base_url=url + "/v1", api_key=KEY, max_retries=0)
+    server.should_exit = True
+    thread.join(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def instruct(tiny_instruct_model):
+    engine = Engine.load(tiny_instruct_model)
+    server, thread, url = start(engine)
+    yield engine, url, openai.OpenAI(base_url=url + "/v1", api_key=KEY, max_retries=0)
+    server.should_exit = True
+    thread.join(timeout=10)
+
+
+def greedy(engine, text, n=12, **kw):
+    return engine.generate([Sequence(engine.encode(text), SamplingParams(max_new_tokens=n, **kw))])[0]
+
+
+def test_models_and_health(base):
+    engine, url, client = base
+    assert [m.id for m in client.models.list().data] == [engine.name]
+    assert httpx.get(url + "/health").json()["status"] == "ok"
+
+
+def test_completion_matches_the_engine(base):
+    engine, _, client = base
+    r = client.completions.create(model=engine.name, prompt="def add(a, b):\n", max_tokens=12, temperature=0)
+    assert r.choices[0].text == greedy(engine, "def add(a, b):\n").text
+    assert r.usage.prompt_tokens == len(engine.encode("def add(a, b):\n"))
+    assert r.usage.completion_tokens == len(greedy(engine, "def add(a, b):\n").token_ids)
+
+
+def test_suffix_is_rendered_as_fim(base):
+    engine, _, client = base
+    r = client.completions.create(model=engine.name, prompt="def f(x):\n    ", suffix="\n    return y\n",
+                                  max_tokens=8, temperature=0)
+    assert r.choices[0].text == greedy(engine, formats.fim_prompt("def f(x):\n    ", "\n    return y\n"), 8).text
+
+
+def test_prompt_lists_n_seeds_stop_echo_and_logprobs(base):
+    engine, _, client = base
+    r = client.completions.create(model=engine.name, prompt=["import os\n", "class A:\n"], max_tokens=6,
+                                  temperature=1.0, n=2, seed=3)
+    assert [c.index for c in r.choices] == [0, 1, 2, 3]
+    again = client.completions.create(model=engine.name, prompt=["import os\n", "class A:\n"], max_tokens=6,
+                                      temperature=1.0, n=2, seed=3)
+    assert [c.text for c in r.choices] == [c.text for c in again.choices]
+    full = greedy(engine, "import os\n", 20).text
+    if len(full) > 3:
+        r = client.completions.create(model=engine.name, prompt="import os\n", max_tokens=20, temperature=0,
+                                      stop=[full[1:3]])
+        assert r.choices[0].text == full[:full.index(full[1:3])] and r.choices[0].finish_reason == "stop"
+    r = client.completions.create(model=engine.name, prompt="import os\n", max_tokens=4, temperature=0, echo=True,
+                                  logprobs=2)
+    assert r.choices[0].text.startswith("import os\n")
+    lp = r.choices[0].logprobs
+    assert len(lp.tokens) == len(lp.token_logprobs) == len(lp.top_logprobs) <= 4
+    assert all(len(top) == 2 for top in lp.top_logprobs) and all(v <= 0 for v in lp.token_logprobs)
+
+
+def test_streaming_completion_with_usage(base):
+    engine, _, client = base
+    stream = client.completions.create(model=engine.name, prompt="def main():\n", max_tokens=12, temperature=0,
+                                       stream=True, stream_options={"include_usage": True})
+    chunks = list(stream)
+    text = "".join(c.choices[0].text for c in chunks if c.choices)
+    assert text == greedy(engine, "def main():\n").text
+    assert chunks[-1].usage.completion_tokens == len(greedy(engine, "def main():\n").token_ids)
+    assert any(c.choices and c.choices[0].finish_reason for c in chunks)
+
+
+def test_chat_and_streamed_chat(instruct):
+    engine, _, client = instruct
+    messages = [{"role": "user", "content": "Write a function that adds two numbers."}]
+    r = client.chat.completions.create(model=engine.name, messages=messages, max_tokens=16, temperature=0)
+    prompt = formats.render_chat(messages, add_generation_prompt=True)
+    expected = greedy(engine, prompt, 16)
+    assert r.choices[0].message.role == "assistant" and r.choices[0].message.content == expected.text
+    stream = client.chat.completions.create(model=engine.name, messages=messages, max_tokens=16, temperature=0,
+                                            stream=True)
+    chunks = list(stream)
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == expected.text
+    assert chunks[-1].choices[0].finish_reason in ("stop", "length")
+
+
+def test_chat_to_a_base_model_is_allowed(base):
+    engine, _, client = base
+    r = client.chat.completions.create(model=engine.name, messages=[{"role": "user", "content": "hi"}], max_tokens=4)
+    assert r.choices[0].finish_reason in ("stop", "length")
+
+
+def test_errors_keep_the_server_serving(base):
+    engine, url, client = base
+    with pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(base_url=url + "/v1", api_key="wrong", max_retries=0).models.list()
+    with pytest.raises(openai.NotFoundError) as exc:
+        client.completions.create(model="gpt-4", prompt="x", max_tokens=2)
+    assert exc.value.body["code"] == "model_not_found"
+    with pytest.raises(openai.BadRequestError):
+        client.completions.create(model=engine.name, prompt="x", max_tokens=-3)
+    with pytest.raises(openai.BadRequestError) as exc:
+        client.completions.create(model=engine.name, prompt="x", max_tokens=10**6)
+    assert exc.value.body["code"] == "context_length_exceeded"
+    with pytest.raises(openai.BadRequestError) as exc:
+        client.completions.create(model=engine.name, prompt="x " * 3000, max_tokens=4)
+    assert exc.value.body["code"] == "context_length_exceeded"
+    bad = httpx.post(url + "/v1/completions", content=b"{not json", headers={"Authorization": f"Bearer {KEY}",
+                                                                           "Content-Type": "application/json"})
+    assert bad.status_code == 400 and "error" in bad.json()
+    assert client.completions.create(model=engine.name, prompt="x", max_tokens=2).choices
+
+
+def test_llama_cpp_infill_shape(base):
+    engine, url, _ = base
+    headers = {"Authorization": f"Bearer {KEY}"}
+    body = {"input_prefix": "def f(x):\n    ", "input_suffix": "\n    return y\n", "n_predict": 8,
+            "input_extra": [{"filename": "util.py", "text": "def helper():\n    pass\n"}]}
+    r = httpx.post(url + "/infill", json=body, headers=headers).json()
+    context = formats.repo_sample([("util.py", "def helper():\n    pass\n")])
+    assert r["stop"] is True and r["content"] == greedy(engine, formats.fim_prompt(context + body["input_prefix"], body["input_suffix"]), 8).text
+    with httpx.stream("POST", url + "/infill", json=body | {"stream": True}, headers=headers) as stream:
+        events = [json.loads(line[6:]) for line in stream.iter_lines() if line.startswith("data: ") and line != "data: [DONE]"]
+    assert "".join(e["content"] for e in events) == r["content"] and events[-1]["stop"] is True
+
+
+def test_concurrent_requests_are_correct(base):
+    engine, _, client = base
+    prompts = [f"def function_{i}(x):\n" for i in range(8)]
+    expected = [greedy(engine, p, 16).text for p in prompts]
+
+    def ask(p):
+        return client.completions.create(model=engine.name, prompt=p, max_tokens=16, temperature=0).choices[0].text
+
+    with ThreadPoolExecutor(8) as pool:
+        assert list(pool.map(ask, prompts)) == expected
+
+
+def test_a_client_leaving_mid_stream_frees_the_server(base):
+    engine, url, client = base
+    with httpx.stream("POST", url + "/v1/completions", headers={"Authorization": f"Bearer {KEY}"},
+                      json={"model": engine.name, "prompt": "def f():\n", "max_tokens": 900, "stream": True,
+                            "temperature": 1.0, "seed": 1}) as stream:
+        for line in stream.iter_lines():
+            if line.startswith("data: "):
+                break
+    start = time.time()
+    assert client.completions.create(model=engine.name, prompt="x", max_tokens=2).choices
+    assert time.time() - start < 5
