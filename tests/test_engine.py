@@ -89,3 +89,23 @@ def test_prompts_use_the_shared_formats(engine):
     assert prompts.split_at_cursor("ab\ncd\nef", 2, 1) == ("ab\nc", "d\nef")
     with pytest.raises(UserError, match="outside the file"):
         prompts.split_at_cursor("a\nb", 5, None)
+
+
+def test_sequences_joining_a_running_batch_give_what_they_give_alone(engine):
+    texts = PROMPTS + ["for i in range(10):\n", "x"]
+    alone = [engine.generate([Sequence(engine.encode(t), SamplingParams(max_new_tokens=12))])[0] for t in texts]
+    waiting = [Sequence(engine.encode(t), SamplingParams(max_new_tokens=12)) for t in texts[1:]]
+    steps = {"n": 0}
+
+    def admit(free):
+        steps["n"] += 1
+        if steps["n"] % 3 == 0 and waiting:  # join every third step, one at a time
+            return [waiting.pop(0)]
+        return []
+
+    finished = []
+    first = Sequence(engine.encode(texts[0]), SamplingParams(max_new_tokens=12), on_finish=lambda: finished.append(0))
+    result = engine.generate([first], admit=admit)
+    assert not waiting and len(result) == len(texts) and finished == [0]
+    by_prompt = {tuple(s.prompt_ids): s.token_ids for s in result}
+    assert [by_prompt[tuple(s.prompt_ids)] for s in alone] == [s.token_ids for s in alone]

@@ -1,7 +1,8 @@
 """Serving many requests with one model: sequences from concurrent requests are queued and
-generated together in batches on one worker thread; streamed text goes back to each request's
-asyncio loop as it is produced, and a request that goes away marks its sequences cancelled,
-which frees their rows at the next decode step."""
+generated together on one worker thread with continuous batching (waiting sequences join the
+running batch between decode steps, finished ones leave and answer at once); streamed text goes
+back to each request's asyncio loop as it is produced, and a request that goes away marks its
+sequences cancelled, which frees their rows at the next decode step."""
 
 from __future__ import annotations
 
@@ -18,11 +19,19 @@ _DONE = object()
 
 
 class Batcher:
-    """Generates queued sequences in batches of up to `max_batch`."""
+    """Generates queued sequences in batches of up to `max_batch`.
 
-    def __init__(self, engine: Engine, max_batch: int = 8, gather_seconds: float = 0.005):
-        self.engine, self.max_batch, self.gather_seconds = engine, max_batch, gather_seconds
+    A batch starts with the first waiting sequence and keeps admitting arrivals while they come
+    less than `quiet_seconds` apart, for at most `max_wait_seconds`: a burst of concurrent
+    requests becomes one batch, and a lone request waits only `quiet_seconds`."""
+
+    def __init__(self, engine: Engine, max_batch: int = 8, quiet_seconds: float = 0.005,
+                 max_wait_seconds: float = 0.02):
+        self.engine, self.max_batch = engine, max_batch
+        engine.max_rows = max_batch
+        self.quiet_seconds, self.max_wait_seconds = quiet_seconds, max_wait_seconds
         self.pending: queue.Queue = queue.Queue()
+        self._waiting: dict = {}  # id(sequence) -> its completion callback
         self.thread = threading.Thread(target=self._work, name="dscoder-batcher", daemon=True)
         self.running = True
         self.thread.start()
@@ -38,26 +47,50 @@ class Batcher:
             if first is None:
                 return
             batch = [first]
-            deadline = time.monotonic() + self.gather_seconds
-            while len(batch) < self.max_batch:
+            deadline = time.monotonic() + self.max_wait_seconds
+            while len(batch) < self.max_batch and time.monotonic() < deadline:
                 try:
-                    item = self.pending.get(timeout=max(0.0, deadline - time.monotonic()))
+                    item = self.pending.get(timeout=min(self.quiet_seconds, max(0.0, deadline - time.monotonic())))
                 except queue.Empty:
                     break
                 if item is None:
                     self.running = False
                     break
                 batch.append(item)
-            live = [(s, done) for s, done in batch if not s.cancelled.is_set()]
+            admitted = self._arm(batch)
             try:
-                if live:
-                    self.engine.generate([s for s, _ in live])
-                error = None
-            except Exception as exc:  # reported to every waiting request
+                if admitted:
+                    self.engine.generate(admitted, admit=lambda free: self._arm(self._take(free)))
+            except Exception as exc:  # reported to every request still waiting
                 log.exception("generation failed")
-                error = exc
-            for _, done in batch:
-                done(error)
+                for s in list(self._waiting):
+                    self._waiting.pop(s)(exc)
+
+    def _take(self, free: int) -> list:
+        """Up to `free` waiting items, without blocking."""
+        items = []
+        while len(items) < free:
+            try:
+                item = self.pending.get_nowait()
+            except queue.Empty:
+                break
+            if item is None:
+                self.running = False
+                break
+            items.append(item)
+        return items
+
+    def _arm(self, items: list) -> list[Sequence]:
+        """Hook each sequence's completion to its waiter; cancelled ones answer at once."""
+        sequences = []
+        for s, done in items:
+            if s.cancelled.is_set():
+                done(None)
+                continue
+            self._waiting[id(s)] = done
+            s.on_finish = lambda s=s: self._waiting.pop(id(s))(None)
+            sequences.append(s)
+        return sequences
 
     async def run(self, sequences: list[Sequence]) -> None:
         """Generate `sequences` (with the others waiting) and return when all are done."""

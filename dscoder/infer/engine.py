@@ -35,6 +35,7 @@ class Sequence:
     prompt_ids: list[int]
     params: SamplingParams
     on_delta: Callable[[str], None] | None = None  # called with each safe text delta
+    on_finish: Callable[[], None] | None = None  # called once the sequence is done
     token_ids: list[int] = field(default_factory=list)
     text: str = ""
     finish_reason: str | None = None  # "stop" or "length"
@@ -70,6 +71,7 @@ class Engine:
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self._cache_arg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
         self.lock = threading.Lock()
+        self.can_merge = hasattr(_new_cache(model.config), "layers")
 
     @classmethod
     def load(cls, folder: str | Path, dtype: str = "auto", device: str = "auto") -> "Engine":
@@ -94,49 +96,95 @@ class Engine:
         cache = kwargs.pop("cache")
         return self.model(**kwargs, **{self._cache_arg: cache}, use_cache=True)
 
-    @torch.inference_mode()
-    def generate(self, sequences: list[Sequence]) -> list[Sequence]:
-        """Run every sequence to its end; results are written into the sequences."""
-        from transformers import DynamicCache
-
+    def _check(self, sequences: list[Sequence]) -> None:
         for s in sequences:
             if not s.prompt_ids:
                 raise UserError("empty prompt")
             if len(s.prompt_ids) >= self.context:
                 raise UserError(f"the prompt has {len(s.prompt_ids)} tokens; the model's context is {self.context}")
+
+    def _prefill(self, sequences: list[Sequence]):
+        """Left-padded batch prefill: (cache, attention mask, last positions, last logits)."""
+        width = max(len(s.prompt_ids) for s in sequences)
+        ids = torch.full((len(sequences), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(sequences), width), dtype=torch.long)
+        for row, s in enumerate(sequences):
+            ids[row, width - len(s.prompt_ids):] = torch.tensor(s.prompt_ids)
+            mask[row, width - len(s.prompt_ids):] = 1
+        ids, mask = ids.to(self.device), mask.to(self.device)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        cache = _new_cache(self.model.config)
+        logits = self._forward(input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache,
+                               logits_to_keep=1).logits[:, -1]
+        return cache, mask, positions[:, -1:], logits
+
+    @torch.inference_mode()
+    def generate(self, sequences: list[Sequence], admit: Callable[[int], list[Sequence]] | None = None) -> list[Sequence]:
+        """Run every sequence to its end; results are written into the sequences.
+
+        With `admit`, new sequences join between decode steps (continuous batching):
+        `admit(free_rows)` returns up to that many waiting sequences; they are prefilled and
+        their KV cache merged into the running batch."""
+        self._check(sequences)
         with self.lock:
-            width = max(len(s.prompt_ids) for s in sequences)
-            ids = torch.full((len(sequences), width), self.pad_id, dtype=torch.long)
-            mask = torch.zeros((len(sequences), width), dtype=torch.long)
-            for row, s in enumerate(sequences):
-                ids[row, width - len(s.prompt_ids):] = torch.tensor(s.prompt_ids)
-                mask[row, width - len(s.prompt_ids):] = 1
-            ids, mask = ids.to(self.device), mask.to(self.device)
-            positions = (mask.cumsum(-1) - 1).clamp(min=0)
-            cache = DynamicCache(config=self.model.config)
-            logits = self._forward(input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache,
-                                   logits_to_keep=1).logits[:, -1]
+            cache, mask, positions, logits = self._prefill(sequences)
             states = [_State(s, self) for s in sequences]
-            active = list(range(len(sequences)))
-            while True:
-                tokens = []
-                for row, index in enumerate(active):
-                    tokens.append(states[index].step(logits[row]))
-                still = [r for r, index in enumerate(active) if sequences[index].finish_reason is None]
-                if not still:
-                    break
-                if len(still) < len(active):
-                    keep = torch.tensor(still, device=self.device)
-                    cache.batch_select_indices(keep)
-                    mask, positions = mask[keep], positions[keep]
-                    tokens = [tokens[r] for r in still]
-                    active = [active[r] for r in still]
-                mask = torch.cat([mask, mask.new_ones((len(active), 1))], dim=1)
-                positions = positions[:, -1:] + 1
-                step_ids = torch.tensor(tokens, device=self.device).unsqueeze(1)
-                logits = self._forward(input_ids=step_ids, attention_mask=mask, position_ids=positions,
-                                       cache=cache).logits[:, -1]
+            while states:
+                tokens = [state.step(logits[row]) for row, state in enumerate(states)]
+                still = [row for row, state in enumerate(states) if state.s.finish_reason is None]
+                newcomers = admit(self.max_rows - len(still)) if admit is not None and self.can_merge else []
+                if still:
+                    if len(still) < len(states):
+                        keep = torch.tensor(still, device=self.device)
+                        cache.batch_select_indices(keep)
+                        mask, positions = mask[keep], positions[keep]
+                    states = [states[r] for r in still]
+                    mask = torch.cat([mask, mask.new_ones((len(states), 1))], dim=1)
+                    positions = positions + 1
+                    step_ids = torch.tensor([tokens[r] for r in still], device=self.device).unsqueeze(1)
+                    logits = self._forward(input_ids=step_ids, attention_mask=mask, position_ids=positions,
+                                           cache=cache).logits[:, -1]
+                else:
+                    states = []
+                if newcomers:
+                    self._check(newcomers)
+                    new_cache, new_mask, new_positions, new_logits = self._prefill(newcomers)
+                    if states:
+                        mask = _merge(cache, new_cache, mask, new_mask)
+                        positions = torch.cat([positions, new_positions])
+                        logits = torch.cat([logits, new_logits])
+                    else:
+                        cache, mask, positions, logits = new_cache, new_mask, new_positions, new_logits
+                    states += [_State(s, self) for s in newcomers]
+                    sequences = sequences + newcomers
         return sequences
+
+    max_rows = 8  # most sequences decoded together when admitting newcomers
+
+
+def _new_cache(config):
+    from transformers import DynamicCache
+
+    return DynamicCache(config=config)
+
+
+def _merge(cache, new_cache, mask: torch.Tensor, new_mask: torch.Tensor) -> torch.Tensor:
+    """Append `new_cache`'s rows to `cache`, left-padding the shorter along time; returns the
+    merged attention mask (pads are masked out)."""
+    width = max(mask.shape[1], new_mask.shape[1])
+
+    def pad(t: torch.Tensor, dim: int) -> torch.Tensor:
+        missing = width - t.shape[dim]
+        if missing == 0:
+            return t
+        shape = list(t.shape)
+        shape[dim] = missing
+        return torch.cat([t.new_zeros(shape), t], dim=dim)
+
+    for layer, new_layer in zip(cache.layers, new_cache.layers):
+        layer.keys = torch.cat([pad(layer.keys, -2), pad(new_layer.keys, -2)])
+        layer.values = torch.cat([pad(layer.values, -2), pad(new_layer.values, -2)])
+    return torch.cat([pad(mask, 1), pad(new_mask, 1)])
 
 
 class _State:
@@ -173,6 +221,8 @@ class _State:
                 s.text = s.text[:cut]
                 s.emit(cut)
                 s.finish_reason = "stop"
+                if s.on_finish is not None:
+                    s.on_finish()
                 return token
         if len(s.token_ids) >= self.limit or s.cancelled.is_set():
             self._finish("length" if not s.cancelled.is_set() else "cancelled")
@@ -189,3 +239,5 @@ class _State:
                 s.text, reason = s.text[:cut], "stop"
         s.emit(len(s.text))
         s.finish_reason = reason
+        if s.on_finish is not None:
+            s.on_finish()

@@ -1,0 +1,171 @@
+"""Generation speed: dscoder's engine against `transformers.generate`, and the server's
+throughput with concurrent clients against sequential requests.
+
+For each model (a tiny preset and a randomly initialised 1.3B preset in bf16): time to first
+token and decode tokens/s for the same prompt and greedy decoding, both engines in the same run;
+the memory-bandwidth bound (measured bandwidth / weight bytes read per token). Then, on the tiny
+model, 8 concurrent clients against the same 8 requests one after another.
+
+    python bench/bench_generate.py [--prompt-tokens 128] [--new-tokens 64] [--skip-1.3b]
+"""
+
+from __future__ import annotations
+
+import argparse
+import socket
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from dscoder import model as model_lib
+from dscoder import tokenizer as tokenizer_lib
+from dscoder.infer.engine import Engine, Sequence
+from dscoder.infer.sampling import SamplingParams
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "reference" / "deepseek-coder-vocab" / "ggml-vocab-deepseek-coder.gguf"
+
+
+def bandwidth_gb_s() -> float:
+    """Memory read bandwidth of a large reduction on all of torch's threads (GB/s)."""
+    data = torch.ones(256 * 2**20, dtype=torch.bfloat16)
+    data.sum()
+    start = time.perf_counter()
+    for _ in range(5):
+        data.sum()
+    return 5 * data.numel() * data.element_size() / (time.perf_counter() - start) / 1e9
+
+
+def make_model(folder: Path, preset: str, tokenizer_dir: Path, dtype: str):
+    tok = tokenizer_lib.load(tokenizer_dir)
+    cfg = model_lib.hf_config(model_lib.get_preset(preset).config, tok)
+    net = model_lib.build(cfg, seed=0).to(getattr(torch, dtype))
+    return net.eval(), tok
+
+
+def time_ours(engine: Engine, ids: list[int], new_tokens: int) -> tuple[float, float]:
+    marks = []
+    params = SamplingParams(max_new_tokens=new_tokens, stop_token_ids=(-1,))  # never stop early
+    seq = Sequence(ids, params, on_delta=lambda d: marks.append(time.perf_counter()))
+    start = time.perf_counter()
+    engine.generate([seq])
+    end = time.perf_counter()
+    first = marks[0] if marks else end
+    return first - start, (len(seq.token_ids) - 1) / max(end - first, 1e-9)
+
+
+def time_transformers(model, ids: list[int], new_tokens: int) -> tuple[float, float]:
+    from transformers import TextStreamer
+
+    marks = []
+
+    class Clock(TextStreamer):
+        def put(self, value):
+            marks.append(time.perf_counter())
+
+        def end(self):
+            pass
+
+    inputs = torch.tensor([ids])
+    start = time.perf_counter()
+    out = model.generate(inputs, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
+                         streamer=Clock(None), pad_token_id=0)
+    end = time.perf_counter()
+    first = marks[1] if len(marks) > 1 else end  # marks[0] is the prompt itself
+    generated = out.shape[1] - len(ids)
+    return first - start, (generated - 1) / max(end - first, 1e-9)
+
+
+def compare(name: str, model, tok, prompt_tokens: int, new_tokens: int, repeats: int) -> None:
+    engine = Engine(model, tok, name)
+    rng = np.random.default_rng(0)
+    ids = [tok.bos_token_id] + rng.integers(100, min(len(tok), 30000), prompt_tokens - 1).tolist()
+    time_ours(engine, ids, 4), time_transformers(model, ids, 4)  # warm-up
+    ours = [time_ours(engine, ids, new_tokens) for _ in range(repeats)]
+    theirs = [time_transformers(model, ids, new_tokens) for _ in range(repeats)]
+    o_ttft, o_tps = np.median([t for t, _ in ours]), np.median([s for _, s in ours])
+    t_ttft, t_tps = np.median([t for t, _ in theirs]), np.median([s for _, s in theirs])
+    weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    bound = bandwidth_gb_s() * 1e9 / weight_bytes
+    print(f"\n{name}: {sum(p.numel() for p in model.parameters()) / 1e6:,.0f}M parameters, "
+          f"{next(model.parameters()).dtype}, prompt {prompt_tokens} tokens, {new_tokens} greedy tokens")
+    print(f"  transformers.generate  first token {t_ttft * 1000:8.1f} ms   decode {t_tps:8.1f} tok/s")
+    print(f"  dscoder engine         first token {o_ttft * 1000:8.1f} ms   decode {o_tps:8.1f} tok/s")
+    print(f"  ratio (dscoder / transformers): first token {t_ttft / o_ttft:.2f}x faster, decode {o_tps / t_tps:.2f}x")
+    print(f"  memory-bandwidth bound: {bound:,.1f} tok/s ({weight_bytes / 1e9:.2f} GB of weights per token); "
+          f"dscoder reaches {100 * o_tps / bound:.0f}%")
+
+
+def server_throughput(model, tok, clients: int, new_tokens: int) -> None:
+    import httpx
+    import uvicorn
+
+    from dscoder.infer.server import create_app
+
+    engine = Engine(model, tok, "tiny")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(create_app(engine, max_batch=clients), port=port, log_level="warning"))
+    threading.Thread(target=server.run, daemon=True).start()
+    while not server.started:
+        time.sleep(0.02)
+    url = f"http://127.0.0.1:{port}/v1/completions"
+
+    def ask(i: int) -> int:
+        body = {"prompt": f"def function_{i}(x):\n", "max_tokens": new_tokens, "temperature": 0}
+        r = httpx.post(url, json=body, timeout=600).json()
+        return r["usage"]["completion_tokens"]
+
+    ask(0)
+    start = time.perf_counter()
+    sequential = sum(ask(i) for i in range(clients))
+    seq_time = time.perf_counter() - start
+    start = time.perf_counter()
+    with ThreadPoolExecutor(clients) as pool:
+        concurrent = sum(pool.map(ask, range(clients)))
+    con_time = time.perf_counter() - start
+    server.should_exit = True
+    print(f"\nserver, tiny model, {clients} requests of {new_tokens} tokens:")
+    print(f"  sequential  {sequential / seq_time:8.1f} tok/s ({seq_time:.2f}s)")
+    print(f"  concurrent  {concurrent / con_time:8.1f} tok/s ({con_time:.2f}s)   ratio {seq_time / con_time * concurrent / sequential:.2f}x")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--prompt-tokens", type=int, default=128)
+    parser.add_argument("--new-tokens", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--skip-1.3b", dest="skip_big", action="store_true", help="only the tiny preset")
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    with tempfile.TemporaryDirectory() as work:
+        if SHARED.is_file():
+            tok_dir = Path(work) / "tok"
+            tok_dir.mkdir()
+            tok, facts = tokenizer_lib.from_gguf(SHARED)
+            tokenizer_lib.save(tok, tok_dir, eos_token=facts["eos_token"])
+        else:  # the released vocabulary is not here: a small trained one
+            from collections import Counter
+
+            from dscoder.data.sources import installed_python_roots, read_texts
+
+            tok_dir = Path(work) / "tok"
+            tok_dir.mkdir()
+            tokenizer_lib.save(tokenizer_lib.train(read_texts(installed_python_roots()[:1], Counter(), 4_000_000),
+                                                   8000, show_progress=False), tok_dir)
+        tiny, tok = make_model(Path(work), "tiny", tok_dir, "float32")
+        compare("tiny", tiny, tok, args.prompt_tokens, args.new_tokens, args.repeats)
+        if not args.skip_big:
+            big, tok = make_model(Path(work), "deepseek-coder-1.3b", tok_dir, "bfloat16")
+            compare("deepseek-coder-1.3b (random weights)", big, tok, args.prompt_tokens, args.new_tokens, args.repeats)
+            del big
+        server_throughput(tiny, tok, 8, args.new_tokens)
+
+
+if __name__ == "__main__":
+    main()
