@@ -16,6 +16,7 @@ from pathlib import Path
 from dscoder import __version__
 from dscoder.data import cli as data_cli
 from dscoder.errors import UserError
+from dscoder.evaluate import cli as eval_cli
 from dscoder.infer import cli as infer_cli
 from dscoder.train import cli as train_cli
 
@@ -221,6 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     train_cli.add_commands(groups)
     infer_cli.add_commands(groups)
+    eval_cli.add_commands(groups)
 
     p = groups.add_parser(
         "quickstart", help="the demo: tokenizer and tiny model from this machine's Python code",

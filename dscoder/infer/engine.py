@@ -84,7 +84,10 @@ class Engine:
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
         model, tokenizer = model_lib.load(folder, dtype=None if dtype == "auto" else dtype, device=device)
-        return cls(model, tokenizer, folder.resolve().name)
+        name = folder.resolve().name
+        if name == "final":  # a run's final model: name it after the run
+            name = folder.resolve().parent.name
+        return cls(model, tokenizer, name)
 
     def encode(self, text: str) -> list[int]:
         """Token ids of a prompt, starting with BOS (once, even when the text spells it)."""

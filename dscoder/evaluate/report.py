@@ -1,0 +1,90 @@
+"""`dscoder eval report`: runs side by side (markdown table, bar chart), with the published
+DeepSeek-Coder scores as reference rows (reference/deepseek-coder.md, "Published results")."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from dscoder.errors import UserError
+
+# pass@1 (greedy), percent: (benchmark column, {model: score})
+PUBLISHED = {
+    "DeepSeek-Coder-1.3B-base": {"HumanEval": 34.8, "MBPP": 46.2, "HumanEval 8-lang": 28.3, "DS-1000": 16.2, "FIM line EM": 70.4},
+    "DeepSeek-Coder-6.7B-base": {"HumanEval": 49.4, "MBPP": 60.6, "HumanEval 8-lang": 44.7, "DS-1000": 30.5, "FIM line EM": 80.7},
+    "DeepSeek-Coder-33B-base": {"HumanEval": 56.1, "MBPP": 66.0, "HumanEval 8-lang": 50.3, "DS-1000": 40.2, "FIM line EM": 81.2},
+    "DeepSeek-Coder-6.7B-instruct": {"HumanEval": 78.6, "MBPP": 65.4, "HumanEval 8-lang": 66.1},
+    "DeepSeek-Coder-33B-instruct": {"HumanEval": 79.3, "MBPP": 70.0, "HumanEval 8-lang": 69.2},
+}
+COLUMNS = {"humaneval": "HumanEval", "mbpp": "MBPP", "ds-1000": "DS-1000", "humaneval-infilling": "FIM line EM"}
+
+
+def load_run(folder: Path) -> dict:
+    path = Path(folder) / "summary.json"
+    if not path.is_file():
+        raise UserError(f"{folder}: no summary.json (run `dscoder eval execute` first)")
+    summary = json.loads(path.read_text())
+    meta_path = Path(folder) / "run.json"
+    meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+    return {"name": meta.get("name", Path(folder).name), "format": meta.get("format"), "summary": summary}
+
+
+def _score(run: dict) -> tuple[str, float | None]:
+    summary, fmt = run["summary"], run["format"]
+    if fmt == "humaneval-infilling" and "fim" in summary:
+        return COLUMNS[fmt], 100 * summary["fim"]["line_exact_match"]
+    column = COLUMNS.get(fmt, fmt or "score")
+    value = summary["overall"].get("pass@1")
+    return column, None if value is None else 100 * value
+
+
+def table(runs: list[dict]) -> tuple[list[str], dict[str, dict[str, float]]]:
+    rows: dict[str, dict[str, float]] = {}
+    columns: list[str] = []
+    for run in runs:
+        column, value = _score(run)
+        if column not in columns:
+            columns.append(column)
+        if value is not None:
+            rows.setdefault(run["name"], {})[column] = value
+        for language, scores in run["summary"]["languages"].items():
+            if run["format"] in ("multipl-e", "humaneval-x") and "pass@1" in scores:
+                col = f"{language}"
+                if col not in columns:
+                    columns.append(col)
+                rows.setdefault(run["name"], {})[col] = 100 * scores["pass@1"]
+    return columns, rows
+
+
+def markdown(runs: list[dict]) -> str:
+    columns, rows = table(runs)
+    published = {name: {c: v for c, v in scores.items() if c in columns} for name, scores in PUBLISHED.items()}
+    lines = ["| model | " + " | ".join(columns) + " |", "|---|" + "---|" * len(columns)]
+    for name, scores in list(rows.items()) + [(f"{n} (published)", s) for n, s in published.items() if s]:
+        lines.append(f"| {name} | " + " | ".join(f"{scores[c]:.1f}" if c in scores else "" for c in columns) + " |")
+    return "\n".join(lines) + "\n\npass@1 in percent (FIM: line exact match); published rows from the DeepSeek-Coder paper.\n"
+
+
+def chart(runs: list[dict], out: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    columns, rows = table(runs)
+    names = list(rows) + [n for n, s in PUBLISHED.items() if any(c in s for c in columns)]
+    scores = {**rows, **PUBLISHED}
+    fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(columns) + 2), 4))
+    width = 0.8 / max(len(names), 1)
+    for i, name in enumerate(names):
+        values = [scores[name].get(c, 0.0) for c in columns]
+        ax.bar(np.arange(len(columns)) + i * width, values, width, label=name, alpha=0.6 if name in PUBLISHED else 1.0)
+    ax.set_xticks(np.arange(len(columns)) + 0.4 - width / 2, columns)
+    ax.set_ylabel("pass@1 (%)")
+    ax.legend(fontsize=7)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out

@@ -1,0 +1,236 @@
+"""Benchmarks, the sandbox, execution statuses and scores."""
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from dscoder.errors import UserError
+from dscoder.evaluate import metrics, sandbox, toolchains
+from dscoder.evaluate.benchmarks import tasks
+from dscoder.evaluate.execute import ExecConfig, execute, read_samples, run_sample
+
+from conftest import SHARED, need_shared
+
+BENCH = SHARED / "benchmarks"
+CFG = ExecConfig(workers=2, timeout=10)
+
+
+def run_all(task_list, samples, tmp_path):
+    summary = execute(task_list, samples, tmp_path, CFG)
+    rows = [json.loads(l) for l in (tmp_path / "results.jsonl").read_text().splitlines()]
+    return summary, rows
+
+
+def need_tools(language):
+    problem = toolchains.missing(language)
+    if problem:
+        pytest.skip(problem)
+
+
+def test_pass_at_k_and_line_scores():
+    assert metrics.pass_at_k(10, 3, 1) == pytest.approx(0.3)
+    assert metrics.pass_at_k(10, 3, 10) == 1.0 and metrics.pass_at_k(5, 0, 1) == 0.0
+    assert metrics.pass_at_k(4, 2, 2) == pytest.approx(1 - 1 / 6)
+    assert metrics.mean_pass_at_k([(10, 3), (10, 0)], 1) == pytest.approx(0.15)
+    assert metrics.mean_pass_at_k([(1, 1)], 10) is None
+    assert metrics.line_scores("    return x + 1\n", "return x + 1") == (True, 1.0)
+    assert metrics.line_scores("return x - 1", "return x + 1")[1] == pytest.approx(1 - 1 / 12)
+
+
+def test_humaneval_canonical_all_pass_and_empty_all_fail(tmp_path):
+    _, task_list = tasks(need_shared(BENCH / "HumanEval.jsonl.gz"))
+    samples = [{"task_id": t.task_id, "completion": t.reference} for t in task_list]
+    samples += [{"task_id": t.task_id, "completion": ""} for t in task_list]
+    summary, rows = run_all(task_list, samples, tmp_path)
+    assert sum(r["passed"] for r in rows if r["completion_id"] == 0) == 164
+    assert sum(r["passed"] for r in rows if r["completion_id"] == 1) == 0
+    assert summary["overall"]["pass@1"] == pytest.approx(0.5) and summary["isolation"] == sandbox.isolation()
+
+
+@pytest.mark.parametrize("language", ["python", "cpp", "java", "js", "go", "rust"])
+def test_humaneval_x_canonical_solutions(language, tmp_path):
+    fmt, task_list = tasks(need_shared(BENCH / f"humaneval-x-sample-{language}.jsonl"))
+    need_tools(task_list[0].language)
+    samples = [{"task_id": t.task_id, "completion": t.reference} for t in task_list]
+    samples += [{"task_id": t.task_id, "completion": ""} for t in task_list]
+    _, rows = run_all(task_list, samples, tmp_path)
+    assert [r["status"] for r in rows if r["completion_id"] == 0] == ["passed"] * 3, rows
+    assert not any(r["passed"] for r in rows if r["completion_id"] == 1)
+
+
+# Programs of our own for MultiPL-E's HumanEval_23_strlen: (right, wrong, broken) completions.
+STRLEN = {
+    "cpp": ("    return string.size();", "    return string.size() + 1;", "    return string.size("),
+    "java": ("        return (long) string.length();", "        return 1l;", "        return string.length("),
+    "js": ("  return string.length;\n}", "  return 2;\n}", None),
+    "ts": ("  return string.length;\n}", "  return 2;\n}", "  return string.length * 'a';\n}"),
+    "go": ("    return len(myString)\n}", "    return 3\n}", "    return len(myString\n}"),
+    "rs": ("    string.len() as isize", "    1", "    string.len("),
+    "sh": ("    echo -n \"$1\" | wc -c", "    echo 5", None),
+}
+BROKEN_STATUS = {"cpp": "compile_error", "java": "compile_error", "ts": "compile_error", "go": "compile_error",
+                 "rs": "compile_error"}
+
+
+@pytest.mark.parametrize("language", sorted(STRLEN))
+def test_multipl_e_programs_of_our_own(language, tmp_path):
+    fmt, task_list = tasks(need_shared(BENCH / f"multipl-e-humaneval-{language}.jsonl"))
+    task = next(t for t in task_list if t.task_id == "HumanEval_23_strlen")
+    need_tools(task.language)
+    right, wrong, broken = STRLEN[language]
+    samples = [{"task_id": task.task_id, "completion": c} for c in (right, wrong) + ((broken,) if broken else ())]
+    _, rows = run_all([task], samples, tmp_path)
+    assert rows[0]["status"] == "passed", rows[0]
+    assert rows[1]["status"] == "failed", rows[1]
+    if broken:
+        assert rows[2]["status"] == BROKEN_STATUS[language], rows[2]
+
+
+def test_mbpp_prompt_and_canonical_code(tmp_path):
+    fmt, task_list = tasks(need_shared(BENCH / "mbpp.jsonl"))
+    assert fmt == "mbpp" and len(task_list) == 500 and task_list[0].task_id == "11"
+    prompt = task_list[0].prompt
+    assert prompt.startswith("You are an expert Python programmer, and here is your task: Write a function to find the similar")
+    assert prompt.count("[BEGIN]") == 4 and prompt.count("[DONE]") == 3 and prompt.endswith("[BEGIN]\n")
+    samples = [{"task_id": t.task_id, "completion": t.reference} for t in task_list[:40]]
+    summary, _ = run_all(task_list, samples, tmp_path)
+    assert summary["overall"]["pass@1"] == 1.0
+
+
+def test_infilling_scores(tmp_path):
+    fmt, task_list = tasks(need_shared(BENCH / "HumanEval-SingleLineInfilling.jsonl.gz"))
+    subset = task_list[:20]
+    samples = [{"task_id": t.task_id, "completion": t.reference} for t in subset]
+    samples += [{"task_id": t.task_id, "completion": "    pass\n"} for t in subset]
+    summary, rows = run_all(subset, samples, tmp_path)
+    assert all(r["passed"] for r in rows if r["completion_id"] == 0)
+    assert summary["fim"]["line_exact_match"] == pytest.approx(0.5)
+
+
+def test_ds1000_records_of_our_own(tmp_path):
+    code_context = (
+        "import numpy as np\n"
+        "def generate_test_case():\n    return np.array([[1, 2], [3, 4]])\n"
+        "def test_execution(solution: str):\n"
+        "    a = generate_test_case()\n"
+        "    scope = {'np': np, 'a': a}\n"
+        "    exec(solution, scope)\n"
+        "    np.testing.assert_array_equal(scope['result'], a.T)\n"
+    )
+    records = [
+        {"prompt": "Problem: transpose a.\n<code>\nimport numpy as np\na = ...\n</code>\nresult = ... # put solution in this variable\nBEGIN SOLUTION\n<code>\n",
+         "reference_code": "result = a.T", "code_context": code_context, "metadata": {"problem_id": 0, "library": "Numpy"}},
+        {"prompt": "import numpy as np\na = ...\n[insert]\nprint(result)\n", "reference_code": "result = np.transpose(a)",
+         "code_context": code_context, "metadata": {"problem_id": 1, "library": "Numpy"}},
+    ]
+    fmt, task_list = tasks("ds1000.jsonl", records)
+    assert fmt == "ds-1000" and task_list[1].suffix == "\nprint(result)\n"
+    samples = [{"task_id": t.task_id, "completion": t.reference} for t in task_list]
+    samples += [{"task_id": "0", "completion": "result = a"}]
+    _, rows = run_all(task_list, samples, tmp_path)
+    assert [r["passed"] for r in rows] == [True, True, False]
+
+
+def test_apps_records_of_our_own(tmp_path):
+    records = [
+        {"problem_id": 1, "question": "Read two integers and print their sum.", "starter_code": "",
+         "input_output": json.dumps({"inputs": ["1 2\n", "10 -3\n"], "outputs": ["3\n", "7\n"]})},
+        {"problem_id": 2, "question": "Return the largest element.", "starter_code": "class Solution:\n    def largest(self, xs):\n",
+         "input_output": json.dumps({"fn_name": "largest", "inputs": [[[1, 5, 2]], [[-1, -2]]], "outputs": [[5], [-1]]})},
+    ]
+    fmt, task_list = tasks("apps.jsonl", records)
+    assert fmt == "apps" and "Use Standard Input format" in task_list[0].prompt and "Call-Based" in task_list[1].prompt
+    samples = [
+        {"task_id": "1", "completion": "a, b = map(int, input().split())\nprint(a + b)\n"},
+        {"task_id": "1", "completion": "print(0)\n"},
+        {"task_id": "2", "completion": "class Solution:\n    def largest(self, xs):\n        return max(xs)\n"},
+        {"task_id": "2", "completion": "class Solution:\n    def largest(self, xs):\n        return min(xs)\n"},
+    ]
+    _, rows = run_all(task_list, samples, tmp_path)
+    assert [r["status"] for r in rows] == ["passed", "failed", "passed", "failed"]
+
+
+ATTACKS = {
+    "infinite_loop": ("while True:\n    pass\n", "timeout"),
+    "fork_bomb": ("import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass\n", "timeout"),
+    "memory_bomb": ("x = []\nwhile True:\n    x.append(' ' * 10**7)\n", "runtime_error"),
+    "write_outside": ("open({target!r}, 'w').write('pwned')\n", "runtime_error"),
+    "delete_outside": ("import shutil\nshutil.rmtree({victim!r})\n", "runtime_error"),
+    "network": ("import socket\nsocket.create_connection(('1.1.1.1', 80), timeout=3)\n", "runtime_error"),
+    "kill_parent": ("import os, signal\nos.kill(os.getppid(), signal.SIGKILL)\nos.kill(1, signal.SIGKILL)\nassert False\n", None),
+    "flood_output": ("import sys\nwhile True:\n    sys.stdout.write('x' * 100000)\n", "runtime_error"),
+    "read_secrets": ("import os\nassert 'DSCODER_TEST_SECRET' not in os.environ, 'leaked'\n", "passed"),
+}
+
+
+def test_safety_battery(tmp_path, monkeypatch):
+    if sandbox.isolation() != "bwrap":
+        pytest.skip("the full battery needs bubblewrap (apt-get install bubblewrap)")
+    monkeypatch.setenv("DSCODER_TEST_SECRET", "hunter2")
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "keep.txt").write_text("precious")
+    target = tmp_path / "pwned.txt"
+    records = [{"task_id": f"attack/{name}", "prompt": "", "canonical_solution": "", "test": "def check(f):\n    pass\n",
+                "entry_point": "print"} for name in ATTACKS]
+    _, task_list = tasks("attacks.jsonl", records)
+    samples = [{"task_id": f"attack/{name}", "completion": code.format(target=str(target), victim=str(victim))}
+               for name, (code, _) in ATTACKS.items()]
+    short = ExecConfig(workers=2, timeout=4, memory_mb=512)
+    execute(task_list, samples, tmp_path / "out", short)
+    rows = {r["task_id"].split("/")[1]: r for r in map(json.loads, (tmp_path / "out" / "results.jsonl").read_text().splitlines())}
+    for name, (_, expected) in ATTACKS.items():
+        if expected:
+            assert rows[name]["status"] == expected, (name, rows[name])
+        else:
+            assert rows[name]["status"] in ("failed", "runtime_error"), (name, rows[name])
+    assert not target.exists() and (victim / "keep.txt").read_text() == "precious"
+    assert os.getppid() > 1  # the test process and its parent are alive
+
+
+def test_missing_toolchain_is_a_clear_skip(tmp_path, monkeypatch):
+    fmt, task_list = tasks(need_shared(BENCH / "humaneval-x-sample-cpp.jsonl"))
+    monkeypatch.setattr(toolchains.shutil, "which", lambda name: None if name == "g++" else "/usr/bin/" + name)
+    toolchains.missing.cache_clear()
+    try:
+        row = run_sample(task_list[0], task_list[0].reference, CFG, 0, tmp_path)
+    finally:
+        toolchains.missing.cache_clear()
+    assert row["status"] == "skipped" and "install Debian package g++" in row["error"]
+
+
+def test_samples_files_bad_rows_unknown_ids_and_resume(tmp_path, caplog):
+    _, task_list = tasks(need_shared(BENCH / "HumanEval.jsonl.gz"))
+    path = tmp_path / "samples.jsonl"
+    path.write_bytes(b'{"task_id": "HumanEval/0", "completion": "    return False \\u00e9\\n"}\n'
+                     b'{"task_id": "Nope/1", "completion": "x"}\n'
+                     b'{"task_id": "HumanEval/2", "completion": "    return number % 1.0  # \xff\xfe\\n"}\n'.replace(b'\\u00e9', b'\xc3\xa9'))
+    samples = read_samples(path)
+    summary = execute(task_list, samples, tmp_path / "out", CFG)
+    assert "unknown task ids" in caplog.text
+    rows = (tmp_path / "out" / "results.jsonl").read_text().splitlines()
+    assert len(rows) == 2 and summary["overall"]["samples"] == 2
+    execute(task_list, samples, tmp_path / "out", CFG)
+    assert len((tmp_path / "out" / "results.jsonl").read_text().splitlines()) == 2  # nothing ran twice
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"task": 1}\n')
+    with pytest.raises(UserError, match="bad.jsonl:1"):
+        read_samples(bad)
+
+
+def test_eval_run_and_report(tiny_base_model, tmp_path, capsys):
+    from dscoder.cli import main
+
+    bench = need_shared(BENCH / "HumanEval.jsonl.gz")
+    out = tmp_path / "run"
+    assert main(["eval", "run", "--model", str(tiny_base_model), "--benchmark", str(bench), "--out", str(out),
+                 "--limit", "3", "--max-new-tokens", "16"]) == 0
+    assert len((out / "samples.jsonl").read_text().splitlines()) == 3
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["overall"]["tasks"] == 3 and "pass@1" in summary["overall"]
+    assert main(["eval", "report", str(out), "--out", str(tmp_path / "report.md")]) == 0
+    text = (tmp_path / "report.md").read_text()
+    assert "| base |" in text and "DeepSeek-Coder-1.3B-base (published) | 34.8" in text
+    assert (tmp_path / "report.png").stat().st_size > 1000
