@@ -234,3 +234,20 @@ def test_eval_run_and_report(tiny_base_model, tmp_path, capsys):
     text = (tmp_path / "report.md").read_text()
     assert "| base |" in text and "DeepSeek-Coder-1.3B-base (published) | 34.8" in text
     assert (tmp_path / "report.png").stat().st_size > 1000
+
+
+def test_a_sample_leaves_nothing_behind_for_the_next(tmp_path):
+    records = [{"task_id": f"seq/{i}", "prompt": "", "canonical_solution": "", "test": "def check(f):\n    pass\n",
+                "entry_point": "print"} for i in range(2)]
+    _, task_list = tasks("seq.jsonl", records)
+    first = ("import math, subprocess, sys, os\nmath.pi = 3\nopen('/tmp/left.txt', 'w').write('x')\n"
+             "try:\n    open('../left.txt', 'w').write('x')\nexcept OSError:\n    pass\n"
+             "subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'], start_new_session=True)\n")
+    second = ("import math, os\nassert math.pi != 3, 'module state leaked'\nassert not os.path.exists('/tmp/left.txt')\n"
+              "assert not os.path.exists('../left.txt')\n"
+              "others = [p for p in os.listdir('/proc') if p.isdigit()]\nassert len(others) <= 3, others\n")
+    cfg = ExecConfig(workers=1, timeout=10)
+    execute(task_list, [{"task_id": "seq/0", "completion": first}, {"task_id": "seq/1", "completion": second}],
+            tmp_path, cfg)
+    rows = [json.loads(l) for l in (tmp_path / "results.jsonl").read_text().splitlines()]
+    assert [r["status"] for r in rows] == ["passed", "passed"], rows

@@ -73,8 +73,10 @@ def number_samples(rows: list[dict]) -> list[dict]:
 _build_cache: dict[str, Path] = {}
 
 
-def run_sample(task: Task, completion: str, cfg: ExecConfig, slot: int, cache_dir: Path) -> dict:
-    """Build and run one sample; the row written to results.jsonl."""
+def run_sample(task: Task, completion: str, cfg: ExecConfig, slot: int, cache_dir: Path,
+               worker: sandbox.PythonWorker | None = None) -> dict:
+    """Build and run one sample; the row written to results.jsonl. Python samples go through
+    the slot's fork server when there is one."""
     problem = toolchains.missing(task.language)
     if problem:
         return {"status": "skipped", "passed": False, "error": problem, "seconds": 0.0}
@@ -82,6 +84,16 @@ def run_sample(task: Task, completion: str, cfg: ExecConfig, slot: int, cache_di
     program = task.program(completion)
     limits = sandbox.Limits(timeout=cfg.timeout, cpu_seconds=int(cfg.timeout * 2) + 1,
                             memory_bytes=chain.memory_bytes and cfg.memory_mb * 2**20)
+    if worker is not None and chain.name == "python":
+        folder = worker.folder()
+        try:
+            toolchains.write_program(chain.name, program, folder)
+            result = worker.run(folder, chain.source, limits)
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+        status = toolchains.status(chain.name, "run", result)
+        return {"status": status, "passed": status == "passed", "seconds": round(result.seconds, 3),
+                "error": "" if status == "passed" else (result.stderr or result.stdout)[-2000:]}
     key = hashlib.sha256(f"{chain.name}\0{program}".encode("utf-8", "surrogatepass")).hexdigest()
     seconds = 0.0
     with sandbox.Workdir() as work:
@@ -139,11 +151,27 @@ def execute(task_list: list[Task], samples: list[dict], out: Path, cfg: ExecConf
     cache_dir = out / ".build-cache"
     cache_dir.mkdir(exist_ok=True)
 
+    workers_by_slot: dict[int, sandbox.PythonWorker] = {}
+
+    def python_worker(slot: int) -> sandbox.PythonWorker | None:
+        if sandbox.isolation() != "bwrap":
+            return None
+        worker = workers_by_slot.get(slot)
+        if worker is None or not worker.alive():
+            if worker is not None:
+                worker.close()
+            worker = workers_by_slot[slot] = sandbox.PythonWorker(slot, tuple(toolchains.readable_roots()))
+        return worker
+
     def one(sample: dict) -> dict:
         slot = slots.get()
         try:
             task = by_id[sample["task_id"]]
-            outcome = run_sample(task, sample["completion"], cfg, slot, cache_dir)
+            worker = python_worker(slot) if task.language == "python" else None
+            try:
+                outcome = run_sample(task, sample["completion"], cfg, slot, cache_dir, worker)
+            except RuntimeError:  # the fork server died (it is restarted): run this one on its own
+                outcome = run_sample(task, sample["completion"], cfg, slot, cache_dir)
         finally:
             slots.put(slot)
         return {"task_id": sample["task_id"], "completion_id": sample["completion_id"], "language": task.language,
@@ -155,6 +183,8 @@ def execute(task_list: list[Task], samples: list[dict], out: Path, cfg: ExecConf
             f.write(json.dumps(row) + "\n")
             f.flush()
             bar.update()
+    for worker in workers_by_slot.values():
+        worker.close()
     shutil.rmtree(cache_dir, ignore_errors=True)
     summary = summarize(task_list, samples, _read_results(results_path))
     (out / SUMMARY).write_text(json.dumps(summary, indent=2) + "\n")

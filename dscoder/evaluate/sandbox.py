@@ -88,7 +88,7 @@ def _bwrap(workdir: Path, readable: tuple[str, ...], env: dict[str, str], uid: i
     privileges (so toolchains under /root can be shown) and `setpriv` then drops to `uid`;
     otherwise bwrap runs unprivileged in a user namespace."""
     command = ["bwrap", "--unshare-net", "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--die-with-parent",
-               "--new-session", "--ro-bind", "/", "/", "--tmpfs", "/tmp"]
+               "--new-session", "--ro-bind", "/", "/", "--perms", "1777", "--tmpfs", "/tmp"]
     if os.getuid() == 0:
         command += ["--tmpfs", "/root"]  # hide the administrator's home, show only the toolchains in it
         for path in readable:
@@ -210,3 +210,62 @@ class Workdir:
 
     def __exit__(self, *exc) -> None:
         shutil.rmtree(self.path, ignore_errors=True)
+
+
+class PythonWorker:
+    """A fork server (pyworker.py) inside the sandbox for one worker slot: Python programs run
+    in forked children instead of new interpreters (bubblewrap isolation only)."""
+
+    def __init__(self, slot: int, readable: tuple[str, ...]):
+        import sys
+
+        self.slot, self.readable = slot, readable
+        self.root = Path(tempfile.mkdtemp(prefix=f"dscoder-slot{slot}-"))
+        os.chmod(self.root, 0o755)  # samples write only in their own folder inside
+        uid = BASE_UID + slot
+        script = Path(__file__).with_name("pyworker.py")
+        command = _bwrap(self.root, readable, {"PATH": environment(self.root)["PATH"], "LANG": "C.UTF-8"}, uid)
+        command += [sys.executable, "-E", str(script), str(self.root)]
+
+        def prepare() -> None:
+            os.setsid()
+            resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+            if os.getuid() == 0:
+                resource.setrlimit(resource.RLIMIT_NPROC, (256, 256))
+
+        self.process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                        stderr=subprocess.DEVNULL, text=True, preexec_fn=prepare)
+        self.uid = uid
+
+    def folder(self) -> Path:
+        """A fresh sample folder inside this worker's area."""
+        path = Path(tempfile.mkdtemp(dir=self.root))
+        os.chmod(path, 0o777)
+        return path
+
+    def run(self, folder: Path, file: str, limits: Limits) -> Run:
+        import json
+
+        request = {"dir": str(folder), "file": file, "timeout": limits.timeout, "cpu": limits.cpu_seconds,
+                   "memory": limits.memory_bytes, "fsize": limits.file_bytes, "env": environment(folder)}
+        try:
+            self.process.stdin.write(json.dumps(request) + "\n")
+            self.process.stdin.flush()
+            reply = json.loads(self.process.stdout.readline())
+        except (OSError, ValueError):
+            raise RuntimeError("the Python worker stopped") from None
+        return Run(reply["returncode"], _tail(folder / ".stdout"), _tail(folder / ".stderr"), reply["seconds"],
+                   reply["timed_out"])
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def close(self) -> None:
+        try:
+            self.process.stdin.close()
+        except OSError:
+            pass
+        _kill_group(self.process)
+        self.process.wait()
+        _wait_until_gone(self.uid)
+        shutil.rmtree(self.root, ignore_errors=True)
