@@ -141,9 +141,15 @@ def human_bytes(n: float) -> str:
 # --- quickstart ------------------------------------------------------------------------------
 
 def cmd_quickstart(args: argparse.Namespace) -> int:
-    from dscoder import quickstart
+    from dscoder.quickstart.stages import QuickstartConfig, run
 
-    quickstart.run(Path(args.out), force=args.force, max_bytes=args.corpus_mb * 1_000_000)
+    cfg = QuickstartConfig(minutes=args.minutes, corpus_mb=args.corpus_mb)
+    data = run(args.out, cfg, model=args.model, force=args.force)
+    print(f"\nreport     {args.out / 'report.md'}  (figures in {args.out / 'report.json'})")
+    for name, folder in data["models"].items():
+        print(f"model      {name:10s} {folder}")
+    print(f"corpus     {args.out / 'corpus'}\ntokenizer  {args.out / 'tokenizer'}")
+    print("seconds    " + ", ".join(f"{k} {v:.0f}" for k, v in data["seconds"].items()))
     return 0
 
 
@@ -225,13 +231,17 @@ def build_parser() -> argparse.ArgumentParser:
     eval_cli.add_commands(groups)
 
     p = groups.add_parser(
-        "quickstart", help="the demo: tokenizer and tiny model from this machine's Python code",
-        description="Train a tokenizer on this machine's installed Python code, build a tiny "
-        "model, save it, load it back through transformers and print a completion. Finished "
-        "stages are reused when run again.")
+        "quickstart", help="the whole pipeline on this machine's Python code, with a report (make demo)",
+        description="Build a corpus from the installed Python packages, train a tokenizer, pretrain "
+        "the tiny preset with FIM (and a no-FIM control), extend its context, instruction-tune it, "
+        "evaluate all of them, show every way of using the model, and write a report. Finished "
+        "stages are reused when run again. With --model, demonstrate an existing model folder instead.")
     p.add_argument("--out", type=Path, default=Path("runs/quickstart"), help="output folder (default runs/quickstart)")
-    p.add_argument("--corpus-mb", type=int, default=16, help="megabytes of code to read (default 16)")
-    p.add_argument("--force", action="store_true", help="redo every stage")
+    p.add_argument("--minutes", type=float, default=10.0,
+                   help="pretraining minutes for the FIM model, and again for the control (default 10)")
+    p.add_argument("--corpus-mb", type=int, default=40, help="megabytes of installed code to read (default 40)")
+    p.add_argument("--model", type=Path, help="skip training: evaluate and demonstrate this model folder")
+    p.add_argument("--force", action="store_true", help="start over instead of reusing finished stages")
     p.set_defaults(func=cmd_quickstart)
     return parser
 

@@ -68,3 +68,12 @@ def test_sentinels_are_single_tokens(trained_tokenizer_dir):
     for sentinel in (formats.FIM_BEGIN, formats.FIM_HOLE, formats.FIM_END):
         assert ids.count(tok.convert_tokens_to_ids(sentinel)) == 1
     assert tok.decode(ids) == doc
+
+
+def test_pieces_keep_the_text_and_respect_the_limit():
+    from dscoder.train.fim import pieces
+
+    text = "".join(f"line {i}\n" for i in range(200))
+    parts = pieces(text, 100)
+    assert "".join(parts) == text and all(len(p) <= 100 for p in parts)
+    assert pieces(text, 0) == [text]

@@ -1,20 +1,50 @@
-"""The demo end to end on a small slice of this machine's Python code."""
+"""The demo end to end on a small slice of this machine's Python code and a short budget."""
 
 import json
+from collections import namedtuple
+
+import pytest
 
 from dscoder.cli import main
 
+KEYS = ("heldout_loss", "fim_line_exact_match", "completion_parse_rate", "pass@1")
 
-def test_quickstart_builds_loads_and_completes_then_reuses_stages(capsys, tmp_path):
+
+def test_quickstart_end_to_end_then_resume_then_existing_model(capsys, tmp_path):
     out = tmp_path / "qs"
-    assert main(["quickstart", "--out", str(out), "--corpus-mb", "2"]) == 0
-    stdout, stderr = capsys.readouterr()
-    assert "completion:" in stdout and "model-untrained" in stdout
-    assert json.loads((out / "tokenizer" / "dscoder.json").read_text())["kind"] == "tokenizer"
-    assert (out / "model-untrained" / "model.safetensors").is_file()
-    weights = (out / "model-untrained" / "model.safetensors").stat().st_mtime_ns
+    assert main(["quickstart", "--out", str(out), "--minutes", "0.15", "--corpus-mb", "4"]) == 0
+    stdout = capsys.readouterr().out
+    assert "report.md" in stdout
+    data = json.loads((out / "report.json").read_text())
+    for key in KEYS:
+        assert set(data[key]) == {"untrained", "no_fim", "fim", "instruct"}, key
+    assert data["heldout_loss"]["fim"] < data["heldout_loss"]["untrained"] - 1.0  # it learned something
+    assert all(stage in data["seconds"] for stage in ("corpus", "tokenizer", "pretrain-fim", "pretrain-no_fim",
+                                                      "extend", "instruct", "evaluate", "show"))
+    assert set(data["examples"]) == {"completion", "insertion", "repository", "chat", "server"}
+    assert data["examples"]["repository"]["prompt"].startswith("#utils.py\n")
+    report = (out / "report.md").read_text()
+    assert "FIM single-line exact match" in report and (out / "loss.png").is_file() and (out / "eval.png").is_file()
+    extended = json.loads((out / "extend" / "final" / "config.json").read_text())
+    assert extended["rope_scaling"] == {"type": "linear", "factor": 4.0}
+    instruct = json.loads((out / "instruct" / "final" / "tokenizer_config.json").read_text())
+    assert instruct["eos_token"] == "<|EOT|>"
 
-    assert main(["quickstart", "--out", str(out), "--corpus-mb", "2"]) == 0
-    stdout, stderr = capsys.readouterr()
-    assert "reusing" in stderr and "completion:" in stdout
-    assert (out / "model-untrained" / "model.safetensors").stat().st_mtime_ns == weights
+    # Running again reuses every finished stage.
+    assert main(["quickstart", "--out", str(out), "--minutes", "0.15", "--corpus-mb", "4"]) == 0
+    _, err = capsys.readouterr()
+    assert err.count("done before") >= 8
+
+    # An existing model folder is evaluated and demonstrated without training.
+    given = tmp_path / "given"
+    assert main(["quickstart", "--out", str(given), "--model", str(out / "pretrain-fim" / "final"),
+                 "--corpus-mb", "4"]) == 0
+    data = json.loads((given / "report.json").read_text())
+    assert set(data["heldout_loss"]) == {"given"} and not (given / "tokenizer").exists()
+
+
+def test_quickstart_refuses_a_full_disk(capsys, tmp_path, monkeypatch):
+    Usage = namedtuple("Usage", "total used free")
+    monkeypatch.setattr("shutil.disk_usage", lambda path: Usage(10**9, 10**9 - 2**20, 2**20))
+    assert main(["quickstart", "--out", str(tmp_path / "qs")]) == 2
+    assert "GiB free" in capsys.readouterr().err

@@ -50,6 +50,7 @@ def generate(engine, task_list: list[Task], out: Path, cfg: GenerateConfig, limi
                 done.add((str(row["task_id"]), int(row["completion_id"])))
             except (json.JSONDecodeError, KeyError, ValueError):
                 continue
+    out.parent.mkdir(parents=True, exist_ok=True)
     todo = [(t, j) for t in task_list[:limit] for j in range(cfg.n) if (t.task_id, j) not in done]
     written = 0
     with open(out, "a", encoding="utf-8") as f, tqdm(total=len(todo), desc="generating", unit=" samples",

@@ -91,10 +91,12 @@ def _bwrap(workdir: Path, readable: tuple[str, ...], env: dict[str, str], uid: i
                "--new-session", "--ro-bind", "/", "/", "--perms", "1777", "--tmpfs", "/tmp"]
     if os.getuid() == 0:
         command += ["--tmpfs", "/root"]  # hide the administrator's home, show only the toolchains in it
-        for path in readable:
-            command += ["--ro-bind", path, path]
     else:
         command += ["--unshare-user"]
+    for path in readable:
+        for parent in reversed(Path(path).parents[:-2] if path.startswith("/tmp/") else ()):
+            command += ["--perms", "0755", "--dir", str(parent)]  # bwrap would create them 0700
+        command += ["--ro-bind", path, path]
     command += ["--bind", str(workdir), str(workdir), "--proc", "/proc", "--dev", "/dev", "--chdir", str(workdir),
                 "--clearenv"]
     for key, value in env.items():
@@ -135,7 +137,7 @@ def environment(workdir: Path) -> dict[str, str]:
 def run(command: list[str], workdir: Path, limits: Limits, stdin: str | None = None,
         env: dict[str, str] | None = None, slot: int = 0, readable: tuple[str, ...] = ()) -> Run:
     """Run `command` in `workdir` inside the sandbox, as the user id of worker `slot`;
-    `readable` are folders under /root the program needs (interpreters, toolchains)."""
+    `readable` are folders under /root or /tmp the program needs (interpreters, toolchains)."""
     uid = BASE_UID + slot
     mode = isolation()
     env = {**environment(workdir), **(env or {})}

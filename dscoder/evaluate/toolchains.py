@@ -133,13 +133,14 @@ def rustc() -> str:
 
 
 def readable_roots() -> list[str]:
-    """Folders under a private home that the sandbox must see (interpreters, toolchains)."""
-    paths = [sys.base_prefix, sys.prefix, str(Path(rustc()).parent.parent)]
+    """Folders the sandbox would hide (a private home, the private /tmp) that programs need: the
+    interpreter and its environment, this package (the Python worker) and the Rust toolchain."""
+    paths = [sys.base_prefix, sys.prefix, str(Path(__file__).resolve().parent.parent), str(Path(rustc()).parent.parent)]
     roots = []
     for p in paths:
         parts = Path(p).resolve().parts
-        if len(parts) > 2 and parts[1] == "root":
-            root = str(Path(*parts[:3]))
+        if len(parts) > 2 and parts[1] in ("root", "tmp"):
+            root = str(Path(*parts[:3])) if parts[1] == "root" else str(Path(p).resolve())
             if root not in roots:
                 roots.append(root)
     return roots

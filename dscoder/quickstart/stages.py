@@ -1,95 +1,314 @@
-"""`dscoder quickstart` (what `make demo` runs): the pipeline on this machine's own Python code.
+"""`dscoder quickstart` (what `make demo` runs): the whole DeepSeek-Coder pipeline on this
+machine's own Python code, end to end, with a report.
 
-Stages, each kept in its own folder under the output folder and reused when run again:
-1. tokenizer: byte-level BPE learned on the installed Python code (standard library and
-   site-packages);
-2. model: a `tiny` preset initialised with that tokenizer and saved as a Hugging Face folder;
-3. check: the folder loaded back through plain `transformers` and asked for a completion.
+Stages (each keeps its artifacts under the output folder and is skipped when run again):
+1. corpus: `data build` over the installed Python packages (standard library, then the
+   environment's packages, up to a size), a few whole packages held out for evaluation;
+2. tokenizer: byte-level BPE learned on the corpus;
+3. pretrain: the `tiny` preset with FIM (rate 0.5), and a no-FIM control on the same budget;
+4. extend: the FIM model at 4x the context with linear RoPE scaling;
+5. instruct: tuned on instruction pairs made from the corpus (`make-instruct`);
+6. evaluate: held-out loss, single-line FIM exact match, completion parse rate and pass@1 for
+   the untrained, no-FIM, FIM and instruct models;
+7. show: completion, insertion, repository-level completion, chat, and a server request;
+then `report.md`, `report.json` and plots.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import math
 import shutil
 import time
-from collections import Counter
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from dscoder import model, tokenizer
-from dscoder.artifacts import output_dir, read_manifest, write_manifest
+from dscoder.errors import UserError
 
 log = logging.getLogger("dscoder")
 
-VOCAB_SIZE = 8000
-PRESET = "tiny"
-PROMPT = "def fibonacci(n):\n"
+HELD_OUT = ("json", "wsgiref", "xmlrpc", "sqlite3")  # standard-library packages kept out of training
+MIN_FREE_BYTES = 3 * 2**30
 
 
-def _done(folder: Path) -> bool:
-    return read_manifest(folder) is not None if folder.is_dir() else False
+@dataclass(frozen=True)
+class QuickstartConfig:
+    """The demo's knobs."""
+
+    minutes: float = 10.0
+    """Pretraining budget, for the FIM model and again for the no-FIM control."""
+    corpus_mb: int = 40
+    """Megabytes of installed Python code to read."""
+    vocab_size: int = 8000
+    seq_len: int = 512
+    batch_size: int = 4
+    fim_max_chars: int = 1000
+    """FIM pieces of about a training sequence (see FIMConfig.max_chars)."""
+    seed: int = 0
 
 
-def run(out: Path, force: bool = False, max_bytes: int = 16_000_000) -> dict:
-    """Run every stage not finished yet; returns where things are and how long each took."""
-    from dscoder.data.sources import installed_python_roots, read_texts
+def _stage(out: Path, name: str, fn, seconds: dict, force_rerun: bool = False) -> dict:
+    """Run `fn` unless the stage finished before; its record is kept in out/stages/NAME.json."""
+    marker = out / "stages" / f"{name}.json"
+    if marker.is_file() and not force_rerun:
+        record = json.loads(marker.read_text())
+        log.info("[%s] done before (%.0fs): reusing", name, record.get("seconds", 0))
+        seconds[name] = record.get("seconds", 0)
+        return record
+    log.info("[%s] ...", name)
+    start = time.perf_counter()
+    record = fn() or {}
+    record["seconds"] = round(time.perf_counter() - start, 1)
+    seconds[name] = record["seconds"]
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    marker.write_text(json.dumps(record, indent=2, default=str) + "\n")
+    return record
+
+
+def _repositories(budget_bytes: int) -> tuple[list[Path], list[Path]]:
+    """(training, held-out) repositories: the installed packages as folders."""
+    from dscoder.data.sources import SKIPPED_DIRS, installed_python_roots
+
+    train, held, total = [], [], 0
+    for root in installed_python_roots():
+        for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith((".", "_"))
+                             and p.name not in SKIPPED_DIRS and not p.name.endswith((".dist-info", ".egg-info"))):
+            if folder.name in HELD_OUT and root == installed_python_roots()[0]:
+                held.append(folder)
+                continue
+            size = sum(f.stat().st_size for f in folder.rglob("*.py") if f.is_file())
+            if size == 0 or total + size > budget_bytes:
+                continue
+            train.append(folder)
+            total += size
+    if not train or not held:
+        raise UserError("no installed Python packages found to build the demo corpus from")
+    return train, held
+
+
+def _speed_probe(cfg: QuickstartConfig, corpus: Path, tokenizer: Path, out: Path) -> float:
+    """Seconds per optimizer step of the tiny preset here (a few steps in a scratch run)."""
+    from dscoder.train.recipes import pretrain, resolve
+
+    run = out / "probe"
+    shutil.rmtree(run, ignore_errors=True)
+    overrides = _train_overrides(cfg, corpus, 6, fim=0.5) | {"loop.save_every": "0", "loop.eval_every": "0",
+                                                             "loop.log_every": "1"}
+    pretrain(run, resolve("pretrain", None, overrides), tokenizer, "tiny", None, force=True)
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    speeds = sorted(r["tokens_per_s"] for r in rows[2:]) or [rows[-1]["tokens_per_s"]]
+    shutil.rmtree(run, ignore_errors=True)
+    return cfg.batch_size * cfg.seq_len / speeds[len(speeds) // 2]
+
+
+def _train_overrides(cfg: QuickstartConfig, corpus: Path, steps: int, fim: float) -> dict[str, str]:
+    return {"data.sources": str(corpus), "data.seq_len": str(cfg.seq_len), "loop.batch_size": str(cfg.batch_size),
+            "loop.max_steps": str(steps), "fim.rate": str(fim), "fim.max_chars": str(cfg.fim_max_chars),
+            "loop.seed": str(cfg.seed),
+            "loop.eval_every": str(max(steps // 8, 1)), "loop.save_every": str(max(steps // 4, 1)),
+            "loop.log_every": "5", "data.eval_fraction": "0.02", "data.cache_dir": str(corpus.parent / "cache")}
+
+
+def run(out: Path, cfg: QuickstartConfig, model: Path | None = None, force: bool = False) -> dict:
+    """Run (or resume) the quickstart into `out`; returns report.json's content."""
+    from dscoder.config import apply_overrides
+    from dscoder.data.build import build
+    from dscoder.data.steps import DataConfig
+    from dscoder.quickstart import report
 
     if force and out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
+    if shutil.disk_usage(out).free < MIN_FREE_BYTES:
+        raise UserError(f"{out}: only {shutil.disk_usage(out).free / 2**30:.1f} GiB free; the demo needs about 3 GiB")
     seconds: dict[str, float] = {}
-    tok_dir, model_dir = out / "tokenizer", out / "model-untrained"
 
-    start = time.perf_counter()
-    if _done(tok_dir):
-        log.info("[1/3] tokenizer: reusing %s", tok_dir)
+    def corpus_stage():
+        train, held = _repositories(cfg.corpus_mb * 1_000_000)
+        data_cfg = apply_overrides(DataConfig(), {"order.max_sample_chars": "400000"})
+        build(out / "corpus", train, [], [], data_cfg, force=True)
+        build(out / "heldout", held, [], [], data_cfg, force=True)
+        return {"train_repositories": [p.name for p in train], "held_out": [p.name for p in held]}
+
+    corpus = _stage(out, "corpus", corpus_stage, seconds)
+    heldout_files = _heldout_files(out / "heldout")
+
+    models: dict[str, Path] = {}
+    if model is None:
+        models = _train_all(out, cfg, seconds)
     else:
-        roots = installed_python_roots()
-        log.info("[1/3] tokenizer: learning %d tokens on Python code in %s", VOCAB_SIZE,
-                 ", ".join(map(str, roots)))
-        skips: Counter = Counter()
-        texts = read_texts(roots, skips, max_bytes)
-        tok = tokenizer.train(texts, VOCAB_SIZE, length=len(texts))
-        with output_dir(tok_dir, force=True) as tmp:
-            tokenizer.save(tok, tmp)
-            write_manifest(tmp, "tokenizer", method="train", inputs=[str(r) for r in roots],
-                           config={"vocab_size": VOCAB_SIZE, "max_bytes": max_bytes},
-                           files=len(texts), skipped=dict(skips))
-    seconds["tokenizer"] = time.perf_counter() - start
+        models["given"] = model
 
-    start = time.perf_counter()
-    if _done(model_dir):
-        log.info("[2/3] model: reusing %s", model_dir)
-    else:
-        log.info("[2/3] model: initialising the %r preset", PRESET)
-        tok = tokenizer.load(tok_dir)
-        hf_cfg = model.hf_config(model.get_preset(PRESET).config, tok)
-        with output_dir(model_dir, force=True) as tmp:
-            model.save(tmp, hf_cfg, tok_dir, model.build(hf_cfg))
-            write_manifest(tmp, "model", method="init", preset=PRESET, tokenizer=str(tok_dir))
-    seconds["model"] = time.perf_counter() - start
-
-    start = time.perf_counter()
-    log.info("[3/3] check: loading %s with transformers.AutoModelForCausalLM", model_dir)
-    completion = complete_with_transformers(model_dir, PROMPT)
-    seconds["check"] = time.perf_counter() - start
-
-    params = model.count_parameters(model.load_config(model_dir))["total"]
-    print(f"\nprompt:     {PROMPT!r}\ncompletion: {completion!r}")
-    print("(the model is untrained, so the completion is noise: it shows the folder loads and runs)")
-    print(f"\ntokenizer  {tok_dir}\nmodel      {model_dir} ({params / 1e6:.1f}M parameters)")
-    print("timings    " + ", ".join(f"{k} {v:.1f}s" for k, v in seconds.items()))
-    return {"tokenizer": tok_dir, "model": model_dir, "completion": completion, "seconds": seconds}
+    results = _stage(out, "evaluate", lambda: _evaluate(out, cfg, models, heldout_files), seconds,
+                     force_rerun=model is not None)
+    examples = _stage(out, "show", lambda: _show(models), seconds, force_rerun=model is not None)
+    seconds["total"] = round(sum(seconds.values()), 1)
+    data = {"config": asdict(cfg), "corpus": corpus, "models": {k: str(v) for k, v in models.items()},
+            **{k: v for k, v in results.items() if k != "seconds"}, "examples": examples.get("examples", {}),
+            "seconds": seconds}
+    report.write(out, data)
+    return data
 
 
-def complete_with_transformers(folder: Path, prompt: str, max_new_tokens: int = 24) -> str:
-    """Greedy completion through plain transformers, as any user of the folder would do."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def _heldout_files(folder: Path) -> list[str]:
+    """The held-out Python files, one text each (samples are split at their path headers)."""
+    from dscoder.data import corpus
 
-    tok = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
-    net = AutoModelForCausalLM.from_pretrained(str(folder), local_files_only=True).eval()
-    inputs = tok(prompt, return_tensors="pt")
-    with torch.no_grad():
-        output = net.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
-                              pad_token_id=tok.eos_token_id)
-    return tok.decode(output[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+    files = []
+    for text in corpus.iter_texts(folder):
+        parts = [p for p in text.split("\n#") if p.strip()]
+        for part in parts:
+            body = part.split("\n", 1)[1] if "\n" in part else ""
+            if body.strip():
+                files.append(body)
+    return files
+
+
+def _train_all(out: Path, cfg: QuickstartConfig, seconds: dict) -> dict[str, Path]:
+    from dscoder import config as config_lib
+    from dscoder import model as model_lib
+    from dscoder import tokenizer as tokenizer_lib
+    from dscoder.data import corpus as corpus_lib
+    from dscoder.train.instruct import make_pairs
+    from dscoder.train.recipes import extend, instruct, pretrain, resolve
+
+    corpus = out / "corpus"
+
+    def tokenizer_stage():
+        texts = []
+        for text in corpus_lib.iter_texts(corpus):
+            texts.append(text)
+            if sum(map(len, texts)) > 20_000_000:
+                break
+        tokenizer_lib.save(tokenizer_lib.train(texts, cfg.vocab_size, length=len(texts)), out / "tokenizer")
+        return {"vocab_size": cfg.vocab_size}
+
+    (out / "tokenizer").mkdir(exist_ok=True)
+    _stage(out, "tokenizer", tokenizer_stage, seconds)
+    tokenizer = out / "tokenizer"
+
+    def untrained_stage():
+        tok = tokenizer_lib.load(tokenizer)
+        hf_cfg = model_lib.hf_config(config_lib.apply_overrides(model_lib.get_preset("tiny").config, {"dtype": "float32"}), tok)
+        shutil.rmtree(out / "untrained", ignore_errors=True)
+        (out / "untrained").mkdir()
+        model_lib.save(out / "untrained", hf_cfg, tokenizer, model_lib.build(hf_cfg, seed=cfg.seed))
+
+    _stage(out, "untrained", untrained_stage, seconds)
+    steps = _stage(out, "plan", lambda: {"steps": max(20, int(cfg.minutes * 60 / _speed_probe(cfg, corpus, tokenizer, out)))},
+                   seconds)["steps"]
+    log.info("pretraining %d steps per model (about %.1f minutes each)", steps, cfg.minutes)
+    budget = {"loop.max_minutes": str(cfg.minutes * 1.25)}
+    for name, fim in (("fim", 0.5), ("no_fim", 0.0)):
+        overrides = _train_overrides(cfg, corpus, steps, fim) | budget
+        _stage(out, f"pretrain-{name}", lambda o=overrides, n=name: pretrain(
+            out / f"pretrain-{n}", resolve("pretrain", None, o), tokenizer, "tiny", None, resume=True), seconds)
+
+    extend_steps = max(10, steps // 10)
+    extend_overrides = _train_overrides(cfg, corpus, extend_steps, 0.5) | {
+        "data.seq_len": str(cfg.seq_len * 4), "loop.batch_size": "1", "fim.max_chars": str(cfg.fim_max_chars * 4),
+        "extend.rope_factor": "4", "extend.max_position_embeddings": str(1024 * 4), "optim.lr": "3e-4"}
+    _stage(out, "extend", lambda: extend(out / "extend", resolve("extend", None, extend_overrides),
+                                         out / "pretrain-fim" / "final", resume=True), seconds)
+
+    def instruct_stage():
+        pairs = out / "instruct-pairs.jsonl"
+        with open(pairs, "w", encoding="utf-8") as f:
+            for pair in make_pairs(corpus_lib.iter_texts(corpus), 4000):
+                f.write(json.dumps(pair) + "\n")
+        overrides = _train_overrides(cfg, corpus, max(20, steps // 6), 0.0) | {
+            "data.seq_len": str(cfg.seq_len), "loop.batch_size": str(cfg.batch_size), "optim.lr": "5e-4",
+            "optim.warmup_steps": "5"}
+        overrides.pop("data.sources")
+        instruct(out / "instruct", resolve("instruct", None, overrides), out / "extend" / "final", pairs, resume=True)
+
+    _stage(out, "instruct", instruct_stage, seconds)
+    return {"untrained": out / "untrained", "no_fim": out / "pretrain-no_fim" / "final",
+            "fim": out / "pretrain-fim" / "final", "instruct": out / "instruct" / "final"}
+
+
+def _evaluate(out: Path, cfg: QuickstartConfig, models: dict[str, Path], heldout_files: list[str]) -> dict:
+    from dscoder.infer.engine import Engine
+    from dscoder.quickstart import measure
+
+    cases = measure.fim_cases(heldout_files, 200, cfg.seed, prefix_chars=cfg.fim_max_chars // 2,
+                              suffix_chars=cfg.fim_max_chars // 4)
+    prompts = measure.function_prompts(heldout_files, 40, cfg.seed)
+    texts = heldout_files[:200]
+    results: dict[str, dict] = {"heldout_loss": {}, "heldout_perplexity": {}, "fim_line_exact_match": {},
+                                "completion_parse_rate": {}, "pass@1": {}}
+    for name, folder in models.items():
+        log.info("evaluating %s", name)
+        engine = Engine.load(folder, dtype="float32")
+        loss = measure.heldout_loss(engine, texts, cfg.seq_len)
+        results["heldout_loss"][name] = loss
+        results["heldout_perplexity"][name] = math.exp(loss)
+        results["fim_line_exact_match"][name] = measure.fim_exact_match(engine, cases)
+        results["completion_parse_rate"][name] = measure.completion_parse_rate(engine, prompts)
+        shutil.rmtree(out / "eval" / name, ignore_errors=True)
+        results["pass@1"][name] = measure.pass_at_1(engine, out / "eval" / name)
+    results["eval_sizes"] = {"fim_lines": len(cases), "parse_prompts": len(prompts), "problems": 20}
+    return results
+
+
+def _show(models: dict[str, Path]) -> dict:
+    """Each way of using the model once, on fixed examples."""
+    from importlib import resources
+
+    from dscoder.infer import prompts, repo_context
+    from dscoder.infer.engine import Engine, Sequence
+    from dscoder.infer.sampling import SamplingParams
+
+    base = models.get("fim") or models.get("given")
+    chat_model = models.get("instruct") or base
+    engine = Engine.load(base)
+    params = SamplingParams(max_new_tokens=48, stop=("\n\n\n",))
+
+    def answer(prompt) -> dict:
+        (s,) = engine.generate([Sequence(prompt.ids, params)])
+        return {"prompt": prompt.text, "output": s.text}
+
+    repo = Path(str(resources.files("dscoder.quickstart").joinpath("example_repo")))
+    examples = {
+        "completion": answer(prompts.completion(engine, "def fibonacci(n):\n    \"\"\"Return the n-th Fibonacci number.\"\"\"\n", 48)),
+        "insertion": answer(prompts.insertion(engine, "def average(values):\n    total = sum(values)\n    ",
+                                              "\n    return result\n", 48)),
+        "repository": answer(repo_context.build(engine, repo, "main.py", None, None, 48)),
+    }
+    chat_engine = Engine.load(chat_model)
+    message = [{"role": "user", "content": "Write a Python function that reverses a string."}]
+    (s,) = chat_engine.generate([Sequence(prompts.chat(chat_engine, message, 64).ids, SamplingParams(max_new_tokens=64))])
+    examples["chat"] = {"prompt": message[0]["content"], "output": s.text}
+    examples["server"] = _server_request(engine)
+    return {"examples": examples}
+
+
+def _server_request(engine) -> dict:
+    """Start the OpenAI-compatible server on a free port and ask it for one completion."""
+    import socket
+    import threading
+
+    import httpx
+    import uvicorn
+
+    from dscoder.infer.server import create_app
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(create_app(engine), host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.time() + 30
+    while not server.started and time.time() < deadline:
+        time.sleep(0.05)
+    body = {"model": engine.name, "prompt": "import os\n\n\ndef list_python_files(folder):\n", "max_tokens": 32,
+            "temperature": 0}
+    try:
+        response = httpx.post(f"http://127.0.0.1:{port}/v1/completions", json=body, timeout=120).json()
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+    return {"request": f"POST http://127.0.0.1:{port}/v1/completions", "prompt": body["prompt"],
+            "output": response["choices"][0]["text"]}

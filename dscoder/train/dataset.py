@@ -30,7 +30,7 @@ from typing import Callable, Iterable, Iterator
 import numpy as np
 
 from dscoder.errors import UserError
-from dscoder.train.fim import FIMConfig
+from dscoder.train.fim import FIMConfig, pieces
 from dscoder.train.fim import apply as apply_fim
 
 log = logging.getLogger("dscoder")
@@ -157,13 +157,18 @@ def pretraining_encoder(tokenizer, fim: FIMConfig, seed: int, source: str) -> Ca
     state = {"index": 0}
 
     def encode(texts: list[str]) -> list[Encoded]:
-        rewritten = []
-        for text in texts:
+        # Every document (or piece of one) becomes BOS ids EOS; pieces of a document stay together.
+        owners, rewritten = [], []
+        for number, text in enumerate(texts):
             rng = random.Random(f"{seed}:{source}:{state['index']}")
             state["index"] += 1
-            rewritten.append(apply_fim(text, fim, rng))
-        encodings = backend.encode_batch(rewritten, add_special_tokens=False)
-        return [([bos, *e.ids, eos], None) for e in encodings]
+            for piece in pieces(text, fim.max_chars):
+                owners.append(number)
+                rewritten.append(apply_fim(piece, fim, rng))
+        out: list[list[int]] = [[] for _ in texts]
+        for owner, encoding in zip(owners, backend.encode_batch(rewritten, add_special_tokens=False)):
+            out[owner] += [bos, *encoding.ids, eos]
+        return [(ids, None) for ids in out]
 
     return encode
 

@@ -22,6 +22,26 @@ class FIMConfig:
     """Share of documents rewritten as FIM (DeepSeek-Coder: 0.5)."""
     spm_rate: float = 0.0
     """Share of FIM documents in SPM order instead of PSM (DeepSeek-Coder: PSM only)."""
+    max_chars: int = 0
+    """Cut longer documents, at line ends, into pieces of at most this many characters, each
+    with its own FIM decision (0: whole documents, as DeepSeek-Coder). With short training
+    sequences, whole-document FIM puts the prefix, suffix and middle in different windows and
+    cannot be learned; pieces near the sequence length can (close to Bavarian et al.'s
+    context-level FIM)."""
+
+
+def pieces(text: str, max_chars: int) -> list[str]:
+    """`text` cut at line ends into consecutive pieces of at most `max_chars` (a longer line
+    is its own piece); the whole text when `max_chars` is 0."""
+    if max_chars <= 0 or len(text) <= max_chars:
+        return [text]
+    out, current = [], ""
+    for line in text.splitlines(keepends=True):
+        if current and len(current) + len(line) > max_chars:
+            out.append(current)
+            current = ""
+        current += line
+    return out + [current] if current else out
 
 
 def split_points(length: int, rng: random.Random) -> tuple[int, int]:

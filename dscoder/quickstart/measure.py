@@ -1,0 +1,157 @@
+"""The figures the quickstart reports for a model folder: held-out loss, single-line FIM exact
+match on held-out code, the share of completions that parse, and pass@1 on the project's own
+small problems (problems.jsonl, written for dscoder, not taken from a benchmark)."""
+
+from __future__ import annotations
+
+import ast
+import math
+import random
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from dscoder import formats
+from dscoder.infer.engine import Engine, Sequence
+from dscoder.infer.sampling import SamplingParams
+
+FUNCTION_STOPS = ("\ndef ", "\nclass ", "\n\n\n", "\nif __name__", "\n@")
+
+
+def heldout_loss(engine: Engine, texts: list[str], seq_len: int, max_windows: int = 64) -> float:
+    """Mean next-token loss (nats) over the first windows of the held-out texts, no FIM."""
+    ids: list[int] = []
+    for text in texts:
+        ids += engine.encode(text) + [engine.tokenizer.eos_token_id]
+        if len(ids) > (seq_len + 1) * max_windows:
+            break
+    windows = [ids[i:i + seq_len + 1] for i in range(0, len(ids) - seq_len - 1, seq_len)][:max_windows]
+    losses = []
+    model = engine.model
+    with torch.inference_mode():
+        for start in range(0, len(windows), 8):
+            batch = torch.tensor(windows[start:start + 8], device=engine.device)
+            logits = model(input_ids=batch[:, :-1]).logits.float()
+            loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1))
+            losses.append(float(loss))
+    return float(np.mean(losses)) if losses else math.nan
+
+
+def code_lines(text: str) -> list[int]:
+    """0-based numbers of the lines that start a statement or expression of code: not comments,
+    not lines inside or opening strings and docstrings (a file that does not tokenize has none)."""
+    import io
+    import tokenize
+
+    first: dict[int, int] = {}
+    try:
+        for tok in tokenize.generate_tokens(io.StringIO(text).readline):
+            if tok.type in (tokenize.INDENT, tokenize.DEDENT, tokenize.NL, tokenize.NEWLINE, tokenize.ENDMARKER):
+                continue
+            if tok.type == tokenize.STRING and tok.start[0] != tok.end[0]:
+                for row in range(tok.start[0], tok.end[0] + 1):
+                    first[row] = tokenize.STRING
+            first.setdefault(tok.start[0], tok.type)
+    except (tokenize.TokenError, SyntaxError, ValueError):
+        return []
+    return [row - 1 for row, kind in sorted(first.items()) if kind not in (tokenize.STRING, tokenize.COMMENT)]
+
+
+def fim_cases(files: list[str], count: int, seed: int, prefix_chars: int = 1200,
+              suffix_chars: int = 400) -> list[tuple[str, str, str]]:
+    """(prefix, suffix, line) for random code lines of held-out files. As in HumanEval's
+    single-line infilling, the hole is the whole line with its indentation: the prefix ends with
+    the previous line's newline and the suffix starts with the next line."""
+    rng = random.Random(seed)
+    candidates = []
+    for f_index, text in enumerate(files):
+        lines = text.split("\n")
+        for i in code_lines(text):
+            if 4 <= len(lines[i].strip()) <= 80:
+                candidates.append((f_index, i))
+    chosen = rng.sample(candidates, min(count, len(candidates)))
+    cases = []
+    for f_index, i in chosen:
+        lines = files[f_index].split("\n")
+        prefix = "".join(line + "\n" for line in lines[:i])
+        suffix = "\n".join(lines[i + 1:])
+        cases.append((prefix[-prefix_chars:], suffix[:suffix_chars], lines[i].rstrip()))
+    return cases
+
+
+def fim_exact_match(engine: Engine, cases: list[tuple[str, str, str]]) -> float:
+    """Share of holes whose generated first line, indentation included, equals the real one
+    (greedy, PSM prompt)."""
+    hits = 0
+    for start in range(0, len(cases), 8):
+        chunk = cases[start:start + 8]
+        sequences = [Sequence(engine.encode(formats.fim_prompt(p, s)), SamplingParams(max_new_tokens=40, stop=("\n",)))
+                     for p, s, _ in chunk]
+        engine.generate(sequences)
+        hits += sum(seq.text.split("\n")[0].rstrip() == line for seq, (_, _, line) in zip(sequences, chunk))
+    return hits / max(len(cases), 1)
+
+
+def function_prompts(files: list[str], count: int, seed: int) -> list[str]:
+    """`def ...:` lines with their docstrings, taken from held-out files, as completion prompts."""
+    prompts = []
+    for text in files:
+        try:
+            tree = ast.parse(text)
+        except (SyntaxError, ValueError):
+            continue
+        lines = text.split("\n")
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.body and node.col_offset == 0:
+                first = node.body[0]
+                end = first.end_lineno if isinstance(first, ast.Expr) and isinstance(getattr(first, "value", None), ast.Constant) \
+                    else node.body[0].lineno - 1
+                prompt = "\n".join(lines[node.lineno - 1:end]) + "\n"
+                if len(prompt) < 600:
+                    prompts.append(prompt)
+    random.Random(seed).shuffle(prompts)
+    return prompts[:count]
+
+
+def parses(prompt: str, completion: str) -> bool:
+    """Whether the prompt and the completion, cut after its last complete line, parse."""
+    body = completion[:completion.rfind("\n") + 1] if "\n" in completion else ""
+    text = prompt + body
+    if not body.strip():
+        return False
+    try:
+        ast.parse(text)
+        return True
+    except (SyntaxError, ValueError, RecursionError):
+        return False
+
+
+def completion_parse_rate(engine: Engine, prompts: list[str]) -> float:
+    ok = 0
+    for start in range(0, len(prompts), 8):
+        chunk = prompts[start:start + 8]
+        sequences = [Sequence(engine.encode(p), SamplingParams(max_new_tokens=96, stop=FUNCTION_STOPS)) for p in chunk]
+        engine.generate(sequences)
+        ok += sum(parses(p, s.text) for p, s in zip(chunk, sequences))
+    return ok / max(len(prompts), 1)
+
+
+def problems_file() -> Path:
+    return Path(str(resources.files("dscoder.quickstart").joinpath("problems.jsonl")))
+
+
+def pass_at_1(engine: Engine, out: Path) -> float:
+    """Greedy pass@1 on the quickstart problems, executed in the evaluation sandbox."""
+    from dscoder.evaluate.benchmarks import tasks
+    from dscoder.evaluate.execute import ExecConfig, execute
+    from dscoder.evaluate.generate import GenerateConfig, generate
+
+    _, task_list = tasks(problems_file())
+    samples = out / "samples.jsonl"
+    generate(engine, task_list, samples, GenerateConfig(max_new_tokens=96))
+    from dscoder.evaluate.execute import read_samples
+
+    summary = execute(task_list, read_samples(samples), out, ExecConfig(timeout=5))
+    return float(summary["overall"].get("pass@1", 0.0))

@@ -1,0 +1,79 @@
+"""The quickstart's report: report.json (every figure), report.md (readable) and plots."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+MODELS = ("untrained", "no_fim", "fim", "instruct", "given")
+FIGURES = [("heldout_loss", "held-out loss (nats/token)", "{:.3f}"),
+           ("heldout_perplexity", "held-out perplexity", "{:.1f}"),
+           ("fim_line_exact_match", "FIM single-line exact match", "{:.1%}"),
+           ("completion_parse_rate", "completions that parse", "{:.1%}"),
+           ("pass@1", "pass@1, quickstart problems", "{:.1%}")]
+
+
+def _plots(out: Path, data: dict) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    made = []
+    runs = {name: out / f"pretrain-{name}" / "metrics.jsonl" for name in ("fim", "no_fim")}
+    if any(p.is_file() for p in runs.values()):
+        fig, ax = plt.subplots(figsize=(7, 4))
+        for name, path in runs.items():
+            if path.is_file():
+                rows = [json.loads(line) for line in path.read_text().splitlines()]
+                ax.plot([r["tokens"] for r in rows if "loss" in r], [r["loss"] for r in rows if "loss" in r], label=f"{name} train")
+                ev = [(r["tokens"], r["eval_loss"]) for r in rows if "eval_loss" in r and "tokens" in r]
+                if ev:
+                    ax.plot(*zip(*ev), "o--", label=f"{name} held-out windows")
+        ax.set_xlabel("tokens")
+        ax.set_ylabel("loss (nats/token)")
+        ax.legend()
+        ax.grid(alpha=0.3)
+        fig.tight_layout()
+        fig.savefig(out / "loss.png", dpi=100)
+        plt.close(fig)
+        made.append("loss.png")
+    names = [m for m in MODELS if m in data.get("heldout_loss", {})]
+    if names:
+        fig, axes = plt.subplots(1, 3, figsize=(12, 3.5))
+        for ax, key in zip(axes, ("heldout_loss", "fim_line_exact_match", "completion_parse_rate")):
+            ax.bar(names, [data[key][n] for n in names], color=["#999", "#6a9", "#369", "#c63", "#639"][:len(names)])
+            ax.set_title(dict((k, t) for k, t, _ in FIGURES)[key], fontsize=9)
+            ax.tick_params(axis="x", labelsize=8)
+        fig.tight_layout()
+        fig.savefig(out / "eval.png", dpi=100)
+        plt.close(fig)
+        made.append("eval.png")
+    return made
+
+
+def write(out: Path, data: dict) -> None:
+    plots = _plots(out, data)
+    (out / "report.json").write_text(json.dumps(data, indent=2, default=str) + "\n")
+    names = [m for m in MODELS if m in data.get("heldout_loss", {})]
+    lines = ["# dscoder quickstart", "",
+             f"Corpus: {len(data['corpus'].get('train_repositories', []))} installed Python packages "
+             f"(held out for evaluation: {', '.join(data['corpus'].get('held_out', []))}).", "",
+             "| figure | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+    for key, title, fmt in FIGURES:
+        if key in data:
+            lines.append(f"| {title} | " + " | ".join(fmt.format(data[key][n]) for n in names) + " |")
+    sizes = data.get("eval_sizes", {})
+    lines += ["", f"FIM: {sizes.get('fim_lines')} lines of the held-out packages, greedy; parse rate: "
+              f"{sizes.get('parse_prompts')} held-out function headers completed; pass@1: "
+              f"{sizes.get('problems')} small problems written for dscoder, run in the sandbox.", ""]
+    for plot in plots:
+        lines.append(f"![{plot}]({plot})")
+    lines += ["", "## Examples", ""]
+    for mode, example in data.get("examples", {}).items():
+        lines += [f"### {mode}", "", "Prompt:", "```", example.get("prompt", ""), "```", "Output:", "```",
+                  example.get("output", ""), "```", ""]
+    lines += ["## Time per stage (seconds)", "", "| stage | seconds |", "|---|---|"]
+    lines += [f"| {k} | {v} |" for k, v in data["seconds"].items()]
+    lines += ["", "## Models", ""] + [f"- {k}: `{v}`" for k, v in data["models"].items()]
+    (out / "report.md").write_text("\n".join(lines) + "\n")
