@@ -94,6 +94,21 @@ def fim_exact_match(engine: Engine, cases: list[tuple[str, str, str]]) -> float:
     return hits / max(len(cases), 1)
 
 
+def fim_line_loss(engine: Engine, cases: list[tuple[str, str, str]]) -> float:
+    """Mean loss (nats per token) of the real hole lines given their PSM prompts: finer than
+    exact match, it shows how far a model has learned to use the FIM layout."""
+    total, count = 0.0, 0
+    with torch.inference_mode():
+        for prefix, suffix, line in cases:
+            context = engine.encode(formats.fim_prompt(prefix, suffix))
+            middle = engine.tokenizer(line + "\n", add_special_tokens=False)["input_ids"]
+            ids = torch.tensor([context + middle], device=engine.device)
+            logits = engine.model(input_ids=ids).logits[0, len(context) - 1:-1].float()
+            total += float(torch.nn.functional.cross_entropy(logits, ids[0, len(context):], reduction="sum"))
+            count += len(middle)
+    return total / max(count, 1)
+
+
 def function_prompts(files: list[str], count: int, seed: int) -> list[str]:
     """`def ...:` lines with their docstrings, taken from held-out files, as completion prompts."""
     prompts = []

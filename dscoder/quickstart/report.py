@@ -9,6 +9,7 @@ MODELS = ("untrained", "no_fim", "fim", "instruct", "given")
 FIGURES = [("heldout_loss", "held-out loss (nats/token)", "{:.3f}"),
            ("heldout_perplexity", "held-out perplexity", "{:.1f}"),
            ("fim_line_exact_match", "FIM single-line exact match", "{:.1%}"),
+           ("fim_line_loss", "FIM hole-line loss (nats/token)", "{:.3f}"),
            ("completion_parse_rate", "completions that parse", "{:.1%}"),
            ("pass@1", "pass@1, quickstart problems", "{:.1%}")]
 

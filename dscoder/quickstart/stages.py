@@ -236,7 +236,7 @@ def _evaluate(out: Path, cfg: QuickstartConfig, models: dict[str, Path], heldout
                               suffix_chars=cfg.fim_max_chars // 4)
     prompts = measure.function_prompts(heldout_files, 40, cfg.seed)
     texts = heldout_files[:200]
-    results: dict[str, dict] = {"heldout_loss": {}, "heldout_perplexity": {}, "fim_line_exact_match": {},
+    results: dict[str, dict] = {"heldout_loss": {}, "heldout_perplexity": {}, "fim_line_exact_match": {}, "fim_line_loss": {},
                                 "completion_parse_rate": {}, "pass@1": {}}
     for name, folder in models.items():
         log.info("evaluating %s", name)
@@ -245,6 +245,7 @@ def _evaluate(out: Path, cfg: QuickstartConfig, models: dict[str, Path], heldout
         results["heldout_loss"][name] = loss
         results["heldout_perplexity"][name] = math.exp(loss)
         results["fim_line_exact_match"][name] = measure.fim_exact_match(engine, cases)
+        results["fim_line_loss"][name] = measure.fim_line_loss(engine, cases)
         results["completion_parse_rate"][name] = measure.completion_parse_rate(engine, prompts)
         shutil.rmtree(out / "eval" / name, ignore_errors=True)
         results["pass@1"][name] = measure.pass_at_1(engine, out / "eval" / name)
@@ -272,8 +273,8 @@ def _show(models: dict[str, Path]) -> dict:
     repo = Path(str(resources.files("dscoder.quickstart").joinpath("example_repo")))
     examples = {
         "completion": answer(prompts.completion(engine, "def fibonacci(n):\n    \"\"\"Return the n-th Fibonacci number.\"\"\"\n", 48)),
-        "insertion": answer(prompts.insertion(engine, "def average(values):\n    total = sum(values)\n    ",
-                                              "\n    return result\n", 48)),
+        "insertion": answer(prompts.insertion(engine, "def average(values):\n    total = sum(values)\n",
+                                              "    return result\n", 48)),
         "repository": answer(repo_context.build(engine, repo, "main.py", None, None, 48)),
     }
     chat_engine = Engine.load(chat_model)
