@@ -27,23 +27,31 @@ from dscoder import tokenizer as tokenizer_lib
 from dscoder.infer.engine import Engine, Sequence
 from dscoder.infer.sampling import SamplingParams
 
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "reference" / "deepseek-coder-vocab" / "ggml-vocab-deepseek-coder.gguf"
 
 
 def bandwidth_gb_s() -> float:
-    """Memory read bandwidth of a large reduction on all of torch's threads (GB/s)."""
-    data = torch.ones(256 * 2**20, dtype=torch.bfloat16)
+    """Memory read bandwidth of a large reduction on the benchmark's device (GB/s)."""
+    data = torch.ones(256 * 2**20, dtype=torch.bfloat16, device=DEVICE)
     data.sum()
+    _sync()
     start = time.perf_counter()
     for _ in range(5):
         data.sum()
+    _sync()
     return 5 * data.numel() * data.element_size() / (time.perf_counter() - start) / 1e9
+
+
+def _sync() -> None:
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize()
 
 
 def make_model(folder: Path, preset: str, tokenizer_dir: Path, dtype: str):
     tok = tokenizer_lib.load(tokenizer_dir)
     cfg = model_lib.hf_config(model_lib.get_preset(preset).config, tok)
-    net = model_lib.build(cfg, seed=0).to(getattr(torch, dtype))
+    net = model_lib.build(cfg, seed=0).to(getattr(torch, dtype)).to(DEVICE)
     return net.eval(), tok
 
 
@@ -53,6 +61,7 @@ def time_ours(engine: Engine, ids: list[int], new_tokens: int) -> tuple[float, f
     seq = Sequence(ids, params, on_delta=lambda d: marks.append(time.perf_counter()))
     start = time.perf_counter()
     engine.generate([seq])
+    _sync()
     end = time.perf_counter()
     first = marks[0] if marks else end
     return first - start, (len(seq.token_ids) - 1) / max(end - first, 1e-9)
@@ -70,10 +79,11 @@ def time_transformers(model, ids: list[int], new_tokens: int) -> tuple[float, fl
         def end(self):
             pass
 
-    inputs = torch.tensor([ids])
+    inputs = torch.tensor([ids], device=DEVICE)
     start = time.perf_counter()
     out = model.generate(inputs, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
                          streamer=Clock(None), pad_token_id=0)
+    _sync()
     end = time.perf_counter()
     first = marks[1] if len(marks) > 1 else end  # marks[0] is the prompt itself
     generated = out.shape[1] - len(ids)
@@ -92,7 +102,7 @@ def compare(name: str, model, tok, prompt_tokens: int, new_tokens: int, repeats:
     weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     bound = bandwidth_gb_s() * 1e9 / weight_bytes
     print(f"\n{name}: {sum(p.numel() for p in model.parameters()) / 1e6:,.0f}M parameters, "
-          f"{next(model.parameters()).dtype}, prompt {prompt_tokens} tokens, {new_tokens} greedy tokens")
+          f"{next(model.parameters()).dtype} on {DEVICE}, prompt {prompt_tokens} tokens, {new_tokens} greedy tokens")
     print(f"  transformers.generate  first token {t_ttft * 1000:8.1f} ms   decode {t_tps:8.1f} tok/s")
     print(f"  dscoder engine         first token {o_ttft * 1000:8.1f} ms   decode {o_tps:8.1f} tok/s")
     print(f"  ratio (dscoder / transformers): first token {t_ttft / o_ttft:.2f}x faster, decode {o_tps / t_tps:.2f}x")
@@ -101,7 +111,12 @@ def compare(name: str, model, tok, prompt_tokens: int, new_tokens: int, repeats:
 
 
 def server_throughput(model, tok, clients: int, new_tokens: int) -> None:
-    import httpx
+    try:
+        import httpx
+        import uvicorn  # noqa: F401
+    except ImportError:
+        print("\nserver: skipped (install the serve extra)")
+        return
     import uvicorn
 
     from dscoder.infer.server import create_app

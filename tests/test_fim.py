@@ -77,3 +77,12 @@ def test_pieces_keep_the_text_and_respect_the_limit():
     parts = pieces(text, 100)
     assert "".join(parts) == text and all(len(p) <= 100 for p in parts)
     assert pieces(text, 0) == [text]
+
+
+def test_line_level_holes_are_whole_lines():
+    starts = {0} | {i + 1 for i, ch in enumerate(TEXT) if ch == "\n"}
+    rng = random.Random(5)
+    for _ in range(300):
+        prefix, middle, suffix = parse_psm(apply(TEXT, FIMConfig(rate=1.0, split="line"), rng))
+        assert prefix + middle + suffix == TEXT and middle
+        assert len(prefix) in starts and len(prefix) + len(middle) in starts

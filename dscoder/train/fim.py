@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
+from typing import Literal
 
 from dscoder import formats
 
@@ -22,6 +23,11 @@ class FIMConfig:
     """Share of documents rewritten as FIM (DeepSeek-Coder: 0.5)."""
     spm_rate: float = 0.0
     """Share of FIM documents in SPM order instead of PSM (DeepSeek-Coder: PSM only)."""
+    split: Literal["char", "line"] = "char"
+    """Where the hole may start and end: any character (DeepSeek-Coder, Bavarian et al.), or only
+    at line starts, the middle being one or more whole lines (line-level FIM, as single-line
+    infilling asks of a model). Small models trained briefly on character-level holes expect
+    the middle to start inside a word and do not learn to fill a hole that starts a line."""
     max_chars: int = 0
     """Cut longer documents, at line ends, into pieces of at most this many characters, each
     with its own FIM decision (0: whole documents, as DeepSeek-Coder). With short training
@@ -44,9 +50,16 @@ def pieces(text: str, max_chars: int) -> list[str]:
     return out + [current] if current else out
 
 
-def split_points(length: int, rng: random.Random) -> tuple[int, int]:
-    """Two uniform random character positions 0 <= a <= b <= length."""
-    a, b = rng.randint(0, length), rng.randint(0, length)
+def split_points(text: str, rng: random.Random, split: str = "char") -> tuple[int, int]:
+    """Two random positions 0 <= a <= b <= len(text): uniform over characters, or, with
+    `split="line"`, two different line starts (the end counts as one), so the middle is at least
+    one whole line."""
+    if split == "line":
+        starts = [0] + [i + 1 for i, ch in enumerate(text) if ch == "\n" and i + 1 < len(text)] + [len(text)]
+        if len(starts) >= 2:
+            a, b = sorted(rng.sample(starts, 2))
+            return a, b
+    a, b = rng.randint(0, len(text)), rng.randint(0, len(text))
     return (a, b) if a <= b else (b, a)
 
 
@@ -54,6 +67,6 @@ def apply(text: str, cfg: FIMConfig, rng: random.Random) -> str:
     """`text` unchanged, or rewritten as a FIM document, as `rng` decides."""
     if cfg.rate <= 0 or rng.random() >= cfg.rate:
         return text
-    a, b = split_points(len(text), rng)
+    a, b = split_points(text, rng, cfg.split)
     mode = "spm" if cfg.spm_rate > 0 and rng.random() < cfg.spm_rate else "psm"
     return formats.fim_document(text[:a], text[a:b], text[b:], mode)
