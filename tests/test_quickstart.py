@@ -48,3 +48,14 @@ def test_quickstart_refuses_a_full_disk(capsys, tmp_path, monkeypatch):
     monkeypatch.setattr("shutil.disk_usage", lambda path: Usage(10**9, 10**9 - 2**20, 2**20))
     assert main(["quickstart", "--out", str(tmp_path / "qs")]) == 2
     assert "GiB free" in capsys.readouterr().err
+
+
+def test_fim_cases_hide_whole_code_lines_only():
+    from dscoder.quickstart.measure import fim_cases
+
+    text = ('"""Module docstring\nspanning lines."""\nimport os\n\n\ndef f(x):\n    # a comment line\n'
+            '    total = x + 1\n    return total\n')
+    cases = fim_cases([text], 10, 0)
+    assert {line for _, _, line in cases} == {"import os", "def f(x):", "    total = x + 1", "    return total"}
+    for prefix, suffix, line in cases:
+        assert prefix + line + "\n" + suffix == text
