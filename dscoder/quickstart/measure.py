@@ -5,8 +5,10 @@ small problems (problems.jsonl, written for dscoder, not taken from a benchmark)
 from __future__ import annotations
 
 import ast
+import io
 import math
 import random
+import tokenize
 from importlib import resources
 from pathlib import Path
 
@@ -42,9 +44,6 @@ def heldout_loss(engine: Engine, texts: list[str], seq_len: int, max_windows: in
 def code_lines(text: str) -> list[int]:
     """0-based numbers of the lines that start a statement or expression of code: not comments,
     not lines inside or opening strings and docstrings (a file that does not tokenize has none)."""
-    import io
-    import tokenize
-
     first: dict[int, int] = {}
     try:
         for tok in tokenize.generate_tokens(io.StringIO(text).readline):
