@@ -86,6 +86,21 @@ def repo_sample(files: Iterable[tuple[str, str]]) -> str:
     return "".join(parts)
 
 
+def split_repo_sample(text: str, paths: list[str]) -> list[tuple[str, str]]:
+    """The inverse of `repo_sample`, given the sample's paths in order: `(path, text)` per file.
+    Headers are looked for in order at line starts, so a `#` comment is not taken for one."""
+    bounds, position = [], 0
+    for path in paths:
+        header = file_header(path)
+        at = position if text.startswith(header, position) else text.find("\n" + header, position) + 1
+        if not text.startswith(header, at) or (at == 0 and position > 0):
+            raise ValueError(f"no header for {path!r} in the repository sample")
+        bounds.append((path, at, at + len(header)))
+        position = at + len(header)
+    ends = [at for _, at, _ in bounds[1:]] + [len(text)]
+    return [(path, text[body:end]) for (path, _, body), end in zip(bounds, ends)]
+
+
 def repo_prompt(context: Iterable[tuple[str, str]], path: str, text_before_cursor: str) -> str:
     """Repository-level completion: context files in dependency order, then the file being
     written, cut at the cursor."""

@@ -46,6 +46,14 @@ def test_repo_sample_heads_each_file_with_its_path():
     assert sample == "#utils.py\nimport torch\n#model.py\nclass M:\n    pass\n"
 
 
+def test_split_repo_sample_undoes_repo_sample_despite_comments():
+    files = [("a.py", "# a comment\nx = 1\n#b.py is not a header here\n"), ("b.py", ""), ("c/d.py", "y = 2\n")]
+    sample = formats.repo_sample(files)
+    assert formats.split_repo_sample(sample, [p for p, _ in files]) == files
+    with pytest.raises(ValueError, match="e.py"):
+        formats.split_repo_sample(sample, ["a.py", "e.py"])
+
+
 def test_repo_prompt_ends_at_the_cursor():
     prompt = formats.repo_prompt([("utils.py", "def load():\n    pass\n")], "main.py", "from utils import load\nlo")
     assert prompt == "#utils.py\ndef load():\n    pass\n#main.py\nfrom utils import load\nlo"

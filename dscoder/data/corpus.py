@@ -75,11 +75,17 @@ def shards(path: str | Path) -> list[Path]:
     return sorted((path / "data").glob("part-*.parquet"))
 
 
-def iter_texts(path: str | Path, batch_rows: int = 256) -> Iterator[str]:
-    """Sample texts of a corpus, shard by shard, in order."""
+def iter_rows(path: str | Path, columns: tuple[str, ...] = ("text",), batch_rows: int = 256) -> Iterator[dict]:
+    """Samples of a corpus (the given columns), shard by shard, in order."""
     for shard in shards(path):
         try:
-            for batch in pq.ParquetFile(shard).iter_batches(batch_size=batch_rows, columns=["text"]):
-                yield from batch.column("text").to_pylist()
+            for batch in pq.ParquetFile(shard).iter_batches(batch_size=batch_rows, columns=list(columns)):
+                yield from batch.to_pylist()
         except (OSError, pa.ArrowInvalid) as exc:
             raise UserError(f"{shard}: unreadable corpus shard ({exc})") from None
+
+
+def iter_texts(path: str | Path, batch_rows: int = 256) -> Iterator[str]:
+    """Sample texts of a corpus, shard by shard, in order."""
+    for row in iter_rows(path, ("text",), batch_rows):
+        yield row["text"]

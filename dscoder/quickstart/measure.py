@@ -159,13 +159,11 @@ def problems_file() -> Path:
 def pass_at_1(engine: Engine, out: Path) -> float:
     """Greedy pass@1 on the quickstart problems, executed in the evaluation sandbox."""
     from dscoder.evaluate.benchmarks import tasks
-    from dscoder.evaluate.execute import ExecConfig, execute
+    from dscoder.evaluate.execute import ExecConfig, execute, read_samples
     from dscoder.evaluate.generate import GenerateConfig, generate
 
     _, task_list = tasks(problems_file())
     samples = out / "samples.jsonl"
     generate(engine, task_list, samples, GenerateConfig(max_new_tokens=96))
-    from dscoder.evaluate.execute import read_samples
-
     summary = execute(task_list, read_samples(samples), out, ExecConfig(timeout=5))
     return float(summary["overall"].get("pass@1", 0.0))

@@ -71,10 +71,11 @@ def _repositories(budget_bytes: int) -> tuple[list[Path], list[Path]]:
     from dscoder.data.sources import SKIPPED_DIRS, installed_python_roots
 
     train, held, total = [], [], 0
-    for root in installed_python_roots():
+    roots = installed_python_roots()
+    for root in roots:
         for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith((".", "_"))
                              and p.name not in SKIPPED_DIRS and not p.name.endswith((".dist-info", ".egg-info"))):
-            if folder.name in HELD_OUT and root == installed_python_roots()[0]:
+            if folder.name in HELD_OUT and root == roots[0]:
                 held.append(folder)
                 continue
             size = sum(f.stat().st_size for f in folder.rglob("*.py") if f.is_file())
@@ -117,6 +118,8 @@ def run(out: Path, cfg: QuickstartConfig, model: Path | None = None, force: bool
     from dscoder.data.steps import DataConfig
     from dscoder.quickstart import report
 
+    if model is not None and not (model / "config.json").is_file():
+        raise UserError(f"{model}: not a model folder (no config.json)")
     if force and out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -152,17 +155,12 @@ def run(out: Path, cfg: QuickstartConfig, model: Path | None = None, force: bool
 
 
 def _heldout_files(folder: Path) -> list[str]:
-    """The held-out Python files, one text each (samples are split at their path headers)."""
+    """The held-out Python files, one text each, taken out of their repository samples."""
+    from dscoder import formats
     from dscoder.data import corpus
 
-    files = []
-    for text in corpus.iter_texts(folder):
-        parts = [p for p in text.split("\n#") if p.strip()]
-        for part in parts:
-            body = part.split("\n", 1)[1] if "\n" in part else ""
-            if body.strip():
-                files.append(body)
-    return files
+    return [text for row in corpus.iter_rows(folder, ("text", "paths"))
+            for _, text in formats.split_repo_sample(row["text"], row["paths"]) if text.strip()]
 
 
 def _train_all(out: Path, cfg: QuickstartConfig, seconds: dict) -> dict[str, Path]:

@@ -8,6 +8,7 @@ probability `spm_rate`, SPM) order through the shared formats module. The packer
 
 from __future__ import annotations
 
+import itertools
 import random
 from dataclasses import dataclass
 from typing import Literal
@@ -55,7 +56,7 @@ def split_points(text: str, rng: random.Random, split: str = "char") -> tuple[in
     `split="line"`, two different line starts (the end counts as one), so the middle is at least
     one whole line."""
     if split == "line":
-        starts = [0] + [i + 1 for i, ch in enumerate(text) if ch == "\n" and i + 1 < len(text)] + [len(text)]
+        starts = sorted({0, len(text), *itertools.accumulate(len(line) + 1 for line in text.split("\n")[:-1])})
         if len(starts) >= 2:
             a, b = sorted(rng.sample(starts, 2))
             return a, b
