@@ -59,3 +59,14 @@ def test_fim_cases_hide_whole_code_lines_only():
     assert {line for _, _, line in cases} == {"import os", "def f(x):", "    total = x + 1", "    return total"}
     for prefix, suffix, line in cases:
         assert prefix + line + "\n" + suffix == text
+
+
+def test_parse_check_keeps_finished_completions_whole_and_cuts_truncated_ones():
+    from dscoder.quickstart.measure import parses
+
+    prompt = 'def add(a, b):\n    """Sum."""\n'
+    assert parses(prompt, "    return a + b", finished=True)  # ended at a stop sequence: the line is complete
+    assert not parses(prompt, "    return a + b", finished=False)  # cut by the limit: no complete line
+    assert parses(prompt, "    total = a + b\n    return tot", finished=False)  # partial last line dropped
+    assert not parses(prompt, "    return (a,\n            b, b, b", finished=False)  # unclosed bracket
+    assert not parses(prompt, "    return a +", finished=True)

@@ -129,9 +129,13 @@ def function_prompts(files: list[str], count: int, seed: int) -> list[str]:
     return prompts[:count]
 
 
-def parses(prompt: str, completion: str) -> bool:
-    """Whether the prompt and the completion, cut after its last complete line, parse."""
-    body = completion[:completion.rfind("\n") + 1] if "\n" in completion else ""
+def parses(prompt: str, completion: str, finished: bool = False) -> bool:
+    """Whether the prompt and the completion parse: a `finished` completion (ended by EOS or a
+    stop sequence) as a whole, one cut off by the token limit up to its last complete line."""
+    if finished:
+        body = completion + "\n"
+    else:
+        body = completion[:completion.rfind("\n") + 1] if "\n" in completion else ""
     text = prompt + body
     if not body.strip():
         return False
@@ -148,7 +152,7 @@ def completion_parse_rate(engine: Engine, prompts: list[str]) -> float:
         chunk = prompts[start:start + 8]
         sequences = [Sequence(engine.encode(p), SamplingParams(max_new_tokens=96, stop=FUNCTION_STOPS)) for p in chunk]
         engine.generate(sequences)
-        ok += sum(parses(p, s.text) for p, s in zip(chunk, sequences))
+        ok += sum(parses(p, s.text, s.finish_reason == "stop") for p, s in zip(chunk, sequences))
     return ok / max(len(prompts), 1)
 
 

@@ -5,7 +5,8 @@ Stages (each keeps its artifacts under the output folder and is skipped when run
 1. corpus: `data build` over the installed Python packages (standard library, then the
    environment's packages, up to a size), a few whole packages held out for evaluation;
 2. tokenizer: byte-level BPE learned on the corpus;
-3. pretrain: the `tiny` preset with FIM (rate 0.5), and a no-FIM control on the same budget;
+3. pretrain: the `tiny` preset with FIM (rate 0.5, line-level holes), and a no-FIM control on
+   the same budget;
 4. extend: the FIM model at 4x the context with linear RoPE scaling;
 5. instruct: tuned on instruction pairs made from the corpus (`make-instruct`);
 6. evaluate: held-out loss, single-line FIM exact match, completion parse rate and pass@1 for
@@ -45,6 +46,10 @@ class QuickstartConfig:
     batch_size: int = 4
     fim_max_chars: int = 1000
     """FIM pieces of about a training sequence (see FIMConfig.max_chars)."""
+    fim_split: str = "line"
+    """Where holes start and end (see FIMConfig.split): at this budget, line-level holes teach the
+    tiny model to fill whole lines; DeepSeek-Coder's character-level holes ("char") teach it to
+    continue inside a word."""
     seed: int = 0
 
 
@@ -106,6 +111,7 @@ def _speed_probe(cfg: QuickstartConfig, corpus: Path, tokenizer: Path, out: Path
 def _train_overrides(cfg: QuickstartConfig, corpus: Path, steps: int, fim: float) -> dict[str, str]:
     return {"data.sources": str(corpus), "data.seq_len": str(cfg.seq_len), "loop.batch_size": str(cfg.batch_size),
             "loop.max_steps": str(steps), "fim.rate": str(fim), "fim.max_chars": str(cfg.fim_max_chars),
+            "fim.split": cfg.fim_split,
             "loop.seed": str(cfg.seed),
             "loop.eval_every": str(max(steps // 8, 1)), "loop.save_every": str(max(steps // 4, 1)),
             "loop.log_every": "5", "data.eval_fraction": "0.02", "data.cache_dir": str(corpus.parent / "cache")}
