@@ -113,11 +113,10 @@ def compare(name: str, model, tok, prompt_tokens: int, new_tokens: int, repeats:
 def server_throughput(model, tok, clients: int, new_tokens: int) -> None:
     try:
         import httpx
-        import uvicorn  # noqa: F401
+        import uvicorn
     except ImportError:
         print("\nserver: skipped (install the serve extra)")
         return
-    import uvicorn
 
     from dscoder.infer.server import create_app
 

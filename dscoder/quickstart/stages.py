@@ -281,7 +281,7 @@ def _show(models: dict[str, Path]) -> dict:
                                               "    return result\n", 48)),
         "repository": answer(repo_context.build(engine, repo, "main.py", None, None, 48)),
     }
-    chat_engine = Engine.load(chat_model)
+    chat_engine = engine if chat_model == base else Engine.load(chat_model)
     message = [{"role": "user", "content": "Write a Python function that reverses a string."}]
     (s,) = chat_engine.generate([Sequence(prompts.chat(chat_engine, message, 64).ids, SamplingParams(max_new_tokens=64))])
     examples["chat"] = {"prompt": message[0]["content"], "output": s.text}
