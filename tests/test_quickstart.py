@@ -7,7 +7,8 @@ import pytest
 
 from dscoder.cli import main
 
-KEYS = ("heldout_loss", "fim_line_exact_match", "completion_parse_rate", "pass@1")
+KEYS = ("heldout_loss", "fim_line_exact_match", "fim_line_edit_similarity", "fim_line_loss", "fim_line_loss_prefix_only",
+        "completion_parse_rate", "pass@1")
 
 
 def test_quickstart_end_to_end_then_resume_then_existing_model(capsys, tmp_path):
@@ -59,6 +60,27 @@ def test_fim_cases_hide_whole_code_lines_only():
     assert {line for _, _, line in cases} == {"import os", "def f(x):", "    total = x + 1", "    return total"}
     for prefix, suffix, line in cases:
         assert prefix + line + "\n" + suffix == text
+
+
+def test_fim_cases_windows_hold_whole_lines():
+    from dscoder.quickstart.measure import fim_cases
+
+    text = "".join(f"value_{i} = compute({i}, factor={i * 7})\n" for i in range(200))
+    for prefix, suffix, line in fim_cases([text], 20, 0, prefix_chars=300, suffix_chars=150):
+        assert 0 < len(prefix) <= 300 and 0 < len(suffix) <= 150
+        assert prefix.startswith("value_") and prefix.endswith("\n") and suffix.endswith("\n")
+        assert prefix + line + "\n" + suffix in text
+
+
+def test_edit_similarity_credits_near_misses_and_exact_match_does_not():
+    from dscoder.quickstart.measure import edit_similarity, exact_match
+
+    cases = [("", "", "    return total"), ("", "", "    x = 1")]
+    assert exact_match(["    return total", "    y = 2"], cases) == 0.5
+    assert edit_similarity(["    return total", "    x = 1"], cases) == 1.0
+    near = edit_similarity(["    return totals", "    x = 2"], cases)
+    far = edit_similarity(["import os", "class A:"], cases)
+    assert 0.8 < near < 1.0 and far < 0.4
 
 
 def test_parse_check_keeps_finished_completions_whole_and_cuts_truncated_ones():

@@ -5,6 +5,7 @@ small problems (problems.jsonl, written for dscoder, not taken from a benchmark)
 from __future__ import annotations
 
 import ast
+import difflib
 import io
 import math
 import random
@@ -62,7 +63,9 @@ def fim_cases(files: list[str], count: int, seed: int, prefix_chars: int = 1200,
               suffix_chars: int = 400) -> list[tuple[str, str, str]]:
     """(prefix, suffix, line) for random code lines of held-out files. As in HumanEval's
     single-line infilling, the hole is the whole line with its indentation: the prefix ends with
-    the previous line's newline and the suffix starts with the next line."""
+    the previous line's newline and the suffix starts with the next line. The windows hold whole
+    lines only (at most `prefix_chars` before, `suffix_chars` after), as FIM training pieces
+    and an editor's context do."""
     rng = random.Random(seed)
     candidates = []
     for f_index, text in enumerate(files):
@@ -76,30 +79,49 @@ def fim_cases(files: list[str], count: int, seed: int, prefix_chars: int = 1200,
         lines = files[f_index].split("\n")
         prefix = "".join(line + "\n" for line in lines[:i])
         suffix = "\n".join(lines[i + 1:])
-        cases.append((prefix[-prefix_chars:], suffix[:suffix_chars], lines[i].rstrip()))
+        if len(prefix) > prefix_chars:
+            prefix = prefix[-prefix_chars:]
+            prefix = prefix[prefix.find("\n") + 1:]
+        if len(suffix) > suffix_chars:
+            suffix = suffix[:suffix_chars]
+            suffix = suffix[:suffix.rfind("\n") + 1]
+        cases.append((prefix, suffix, lines[i].rstrip()))
     return cases
 
 
-def fim_exact_match(engine: Engine, cases: list[tuple[str, str, str]]) -> float:
-    """Share of holes whose generated first line, indentation included, equals the real one
-    (greedy, PSM prompt)."""
-    hits = 0
+def fim_infills(engine: Engine, cases: list[tuple[str, str, str]]) -> list[str]:
+    """The first line each hole is filled with (greedy, PSM prompt), indentation included."""
+    infills = []
     for start in range(0, len(cases), 8):
         chunk = cases[start:start + 8]
         sequences = [Sequence(engine.encode(formats.fim_prompt(p, s)), SamplingParams(max_new_tokens=40, stop=("\n",)))
                      for p, s, _ in chunk]
         engine.generate(sequences)
-        hits += sum(seq.text.split("\n")[0].rstrip() == line for seq, (_, _, line) in zip(sequences, chunk))
-    return hits / max(len(cases), 1)
+        infills += [seq.text.split("\n")[0].rstrip() for seq in sequences]
+    return infills
 
 
-def fim_line_loss(engine: Engine, cases: list[tuple[str, str, str]]) -> float:
-    """Mean loss (nats per token) of the real hole lines given their PSM prompts: finer than
-    exact match, it shows how far a model has learned to use the FIM layout."""
+def exact_match(infills: list[str], cases: list[tuple[str, str, str]]) -> float:
+    """Share of holes filled with exactly the real line."""
+    return sum(got == line for got, (_, _, line) in zip(infills, cases)) / max(len(cases), 1)
+
+
+def edit_similarity(infills: list[str], cases: list[tuple[str, str, str]]) -> float:
+    """Mean character similarity (difflib's ratio, 0 to 1) of each infill to the real line: the
+    usual companion of exact match in line-completion studies, it credits near misses."""
+    return float(np.mean([difflib.SequenceMatcher(None, got, line).ratio()
+                          for got, (_, _, line) in zip(infills, cases)])) if cases else math.nan
+
+
+def fim_line_loss(engine: Engine, cases: list[tuple[str, str, str]], suffix: bool = True) -> float:
+    """Mean loss (nats per token) of the real hole lines given their PSM prompts; with
+    `suffix=False`, given the prefix alone as plain text. Finer than exact match: the first shows
+    how far a model has learned the FIM layout, the gap between the two how much it uses the code
+    after the hole."""
     total, count = 0.0, 0
     with torch.inference_mode():
-        for prefix, suffix, line in cases:
-            context = engine.encode(formats.fim_prompt(prefix, suffix))
+        for prefix, after, line in cases:
+            context = engine.encode(formats.fim_prompt(prefix, after) if suffix else prefix)
             middle = engine.tokenizer(line + "\n", add_special_tokens=False)["input_ids"]
             ids = torch.tensor([context + middle], device=engine.device)
             logits = engine.model(input_ids=ids).logits[0, len(context) - 1:-1].float()

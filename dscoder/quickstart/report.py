@@ -9,7 +9,9 @@ MODELS = ("untrained", "no_fim", "fim", "instruct", "given")
 FIGURES = [("heldout_loss", "held-out loss (nats/token)", "{:.3f}"),
            ("heldout_perplexity", "held-out perplexity", "{:.1f}"),
            ("fim_line_exact_match", "FIM single-line exact match", "{:.1%}"),
+           ("fim_line_edit_similarity", "FIM single-line edit similarity", "{:.1%}"),
            ("fim_line_loss", "FIM hole-line loss (nats/token)", "{:.3f}"),
+           ("fim_line_loss_prefix_only", "hole-line loss from the prefix alone", "{:.3f}"),
            ("completion_parse_rate", "completions that parse", "{:.1%}"),
            ("pass@1", "pass@1, quickstart problems", "{:.1%}")]
 
@@ -41,11 +43,15 @@ def _plots(out: Path, data: dict) -> list[str]:
         made.append("loss.png")
     names = [m for m in MODELS if m in data.get("heldout_loss", {})]
     if names:
-        fig, axes = plt.subplots(1, 3, figsize=(12, 3.5))
-        for ax, key in zip(axes, ("heldout_loss", "fim_line_exact_match", "completion_parse_rate")):
+        keys = [k for k in ("heldout_loss", "fim_line_exact_match", "fim_line_edit_similarity", "completion_parse_rate")
+                if k in data]
+        fig, axes = plt.subplots(1, len(keys), figsize=(15, 3.5), squeeze=False)
+        for ax, key in zip(axes[0], keys):
             ax.bar(names, [data[key][n] for n in names], color=["#999", "#6a9", "#369", "#c63", "#639"][:len(names)])
             ax.set_title(dict((k, t) for k, t, _ in FIGURES)[key], fontsize=9)
             ax.tick_params(axis="x", labelsize=8)
+            if key != "heldout_loss":
+                ax.set_ylim(0, 1)  # shares: a zero bar reads as zero, not as an empty plot
         fig.tight_layout()
         fig.savefig(out / "eval.png", dpi=100)
         plt.close(fig)

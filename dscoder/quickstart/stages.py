@@ -240,16 +240,20 @@ def _evaluate(out: Path, cfg: QuickstartConfig, models: dict[str, Path], heldout
                               suffix_chars=cfg.fim_max_chars // 4)
     prompts = measure.function_prompts(heldout_files, 40, cfg.seed)
     texts = heldout_files[:200]
-    results: dict[str, dict] = {"heldout_loss": {}, "heldout_perplexity": {}, "fim_line_exact_match": {}, "fim_line_loss": {},
-                                "completion_parse_rate": {}, "pass@1": {}}
+    results: dict[str, dict] = {key: {} for key in (
+        "heldout_loss", "heldout_perplexity", "fim_line_exact_match", "fim_line_edit_similarity", "fim_line_loss",
+        "fim_line_loss_prefix_only", "completion_parse_rate", "pass@1")}
     for name, folder in models.items():
         log.info("evaluating %s", name)
         engine = Engine.load(folder, dtype="float32")
         loss = measure.heldout_loss(engine, texts, cfg.seq_len)
         results["heldout_loss"][name] = loss
         results["heldout_perplexity"][name] = math.exp(loss)
-        results["fim_line_exact_match"][name] = measure.fim_exact_match(engine, cases)
+        infills = measure.fim_infills(engine, cases)
+        results["fim_line_exact_match"][name] = measure.exact_match(infills, cases)
+        results["fim_line_edit_similarity"][name] = measure.edit_similarity(infills, cases)
         results["fim_line_loss"][name] = measure.fim_line_loss(engine, cases)
+        results["fim_line_loss_prefix_only"][name] = measure.fim_line_loss(engine, cases, suffix=False)
         results["completion_parse_rate"][name] = measure.completion_parse_rate(engine, prompts)
         shutil.rmtree(out / "eval" / name, ignore_errors=True)
         results["pass@1"][name] = measure.pass_at_1(engine, out / "eval" / name)
