@@ -147,8 +147,10 @@ def save(
     add_bos_token: bool = True,
     model_max_length: int = MODEL_MAX_LENGTH,
 ) -> None:
-    """Write `tokenizer.json` and `tokenizer_config.json` (with the chat template) to `folder`."""
+    """Write `tokenizer.json` and `tokenizer_config.json` (with the chat template) to `folder`,
+    created if missing."""
     folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
     if not add_bos_token:
         tokenizer.post_processor = None
     tokenizer.save(str(folder / "tokenizer.json"))

@@ -189,7 +189,6 @@ def _train_all(out: Path, cfg: QuickstartConfig, seconds: dict) -> dict[str, Pat
         tokenizer_lib.save(tokenizer_lib.train(texts, cfg.vocab_size, length=len(texts)), out / "tokenizer")
         return {"vocab_size": cfg.vocab_size}
 
-    (out / "tokenizer").mkdir(exist_ok=True)
     _stage(out, "tokenizer", tokenizer_stage, seconds)
     tokenizer = out / "tokenizer"
 
