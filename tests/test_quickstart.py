@@ -3,8 +3,6 @@
 import json
 from collections import namedtuple
 
-import pytest
-
 from dscoder.cli import main
 
 KEYS = ("heldout_loss", "fim_line_exact_match", "fim_line_edit_similarity", "fim_line_loss", "fim_line_loss_prefix_only",
@@ -49,6 +47,12 @@ def test_quickstart_refuses_a_full_disk(capsys, tmp_path, monkeypatch):
     monkeypatch.setattr("shutil.disk_usage", lambda path: Usage(10**9, 10**9 - 2**20, 2**20))
     assert main(["quickstart", "--out", str(tmp_path / "qs")]) == 2
     assert "GiB free" in capsys.readouterr().err
+
+
+def test_quickstart_refuses_a_budget_that_is_not_positive(capsys, tmp_path):
+    assert main(["quickstart", "--out", str(tmp_path / "qs"), "--minutes", "-1"]) == 2
+    assert "must be positive" in capsys.readouterr().err
+    assert not (tmp_path / "qs").exists()
 
 
 def test_fim_cases_hide_whole_code_lines_only():

@@ -113,15 +113,15 @@ def edit_similarity(infills: list[str], cases: list[tuple[str, str, str]]) -> fl
                           for got, (_, _, line) in zip(infills, cases)])) if cases else math.nan
 
 
-def fim_line_loss(engine: Engine, cases: list[tuple[str, str, str]], suffix: bool = True) -> float:
+def fim_line_loss(engine: Engine, cases: list[tuple[str, str, str]], with_suffix: bool = True) -> float:
     """Mean loss (nats per token) of the real hole lines given their PSM prompts; with
-    `suffix=False`, given the prefix alone as plain text. Finer than exact match: the first shows
+    `with_suffix=False`, given the prefix alone as plain text. Finer than exact match: the first shows
     how far a model has learned the FIM layout, the gap between the two how much it uses the code
     after the hole."""
     total, count = 0.0, 0
     with torch.inference_mode():
-        for prefix, after, line in cases:
-            context = engine.encode(formats.fim_prompt(prefix, after) if suffix else prefix)
+        for prefix, suffix, line in cases:
+            context = engine.encode(formats.fim_prompt(prefix, suffix) if with_suffix else prefix)
             middle = engine.tokenizer(line + "\n", add_special_tokens=False)["input_ids"]
             ids = torch.tensor([context + middle], device=engine.device)
             logits = engine.model(input_ids=ids).logits[0, len(context) - 1:-1].float()

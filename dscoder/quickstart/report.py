@@ -45,10 +45,11 @@ def _plots(out: Path, data: dict) -> list[str]:
     if names:
         keys = [k for k in ("heldout_loss", "fim_line_exact_match", "fim_line_edit_similarity", "completion_parse_rate")
                 if k in data]
+        titles = {key: title for key, title, _ in FIGURES}
         fig, axes = plt.subplots(1, len(keys), figsize=(15, 3.5), squeeze=False)
         for ax, key in zip(axes[0], keys):
             ax.bar(names, [data[key][n] for n in names], color=["#999", "#6a9", "#369", "#c63", "#639"][:len(names)])
-            ax.set_title(dict((k, t) for k, t, _ in FIGURES)[key], fontsize=9)
+            ax.set_title(titles[key], fontsize=9)
             ax.tick_params(axis="x", labelsize=8)
             if key != "heldout_loss":
                 ax.set_ylim(0, 1)  # shares: a zero bar reads as zero, not as an empty plot
