@@ -3,7 +3,8 @@
 Both train the same preset on the same packed batches of installed Python code:
 - plain: LlamaForCausalLM in fp32, `model(input_ids, labels=...)`, torch.optim.AdamW;
 - dscoder: the Trainer's step (bf16 autocast on the weights kept in fp32, fused AdamW, SDPA,
-  optionally torch.compile).
+  optionally torch.compile, freed memory kept for reuse on the CPU: dscoder.allocator), run again
+  with glibc's malloc defaults to show what the allocator settings give.
 Each variant runs in its own process so peak memory (max RSS, or CUDA max allocated) is its own.
 
     python bench/bench_train.py [--preset small] [--seq-len 256] [--batch-size 8] [--steps 20] [--compile]
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -23,6 +25,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from dscoder import allocator
 
 
 def prepare(folder: Path, seq_len: int) -> tuple[Path, Path]:
@@ -114,19 +118,22 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as work:
         prepare(Path(work), args.seq_len)
         results = {}
-        for variant in ("plain", "dscoder"):
+        for name, variant, env in (("plain", "plain", {}), ("dscoder", "dscoder", {}),
+                                   ("dscoder, glibc malloc defaults", "dscoder", {allocator.DISABLE_ENV: "0"})):
             command = [sys.executable, __file__, "--variant", variant, "--work", work, "--preset", args.preset,
                        "--seq-len", str(args.seq_len), "--batch-size", str(args.batch_size),
                        "--steps", str(args.steps), "--warmup", str(args.warmup)] + (["--compile"] if args.compile else [])
-            out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
-            results[variant] = json.loads(out.strip().splitlines()[-1])
+            out = subprocess.run(command, capture_output=True, text=True, check=True, env=os.environ | env).stdout
+            results[name] = json.loads(out.strip().splitlines()[-1])
     plain, ours = results["plain"], results["dscoder"]
     print(f"preset {args.preset} ({ours['parameters'] / 1e6:.1f}M parameters), seq_len {args.seq_len}, "
           f"batch {args.batch_size}, {args.steps} timed steps on {ours['device']}")
     for name, r in results.items():
-        print(f"  {name:8s} {r['tokens_per_s']:10,.0f} tokens/s   peak memory {r['peak_bytes'] / 2**20:8,.0f} MiB")
+        print(f"  {name:31s} {r['tokens_per_s']:10,.0f} tokens/s   peak memory {r['peak_bytes'] / 2**20:8,.0f} MiB")
     print(f"  speed ratio dscoder / plain: {ours['tokens_per_s'] / plain['tokens_per_s']:.2f}x; "
           f"memory ratio: {ours['peak_bytes'] / plain['peak_bytes']:.2f}x")
+    kept = results["dscoder, glibc malloc defaults"]
+    print(f"  speed ratio of keeping freed memory (dscoder.allocator): {ours['tokens_per_s'] / kept['tokens_per_s']:.2f}x")
 
 
 if __name__ == "__main__":

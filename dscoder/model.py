@@ -81,7 +81,7 @@ PRESETS: dict[str, Preset] = {
         ModelConfig(hidden_size=128, intermediate_size=352, num_hidden_layers=4,
                     num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=1024,
                     rope_factor=1.0, dtype="float32"),
-        max_lr=1e-3, about="a few million parameters; trains in minutes on 2 CPU cores"),
+        max_lr=3e-3, about="a few million parameters; trains in minutes on 2 CPU cores"),
     "small": Preset(
         ModelConfig(hidden_size=512, intermediate_size=1376, num_hidden_layers=8,
                     num_attention_heads=8, num_key_value_heads=8, max_position_embeddings=2048,

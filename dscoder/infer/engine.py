@@ -21,7 +21,7 @@ from typing import Callable
 
 import torch
 
-from dscoder import formats
+from dscoder import allocator, formats
 from dscoder.errors import UserError
 from dscoder.infer.sampling import IncrementalDecoder, SamplingParams, find_stop, held_back, next_token, top_logprobs
 
@@ -83,6 +83,8 @@ class Engine:
             raise UserError(f"model folder not found: {folder}")
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
+        if device == "cpu":
+            allocator.keep_freed_memory()
         model, tokenizer = model_lib.load(folder, dtype=None if dtype == "auto" else dtype, device=device)
         name = folder.resolve().name
         if name == "final":  # a run's final model: name it after the run

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from dscoder import allocator
 from dscoder.errors import UserError
 from dscoder.train import checkpoint, distributed
 from dscoder.train.dataset import Mixture, eval_batches
@@ -98,6 +99,8 @@ class Trainer:
         self.device = pick_device(loop.device, distributed.World())
         self.world = distributed.init(self.device.type)
         self.device = pick_device(loop.device, self.world)
+        if self.device.type == "cpu":
+            allocator.keep_freed_memory()
         self.hf_model = hf_model.to(self.device)
         if loop.activation_checkpointing:
             enable = getattr(self.hf_model, "activation_checkpointing_enable", None) or self.hf_model.gradient_checkpointing_enable
