@@ -12,7 +12,7 @@ quickstart corpus, 24M minor page faults against 0.2M; peak memory 850 against 9
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
+import functools
 import logging
 import os
 
@@ -23,20 +23,17 @@ KEEP_BYTES = 2**30
 DISABLE_ENV = "DSCODER_KEEP_FREED_MEMORY"
 
 
+@functools.cache
 def keep_freed_memory() -> bool:
     """Serve large blocks from the heap and keep up to 1 GiB of freed memory for reuse, where the
     C library is glibc (a no-op elsewhere, or with DSCODER_KEEP_FREED_MEMORY=0). Returns whether
-    the settings took. Call before the work allocates; it affects the whole process."""
+    the settings took. Call before the work allocates; it affects the whole process, once."""
     if os.environ.get(DISABLE_ENV, "1") == "0":
         return False
-    name = ctypes.util.find_library("c")
     try:
-        libc = ctypes.CDLL(name) if name else None
-        mallopt = getattr(libc, "mallopt", None)
-    except OSError:
-        mallopt = None
-    if mallopt is None:
+        mallopt = getattr(ctypes.CDLL(None), "mallopt", None)  # the process's own C library
+    except (OSError, TypeError):  # no dlopen(NULL), as on Windows
         return False
-    took = bool(mallopt(M_MMAP_THRESHOLD, KEEP_BYTES)) and bool(mallopt(M_TRIM_THRESHOLD, KEEP_BYTES))
+    took = mallopt is not None and bool(mallopt(M_MMAP_THRESHOLD, KEEP_BYTES)) and bool(mallopt(M_TRIM_THRESHOLD, KEEP_BYTES))
     log.debug("allocator: keep freed memory %s", "on" if took else "unavailable")
     return took
