@@ -1,10 +1,11 @@
 """Training-step throughput and peak memory: dscoder's loop against a plain transformers loop.
 
 Both train the same preset on the same packed batches of installed Python code:
-- plain: LlamaForCausalLM in fp32, `model(input_ids, labels=...)`, torch.optim.AdamW;
+- plain: LlamaForCausalLM in fp32, `model(input_ids, labels=...)`, torch.optim.AdamW (on a GPU also
+  under bf16 autocast, the usual first step of a hand-written loop);
 - dscoder: the Trainer's step (bf16 autocast on the weights kept in fp32, fused AdamW, SDPA,
   optionally torch.compile, freed memory kept for reuse on the CPU: dscoder.allocator), run again
-  with glibc's malloc defaults to show what the allocator settings give.
+  with glibc's malloc defaults to show what the allocator settings give (on the CPU only).
 Each variant runs in its own process so peak memory (max RSS, or CUDA max allocated) is its own.
 
     python bench/bench_train.py [--preset small] [--seq-len 256] [--batch-size 8] [--steps 20] [--compile]
@@ -27,6 +28,8 @@ import numpy as np
 import torch
 
 from dscoder import allocator
+
+PEAK_BF16 = 989e12  # dense bf16 matrix rate of an H100 / H200 SXM (the FLOPs utilisation's denominator)
 
 
 def prepare(folder: Path, seq_len: int) -> tuple[Path, Path]:
@@ -66,6 +69,7 @@ def run_variant(args) -> dict:
     mixture = Mixture([TokenFile(folder / "tokens")], [1.0], args.seq_len, seed=0)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     lr = 3e-4
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.variant == "plain-bf16")
     if args.variant == "dscoder":
         loop = LoopConfig(max_steps=args.steps + args.warmup, batch_size=args.batch_size, precision="bf16",
                           compile=args.compile, device=device.type)
@@ -80,7 +84,8 @@ def run_variant(args) -> dict:
             tokens, _ = mixture.next_batch(args.batch_size)
             batch = torch.from_numpy(tokens[:, :-1]).to(device)
             optimizer.zero_grad(set_to_none=True)
-            loss = model(input_ids=batch, labels=batch).loss
+            with autocast:
+                loss = model(input_ids=batch, labels=batch).loss
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             optimizer.step()
@@ -97,8 +102,12 @@ def run_variant(args) -> dict:
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start
     peak = torch.cuda.max_memory_allocated() if device.type == "cuda" else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    c = hf_model.config
     return {"tokens_per_s": args.steps * args.batch_size * args.seq_len / seconds, "peak_bytes": peak,
-            "device": str(device), "parameters": sum(p.numel() for p in hf_model.parameters())}
+            "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
+            "parameters": sum(p.numel() for p in hf_model.parameters()),
+            "flops_per_token": 6 * sum(p.numel() for p in hf_model.parameters())
+            + 12 * c.num_hidden_layers * c.hidden_size * args.seq_len}
 
 
 def main() -> None:
@@ -109,7 +118,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--compile", action="store_true", help="also compile dscoder's model")
-    parser.add_argument("--variant", choices=["dscoder", "plain"], help=argparse.SUPPRESS)
+    parser.add_argument("--variant", choices=["dscoder", "plain", "plain-bf16"], help=argparse.SUPPRESS)
     parser.add_argument("--work", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.variant:
@@ -118,13 +127,19 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as work:
         prepare(Path(work), args.seq_len)
         results = {}
-        for name, variant, env in (("plain", "plain", {}), ("dscoder", "dscoder", {}),
-                                   ("dscoder, glibc malloc defaults", "dscoder", {allocator.DISABLE_ENV: "0"})):
+        variants = [("plain", "plain", {}), ("dscoder", "dscoder", {})]
+        if torch.cuda.is_available():
+            variants.insert(1, ("plain, bf16 autocast", "plain-bf16", {}))
+        else:
+            variants.append(("dscoder, glibc malloc defaults", "dscoder", {allocator.DISABLE_ENV: "0"}))
+        for name, variant, env in variants:
             command = [sys.executable, __file__, "--variant", variant, "--work", work, "--preset", args.preset,
                        "--seq-len", str(args.seq_len), "--batch-size", str(args.batch_size),
                        "--steps", str(args.steps), "--warmup", str(args.warmup)] + (["--compile"] if args.compile else [])
-            out = subprocess.run(command, capture_output=True, text=True, check=True, env=os.environ | env).stdout
-            results[name] = json.loads(out.strip().splitlines()[-1])
+            done = subprocess.run(command, capture_output=True, text=True, env=os.environ | env)
+            if done.returncode != 0:
+                sys.exit(f"variant {name!r} failed:\n{done.stderr[-3000:]}")
+            results[name] = json.loads(done.stdout.strip().splitlines()[-1])
     plain, ours = results["plain"], results["dscoder"]
     print(f"preset {args.preset} ({ours['parameters'] / 1e6:.1f}M parameters), seq_len {args.seq_len}, "
           f"batch {args.batch_size}, {args.steps} timed steps on {ours['device']}")
@@ -132,8 +147,16 @@ def main() -> None:
         print(f"  {name:31s} {r['tokens_per_s']:10,.0f} tokens/s   peak memory {r['peak_bytes'] / 2**20:8,.0f} MiB")
     print(f"  speed ratio dscoder / plain: {ours['tokens_per_s'] / plain['tokens_per_s']:.2f}x; "
           f"memory ratio: {ours['peak_bytes'] / plain['peak_bytes']:.2f}x")
-    kept = results["dscoder, glibc malloc defaults"]
-    print(f"  speed ratio of keeping freed memory (dscoder.allocator): {ours['tokens_per_s'] / kept['tokens_per_s']:.2f}x")
+    if torch.cuda.is_available():
+        print(f"  dscoder model FLOPs utilisation: {100 * ours['tokens_per_s'] * ours['flops_per_token'] / PEAK_BF16:.0f}% "
+              f"of {PEAK_BF16 / 1e12:.0f} TFLOP/s (dense bf16, H100/H200 datasheet)")
+    if "plain, bf16 autocast" in results:
+        peer = results["plain, bf16 autocast"]
+        print(f"  speed ratio dscoder / plain bf16 autocast: {ours['tokens_per_s'] / peer['tokens_per_s']:.2f}x; "
+              f"memory ratio: {ours['peak_bytes'] / peer['peak_bytes']:.2f}x")
+    if "dscoder, glibc malloc defaults" in results:
+        kept = results["dscoder, glibc malloc defaults"]
+        print(f"  speed ratio of keeping freed memory (dscoder.allocator): {ours['tokens_per_s'] / kept['tokens_per_s']:.2f}x")
 
 
 if __name__ == "__main__":
