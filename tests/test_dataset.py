@@ -84,3 +84,58 @@ def test_mixture_is_deterministic_weighted_and_rank_sharded(small_corpus, traine
 def test_source_weights_parse():
     assert dataset.parse_source("runs/corpus:0.5") == ("runs/corpus", 0.5)
     assert dataset.parse_source("runs/corpus") == ("runs/corpus", 1.0)
+
+
+def fitted_cache(small_corpus, trained_tokenizer_dir, tmp_path, rate, seq_len=128):
+    tok = tokenizer_lib.load(trained_tokenizer_dir)
+    fim = FIMConfig(rate=rate, split="line", max_chars=300, fit_windows=True)
+    cfg = dataset.DataConfig(seq_len=seq_len, eval_fraction=0.05)
+    return tok, dataset.corpus_cache(str(small_corpus), tok, fim, 0, cfg, tmp_path)
+
+
+def pieces_of(tokens, tok):
+    """(start, end) of every BOS ... EOS piece, end inclusive."""
+    bos, eos = tok.bos_token_id, tok.eos_token_id
+    ends = np.flatnonzero(tokens == eos)
+    spans = []
+    for start in np.flatnonzero(tokens == bos):
+        spans.append((int(start), int(ends[np.searchsorted(ends, start)])))
+    return spans
+
+
+def test_fitted_pieces_never_cross_a_window_and_padding_is_not_trained(small_corpus, trained_tokenizer_dir, tmp_path):
+    tok, folder = fitted_cache(small_corpus, trained_tokenizer_dir, tmp_path, rate=0.5)
+    f = dataset.TokenFile(folder)
+    tokens, mask = np.asarray(f.tokens), np.asarray(f.mask)
+    spans = pieces_of(tokens, tok)
+    assert len(spans) > 100
+    assert all(start // 128 == end // 128 for start, end in spans)
+    fim_begin = tok.convert_tokens_to_ids("<｜fim▁begin｜>")
+    assert 0.3 < np.mean([tokens[s + 1] == fim_begin for s, _ in spans]) < 0.7
+    inside = np.zeros(len(tokens), dtype=bool)
+    for start, end in spans:
+        inside[start:end + 1] = True
+    assert np.array_equal(mask.astype(bool), inside)  # everything else is padding, out of the loss
+    assert (tokens[~inside] == tok.eos_token_id).all() and 0 < (~inside).mean() < 0.15
+    _, other = fitted_cache(small_corpus, trained_tokenizer_dir, tmp_path, rate=0.5, seq_len=256)
+    assert other != folder  # the layout depends on the window length
+
+
+def test_fitted_pieces_keep_every_document_whole(small_corpus, trained_tokenizer_dir, tmp_path):
+    from dscoder.data import corpus
+
+    tok, folder = fitted_cache(small_corpus, trained_tokenizer_dir, tmp_path, rate=0.0)
+    tokens = np.asarray(dataset.TokenFile(folder).tokens)
+    texts = list(corpus.iter_texts(small_corpus))
+    text = "".join(tok.decode(tokens[s + 1:e].tolist()) for s, e in pieces_of(tokens, tok))
+    assert text == "".join(texts)
+
+
+def test_fitted_pieces_need_room_for_a_piece(trained_tokenizer_dir):
+    import pytest
+
+    from dscoder.errors import UserError
+
+    tok = tokenizer_lib.load(trained_tokenizer_dir)
+    with pytest.raises(UserError, match="at least 32 tokens"):
+        dataset.pretraining_encoder(tok, FIMConfig(fit_windows=True), 0, "x", seq_len=16)

@@ -50,6 +50,11 @@ class QuickstartConfig:
     """Where holes start and end (see FIMConfig.split): at this budget, line-level holes teach the
     tiny model to fill whole lines; DeepSeek-Coder's character-level holes ("char") teach it to
     continue inside a word."""
+    fim_fit_windows: bool = True
+    """Cut FIM pieces to fit the training window they start in (see FIMConfig.fit_windows): laid
+    end to end, six pieces in ten cross a window boundary and lose their prefix or middle."""
+    parse_prompts: int = 100
+    """Held-out function headers completed for the share of completions that parse."""
     seed: int = 0
 
 
@@ -112,7 +117,7 @@ def _speed_probe(cfg: QuickstartConfig, corpus: Path, tokenizer: Path, out: Path
 def _train_overrides(cfg: QuickstartConfig, corpus: Path, steps: int, fim: float) -> dict[str, str]:
     return {"data.sources": str(corpus), "data.seq_len": str(cfg.seq_len), "loop.batch_size": str(cfg.batch_size),
             "loop.max_steps": str(steps), "fim.rate": str(fim), "fim.max_chars": str(cfg.fim_max_chars),
-            "fim.split": cfg.fim_split,
+            "fim.split": cfg.fim_split, "fim.fit_windows": str(cfg.fim_fit_windows).lower(),
             "loop.seed": str(cfg.seed),
             "loop.eval_every": str(max(steps // 8, 1)), "loop.save_every": str(max(steps // 4, 1)),
             "loop.log_every": "5", "data.eval_fraction": "0.02", "data.cache_dir": str(corpus.parent / "cache")}
@@ -240,7 +245,7 @@ def _evaluate(out: Path, cfg: QuickstartConfig, models: dict[str, Path], heldout
 
     cases = measure.fim_cases(heldout_files, 200, cfg.seed, prefix_chars=cfg.fim_max_chars // 2,
                               suffix_chars=cfg.fim_max_chars // 4)
-    prompts = measure.function_prompts(heldout_files, 40, cfg.seed)
+    prompts = measure.function_prompts(heldout_files, cfg.parse_prompts, cfg.seed)
     texts = heldout_files[:200]
     results: dict[str, dict] = {key: {} for key, _, _ in report.FIGURES}
     for name, folder in models.items():

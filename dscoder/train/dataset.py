@@ -16,6 +16,7 @@ documents hold most of the tokens).
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import json
 import logging
@@ -150,27 +151,90 @@ def build_cache(folder: Path, key: dict, documents: Iterable[str], encode: Calla
     return folder
 
 
-def pretraining_encoder(tokenizer, fim: FIMConfig, seed: int, source: str) -> Callable[[list[str]], list[Encoded]]:
-    """FIM per document (seeded by its position), then `BOS ids EOS`."""
+def pretraining_encoder(tokenizer, fim: FIMConfig, seed: int, source: str,
+                        seq_len: int = 0) -> Callable[[list[str]], list[Encoded]]:
+    """FIM per document (seeded by its position), then `BOS ids EOS`; with `fim.fit_windows`,
+    per piece cut to fit the training window of `seq_len` tokens it starts in."""
     backend = tokenizer.backend_tokenizer
     bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
-    state = {"index": 0}
+    state = {"index": 0, "offset": 0}
+
+    def rng() -> random.Random:
+        state["index"] += 1
+        return random.Random(f"{seed}:{source}:{state['index'] - 1}")
 
     def encode(texts: list[str]) -> list[Encoded]:
         # Every document (or piece of one) becomes BOS ids EOS; pieces of a document stay together.
         owners, rewritten = [], []
         for number, text in enumerate(texts):
-            rng = random.Random(f"{seed}:{source}:{state['index']}")
-            state["index"] += 1
+            doc_rng = rng()
             for piece in pieces(text, fim.max_chars):
                 owners.append(number)
-                rewritten.append(apply_fim(piece, fim, rng))
+                rewritten.append(apply_fim(piece, fim, doc_rng))
         out: list[list[int]] = [[] for _ in texts]
         for owner, encoding in zip(owners, backend.encode_batch(rewritten, add_special_tokens=False)):
             out[owner] += [bos, *encoding.ids, eos]
         return [(ids, None) for ids in out]
 
-    return encode
+    def encode_fitted(texts: list[str]) -> list[Encoded]:
+        # Pieces depend on where the stream stands in its window, so documents go in order.
+        out = []
+        for text in texts:
+            ids, mask = _fitted_pieces(text, backend, fim, rng(), state["offset"], seq_len, bos, eos)
+            state["offset"] += len(ids)
+            out.append((ids, mask))
+        return out
+
+    if fim.fit_windows and seq_len < 4 * PIECE_SLACK:
+        raise UserError(f"fim.fit_windows needs a sequence length of at least {4 * PIECE_SLACK} tokens")
+    return encode_fitted if fim.fit_windows else encode
+
+
+PIECE_SLACK = 8
+"""Tokens a piece leaves free in its window: BOS, EOS, three sentinels and the few tokens that
+tokenize differently once a piece is cut out and rearranged."""
+
+
+def _fitted_pieces(text: str, backend, fim: FIMConfig, rng: random.Random, offset: int, seq_len: int,
+                   bos: int, eos: int) -> tuple[list[int], list[int]]:
+    """`text` as pieces `BOS (FIM'd piece) EOS`, each cut at a line end to fit the room left in
+    the window of `seq_len` tokens where it starts, given the stream's `offset`; padding (EOS,
+    mask 0) fills a window's end too short for a piece. Returns ids and loss mask."""
+    starts = [a for a, _ in backend.encode(text, add_special_tokens=False).offsets]
+    line_starts = [0, *(i + 1 for i, ch in enumerate(text) if ch == "\n" and i + 1 < len(text))]
+    ids: list[int] = []
+    mask: list[int] = []
+    begin, shortest = 0, max(seq_len // 8, 2 * PIECE_SLACK)  # a shorter window end is padding
+    while begin < len(text):
+        room = seq_len - (offset + len(ids)) % seq_len
+        if room < shortest:
+            ids += [eos] * room
+            mask += [0] * room
+            continue
+        limit = bisect.bisect_left(starts, begin) + room - PIECE_SLACK
+        fits = len(text) if limit >= len(starts) else starts[limit]  # the most the window takes
+        end = min(fits, begin + fim.max_chars) if fim.max_chars else fits
+        if end < len(text):
+            at = bisect.bisect_right(line_starts, end) - 1
+            if line_starts[at] > begin:
+                end = line_starts[at]
+            elif at + 1 < len(line_starts) and line_starts[at + 1] <= fits:
+                end = line_starts[at + 1]  # a line longer than max_chars is a piece of its own
+            elif room < seq_len:  # the line does not fit the rest of this window: start the next
+                ids += [eos] * room
+                mask += [0] * room
+                continue
+            else:  # a line longer than a whole window: cut inside it, at a token start
+                end = fits
+        piece = text[begin:end]
+        rewritten = apply_fim(piece, fim, rng)
+        tokens = [bos, *backend.encode(rewritten, add_special_tokens=False).ids, eos]
+        if len(tokens) > room and rewritten != piece:  # rearranged, it tokenizes longer: keep it plain
+            tokens = [bos, *backend.encode(piece, add_special_tokens=False).ids, eos]
+        ids += tokens
+        mask += [1] * len(tokens)
+        begin = end
+    return ids, mask
 
 
 def corpus_cache(source: str, tokenizer, fim: FIMConfig, seed: int, cfg: DataConfig, cache_root: Path) -> Path:
@@ -184,8 +248,10 @@ def corpus_cache(source: str, tokenizer, fim: FIMConfig, seed: int, cfg: DataCon
     key = {"source": str(path.resolve()), "corpus_created": (path / "stats.json").stat().st_mtime_ns,
            "corpus_inputs": hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()[:16],
            "tokenizer": _tokenizer_fingerprint(tokenizer), "fim": asdict(fim), "seed": seed, "format": 2}
+    if fim.fit_windows:
+        key["seq_len"] = cfg.seq_len
     name = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
-    encode = pretraining_encoder(tokenizer, fim, seed, str(path.resolve()))
+    encode = pretraining_encoder(tokenizer, fim, seed, str(path.resolve()), cfg.seq_len)
     return build_cache(cache_root / f"{path.name}-{name}", key, corpus.iter_texts(path), encode,
                        cfg.tokenize_batch, len(tokenizer))
 

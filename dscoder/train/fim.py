@@ -1,7 +1,7 @@
 """The fill-in-the-middle transform (paper section 3.1; Bavarian et al. 2022, "Efficient Training
 of Language Models to Fill in the Middle").
 
-Applied per document before packing: with probability `rate` a document is split at two uniform
+Applied per document (or per piece of one) before packing: with probability `rate` a document is split at two uniform
 random character positions into prefix, middle and suffix and rewritten in PSM (or, with
 probability `spm_rate`, SPM) order through the shared formats module. The packer adds EOS.
 """
@@ -35,6 +35,13 @@ class FIMConfig:
     sequences, whole-document FIM puts the prefix, suffix and middle in different windows and
     cannot be learned; pieces near the sequence length can (close to Bavarian et al.'s
     context-level FIM)."""
+    fit_windows: bool = False
+    """Cut documents at line ends into pieces that each fit in the training window they start
+    in (and in `max_chars`, if set), each with its own FIM decision; the end of a window that no
+    piece fits is padding, left out of the loss. No FIM example is then split between two
+    windows (Bavarian et al.'s context-level FIM): with pieces laid end to end instead, most
+    pieces cross a window boundary and the model sees middles whose prefix is in another
+    window."""
 
 
 def pieces(text: str, max_chars: int) -> list[str]:
