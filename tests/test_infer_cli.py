@@ -2,6 +2,7 @@
 
 import io
 import shutil
+import sys
 
 from dscoder import formats
 from dscoder.cli import main
@@ -76,3 +77,9 @@ def test_bad_model_folders(capsys, tiny_base_model, tmp_path):
         (partial / name).unlink()
     code, _, err = run(capsys, "complete", "--model", partial, "x")
     assert code == 2 and "no tokenizer files" in err and "Traceback" not in err
+
+
+def test_serve_without_a_working_serve_stack_is_one_clear_line(capsys, tiny_base_model, monkeypatch):
+    monkeypatch.setitem(sys.modules, "fastapi", None)  # as if FastAPI (or one of its dependencies) failed to import
+    code, _, err = run(capsys, "serve", "--model", tiny_base_model)
+    assert code == 2 and "dscoder[serve]" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1

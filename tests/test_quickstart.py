@@ -1,6 +1,7 @@
 """The demo end to end on a small slice of this machine's Python code and a short budget."""
 
 import json
+import sys
 from collections import namedtuple
 
 from dscoder.cli import main
@@ -9,7 +10,7 @@ KEYS = ("heldout_loss", "fim_line_exact_match", "fim_line_edit_similarity", "fim
         "completion_parse_rate", "pass@1")
 
 
-def test_quickstart_end_to_end_then_resume_then_existing_model(capsys, tmp_path):
+def test_quickstart_end_to_end_then_resume_then_existing_model(capsys, tmp_path, monkeypatch):
     out = tmp_path / "qs"
     assert main(["quickstart", "--out", str(out), "--minutes", "0.15", "--corpus-mb", "4"]) == 0
     stdout = capsys.readouterr().out
@@ -22,6 +23,7 @@ def test_quickstart_end_to_end_then_resume_then_existing_model(capsys, tmp_path)
                                                       "extend", "instruct", "evaluate", "show"))
     assert set(data["examples"]) == {"completion", "insertion", "repository", "chat", "server"}
     assert data["examples"]["repository"]["prompt"].startswith("#utils.py\n")
+    assert not data["examples"]["server"]["output"].startswith("skipped")
     report = (out / "report.md").read_text()
     assert "FIM single-line exact match" in report and (out / "loss.png").is_file() and (out / "eval.png").is_file()
     extended = json.loads((out / "extend" / "final" / "config.json").read_text())
@@ -34,12 +36,16 @@ def test_quickstart_end_to_end_then_resume_then_existing_model(capsys, tmp_path)
     _, err = capsys.readouterr()
     assert err.count("done before") >= 8
 
-    # An existing model folder is evaluated and demonstrated without training.
+    # An existing model folder is evaluated and demonstrated without training; without a working
+    # serve extra, the server example is skipped with the reason and everything else stands.
+    monkeypatch.setitem(sys.modules, "fastapi", None)
     given = tmp_path / "given"
     assert main(["quickstart", "--out", str(given), "--model", str(out / "pretrain-fim" / "final"),
                  "--corpus-mb", "4"]) == 0
     data = json.loads((given / "report.json").read_text())
     assert set(data["heldout_loss"]) == {"given"} and not (given / "tokenizer").exists()
+    assert data["examples"]["server"]["output"].startswith("skipped: serving needs the 'serve' extra")
+    assert data["examples"]["chat"]["output"]
 
 
 def test_quickstart_refuses_a_full_disk(capsys, tmp_path, monkeypatch):

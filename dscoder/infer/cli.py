@@ -125,8 +125,9 @@ def cmd_chat(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from dscoder.infer.server import serve
+    from dscoder.infer.server import require_serve_stack, serve
 
+    require_serve_stack()  # before the model loads
     serve(_engine(args), host=args.host, port=args.port, api_key=args.api_key, max_batch=args.max_batch)
     return 0
 

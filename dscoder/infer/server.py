@@ -354,12 +354,21 @@ def create_app(engine: Engine, api_key: str | None = None, max_batch: int = 8):
     return app
 
 
+def require_serve_stack():
+    """The uvicorn module, once FastAPI and uvicorn both import; a one-line UserError naming what
+    is missing otherwise (either package, or one of their own dependencies)."""
+    try:
+        import fastapi  # noqa: F401
+        import uvicorn
+    except ImportError as exc:
+        raise UserError(f"serving needs the 'serve' extra (FastAPI, uvicorn), which does not import here "
+                        f"({exc}): pip install 'dscoder[serve]'") from None
+    return uvicorn
+
+
 def serve(engine: Engine, host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None,
           max_batch: int = 8) -> None:
     """Run the server until interrupted."""
-    try:
-        import uvicorn
-    except ImportError:
-        raise UserError("serving needs the 'serve' extra: pip install 'dscoder[serve]'") from None
+    uvicorn = require_serve_stack()
     log.info("serving %s on http://%s:%d (OpenAI API under /v1)", engine.name, host, port)
     uvicorn.run(create_app(engine, api_key, max_batch), host=host, port=port, log_level="warning")
