@@ -102,12 +102,10 @@ def run_variant(args) -> dict:
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start
     peak = torch.cuda.max_memory_allocated() if device.type == "cuda" else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    c = hf_model.config
+    c, parameters = hf_model.config, sum(p.numel() for p in hf_model.parameters())
     return {"tokens_per_s": args.steps * args.batch_size * args.seq_len / seconds, "peak_bytes": peak,
-            "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
-            "parameters": sum(p.numel() for p in hf_model.parameters()),
-            "flops_per_token": 6 * sum(p.numel() for p in hf_model.parameters())
-            + 12 * c.num_hidden_layers * c.hidden_size * args.seq_len}
+            "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu", "parameters": parameters,
+            "flops_per_token": 6 * parameters + 12 * c.num_hidden_layers * c.hidden_size * args.seq_len}
 
 
 def main() -> None:
