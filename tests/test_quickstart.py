@@ -102,3 +102,20 @@ def test_parse_check_keeps_finished_completions_whole_and_cuts_truncated_ones():
     assert parses(prompt, "    total = a + b\n    return tot", finished=False)  # partial last line dropped
     assert not parses(prompt, "    return (a,\n            b, b, b", finished=False)  # unclosed bracket
     assert not parses(prompt, "    return a +", finished=True)
+
+
+def test_function_prompts_take_functions_and_methods_out_to_column_0():
+    import ast
+
+    from dscoder.quickstart.measure import function_prompts
+
+    source = ('import os\n\n\ndef top(a):\n    """Top."""\n    return a\n\n\nclass Box:\n'
+              '    @property\n    def size(self):\n        """The size,\n        in bytes."""\n        return 1\n\n'
+              '    async def fetch(self,\n                    url):\n        await url\n')
+    prompts = function_prompts([source, "def broken(:\n"], 10, seed=0)
+    assert sorted(prompts) == sorted(['def top(a):\n    """Top."""\n',
+                                      'def size(self):\n    """The size,\n    in bytes."""\n',
+                                      'async def fetch(self,\n                url):\n'])
+    for prompt in prompts:  # each is a function header that a body completes
+        ast.parse(prompt + "    pass\n")
+    assert len(function_prompts([source], 2, seed=0)) == 2

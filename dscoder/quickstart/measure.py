@@ -131,7 +131,9 @@ def fim_line_loss(engine: Engine, cases: list[tuple[str, str, str]], with_suffix
 
 
 def function_prompts(files: list[str], count: int, seed: int) -> list[str]:
-    """`def ...:` lines with their docstrings, taken from held-out files, as completion prompts."""
+    """`def ...:` lines with their docstrings, taken from held-out files, as completion prompts:
+    top-level functions and methods, a method moved out of its class (dedented to column 0) so
+    that it parses on its own."""
     prompts = []
     for text in files:
         try:
@@ -140,15 +142,24 @@ def function_prompts(files: list[str], count: int, seed: int) -> list[str]:
             continue
         lines = text.split("\n")
         for node in ast.walk(tree):
-            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.body and node.col_offset == 0:
-                first = node.body[0]
-                end = first.end_lineno if isinstance(first, ast.Expr) and isinstance(getattr(first, "value", None), ast.Constant) \
-                    else node.body[0].lineno - 1
-                prompt = "\n".join(lines[node.lineno - 1:end]) + "\n"
-                if len(prompt) < 600:
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.body:
+                prompt = _function_header(lines, node)
+                if prompt and len(prompt) < 600:
                     prompts.append(prompt)
     random.Random(seed).shuffle(prompts)
     return prompts[:count]
+
+
+def _function_header(lines: list[str], node: ast.FunctionDef | ast.AsyncFunctionDef) -> str | None:
+    """The `def` line(s) of `node` with its docstring, at column 0; None when its lines are not
+    all indented at least as deep as the `def`."""
+    first = node.body[0]
+    has_doc = isinstance(first, ast.Expr) and isinstance(getattr(first, "value", None), ast.Constant)
+    chunk = lines[node.lineno - 1:first.end_lineno if has_doc else first.lineno - 1]
+    indent = " " * node.col_offset
+    if not all(line.startswith(indent) or not line.strip() for line in chunk):
+        return None
+    return "\n".join(line[node.col_offset:] for line in chunk) + "\n"
 
 
 def parses(prompt: str, completion: str, finished: bool = False) -> bool:

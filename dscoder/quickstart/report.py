@@ -73,7 +73,7 @@ def write(out: Path, data: dict) -> None:
             lines.append(f"| {title} | " + " | ".join(fmt.format(data[key][n]) for n in names) + " |")
     sizes = data.get("eval_sizes", {})
     lines += ["", f"FIM: {sizes.get('fim_lines')} lines of the held-out packages, greedy; parse rate: "
-              f"{sizes.get('parse_prompts')} held-out function headers completed; pass@1: "
+              f"{sizes.get('parse_prompts')} held-out function and method headers completed; pass@1: "
               f"{sizes.get('problems')} small problems written for dscoder, run in the sandbox.", ""]
     for plot in plots:
         lines.append(f"![{plot}]({plot})")

@@ -53,8 +53,10 @@ class QuickstartConfig:
     fim_fit_windows: bool = True
     """Cut FIM pieces to fit the training window they start in (see FIMConfig.fit_windows): laid
     end to end, six pieces in ten cross a window boundary and lose their prefix or middle."""
-    parse_prompts: int = 100
-    """At most this many held-out top-level function headers are completed for the share of
+    fim_lines: int = 400
+    """Code lines of the held-out packages filled in for FIM exact match and edit similarity."""
+    parse_prompts: int = 200
+    """At most this many held-out function and method headers are completed for the share of
     completions that parse."""
     seed: int = 0
 
@@ -244,7 +246,7 @@ def _evaluate(out: Path, cfg: QuickstartConfig, models: dict[str, Path], heldout
     from dscoder.infer.engine import Engine
     from dscoder.quickstart import measure, report
 
-    cases = measure.fim_cases(heldout_files, 200, cfg.seed, prefix_chars=cfg.fim_max_chars // 2,
+    cases = measure.fim_cases(heldout_files, cfg.fim_lines, cfg.seed, prefix_chars=cfg.fim_max_chars // 2,
                               suffix_chars=cfg.fim_max_chars // 4)
     prompts = measure.function_prompts(heldout_files, cfg.parse_prompts, cfg.seed)
     texts = heldout_files[:200]
