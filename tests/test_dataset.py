@@ -3,6 +3,7 @@
 import json
 
 import numpy as np
+import pytest
 
 from dscoder import tokenizer as tokenizer_lib
 from dscoder.train import dataset
@@ -132,10 +133,46 @@ def test_fitted_pieces_keep_every_document_whole(small_corpus, trained_tokenizer
 
 
 def test_fitted_pieces_need_room_for_a_piece(trained_tokenizer_dir):
-    import pytest
 
     from dscoder.errors import UserError
 
     tok = tokenizer_lib.load(trained_tokenizer_dir)
     with pytest.raises(UserError, match="at least 32 tokens"):
         dataset.pretraining_encoder(tok, FIMConfig(fit_windows=True), 0, "x", seq_len=16)
+
+
+TRICKY_SOURCE = "".join([
+    "import os\n\n\n\ndef f(x):\n    return x  \n\n",  # blank lines, trailing spaces
+    "\tif x:\n\t\tpass\n",  # tabs
+    "name = 'é ü 日本語 🙂🙃'\n",  # characters of several bytes
+    "a = 1\r\nb = 2\r\n",  # Windows line ends
+    "n = 1234567890\n",  # digits
+    "s = '" + "z" * 400 + "'\n",  # a line longer than a piece
+] * 6)
+
+
+@pytest.mark.parametrize("split", ["line", "char"])
+@pytest.mark.parametrize("vocabulary", ["trained_tokenizer_dir", "deepseek_tokenizer_dir"])
+def test_fitted_pieces_hold_the_tokens_their_text_encodes_to(vocabulary, split, request, monkeypatch):
+    # Pieces are cut out of one encoding of the whole document; each must hold exactly what the
+    # tokenizer gives for the piece's own text (FIM rearrangement included), as at inference.
+    tok = tokenizer_lib.load(request.getfixturevalue(vocabulary))
+    fim = FIMConfig(rate=0.7, spm_rate=0.3, split=split, max_chars=200, fit_windows=True)
+    texts = [TRICKY_SOURCE, "x = 1\n", TRICKY_SOURCE[::-1]]
+    cut = dataset.pretraining_encoder(tok, fim, 0, "x", seq_len=96)(texts)
+    monkeypatch.setattr(dataset._Tokens, "_at", lambda self, pos: None)  # every piece tokenized anew
+    encoded = dataset.pretraining_encoder(tok, fim, 0, "x", seq_len=96)(texts)
+    assert cut == encoded
+    ids = np.array([i for doc, _ in cut for i in doc])
+    spans = pieces_of(ids, tok)
+    fim_begin = tok.convert_tokens_to_ids("<｜fim▁begin｜>")
+    assert len(spans) > 20 and 0.3 < np.mean([ids[s + 1] == fim_begin for s, _ in spans]) < 0.95
+
+
+def test_a_cut_no_token_starts_at_is_tokenized_anew():
+    from types import SimpleNamespace
+
+    # Byte-level tokens can share or overlap character offsets: "ab" + one character in two tokens.
+    encoding = SimpleNamespace(ids=[1, 2, 3, 4], offsets=[(0, 2), (1, 2), (2, 3), (2, 3)])
+    tokens = dataset._Tokens("abc", encoding, backend=None, sentinels=[])
+    assert [tokens._at(pos) for pos in range(4)] == [0, None, 2, 4]

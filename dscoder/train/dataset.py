@@ -22,6 +22,7 @@ import json
 import logging
 import os
 import random
+import re
 import shutil
 import sys
 from dataclasses import asdict, dataclass
@@ -31,7 +32,8 @@ from typing import Callable, Iterable, Iterator
 import numpy as np
 
 from dscoder.errors import UserError
-from dscoder.train.fim import FIMConfig, pieces
+from dscoder import formats
+from dscoder.train.fim import FIMConfig, decide, pieces
 from dscoder.train.fim import apply as apply_fim
 
 log = logging.getLogger("dscoder")
@@ -157,6 +159,7 @@ def pretraining_encoder(tokenizer, fim: FIMConfig, seed: int, source: str,
     per piece cut to fit the training window of `seq_len` tokens it starts in."""
     backend = tokenizer.backend_tokenizer
     bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
+    sentinels = [tokenizer.convert_tokens_to_ids(t) for t in (formats.FIM_BEGIN, formats.FIM_HOLE, formats.FIM_END)]
     state = {"index": 0, "offset": 0}
 
     def rng() -> random.Random:
@@ -177,10 +180,12 @@ def pretraining_encoder(tokenizer, fim: FIMConfig, seed: int, source: str,
         return [(ids, None) for ids in out]
 
     def encode_fitted(texts: list[str]) -> list[Encoded]:
-        # Pieces depend on where the stream stands in its window, so documents go in order.
+        # Pieces depend on where the stream stands in its window, so documents go in order; each
+        # is tokenized once, in a batch, and its pieces are cut from that encoding.
         out = []
-        for text in texts:
-            ids, mask = _fitted_pieces(text, backend, fim, rng(), state["offset"], seq_len, bos, eos)
+        for text, encoding in zip(texts, backend.encode_batch(texts, add_special_tokens=False)):
+            ids, mask = _fitted_pieces(text, _Tokens(text, encoding, backend, sentinels), fim, rng(),
+                                       state["offset"], seq_len, bos, eos)
             state["offset"] += len(ids)
             out.append((ids, mask))
         return out
@@ -195,13 +200,53 @@ PIECE_SLACK = 8
 tokenize differently once a piece is cut out and rearranged."""
 
 
-def _fitted_pieces(text: str, backend, fim: FIMConfig, rng: random.Random, offset: int, seq_len: int,
+class _Tokens:
+    """A document's tokens, and those of its pieces and their FIM rearrangements: slices of the
+    document's encoding where every cut falls at a token start (line starts nearly always do;
+    a tokenizer's merges never reach across a token start, so a piece tokenized alone gives the
+    same slice), else the piece tokenized anew."""
+
+    def __init__(self, text: str, encoding, backend, sentinels: list[int]):
+        self.text, self.ids, self.offsets = text, encoding.ids, encoding.offsets
+        self.starts = [a for a, _ in self.offsets]
+        self.backend, self.sentinels = backend, sentinels
+
+    def _at(self, pos: int) -> int | None:
+        """The index of the first token that starts at character `pos`, none before it reaching
+        past `pos`; None when a token spans `pos`."""
+        if pos == len(self.text):
+            return len(self.ids)
+        i = bisect.bisect_left(self.starts, pos)
+        if i == len(self.starts) or self.starts[i] != pos or (i > 0 and self.offsets[i - 1][1] > pos):
+            return None
+        return i
+
+    def piece(self, begin: int, end: int, decision: tuple[int, int, str] | None) -> list[int]:
+        """Tokens of text[begin:end] as `fim.decide`'s `decision` (relative to the piece) has it."""
+        cuts = [begin, end] if decision is None else [begin, begin + decision[0], begin + decision[1], end]
+        at = [self._at(c) for c in cuts]
+        if None in at:
+            piece = self.text[begin:end]
+            if decision is not None:
+                a, b, mode = decision
+                piece = formats.fim_document(piece[:a], piece[a:b], piece[b:], mode)
+            return self.backend.encode(piece, add_special_tokens=False).ids
+        if decision is None:
+            return self.ids[at[0]:at[1]]
+        fim_begin, hole, fim_end = self.sentinels
+        p, a, b, s = at
+        if decision[2] == "psm":
+            return [fim_begin, *self.ids[p:a], hole, *self.ids[b:s], fim_end, *self.ids[a:b]]
+        return [fim_begin, hole, *self.ids[b:s], fim_end, *self.ids[p:b]]
+
+
+def _fitted_pieces(text: str, tokens: _Tokens, fim: FIMConfig, rng: random.Random, offset: int, seq_len: int,
                    bos: int, eos: int) -> tuple[list[int], list[int]]:
     """`text` as pieces `BOS (FIM'd piece) EOS`, each cut at a line end to fit the room left in
     the window of `seq_len` tokens where it starts, given the stream's `offset`; padding (EOS,
     mask 0) fills a window's end too short for a piece. Returns ids and loss mask."""
-    starts = [a for a, _ in backend.encode(text, add_special_tokens=False).offsets]
-    line_starts = [0, *(i + 1 for i, ch in enumerate(text) if ch == "\n" and i + 1 < len(text))]
+    starts = tokens.starts
+    line_starts = [0, *(m.end() for m in re.finditer("\n", text) if m.end() < len(text))]
     ids: list[int] = []
     mask: list[int] = []
     begin, shortest = 0, max(seq_len // 8, 2 * PIECE_SLACK)  # a shorter window end is padding
@@ -226,13 +271,12 @@ def _fitted_pieces(text: str, backend, fim: FIMConfig, rng: random.Random, offse
                 continue
             else:  # a line longer than a whole window: cut inside it, at a token start
                 end = fits
-        piece = text[begin:end]
-        rewritten = apply_fim(piece, fim, rng)
-        tokens = [bos, *backend.encode(rewritten, add_special_tokens=False).ids, eos]
-        if len(tokens) > room and rewritten != piece:  # rearranged, it tokenizes longer: keep it plain
-            tokens = [bos, *backend.encode(piece, add_special_tokens=False).ids, eos]
-        ids += tokens
-        mask += [1] * len(tokens)
+        decision = decide(text[begin:end], fim, rng)
+        piece = [bos, *tokens.piece(begin, end, decision), eos]
+        if len(piece) > room and decision is not None:  # rearranged, it tokenizes longer: keep it plain
+            piece = [bos, *tokens.piece(begin, end, None), eos]
+        ids += piece
+        mask += [1] * len(piece)
         begin = end
     return ids, mask
 

@@ -71,10 +71,19 @@ def split_points(text: str, rng: random.Random, split: str = "char") -> tuple[in
     return (a, b) if a <= b else (b, a)
 
 
+def decide(text: str, cfg: FIMConfig, rng: random.Random) -> tuple[int, int, formats.FIMMode] | None:
+    """None to leave `text` as it is, else where its middle starts and ends and the order, as
+    `rng` decides."""
+    if cfg.rate <= 0 or rng.random() >= cfg.rate:
+        return None
+    a, b = split_points(text, rng, cfg.split)
+    return a, b, "spm" if cfg.spm_rate > 0 and rng.random() < cfg.spm_rate else "psm"
+
+
 def apply(text: str, cfg: FIMConfig, rng: random.Random) -> str:
     """`text` unchanged, or rewritten as a FIM document, as `rng` decides."""
-    if cfg.rate <= 0 or rng.random() >= cfg.rate:
+    decision = decide(text, cfg, rng)
+    if decision is None:
         return text
-    a, b = split_points(text, rng, cfg.split)
-    mode = "spm" if cfg.spm_rate > 0 and rng.random() < cfg.spm_rate else "psm"
+    a, b, mode = decision
     return formats.fim_document(text[:a], text[a:b], text[b:], mode)
