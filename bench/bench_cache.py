@@ -3,9 +3,10 @@
 On the Python code installed on this machine, with a BPE vocabulary trained on it (or the
 released DeepSeek-Coder vocabulary from ../shared's GGUF file with --deepseek), the same documents and FIM
 settings as the quickstart, three encoders over the same texts:
-- fitted, pieces cut from one batched encoding of each document (dscoder);
+- fitted, pieces cut from one batched encoding of each document where their cuts fall at line
+  starts (dscoder);
 - fitted, every piece tokenized again on its own (the plain way, and dscoder's fallback for a
-  cut inside a token);
+  cut elsewhere);
 - pieces laid end to end, tokenized in batches (no fitting; the ceiling).
 The first two must give identical tokens; MB/s and ratios are printed.
 
@@ -21,13 +22,11 @@ import time
 from pathlib import Path
 
 from bench_data import load_corpus
+from bench_generate import SHARED as GGUF  # the released vocabulary in ../shared
 
 from dscoder import tokenizer as tokenizer_lib
 from dscoder.train import dataset
 from dscoder.train.fim import FIMConfig
-
-GGUF = Path(__file__).resolve().parents[2] / "shared" / "reference" / "deepseek-coder-vocab" / "ggml-vocab-deepseek-coder.gguf"
-
 
 def vocabulary(texts: list[str], deepseek: bool, folder: Path):
     if deepseek:

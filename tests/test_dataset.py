@@ -133,7 +133,6 @@ def test_fitted_pieces_keep_every_document_whole(small_corpus, trained_tokenizer
 
 
 def test_fitted_pieces_need_room_for_a_piece(trained_tokenizer_dir):
-
     from dscoder.errors import UserError
 
     tok = tokenizer_lib.load(trained_tokenizer_dir)
@@ -148,6 +147,8 @@ TRICKY_SOURCE = "".join([
     "a = 1\r\nb = 2\r\n",  # Windows line ends
     "n = 1234567890\n",  # digits
     "s = '" + "z" * 400 + "'\n",  # a line longer than a piece
+    "x  ü  é\n\t\tÄpfel = 1\na  本\n",  # runs of whitespace before letters that do not merge with it
+    "t = '" + "q  ü\t\tÄ  本 " * 60 + "'\n",  # and a line longer than a window made of them
 ] * 6)
 
 
@@ -169,10 +170,12 @@ def test_fitted_pieces_hold_the_tokens_their_text_encodes_to(vocabulary, split, 
     assert len(spans) > 20 and 0.3 < np.mean([ids[s + 1] == fim_begin for s, _ in spans]) < 0.95
 
 
-def test_a_cut_no_token_starts_at_is_tokenized_anew():
+def test_only_line_starts_where_a_token_starts_are_cut_from_the_document_encoding():
     from types import SimpleNamespace
 
-    # Byte-level tokens can share or overlap character offsets: "ab" + one character in two tokens.
-    encoding = SimpleNamespace(ids=[1, 2, 3, 4], offsets=[(0, 2), (1, 2), (2, 3), (2, 3)])
-    tokens = dataset._Tokens("abc", encoding, backend=None, sentinels=[])
-    assert [tokens._at(pos) for pos in range(4)] == [0, None, 2, 4]
+    # Byte-level tokens can share or overlap character offsets: "\n" + one character in two
+    # tokens that both start at it, then one reaching from "c" past the next line start.
+    text = "a\nbc\nd"
+    encoding = SimpleNamespace(ids=[1, 2, 3, 4, 5, 6], offsets=[(0, 1), (1, 2), (2, 3), (2, 3), (3, 6), (5, 6)])
+    tokens = dataset._Tokens(text, encoding, backend=None, sentinels=[])
+    assert [tokens._at(pos) for pos in range(len(text) + 1)] == [0, None, 2, None, None, None, 6]

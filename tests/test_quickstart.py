@@ -111,11 +111,16 @@ def test_function_prompts_take_functions_and_methods_out_to_column_0():
 
     source = ('import os\n\n\ndef top(a):\n    """Top."""\n    return a\n\n\nclass Box:\n'
               '    @property\n    def size(self):\n        """The size,\n        in bytes."""\n        return 1\n\n'
-              '    async def fetch(self,\n                    url):\n        await url\n')
-    prompts = function_prompts([source, "def broken(:\n"], 10, seed=0)
+              '    async def fetch(self,\n                    url):\n        await url\n\n'
+              '    def flush(self) -> object: ...\n\n'  # a whole one-line function: nothing to complete
+              '    def wrap(self, func):\n        @wraps(func)\n        def inner():\n            pass\n\n'
+              'def one(): return 1\n\n'
+              'class Tabbed:\n\tdef go(self):\n\t\treturn 1\n')
+    prompts = function_prompts([source, "def broken(:\n"], 20, seed=0)
     assert sorted(prompts) == sorted(['def top(a):\n    """Top."""\n',
                                       'def size(self):\n    """The size,\n    in bytes."""\n',
-                                      'async def fetch(self,\n                url):\n'])
+                                      'async def fetch(self,\n                url):\n',
+                                      'def wrap(self, func):\n', 'def inner():\n', 'def go(self):\n'])
     for prompt in prompts:  # each is a function header that a body completes
-        ast.parse(prompt + "    pass\n")
+        ast.parse(prompt + ("\t" if "go" in prompt else "    ") + "pass\n")
     assert len(function_prompts([source], 2, seed=0)) == 2

@@ -151,15 +151,25 @@ def function_prompts(files: list[str], count: int, seed: int) -> list[str]:
 
 
 def _function_header(lines: list[str], node: ast.FunctionDef | ast.AsyncFunctionDef) -> str | None:
-    """The `def` line(s) of `node` with its docstring, at column 0; None when its lines are not
-    all indented at least as deep as the `def`."""
+    """The `def` line(s) of `node` with its docstring, at column 0, ready for a body; None for a
+    function whose body starts on its `def` line or whose lines do not all start with the
+    `def`'s indentation."""
     first = node.body[0]
-    has_doc = isinstance(first, ast.Expr) and isinstance(getattr(first, "value", None), ast.Constant)
-    chunk = lines[node.lineno - 1:first.end_lineno if has_doc else first.lineno - 1]
-    indent = " " * node.col_offset
+    if first.lineno == node.lineno:  # `def f(): ...`, a whole function already
+        return None
+    has_doc = isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant) and isinstance(first.value.value, str)
+    body_start = min([first.lineno, *(d.lineno for d in getattr(first, "decorator_list", []))])
+    chunk = lines[node.lineno - 1:first.end_lineno if has_doc else body_start - 1]
+    indent = lines[node.lineno - 1][:node.col_offset]
     if not all(line.startswith(indent) or not line.strip() for line in chunk):
         return None
-    return "\n".join(line[node.col_offset:] for line in chunk) + "\n"
+    prompt = "\n".join(line[len(indent):] for line in chunk) + "\n"
+    body_indent = lines[first.lineno - 1][len(indent):][:first.col_offset - node.col_offset]
+    try:
+        ast.parse(prompt + body_indent + "pass\n")
+    except SyntaxError:
+        return None
+    return prompt
 
 
 def parses(prompt: str, completion: str, finished: bool = False) -> bool:

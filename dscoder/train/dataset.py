@@ -31,8 +31,8 @@ from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
-from dscoder.errors import UserError
 from dscoder import formats
+from dscoder.errors import UserError
 from dscoder.train.fim import FIMConfig, decide, pieces
 from dscoder.train.fim import apply as apply_fim
 
@@ -202,9 +202,11 @@ tokenize differently once a piece is cut out and rearranged."""
 
 class _Tokens:
     """A document's tokens, and those of its pieces and their FIM rearrangements: slices of the
-    document's encoding where every cut falls at a token start (line starts nearly always do;
-    a tokenizer's merges never reach across a token start, so a piece tokenized alone gives the
-    same slice), else the piece tokenized anew."""
+    document's encoding where every cut falls at a line start (or an end of the document), else
+    the piece tokenized anew. A line start begins a token, and the text on either side of it
+    tokenizes alone as it does in the document (the pre-tokenizer always ends a token at a
+    newline). Elsewhere a cut can fall at a token start and still tokenize differently on its
+    own: a vocabulary that splits the spaces of `x  ü` in two still ends `x  ` alone in `'  '`."""
 
     def __init__(self, text: str, encoding, backend, sentinels: list[int]):
         self.text, self.ids, self.offsets = text, encoding.ids, encoding.offsets
@@ -212,18 +214,25 @@ class _Tokens:
         self.backend, self.sentinels = backend, sentinels
 
     def _at(self, pos: int) -> int | None:
-        """The index of the first token that starts at character `pos`, none before it reaching
-        past `pos`; None when a token spans `pos`."""
+        """The index of the token at character `pos` when `pos` is a line start or an end of the
+        text and a token starts there, none before it reaching past `pos`; else None."""
         if pos == len(self.text):
             return len(self.ids)
+        if pos > 0 and self.text[pos - 1] != "\n":
+            return None
         i = bisect.bisect_left(self.starts, pos)
         if i == len(self.starts) or self.starts[i] != pos or (i > 0 and self.offsets[i - 1][1] > pos):
             return None
         return i
 
-    def piece(self, begin: int, end: int, decision: tuple[int, int, str] | None) -> list[int]:
+    def piece(self, begin: int, end: int, decision: tuple[int, int, formats.FIMMode] | None) -> list[int]:
         """Tokens of text[begin:end] as `fim.decide`'s `decision` (relative to the piece) has it."""
-        cuts = [begin, end] if decision is None else [begin, begin + decision[0], begin + decision[1], end]
+        if decision is None:
+            cuts = [begin, end]
+        elif decision[2] == "psm":
+            cuts = [begin, begin + decision[0], begin + decision[1], end]
+        else:  # SPM keeps prefix and middle together
+            cuts = [begin, begin + decision[1], end]
         at = [self._at(c) for c in cuts]
         if None in at:
             piece = self.text[begin:end]
@@ -234,9 +243,10 @@ class _Tokens:
         if decision is None:
             return self.ids[at[0]:at[1]]
         fim_begin, hole, fim_end = self.sentinels
-        p, a, b, s = at
         if decision[2] == "psm":
+            p, a, b, s = at
             return [fim_begin, *self.ids[p:a], hole, *self.ids[b:s], fim_end, *self.ids[a:b]]
+        p, b, s = at
         return [fim_begin, hole, *self.ids[b:s], fim_end, *self.ids[p:b]]
 
 
@@ -291,7 +301,7 @@ def corpus_cache(source: str, tokenizer, fim: FIMConfig, seed: int, cfg: DataCon
     manifest = json.loads((path / corpus.MANIFEST).read_text(encoding="utf-8"))
     key = {"source": str(path.resolve()), "corpus_created": (path / "stats.json").stat().st_mtime_ns,
            "corpus_inputs": hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()[:16],
-           "tokenizer": _tokenizer_fingerprint(tokenizer), "fim": asdict(fim), "seed": seed, "format": 2}
+           "tokenizer": _tokenizer_fingerprint(tokenizer), "fim": asdict(fim), "seed": seed, "format": 3}
     if fim.fit_windows:
         key["seq_len"] = cfg.seq_len
     name = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
