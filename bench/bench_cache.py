@@ -10,7 +10,7 @@ settings as the quickstart, three encoders over the same texts:
 - pieces laid end to end, tokenized in batches (no fitting; the ceiling).
 The first two must give identical tokens; MB/s and ratios are printed.
 
-    python bench/bench_cache.py [--mb 10] [--deepseek]
+    python bench/bench_cache.py [--mb 10] [--deepseek] [--split line|char]
 """
 
 from __future__ import annotations
@@ -52,6 +52,7 @@ def main() -> None:
     parser.add_argument("--mb", type=float, default=10.0, help="megabytes of installed Python code")
     parser.add_argument("--seq-len", type=int, default=512)
     parser.add_argument("--deepseek", action="store_true", help="the released vocabulary from ../shared")
+    parser.add_argument("--split", choices=("line", "char"), default="line", help="where FIM holes start and end")
     args = parser.parse_args()
 
     files, total = load_corpus(args.mb)
@@ -61,7 +62,7 @@ def main() -> None:
         tok = vocabulary(texts, args.deepseek, Path(tmp))
     print(f"{len(texts)} files, {megabytes:.1f} MB, windows of {args.seq_len} tokens, "
           f"{'released' if args.deepseek else 'trained 8,000-token'} vocabulary")
-    fim = FIMConfig(rate=0.5, split="line", max_chars=1000, fit_windows=True)
+    fim = FIMConfig(rate=0.5, split=args.split, max_chars=1000, fit_windows=True)
 
     def encoder(cfg: FIMConfig):
         return dataset.pretraining_encoder(tok, cfg, 0, "bench", args.seq_len)
@@ -74,7 +75,7 @@ def main() -> None:
     finally:
         dataset._Tokens._at = cut_inside
     _, end_to_end = run("laid end to end, batched (no fitting)", texts,
-                        encoder(FIMConfig(rate=0.5, split="line", max_chars=1000)), megabytes)
+                        encoder(FIMConfig(rate=0.5, split=args.split, max_chars=1000)), megabytes)
     print(f"identical tokens: {cut == again}")
     print(f"dscoder vs each piece again: {plain / ours:.2f}x; time vs laid end to end: {ours / end_to_end:.2f}x")
 
