@@ -179,3 +179,18 @@ def test_only_line_starts_where_a_token_starts_are_cut_from_the_document_encodin
     encoding = SimpleNamespace(ids=[1, 2, 3, 4, 5, 6], offsets=[(0, 1), (1, 2), (2, 3), (2, 3), (3, 6), (5, 6)])
     tokens = dataset._Tokens(text, encoding, backend=None, sentinels=[])
     assert [tokens._at(pos) for pos in range(len(text) + 1)] == [0, None, 2, None, None, None, 6]
+
+
+def test_a_damaged_cache_is_built_again(small_corpus, trained_tokenizer_dir, tmp_path, caplog):
+    tok, folder = fitted_cache(small_corpus, trained_tokenizer_dir, tmp_path, rate=0.5)
+    tokens = (folder / "tokens.bin").read_bytes()
+    mask = (folder / "mask.bin").read_bytes()
+    with open(folder / "tokens.bin", "r+b") as f:  # cut short, and not a whole number of tokens
+        f.truncate(1001)
+    with caplog.at_level("WARNING", logger="dscoder"):
+        assert fitted_cache(small_corpus, trained_tokenizer_dir, tmp_path, rate=0.5)[1] == folder
+    assert "tokens.bin has 1001 bytes" in caplog.text
+    assert (folder / "tokens.bin").read_bytes() == tokens and (folder / "mask.bin").read_bytes() == mask
+    (folder / "meta.json").write_text("{not json")
+    fitted_cache(small_corpus, trained_tokenizer_dir, tmp_path, rate=0.5)
+    assert dataset.TokenFile(folder).tokens.tobytes() == tokens

@@ -33,7 +33,7 @@ import numpy as np
 
 from dscoder import formats
 from dscoder.errors import UserError
-from dscoder.train.fim import FIMConfig, decide, pieces
+from dscoder.train.fim import FIMConfig, decide, pieces, rewrite
 from dscoder.train.fim import apply as apply_fim
 
 log = logging.getLogger("dscoder")
@@ -106,12 +106,35 @@ class TokenFile:
 Encoded = tuple[list[int], list[int] | None]  # token ids and, for instruct data, a loss mask
 
 
+def _damage(folder: Path, key: dict) -> str | None:
+    """None when `folder` holds the intact cache of `key`; "" when it holds another key's; else
+    what is wrong with it."""
+    try:
+        meta = json.loads((folder / "meta.json").read_text())
+        if meta["key"] != key:
+            return ""
+        sizes = {"tokens.bin": meta["tokens"] * np.dtype(meta["dtype"]).itemsize}
+        if (folder / "mask.bin").is_file():
+            sizes["mask.bin"] = meta["tokens"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        return f"meta.json unreadable: {exc}"
+    for name, size in sizes.items():
+        found = (folder / name).stat().st_size if (folder / name).is_file() else None
+        if found != size:
+            return f"{name} has {found} bytes, {size} expected"
+    return None
+
+
 def build_cache(folder: Path, key: dict, documents: Iterable[str], encode: Callable[[list[str]], list[Encoded]],
                 batch: int, vocab_size: int) -> Path:
-    """Tokenize `documents` into `folder` unless a cache with the same key is there."""
-    meta_path = folder / "meta.json"
-    if meta_path.is_file() and json.loads(meta_path.read_text())["key"] == key:
-        return folder
+    """Tokenize `documents` into `folder` unless an intact cache with the same key is there; a
+    damaged one (cut short, unreadable) is built again."""
+    if (folder / "meta.json").is_file():
+        damage = _damage(folder, key)
+        if damage is None:
+            return folder
+        if damage:
+            log.warning("token cache %s is damaged (%s): building it again", folder, damage)
     from tqdm import tqdm
 
     dtype = "uint16" if vocab_size <= 2**16 else "uint32"
@@ -235,11 +258,7 @@ class _Tokens:
             cuts = [begin, begin + decision[1], end]
         at = [self._at(c) for c in cuts]
         if None in at:
-            piece = self.text[begin:end]
-            if decision is not None:
-                a, b, mode = decision
-                piece = formats.fim_document(piece[:a], piece[a:b], piece[b:], mode)
-            return self.backend.encode(piece, add_special_tokens=False).ids
+            return self.backend.encode(rewrite(self.text[begin:end], decision), add_special_tokens=False).ids
         if decision is None:
             return self.ids[at[0]:at[1]]
         fim_begin, hole, fim_end = self.sentinels

@@ -1,9 +1,10 @@
 """The fill-in-the-middle transform (paper section 3.1; Bavarian et al. 2022, "Efficient Training
 of Language Models to Fill in the Middle").
 
-Applied per document (or per piece of one) before packing: with probability `rate` a document is split at two uniform
-random character positions into prefix, middle and suffix and rewritten in PSM (or, with
-probability `spm_rate`, SPM) order through the shared formats module. The packer adds EOS.
+Applied per document (or per piece of one) before packing: with probability `rate` a document
+is split at two uniform random character positions into prefix, middle and suffix and
+rewritten in PSM (or, with probability `spm_rate`, SPM) order through the shared formats
+module. The packer adds EOS.
 """
 
 from __future__ import annotations
@@ -80,10 +81,14 @@ def decide(text: str, cfg: FIMConfig, rng: random.Random) -> tuple[int, int, for
     return a, b, "spm" if cfg.spm_rate > 0 and rng.random() < cfg.spm_rate else "psm"
 
 
-def apply(text: str, cfg: FIMConfig, rng: random.Random) -> str:
-    """`text` unchanged, or rewritten as a FIM document, as `rng` decides."""
-    decision = decide(text, cfg, rng)
+def rewrite(text: str, decision: tuple[int, int, formats.FIMMode] | None) -> str:
+    """`text` as `decide` had it: unchanged for None, else as a FIM document."""
     if decision is None:
         return text
     a, b, mode = decision
     return formats.fim_document(text[:a], text[a:b], text[b:], mode)
+
+
+def apply(text: str, cfg: FIMConfig, rng: random.Random) -> str:
+    """`text` unchanged, or rewritten as a FIM document, as `rng` decides."""
+    return rewrite(text, decide(text, cfg, rng))
