@@ -28,6 +28,7 @@ from dscoder import tokenizer as tokenizer_lib
 from dscoder.train import dataset
 from dscoder.train.fim import FIMConfig
 
+
 def vocabulary(texts: list[str], deepseek: bool, folder: Path):
     if deepseek:
         if not GGUF.is_file():

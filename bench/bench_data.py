@@ -29,7 +29,12 @@ from dscoder.data.decontam import DecontamConfig, build_index, match
 from dscoder.data.dependencies import order_repository
 from dscoder.data.imports import CodeFile, dependencies
 from dscoder.data.parsing import parse
-from dscoder.data.sources import SKIPPED_DIRS, CollectConfig, installed_python_roots, read_folder
+from dscoder.data.sources import (
+    SKIPPED_DIRS,
+    CollectConfig,
+    installed_python_roots,
+    read_folder,
+)
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "benchmarks"
 NON_ALPHA = re.compile(r"[^A-Za-z_0-9]")  # BigCode's tokenisation for MinHash

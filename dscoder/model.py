@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
+import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
+from dscoder import artifacts
 from dscoder import tokenizer as tokenizer_lib
+from dscoder.config import AT_LEAST_ONE, POSITIVE
 from dscoder.errors import UserError
 
 DType = Literal["float32", "bfloat16", "float16"]
@@ -28,23 +30,23 @@ RELEASED_EMBEDDING_ROWS = 32256
 class ModelConfig:
     """The architecture of a Llama-style DeepSeek-Coder model."""
 
-    hidden_size: int
+    hidden_size: Annotated[int, AT_LEAST_ONE]
     """Width of the residual stream."""
-    intermediate_size: int
+    intermediate_size: Annotated[int, AT_LEAST_ONE]
     """Width of the SwiGLU feed-forward layer."""
-    num_hidden_layers: int
+    num_hidden_layers: Annotated[int, AT_LEAST_ONE]
     """Number of transformer blocks."""
-    num_attention_heads: int
+    num_attention_heads: Annotated[int, AT_LEAST_ONE]
     """Query heads per block."""
-    num_key_value_heads: int
+    num_key_value_heads: Annotated[int, AT_LEAST_ONE]
     """Key/value heads per block (fewer than query heads means grouped-query attention)."""
-    max_position_embeddings: int = 16384
+    max_position_embeddings: Annotated[int, AT_LEAST_ONE] = 16384
     """Longest sequence the positions are set up for."""
-    rope_theta: float = 100000.0
+    rope_theta: Annotated[float, POSITIVE] = 100000.0
     """RoPE base frequency."""
-    rope_factor: float = 4.0
+    rope_factor: Annotated[float, POSITIVE] = 4.0
     """Linear RoPE scaling factor (1.0: no scaling); the released models use 4 after the long-context step."""
-    rms_norm_eps: float = 1e-6
+    rms_norm_eps: Annotated[float, POSITIVE] = 1e-6
     """RMSNorm epsilon."""
     dtype: DType = "bfloat16"
     """Parameter dtype the weights are created and saved in."""
@@ -164,8 +166,7 @@ def save(folder: str | Path, hf_cfg, tokenizer_dir: str | Path, model=None) -> N
         hf_cfg.save_pretrained(folder)
         GenerationConfig.from_model_config(hf_cfg).save_pretrained(folder)
     write_released_rope_keys(folder / "config.json")
-    for name in tokenizer_lib.TOKENIZER_FILES:
-        shutil.copyfile(Path(tokenizer_dir, name), folder / name)
+    artifacts.copy_tokenizer(tokenizer_dir, folder)
 
 
 def write_released_rope_keys(config_path: Path) -> None:
@@ -178,7 +179,7 @@ def write_released_rope_keys(config_path: Path) -> None:
     kind = rope.get("rope_type", "default")
     data["rope_scaling"] = None if kind == "default" else {"type": kind, "factor": rope.get("factor", 1.0)}
     data.setdefault("torch_dtype", data.get("dtype"))
-    config_path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    artifacts.write_text(config_path, json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
 def load_config(folder: str | Path):
@@ -186,12 +187,76 @@ def load_config(folder: str | Path):
     from transformers import AutoConfig
 
     folder = Path(folder)
+    record = artifacts.read_manifest(folder) if folder.is_dir() else None
+    if record is not None and record.get("kind") == "run":
+        final = folder / "final"
+        where = f"its model is {final}" if final.is_dir() else \
+            f"it has no final model yet (its checkpoints are in {folder / 'checkpoints'})"
+        raise UserError(f"{folder}: a training run, not a model folder: {where}")
+    if not folder.is_dir():
+        raise UserError(f"model folder not found: {folder}")
     if not (folder / "config.json").is_file():
-        raise UserError(f"{folder}: not a model folder (no config.json)")
+        hint = f"; its model is {folder / 'final'}" if (folder / "final" / "config.json").is_file() else ""
+        raise UserError(f"{folder}: not a model folder (no config.json){hint}")
     try:
         return AutoConfig.from_pretrained(str(folder), local_files_only=True)
     except Exception as exc:
         raise UserError(f"{folder}/config.json: cannot be read ({type(exc).__name__}: {exc})") from None
+
+
+def device_for(name: str, flag: str = "--device"):
+    """The torch device for `auto` (CUDA when available), `cpu`, `cuda` or `cuda:N`; a UserError
+    naming `flag` for anything else or for a device this machine does not have."""
+    import torch
+
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if not re.fullmatch(r"cpu|cuda(:[0-9]+)?", name):
+        raise UserError(f"{flag} {name!r}: expected auto, cpu, cuda or cuda:N")
+    if name.startswith("cuda"):
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        index = int(name.partition(":")[2] or 0)
+        if index >= count:
+            raise UserError(f"{flag} {name}: this machine has {count or 'no'} CUDA device{'s' if count != 1 else ''} "
+                            "(use cpu, or auto to take CUDA when there is one)")
+    return torch.device(name)
+
+
+def expected_shapes(hf_cfg) -> dict[str, tuple[int, ...]]:
+    """The shape of every weight a Llama model of this config has, by its name in the weights file."""
+    hidden, inner, vocab = hf_cfg.hidden_size, hf_cfg.intermediate_size, hf_cfg.vocab_size
+    head_dim = getattr(hf_cfg, "head_dim", None) or hidden // hf_cfg.num_attention_heads
+    q, kv = hf_cfg.num_attention_heads * head_dim, hf_cfg.num_key_value_heads * head_dim
+    shapes = {"model.embed_tokens.weight": (vocab, hidden), "model.norm.weight": (hidden,)}
+    if not hf_cfg.tie_word_embeddings:
+        shapes["lm_head.weight"] = (vocab, hidden)
+    for i in range(hf_cfg.num_hidden_layers):
+        layer = f"model.layers.{i}"
+        shapes.update({f"{layer}.self_attn.q_proj.weight": (q, hidden), f"{layer}.self_attn.k_proj.weight": (kv, hidden),
+                       f"{layer}.self_attn.v_proj.weight": (kv, hidden), f"{layer}.self_attn.o_proj.weight": (hidden, q),
+                       f"{layer}.mlp.gate_proj.weight": (inner, hidden), f"{layer}.mlp.up_proj.weight": (inner, hidden),
+                       f"{layer}.mlp.down_proj.weight": (hidden, inner), f"{layer}.input_layernorm.weight": (hidden,),
+                       f"{layer}.post_attention_layernorm.weight": (hidden,)})
+    return shapes
+
+
+def check_weights(folder: str | Path, hf_cfg) -> None:
+    """A UserError when the safetensors weights do not have the shapes config.json describes
+    (another model's config, a hand-edited field); folders without safetensors pass."""
+    saved = saved_shapes(folder)
+    if saved is None:
+        return
+    problems = []
+    for name, shape in expected_shapes(hf_cfg).items():
+        found = saved.get(name)
+        if found is None:
+            problems.append(f"{name} is missing")
+        elif tuple(found) != shape:
+            problems.append(f"{name} is {'x'.join(map(str, found))} in the weights but "
+                            f"{'x'.join(map(str, shape))} by config.json")
+    if problems:
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise UserError(f"{folder}: the weights do not match config.json: {problems[0]}{more}")
 
 
 def load(folder: str | Path, dtype: str | None = None, device: str = "cpu"):
@@ -200,9 +265,10 @@ def load(folder: str | Path, dtype: str | None = None, device: str = "cpu"):
     from transformers import AutoModelForCausalLM
 
     folder = Path(folder)
-    load_config(folder)
+    hf_cfg = load_config(folder)
     if not any(folder.glob("*.safetensors")) and not any(folder.glob("*.bin")):
         raise UserError(f"{folder}: has no weights (made with --no-weights?)")
+    check_weights(folder, hf_cfg)
     kwargs = {"dtype": getattr(torch, dtype)} if dtype else {"dtype": "auto"}
     try:
         model = AutoModelForCausalLM.from_pretrained(str(folder), local_files_only=True, **kwargs)
@@ -233,23 +299,23 @@ def count_parameters(hf_cfg) -> dict[str, int]:
     return parts
 
 
-def count_saved_parameters(folder: str | Path) -> int | None:
-    """Elements stored in the folder's safetensors files (None without weights), read from the
-    file headers only."""
+def saved_shapes(folder: str | Path) -> dict[str, list[int]] | None:
+    """The shape of every tensor in the folder's safetensors files (None without them), read
+    from the file headers only."""
     from safetensors import safe_open
 
     files = sorted(Path(folder).glob("*.safetensors"))
     if not files:
         return None
-    total = 0
+    shapes = {}
     for file in files:
         try:
             with safe_open(str(file), framework="pt") as f:
                 for name in f.keys():
-                    total += math.prod(f.get_slice(name).get_shape())
+                    shapes[name] = f.get_slice(name).get_shape()
         except Exception as exc:
             raise UserError(f"{file}: unreadable weights ({type(exc).__name__}: {exc})") from None
-    return total
+    return shapes
 
 
 BYTES_PER_PARAMETER = {"float32": 4, "bfloat16": 2, "int8": 1, "int4": 0.5}
@@ -258,7 +324,9 @@ BYTES_PER_PARAMETER = {"float32": 4, "bfloat16": 2, "int8": 1, "int4": 0.5}
 def describe(folder: str | Path) -> dict:
     """What `dscoder model info` shows: parameters, layout and memory at each dtype."""
     cfg = load_config(folder)
+    check_weights(folder, cfg)
     params = count_parameters(cfg)
+    shapes = saved_shapes(folder)
     head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
     rope = getattr(cfg, "rope_parameters", None) or {}
     kv_bytes_per_token = 2 * cfg.num_hidden_layers * cfg.num_key_value_heads * head_dim * 2
@@ -268,7 +336,7 @@ def describe(folder: str | Path) -> dict:
     return {
         "architecture": (cfg.architectures or [type(cfg).__name__])[0],
         "parameters": params,
-        "saved_parameters": count_saved_parameters(folder),
+        "saved_parameters": None if shapes is None else sum(math.prod(s) for s in shapes.values()),
         "layout": {
             "num_hidden_layers": cfg.num_hidden_layers,
             "hidden_size": cfg.hidden_size,

@@ -8,13 +8,21 @@ Two ways to make one, both written as Hugging Face tokenizer files that
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Iterable
 
-from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+from tokenizers import (
+    AddedToken,
+    Regex,
+    Tokenizer,
+    decoders,
+    models,
+    pre_tokenizers,
+    processors,
+    trainers,
+)
 
-from dscoder import formats
+from dscoder import artifacts, formats
 from dscoder.errors import UserError
 
 MODEL_MAX_LENGTH = 16384  # the released context (max_position_embeddings)
@@ -150,10 +158,9 @@ def save(
     """Write `tokenizer.json` and `tokenizer_config.json` (with the chat template) to `folder`,
     created if missing."""
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
     if not add_bos_token:
         tokenizer.post_processor = None
-    tokenizer.save(str(folder / "tokenizer.json"))
+    artifacts.write_text(folder / "tokenizer.json", tokenizer.to_str(pretty=True))
     config = {
         "add_bos_token": add_bos_token,
         "add_eos_token": False,
@@ -167,11 +174,7 @@ def save(
         "tokenizer_class": "PreTrainedTokenizerFast",
         "chat_template": formats.chat_template(),
     }
-    text = json.dumps(config, indent=2, ensure_ascii=False) + "\n"
-    (folder / "tokenizer_config.json").write_text(text, encoding="utf-8")
-
-
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
+    artifacts.write_json(folder / "tokenizer_config.json", config)
 
 
 def load(folder: str | Path):
@@ -179,8 +182,12 @@ def load(folder: str | Path):
     from transformers import AutoTokenizer
 
     folder = Path(folder)
-    if not (folder / "tokenizer.json").is_file() and not (folder / "tokenizer.model").is_file():
-        raise UserError(f"{folder}: no tokenizer files (tokenizer.json) found")
+    if not folder.is_dir():
+        raise UserError(f"tokenizer folder not found: {folder}")
+    missing = [name for name in artifacts.TOKENIZER_FILES if not (folder / name).is_file()]
+    if missing:
+        raise UserError(f"{folder}: no tokenizer files ({' and '.join(missing)} missing; a tokenizer folder is made "
+                        "by `dscoder tokenizer train` or `dscoder tokenizer import-gguf`)")
     try:
         return AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
     except Exception as exc:

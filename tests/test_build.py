@@ -231,6 +231,11 @@ def test_bad_sources(tmp_path, capsys):
     (tmp_path / "r" / "dangling.py").symlink_to(tmp_path / "nowhere.py")
     broken = tmp_path / "broken.tar.gz"
     broken.write_bytes(b"\x1f\x8b\x08 broken")
+    assert main(["data", "build", "--out", str(tmp_path / "c5"), "--workers", "1", str(repo), str(broken)]) == 2
+    err = capsys.readouterr().err  # nothing kept: an error with the counts, and no corpus
+    assert "no sample was kept" in err and "broken_symlink 1" in err and "unreadable_repository 1" in err
+    assert not (tmp_path / "c5").exists()
+    write_tree(tmp_path / "r", {"clamp.py": PYTHON_REPO["pkg/util.py"]})
     assert main(["data", "build", "--out", str(tmp_path / "c5"), "--workers", "1", str(repo), str(broken)]) == 0
     stats = json.loads((tmp_path / "c5" / "stats.json").read_text())
     assert stats["skipped"]["broken_symlink"] == 1 and stats["skipped"]["unreadable_repository"] == 1

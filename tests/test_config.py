@@ -68,7 +68,7 @@ def test_flag_parsing():
 def test_shipped_training_configs_resolve():
     from pathlib import Path
 
-    from dscoder.train.recipes import resolve
+    from dscoder.train.settings import resolve
 
     stages = {"pretrain-1.3b": "pretrain", "extend-16k": "extend", "instruct": "instruct"}
     folder = Path(__file__).resolve().parents[1] / "configs"

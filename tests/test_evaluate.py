@@ -2,7 +2,6 @@
 
 import json
 import os
-from pathlib import Path
 
 import pytest
 
@@ -46,7 +45,8 @@ def test_humaneval_canonical_all_pass_and_empty_all_fail(tmp_path):
     summary, rows = run_all(task_list, samples, tmp_path)
     assert sum(r["passed"] for r in rows if r["completion_id"] == 0) == 164
     assert sum(r["passed"] for r in rows if r["completion_id"] == 1) == 0
-    assert summary["overall"]["pass@1"] == pytest.approx(0.5) and summary["isolation"] == sandbox.isolation()
+    assert summary["overall"]["pass@1"] == pytest.approx(0.5)
+    assert summary["isolation"] == sandbox.choose("auto", toolchains.readable_roots()) != "none"
 
 
 @pytest.mark.parametrize("language", ["python", "cpp", "java", "js", "go", "rust"])
@@ -165,9 +165,11 @@ ATTACKS = {
 }
 
 
-def test_safety_battery(tmp_path, monkeypatch):
-    if sandbox.isolation() != "bwrap":
-        pytest.skip("the full battery needs bubblewrap (apt-get install bubblewrap)")
+@pytest.mark.parametrize("mode", ["bwrap", "unshare"])
+def test_safety_battery(mode, tmp_path, monkeypatch):
+    problem = sandbox.problem_with(mode, toolchains.readable_roots())
+    if problem:
+        pytest.skip(f"--sandbox {mode}: {problem}")
     monkeypatch.setenv("DSCODER_TEST_SECRET", "hunter2")
     victim = tmp_path / "victim"
     victim.mkdir()
@@ -178,7 +180,7 @@ def test_safety_battery(tmp_path, monkeypatch):
     _, task_list = tasks("attacks.jsonl", records)
     samples = [{"task_id": f"attack/{name}", "completion": code.format(target=str(target), victim=str(victim))}
                for name, (code, _) in ATTACKS.items()]
-    short = ExecConfig(workers=2, timeout=4, memory_mb=512)
+    short = ExecConfig(workers=2, timeout=4, memory_mb=512, sandbox=mode)
     execute(task_list, samples, tmp_path / "out", short)
     rows = {r["task_id"].split("/")[1]: r for r in map(json.loads, (tmp_path / "out" / "results.jsonl").read_text().splitlines())}
     for name, (_, expected) in ATTACKS.items():
@@ -195,7 +197,7 @@ def test_missing_toolchain_is_a_clear_skip(tmp_path, monkeypatch):
     monkeypatch.setattr(toolchains.shutil, "which", lambda name: None if name == "g++" else "/usr/bin/" + name)
     toolchains.missing.cache_clear()
     try:
-        row = run_sample(task_list[0], task_list[0].reference, CFG, 0, tmp_path)
+        row = run_sample(task_list[0], task_list[0].reference, CFG, "none", 0, tmp_path)
     finally:
         toolchains.missing.cache_clear()
     assert row["status"] == "skipped" and "install Debian package g++" in row["error"]
@@ -232,7 +234,8 @@ def test_eval_run_and_report(tiny_base_model, tmp_path, capsys):
     assert summary["overall"]["tasks"] == 3 and "pass@1" in summary["overall"]
     assert main(["eval", "report", str(out), "--out", str(tmp_path / "report.md")]) == 0
     text = (tmp_path / "report.md").read_text()
-    assert "| base |" in text and "DeepSeek-Coder-1.3B-base (published) | 34.8" in text
+    assert "| base (3/164 tasks) |" in text and "DeepSeek-Coder-1.3B-base (published) | 34.8" in text
+    assert "cover only part of the benchmark" in text
     assert (tmp_path / "report.png").stat().st_size > 1000
 
 

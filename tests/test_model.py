@@ -79,7 +79,7 @@ def test_init_save_load_round_trip_gives_identical_logits(trained_tokenizer_dir,
     with torch.no_grad():
         assert torch.equal(net(ids).logits, loaded(ids).logits)
     assert loaded.config.vocab_size == 2048  # 2,009 tokens padded to a multiple of 64
-    assert model.count_saved_parameters(tmp_path) == model.count_parameters(hf_cfg)["total"]
+    assert model.describe(tmp_path)["saved_parameters"] == model.count_parameters(hf_cfg)["total"]
     gen = json.loads((tmp_path / "generation_config.json").read_text())
     assert (gen["bos_token_id"], gen["eos_token_id"]) == (tok.bos_token_id, tok.eos_token_id)
 

@@ -57,7 +57,7 @@ def test_quickstart_refuses_a_full_disk(capsys, tmp_path, monkeypatch):
 
 def test_quickstart_refuses_a_budget_that_is_not_positive(capsys, tmp_path):
     assert main(["quickstart", "--out", str(tmp_path / "qs"), "--minutes", "-1"]) == 2
-    assert "must be positive" in capsys.readouterr().err
+    assert "--minutes: must be greater than 0" in capsys.readouterr().err
     assert not (tmp_path / "qs").exists()
 
 

@@ -7,7 +7,7 @@ DIR/work/decontam.{npz,json}       the benchmark n-gram index
 DIR/work/units/unit-NNNNN.*        per unit: samples, rejects, signatures, digests; stats last
 DIR/work/dedup.npz                 survivors of exact and near dedup
 ```
-Every file is written under a temporary name and renamed, and a unit's stats file is written
+Every file is written whole or not at all (artifacts.py), and a unit's stats file is written
 last, so a unit is either done or redone whole. After a kill, the same command continues where
 the last run stopped and finishes with the output an uninterrupted run gives. The finished
 corpus is described in `corpus.py`; `work/` is removed at the end.
@@ -18,42 +18,27 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import shutil
-import sys
 from collections import Counter
 from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
-from tqdm import tqdm
 
-from dscoder import __version__
+from dscoder import __version__, artifacts
 from dscoder.config import to_dict
+from dscoder.console import progress
 from dscoder.data import corpus, dedup
 from dscoder.data.dataset_files import is_dataset_file, read_bucket, spill
 from dscoder.data.decontam import build_index, load_index, save_index
 from dscoder.data.executors import default_workers, run_local, run_ray
 from dscoder.data.sources import is_archive, read_repository, repository_name
-from dscoder.data.stats import Stats
+from dscoder.data.stats import Stats, nothing_kept
 from dscoder.data.steps import DataConfig, failed_repository, process_repository
 from dscoder.errors import UserError
 
 log = logging.getLogger("dscoder")
-
-
-def _write_json(path: Path, data) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-
-
-def _save_npy(path: Path, array: np.ndarray) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
-        np.save(f, array)
-    os.replace(tmp, path)
 
 
 # --- planning ------------------------------------------------------------------------------------
@@ -120,7 +105,7 @@ def plan_units(work: Path, cfg: DataConfig, repos, datasets, skips: Counter) -> 
             log.info("spilling %d dataset file(s) into %d bucket(s) by repository", len(datasets), count)
             spilled: Counter = Counter()
             spill([Path(d) for d in datasets], work / "buckets", count, spilled)
-            _write_json(done, {"skipped": dict(spilled)})
+            artifacts.write_json(done, {"skipped": dict(spilled)})
         skips.update(json.loads(done.read_text())["skipped"])
         units += [{"kind": "bucket", "path": str(p)} for p in sorted((work / "buckets").glob("bucket-*.jsonl.gz"))]
     for index, unit in enumerate(units):
@@ -165,9 +150,9 @@ def run_unit(unit: dict, cfg: DataConfig, work: str, bench_path: str | None) -> 
     digests = np.frombuffer(b"".join(dedup.text_digest(s["text"]) for s in samples), dtype=np.uint8).reshape(-1, 16)
     corpus.write_table(samples, corpus.SAMPLES, unit_path(work, unit["index"], "samples.parquet"))
     corpus.write_table(rejects, corpus.REJECTS, unit_path(work, unit["index"], "rejects.parquet"))
-    _save_npy(unit_path(work, unit["index"], "sig.npy"), signatures)
-    _save_npy(unit_path(work, unit["index"], "digest.npy"), digests)
-    _write_json(unit_path(work, unit["index"], "stats.json"), stats.to_json())
+    artifacts.write_array(unit_path(work, unit["index"], "sig.npy"), signatures)
+    artifacts.write_array(unit_path(work, unit["index"], "digest.npy"), digests)
+    artifacts.write_json(unit_path(work, unit["index"], "stats.json"), stats.to_json())
 
 
 # --- dedup and finish ---------------------------------------------------------------------------------
@@ -198,10 +183,8 @@ def deduplicate(work: Path, units: list[dict], cfg: DataConfig) -> dict:
 
         empty = np.concatenate([np.asarray(s[:, 0]) == dedup.EMPTY for s in sigs])
         roots, similarity = dedup.cluster(n, np.concatenate(digests), band_keys, rows, empty, cfg.dedup,
-                                          progress=lambda it: tqdm(it, desc="dedup bands", file=sys.stderr))
-    tmp = work / f".dedup.tmp-{os.getpid()}.npz"
-    np.savez(tmp, roots=roots, similarity=similarity, offsets=offsets)
-    os.replace(tmp, result)
+                                          progress=lambda it: progress(it, desc="dedup bands"))
+    artifacts.write_arrays(result, roots=roots, similarity=similarity, offsets=offsets)
     return {"roots": roots, "similarity": similarity, "offsets": offsets}
 
 
@@ -244,14 +227,26 @@ def finalize(out: Path, work: Path, units: list[dict], decisions: dict, manifest
                             "n_chars": row["n_chars"], "source": row["source"]})
         if rejects:
             corpus.write_table(rejects, corpus.REJECTS, out / "rejects" / f"part-{i:05d}.parquet")
-    with open(out / "dedup" / "clusters.jsonl", "w", encoding="utf-8") as f:
+    with artifacts.output_file(out / "dedup" / "clusters.jsonl", force=True) as f:
         for root in sorted(clusters):
             members = [{"id": ids_by_index[g], "similarity": round(float(similarity[g]), 4)} for g in clusters[root]]
             f.write(json.dumps({"survivor": ids_by_index[root], "duplicates": members}) + "\n")
     total.counts["duplicate_clusters"] = len(clusters)
-    _write_json(out / "stats.json", total.to_json())
-    _write_json(out / corpus.MANIFEST, {**manifest, "complete": True})
+    artifacts.write_json(out / "stats.json", total.to_json())
+    artifacts.write_json(out / corpus.MANIFEST, {**manifest, "complete": True})
     return total
+
+
+def _benchmark_strings(files: list[Path]) -> list[tuple[str, str]]:
+    """The strings of the `--decontaminate` files that training data must not contain."""
+    from dscoder.evaluate.benchmarks import contaminating_strings
+
+    strings = []
+    for path in files:
+        fmt, found = contaminating_strings(path)
+        strings += [(f"{path.name}:{owner}", text) for owner, text in found]
+        log.info("decontamination: %s (%s, %d strings)", path.name, fmt, len(found))
+    return strings
 
 
 def build(out: Path, sources: list[Path], repos_in: list[Path], decontaminate: list[Path], cfg: DataConfig,
@@ -261,28 +256,23 @@ def build(out: Path, sources: list[Path], repos_in: list[Path], decontaminate: l
     repos, datasets = resolve_sources(sources, repos_in)
     if not repos and not datasets:
         raise UserError("no sources given (name repositories, dataset files or --repos-in folders)")
+    if engine not in ("local", "ray"):
+        raise UserError(f"unknown engine {engine!r} (expected local or ray)")
     benchmarks = [str(p.resolve()) for p in decontaminate]
+    strings = _benchmark_strings(decontaminate)  # every file read (and checked) before anything is written
     identity = json.loads(json.dumps(_plan_identity(cfg, repos, datasets, benchmarks)))  # as stored
     resuming = prepare(out, identity, force)
     work = out / "work"
     (work / "units").mkdir(parents=True, exist_ok=True)
     manifest = {"kind": "corpus", "dscoder_version": __version__, "complete": False, **identity,
                 "engine": engine, "workers": cfg.run.workers or default_workers()}
-    _write_json(out / corpus.MANIFEST, manifest)
+    artifacts.write_json(out / corpus.MANIFEST, manifest)
 
     bench_path = None
     if benchmarks:
         bench_path = work / "decontam"
         if not bench_path.with_suffix(".json").is_file():
-            from dscoder.evaluate.benchmarks import contaminating_strings
-
-            strings = []
-            for path in decontaminate:
-                fmt, found = contaminating_strings(path)
-                strings += [(f"{path.name}:{owner}", text) for owner, text in found]
-                log.info("decontamination: %s (%s, %d strings)", path.name, fmt, len(found))
-            index = build_index(strings, cfg.decontam)
-            save_index(index, bench_path)
+            save_index(build_index(strings, cfg.decontam), bench_path)
         bench_path = str(bench_path)
 
     plan = work / "plan.json"
@@ -292,7 +282,7 @@ def build(out: Path, sources: list[Path], repos_in: list[Path], decontaminate: l
         skips.update(json.loads(plan.read_text(encoding="utf-8"))["skipped"])
     else:
         units = plan_units(work, cfg, repos, datasets, skips)
-        _write_json(plan, {"identity": identity, "units": units, "skipped": dict(skips)})
+        artifacts.write_json(plan, {"identity": identity, "units": units, "skipped": dict(skips)})
     pending = [u for u in units if not unit_path(work, u["index"], "stats.json").is_file()]
     log.info("%s: %d repositories, %d dataset file(s), %d units (%d to do)", "resuming" if resuming else "building",
              len(repos), len(datasets), len(units), len(pending))
@@ -300,12 +290,17 @@ def build(out: Path, sources: list[Path], repos_in: list[Path], decontaminate: l
     args = (cfg, str(work), bench_path)
     if engine == "ray":
         run_ray(run_unit, pending, args, workers, "units", ray_address)
-    elif engine == "local":
-        run_local(run_unit, pending, args, workers, "units")
     else:
-        raise UserError(f"unknown engine {engine!r} (expected local or ray)")
+        run_local(run_unit, pending, args, workers, "units")
 
     decisions = deduplicate(work, units, cfg)
+    if int(decisions["offsets"][-1]) == 0:  # an empty corpus is an error, not a result
+        total = Stats()
+        total.skipped.update(skips)
+        for u in units:
+            total.add(Stats.from_json(json.loads(unit_path(work, u["index"], "stats.json").read_text())))
+        shutil.rmtree(out)
+        raise UserError(f"no sample was kept, so no corpus was written ({nothing_kept(total.to_json())})")
     stats = finalize(out, work, units, decisions, manifest, skips)
     shutil.rmtree(work)
     return stats

@@ -6,6 +6,8 @@ import argparse
 import json
 from pathlib import Path
 
+from dscoder.arguments import setting
+from dscoder.data.steps import RunConfig
 
 
 def cmd_data_build(args: argparse.Namespace) -> int:
@@ -41,7 +43,8 @@ def add_commands(groups) -> None:
         "a git repository, a .tar/.tar.gz/.zip archive) or a dataset file (parquet/jsonl with "
         "repository, path and content columns). Any setting can be changed with "
         "--SECTION.KEY=VALUE (e.g. --dedup.threshold=0.8) or a TOML --config file; see docs/data.md. "
-        "Run the same command again to resume an interrupted build.")
+        "Run the same command again to resume an interrupted build.",
+        example="dscoder data build --out runs/corpus --repos-in ~/src --decontaminate HumanEval.jsonl.gz --dedup.threshold=0.8")
     p.add_argument("sources", nargs="*", type=Path, metavar="SRC", help="repository or dataset file")
     p.add_argument("--out", type=Path, required=True, help="corpus folder to write")
     p.add_argument("--repos-in", type=Path, action="append", default=[], metavar="DIR",
@@ -49,15 +52,17 @@ def add_commands(groups) -> None:
     p.add_argument("--decontaminate", type=Path, nargs="+", default=[], metavar="FILE",
                    help="benchmark files (HumanEval, MBPP, MultiPL-E, HumanEval-X jsonl/jsonl.gz)")
     p.add_argument("--engine", choices=["local", "ray"], default="local",
-                   help="local worker processes (default) or Ray")
+                   help="local worker processes or Ray")
     p.add_argument("--ray-address", help="address of an existing Ray cluster (default: start a local one)")
-    p.add_argument("--workers", type=int, help="worker processes (default: one per CPU core)")
+    p.add_argument("--workers", type=setting(RunConfig, "workers"), help="worker processes (default: one per CPU core)")
     p.add_argument("--config", type=Path, help="TOML file with [collect], [filters], [quality], "
                    "[decontam], [pii], [order], [dedup] and [run] sections")
     p.add_argument("--force", action="store_true", help="discard what --out holds and build again")
     p.set_defaults(func=cmd_data_build, overrides=True)
 
-    p = data_cmds.add_parser("stats", help="what a corpus build kept and dropped, per step, rule and language")
+    p = data_cmds.add_parser("stats", help="what a corpus build kept and dropped, per step, rule and language",
+                             description="What a corpus build kept and dropped, per step, rule and language.",
+                             example="dscoder data stats runs/corpus")
     p.add_argument("corpus", type=Path, metavar="DIR", help="corpus folder")
     p.add_argument("--json", action="store_true", help="print stats.json as it is")
     p.set_defaults(func=cmd_data_stats)

@@ -14,13 +14,13 @@ Shards are plain parquet: `pyarrow.dataset.dataset(DIR/data)` and
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Iterator
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from dscoder import artifacts
 from dscoder.errors import UserError
 
 SAMPLES = pa.schema([
@@ -49,11 +49,8 @@ COMPRESSION = "zstd"
 
 
 def write_table(rows: list[dict], schema: pa.Schema, path: Path) -> None:
-    """Write rows as one zstd parquet file, atomically (a temporary name, then a rename)."""
-    table = pa.Table.from_pylist(rows, schema=schema)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    pq.write_table(table, tmp, compression=COMPRESSION)
-    os.replace(tmp, path)
+    """Write rows as one zstd parquet file (whole or not at all)."""
+    artifacts.write_table(path, pa.Table.from_pylist(rows, schema=schema), COMPRESSION)
 
 
 def is_corpus(path: str | Path) -> bool:

@@ -12,9 +12,12 @@ import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Annotated
 
 import numpy as np
 
+from dscoder import artifacts
+from dscoder.config import AT_LEAST_ONE, NON_NEGATIVE
 from dscoder.data.ngrams import ngram_hashes, word_hashes
 
 
@@ -22,11 +25,11 @@ from dscoder.data.ngrams import ngram_hashes, word_hashes
 class DecontamConfig:
     """Decontamination settings."""
 
-    ngram: int = 10
+    ngram: Annotated[int, AT_LEAST_ONE] = 10
     """Words per n-gram matched against benchmark strings."""
-    min_words: int = 3
+    min_words: Annotated[int, AT_LEAST_ONE] = 3
     """Benchmark strings shorter than `ngram` but at least this long are matched whole."""
-    min_informative_words: int = 3
+    min_informative_words: Annotated[int, NON_NEGATIVE] = 3
     """An n-gram is matched only when it holds this many words that are not numbers or single
     characters (so `0 1 2 3 4 5 6 7 8 9` or `return x + y` are not evidence of a leak)."""
 
@@ -93,10 +96,12 @@ def match(text: str, index: BenchmarkIndex) -> str | None:
 
 
 def save_index(index: BenchmarkIndex, path: Path) -> None:
+    """`path.npz` (the hashes), then `path.json` (the owners): an index is complete when its
+    JSON file exists."""
     arrays = {"long": index.long, **{f"short_{n}": a for n, a in index.short.items()}}
-    np.savez(path.with_suffix(".npz"), **arrays)
+    artifacts.write_arrays(path.with_suffix(".npz"), **arrays)
     owners = {str(k): v for k, v in index.owners.items()}
-    path.with_suffix(".json").write_text(json.dumps({"ngram": index.ngram, "owners": owners}), encoding="utf-8")
+    artifacts.write_json(path.with_suffix(".json"), {"ngram": index.ngram, "owners": owners}, indent=None)
 
 
 def load_index(path: Path) -> BenchmarkIndex:

@@ -14,10 +14,11 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Callable, Iterable
+from typing import Annotated, Callable, Iterable
 
 import numpy as np
 
+from dscoder.config import AT_LEAST_ONE, FRACTION
 from dscoder.data.ngrams import shingles
 
 EMPTY = np.uint32(0xFFFFFFFF)
@@ -29,15 +30,15 @@ class DedupConfig:
 
     enabled: bool = True
     """Run exact and near deduplication."""
-    ngram: int = 5
+    ngram: Annotated[int, AT_LEAST_ONE] = 5
     """Words per shingle."""
-    num_perm: int = 256
+    num_perm: Annotated[int, AT_LEAST_ONE] = 256
     """Hash functions per signature."""
-    bands: int = 25
+    bands: Annotated[int, AT_LEAST_ONE] = 25
     """LSH bands."""
-    rows: int = 10
+    rows: Annotated[int, AT_LEAST_ONE] = 10
     """Signature values per band (bands * rows <= num_perm)."""
-    threshold: float = 0.7
+    threshold: Annotated[float, FRACTION] = 0.7
     """Estimated Jaccard similarity from which two samples are duplicates."""
     lowercase: bool = False
     """Lowercase words before shingling."""

@@ -7,13 +7,11 @@ stopped and restarted, and all of them produce the same files.
 from __future__ import annotations
 
 import os
-import sys
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from multiprocessing import get_context
 from typing import Callable, Sequence
 
-from tqdm import tqdm
-
+from dscoder.console import progress
 from dscoder.errors import UserError
 
 
@@ -23,7 +21,7 @@ def default_workers() -> int:
 
 def run_local(fn: Callable, units: Sequence[dict], args: tuple, workers: int, desc: str) -> None:
     """`fn(unit, *args)` for every unit: inline with one worker, else in spawned processes."""
-    bar = tqdm(total=len(units), desc=desc, unit=" units", file=sys.stderr)
+    bar = progress(total=len(units), desc=desc, unit=" units")
     try:
         if workers <= 1 or len(units) <= 1:
             for unit in units:
@@ -53,7 +51,7 @@ def run_ray(fn: Callable, units: Sequence[dict], args: tuple, workers: int, desc
     try:
         remote = ray.remote(fn)
         pending = [remote.remote(unit, *args) for unit in units]
-        with tqdm(total=len(units), desc=desc, unit=" units", file=sys.stderr) as bar:
+        with progress(total=len(units), desc=desc, unit=" units") as bar:
             while pending:
                 done, pending = ray.wait(pending, num_returns=1)
                 ray.get(done)

@@ -20,31 +20,34 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from html.parser import HTMLParser
+from typing import Annotated
+
+from dscoder.config import AT_LEAST_ONE, FRACTION, NON_NEGATIVE
 
 
 @dataclass(frozen=True)
 class FilterConfig:
     """Rule-filter thresholds (per-language exceptions are in LINE_LIMITS and the rules)."""
 
-    max_line_length: int = 1000
+    max_line_length: Annotated[int, AT_LEAST_ONE] = 1000
     """Longest allowed line, in characters."""
-    max_avg_line_length: int = 100
+    max_avg_line_length: Annotated[int, AT_LEAST_ONE] = 100
     """Largest allowed average line length."""
-    min_alphabetic_fraction: float = 0.25
+    min_alphabetic_fraction: Annotated[float, FRACTION] = 0.25
     """Least share of alphabetic characters."""
-    min_data_file_chars: int = 50
+    min_data_file_chars: Annotated[int, NON_NEGATIVE] = 50
     """Smallest JSON/YAML file kept."""
-    max_data_file_chars: int = 5000
+    max_data_file_chars: Annotated[int, NON_NEGATIVE] = 5000
     """Largest JSON/YAML file kept."""
-    min_html_visible_fraction: float = 0.2
+    min_html_visible_fraction: Annotated[float, FRACTION] = 0.2
     """Least share of visible text in an HTML file."""
-    min_html_visible_chars: int = 100
+    min_html_visible_chars: Annotated[int, NON_NEGATIVE] = 100
     """Least visible characters in an HTML file."""
-    max_comment_fraction: float = 0.8
+    max_comment_fraction: Annotated[float, FRACTION] = 0.8
     """Largest share of comment characters in a code file."""
-    min_comment_fraction: float = 0.0
+    min_comment_fraction: Annotated[float, FRACTION] = 0.0
     """Least share of comment characters in a code file (0 disables the rule)."""
-    generated_marker_lines: int = 5
+    generated_marker_lines: Annotated[int, NON_NEGATIVE] = 5
     """How many first lines are searched for auto-generated markers."""
 
 

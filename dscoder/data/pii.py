@@ -13,6 +13,9 @@ import math
 import re
 from collections import Counter
 from dataclasses import dataclass
+from typing import Annotated
+
+from dscoder.config import NON_NEGATIVE
 
 
 @dataclass(frozen=True)
@@ -21,7 +24,7 @@ class PIIConfig:
 
     enabled: bool = True
     """Redact emails, public IP addresses and secrets."""
-    min_secret_entropy: float = 3.0
+    min_secret_entropy: Annotated[float, NON_NEGATIVE] = 3.0
     """Least Shannon entropy (bits per character) for a quoted value assigned to a
     key/secret/token/password name to count as a secret (it must also mix letters and digits
     and be 16+ characters, 8+ for passwords)."""

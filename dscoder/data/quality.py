@@ -16,9 +16,11 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Annotated
 
 import numpy as np
 
+from dscoder.config import FRACTION
 from dscoder.data.parsing import Parsed
 
 
@@ -28,15 +30,15 @@ class QualityConfig:
 
     check_syntax: bool = True
     """Drop files that do not parse."""
-    max_error_fraction: float = 0.0
+    max_error_fraction: Annotated[float, FRACTION] = 0.0
     """Largest share of a file's bytes in tree-sitter error nodes."""
-    max_error_fraction_c: float = 0.01
+    max_error_fraction_c: Annotated[float, FRACTION] = 0.01
     """The same for C and C++ (macros confuse the grammar)."""
-    max_data_line_fraction: float = 0.5
+    max_data_line_fraction: Annotated[float, FRACTION] = 0.5
     """Largest share of data-table lines."""
-    max_encoded_line_fraction: float = 0.5
+    max_encoded_line_fraction: Annotated[float, FRACTION] = 0.5
     """Largest share of base64/hex-like lines."""
-    min_word_fraction: float = 0.15
+    min_word_fraction: Annotated[float, FRACTION] = 0.15
     """Least share of non-space characters inside words."""
 
 

@@ -13,15 +13,15 @@ import os
 import posixpath
 import re
 import subprocess
-import sys
 import sysconfig
 import tarfile
 import zipfile
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Annotated, Iterable, Iterator
 
+from dscoder.config import AT_LEAST_ONE
 from dscoder.data.languages import detect_language
 from dscoder.errors import UserError
 
@@ -52,7 +52,7 @@ log = logging.getLogger("dscoder")
 class CollectConfig:
     """What the collect step reads."""
 
-    max_file_bytes: int = DEFAULT_MAX_FILE_BYTES
+    max_file_bytes: Annotated[int, AT_LEAST_ONE] = DEFAULT_MAX_FILE_BYTES
     """Largest file read, in bytes."""
     skip_vendored: bool = True
     """Skip vendored trees, minified bundles, generated files and lock files."""
@@ -342,8 +342,7 @@ def iter_files(
 def read_texts(inputs: Iterable[str | os.PathLike], skips: Counter, max_bytes: int | None = None) -> list[str]:
     """Texts of the files under `inputs` (as `iter_files`) or of the samples of corpus folders,
     up to `max_bytes` characters, with a progress bar; skips are counted and logged."""
-    from tqdm import tqdm
-
+    from dscoder.console import progress
     from dscoder.data import corpus
 
     def all_texts() -> Iterator[str]:
@@ -354,7 +353,7 @@ def read_texts(inputs: Iterable[str | os.PathLike], skips: Counter, max_bytes: i
                 yield from (source.text for source in iter_files([item], skips))
 
     texts, total = [], 0
-    with tqdm(desc="reading", unit=" texts", file=sys.stderr) as bar:
+    with progress(desc="reading", unit=" texts") as bar:
         for text in all_texts():
             if max_bytes is not None and total + len(text) > max_bytes:
                 log.info("read %d characters, the limit: the rest is not read", total)

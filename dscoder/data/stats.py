@@ -48,6 +48,22 @@ class Stats:
             getattr(self, name).update(getattr(other, name))
 
 
+def nothing_kept(data: dict) -> str:
+    """One line saying why a build kept no sample: what was read, not read and dropped."""
+    read = sum(data["files_in"].values())
+    parts = [f"{data.get('counts', {}).get('repositories', 0):,} repositories, {read:,} files read"]
+    if data.get("skipped"):
+        parts.append("not read: " + ", ".join(f"{reason} {n:,}" for reason, n in
+                                               sorted(data["skipped"].items(), key=lambda x: -x[1])))
+    by_reason: Counter = Counter()
+    for key, files in data["dropped"].items():
+        step, reason, _ = key.split("/", 2)
+        by_reason[f"{step}/{reason}"] += files
+    if by_reason:
+        parts.append("dropped: " + ", ".join(f"{reason} {n:,}" for reason, n in by_reason.most_common()))
+    return "; ".join(parts)
+
+
 def read(path: str | Path) -> dict:
     path = Path(path)
     file = path / "stats.json" if path.is_dir() else path

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from typing import Annotated
 
 from dscoder import formats
+from dscoder.config import AT_LEAST_ONE, NON_NEGATIVE
 from dscoder.data.decontam import BenchmarkIndex, DecontamConfig, match
 from dscoder.data.dedup import DedupConfig
 from dscoder.data.dependencies import order_repository
@@ -36,7 +38,7 @@ class OrderConfig:
     """Build repository-level samples in dependency order (else every file is its own sample)."""
     seed: int = 0
     """Seed of the tie-breaking in Algorithm 1 (combined with each component's paths)."""
-    max_sample_chars: int = 4_000_000
+    max_sample_chars: Annotated[int, AT_LEAST_ONE] = 4_000_000
     """A component larger than this is cut, in order, into consecutive samples of at most this
     size (one huge sample would stall tokenization and dominate a training mix)."""
 
@@ -45,11 +47,11 @@ class OrderConfig:
 class RunConfig:
     """How the build is split and executed."""
 
-    workers: int = 0
+    workers: Annotated[int, NON_NEGATIVE] = 0
     """Worker processes (0: one per CPU core)."""
-    repos_per_unit: int = 16
+    repos_per_unit: Annotated[int, AT_LEAST_ONE] = 16
     """Repositories per unit of work (a unit is resumed or redone whole)."""
-    bucket_bytes: int = 64_000_000
+    bucket_bytes: Annotated[int, AT_LEAST_ONE] = 64_000_000
     """Approximate bytes of dataset rows per bucket (bounds a unit's memory)."""
 
 

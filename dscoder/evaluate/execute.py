@@ -1,8 +1,18 @@
 """Running samples against a benchmark: one sandboxed run per sample, in parallel, resumable.
 
-`DIR/results.jsonl` gets one row per sample (task_id, completion_id, language, status, passed,
-seconds, error tail); `DIR/summary.json` gets pass@k per language and overall, the status
-counts, FIM line scores where the benchmark has a reference line, and the isolation used.
+A results folder belongs to one run:
+```
+DIR/run.json        the run: name, benchmark (path, format, sha256), where the samples came from
+                    (a model and its generation settings, or a samples file), execution settings
+                    and the isolation mode
+DIR/results.jsonl   one row per sample: task_id, completion_id, sample_sha (of its completion),
+                    language, status, passed, seconds, error tail
+DIR/summary.json    pass@k per language and overall, tasks covered out of the benchmark's, status
+                    counts, FIM line scores where the benchmark has a reference line, isolation
+```
+Running into a folder of another run (another model, benchmark or settings) is refused unless
+`force`; resuming reuses only results whose sample text is the same, and the summary covers
+exactly the samples of this run.
 """
 
 from __future__ import annotations
@@ -13,18 +23,20 @@ import logging
 import os
 import queue
 import shutil
-import sys
 from collections import Counter, defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated, Literal
 
+from dscoder import artifacts
+from dscoder.config import Range
 from dscoder.errors import UserError
 from dscoder.evaluate import metrics, sandbox, toolchains
 from dscoder.evaluate.benchmarks import Task
 
 log = logging.getLogger("dscoder")
-RESULTS, SUMMARY = "results.jsonl", "summary.json"
+RESULTS, SUMMARY, RUN = "results.jsonl", "summary.json", "run.json"
 BUILT = ("main", "main.js")  # build outputs reused for an identical program
 
 
@@ -32,12 +44,14 @@ BUILT = ("main", "main.js")  # build outputs reused for an identical program
 class ExecConfig:
     """How samples are run."""
 
-    workers: int = 0
+    workers: Annotated[int, Range(0, 1024)] = 0
     """Parallel sandboxes (0: one per CPU core)."""
-    timeout: float = 10.0
+    timeout: Annotated[float, Range(0, 3600, low_open=True)] = 10.0
     """Wall-clock seconds per command (a build gets three times as long)."""
-    memory_mb: int = 2048
+    memory_mb: Annotated[int, Range(64)] = 2048
     """Address-space limit for languages that allow one."""
+    sandbox: Literal["auto", "bwrap", "unshare", "none"] = "auto"
+    """Isolation: the strongest that works here (auto), or a named one (sandbox.py)."""
 
 
 def read_samples(path: str | Path) -> list[dict]:
@@ -70,13 +84,15 @@ def number_samples(rows: list[dict]) -> list[dict]:
     return rows
 
 
-_build_cache: dict[str, Path] = {}
+def sample_sha(completion: str) -> str:
+    """What identifies a sample's text in results.jsonl."""
+    return hashlib.sha256(completion.encode("utf-8", "surrogatepass")).hexdigest()[:16]
 
 
-def run_sample(task: Task, completion: str, cfg: ExecConfig, slot: int, cache_dir: Path,
+def run_sample(task: Task, completion: str, cfg: ExecConfig, mode: str, slot: int, cache_dir: Path,
                worker: sandbox.PythonWorker | None = None) -> dict:
-    """Build and run one sample; the row written to results.jsonl. Python samples go through
-    the slot's fork server when there is one."""
+    """Build and run one sample in sandbox `mode`; the row written to results.jsonl. Python
+    samples go through the slot's fork server when there is one."""
     problem = toolchains.missing(task.language)
     if problem:
         return {"status": "skipped", "passed": False, "error": problem, "seconds": 0.0}
@@ -99,13 +115,11 @@ def run_sample(task: Task, completion: str, cfg: ExecConfig, slot: int, cache_di
     with sandbox.Workdir() as work:
         toolchains.write_program(chain.name, program, work)
         for step, command in toolchains.steps(chain.name, program):
-            if step == "build" and (cache_dir / key).is_dir():
-                for built in (cache_dir / key).iterdir():  # the same program was built before
-                    shutil.copy2(built, work / built.name)
+            if step == "build" and _reuse_build(cache_dir / key, work):
                 continue
             step_limits = limits if step == "run" else sandbox.Limits(
                 timeout=cfg.timeout * 3, cpu_seconds=int(cfg.timeout * 6), memory_bytes=0)
-            result = sandbox.run(command, work, step_limits, slot=slot, readable=tuple(toolchains.readable_roots()))
+            result = sandbox.run(command, work, step_limits, mode, slot=slot, readable=toolchains.readable_roots())
             seconds += result.seconds
             status = toolchains.status(chain.name, step, result)
             if status != "passed":
@@ -116,34 +130,165 @@ def run_sample(task: Task, completion: str, cfg: ExecConfig, slot: int, cache_di
     return {"status": "passed", "passed": True, "seconds": round(seconds, 3), "error": ""}
 
 
+def _reuse_build(kept: Path, work: Path) -> bool:
+    """Copy the outputs of an identical program built before into `work`, if there are any."""
+    try:
+        for built in kept.iterdir():
+            shutil.copy2(built, work / built.name)
+        return True
+    except OSError:  # never built (or replaced by an identical build meanwhile): build it
+        return False
+
+
 def _keep_build(work: Path, target: Path) -> None:
     outputs = [p for p in work.iterdir() if p.name in BUILT or p.suffix == ".class"]
     if outputs and not target.exists():
-        tmp = target.with_name(target.name + ".partial")
-        tmp.mkdir(parents=True, exist_ok=True)
-        for p in outputs:
-            shutil.copy2(p, tmp / p.name)
-        tmp.rename(target)
+        with artifacts.output_dir(target, force=True) as tmp:
+            for p in outputs:
+                shutil.copy2(p, tmp / p.name)
 
 
-def execute(task_list: list[Task], samples: list[dict], out: Path, cfg: ExecConfig) -> dict:
-    """Run every sample not yet in `out/results.jsonl`, then write the summary."""
-    from tqdm import tqdm
+# --- the run a results folder belongs to ---------------------------------------------------------
 
-    by_id = {t.task_id: t for t in task_list}
+def file_sha(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def run_record(benchmark: Path, fmt: str, source: dict, cfg: ExecConfig, name: str | None = None) -> dict:
+    """What run.json says of a run. `source` is where the samples come from: {"model": folder,
+    "generation": settings} or {"samples": file}. The isolation is `cfg.sandbox` until `execute`
+    puts the mode it chose in its place."""
+    return {"kind": "eval", "name": name,
+            "benchmark": {"path": str(Path(benchmark).resolve()), "format": fmt, "sha256": file_sha(Path(benchmark))},
+            "source": source, "execution": {"timeout": cfg.timeout, "memory_mb": cfg.memory_mb,
+                                            "isolation": cfg.sandbox}}
+
+
+def _identity(record: dict) -> dict:
+    """The parts of a run record that decide its results (the name and file paths do not)."""
+    bench = record.get("benchmark") or {}
+    return {"benchmark": {"format": bench.get("format"), "sha256": bench.get("sha256")},
+            "source": record.get("source"), "execution": record.get("execution")}
+
+
+def _first_difference(old, new, where: str = "") -> str:
+    if isinstance(old, dict) and isinstance(new, dict):
+        for key in list(new) + [k for k in old if k not in new]:
+            if old.get(key) != new.get(key):
+                return _first_difference(old.get(key), new.get(key), f"{where}.{key}" if where else key)
+    return f"{where}: {json.dumps(old)} there, {json.dumps(new)} now"
+
+
+def claim(out: Path, record: dict, force: bool = False) -> dict:
+    """Make `out` the results folder of the run `record` describes, before anything runs: a new
+    or empty folder is taken; a folder of the same run is resumed (keeping its name unless
+    `record` gives one); a folder of another run is refused unless `force`, which drops its
+    results. Writes and returns the record."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out}: exists and is not a folder")
+    path = out / RUN
+    if path.is_file():
+        try:
+            old = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as exc:
+            raise UserError(f"{path}: unreadable ({exc})") from None
+        if _identity(old) != _identity(record):
+            if not force:
+                raise UserError(f"{out} holds the results of another run ({_first_difference(_identity(old), _identity(record))}); "
+                                "use --force to replace them, or another --out")
+            _drop_results(out)
+        elif record["name"] is None:
+            record = {**record, "name": old.get("name")}
+    elif out.is_dir() and (out / RESULTS).exists():
+        if not force:
+            raise UserError(f"{out} holds results of a run it does not describe (no {RUN}); "
+                            "use --force to replace them, or another --out")
+        _drop_results(out)
+    record = {**record, "name": record["name"] or _default_name(record["source"])}
+    artifacts.write_json(path, record)
+    return record
+
+
+def _drop_results(out: Path) -> None:
+    for name in (RESULTS, SUMMARY):
+        (out / name).unlink(missing_ok=True)
+
+
+def _default_name(source: dict) -> str:
+    if "model" in source:
+        folder = Path(source["model"])
+        return folder.parent.name if folder.name == "final" else folder.name
+    return Path(source.get("samples", "samples")).stem
+
+
+# --- running ---------------------------------------------------------------------------------------
+
+def known_samples(task_list: list[Task], samples: list[dict], where: str) -> list[dict]:
+    """The samples of tasks in the benchmark (the rest skipped with a warning); a UserError when
+    none are."""
+    by_id = {t.task_id for t in task_list}
     samples = number_samples(samples)
+    known = [s for s in samples if s["task_id"] in by_id]
     unknown = Counter(s["task_id"] for s in samples if s["task_id"] not in by_id)
+    if not samples:
+        raise UserError(f"{where}: no samples")
+    if not known:
+        raise UserError(f"{where}: none of its {len(samples)} samples belong to the benchmark (task ids like "
+                        f"{next(iter(unknown))!r}; the benchmark's are like {task_list[0].task_id!r})")
     if unknown:
-        log.warning("skipped %d samples of %d unknown task ids (e.g. %s)", sum(unknown.values()), len(unknown),
-                    next(iter(unknown)))
-    out.mkdir(parents=True, exist_ok=True)
-    results_path = out / RESULTS
-    done = {(r["task_id"], r["completion_id"]) for r in _read_results(results_path)}
-    todo = [s for s in samples if s["task_id"] in by_id and (s["task_id"], s["completion_id"]) not in done]
-    for language in sorted({by_id[s["task_id"]].language for s in todo}):
-        problem = toolchains.missing(language)
-        if problem:
+        log.warning("skipped %d samples of %d unknown task ids (not in the benchmark, e.g. %s)", sum(unknown.values()),
+                    len(unknown), next(iter(unknown)))
+    return known
+
+
+_warned: set[str] = set()  # missing toolchains already reported by this process
+
+
+def check_toolchains(languages: set[str], mode: str) -> None:
+    """Before any sample runs: every language that is installed starts in the sandbox (a
+    UserError naming the tool otherwise); languages that are not installed are warned about
+    (their samples are marked skipped); a UserError when none can run."""
+    missing = {language: toolchains.missing(language) for language in sorted(languages)}
+    for problem in filter(None, missing.values()):
+        if problem not in _warned:
+            _warned.add(problem)
             log.warning("%s (its samples are marked skipped)", problem)
+    if all(missing.values()):
+        raise UserError("no sample can run here: " + "; ".join(missing.values()))
+    for language, problem in missing.items():
+        if problem is None:
+            failure = toolchains.probe(language, mode)
+            if failure:
+                raise UserError(f"--sandbox {mode}: {failure}")
+
+
+def execute(task_list: list[Task], samples: list[dict], out: Path, cfg: ExecConfig, record: dict | None = None,
+            force: bool = False) -> dict:
+    """Run every sample of this run not yet in `out/results.jsonl`, then write the summary.
+    `record` (from `run_record`; built from the samples when None) names the run the folder
+    belongs to (see `claim`); everything is checked before anything is written."""
+    samples = known_samples(task_list, samples, ((record or {}).get("source") or {}).get("samples", "samples"))
+    by_id = {t.task_id: t for t in task_list}
+    mode = sandbox.choose(cfg.sandbox, toolchains.readable_roots())
+    check_toolchains({by_id[s["task_id"]].language for s in samples}, mode)
+    if record is None:
+        record = {"kind": "eval", "name": None, "benchmark": {"format": task_list[0].format},
+                  "source": {"samples": "in memory"}, "execution": {"timeout": cfg.timeout, "memory_mb": cfg.memory_mb}}
+    claim(out, {**record, "execution": {**record["execution"], "isolation": mode}}, force)
+    results_path = out / RESULTS
+    wanted = {(s["task_id"], s["completion_id"], sample_sha(s["completion"])) for s in samples}
+    kept = [r for r in _read_results(results_path)
+            if (r.get("task_id"), r.get("completion_id"), r.get("sample_sha")) in wanted]
+    artifacts.write_text(results_path, "".join(json.dumps(r) + "\n" for r in kept))
+    done = {(r["task_id"], r["completion_id"]) for r in kept}
+    todo = [s for s in samples if (s["task_id"], s["completion_id"]) not in done]
+    if done:
+        log.info("%s: %d results reused, %d samples to run", out, len(done), len(todo))
     workers = cfg.workers or max(1, len(os.sched_getaffinity(0)))
     slots: queue.Queue = queue.Queue()
     for slot in range(workers):
@@ -154,13 +299,13 @@ def execute(task_list: list[Task], samples: list[dict], out: Path, cfg: ExecConf
     workers_by_slot: dict[int, sandbox.PythonWorker] = {}
 
     def python_worker(slot: int) -> sandbox.PythonWorker | None:
-        if sandbox.isolation() != "bwrap":
+        if mode != "bwrap":
             return None
         worker = workers_by_slot.get(slot)
         if worker is None or not worker.alive():
             if worker is not None:
                 worker.close()
-            worker = workers_by_slot[slot] = sandbox.PythonWorker(slot, tuple(toolchains.readable_roots()))
+            worker = workers_by_slot[slot] = sandbox.PythonWorker(slot, toolchains.readable_roots())
         return worker
 
     def one(sample: dict) -> dict:
@@ -169,25 +314,29 @@ def execute(task_list: list[Task], samples: list[dict], out: Path, cfg: ExecConf
             task = by_id[sample["task_id"]]
             worker = python_worker(slot) if task.language == "python" else None
             try:
-                outcome = run_sample(task, sample["completion"], cfg, slot, cache_dir, worker)
+                outcome = run_sample(task, sample["completion"], cfg, mode, slot, cache_dir, worker)
             except RuntimeError:  # the fork server died (it is restarted): run this one on its own
-                outcome = run_sample(task, sample["completion"], cfg, slot, cache_dir)
+                outcome = run_sample(task, sample["completion"], cfg, mode, slot, cache_dir)
         finally:
             slots.put(slot)
-        return {"task_id": sample["task_id"], "completion_id": sample["completion_id"], "language": task.language,
-                **outcome}
+        return {"task_id": sample["task_id"], "completion_id": sample["completion_id"],
+                "sample_sha": sample_sha(sample["completion"]), "language": task.language, **outcome}
 
-    with open(results_path, "a", encoding="utf-8") as f, ThreadPoolExecutor(workers) as pool, \
-            tqdm(total=len(todo), desc="executing", unit=" samples", file=sys.stderr) as bar:
-        for row in pool.map(one, todo):
-            f.write(json.dumps(row) + "\n")
-            f.flush()
-            bar.update()
-    for worker in workers_by_slot.values():
-        worker.close()
-    shutil.rmtree(cache_dir, ignore_errors=True)
-    summary = summarize(task_list, samples, _read_results(results_path))
-    (out / SUMMARY).write_text(json.dumps(summary, indent=2) + "\n")
+    from dscoder.console import progress
+
+    try:
+        with open(results_path, "a", encoding="utf-8") as f, ThreadPoolExecutor(workers) as pool, \
+                progress(total=len(todo), desc="executing", unit=" samples") as bar:
+            for row in pool.map(one, todo):
+                f.write(json.dumps(row) + "\n")
+                f.flush()
+                bar.update()
+    finally:
+        for worker in workers_by_slot.values():
+            worker.close()
+        shutil.rmtree(cache_dir, ignore_errors=True)
+    summary = summarize(task_list, samples, _read_results(results_path), mode)
+    artifacts.write_json(out / SUMMARY, summary)
     return summary
 
 
@@ -197,14 +346,16 @@ def _read_results(path: Path) -> list[dict]:
     rows = []
     for line in path.read_text(encoding="utf-8").splitlines():
         try:
-            rows.append(json.loads(line))
+            row = json.loads(line)
         except json.JSONDecodeError:
             continue  # a line cut short by a crash is run again
+        if isinstance(row, dict):
+            rows.append(row)
     return rows
 
 
-def summarize(task_list: list[Task], samples: list[dict], results: list[dict]) -> dict:
-    """pass@k per language and overall, statuses, and FIM line scores."""
+def summarize(task_list: list[Task], samples: list[dict], results: list[dict], isolation: str) -> dict:
+    """pass@k per language and overall, statuses, coverage and FIM line scores."""
     by_id = {t.task_id: t for t in task_list}
     per_task: dict[str, list[bool]] = defaultdict(list)
     statuses: Counter = Counter()
@@ -226,7 +377,7 @@ def summarize(task_list: list[Task], samples: list[dict], results: list[dict]) -
 
     summary = {"overall": scores([c for counts in by_language.values() for c in counts]),
                "languages": {lang: scores(counts) for lang, counts in sorted(by_language.items())},
-               "statuses": dict(statuses), "isolation": sandbox.isolation(),
+               "statuses": dict(statuses), "isolation": isolation,
                "tasks_in_benchmark": len(task_list)}
     references = [(s, by_id[s["task_id"]]) for s in samples if s["task_id"] in by_id and by_id[s["task_id"]].suffix is not None
                   and by_id[s["task_id"]].reference]

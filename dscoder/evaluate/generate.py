@@ -1,31 +1,37 @@
 """Samples from a model for a benchmark: each task's prompt (FIM for insertion tasks) continued
 with the engine, cut at the task's stop sequences, written as `{task_id, completion_id,
-completion}` rows. Resumable: rows already in the file are kept and not generated again."""
+completion, model, settings}` rows (`model` and `settings` say which model and generation
+settings made the row). Resumable: rows already in the file are kept and not generated again;
+a file with rows of another model, settings or benchmark is refused unless `force`."""
 
 from __future__ import annotations
 
+import hashlib
 import json
-import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated
 
-from dscoder import formats
+from dscoder import artifacts, formats
+from dscoder.config import AT_LEAST_ONE
+from dscoder.errors import UserError
 from dscoder.evaluate.benchmarks import Task, clean_completion
+from dscoder.infer.sampling import NewTokens, Temperature, TopP
 
 
 @dataclass(frozen=True)
 class GenerateConfig:
     """How samples are drawn."""
 
-    n: int = 1
+    n: Annotated[int, AT_LEAST_ONE] = 1
     """Samples per task."""
-    temperature: float = 0.0
+    temperature: Temperature = 0.0
     """0: greedy (the published pass@1 setting)."""
-    top_p: float = 0.95
+    top_p: TopP = 0.95
     """Nucleus mass when sampling."""
-    max_new_tokens: int = 512
+    max_new_tokens: NewTokens = 512
     """Most tokens per sample."""
-    batch_size: int = 8
+    batch_size: Annotated[int, AT_LEAST_ONE] = 8
     """Sequences generated together."""
     seed: int = 0
     """Sample j of a task uses seed + j."""
@@ -35,26 +41,60 @@ def prompt_text(task: Task) -> str:
     return formats.fim_prompt(task.prompt, task.suffix) if task.suffix is not None else task.prompt
 
 
-def generate(engine, task_list: list[Task], out: Path, cfg: GenerateConfig, limit: int | None = None) -> int:
-    """Append missing samples to `out`; returns how many were written."""
-    from tqdm import tqdm
+def settings(cfg: GenerateConfig) -> dict:
+    """The settings that decide a sample's text (sample j of a task does not depend on n, the
+    batch size or how many tasks are generated)."""
+    return {"temperature": cfg.temperature, "top_p": cfg.top_p, "max_new_tokens": cfg.max_new_tokens, "seed": cfg.seed}
 
+
+def origin(model: Path, benchmark_sha: str, cfg: GenerateConfig) -> dict:
+    """What each row records of how it was made."""
+    key = json.dumps({"benchmark": benchmark_sha, **settings(cfg)}, sort_keys=True)
+    return {"model": str(Path(model).resolve()), "settings": hashlib.sha256(key.encode()).hexdigest()[:16]}
+
+
+def _existing(out: Path, made_by: dict, force: bool) -> set[tuple[str, int]]:
+    """(task_id, completion_id) of the rows already in `out` made the same way; a UserError when
+    it holds rows made another way (unless `force`, which empties it)."""
+    if out.is_dir():
+        raise UserError(f"--out {out}: is a folder; give a samples file (JSON lines)")
+    if not out.is_file():
+        return set()
+    done, other = set(), None
+    for line in out.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            row = json.loads(line)
+            key = (str(row["task_id"]), int(row["completion_id"]))
+        except (json.JSONDecodeError, KeyError, ValueError, TypeError):
+            continue  # a line cut short by a crash is generated again
+        if {k: row.get(k) for k in made_by} == made_by:
+            done.add(key)
+        elif other is None:
+            other = row
+    if other is not None:
+        if not force:
+            how = (f"of model {other.get('model')}" if other.get("model") != made_by.get("model")
+                   else "made with other settings or another benchmark") if other.get("model") else "made elsewhere"
+            raise UserError(f"{out} holds samples {how}; use --force to replace them, or another --out")
+        artifacts.write_text(out, "")
+        return set()
+    return done
+
+
+def generate(engine, task_list: list[Task], out: Path, cfg: GenerateConfig, limit: int | None = None,
+             made_by: dict | None = None, force: bool = False) -> int:
+    """Append missing samples to `out`; returns how many were written. `made_by` (from `origin`)
+    is recorded in each row and decides which rows already there can be kept."""
+    from dscoder.console import progress
     from dscoder.infer.engine import Sequence
     from dscoder.infer.sampling import SamplingParams
 
-    done = set()
-    if out.is_file():
-        for line in out.read_text(encoding="utf-8").splitlines():
-            try:
-                row = json.loads(line)
-                done.add((str(row["task_id"]), int(row["completion_id"])))
-            except (json.JSONDecodeError, KeyError, ValueError):
-                continue
+    made_by = made_by or {}
+    done = _existing(out, made_by, force)
     out.parent.mkdir(parents=True, exist_ok=True)
     todo = [(t, j) for t in task_list[:limit] for j in range(cfg.n) if (t.task_id, j) not in done]
     written = 0
-    with open(out, "a", encoding="utf-8") as f, tqdm(total=len(todo), desc="generating", unit=" samples",
-                                                     file=sys.stderr) as bar:
+    with open(out, "a", encoding="utf-8") as f, progress(total=len(todo), desc="generating", unit=" samples") as bar:
         for start in range(0, len(todo), cfg.batch_size):
             chunk = todo[start:start + cfg.batch_size]
             sequences = []
@@ -67,7 +107,7 @@ def generate(engine, task_list: list[Task], out: Path, cfg: GenerateConfig, limi
             engine.generate(sequences)
             for (task, j), s in zip(chunk, sequences):
                 completion = task.completion_from(clean_completion(task, s.text))
-                f.write(json.dumps({"task_id": task.task_id, "completion_id": j, "completion": completion}) + "\n")
+                f.write(json.dumps({"task_id": task.task_id, "completion_id": j, "completion": completion, **made_by}) + "\n")
                 written += 1
             f.flush()
             bar.update(len(chunk))

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from dscoder import artifacts
 from dscoder.errors import UserError
 
 # pass@1 (greedy), percent: (benchmark column, {model: score})
@@ -20,13 +21,26 @@ COLUMNS = {"humaneval": "HumanEval", "mbpp": "MBPP", "ds-1000": "DS-1000", "huma
 
 
 def load_run(folder: Path) -> dict:
+    """A results folder's name, format and summary; a UserError for a folder without scores."""
     path = Path(folder) / "summary.json"
     if not path.is_file():
         raise UserError(f"{folder}: no summary.json (run `dscoder eval execute` first)")
-    summary = json.loads(path.read_text())
-    meta_path = Path(folder) / "run.json"
-    meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
-    return {"name": meta.get("name", Path(folder).name), "format": meta.get("format"), "summary": summary}
+    try:
+        summary = json.loads(path.read_text())
+        meta_path = Path(folder) / "run.json"
+        meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+    except (OSError, json.JSONDecodeError) as exc:
+        raise UserError(f"{folder}: unreadable results ({exc})") from None
+    tasks = summary.get("overall", {}).get("tasks", 0)
+    if not tasks:
+        statuses = ", ".join(f"{k} {v}" for k, v in summary.get("statuses", {}).items()) or "no samples"
+        raise UserError(f"{folder}: the run scored no task ({statuses})")
+    name = meta.get("name") or Path(folder).name
+    total = summary.get("tasks_in_benchmark", tasks)
+    if tasks < total:  # a part of the benchmark: never shown as if it were the whole
+        name = f"{name} ({tasks}/{total} tasks)"
+    fmt = (meta.get("benchmark") or {}).get("format") or meta.get("format")
+    return {"name": name, "format": fmt, "summary": summary, "partial": tasks < total}
 
 
 def _score(run: dict) -> tuple[str, float | None]:
@@ -62,7 +76,11 @@ def markdown(runs: list[dict]) -> str:
     lines = ["| model | " + " | ".join(columns) + " |", "|---|" + "---|" * len(columns)]
     for name, scores in list(rows.items()) + [(f"{n} (published)", s) for n, s in published.items() if s]:
         lines.append(f"| {name} | " + " | ".join(f"{scores[c]:.1f}" if c in scores else "" for c in columns) + " |")
-    return "\n".join(lines) + "\n\npass@1 in percent (FIM: line exact match); published rows from the DeepSeek-Coder paper.\n"
+    note = "\n\npass@1 in percent (FIM: line exact match); published rows from the DeepSeek-Coder paper.\n"
+    if any(run["partial"] for run in runs):
+        note += ("Rows marked (k/N tasks) cover only part of the benchmark: their scores cannot be compared with "
+                 "the published full-benchmark rows.\n")
+    return "\n".join(lines) + note
 
 
 def chart(runs: list[dict], out: Path) -> Path:
@@ -85,6 +103,6 @@ def chart(runs: list[dict], out: Path) -> Path:
     ax.legend(fontsize=7)
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
-    fig.savefig(out, dpi=100)
+    artifacts.write_figure(out, fig)
     plt.close(fig)
     return out

@@ -2,34 +2,47 @@
 timeout and CPU-time, memory, file-size and process-count limits, an empty environment, no
 network, and capped output.
 
-Isolation, strongest available first:
-- `bwrap` (bubblewrap) run as an unprivileged user id of its own per worker slot (when started
-  as root): new user, PID, network, IPC and UTS namespaces; the whole filesystem read-only
-  except the sample's directory and a private /tmp; the sandbox dies with its parent. Programs
-  cannot reach the network, see or signal other processes, or write anywhere else, and a fork
-  bomb exhausts only its own slot's process limit.
-- without bwrap: `unshare --net` where the kernel allows it, the same user ids and limits.
-  Writable world-shared places such as /tmp are then reachable; the summary records which
-  isolation was used.
-Started by a normal user, programs run as that user and the process limit is not set (it would
-count the user's other processes); the timeout, the PID namespace and the other limits remain.
+Isolation modes (`--sandbox`; `auto` takes the strongest that works here and says which):
+- `bwrap` (bubblewrap): new user, PID, network, IPC and UTS namespaces; the whole filesystem
+  read-only except the sample's directory and a private /tmp; the sandbox dies with its parent.
+- `unshare` (util-linux, no extra package): new mount, PID and network namespaces and a private
+  /tmp; the rest of the filesystem stays as the program's user may see it (writable where that
+  user may write, which for a sandbox user id is nowhere outside world-writable places).
+- `none`: the time and resource limits only; programs run as the calling user, unisolated.
+Started as root, bwrap and unshare run each program as an unprivileged user id of its own per
+worker slot (so a fork bomb exhausts only its own slot's process limit). Such a user cannot
+enter private folders such as /root, where administrators install pyenv interpreters and
+rustup toolchains: in both modes those folders are replaced by an empty one that shows, read-
+only, only the toolchains programs need (`exposures`). Started by a normal user, programs run as
+that user in a user namespace and the process limit is not set (it would count the user's other
+processes). Before any sample runs, `choose` checks that the mode starts the interpreter.
 """
 
 from __future__ import annotations
 
+import atexit
+import logging
 import os
 import resource
+import shlex
 import shutil
 import signal
+import stat
 import subprocess
+import sys
 import tempfile
 import time
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
+from dscoder.errors import UserError
+
+log = logging.getLogger("dscoder")
 BASE_UID = 61000  # sandbox user ids: BASE_UID + worker slot (no account needed)
 OUTPUT_CAP = 64 * 1024  # bytes of stdout/stderr kept for the result
+MODES = ("auto", "bwrap", "unshare", "none")
+INSTALL = {"bwrap": "apt-get install bubblewrap", "unshare": "apt-get install util-linux"}  # Debian/Ubuntu
 
 
 @dataclass(frozen=True)
@@ -54,33 +67,73 @@ class Run:
     timed_out: bool
 
 
-@lru_cache(maxsize=1)
-def isolation() -> str:
-    """"bwrap", "unshare" or "none": what this machine allows (checked once)."""
+def choose(requested: str, readable: tuple[str, ...]) -> str:
+    """The isolation mode to use for `--sandbox requested`: `auto` gives the strongest mode that
+    runs the interpreter here (logged, with why stronger ones were passed over); a mode that
+    cannot is a UserError saying what is missing and how to install it."""
+    if requested not in MODES:
+        raise UserError(f"--sandbox {requested!r}: expected one of {', '.join(MODES)}")
+    candidates = ("bwrap", "unshare", "none") if requested == "auto" else (requested,)
+    passed_over = []
+    for mode in candidates:
+        problem = problem_with(mode, readable)
+        if problem is None:
+            if mode == "none":
+                log.warning("sandbox: none%s: untrusted programs run WITHOUT isolation (only the time and resource "
+                            "limits hold)", f" ({'; '.join(passed_over)})" if passed_over else "")
+            elif requested == "auto":
+                log.info("sandbox: %s%s", mode, f" ({'; '.join(passed_over)})" if passed_over else "")
+            return mode
+        passed_over.append(f"{mode}: {problem}")
+    if requested != "auto":
+        raise UserError(f"--sandbox {requested}: {passed_over[0].split(': ', 1)[1]}")
+    raise UserError(f"--sandbox auto: no isolation mode can run programs here ({'; '.join(passed_over)})")
+
+
+@lru_cache(maxsize=None)
+def problem_with(mode: str, readable: tuple[str, ...]) -> str | None:
+    """None when `mode` starts this interpreter here, else what is missing (checked once)."""
+    if mode != "none" and shutil.which(mode) is None:
+        return f"{mode} is not installed (Debian/Ubuntu: {INSTALL[mode]})"
+    if mode != "none" and os.getuid() == 0 and shutil.which("setpriv") is None:
+        return f"setpriv is not installed (Debian/Ubuntu: {INSTALL['unshare']})"
     with Workdir() as folder:
-        if shutil.which("bwrap") and _works(_bwrap(folder, (), {}, BASE_UID) + ["/bin/true"], folder):
-            return "bwrap"
-    if shutil.which("unshare") and _works(["unshare", "--net", "/bin/true"], None):
-        return "unshare"
-    return "none"
+        result = run([sys.executable, "-c", "pass"], folder, Limits(timeout=30, cpu_seconds=30), mode,
+                     readable=readable)
+    if result.returncode == 0:
+        return None
+    detail = (result.stderr.strip().splitlines() or [f"exit status {result.returncode}"])[-1][:200]
+    return f"{mode} does not work here ({detail})"
 
 
-def _works(command: list[str], folder: Path | None) -> bool:
-    def prepare():
-        if not command[0] == "bwrap":
-            _drop_privileges(BASE_UID)
-
+def _searchable_by_others(path: Path) -> bool:
     try:
-        return subprocess.run(command, capture_output=True, timeout=20, cwd=folder, preexec_fn=prepare).returncode == 0
-    except (OSError, subprocess.SubprocessError):
+        return bool(path.stat().st_mode & stat.S_IXOTH)
+    except OSError:
         return False
 
 
-def _drop_privileges(uid: int) -> None:
-    if os.getuid() == 0:
-        os.setgroups([])
-        os.setgid(uid)
-        os.setuid(uid)
+def exposures(readable: tuple[str, ...], workdir: Path | None, private_tmp: bool) -> dict[str, list[tuple[str, bool]]]:
+    """{folder to replace with an empty one: [(path to show inside it, writable)]}.
+
+    As root, a folder that other users cannot enter (/root, a 0700 home) is replaced when a
+    `readable` path lies in it, and shows just that path, read-only; /tmp is replaced when
+    `private_tmp`, and shows the sample's `workdir` (writable) and the readable paths in it.
+    /tmp comes last, so a mount namespace can assemble the others in a folder under it."""
+    hidden: dict[str, list[tuple[str, bool]]] = {}
+    if workdir is not None and private_tmp and Path(workdir).resolve().is_relative_to("/tmp"):
+        hidden["/tmp"] = [(str(Path(workdir).resolve()), True)]
+    elif private_tmp:
+        hidden["/tmp"] = []
+    for path in readable:
+        path = Path(path).resolve()
+        for ancestor in reversed(path.parents[:-1]):  # outermost first, "/" excluded
+            if str(ancestor) in hidden or (os.getuid() == 0 and not _searchable_by_others(ancestor)):
+                shown = hidden.setdefault(str(ancestor), [])
+                if all(str(path) != p for p, _ in shown):
+                    shown.append((str(path), False))
+                break
+    return dict(sorted(hidden.items(), key=lambda item: item[0] == "/tmp"))
 
 
 def _bwrap(workdir: Path, readable: tuple[str, ...], env: dict[str, str], uid: int) -> list[str]:
@@ -89,22 +142,64 @@ def _bwrap(workdir: Path, readable: tuple[str, ...], env: dict[str, str], uid: i
     otherwise bwrap runs unprivileged in a user namespace."""
     command = ["bwrap", "--unshare-net", "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--die-with-parent",
                "--new-session", "--ro-bind", "/", "/", "--perms", "1777", "--tmpfs", "/tmp"]
-    if os.getuid() == 0:
-        command += ["--tmpfs", "/root"]  # hide the administrator's home, show only the toolchains in it
-    else:
+    if os.getuid() != 0:
         command += ["--unshare-user"]
-    for path in readable:
-        for parent in reversed(Path(path).parents[:-2] if path.startswith("/tmp/") else ()):
-            command += ["--perms", "0755", "--dir", str(parent)]  # bwrap would create them 0700
-        command += ["--ro-bind", path, path]
+    hidden = exposures(readable, None, private_tmp=True)
+    if os.getuid() == 0:
+        hidden.setdefault("/root", [])  # the administrator's home: only the toolchains in it are shown
+    for folder, shown in hidden.items():
+        if folder != "/tmp":
+            command += ["--perms", "0755", "--tmpfs", folder]
+        for path, _ in shown:
+            for parent in reversed(Path(path).parents):
+                if parent.is_relative_to(folder) and parent != Path(folder):
+                    command += ["--perms", "0755", "--dir", str(parent)]  # bwrap would create them 0700
+            command += ["--ro-bind", path, path]
     command += ["--bind", str(workdir), str(workdir), "--proc", "/proc", "--dev", "/dev", "--chdir", str(workdir),
                 "--clearenv"]
     for key, value in env.items():
         command += ["--setenv", key, value]
     if os.getuid() == 0:
-        command += ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--inh-caps=-all",
-                    "--bounding-set=-all", "--"]
+        command += _setpriv(uid)
     return command
+
+
+def _setpriv(uid: int) -> list[str]:
+    return ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--inh-caps=-all",
+            "--bounding-set=-all", "--"]
+
+
+@lru_cache(maxsize=1)
+def _stage() -> str:
+    """An empty folder that a sandbox's private mount namespace uses to assemble a replacement
+    folder before moving it into place (nothing is ever mounted on it outside a sandbox)."""
+    folder = tempfile.mkdtemp(prefix="dscoder-stage-")
+    atexit.register(shutil.rmtree, folder, True)
+    return folder
+
+
+def _unshare(workdir: Path, readable: tuple[str, ...], uid: int) -> list[str]:
+    """The `unshare` command line: new mount, PID and network namespaces (and, for a normal
+    user, a user namespace). As root, a shell inside the new mount namespace gives the program a
+    private /tmp holding its work folder, replaces private folders such as /root by ones that
+    show only the toolchains, then drops to `uid` with setpriv."""
+    namespaces = ["--mount", "--net", "--pid", "--fork", "--kill-child", "--mount-proc"]
+    if os.getuid() != 0:
+        return ["unshare", "--user", "--map-root-user", *namespaces, "--"]
+    stage, q = _stage(), shlex.quote
+    script = ["set -e"]
+    for folder, shown in exposures(readable, workdir, private_tmp=True).items():
+        mode = "1777" if folder == "/tmp" else "0755"
+        script.append(f"mount -t tmpfs -o mode={mode} dscoder {q(stage)}")
+        for path, writable in shown:
+            inside = q(str(Path(stage) / Path(path).relative_to(folder)))
+            script += [f"mkdir -p {inside}", f"mount --bind {q(path)} {inside}"]
+            if not writable:
+                script.append(f"mount -o remount,bind,ro {inside}")
+        script.append(f"mount --move {q(stage)} {q(folder)}")
+    script.append(f"cd {q(str(workdir))}")
+    script.append("exec " + " ".join(q(a) for a in _setpriv(uid)) + ' "$@"')
+    return ["unshare", *namespaces, "--", "/bin/sh", "-c", "\n".join(script), "sandbox"]
 
 
 def _wait_until_gone(uid: int, seconds: float = 10.0) -> None:
@@ -134,19 +229,20 @@ def environment(workdir: Path) -> dict[str, str]:
             "GOPATH": str(workdir / ".gopath"), "GOFLAGS": "-mod=mod", "GOPROXY": "off", "GO111MODULE": "on"}
 
 
-def run(command: list[str], workdir: Path, limits: Limits, stdin: str | None = None,
+def run(command: list[str], workdir: Path, limits: Limits, mode: str, stdin: str | None = None,
         env: dict[str, str] | None = None, slot: int = 0, readable: tuple[str, ...] = ()) -> Run:
-    """Run `command` in `workdir` inside the sandbox, as the user id of worker `slot`;
-    `readable` are folders under /root or /tmp the program needs (interpreters, toolchains)."""
+    """Run `command` in `workdir` in sandbox `mode` (see `choose`), as the user id of worker
+    `slot`; `readable` are the folders the program needs (interpreters, toolchains)."""
     uid = BASE_UID + slot
-    mode = isolation()
     env = {**environment(workdir), **(env or {})}
     if mode == "bwrap":
         full, child_env = _bwrap(workdir, readable, env, uid) + command, {}
     elif mode == "unshare":
-        full, child_env = ["unshare", "--net", *command], env
-    else:
+        full, child_env = _unshare(workdir, readable, uid) + command, env
+    elif mode == "none":
         full, child_env = command, env
+    else:
+        raise ValueError(f"unknown sandbox mode {mode!r}")
 
     def prepare() -> None:
         os.setsid()  # a process group of its own, killed whole at the timeout
@@ -157,8 +253,6 @@ def run(command: list[str], workdir: Path, limits: Limits, stdin: str | None = N
             resource.setrlimit(resource.RLIMIT_NPROC, (limits.processes, limits.processes))
         if limits.memory_bytes:
             resource.setrlimit(resource.RLIMIT_AS, (limits.memory_bytes, limits.memory_bytes))
-        if mode != "bwrap":  # bwrap drops to the slot's user itself, after mounting
-            _drop_privileges(uid)
 
     os.chmod(workdir, 0o777)
     (workdir / ".tmp").mkdir(mode=0o777, exist_ok=True)
@@ -219,8 +313,6 @@ class PythonWorker:
     in forked children instead of new interpreters (bubblewrap isolation only)."""
 
     def __init__(self, slot: int, readable: tuple[str, ...]):
-        import sys
-
         self.slot, self.readable = slot, readable
         self.root = Path(tempfile.mkdtemp(prefix=f"dscoder-slot{slot}-"))
         os.chmod(self.root, 0o755)  # samples write only in their own folder inside

@@ -132,18 +132,31 @@ def rustc() -> str:
     return str(real) if real.is_file() else proxy
 
 
-def readable_roots() -> list[str]:
-    """Folders the sandbox would hide (a private home, the private /tmp) that programs need: the
-    interpreter and its environment, this package (the Python worker) and the Rust toolchain."""
-    paths = [sys.base_prefix, sys.prefix, str(Path(__file__).resolve().parent.parent), str(Path(rustc()).parent.parent)]
-    roots = []
-    for p in paths:
-        parts = Path(p).resolve().parts
-        if len(parts) > 2 and parts[1] in ("root", "tmp"):
-            root = str(Path(*parts[:3])) if parts[1] == "root" else str(Path(p).resolve())
-            if root not in roots:
-                roots.append(root)
-    return roots
+@lru_cache(maxsize=1)
+def readable_roots() -> tuple[str, ...]:
+    """The folders programs need wherever they are installed: the interpreter and its
+    environment, this package (the Python worker) and the Rust toolchain. The sandbox shows them
+    where its user could not otherwise reach them (a private home, the private /tmp)."""
+    paths = [sys.base_prefix, sys.prefix, str(Path(__file__).resolve().parent.parent)]
+    if shutil.which("rustc"):
+        paths.append(str(Path(rustc()).parent.parent))
+    return tuple(dict.fromkeys(str(Path(p).resolve()) for p in paths))
+
+
+@lru_cache(maxsize=None)
+def probe(language: str, mode: str) -> str | None:
+    """None when the language's tools start inside sandbox `mode`, else what went wrong."""
+    language = canonical(language)
+    command = {"python": [sys.executable, "-c", "pass"], "javascript": ["node", "--version"],
+               "typescript": ["tsc", "--version"], "cpp": ["g++", "--version"], "java": ["javac", "--version"],
+               "go": ["go", "version"], "rust": [rustc(), "--version"], "shell": ["bash", "-c", "true"]}[language]
+    with sandbox.Workdir() as folder:
+        result = sandbox.run(command, folder, sandbox.Limits(timeout=60, cpu_seconds=60, memory_bytes=0), mode,
+                             readable=readable_roots())
+    if result.returncode == 0:
+        return None
+    detail = (result.stderr.strip().splitlines() or [f"exit status {result.returncode}"])[-1][:200]
+    return f"{language}: {command[0]} does not start inside the sandbox ({detail})"
 
 
 _RUST_EXTERNAL = re.compile(r"^\s*use\s+(rand|regex|md5)\b[^;]*;\s*$", re.M)

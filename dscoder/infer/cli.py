@@ -7,7 +7,10 @@ import logging
 import sys
 from pathlib import Path
 
+from dscoder.arguments import PORT, number, setting
+from dscoder.config import AT_LEAST_ONE, NON_NEGATIVE
 from dscoder.errors import UserError
+from dscoder.infer.sampling import SamplingParams
 
 log = logging.getLogger("dscoder")
 
@@ -19,10 +22,6 @@ def _engine(args: argparse.Namespace):
 
 
 def _params(args: argparse.Namespace, engine):
-    from dscoder.infer.sampling import SamplingParams
-
-    if args.max_new_tokens < 1:
-        raise UserError("--max-new-tokens must be at least 1")
     return SamplingParams(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
                           top_k=args.top_k, seed=args.seed, stop=tuple(args.stop or ()))
 
@@ -125,10 +124,11 @@ def cmd_chat(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from dscoder.infer.server import require_serve_stack, serve
+    from dscoder.infer.server import bind, require_serve_stack, serve
 
     require_serve_stack()  # before the model loads
-    serve(_engine(args), host=args.host, port=args.port, api_key=args.api_key, max_batch=args.max_batch)
+    listener = bind(args.host, args.port)  # a port in use is one line, before the model loads
+    serve(_engine(args), listener, api_key=args.api_key, max_batch=args.max_batch)
     return 0
 
 
@@ -136,16 +136,19 @@ def _model_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", type=Path, required=True, help="model folder (ours or a released DeepSeek-Coder one)")
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
                    help="weights dtype (auto: as saved)")
-    p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu or cuda")
+    p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N")
 
 
 def _generation_flags(p: argparse.ArgumentParser) -> None:
     _model_flags(p)
-    p.add_argument("--max-new-tokens", type=int, default=128, help="most tokens generated (default 128)")
-    p.add_argument("--temperature", type=float, default=0.0, help="sampling temperature (default 0: greedy)")
-    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (default 1)")
-    p.add_argument("--top-k", type=int, default=0, help="sample among the k most likely tokens (default 0: all)")
-    p.add_argument("--seed", type=int, help="sampling seed")
+    p.add_argument("--max-new-tokens", type=setting(SamplingParams, "max_new_tokens"), default=128,
+                   help="most tokens generated")
+    p.add_argument("--temperature", type=setting(SamplingParams, "temperature"), default=0.0,
+                   help="sampling temperature (0: greedy)")
+    p.add_argument("--top-p", type=setting(SamplingParams, "top_p"), default=1.0, help="nucleus sampling mass")
+    p.add_argument("--top-k", type=setting(SamplingParams, "top_k"), default=0,
+                   help="sample among the k most likely tokens (0: all)")
+    p.add_argument("--seed", type=setting(SamplingParams, "seed"), help="sampling seed")
     p.add_argument("--stop", action="append", metavar="TEXT", help="stop sequence, trimmed from the output (repeatable)")
     p.add_argument("--stream", action="store_true", help="print tokens as they are generated")
     p.add_argument("--show-prompt", action="store_true", help="print the exact prompt text first")
@@ -154,36 +157,40 @@ def _generation_flags(p: argparse.ArgumentParser) -> None:
 def add_commands(groups) -> None:
     p = groups.add_parser("complete", help="continue a prompt (base models stop at EOS)",
                           description="Plain completion: the prompt after BOS. A prompt longer than the "
-                          "context is cut from the left, with a warning.")
+                          "context is cut from the left, with a warning.",
+                          example='dscoder complete --model runs/pretrain/final "def quick_sort(arr):"')
     p.add_argument("prompt", metavar="PROMPT", help="text to continue ('-' reads standard input)")
     _generation_flags(p)
     p.set_defaults(func=cmd_complete)
 
     p = groups.add_parser("infill", help="fill in the middle between a prefix and a suffix",
                           description="Insertion with the released FIM layout: --prefix/--suffix, or "
-                          "--file PATH --line N [--column C] to insert at a cursor in a real file.")
+                          "--file PATH --line N [--column C] to insert at a cursor in a real file.",
+                          example="dscoder infill --model runs/pretrain/final --file app.py --line 12")
     p.add_argument("--prefix", help="text before the hole")
     p.add_argument("--suffix", help="text after the hole")
     p.add_argument("--file", type=Path, help="file to insert into")
-    p.add_argument("--line", type=int, help="cursor line (1-based)")
-    p.add_argument("--column", type=int, help="cursor column (0-based; default: end of the line)")
+    p.add_argument("--line", type=number(int, AT_LEAST_ONE), help="cursor line (1-based)")
+    p.add_argument("--column", type=number(int, NON_NEGATIVE), help="cursor column (0-based; default: end of the line)")
     _generation_flags(p)
     p.set_defaults(func=cmd_infill)
 
     p = groups.add_parser("repo-complete", help="complete a file with its repository's dependencies as context",
                           description="Repository-level completion: the target file's dependencies in "
                           "dependency order with #path headers, fitted to the context, then the file up to the "
-                          "cursor (as FIM when text follows the cursor).")
+                          "cursor (as FIM when text follows the cursor).",
+                          example="dscoder repo-complete --model runs/pretrain/final --repo ~/src/app --file app/main.py --line 20")
     p.add_argument("--repo", type=Path, required=True, help="repository folder")
     p.add_argument("--file", required=True, help="file to complete (inside the repository)")
-    p.add_argument("--line", type=int, help="cursor line (default: the end of the file)")
-    p.add_argument("--column", type=int, help="cursor column (default: the end of the line)")
+    p.add_argument("--line", type=number(int, AT_LEAST_ONE), help="cursor line (default: the end of the file)")
+    p.add_argument("--column", type=number(int, NON_NEGATIVE), help="cursor column (default: the end of the line)")
     _generation_flags(p)
     p.set_defaults(func=cmd_repo_complete)
 
     p = groups.add_parser("chat", help="chat with an instruct model in the terminal",
                           description="Multi-turn chat with the released template (instruct models stop "
-                          "at <|EOT|>); --message for one exchange.")
+                          "at <|EOT|>); --message for one exchange.",
+                          example='dscoder chat --model runs/instruct/final --message "Write a function that reverses a list."')
     p.add_argument("--message", help="one message to answer, then exit")
     p.add_argument("--system", help="system message (default: the released default system prompt)")
     _generation_flags(p)
@@ -191,10 +198,11 @@ def add_commands(groups) -> None:
 
     p = groups.add_parser("serve", help="OpenAI-compatible HTTP server (completions with suffix, chat, /infill)",
                           description="Serve a model folder over HTTP: /v1/models, /v1/completions (suffix "
-                          "rendered as FIM), /v1/chat/completions, llama.cpp's /infill, /health.")
+                          "rendered as FIM), /v1/chat/completions, llama.cpp's /infill, /health.",
+                          example="dscoder serve --model runs/instruct/final --port 8000")
     _model_flags(p)
-    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
-    p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    p.add_argument("--port", type=PORT, default=8000, help="port")
     p.add_argument("--api-key", help="require this key as 'Authorization: Bearer KEY'")
-    p.add_argument("--max-batch", type=int, default=8, help="most sequences generated together (default 8)")
+    p.add_argument("--max-batch", type=number(int, AT_LEAST_ONE), default=8, help="most sequences generated together")
     p.set_defaults(func=cmd_serve)

@@ -23,7 +23,14 @@ import torch
 
 from dscoder import allocator, formats
 from dscoder.errors import UserError
-from dscoder.infer.sampling import IncrementalDecoder, SamplingParams, find_stop, held_back, next_token, top_logprobs
+from dscoder.infer.sampling import (
+    IncrementalDecoder,
+    SamplingParams,
+    find_stop,
+    held_back,
+    next_token,
+    top_logprobs,
+)
 
 log = logging.getLogger("dscoder")
 
@@ -62,6 +69,7 @@ class Engine:
         self.model, self.tokenizer, self.name = model.eval(), tokenizer, name
         self.device = next(model.parameters()).device
         self.context = int(model.config.max_position_embeddings)
+        tokenizer.model_max_length = self.context  # what the model takes (prompts are fitted to it here)
         stops = {tokenizer.eos_token_id}
         generation_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
         stops.update(generation_eos if isinstance(generation_eos, list) else [generation_eos])
@@ -79,11 +87,8 @@ class Engine:
         from dscoder import model as model_lib
 
         folder = Path(folder)
-        if not folder.is_dir():
-            raise UserError(f"model folder not found: {folder}")
-        if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        if device == "cpu":
+        device = model_lib.device_for(device)
+        if device.type == "cpu":
             allocator.keep_freed_memory()
         model, tokenizer = model_lib.load(folder, dtype=None if dtype == "auto" else dtype, device=device)
         name = folder.resolve().name

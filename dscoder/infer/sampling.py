@@ -9,26 +9,43 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Annotated
 
-import torch
+from dscoder import config
+from dscoder.config import AT_LEAST_ONE, NON_NEGATIVE, Range
+
+# The bounds of the sampling settings, shared by the CLI flags, the evaluation settings and the
+# server's request schema.
+NewTokens = Annotated[int, AT_LEAST_ONE]
+Temperature = Annotated[float, Range(0, 2)]
+TopP = Annotated[float, Range(0, 1, low_open=True)]
+TopK = Annotated[int, NON_NEGATIVE]
+
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass(frozen=True)
 class SamplingParams:
-    """How one sequence is generated."""
+    """How one sequence is generated (out-of-bounds values raise a SettingError naming the field)."""
 
-    max_new_tokens: int = 256
-    temperature: float = 0.0  # 0: greedy
-    top_p: float = 1.0
-    top_k: int = 0  # 0: no limit
+    max_new_tokens: NewTokens = 256
+    temperature: Temperature = 0.0  # 0: greedy
+    top_p: TopP = 1.0
+    top_k: TopK = 0  # 0: no limit
     seed: int | None = None
     stop: tuple[str, ...] = ()
     stop_token_ids: tuple[int, ...] = ()
-    logprobs: int | None = None  # None: no log-probabilities; k: the chosen token's and k alternatives
+    logprobs: Annotated[int | None, NON_NEGATIVE] = None  # None: none; k: the chosen token's and k alternatives
+
+    def __post_init__(self) -> None:
+        config.check(self)
 
 
 def next_token(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator | None) -> int:
     """One token from a row of logits. (V,) -> id."""
+    import torch  # here, so that the settings above import without torch (for --help)
+
     if params.temperature <= 0:
         return int(torch.argmax(logits))
     logits = logits.float() / params.temperature
@@ -40,6 +57,7 @@ def next_token(logits: torch.Tensor, params: SamplingParams, generator: torch.Ge
         sorted_probs, order = torch.sort(probs, descending=True)
         cumulative = torch.cumsum(sorted_probs, dim=-1)
         drop = cumulative - sorted_probs >= params.top_p  # keep the smallest set reaching top_p
+        drop[0] = False  # and always the most likely token (a tiny top_p could drop them all)
         sorted_probs = sorted_probs.masked_fill(drop, 0.0)
         probs = torch.zeros_like(probs).scatter_(-1, order, sorted_probs)
     return int(torch.multinomial(probs, 1, generator=generator))
@@ -47,6 +65,8 @@ def next_token(logits: torch.Tensor, params: SamplingParams, generator: torch.Ge
 
 def top_logprobs(logits: torch.Tensor, token: int, k: int) -> tuple[float, list[tuple[int, float]]]:
     """The chosen token's log-probability and the k most likely alternatives. (V,) -> ..."""
+    import torch
+
     logprobs = torch.log_softmax(logits.float(), dim=-1)
     values, ids = torch.topk(logprobs, k) if k > 0 else (logprobs[:0], logprobs[:0].long())
     return float(logprobs[token]), [(int(i), float(v)) for i, v in zip(ids, values)]

@@ -15,8 +15,10 @@ and the server keeps serving. `create_app` builds the app without touching argv,
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import logging
+import socket
 import time
 import uuid
 from contextlib import asynccontextmanager
@@ -25,8 +27,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from dscoder import formats
-from dscoder.errors import UserError
-from dscoder.infer import prompts
+from dscoder.config import schema_bounds
+from dscoder.errors import SettingError, UserError
 from dscoder.infer.batching import _DONE, Batcher
 from dscoder.infer.engine import Engine, Sequence, is_instruct
 from dscoder.infer.sampling import SamplingParams
@@ -46,12 +48,17 @@ class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
+def _bounded(default: Any, name: str, **extra: Any) -> Any:
+    """A request field with the bounds SamplingParams declares for `name` (config.Range)."""
+    return Field(default, **schema_bounds(SamplingParams, name), **extra)
+
+
 class _Common(BaseModel):
     model_config = ConfigDict(extra="ignore")
     model: str | None = None
-    temperature: float = Field(1.0, ge=0.0, le=2.0)
-    top_p: float = Field(1.0, gt=0.0, le=1.0)
-    top_k: int = Field(0, ge=0)
+    temperature: float = _bounded(1.0, "temperature")
+    top_p: float = _bounded(1.0, "top_p")
+    top_k: int = _bounded(0, "top_k")
     n: int = Field(1, ge=1, le=16)
     stop: str | list[str] | None = None
     seed: int | None = None
@@ -62,7 +69,7 @@ class _Common(BaseModel):
 class CompletionRequest(_Common):
     prompt: str | list[str]
     suffix: str | None = None
-    max_tokens: int | None = Field(16, ge=1)
+    max_tokens: int | None = _bounded(16, "max_new_tokens")
     echo: bool = False
     logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS)
 
@@ -74,8 +81,8 @@ class Message(BaseModel):
 
 class ChatRequest(_Common):
     messages: list[Message] = Field(min_length=1)
-    max_tokens: int | None = Field(None, ge=1)
-    max_completion_tokens: int | None = Field(None, ge=1)
+    max_tokens: int | None = _bounded(None, "max_new_tokens")
+    max_completion_tokens: int | None = _bounded(None, "max_new_tokens")
     logprobs: bool = False
     top_logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS)
 
@@ -92,9 +99,9 @@ class InfillRequest(BaseModel):
     input_extra: list[ExtraFile] = []
     prompt: str = ""
     n_predict: int = Field(-1, ge=-1)
-    temperature: float = Field(0.0, ge=0.0, le=2.0)
-    top_p: float = Field(1.0, gt=0.0, le=1.0)
-    top_k: int = Field(0, ge=0)
+    temperature: float = _bounded(0.0, "temperature")
+    top_p: float = _bounded(1.0, "top_p")
+    top_k: int = _bounded(0, "top_k")
     stop: list[str] = []
     seed: int | None = None
     stream: bool = False
@@ -179,13 +186,18 @@ def create_app(engine: Engine, api_key: str | None = None, max_batch: int = 8):
 
     @app.exception_handler(UserError)
     async def user_error(request, exc: UserError):
+        if isinstance(exc, SettingError):
+            return JSONResponse(error_body(str(exc), code="invalid_value", param=exc.setting), status_code=400)
         return JSONResponse(error_body(str(exc)), status_code=400)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request, exc: RequestValidationError):
         first = exc.errors()[0] if exc.errors() else {}
+        if first.get("type") == "json_invalid":  # its location is a character offset, not a parameter
+            return JSONResponse(error_body(f"malformed JSON body ({first.get('ctx', {}).get('error', 'invalid')})",
+                                           code="invalid_json"), status_code=400)
         where = ".".join(str(p) for p in first.get("loc", ())[1:]) or None
-        message = "malformed JSON body" if first.get("type") == "json_invalid" else f"{where}: {first.get('msg', 'invalid value')}"
+        message = f"{where}: {first.get('msg', 'invalid value')}" if where else first.get("msg", "invalid request body")
         return JSONResponse(error_body(message, param=where, code="invalid_value"), status_code=400)
 
     @app.middleware("http")
@@ -294,11 +306,15 @@ def create_app(engine: Engine, api_key: str | None = None, max_batch: int = 8):
         check_model(body.model)
         if not is_instruct(engine.tokenizer):
             log.warning("chat request to a base model: rendered with the chat template, answers may ramble")
-        prompt = prompts.chat(engine, [m.model_dump() for m in body.messages], 1)
-        limit = _fit(engine, prompt.ids, body.max_completion_tokens or body.max_tokens, "max_tokens")
+        try:
+            text = formats.render_chat([m.model_dump() for m in body.messages], add_generation_prompt=True)
+        except ValueError as exc:
+            raise APIError(400, str(exc), "invalid_value", "messages") from None
+        prompt_ids = engine.encode(text)
+        limit = _fit(engine, prompt_ids, body.max_completion_tokens or body.max_tokens, "max_tokens")
         stops = _stops(body.stop)
         top = (body.top_logprobs or 0) if body.logprobs else None
-        sequences = [Sequence(prompt.ids, SamplingParams(max_new_tokens=limit, temperature=body.temperature,
+        sequences = [Sequence(prompt_ids, SamplingParams(max_new_tokens=limit, temperature=body.temperature,
                                                          top_p=body.top_p, top_k=body.top_k, seed=seed, stop=stops,
                                                          logprobs=top))
                      for seed in _seeds(body.seed, body.n)]
@@ -322,13 +338,13 @@ def create_app(engine: Engine, api_key: str | None = None, max_batch: int = 8):
             if body.stream_options and body.stream_options.include_usage:
                 def usage():
                     return {"id": ident, "object": "chat.completion.chunk", "created": created, "model": engine.name,
-                            "choices": [], "usage": _usage(sequences, len(prompt.ids))}
+                            "choices": [], "usage": _usage(sequences, len(prompt_ids))}
             return StreamingResponse(run_stream(sequences, chunk, finals, usage), media_type="text/event-stream")
         await state["batcher"].run(sequences)
         choices = [{"index": i, "message": {"role": "assistant", "content": s.text}, "finish_reason": _finish(s),
                     "logprobs": _chat_logprobs(engine, s) if body.logprobs else None} for i, s in enumerate(sequences)]
         return {"id": ident, "object": "chat.completion", "created": created, "model": engine.name,
-                "choices": choices, "usage": _usage(sequences, len(prompt.ids))}
+                "choices": choices, "usage": _usage(sequences, len(prompt_ids))}
 
     @app.post("/infill")
     async def infill(body: InfillRequest):
@@ -366,9 +382,28 @@ def require_serve_stack():
     return uvicorn
 
 
-def serve(engine: Engine, host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None,
-          max_batch: int = 8) -> None:
-    """Run the server until interrupted."""
+def bind(host: str, port: int) -> socket.socket:
+    """A listening socket on host:port; a port already in use (or an address this machine does not
+    have) is a one-line UserError."""
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(2048)
+    except socket.gaierror as exc:
+        raise UserError(f"--host {host}: not an address of this machine ({exc.strerror})") from None
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            raise UserError(f"--port {port}: {host}:{port} is already in use (another server?); choose another port") from None
+        raise UserError(f"cannot listen on {host}:{port} ({exc.strerror})") from None
+    return sock
+
+
+def serve(engine: Engine, listener: socket.socket, api_key: str | None = None, max_batch: int = 8) -> None:
+    """Serve on the bound `listener` until interrupted."""
     uvicorn = require_serve_stack()
+    host, port = listener.getsockname()[:2]
+    server = uvicorn.Server(uvicorn.Config(create_app(engine, api_key, max_batch), log_level="warning"))
     log.info("serving %s on http://%s:%d (OpenAI API under /v1)", engine.name, host, port)
-    uvicorn.run(create_app(engine, api_key, max_batch), host=host, port=port, log_level="warning")
+    server.run(sockets=[listener])

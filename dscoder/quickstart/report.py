@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from dscoder import artifacts
+
 MODELS = ("untrained", "no_fim", "fim", "instruct", "given")
 FIGURES = [("heldout_loss", "held-out loss (nats/token)", "{:.3f}"),
            ("heldout_perplexity", "held-out perplexity", "{:.1f}"),
@@ -38,7 +40,7 @@ def _plots(out: Path, data: dict) -> list[str]:
         ax.legend()
         ax.grid(alpha=0.3)
         fig.tight_layout()
-        fig.savefig(out / "loss.png", dpi=100)
+        artifacts.write_figure(out / "loss.png", fig)
         plt.close(fig)
         made.append("loss.png")
     names = [m for m in MODELS if m in data.get("heldout_loss", {})]
@@ -54,7 +56,7 @@ def _plots(out: Path, data: dict) -> list[str]:
             if key != "heldout_loss":
                 ax.set_ylim(0, 1)  # shares: a zero bar reads as zero, not as an empty plot
         fig.tight_layout()
-        fig.savefig(out / "eval.png", dpi=100)
+        artifacts.write_figure(out / "eval.png", fig)
         plt.close(fig)
         made.append("eval.png")
     return made
@@ -62,7 +64,7 @@ def _plots(out: Path, data: dict) -> list[str]:
 
 def write(out: Path, data: dict) -> None:
     plots = _plots(out, data)
-    (out / "report.json").write_text(json.dumps(data, indent=2, default=str) + "\n")
+    artifacts.write_json(out / "report.json", data)
     names = [m for m in MODELS if m in data.get("heldout_loss", {})]
     lines = ["# dscoder quickstart", "",
              f"Corpus: {len(data['corpus'].get('train_repositories', []))} installed Python packages "
@@ -84,4 +86,4 @@ def write(out: Path, data: dict) -> None:
     lines += ["## Time per stage (seconds)", "", "| stage | seconds |", "|---|---|"]
     lines += [f"| {k} | {v} |" for k, v in data["seconds"].items()]
     lines += ["", "## Models", ""] + [f"- {k}: `{v}`" for k, v in data["models"].items()]
-    (out / "report.md").write_text("\n".join(lines) + "\n")
+    artifacts.write_text(out / "report.md", "\n".join(lines) + "\n")

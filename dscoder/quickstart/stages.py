@@ -24,7 +24,10 @@ import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Annotated
 
+from dscoder import artifacts
+from dscoder.config import AT_LEAST_ONE, POSITIVE
 from dscoder.errors import UserError
 
 log = logging.getLogger("dscoder")
@@ -37,9 +40,9 @@ MIN_FREE_BYTES = 3 * 2**30
 class QuickstartConfig:
     """The demo's knobs."""
 
-    minutes: float = 10.0
+    minutes: Annotated[float, POSITIVE] = 10.0
     """Pretraining budget, for the FIM model and again for the no-FIM control."""
-    corpus_mb: int = 40
+    corpus_mb: Annotated[int, AT_LEAST_ONE] = 40
     """Megabytes of installed Python code to read."""
     vocab_size: int = 8000
     seq_len: int = 512
@@ -74,8 +77,7 @@ def _stage(out: Path, name: str, fn, seconds: dict, force_rerun: bool = False) -
     record = fn() or {}
     record["seconds"] = round(time.perf_counter() - start, 1)
     seconds[name] = record["seconds"]
-    marker.parent.mkdir(parents=True, exist_ok=True)
-    marker.write_text(json.dumps(record, indent=2, default=str) + "\n")
+    artifacts.write_json(marker, record)
     return record
 
 
@@ -104,7 +106,8 @@ def _repositories(budget_bytes: int) -> tuple[list[Path], list[Path]]:
 def _speed_probe(cfg: QuickstartConfig, corpus: Path, tokenizer: Path, out: Path) -> float:
     """Seconds per optimizer step of the tiny preset here: the median of 16 steps of a scratch
     run, after 4 to warm up (6 steps once planned for 0.29 s/step a run that took 0.2)."""
-    from dscoder.train.recipes import pretrain, resolve
+    from dscoder.train.recipes import pretrain
+    from dscoder.train.settings import resolve
 
     run = out / "probe"
     shutil.rmtree(run, ignore_errors=True)
@@ -186,7 +189,8 @@ def _train_all(out: Path, cfg: QuickstartConfig, seconds: dict) -> dict[str, Pat
     from dscoder import tokenizer as tokenizer_lib
     from dscoder.data import corpus as corpus_lib
     from dscoder.train.instruct import make_pairs
-    from dscoder.train.recipes import extend, instruct, pretrain, resolve
+    from dscoder.train.recipes import extend, instruct, pretrain
+    from dscoder.train.settings import resolve
 
     corpus = out / "corpus"
 
@@ -228,7 +232,7 @@ def _train_all(out: Path, cfg: QuickstartConfig, seconds: dict) -> dict[str, Pat
 
     def instruct_stage():
         pairs = out / "instruct-pairs.jsonl"
-        with open(pairs, "w", encoding="utf-8") as f:
+        with artifacts.output_file(pairs, force=True) as f:
             for pair in make_pairs(corpus_lib.iter_texts(corpus), 4000):
                 f.write(json.dumps(pair) + "\n")
         overrides = _train_overrides(cfg, corpus, max(20, steps // 6), 0.0) | {

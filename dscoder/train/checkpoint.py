@@ -1,5 +1,5 @@
 """Checkpoints: a Hugging Face model folder plus `training_state.pt` (optimizer, scheduler, RNG,
-data position), written under a temporary name and renamed, so a checkpoint is whole or absent.
+data position), written as a whole folder by `artifacts.output_dir`, so a checkpoint is whole or absent.
 
 ```
 RUN/checkpoints/step-0000500/   config.json model.safetensors generation_config.json
@@ -9,7 +9,6 @@ RUN/checkpoints/step-0000500/   config.json model.safetensors generation_config.
 
 from __future__ import annotations
 
-import os
 import random
 import shutil
 from pathlib import Path
@@ -17,8 +16,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from dscoder import artifacts
 from dscoder import model as model_lib
-from dscoder import tokenizer as tokenizer_lib
 
 STATE = "training_state.pt"
 
@@ -53,21 +52,16 @@ def write_model(folder: Path, hf_model, state_dict: dict, tokenizer_dir: Path) -
     hf_logging.disable_progress_bar()
     hf_model.save_pretrained(folder, state_dict=state_dict, safe_serialization=True)
     model_lib.write_released_rope_keys(folder / "config.json")
-    for name in tokenizer_lib.TOKENIZER_FILES:
-        shutil.copyfile(tokenizer_dir / name, folder / name)
+    artifacts.copy_tokenizer(tokenizer_dir, folder)
 
 
 def save(run: Path, step: int, hf_model, model_state: dict, training_state: dict, tokenizer_dir: Path,
          keep: int) -> Path:
     """Write checkpoint `step` (call on the main process with full state dicts)."""
     final = folder_for(run, step)
-    tmp = final.with_name(f".{final.name}.partial-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    write_model(tmp, hf_model, model_state, tokenizer_dir)
-    torch.save(training_state, tmp / STATE)
-    shutil.rmtree(final, ignore_errors=True)
-    tmp.rename(final)
+    with artifacts.output_dir(final, force=True) as tmp:
+        write_model(tmp, hf_model, model_state, tokenizer_dir)
+        torch.save(training_state, tmp / STATE)
     complete = sorted(p for p in (run / "checkpoints").glob("step-*") if (p / STATE).is_file())
     for old in complete[:-keep] if keep > 0 else []:
         shutil.rmtree(old, ignore_errors=True)

@@ -8,31 +8,30 @@ import os
 from collections import Counter
 from pathlib import Path
 
+from dscoder.arguments import number, setting
+from dscoder.config import AT_LEAST_ONE
 from dscoder.errors import UserError
 
-
-# Common flags and the setting each one sets.
+# Common flags and the setting each one sets (with that setting's bounds and stage default).
 TRAIN_FLAGS = {
     "max_steps": "loop.max_steps", "seq_len": "data.seq_len", "batch_size": "loop.batch_size",
     "grad_accum": "loop.grad_accum", "lr": "optim.lr", "fim_rate": "fim.rate", "seed": "loop.seed",
-    "eval_every": "loop.eval_every", "save_every": "loop.save_every",
+    "eval_every": "loop.eval_every", "save_every": "loop.save_every", "rope_factor": "extend.rope_factor",
+    "rope_theta": "extend.rope_theta",
 }
 
 
 def _train_config(args: argparse.Namespace, stage: str):
     from dscoder import config
-    from dscoder.train.recipes import resolve
+    from dscoder.train.settings import resolve
 
     overrides = config.parse_overrides(args.extra)
     for flag, key in TRAIN_FLAGS.items():
         value = getattr(args, flag, None)
         if value is not None:
-            overrides[key] = str(value)
+            overrides[key] = value
     if getattr(args, "data", None):
         overrides["data.sources"] = ",".join(args.data)
-    for flag in ("rope_factor", "rope_theta"):
-        if getattr(args, flag, None) is not None:
-            overrides[f"extend.{flag}"] = str(getattr(args, flag))
     return resolve(stage, args.config, overrides)
 
 
@@ -69,23 +68,23 @@ def cmd_train_instruct(args: argparse.Namespace) -> int:
 
 
 def cmd_train_make_instruct(args: argparse.Namespace) -> int:
+    from dscoder.artifacts import output_file
     from dscoder.data import corpus
     from dscoder.data.sources import read_texts
     from dscoder.train.instruct import make_pairs
 
     if args.out.exists() and not args.force:
         raise UserError(f"{args.out} already exists (use --force to replace it)")
+    if not args.corpus.exists():
+        raise UserError(f"{args.corpus}: not found (give a corpus folder or a code folder)")
     texts = corpus.iter_texts(args.corpus) if corpus.is_corpus(args.corpus) else iter(read_texts([args.corpus], Counter()))
-    tmp = args.out.with_name(f".{args.out.name}.partial")
     count = 0
-    with open(tmp, "w", encoding="utf-8") as f:
+    with output_file(args.out, args.force) as f:
         for pair in make_pairs(texts, args.max_pairs):
             f.write(json.dumps(pair, ensure_ascii=False) + "\n")
             count += 1
-    if count == 0:
-        tmp.unlink()
-        raise UserError(f"{args.corpus}: no documented Python functions to turn into instructions")
-    tmp.replace(args.out)
+        if count == 0:
+            raise UserError(f"{args.corpus}: no documented Python functions to turn into instructions")
     print(f"instructions: {args.out} ({count:,} pairs)")
     return 0
 
@@ -98,18 +97,31 @@ def cmd_train_report(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_train_flags(p: argparse.ArgumentParser) -> None:
+FLAG_HELP = {
+    "max_steps": "optimizer steps", "seq_len": "tokens per sequence",
+    "batch_size": "sequences per micro-batch per process", "grad_accum": "micro-batches per step",
+    "lr": "peak learning rate", "fim_rate": "share of documents turned into FIM",
+    "seed": "seed of data order, FIM and initialisation", "eval_every": "steps between held-out losses (0: at the end)",
+    "save_every": "steps between checkpoints (0: at the end)", "rope_factor": "linear RoPE scaling factor",
+    "rope_theta": "RoPE base",
+}
+DEFAULT_LR = {"pretrain": "the preset's peak rate, 3e-4 from --model", "extend": "1e-4", "instruct": "1e-5"}
+
+
+def _add_train_flags(p: argparse.ArgumentParser, stage: str) -> None:
+    from dscoder.train import settings
+
+    defaults = settings.resolve(stage, None, {})
     p.add_argument("--out", type=Path, required=True, help="run folder to write")
     p.add_argument("--config", type=Path, help="TOML file with [data], [fim], [optim], [loop], [parallel], [extend]")
-    p.add_argument("--max-steps", type=int, help="optimizer steps")
-    p.add_argument("--seq-len", type=int, help="tokens per sequence")
-    p.add_argument("--batch-size", type=int, help="sequences per micro-batch per process")
-    p.add_argument("--grad-accum", type=int, help="micro-batches per step")
-    p.add_argument("--lr", type=float, help="peak learning rate")
-    p.add_argument("--fim-rate", type=float, help="share of documents turned into FIM (pretraining: 0.5)")
-    p.add_argument("--seed", type=int, help="seed of data order, FIM and initialisation")
-    p.add_argument("--eval-every", type=int, help="steps between held-out losses")
-    p.add_argument("--save-every", type=int, help="steps between checkpoints")
+    for flag, key in TRAIN_FLAGS.items():
+        if flag.startswith("rope_") and stage != "extend":
+            continue
+        section, name = key.split(".")
+        value = getattr(getattr(defaults, section), name)
+        shown = DEFAULT_LR[stage] if flag == "lr" else f"{value:g}" if isinstance(value, float) else value
+        p.add_argument("--" + flag.replace("_", "-"), type=setting(type(getattr(defaults, section)), name),
+                       help=f"{FLAG_HELP[flag]} (default: {shown})")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its newest checkpoint")
     p.add_argument("--force", action="store_true", help="replace --out if it exists")
     p.set_defaults(overrides=True)
@@ -122,44 +134,48 @@ def add_commands(groups) -> None:
         "pretrain", help="next-token prediction with FIM on packed corpora",
         description="Pretrain from a preset (with --tokenizer) or continue a model folder, on one or "
         "more corpora from `dscoder data build`. Any setting can be changed with "
-        "--SECTION.KEY=VALUE (see docs/training.md). Works under torchrun for DDP/FSDP2.")
+        "--SECTION.KEY=VALUE (see docs/training.md). Works under torchrun for DDP/FSDP2.",
+        example="dscoder train pretrain --data runs/corpus --tokenizer runs/tok --preset tiny --out runs/pretrain --max-steps 2000")
     p.add_argument("--data", action="append", metavar="DIR[:WEIGHT]", help="corpus folder with a mixing weight (repeatable)")
     p.add_argument("--tokenizer", type=Path, help="tokenizer folder (with --preset)")
     p.add_argument("--preset", help="model preset to start from (see `dscoder model presets`)")
     p.add_argument("--model", type=Path, help="model folder to continue from")
-    _add_train_flags(p)
+    _add_train_flags(p, "pretrain")
     p.set_defaults(func=cmd_train_pretrain)
 
     p = train_cmds.add_parser(
         "extend", help="long-context extension: linear RoPE scaling at a longer sequence length",
         description="Continue a model at a longer --seq-len with linear RoPE scaling (factor, base); the "
-        "saved config loads in transformers with that scaling.")
+        "saved config loads in transformers with that scaling.",
+        example="dscoder train extend --model runs/pretrain/final --data runs/corpus --seq-len 2048 --out runs/extend")
     p.add_argument("--model", type=Path, required=True, help="model folder to extend")
     p.add_argument("--data", action="append", metavar="DIR[:WEIGHT]", help="corpus folder with a mixing weight (repeatable)")
-    p.add_argument("--rope-factor", type=float, help="linear RoPE scaling factor (default 4)")
-    p.add_argument("--rope-theta", type=float, help="RoPE base (default 100000)")
-    _add_train_flags(p)
+    _add_train_flags(p, "extend")
     p.set_defaults(func=cmd_train_extend)
 
     p = train_cmds.add_parser(
         "instruct", help="instruction tuning with the chat template, loss on responses only",
         description="Fine-tune on {instruction, output} or {messages} JSON lines rendered with the "
-        "released chat template; only responses and <|EOT|> are trained; the saved model stops at <|EOT|>.")
+        "released chat template; only responses and <|EOT|> are trained; the saved model stops at <|EOT|>.",
+        example="dscoder train instruct --model runs/extend/final --data runs/pairs.jsonl --out runs/instruct")
     p.add_argument("--model", type=Path, required=True, help="model folder to tune")
     p.add_argument("--data", dest="data_file", type=Path, required=True, metavar="FILE.jsonl", help="instruction data")
-    _add_train_flags(p)
+    _add_train_flags(p, "instruct")
     p.set_defaults(func=cmd_train_instruct)
 
     p = train_cmds.add_parser(
         "make-instruct", help="derive instruction pairs from a corpus (documented Python functions)",
         description="Turn documented Python functions of a corpus (or a code folder) into "
-        "{instruction, output} pairs: the docstring asks, the function answers.")
+        "{instruction, output} pairs: the docstring asks, the function answers.",
+        example="dscoder train make-instruct runs/corpus --out runs/pairs.jsonl")
     p.add_argument("corpus", type=Path, metavar="CORPUS", help="corpus folder or code folder")
     p.add_argument("--out", type=Path, required=True, help="JSON-lines file to write")
-    p.add_argument("--max-pairs", type=int, default=20000, help="most pairs written (default 20000)")
+    p.add_argument("--max-pairs", type=number(int, AT_LEAST_ONE), default=20000, help="most pairs written")
     p.add_argument("--force", action="store_true", help="replace --out if it exists")
     p.set_defaults(func=cmd_train_make_instruct)
 
-    p = train_cmds.add_parser("report", help="summarise a run and redraw its loss.png")
+    p = train_cmds.add_parser("report", help="summarise a run and redraw its loss.png",
+                              description="Summarise a training run and redraw its loss.png.",
+                              example="dscoder train report runs/pretrain")
     p.add_argument("run", type=Path, metavar="RUN", help="run folder")
     p.set_defaults(func=cmd_train_report)

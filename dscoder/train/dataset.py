@@ -20,18 +20,16 @@ import bisect
 import hashlib
 import json
 import logging
-import os
 import random
 import re
-import shutil
-import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
+from typing import Annotated, Callable, Iterable, Iterator
 
 import numpy as np
 
-from dscoder import formats
+from dscoder import artifacts, formats
+from dscoder.config import AT_LEAST_ONE, Range
 from dscoder.errors import UserError
 from dscoder.train.fim import FIMConfig, decide, pieces, rewrite
 from dscoder.train.fim import apply as apply_fim
@@ -45,13 +43,13 @@ class DataConfig:
 
     sources: tuple[str, ...] = ()
     """Corpus folders, each optionally `DIR:WEIGHT` (weights are relative; default 1)."""
-    seq_len: int = 512
+    seq_len: Annotated[int, Range(8)] = 512
     """Tokens per training sequence."""
-    eval_fraction: float = 0.01
+    eval_fraction: Annotated[float, Range(0, 0.5)] = 0.01
     """Share of sequences held out for the evaluation loss."""
     cache_dir: str = ""
     """Where token files are cached (default: RUN/cache)."""
-    tokenize_batch: int = 256
+    tokenize_batch: Annotated[int, AT_LEAST_ONE] = 256
     """Documents tokenized per batch."""
 
 
@@ -135,15 +133,19 @@ def build_cache(folder: Path, key: dict, documents: Iterable[str], encode: Calla
             return folder
         if damage:
             log.warning("token cache %s is damaged (%s): building it again", folder, damage)
-    from tqdm import tqdm
-
     dtype = "uint16" if vocab_size <= 2**16 else "uint32"
-    tmp = folder.with_name(f".{folder.name}.partial-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    with artifacts.output_dir(folder, force=True) as tmp:
+        _write_cache(tmp, key, documents, encode, batch, dtype)
+    return folder
+
+
+def _write_cache(tmp: Path, key: dict, documents: Iterable[str], encode: Callable[[list[str]], list[Encoded]],
+                 batch: int, dtype: str) -> None:
+    from dscoder.console import progress
+
     has_mask, documents_done, tokens_done = False, 0, 0
     with open(tmp / "tokens.bin", "wb") as out, open(tmp / "mask.bin", "wb") as masks, \
-            tqdm(desc=f"tokenizing {Path(key.get('source', '')).name}", unit=" docs", file=sys.stderr) as bar:
+            progress(desc=f"tokenizing {Path(key.get('source', '')).name}", unit=" docs") as bar:
         pending: list[str] = []
 
         def flush():
@@ -167,13 +169,9 @@ def build_cache(folder: Path, key: dict, documents: Iterable[str], encode: Calla
     if not has_mask:
         (tmp / "mask.bin").unlink()
     if tokens_done == 0:
-        shutil.rmtree(tmp)
         raise UserError(f"{key.get('source')}: no tokens (an empty corpus?)")
-    meta = {"key": key, "dtype": dtype, "documents": documents_done, "tokens": tokens_done}
-    (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
-    shutil.rmtree(folder, ignore_errors=True)
-    tmp.rename(folder)
-    return folder
+    artifacts.write_json(tmp / "meta.json", {"key": key, "dtype": dtype, "documents": documents_done,
+                                             "tokens": tokens_done})
 
 
 def pretraining_encoder(tokenizer, fim: FIMConfig, seed: int, source: str,

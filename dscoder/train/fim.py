@@ -12,25 +12,26 @@ from __future__ import annotations
 import itertools
 import random
 from dataclasses import dataclass
-from typing import Literal
+from typing import Annotated, Literal
 
 from dscoder import formats
+from dscoder.config import FRACTION, NON_NEGATIVE
 
 
 @dataclass(frozen=True)
 class FIMConfig:
     """Fill-in-the-middle settings."""
 
-    rate: float = 0.5
+    rate: Annotated[float, FRACTION] = 0.5
     """Share of documents rewritten as FIM (DeepSeek-Coder: 0.5)."""
-    spm_rate: float = 0.0
+    spm_rate: Annotated[float, FRACTION] = 0.0
     """Share of FIM documents in SPM order instead of PSM (DeepSeek-Coder: PSM only)."""
     split: Literal["char", "line"] = "char"
     """Where the hole may start and end: any character (DeepSeek-Coder, Bavarian et al.), or only
     at line starts, the middle being one or more whole lines (line-level FIM, as single-line
     infilling asks of a model). Small models trained briefly on character-level holes expect
     the middle to start inside a word and do not learn to fill a hole that starts a line."""
-    max_chars: int = 0
+    max_chars: Annotated[int, NON_NEGATIVE] = 0
     """Cut longer documents, at line ends, into pieces of at most this many characters, each
     with its own FIM decision (0: whole documents, as DeepSeek-Coder). With short training
     sequences, whole-document FIM puts the prefix, suffix and middle in different windows and

@@ -13,68 +13,32 @@ import json
 import logging
 import math
 import shutil
-import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from dscoder import allocator
+from dscoder import allocator, artifacts
+from dscoder import model as model_lib
 from dscoder.errors import UserError
 from dscoder.train import checkpoint, distributed
 from dscoder.train.dataset import Mixture, eval_batches
 from dscoder.train.report import METRICS
 from dscoder.train.schedule import OptimConfig, lr_factor, make_optimizer
+from dscoder.train.settings import LoopConfig
 
 log = logging.getLogger("dscoder")
 
 
-@dataclass(frozen=True)
-class LoopConfig:
-    """Steps, batches, precision and bookkeeping."""
-
-    max_steps: int = 1000
-    """Optimizer steps to run."""
-    max_minutes: float = 0.0
-    """Stop (with a checkpoint) after this much wall time; 0: no limit."""
-    batch_size: int = 8
-    """Sequences per micro-batch on each process."""
-    grad_accum: int = 1
-    """Micro-batches per optimizer step."""
-    precision: Literal["bf16", "fp32"] = "bf16"
-    """bf16 autocast (weights and optimizer stay fp32) or plain fp32."""
-    compile: bool = False
-    """Compile the model with torch.compile."""
-    activation_checkpointing: bool = False
-    """Recompute activations in the backward pass to save memory."""
-    log_every: int = 10
-    """Steps between metrics lines."""
-    eval_every: int = 200
-    """Steps between evaluation losses (0: only at the end)."""
-    eval_batches: int = 8
-    """Held-out batches per evaluation."""
-    save_every: int = 200
-    """Steps between checkpoints (0: only at the end)."""
-    keep_checkpoints: int = 2
-    """Checkpoints kept (older ones are deleted)."""
-    seed: int = 0
-    """Seed of the data order, FIM and initialisation."""
-    device: str = "auto"
-    """auto (CUDA when available), cpu, cuda or cuda:N."""
-
-
 def pick_device(name: str, world: distributed.World) -> torch.device:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda":
-        name = f"cuda:{world.local_rank}"
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError("--loop.device cuda: no CUDA device is available")
-    return torch.device(name)
+    """The device of this process: `--loop.device`, with `cuda` meaning this process's own GPU
+    under torchrun."""
+    device = model_lib.device_for(name, "--loop.device")
+    if device.type == "cuda" and name in ("auto", "cuda"):
+        device = model_lib.device_for(f"cuda:{world.local_rank}", "--loop.device")
+    return device
 
 
 def token_loss(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -115,7 +79,10 @@ class Trainer:
     # --- state ---------------------------------------------------------------------------------
 
     def _full_state(self) -> tuple[dict, dict]:
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
+        from torch.distributed.checkpoint.state_dict import (
+            StateDictOptions,
+            get_state_dict,
+        )
 
         options = StateDictOptions(full_state_dict=True, cpu_offload=True)
         return get_state_dict(self.model, self.optimizer, options=options)
@@ -135,7 +102,10 @@ class Trainer:
     def resume(self, folder: Path) -> None:
         """Continue from `folder`: weights, optimizer, schedule, RNG and data position."""
         from safetensors.torch import load_file
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
+        from torch.distributed.checkpoint.state_dict import (
+            StateDictOptions,
+            set_state_dict,
+        )
 
         state = checkpoint.load_state(folder)
         if state.get("world_size", 1) != self.world.size:
@@ -199,13 +169,13 @@ class Trainer:
 
     def run_loop(self) -> dict:
         """Train to `max_steps` (or the time limit), then write `RUN/final`."""
-        from tqdm import tqdm
+        from dscoder.console import progress
 
         metrics = open(self.run / METRICS, "a", encoding="utf-8") if self.world.main else None
         started = time.perf_counter()
         window_start, window_tokens = time.perf_counter(), self.tokens
-        bar = tqdm(total=self.loop.max_steps, initial=self.step, desc="train", unit=" steps", file=sys.stderr,
-                   disable=not self.world.main)
+        bar = progress(total=self.loop.max_steps, initial=self.step, desc="train", unit=" steps",
+                       disable=not self.world.main)
         last: dict = {}
         try:
             while self.step < self.loop.max_steps:
@@ -249,9 +219,8 @@ class Trainer:
                 metrics.close()
         if self.world.main:
             newest = checkpoint.latest(self.run)
-            final = self.run / "final"
-            shutil.rmtree(final, ignore_errors=True)
-            shutil.copytree(newest, final, ignore=shutil.ignore_patterns(checkpoint.STATE))
+            with artifacts.output_dir(self.run / "final", force=True) as final:
+                shutil.copytree(newest, final, ignore=shutil.ignore_patterns(checkpoint.STATE), dirs_exist_ok=True)
         distributed.barrier(self.world)
         return last | {"step": self.step, "tokens": self.tokens}
 
@@ -261,4 +230,4 @@ def _truncate_metrics(path: Path, step: int) -> None:
     if not path.is_file():
         return
     kept = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip() and json.loads(line)["step"] <= step]
-    path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+    artifacts.write_text(path, "".join(line + "\n" for line in kept))

@@ -11,90 +11,58 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
 
+from dscoder import artifacts, formats
 from dscoder import config as config_lib
-from dscoder import formats
 from dscoder import model as model_lib
 from dscoder import tokenizer as tokenizer_lib
-from dscoder.artifacts import write_manifest
+from dscoder.data import corpus
 from dscoder.errors import UserError
 from dscoder.train import checkpoint, dataset, distributed, report
-from dscoder.train.distributed import ParallelConfig
-from dscoder.train.fim import FIMConfig
 from dscoder.train.instruct import instruct_encoder, read_conversations
-from dscoder.train.loop import LoopConfig, Trainer
-from dscoder.train.schedule import OptimConfig
+from dscoder.train.loop import Trainer
+from dscoder.train.settings import TrainConfig
 
 log = logging.getLogger("dscoder")
 
-Stage = Literal["pretrain", "extend", "instruct"]
 
-
-@dataclass(frozen=True)
-class ExtendConfig:
-    """Long-context extension (paper section 3.3)."""
-
-    rope_factor: float = 4.0
-    """Linear RoPE scaling factor."""
-    rope_theta: float = 100000.0
-    """RoPE base frequency."""
-    max_position_embeddings: int = 0
-    """Positions the extended model supports (0: the run's sequence length)."""
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Everything a training run does, by section."""
-
-    stage: Stage = "pretrain"
-    """Which step of the recipe this run is."""
-    data: dataset.DataConfig = field(default_factory=dataset.DataConfig)
-    fim: FIMConfig = field(default_factory=FIMConfig)
-    optim: OptimConfig = field(default_factory=OptimConfig)
-    loop: LoopConfig = field(default_factory=LoopConfig)
-    parallel: ParallelConfig = field(default_factory=ParallelConfig)
-    extend: ExtendConfig = field(default_factory=ExtendConfig)
-
-
-# Settings each stage starts from, before a TOML file and flags.
-STAGE_DEFAULTS: dict[str, dict[str, str]] = {
-    "pretrain": {},
-    "extend": {"optim.schedule": "constant", "optim.warmup_steps": "10", "loop.max_steps": "200"},
-    "instruct": {"optim.schedule": "cosine", "optim.warmup_steps": "100", "optim.weight_decay": "0.0",
-                 "fim.rate": "0.0", "loop.max_steps": "500"},
-}
-
-
-def resolve(stage: Stage, toml: Path | None, overrides: dict[str, str]) -> TrainConfig:
-    cfg = config_lib.apply_overrides(TrainConfig(stage=stage), STAGE_DEFAULTS[stage])
-    cfg = config_lib.load(cfg, toml, overrides)
-    if cfg.stage != stage:
-        raise UserError(f"the config says stage {cfg.stage!r} but this is `train {stage}`")
-    if cfg.data.seq_len < 8 or cfg.loop.batch_size < 1 or cfg.loop.grad_accum < 1 or cfg.loop.max_steps < 1:
-        raise UserError("seq_len must be at least 8; batch_size, grad_accum and max_steps at least 1")
-    return cfg
-
-
-def prepare_run(run: Path, cfg: TrainConfig, resume: bool, force: bool) -> Path | None:
-    """Check the run folder; returns the checkpoint to resume from, if any."""
+def check_run(run: Path, cfg: TrainConfig, resume: bool, force: bool) -> None:
+    """Everything about the run folder and the settings that can be checked before any file is
+    written: the folder is free (or resumable with the same settings), the device exists, every
+    `--data` source is a finished corpus."""
     stored = run / "config.json"
-    if run.exists() and not resume:
-        if not force:
-            raise UserError(f"{run} already exists (use --resume to continue it or --force to replace it)")
-        shutil.rmtree(run)
+    if run.exists() and not resume and not force:
+        raise UserError(f"{run} already exists (use --resume to continue it or --force to replace it)")
+    if run.exists() and not run.is_dir():
+        raise UserError(f"{run} exists and is not a folder")
     if resume and stored.is_file():
-        previous = json.loads(stored.read_text())
+        try:
+            previous = json.loads(stored.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise UserError(f"{stored}: unreadable ({exc})") from None
         now = config_lib.to_dict(cfg)
         for volatile in ("max_minutes", "device"):
-            previous["loop"].pop(volatile, None)
+            previous.get("loop", {}).pop(volatile, None)
             now["loop"].pop(volatile, None)
         if previous != json.loads(json.dumps(now)):
             raise UserError(f"{run} was started with other settings; resume with the same ones (see {stored})")
-    run.mkdir(parents=True, exist_ok=True)
-    (run / "config.json").write_text(json.dumps(config_lib.to_dict(cfg), indent=2) + "\n")
+    model_lib.device_for(cfg.loop.device, "--loop.device")
+    if cfg.stage != "instruct":
+        if not cfg.data.sources:
+            raise UserError("no training data: give --data CORPUS_DIR[:WEIGHT] (one or more)")
+        for spec in cfg.data.sources:
+            path, _ = dataset.parse_source(spec)
+            if not corpus.is_corpus(path):
+                raise UserError(f"--data {spec}: {path} is not a corpus folder (make one with `dscoder data build`)")
+            corpus.shards(path)  # a UserError when the build has not finished
+
+
+def prepare_run(run: Path, cfg: TrainConfig, resume: bool, force: bool) -> Path | None:
+    """Make the run folder (after `check_run`); returns the checkpoint to resume from, if any."""
+    if run.exists() and not resume:
+        shutil.rmtree(run)
+    artifacts.write_json(run / "config.json", config_lib.to_dict(cfg))
     found = checkpoint.latest(run) if resume else None
     if resume and found is None:
         log.info("%s has no checkpoint yet: starting from the beginning", run)
@@ -103,9 +71,7 @@ def prepare_run(run: Path, cfg: TrainConfig, resume: bool, force: bool) -> Path 
 
 def _setup(run: Path, cfg: TrainConfig, resume: bool, force: bool):
     """Join the process group (under torchrun); the main process prepares the run folder."""
-    import torch
-
-    wants_cuda = cfg.loop.device.startswith("cuda") or (cfg.loop.device == "auto" and torch.cuda.is_available())
+    wants_cuda = model_lib.device_for(cfg.loop.device, "--loop.device").type == "cuda"
     world = distributed.init("cuda" if wants_cuda else "cpu")
     found = _main_first(world, lambda: prepare_run(run, cfg, resume, force) if world.main
                         else (checkpoint.latest(run) if resume else None))
@@ -132,19 +98,6 @@ def _check_fit(hf_model, tokenizer, seq_len: int, stage: str) -> None:
                         "positions: extend the context first with `dscoder train extend`")
 
 
-def _copy_tokenizer(source: Path, run: Path, eos_token: str | None = None) -> Path:
-    target = run / "tokenizer"
-    target.mkdir(exist_ok=True)
-    for name in tokenizer_lib.TOKENIZER_FILES:
-        shutil.copyfile(source / name, target / name)
-    if eos_token:
-        path = target / "tokenizer_config.json"
-        data = json.loads(path.read_text(encoding="utf-8"))
-        data["eos_token"] = eos_token
-        path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    return target
-
-
 def _load_model(folder: Path):
     import torch
 
@@ -153,8 +106,6 @@ def _load_model(folder: Path):
 
 
 def _corpus_data(cfg: TrainConfig, tokenizer, run: Path):
-    if not cfg.data.sources:
-        raise UserError("no training data: give --data CORPUS_DIR[:WEIGHT] (one or more)")
     cache_root = Path(cfg.data.cache_dir) if cfg.data.cache_dir else run / "cache"
     folders, weights = [], []
     for spec in cfg.data.sources:
@@ -169,7 +120,7 @@ def _run(run: Path, cfg: TrainConfig, world, hf_model, tokenizer_dir: Path, fold
     mixture = dataset.Mixture([dataset.TokenFile(f) for f in folders], weights, cfg.data.seq_len, cfg.loop.seed,
                               cfg.data.eval_fraction)
     if world.main:
-        write_manifest(run, "run", stage=cfg.stage, config=config_lib.to_dict(cfg), **record)
+        artifacts.write_manifest(run, "run", stage=cfg.stage, config=config_lib.to_dict(cfg), **record)
     trainer = Trainer(run, hf_model, tokenizer_dir, mixture, cfg.loop, cfg.optim, cfg.parallel, lr)
     if resume_from is not None:
         trainer.resume(resume_from)
@@ -185,21 +136,22 @@ def pretrain(run: Path, cfg: TrainConfig, tokenizer_dir: Path | None, preset: st
     """Next-token prediction with FIM on packed corpora, from a preset or a model folder."""
     if (preset is None) == (model_dir is None):
         raise UserError("give exactly one of --preset NAME or --model DIR")
-    world, resume_from = _setup(run, cfg, resume, force)
+    if preset is not None and tokenizer_dir is None:
+        raise UserError("--preset needs --tokenizer DIR")
+    check_run(run, cfg, resume, force)
     if model_dir is not None:
         hf_model, tokenizer = _load_model(model_dir)
         tokenizer_dir = model_dir
         default_lr = 3e-4
     else:
-        if tokenizer_dir is None:
-            raise UserError("--preset needs --tokenizer DIR")
         chosen = model_lib.get_preset(preset)
         tokenizer = tokenizer_lib.load(tokenizer_dir)
         model_cfg = config_lib.apply_overrides(chosen.config, {"dtype": "float32"})
         hf_model = model_lib.build(model_lib.hf_config(model_cfg, tokenizer), seed=cfg.loop.seed)
         default_lr = chosen.max_lr
     _check_fit(hf_model, tokenizer, cfg.data.seq_len, "pretrain")
-    local_tokenizer = _main_first(world, lambda: _copy_tokenizer(Path(tokenizer_dir), run))
+    world, resume_from = _setup(run, cfg, resume, force)
+    local_tokenizer = _main_first(world, lambda: artifacts.copy_tokenizer(tokenizer_dir, run / "tokenizer"))
     folders, weights = _main_first(world, lambda: _corpus_data(cfg, tokenizer, run))
     return _run(run, cfg, world, hf_model, local_tokenizer, folders, weights, resume_from,
                 cfg.optim.lr or default_lr,
@@ -210,7 +162,7 @@ def extend(run: Path, cfg: TrainConfig, model_dir: Path, resume: bool = False, f
     """Continue a model at a longer sequence length with linear RoPE scaling."""
     from transformers import LlamaForCausalLM
 
-    world, resume_from = _setup(run, cfg, resume, force)
+    check_run(run, cfg, resume, force)
     base, tokenizer = _load_model(model_dir)
     positions = cfg.extend.max_position_embeddings or cfg.data.seq_len
     if positions < cfg.data.seq_len:
@@ -221,7 +173,8 @@ def extend(run: Path, cfg: TrainConfig, model_dir: Path, resume: bool = False, f
     hf_model = LlamaForCausalLM(hf_cfg)  # rebuilt so the rotary embedding takes the new scaling
     hf_model.load_state_dict(base.state_dict())
     _check_fit(hf_model, tokenizer, cfg.data.seq_len, "extend")
-    local_tokenizer = _main_first(world, lambda: _copy_tokenizer(model_dir, run))
+    world, resume_from = _setup(run, cfg, resume, force)
+    local_tokenizer = _main_first(world, lambda: artifacts.copy_tokenizer(model_dir, run / "tokenizer"))
     folders, weights = _main_first(world, lambda: _corpus_data(cfg, tokenizer, run))
     return _run(run, cfg, world, hf_model, local_tokenizer, folders, weights, resume_from,
                 cfg.optim.lr or 1e-4, {"model": str(model_dir)})
@@ -230,7 +183,9 @@ def extend(run: Path, cfg: TrainConfig, model_dir: Path, resume: bool = False, f
 def instruct(run: Path, cfg: TrainConfig, model_dir: Path, data_file: Path, resume: bool = False,
              force: bool = False) -> dict:
     """Instruction tuning: responses and `<|EOT|>` are trained; EOS becomes `<|EOT|>`."""
-    world, resume_from = _setup(run, cfg, resume, force)
+    check_run(run, cfg, resume, force)
+    if sum(1 for _ in read_conversations(data_file)) == 0:  # every row is checked before anything is written
+        raise UserError(f"{data_file}: no conversations")
     hf_model, tokenizer = _load_model(model_dir)
     _check_fit(hf_model, tokenizer, cfg.data.seq_len, "instruct")
     eot = tokenizer.convert_tokens_to_ids(formats.EOT)
@@ -238,7 +193,9 @@ def instruct(run: Path, cfg: TrainConfig, model_dir: Path, data_file: Path, resu
         raise UserError(f"{model_dir}: the tokenizer has no {formats.EOT} token")
     hf_model.config.eos_token_id = eot
     hf_model.generation_config.eos_token_id = eot
-    local_tokenizer = _main_first(world, lambda: _copy_tokenizer(model_dir, run, eos_token=formats.EOT))
+    world, resume_from = _setup(run, cfg, resume, force)
+    local_tokenizer = _main_first(world, lambda: artifacts.copy_tokenizer(model_dir, run / "tokenizer",
+                                                                          eos_token=formats.EOT))
     key = {"source": str(Path(data_file).resolve()), "mtime": Path(data_file).stat().st_mtime_ns if Path(data_file).exists() else 0,
            "tokenizer": dataset._tokenizer_fingerprint(tokenizer), "format": 2}
     documents = (json.dumps(messages) for messages in read_conversations(data_file))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from dscoder import artifacts
 from dscoder.errors import UserError
 
 METRICS = "metrics.jsonl"
@@ -39,7 +40,7 @@ def plot_loss(run: Path) -> Path:
     ax.legend()
     out = Path(run) / "loss.png"
     fig.tight_layout()
-    fig.savefig(out, dpi=100)
+    artifacts.write_figure(out, fig)
     plt.close(fig)
     return out
 

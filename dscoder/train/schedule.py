@@ -10,30 +10,32 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import Annotated, Literal
+
+from dscoder.config import FRACTION, NON_NEGATIVE, POSITIVE, Range
 
 
 @dataclass(frozen=True)
 class OptimConfig:
     """AdamW and learning-rate schedule settings."""
 
-    lr: float | None = None
+    lr: Annotated[float | None, POSITIVE] = None
     """Peak learning rate (default: the preset's, else 3e-4)."""
     schedule: Literal["step", "cosine", "constant"] = "step"
     """DeepSeek's three-stage step decay, cosine decay, or constant after warm-up."""
-    warmup_steps: int | None = None
+    warmup_steps: Annotated[int | None, NON_NEGATIVE] = None
     """Linear warm-up steps (default: 2000, at most 5% of the run)."""
-    stage_fractions: tuple[float, ...] = (0.8, 0.9)
+    stage_fractions: tuple[Annotated[float, FRACTION], ...] = (0.8, 0.9)
     """Where the step schedule drops, as fractions of the run."""
-    stage_factor: float = math.sqrt(0.1)
+    stage_factor: Annotated[float, POSITIVE] = math.sqrt(0.1)
     """Multiplier at each drop (two drops end at 10% of the peak)."""
-    min_lr_ratio: float = 0.0
+    min_lr_ratio: Annotated[float, FRACTION] = 0.0
     """Floor of the cosine schedule, as a fraction of the peak."""
-    betas: tuple[float, ...] = (0.9, 0.95)
+    betas: tuple[Annotated[float, Range(0, 1)], ...] = (0.9, 0.95)
     """AdamW betas."""
-    weight_decay: float = 0.1
+    weight_decay: Annotated[float, NON_NEGATIVE] = 0.1
     """AdamW weight decay on matrices (not on norms and biases)."""
-    grad_clip: float = 1.0
+    grad_clip: Annotated[float, NON_NEGATIVE] = 1.0
     """Largest gradient norm (0 disables clipping)."""
     fused: bool = True
     """Use the fused AdamW kernel where torch has one for the device."""
