@@ -41,7 +41,7 @@ def cmd_tokenizer_train(args: argparse.Namespace) -> int:
         raise UserError("no text files found in the inputs")
     log.info("training a %d-token BPE vocabulary on %d files (%.1f MB)", args.vocab_size,
              len(texts), sum(map(len, texts)) / 1e6)
-    tok = tokenizer.train(texts, args.vocab_size, args.min_frequency, length=len(texts))
+    tok = tokenizer.train(texts, args.vocab_size, args.min_frequency, length=len(texts), show_progress=not console.quiet())
     with output_dir(args.out, args.force) as out:
         tokenizer.save(tok, out)
         write_manifest(out, "tokenizer", method="train", inputs=[str(p) for p in args.inputs],

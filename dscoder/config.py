@@ -54,6 +54,7 @@ POSITIVE = Range(0, low_open=True)
 NON_NEGATIVE = Range(0)
 AT_LEAST_ONE = Range(1)
 FRACTION = Range(0, 1)
+Seed = Annotated[int, NON_NEGATIVE]  # what torch, numpy and random all take
 
 
 def check_number(value: Any, annotation: Any, where: str) -> Any:

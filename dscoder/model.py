@@ -18,7 +18,7 @@ from typing import Annotated, Literal
 
 from dscoder import artifacts
 from dscoder import tokenizer as tokenizer_lib
-from dscoder.config import AT_LEAST_ONE, POSITIVE
+from dscoder.config import AT_LEAST_ONE, POSITIVE, Range
 from dscoder.errors import UserError
 
 DType = Literal["float32", "bfloat16", "float16"]
@@ -42,9 +42,9 @@ class ModelConfig:
     """Key/value heads per block (fewer than query heads means grouped-query attention)."""
     max_position_embeddings: Annotated[int, AT_LEAST_ONE] = 16384
     """Longest sequence the positions are set up for."""
-    rope_theta: Annotated[float, POSITIVE] = 100000.0
+    rope_theta: Annotated[float, Range(0, 1e12, low_open=True)] = 100000.0
     """RoPE base frequency."""
-    rope_factor: Annotated[float, POSITIVE] = 4.0
+    rope_factor: Annotated[float, Range(0, 1024, low_open=True)] = 4.0
     """Linear RoPE scaling factor (1.0: no scaling); the released models use 4 after the long-context step."""
     rms_norm_eps: Annotated[float, POSITIVE] = 1e-6
     """RMSNorm epsilon."""

@@ -124,3 +124,20 @@ def tiny_instruct_model(tiny_base_model, small_corpus, tmp_path_factory) -> Path
     assert main(["train", "instruct", "--model", str(tiny_base_model), "--data", str(pairs), "--out",
                  str(folder / "instruct"), *QUICK_TRAIN, "--max-steps", "3", "--save-every", "3"]) == 0
     return folder / "instruct" / "final"
+
+
+def pytest_terminal_summary(terminalreporter):
+    """The run's last line: which isolation modes and evaluation languages this machine had (the
+    tests of the others were skipped, each saying what to install)."""
+    from dscoder.evaluate import sandbox, toolchains
+
+    readable = toolchains.readable_roots()
+    modes = {mode: sandbox.problem_with(mode, readable) for mode in ("bwrap", "unshare")}
+    usable = [mode for mode, problem in modes.items() if problem is None]
+    languages = {language: toolchains.missing(language) for language in toolchains.TOOLCHAINS}
+    line = (f"evaluation: isolation {', '.join(usable) or 'none (programs ran unisolated)'}; languages "
+            f"{', '.join(language for language, problem in languages.items() if problem is None)}")
+    absent = [problem for problem in list(languages.values()) + [p for p in modes.values()] if problem]
+    if absent:
+        line += " (not here: " + "; ".join(absent) + ")"
+    terminalreporter.write_line(line)

@@ -239,3 +239,35 @@ def test_bad_sources(tmp_path, capsys):
     assert main(["data", "build", "--out", str(tmp_path / "c5"), "--workers", "1", str(repo), str(broken)]) == 0
     stats = json.loads((tmp_path / "c5" / "stats.json").read_text())
     assert stats["skipped"]["broken_symlink"] == 1 and stats["skipped"]["unreadable_repository"] == 1
+
+
+@pytest.mark.parametrize("kind", ["empty folder", "binaries", "one 5 MB line"])
+def test_a_build_that_keeps_nothing_is_an_error_and_writes_nothing(kind, tmp_path, capsys):
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    if kind == "binaries":
+        for i in range(3):
+            (repo / f"blob{i}.bin").write_bytes(bytes(range(256)) * 40)
+    elif kind == "one 5 MB line":
+        (repo / "data.py").write_text("x = [" + "1, " * 1_700_000 + "]")
+    code = main(["data", "build", "--out", str(tmp_path / "corpus"), "--workers", "1", str(repo)])
+    err = capsys.readouterr().err
+    assert code == 2 and "no sample was kept, so no corpus was written" in err and "Traceback" not in err
+    assert "1 repositories" in err
+    assert not (tmp_path / "corpus").exists()
+
+
+def test_bad_decontamination_files_are_refused_before_anything_is_written(tmp_path, capsys):
+    repo = write_tree(tmp_path / "r", {"clamp.py": PYTHON_REPO["pkg/util.py"]})
+    for bad, needle in ((tmp_path / "missing.jsonl", "benchmark file not found"),
+                        (write_tree(tmp_path, {"bad.jsonl": "{not json\n"}) / "bad.jsonl", "bad.jsonl")):
+        code = main(["data", "build", "--out", str(tmp_path / "c"), "--decontaminate", str(bad), "--", str(repo)])
+        err = capsys.readouterr().err
+        assert code == 2 and needle in err and "Traceback" not in err
+        assert not (tmp_path / "c").exists()
+    built = main(["data", "build", "--out", str(tmp_path / "c"), "--workers", "1", str(repo)])
+    assert built == 0  # the corrected command
+    capsys.readouterr()
+    code = main(["data", "build", "--out", str(tmp_path / "c"), "--force", "--decontaminate",
+                 str(tmp_path / "missing.jsonl"), "--", str(repo)])
+    assert code == 2 and (tmp_path / "c" / "stats.json").is_file()  # --force does not drop the corpus first

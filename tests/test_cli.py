@@ -146,3 +146,106 @@ def test_every_command_has_help():
 def test_unknown_flag_is_an_argparse_error(capsys):
     code, _, err = run(capsys, "model", "info", "x", "--bogus")
     assert_one_line_error(code, err, "unrecognized arguments: --bogus")
+
+
+def all_commands(parser=None, prefix=()):
+    """Every runnable command's argv prefix and parser, e.g. (("train", "pretrain"), parser)."""
+    import argparse
+
+    from dscoder.cli import build_parser
+
+    parser = parser or build_parser()
+    subparsers = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    if not subparsers:
+        yield prefix, parser
+        return
+    for name, child in subparsers[0].choices.items():
+        yield from all_commands(child, (*prefix, name))
+
+
+def test_every_command_help_shows_its_defaults_and_an_example():
+    commands = list(all_commands())
+    assert len(commands) >= 22
+    for argv, parser in commands:
+        text = parser.format_help()
+        assert "example:\n  dscoder " + " ".join(argv) in text, argv
+        for action in parser._actions:
+            if action.option_strings and action.default not in (None, False, "==SUPPRESS==", []) and action.help:
+                assert "default" in parser._get_formatter()._get_help_string(action), (argv, action.dest)
+
+
+# Numeric options of every command: {argv prefix: {flag: values that are valid}}. Every other value
+# of 0, -1, NaN and a huge number must be refused in one line naming the flag, before any work.
+NUMERIC = {
+    ("tokenizer", "train", "in", "--out", "OUT"): {"--vocab-size": (), "--min-frequency": (), "--max-bytes": ()},
+    ("model", "init", "--preset", "tiny", "--tokenizer", "t", "--out", "OUT"): {"--seed": ("0",)},
+    ("quickstart", "--out", "OUT"): {"--minutes": (), "--corpus-mb": ()},
+    ("data", "build", "src", "--out", "OUT"): {"--workers": ("0",)},
+    ("train", "pretrain", "--data", "d", "--preset", "tiny", "--tokenizer", "t", "--out", "OUT"): {
+        "--max-steps": (), "--seq-len": (), "--batch-size": (), "--grad-accum": (), "--lr": (), "--fim-rate": ("0",),
+        "--seed": ("0",), "--eval-every": ("0",), "--save-every": ("0",)},
+    ("train", "extend", "--model", "m", "--data", "d", "--out", "OUT"): {"--rope-factor": (), "--rope-theta": ()},
+    ("train", "instruct", "--model", "m", "--data", "d.jsonl", "--out", "OUT"): {"--max-steps": (), "--lr": ()},
+    ("train", "make-instruct", "c", "--out", "OUT"): {"--max-pairs": ()},
+    ("complete", "--model", "m", "x"): {"--max-new-tokens": (), "--temperature": ("0",), "--top-p": (),
+                                       "--top-k": ("0",), "--seed": ("0",)},
+    ("infill", "--model", "m", "--file", "f.py"): {"--line": (), "--column": ("0",)},
+    ("repo-complete", "--model", "m", "--repo", "r", "--file", "f.py"): {"--line": (), "--column": ("0",)},
+    ("chat", "--model", "m", "--message", "hi"): {"--max-new-tokens": (), "--top-p": ()},
+    ("serve", "--model", "m"): {"--port": (), "--max-batch": ()},
+    ("eval", "generate", "--model", "m", "--benchmark", "b", "--out", "OUT"): {
+        "--n": (), "--temperature": ("0",), "--top-p": (), "--max-new-tokens": (), "--batch-size": (),
+        "--seed": ("0",), "--limit": ()},
+    ("eval", "execute", "--benchmark", "b", "--samples", "s", "--out", "OUT"): {"--workers": ("0",), "--timeout": ()},
+    ("eval", "run", "--model", "m", "--benchmark", "b", "--out", "OUT"): {"--timeout": (), "--n": (), "--limit": ()},
+}
+BAD = ("0", "-1", "nan", "1e400", "99999999999999999999999")
+
+
+@pytest.mark.parametrize("prefix", list(NUMERIC), ids=lambda p: " ".join(p[:2]))
+def test_numeric_options_are_checked_before_any_work(prefix, capsys, tmp_path):
+    for flag, valid in NUMERIC[prefix].items():
+        for value in BAD:
+            if value in valid:
+                continue
+            out = tmp_path / "out"
+            argv = [str(out) if a == "OUT" else a for a in prefix] + [flag, value]
+            code, _, err = run(capsys, *argv)
+            assert code == 2, (argv, err)
+            assert_one_line_error(code, err, flag)
+            assert not out.exists()
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["model", "init", "--preset", "tiny", "--tokenizer", "t", "--model.hidden_size=0"], "model.hidden_size: must be at least 1"),
+    (["model", "init", "--preset", "tiny", "--tokenizer", "t", "--model.max_position_embeddings=0"],
+     "model.max_position_embeddings: must be at least 1"),
+    (["model", "init", "--preset", "tiny", "--tokenizer", "t", "--model.rope_theta=nan"], "model.rope_theta: expected a finite"),
+    (["data", "build", "src", "--dedup.threshold=2"], "dedup.threshold: must be between 0 and 1"),
+    (["data", "build", "src", "--filters.max_line_length=-5"], "filters.max_line_length: must be at least 1"),
+    (["train", "pretrain", "--data", "d", "--preset", "tiny", "--tokenizer", "t", "--optim.weight_decay=-1"],
+     "optim.weight_decay: must be at least 0"),
+    (["train", "pretrain", "--data", "d", "--preset", "tiny", "--tokenizer", "t", "--loop.device=tpu"],
+     "--loop.device 'tpu'"),
+])
+def test_settings_are_checked_before_any_work(argv, needle, capsys, tmp_path):
+    code, _, err = run(capsys, *argv, "--out", tmp_path / "out")
+    assert_one_line_error(code, err, needle)
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_config_file_is_held_to_the_same_bounds(capsys, tmp_path):
+    toml = tmp_path / "t.toml"
+    toml.write_text("[fim]\nrate = 2.0\n")
+    code, _, err = run(capsys, "train", "pretrain", "--data", "d", "--preset", "tiny", "--tokenizer", "t",
+                       "--config", toml, "--out", tmp_path / "out")
+    assert_one_line_error(code, err, "fim.rate: must be between 0 and 1, got 2")
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_reader_that_goes_away_is_not_a_traceback():
+    """`dscoder ... | head -1`: the command stops quietly when its reader closes the pipe."""
+    result = subprocess.run(f"{sys.executable} -m dscoder model presets | head -1", shell=True, capture_output=True,
+                            text=True)
+    assert result.stdout.startswith("deepseek-coder-1.3b") and "Traceback" not in result.stderr
+    assert "BrokenPipe" not in result.stderr

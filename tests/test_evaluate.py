@@ -254,3 +254,119 @@ def test_a_sample_leaves_nothing_behind_for_the_next(tmp_path):
             tmp_path, cfg)
     rows = [json.loads(l) for l in (tmp_path / "results.jsonl").read_text().splitlines()]
     assert [r["status"] for r in rows] == ["passed", "passed"], rows
+
+
+def test_resume_reuses_only_results_of_the_same_sample_text(tmp_path, capsys):
+    from dscoder.cli import main
+
+    bench = need_shared(BENCH / "HumanEval.jsonl.gz")
+    _, task_list = tasks(bench)
+    samples = tmp_path / "samples.jsonl"
+
+    def write(completions):
+        samples.write_text("".join(json.dumps({"task_id": t.task_id, "completion": c}) + "\n"
+                                   for t, c in zip(task_list[:4], completions)))
+
+    def score(out):
+        assert main(["eval", "execute", "--benchmark", str(bench), "--samples", str(samples), "--out", str(out)]) == 0
+        return json.loads((out / "summary.json").read_text())["overall"]["pass@1"]
+
+    write([t.reference for t in task_list[:4]])
+    assert score(tmp_path / "a") == 1.0
+    write(["    return None\n"] * 4)  # the same file and task ids, other samples
+    assert score(tmp_path / "a") == score(tmp_path / "fresh") == 0.0
+    assert len((tmp_path / "a" / "results.jsonl").read_text().splitlines()) == 4
+
+    other = tmp_path / "other.jsonl"
+    other.write_text(samples.read_text())
+    code = main(["eval", "execute", "--benchmark", str(bench), "--samples", str(other), "--out", str(tmp_path / "a")])
+    err = capsys.readouterr().err
+    assert code == 2 and "holds the results of another run" in err and "--force" in err
+    assert main(["eval", "execute", "--benchmark", str(bench), "--samples", str(other), "--out", str(tmp_path / "a"),
+                 "--timeout", "5"]) == 2  # other settings too
+    capsys.readouterr()
+
+
+def test_a_results_folder_belongs_to_one_model(tiny_base_model, tiny_instruct_model, tmp_path, capsys):
+    from dscoder.cli import main
+
+    bench = need_shared(BENCH / "HumanEval.jsonl.gz")
+    out = tmp_path / "run"
+    args = ["eval", "run", "--benchmark", str(bench), "--out", str(out), "--limit", "2", "--max-new-tokens", "8"]
+    assert main([*args, "--model", str(tiny_base_model), "--name", "first"]) == 0
+    before = (out / "results.jsonl").read_text()
+
+    assert main([*args, "--model", str(tiny_instruct_model)]) == 2  # model B into model A's folder
+    err = capsys.readouterr().err
+    assert "holds the results of another run (source.model" in err and str(tiny_base_model) in err
+    assert (out / "results.jsonl").read_text() == before
+    assert main([*args[:-1], "9", "--model", str(tiny_base_model)]) == 2  # other generation settings
+    assert "source.generation.max_new_tokens: 8 there, 9 now" in capsys.readouterr().err
+
+    assert main([*args, "--model", str(tiny_base_model)]) == 0  # the same run again, without --name
+    assert json.loads((out / "run.json").read_text())["name"] == "first"
+    assert (out / "results.jsonl").read_text() == before
+
+    assert main([*args, "--model", str(tiny_instruct_model), "--force"]) == 0
+    rows = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
+    assert len(rows) == 2 and {r["model"] for r in rows} == {str(tiny_instruct_model.resolve())}
+    assert json.loads((out / "run.json").read_text())["name"] == "instruct"
+
+
+def test_generate_does_not_mix_models_in_one_samples_file(tiny_base_model, tiny_instruct_model, tmp_path, capsys):
+    from dscoder.cli import main
+
+    bench = need_shared(BENCH / "HumanEval.jsonl.gz")
+    out = tmp_path / "samples.jsonl"
+    args = ["eval", "generate", "--benchmark", str(bench), "--out", str(out), "--limit", "2", "--max-new-tokens", "4"]
+    assert main([*args, "--model", str(tiny_base_model)]) == 0
+    assert main([*args, "--model", str(tiny_instruct_model)]) == 2
+    assert "holds samples of model" in capsys.readouterr().err
+    assert main([*args, "--model", str(tiny_instruct_model), "--limit", "3", "--force"]) == 0
+    assert len(out.read_text().splitlines()) == 3
+
+
+def test_a_run_that_scored_nothing_is_an_error_and_a_partial_run_is_marked(tmp_path, capsys):
+    from dscoder.cli import main
+
+    bench = need_shared(BENCH / "HumanEval.jsonl.gz")
+    samples = tmp_path / "unknown.jsonl"
+    samples.write_text('{"task_id": "Nope/1", "completion": "x"}\n')
+    code = main(["eval", "execute", "--benchmark", str(bench), "--samples", str(samples), "--out", str(tmp_path / "n")])
+    err = capsys.readouterr().err
+    assert code == 2 and "none of its 1 samples belong to the benchmark" in err and not (tmp_path / "n").exists()
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "summary.json").write_text(json.dumps({"overall": {"tasks": 0, "samples": 0}, "languages": {},
+                                                     "statuses": {"skipped": 3}}))
+    assert main(["eval", "report", str(empty)]) == 2
+    assert "scored no task (skipped 3)" in capsys.readouterr().err
+
+    _, task_list = tasks(bench)
+    samples.write_text("".join(json.dumps({"task_id": t.task_id, "completion": t.reference}) + "\n"
+                               for t in task_list[:6]))
+    assert main(["eval", "execute", "--benchmark", str(bench), "--samples", str(samples), "--out",
+                 str(tmp_path / "six"), "--name", "six"]) == 0
+    assert "6 tasks of the benchmark's 164" in capsys.readouterr().out
+    report = tmp_path / "reports" / "r.md"  # a folder that does not exist yet
+    assert main(["eval", "report", str(tmp_path / "six"), "--out", str(report)]) == 0
+    text = report.read_text()
+    assert "| six (6/164 tasks) | 100.0 |" in text and "cover only part of the benchmark" in text
+    assert main(["eval", "report", str(tmp_path / "six"), "--out", str(tmp_path)]) == 2  # a folder, not a file
+    assert "is a folder" in capsys.readouterr().err
+
+
+def test_a_run_whose_languages_are_all_missing_is_refused_before_any_sample(tmp_path, monkeypatch):
+    import shutil
+
+    fmt, task_list = tasks(need_shared(BENCH / "humaneval-x-sample-cpp.jsonl"))
+    real_which = shutil.which
+    monkeypatch.setattr(toolchains.shutil, "which", lambda name, *a, **k: None if name == "g++" else real_which(name, *a, **k))
+    toolchains.missing.cache_clear()
+    try:
+        with pytest.raises(UserError, match="no sample can run here: cpp needs g\\+\\+"):
+            execute(task_list, [{"task_id": t.task_id, "completion": t.reference} for t in task_list], tmp_path / "o", CFG)
+    finally:
+        toolchains.missing.cache_clear()
+    assert not (tmp_path / "o").exists()

@@ -1,6 +1,7 @@
 """`dscoder complete | infill | repo-complete | chat` as a user runs them, with golden prompts."""
 
 import io
+import json
 import shutil
 import sys
 
@@ -83,3 +84,52 @@ def test_serve_without_a_working_serve_stack_is_one_clear_line(capsys, tiny_base
     monkeypatch.setitem(sys.modules, "fastapi", None)  # as if FastAPI (or one of its dependencies) failed to import
     code, _, err = run(capsys, "serve", "--model", tiny_base_model)
     assert code == 2 and "dscoder[serve]" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_model_folders_that_are_not_what_they_seem(capsys, tiny_base_model, tmp_path):
+    run_folder = tiny_base_model.parent  # a training run: its model is final/
+    for argv in (("model", "info", run_folder), ("complete", "--model", run_folder, "x")):
+        code, _, err = run(capsys, *argv)
+        assert code == 2 and f"a training run, not a model folder: its model is {run_folder / 'final'}" in err
+
+    edited = tmp_path / "edited"
+    shutil.copytree(tiny_base_model, edited)
+    config = json.loads((edited / "config.json").read_text())
+    config["hidden_size"] //= 2
+    (edited / "config.json").write_text(json.dumps(config))
+    for argv in (("model", "info", edited), ("complete", "--model", edited, "x")):
+        code, _, err = run(capsys, *argv)
+        assert code == 2 and "the weights do not match config.json: model.embed_tokens.weight is" in err, err
+        assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_devices_this_machine_lacks_are_one_line(capsys, tiny_base_model):
+    import torch
+
+    if torch.cuda.is_available():
+        import pytest
+
+        pytest.skip("this machine has a GPU")
+    for device, needle in (("cuda", "--device cuda: this machine has no CUDA devices"), ("tpu", "--device 'tpu'")):
+        code, _, err = run(capsys, "complete", "--model", tiny_base_model, "x", "--device", device)
+        assert code == 2 and needle in err and "Traceback" not in err
+
+
+def test_a_long_prompt_gives_our_warning_not_the_libraries(capsys, tiny_base_model):
+    code, _, err = run(capsys, "complete", "--model", tiny_base_model, "x " * 3000, "--max-new-tokens", "2")
+    assert code == 0 and "were dropped" in err
+    assert "Token indices sequence length" not in err
+
+
+def test_quiet_silences_progress_bars_ours_and_the_libraries(tmp_path):
+    import subprocess
+
+    from conftest import STDLIB
+
+    argv = [sys.executable, "-m", "dscoder", "tokenizer", "train", str(STDLIB / "json"), "--vocab-size", "300"]
+    loud = subprocess.run(argv + ["--out", str(tmp_path / "a")], capture_output=True, text=True)
+    quiet = subprocess.run([argv[0], "-m", "dscoder", "-q", *argv[3:], "--out", str(tmp_path / "b")],
+                           capture_output=True, text=True)
+    assert loud.returncode == quiet.returncode == 0
+    assert "reading" in loud.stderr and "training a 300-token" in loud.stderr
+    assert quiet.stderr.strip() == "", quiet.stderr

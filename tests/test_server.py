@@ -185,3 +185,50 @@ def test_a_client_leaving_mid_stream_frees_the_server(base):
     start = time.time()
     assert client.completions.create(model=engine.name, prompt="x", max_tokens=2).choices
     assert time.time() - start < 5
+
+
+def test_every_endpoint_reports_an_over_long_prompt_the_same_way(base):
+    engine, url, client = base
+    long = "x " * 3000
+    with pytest.raises(openai.BadRequestError) as exc:
+        client.chat.completions.create(model=engine.name, messages=[{"role": "user", "content": long}], max_tokens=4)
+    body = exc.value.body
+    assert body["code"] == "context_length_exceeded" and f"context length is {engine.context} tokens" in body["message"]
+    assert "max_new_tokens" not in body["message"] and "--" not in body["message"]
+    infill = httpx.post(url + "/infill", json={"input_prefix": long, "input_suffix": "", "n_predict": 4},
+                        headers={"Authorization": f"Bearer {KEY}"})
+    assert infill.status_code == 400 and infill.json()["error"]["code"] == "context_length_exceeded"
+
+
+def test_bad_values_are_400s_that_name_the_parameter(base):
+    engine, url, client = base
+    headers = {"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"}
+    bad = httpx.post(url + "/v1/completions", content=b'{"prompt": "x", "max_tokens": 2,', headers=headers)
+    assert bad.status_code == 400 and bad.json()["error"]["param"] is None  # not a character offset
+    assert bad.json()["error"]["code"] == "invalid_json"
+    for field, value in (("top_p", 0), ("top_p", 2), ("temperature", -1), ("top_k", -3), ("seed", -1),
+                         ("max_tokens", 0)):
+        response = httpx.post(url + "/v1/completions", json={"prompt": "x", "max_tokens": 2, field: value},
+                              headers=headers)
+        assert response.status_code == 400, (field, value)
+        assert response.json()["error"]["param"] == field, response.json()
+    for value in ("NaN", "Infinity"):
+        response = httpx.post(url + "/v1/completions", headers=headers,
+                              content=f'{{"prompt": "x", "max_tokens": 2, "temperature": {value}}}'.encode())
+        assert response.status_code == 400, value
+    tiny = client.completions.create(model=engine.name, prompt="x", max_tokens=3, temperature=1.0, top_p=5e-324, seed=1)
+    assert tiny.choices[0].finish_reason in ("stop", "length")  # keeps the most likely token
+    assert httpx.get(url + "/health").status_code == 200
+
+
+def test_serve_on_a_port_in_use_is_one_line_before_the_model_loads(tiny_base_model, capsys):
+    from dscoder.cli import main
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        code = main(["serve", "--model", str(tiny_base_model), "--port", str(port)])
+    err = capsys.readouterr().err
+    assert code == 2 and f"--port {port}: 127.0.0.1:{port} is already in use" in err
+    assert "serving" not in err and "Traceback" not in err

@@ -199,3 +199,46 @@ def test_corrupt_corpus_shard_is_a_clear_error(small_corpus, trained_tokenizer_d
                  "--preset", "tiny", "--out", str(tmp_path / "run"), *QUICK_TRAIN])
     err = capsys.readouterr().err
     assert code == 2 and "unreadable corpus shard" in err and "Traceback" not in err
+
+
+def test_a_mistake_leaves_nothing_behind_and_the_corrected_command_runs(small_corpus, trained_tokenizer_dir,
+                                                                         tmp_path, capsys):
+    """Each mistake is one line, before the run folder exists; the corrected command then runs
+    (not "already exists", not "started with other settings" on --resume)."""
+    run = tmp_path / "run"
+    good = ["train", "pretrain", "--data", str(small_corpus), "--tokenizer", str(trained_tokenizer_dir),
+            "--preset", "tiny", "--out", str(run), *QUICK_TRAIN, "--max-steps", "2", "--save-every", "2"]
+
+    def with_(old, new):
+        argv = list(good)
+        i = argv.index(old)
+        argv[i:i + 1] = new
+        return argv
+
+    mistakes = [
+        (with_("--data", ["--daat"]), "unrecognized argument '--daat'"),
+        (with_("tiny", ["tinny"]), "unknown preset 'tinny'"),
+        ([a for a in good if a not in ("--tokenizer", str(trained_tokenizer_dir))], "--preset needs --tokenizer"),
+        (with_(str(small_corpus), [f"{tmp_path / 'nowhere'}:abc"]), "the weight after ':' must be a number"),
+        (with_(str(small_corpus), [str(tmp_path)]), "not a corpus folder"),
+        (good + ["--lr", "-1"], "--lr: must be greater than 0"),
+        (good + ["--seq-len", "4096"], "exceeds the model's 1024 positions"),
+        (good + ["--loop.device=cuda:7"], "--loop.device cuda:7"),
+        (with_(str(trained_tokenizer_dir), [str(small_corpus)]), "no tokenizer files"),
+    ]
+    for argv, needle in mistakes:
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert needle in err and "Traceback" not in err, (needle, err)
+        assert not run.exists(), argv
+    assert main(good) == 0
+    assert main(good + ["--resume"]) == 0  # same settings: resumes
+
+
+def test_instruct_data_is_checked_whole_before_the_run_starts(pretrained, tmp_path, capsys):
+    data = tmp_path / "pairs.jsonl"
+    data.write_text('{"instruction": "a", "output": "b"}\n' * 50 + '{"instruction": "x"}\n')
+    code = main(["train", "instruct", "--model", str(pretrained / "final"), "--data", str(data), "--out",
+                 str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert code == 2 and "pairs.jsonl:51" in err and not (tmp_path / "run").exists()

@@ -18,7 +18,7 @@ from typing import Annotated, Callable, Iterable
 
 import numpy as np
 
-from dscoder.config import AT_LEAST_ONE, FRACTION
+from dscoder.config import AT_LEAST_ONE, FRACTION, Seed
 from dscoder.data.ngrams import shingles
 
 EMPTY = np.uint32(0xFFFFFFFF)
@@ -42,7 +42,7 @@ class DedupConfig:
     """Estimated Jaccard similarity from which two samples are duplicates."""
     lowercase: bool = False
     """Lowercase words before shingling."""
-    seed: int = 42
+    seed: Seed = 42
     """Seed of the hash functions (signatures are only comparable for the same seed)."""
 
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Annotated
 
 from dscoder import formats
-from dscoder.config import AT_LEAST_ONE, NON_NEGATIVE
+from dscoder.config import AT_LEAST_ONE, NON_NEGATIVE, Seed
 from dscoder.data.decontam import BenchmarkIndex, DecontamConfig, match
 from dscoder.data.dedup import DedupConfig
 from dscoder.data.dependencies import order_repository
@@ -36,7 +36,7 @@ class OrderConfig:
 
     enabled: bool = True
     """Build repository-level samples in dependency order (else every file is its own sample)."""
-    seed: int = 0
+    seed: Seed = 0
     """Seed of the tie-breaking in Algorithm 1 (combined with each component's paths)."""
     max_sample_chars: Annotated[int, AT_LEAST_ONE] = 4_000_000
     """A component larger than this is cut, in order, into consecutive samples of at most this

@@ -299,13 +299,13 @@ def execute(task_list: list[Task], samples: list[dict], out: Path, cfg: ExecConf
     workers_by_slot: dict[int, sandbox.PythonWorker] = {}
 
     def python_worker(slot: int) -> sandbox.PythonWorker | None:
-        if mode != "bwrap":
+        if mode == "none":
             return None
         worker = workers_by_slot.get(slot)
         if worker is None or not worker.alive():
             if worker is not None:
                 worker.close()
-            worker = workers_by_slot[slot] = sandbox.PythonWorker(slot, toolchains.readable_roots())
+            worker = workers_by_slot[slot] = sandbox.PythonWorker(slot, toolchains.readable_roots(), mode)
         return worker
 
     def one(sample: dict) -> dict:

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Annotated
 
 from dscoder import artifacts, formats
-from dscoder.config import AT_LEAST_ONE
+from dscoder.config import AT_LEAST_ONE, Seed
 from dscoder.errors import UserError
 from dscoder.evaluate.benchmarks import Task, clean_completion
 from dscoder.infer.sampling import NewTokens, Temperature, TopP
@@ -33,7 +33,7 @@ class GenerateConfig:
     """Most tokens per sample."""
     batch_size: Annotated[int, AT_LEAST_ONE] = 8
     """Sequences generated together."""
-    seed: int = 0
+    seed: Seed = 0
     """Sample j of a task uses seed + j."""
 
 

@@ -140,7 +140,7 @@ def _bwrap(workdir: Path, readable: tuple[str, ...], env: dict[str, str], uid: i
     """The bubblewrap command line. As root, bwrap sets up the namespaces and mounts with its
     privileges (so toolchains under /root can be shown) and `setpriv` then drops to `uid`;
     otherwise bwrap runs unprivileged in a user namespace."""
-    command = ["bwrap", "--unshare-net", "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--die-with-parent",
+    command = [_tool("bwrap"), "--unshare-net", "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--die-with-parent",
                "--new-session", "--ro-bind", "/", "/", "--perms", "1777", "--tmpfs", "/tmp"]
     if os.getuid() != 0:
         command += ["--unshare-user"]
@@ -164,8 +164,13 @@ def _bwrap(workdir: Path, readable: tuple[str, ...], env: dict[str, str], uid: i
     return command
 
 
+def _tool(name: str) -> str:
+    """The full path of a tool on this process's PATH (the sandbox's own PATH is another)."""
+    return shutil.which(name) or name
+
+
 def _setpriv(uid: int) -> list[str]:
-    return ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--inh-caps=-all",
+    return [_tool("setpriv"), f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--inh-caps=-all",
             "--bounding-set=-all", "--"]
 
 
@@ -185,7 +190,7 @@ def _unshare(workdir: Path, readable: tuple[str, ...], uid: int) -> list[str]:
     show only the toolchains, then drops to `uid` with setpriv."""
     namespaces = ["--mount", "--net", "--pid", "--fork", "--kill-child", "--mount-proc"]
     if os.getuid() != 0:
-        return ["unshare", "--user", "--map-root-user", *namespaces, "--"]
+        return [_tool("unshare"), "--user", "--map-root-user", *namespaces, "--"]
     stage, q = _stage(), shlex.quote
     script = ["set -e"]
     for folder, shown in exposures(readable, workdir, private_tmp=True).items():
@@ -199,7 +204,7 @@ def _unshare(workdir: Path, readable: tuple[str, ...], uid: int) -> list[str]:
         script.append(f"mount --move {q(stage)} {q(folder)}")
     script.append(f"cd {q(str(workdir))}")
     script.append("exec " + " ".join(q(a) for a in _setpriv(uid)) + ' "$@"')
-    return ["unshare", *namespaces, "--", "/bin/sh", "-c", "\n".join(script), "sandbox"]
+    return [_tool("unshare"), *namespaces, "--", "/bin/sh", "-c", "\n".join(script), "sandbox"]
 
 
 def _wait_until_gone(uid: int, seconds: float = 10.0) -> None:
@@ -310,15 +315,22 @@ class Workdir:
 
 class PythonWorker:
     """A fork server (pyworker.py) inside the sandbox for one worker slot: Python programs run
-    in forked children instead of new interpreters (bubblewrap isolation only)."""
+    in forked children instead of new interpreters (modes with a PID namespace and a private
+    /tmp of their own: bwrap and unshare)."""
 
-    def __init__(self, slot: int, readable: tuple[str, ...]):
+    def __init__(self, slot: int, readable: tuple[str, ...], mode: str):
         self.slot, self.readable = slot, readable
         self.root = Path(tempfile.mkdtemp(prefix=f"dscoder-slot{slot}-"))
         os.chmod(self.root, 0o755)  # samples write only in their own folder inside
         uid = BASE_UID + slot
         script = Path(__file__).with_name("pyworker.py")
-        command = _bwrap(self.root, readable, {"PATH": environment(self.root)["PATH"], "LANG": "C.UTF-8"}, uid)
+        env = {"PATH": environment(self.root)["PATH"], "LANG": "C.UTF-8"}
+        if mode == "bwrap":
+            command, child_env = _bwrap(self.root, readable, env, uid), {}
+        elif mode == "unshare":
+            command, child_env = _unshare(self.root, readable, uid), env
+        else:
+            raise ValueError(f"no Python worker in sandbox mode {mode!r}")
         command += [sys.executable, "-E", str(script), str(self.root)]
 
         def prepare() -> None:
@@ -327,7 +339,7 @@ class PythonWorker:
             if os.getuid() == 0:
                 resource.setrlimit(resource.RLIMIT_NPROC, (256, 256))
 
-        self.process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+        self.process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=child_env,
                                         stderr=subprocess.DEVNULL, text=True, preexec_fn=prepare)
         self.uid = uid
 
@@ -356,10 +368,10 @@ class PythonWorker:
 
     def close(self) -> None:
         try:
-            self.process.stdin.close()
-        except OSError:
-            pass
-        _kill_group(self.process)
-        self.process.wait()
+            self.process.stdin.close()  # the server ends when its input does
+            self.process.wait(timeout=5)
+        except (OSError, subprocess.TimeoutExpired):
+            _kill_group(self.process)
+            self.process.wait()
         _wait_until_gone(self.uid)
         shutil.rmtree(self.root, ignore_errors=True)

@@ -33,7 +33,7 @@ class SamplingParams:
     temperature: Temperature = 0.0  # 0: greedy
     top_p: TopP = 1.0
     top_k: TopK = 0  # 0: no limit
-    seed: int | None = None
+    seed: Annotated[int | None, NON_NEGATIVE] = None
     stop: tuple[str, ...] = ()
     stop_token_ids: tuple[int, ...] = ()
     logprobs: Annotated[int | None, NON_NEGATIVE] = None  # None: none; k: the chosen token's and k alternatives

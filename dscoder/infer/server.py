@@ -61,7 +61,7 @@ class _Common(BaseModel):
     top_k: int = _bounded(0, "top_k")
     n: int = Field(1, ge=1, le=16)
     stop: str | list[str] | None = None
-    seed: int | None = None
+    seed: int | None = _bounded(None, "seed")
     stream: bool = False
     stream_options: StreamOptions | None = None
 
@@ -103,7 +103,7 @@ class InfillRequest(BaseModel):
     top_p: float = _bounded(1.0, "top_p")
     top_k: int = _bounded(0, "top_k")
     stop: list[str] = []
-    seed: int | None = None
+    seed: int | None = _bounded(None, "seed")
     stream: bool = False
 
 

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Annotated
 
 from dscoder import artifacts
-from dscoder.config import AT_LEAST_ONE, POSITIVE
+from dscoder.config import AT_LEAST_ONE, Range, Seed
 from dscoder.errors import UserError
 
 log = logging.getLogger("dscoder")
@@ -40,7 +40,7 @@ MIN_FREE_BYTES = 3 * 2**30
 class QuickstartConfig:
     """The demo's knobs."""
 
-    minutes: Annotated[float, POSITIVE] = 10.0
+    minutes: Annotated[float, Range(0, 10080, low_open=True)] = 10.0
     """Pretraining budget, for the FIM model and again for the no-FIM control."""
     corpus_mb: Annotated[int, AT_LEAST_ONE] = 40
     """Megabytes of installed Python code to read."""
@@ -61,7 +61,7 @@ class QuickstartConfig:
     parse_prompts: int = 200
     """At most this many held-out function and method headers are completed for the share of
     completions that parse."""
-    seed: int = 0
+    seed: Seed = 0
 
 
 def _stage(out: Path, name: str, fn, seconds: dict, force_rerun: bool = False) -> dict:

@@ -19,7 +19,7 @@ from dscoder.config import FRACTION, NON_NEGATIVE, POSITIVE, Range
 class OptimConfig:
     """AdamW and learning-rate schedule settings."""
 
-    lr: Annotated[float | None, POSITIVE] = None
+    lr: Annotated[float | None, Range(0, 1, low_open=True)] = None
     """Peak learning rate (default: the preset's, else 3e-4)."""
     schedule: Literal["step", "cosine", "constant"] = "step"
     """DeepSeek's three-stage step decay, cosine decay, or constant after warm-up."""

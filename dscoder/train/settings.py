@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 from dscoder import config as config_lib
-from dscoder.config import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE
+from dscoder.config import AT_LEAST_ONE, NON_NEGATIVE, Range, Seed
 from dscoder.errors import UserError
 from dscoder.train.dataset import DataConfig
 from dscoder.train.distributed import ParallelConfig
@@ -48,7 +48,7 @@ class LoopConfig:
     """Steps between checkpoints (0: only at the end)."""
     keep_checkpoints: Annotated[int, NON_NEGATIVE] = 2
     """Checkpoints kept (older ones are deleted)."""
-    seed: int = 0
+    seed: Seed = 0
     """Seed of the data order, FIM and initialisation."""
     device: str = "auto"
     """auto (CUDA when available), cpu, cuda or cuda:N."""
@@ -58,9 +58,9 @@ class LoopConfig:
 class ExtendConfig:
     """Long-context extension (paper section 3.3)."""
 
-    rope_factor: Annotated[float, POSITIVE] = 4.0
+    rope_factor: Annotated[float, Range(0, 1024, low_open=True)] = 4.0
     """Linear RoPE scaling factor."""
-    rope_theta: Annotated[float, POSITIVE] = 100000.0
+    rope_theta: Annotated[float, Range(0, 1e12, low_open=True)] = 100000.0
     """RoPE base frequency."""
     max_position_embeddings: Annotated[int, NON_NEGATIVE] = 0
     """Positions the extended model supports (0: the run's sequence length)."""

@@ -1,0 +1,131 @@
+"""The sandbox modes: chosen explicitly or automatically, each one working (the interpreter and the
+toolchains reachable wherever they are installed) or refused before any sample runs; and a
+machine without a working bubblewrap still evaluating correctly."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from dscoder.cli import main
+from dscoder.evaluate import sandbox, toolchains
+
+from conftest import SHARED, need_shared
+
+BENCH = SHARED / "benchmarks"
+READABLE = toolchains.readable_roots()
+
+
+def canonical_samples(path, out, count):
+    from dscoder.evaluate.benchmarks import tasks
+
+    _, task_list = tasks(path)
+    rows = [{"task_id": t.task_id, "completion": t.reference} for t in task_list[:count]]
+    rows += [{"task_id": t.task_id, "completion": ""} for t in task_list[:count]]
+    out.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return out
+
+
+def run_dscoder(args, env=None, wrap=()):
+    """`dscoder ARGS` in a new process (optionally under `wrap`), as a user would run it."""
+    command = [*wrap, sys.executable, "-m", "dscoder", *map(str, args)]
+    return subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
+
+
+def working_modes():
+    return [m for m in ("bwrap", "unshare") if sandbox.problem_with(m, READABLE) is None]
+
+
+@pytest.mark.parametrize("mode", ["bwrap", "unshare", "none"])
+def test_each_mode_runs_python_or_is_refused_before_any_sample(mode, tmp_path, capsys):
+    samples = canonical_samples(need_shared(BENCH / "HumanEval.jsonl.gz"), tmp_path / "s.jsonl", 3)
+    code = main(["eval", "execute", "--benchmark", str(BENCH / "HumanEval.jsonl.gz"), "--samples", str(samples),
+                 "--out", str(tmp_path / "out"), "--sandbox", mode])
+    err = capsys.readouterr().err
+    problem = sandbox.problem_with(mode, READABLE)
+    if problem:  # refused in one line, with what is missing, and nothing written
+        assert code == 2 and f"--sandbox {mode}: " in err and "Traceback" not in err
+        assert not (tmp_path / "out").exists()
+        return
+    assert code == 0, err
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    run = json.loads((tmp_path / "out" / "run.json").read_text())
+    assert summary["overall"]["pass@1"] == pytest.approx(0.5) and summary["statuses"] == {"passed": 3, "failed": 3}
+    assert summary["isolation"] == run["execution"]["isolation"] == mode
+    if mode == "none":
+        assert "WITHOUT isolation" in err
+
+
+def test_auto_takes_the_strongest_mode_that_works():
+    modes = working_modes()
+    assert sandbox.choose("auto", READABLE) == (modes[0] if modes else "none")
+
+
+def test_an_unknown_mode_is_an_argument_error(capsys, tmp_path):
+    code = main(["eval", "execute", "--benchmark", "b.jsonl", "--samples", "s.jsonl", "--out", str(tmp_path / "o"),
+                 "--sandbox", "docker"])
+    err = capsys.readouterr().err
+    assert code == 2 and "--sandbox: invalid choice: 'docker'" in err and not (tmp_path / "o").exists()
+
+
+def test_a_toolchain_under_a_private_home_runs_in_every_isolating_mode(tmp_path):
+    """The interpreter (and rustc) of an administrator's pyenv/rustup under /root: the sandbox
+    user cannot enter /root, so each mode shows just those folders."""
+    for mode in working_modes():
+        with sandbox.Workdir() as work:
+            result = sandbox.run([sys.executable, "-c", "import os, sys; print(os.getuid(), sys.prefix)"], work,
+                                 sandbox.Limits(), mode, readable=READABLE)
+            assert result.returncode == 0, (mode, result.stderr)
+            if os.getuid() == 0:
+                assert result.stdout.split()[0] == str(sandbox.BASE_UID)  # not root
+            if shutil.which("rustc"):
+                assert toolchains.probe("rust", mode) is None
+
+
+def fake_bwrap(folder):
+    """A `bwrap` that fails as it does in many containers."""
+    folder.mkdir()
+    script = folder / "bwrap"
+    script.write_text("#!/bin/sh\necho 'bwrap: Creating new user namespace failed: Operation not permitted' >&2\n"
+                      "exit 1\n")
+    script.chmod(0o755)
+    return folder
+
+
+def hidden_bwrap_wrap():
+    """A mount namespace in which /usr/bin/bwrap is not there (root only)."""
+    real = shutil.which("bwrap")
+    if os.getuid() != 0 or real is None or shutil.which("unshare") is None:
+        return None
+    return ("unshare", "--mount", "--", "sh", "-c", f'mount --bind /dev/null {real} && exec "$@"', "sh")
+
+
+@pytest.mark.parametrize("how", ["broken", "hidden"])
+def test_a_machine_without_a_working_bubblewrap_still_evaluates(how, tmp_path):
+    """What a fresh machine (or a container) without bubblewrap sees: `auto` says why it passed
+    bwrap over, takes the next mode, and the canonical solutions still pass, Python and Rust."""
+    env, wrap = dict(os.environ), ()
+    if how == "broken":
+        env["PATH"] = f"{fake_bwrap(tmp_path / 'bin')}{os.pathsep}{env['PATH']}"
+    else:
+        wrap = hidden_bwrap_wrap()
+        if wrap is None:
+            pytest.skip("hiding bwrap needs root, util-linux's unshare and an installed bwrap")
+    benchmarks = [("python", BENCH / "HumanEval.jsonl.gz", 5)]
+    if shutil.which("rustc"):
+        benchmarks.append(("rust", BENCH / "humaneval-x-sample-rust.jsonl", 2))
+    for language, bench, count in benchmarks:
+        samples = canonical_samples(need_shared(bench), tmp_path / f"{language}.jsonl", count)
+        out = tmp_path / f"out-{language}"
+        done = run_dscoder(["eval", "execute", "--benchmark", bench, "--samples", samples, "--out", out], env, wrap)
+        assert done.returncode == 0, done.stderr
+        assert "Traceback" not in done.stderr
+        assert "bwrap: " in done.stderr  # why bwrap was passed over
+        summary = json.loads((out / "summary.json").read_text())
+        assert summary["isolation"] != "bwrap"
+        rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+        assert sorted(r["status"] for r in rows if r["completion_id"] == 0) == ["passed"] * count, rows
+        assert not any(r["passed"] for r in rows if r["completion_id"] == 1)
