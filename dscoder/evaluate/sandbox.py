@@ -185,12 +185,13 @@ def _stage() -> str:
 
 def _unshare(workdir: Path, readable: tuple[str, ...], uid: int) -> list[str]:
     """The `unshare` command line: new mount, PID and network namespaces (and, for a normal
-    user, a user namespace). As root, a shell inside the new mount namespace gives the program a
-    private /tmp holding its work folder, replaces private folders such as /root by ones that
-    show only the toolchains, then drops to `uid` with setpriv."""
+    user, a user namespace in which the user may mount). A shell inside the new mount namespace
+    gives the program a private /tmp holding its work folder and, as root, replaces private
+    folders such as /root by ones that show only the toolchains, then runs the program (as root,
+    as `uid`, through setpriv)."""
     namespaces = ["--mount", "--net", "--pid", "--fork", "--kill-child", "--mount-proc"]
     if os.getuid() != 0:
-        return [_tool("unshare"), "--user", "--map-root-user", *namespaces, "--"]
+        namespaces = ["--user", "--map-root-user", *namespaces]
     stage, q = _stage(), shlex.quote
     script = ["set -e"]
     for folder, shown in exposures(readable, workdir, private_tmp=True).items():
@@ -201,9 +202,10 @@ def _unshare(workdir: Path, readable: tuple[str, ...], uid: int) -> list[str]:
             script += [f"mkdir -p {inside}", f"mount --bind {q(path)} {inside}"]
             if not writable:
                 script.append(f"mount -o remount,bind,ro {inside}")
-        script.append(f"mount --move {q(stage)} {q(folder)}")
+        script.append(f"mount --rbind {q(stage)} {q(folder)}")
     script.append(f"cd {q(str(workdir))}")
-    script.append("exec " + " ".join(q(a) for a in _setpriv(uid)) + ' "$@"')
+    drop = " ".join(q(a) for a in _setpriv(uid)) + " " if os.getuid() == 0 else ""
+    script.append(f'exec {drop}"$@"')
     return [_tool("unshare"), *namespaces, "--", "/bin/sh", "-c", "\n".join(script), "sandbox"]
 
 
