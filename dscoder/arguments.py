@@ -19,15 +19,19 @@ from typing import Annotated, Any, Callable
 from dscoder import config
 
 
-class HelpFormatter(argparse.RawDescriptionHelpFormatter):
-    """Descriptions and examples as written; each option's default after its help."""
+class HelpFormatter(argparse.HelpFormatter):
+    """Descriptions wrapped, examples as written, and each option's default after its help."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        if text.startswith("example:"):
+            return "".join(indent + line for line in text.splitlines(keepends=True))
+        return super()._fill_text(text, width, indent)
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
         default = action.default
-        if "default" in text or default in (None, False, argparse.SUPPRESS) or action.option_strings == []:
-            return text
-        if isinstance(default, (list, tuple)) and not default:
+        if ("default" in text or default is None or default is False or default is argparse.SUPPRESS
+                or not action.option_strings or default == []):
             return text
         return f"{text} (default: %(default)s)"
 

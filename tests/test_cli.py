@@ -170,46 +170,67 @@ def test_every_command_help_shows_its_defaults_and_an_example():
         text = parser.format_help()
         assert "example:\n  dscoder " + " ".join(argv) in text, argv
         for action in parser._actions:
-            if action.option_strings and action.default not in (None, False, "==SUPPRESS==", []) and action.help:
+            if (action.option_strings and action.help and action.default is not None and action.default is not False
+                    and action.default not in ("==SUPPRESS==", [])):
                 assert "default" in parser._get_formatter()._get_help_string(action), (argv, action.dest)
 
 
-# Numeric options of every command: {argv prefix: {flag: values that are valid}}. Every other value
-# of 0, -1, NaN and a huge number must be refused in one line naming the flag, before any work.
+# Numeric options of every command: {command: (other arguments, {flag: values that are valid})}.
+# Every other value of 0, -1, NaN and a huge number must be refused in one line naming the flag,
+# before any work.
+ZERO_OK = ("0",)
 NUMERIC = {
-    ("tokenizer", "train", "in", "--out", "OUT"): {"--vocab-size": (), "--min-frequency": (), "--max-bytes": ()},
-    ("model", "init", "--preset", "tiny", "--tokenizer", "t", "--out", "OUT"): {"--seed": ("0",)},
-    ("quickstart", "--out", "OUT"): {"--minutes": (), "--corpus-mb": ()},
-    ("data", "build", "src", "--out", "OUT"): {"--workers": ("0",)},
-    ("train", "pretrain", "--data", "d", "--preset", "tiny", "--tokenizer", "t", "--out", "OUT"): {
-        "--max-steps": (), "--seq-len": (), "--batch-size": (), "--grad-accum": (), "--lr": (), "--fim-rate": ("0",),
-        "--seed": ("0",), "--eval-every": ("0",), "--save-every": ("0",)},
-    ("train", "extend", "--model", "m", "--data", "d", "--out", "OUT"): {"--rope-factor": (), "--rope-theta": ()},
-    ("train", "instruct", "--model", "m", "--data", "d.jsonl", "--out", "OUT"): {"--max-steps": (), "--lr": ()},
-    ("train", "make-instruct", "c", "--out", "OUT"): {"--max-pairs": ()},
-    ("complete", "--model", "m", "x"): {"--max-new-tokens": (), "--temperature": ("0",), "--top-p": (),
-                                       "--top-k": ("0",), "--seed": ("0",)},
-    ("infill", "--model", "m", "--file", "f.py"): {"--line": (), "--column": ("0",)},
-    ("repo-complete", "--model", "m", "--repo", "r", "--file", "f.py"): {"--line": (), "--column": ("0",)},
-    ("chat", "--model", "m", "--message", "hi"): {"--max-new-tokens": (), "--top-p": ()},
-    ("serve", "--model", "m"): {"--port": (), "--max-batch": ()},
-    ("eval", "generate", "--model", "m", "--benchmark", "b", "--out", "OUT"): {
-        "--n": (), "--temperature": ("0",), "--top-p": (), "--max-new-tokens": (), "--batch-size": (),
-        "--seed": ("0",), "--limit": ()},
-    ("eval", "execute", "--benchmark", "b", "--samples", "s", "--out", "OUT"): {"--workers": ("0",), "--timeout": ()},
-    ("eval", "run", "--model", "m", "--benchmark", "b", "--out", "OUT"): {"--timeout": (), "--n": (), "--limit": ()},
+    ("tokenizer", "train"): (["in", "--out", "OUT"], {"--vocab-size": (), "--min-frequency": (), "--max-bytes": ()}),
+    ("model", "init"): (["--preset", "tiny", "--tokenizer", "t", "--out", "OUT"], {"--seed": ZERO_OK}),
+    ("quickstart",): (["--out", "OUT"], {"--minutes": (), "--corpus-mb": ()}),
+    ("data", "build"): (["src", "--out", "OUT"], {"--workers": ZERO_OK}),
+    ("train", "pretrain"): (["--data", "d", "--preset", "tiny", "--tokenizer", "t", "--out", "OUT"], {
+        "--max-steps": (), "--seq-len": (), "--batch-size": (), "--grad-accum": (), "--lr": (), "--fim-rate": ZERO_OK,
+        "--seed": ZERO_OK, "--eval-every": ZERO_OK, "--save-every": ZERO_OK}),
+    ("train", "extend"): (["--model", "m", "--data", "d", "--out", "OUT"], {
+        "--max-steps": (), "--seq-len": (), "--batch-size": (), "--grad-accum": (), "--lr": (), "--fim-rate": ZERO_OK,
+        "--seed": ZERO_OK, "--eval-every": ZERO_OK, "--save-every": ZERO_OK, "--rope-factor": (), "--rope-theta": ()}),
+    ("train", "instruct"): (["--model", "m", "--data", "d.jsonl", "--out", "OUT"], {
+        "--max-steps": (), "--seq-len": (), "--batch-size": (), "--grad-accum": (), "--lr": (), "--fim-rate": ZERO_OK,
+        "--seed": ZERO_OK, "--eval-every": ZERO_OK, "--save-every": ZERO_OK}),
+    ("train", "make-instruct"): (["c", "--out", "OUT"], {"--max-pairs": ()}),
+    **{(command,): (args, {"--max-new-tokens": (), "--temperature": ZERO_OK, "--top-p": (), "--top-k": ZERO_OK,
+                           "--seed": ZERO_OK, **extra})
+       for command, args, extra in (
+           ("complete", ["--model", "m", "x"], {}),
+           ("infill", ["--model", "m", "--file", "f.py"], {"--line": (), "--column": ZERO_OK}),
+           ("repo-complete", ["--model", "m", "--repo", "r", "--file", "f.py"], {"--line": (), "--column": ZERO_OK}),
+           ("chat", ["--model", "m", "--message", "hi"], {}))},
+    ("serve",): (["--model", "m"], {"--port": (), "--max-batch": ()}),
+    ("eval", "generate"): (["--model", "m", "--benchmark", "b", "--out", "OUT"], {
+        "--n": (), "--temperature": ZERO_OK, "--top-p": (), "--max-new-tokens": (), "--batch-size": (), "--seed": ZERO_OK,
+        "--limit": ()}),
+    ("eval", "execute"): (["--benchmark", "b", "--samples", "s", "--out", "OUT"], {"--workers": ZERO_OK, "--timeout": ()}),
+    ("eval", "run"): (["--model", "m", "--benchmark", "b", "--out", "OUT"], {
+        "--n": (), "--temperature": ZERO_OK, "--top-p": (), "--max-new-tokens": (), "--batch-size": (), "--seed": ZERO_OK,
+        "--limit": (), "--workers": ZERO_OK, "--timeout": ()}),
 }
 BAD = ("0", "-1", "nan", "1e400", "99999999999999999999999")
 
 
-@pytest.mark.parametrize("prefix", list(NUMERIC), ids=lambda p: " ".join(p[:2]))
-def test_numeric_options_are_checked_before_any_work(prefix, capsys, tmp_path):
-    for flag, valid in NUMERIC[prefix].items():
+def test_the_table_covers_every_numeric_option_of_every_command():
+    from pathlib import Path
+
+    for argv, parser in all_commands():
+        numeric = {a.option_strings[-1] for a in parser._actions
+                   if a.option_strings and a.type not in (None, str, Path) and not a.choices}
+        assert numeric == set(NUMERIC.get(argv, ((), {}))[1]), argv
+
+
+@pytest.mark.parametrize("command", list(NUMERIC), ids=" ".join)
+def test_numeric_options_are_checked_before_any_work(command, capsys, tmp_path):
+    args, flags = NUMERIC[command]
+    for flag, valid in flags.items():
         for value in BAD:
             if value in valid:
                 continue
             out = tmp_path / "out"
-            argv = [str(out) if a == "OUT" else a for a in prefix] + [flag, value]
+            argv = [*command] + [str(out) if a == "OUT" else a for a in args] + [flag, value]
             code, _, err = run(capsys, *argv)
             assert code == 2, (argv, err)
             assert_one_line_error(code, err, flag)

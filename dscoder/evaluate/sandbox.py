@@ -113,18 +113,16 @@ def _searchable_by_others(path: Path) -> bool:
         return False
 
 
-def exposures(readable: tuple[str, ...], workdir: Path | None, private_tmp: bool) -> dict[str, list[tuple[str, bool]]]:
+def exposures(readable: tuple[str, ...], workdir: Path | None) -> dict[str, list[tuple[str, bool]]]:
     """{folder to replace with an empty one: [(path to show inside it, writable)]}.
 
-    As root, a folder that other users cannot enter (/root, a 0700 home) is replaced when a
-    `readable` path lies in it, and shows just that path, read-only; /tmp is replaced when
-    `private_tmp`, and shows the sample's `workdir` (writable) and the readable paths in it.
-    /tmp comes last, so a mount namespace can assemble the others in a folder under it."""
-    hidden: dict[str, list[tuple[str, bool]]] = {}
-    if workdir is not None and private_tmp and Path(workdir).resolve().is_relative_to("/tmp"):
-        hidden["/tmp"] = [(str(Path(workdir).resolve()), True)]
-    elif private_tmp:
-        hidden["/tmp"] = []
+    /tmp is always replaced (a private /tmp), showing the sample's `workdir` (writable, when it
+    lies there) and the readable paths in it. As root, a folder that other users cannot enter
+    (/root, a 0700 home) is replaced when a `readable` path lies in it, and shows just that path,
+    read-only. /tmp comes last, so a mount namespace can assemble the others in a folder under it."""
+    hidden: dict[str, list[tuple[str, bool]]] = {"/tmp": []}
+    if workdir is not None and Path(workdir).resolve().is_relative_to("/tmp"):
+        hidden["/tmp"].append((str(Path(workdir).resolve()), True))
     for path in readable:
         path = Path(path).resolve()
         for ancestor in reversed(path.parents[:-1]):  # outermost first, "/" excluded
@@ -144,7 +142,7 @@ def _bwrap(workdir: Path, readable: tuple[str, ...], env: dict[str, str], uid: i
                "--new-session", "--ro-bind", "/", "/", "--perms", "1777", "--tmpfs", "/tmp"]
     if os.getuid() != 0:
         command += ["--unshare-user"]
-    hidden = exposures(readable, None, private_tmp=True)
+    hidden = exposures(readable, None)
     if os.getuid() == 0:
         hidden.setdefault("/root", [])  # the administrator's home: only the toolchains in it are shown
     for folder, shown in hidden.items():
@@ -176,8 +174,8 @@ def _setpriv(uid: int) -> list[str]:
 
 @lru_cache(maxsize=1)
 def _stage() -> str:
-    """An empty folder that a sandbox's private mount namespace uses to assemble a replacement
-    folder before moving it into place (nothing is ever mounted on it outside a sandbox)."""
+    """An empty folder on which a sandbox's private mount namespace assembles each replacement
+    folder before binding it into place (nothing is ever mounted on it outside a sandbox)."""
     folder = tempfile.mkdtemp(prefix="dscoder-stage-")
     atexit.register(shutil.rmtree, folder, True)
     return folder
@@ -194,7 +192,7 @@ def _unshare(workdir: Path, readable: tuple[str, ...], uid: int) -> list[str]:
         namespaces = ["--user", "--map-root-user", *namespaces]
     stage, q = _stage(), shlex.quote
     script = ["set -e"]
-    for folder, shown in exposures(readable, workdir, private_tmp=True).items():
+    for folder, shown in exposures(readable, workdir).items():
         mode = "1777" if folder == "/tmp" else "0755"
         script.append(f"mount -t tmpfs -o mode={mode} dscoder {q(stage)}")
         for path, writable in shown:
