@@ -39,15 +39,32 @@ def _temporary(path: Path, suffix: str = "partial") -> Path:
     return path.parent / f".{path.name}.{uuid.uuid4().hex[:12]}.{suffix}"
 
 
+def make_folder(folder: str | os.PathLike) -> Path:
+    """Create `folder` (and its parents); a UserError naming it when that is impossible (a file
+    in the way, no permission)."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"{folder}: cannot be made ({exc.strerror}: {exc.filename})") from None
+    return folder
+
+
 @contextmanager
 def _replacing(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path that replaces `path` when the block finishes without error."""
+    """Yield a temporary path that replaces `path` when the block finishes without error; a
+    UserError naming `path` when it cannot be written (no permission, a full disk)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_folder(path.parent)
     tmp = _temporary(path)
     try:
         yield tmp
         os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        if exc.filename in (str(tmp), str(path)) or exc.filename is None:
+            raise UserError(f"{path}: cannot be written ({exc.strerror})") from None
+        raise
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
@@ -119,21 +136,29 @@ def output_dir(path: str | os.PathLike, force: bool = False) -> Iterator[Path]:
         raise UserError(f"{final} exists and is not a folder")
     if final.exists() and not force:
         raise UserError(f"{final} already exists (use --force to replace it)")
-    final.parent.mkdir(parents=True, exist_ok=True)
+    make_folder(final.parent)
     partial = _temporary(final)
-    partial.mkdir()
+    try:
+        partial.mkdir()
+    except OSError as exc:
+        raise UserError(f"{final}: cannot be written ({exc.strerror})") from None
     try:
         yield partial
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
         raise
+    publish_dir(partial, final)
+
+
+def publish_dir(complete: Path, final: Path) -> None:
+    """Put the finished folder `complete` at `final`, replacing what is there only now."""
     if final.exists():
         old = _temporary(final, "old")
         os.replace(final, old)
-        os.replace(partial, final)
+        os.replace(complete, final)
         shutil.rmtree(old, ignore_errors=True)
     else:
-        os.replace(partial, final)
+        os.replace(complete, final)
 
 
 def copy_tokenizer(source: str | os.PathLike, target: str | os.PathLike, eos_token: str | None = None) -> Path:

@@ -195,7 +195,9 @@ def _convert(value: Any, annotation: Any, where: str) -> Any:
     if annotation in (int, float, str):
         if annotation is not str and isinstance(value, bool):
             raise UserError(f"{where}: expected {annotation.__name__}, got {value!r}")
-        if annotation is int and isinstance(value, float) and value.is_integer():
+        if annotation is int and isinstance(value, float):
+            if not value.is_integer():  # 1.5 batches is a mistake, not 1
+                raise UserError(f"{where}: expected int, got {value!r}")
             value = int(value)
         try:
             return check_number(annotation(value), annotation, where)

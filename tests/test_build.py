@@ -271,3 +271,17 @@ def test_bad_decontamination_files_are_refused_before_anything_is_written(tmp_pa
     code = main(["data", "build", "--out", str(tmp_path / "c"), "--force", "--decontaminate",
                  str(tmp_path / "missing.jsonl"), "--", str(repo)])
     assert code == 2 and (tmp_path / "c" / "stats.json").is_file()  # --force does not drop the corpus first
+
+
+def test_a_forced_rebuild_replaces_the_corpus_only_once_it_is_finished(tmp_path, capsys):
+    repo = write_tree(tmp_path / "r", {"clamp.py": PYTHON_REPO["pkg/util.py"]})
+    out = tmp_path / "corpus"
+    assert main(["data", "build", "--out", str(out), "--workers", "1", str(repo)]) == 0
+    before = (out / "stats.json").read_text()
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(["data", "build", "--out", str(out), "--workers", "1", "--force", str(empty)]) == 2
+    assert "no sample was kept" in capsys.readouterr().err
+    assert (out / "stats.json").read_text() == before  # the old corpus is still there
+    assert main(["data", "build", "--out", str(out), "--workers", "1", "--force", str(repo), str(tmp_path / "r")]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []

@@ -77,3 +77,15 @@ def test_shipped_training_configs_resolve():
         cfg = resolve(stage, folder / f"{name}.toml", {})
         assert cfg.stage == stage
     assert resolve("pretrain", folder / "pretrain-1.3b.toml", {}).data.seq_len == 4096
+
+
+def test_a_whole_number_setting_refuses_a_fraction(tmp_path):
+    from dscoder.errors import UserError
+    from dscoder.train.settings import resolve
+
+    toml = tmp_path / "t.toml"
+    toml.write_text("[loop]\nbatch_size = 1.5\n")
+    with pytest.raises(UserError, match="loop.batch_size: expected int, got 1.5"):
+        resolve("pretrain", toml, {})
+    toml.write_text("[loop]\nbatch_size = 4.0\n")
+    assert resolve("pretrain", toml, {}).loop.batch_size == 4

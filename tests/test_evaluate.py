@@ -162,6 +162,13 @@ ATTACKS = {
     "kill_parent": ("import os, signal\nos.kill(os.getppid(), signal.SIGKILL)\nos.kill(1, signal.SIGKILL)\nassert False\n", None),
     "flood_output": ("import sys\nwhile True:\n    sys.stdout.write('x' * 100000)\n", "runtime_error"),
     "read_secrets": ("import os\nassert 'DSCODER_TEST_SECRET' not in os.environ, 'leaked'\n", "passed"),
+    # the result's error text is read from .stderr: a link there must not make the host read a secret
+    "link_output": ("import os, sys\nos.remove('.stderr')\nos.symlink({secret!r}, '.stderr')\nsys.exit(1)\n", None),
+    "unmount_tmp": ("import subprocess\nassert subprocess.run(['umount', '-l', '/tmp']).returncode != 0\n", "passed"),
+    "leave_shared_memory": ("from multiprocessing import shared_memory\n"
+                            "shared_memory.SharedMemory(name={leak!r}, create=True, size=1 << 20)\n"
+                            "import os\nos._exit(0)\n", "any"),
+    "leave_files_in_var_tmp": ("open('/var/tmp/' + {leak!r}, 'w').write('x')\n", "any"),
 }
 
 
@@ -175,20 +182,29 @@ def test_safety_battery(mode, tmp_path, monkeypatch):
     victim.mkdir()
     (victim / "keep.txt").write_text("precious")
     target = tmp_path / "pwned.txt"
+    secret = tmp_path / "secret.txt"
+    secret.write_text("the host's secret")
+    secret.chmod(0o600)
     records = [{"task_id": f"attack/{name}", "prompt": "", "canonical_solution": "", "test": "def check(f):\n    pass\n",
                 "entry_point": "print"} for name in ATTACKS]
     _, task_list = tasks("attacks.jsonl", records)
-    samples = [{"task_id": f"attack/{name}", "completion": code.format(target=str(target), victim=str(victim))}
+    leak = f"dscoder_leak_{os.getpid()}_{mode}"
+    samples = [{"task_id": f"attack/{name}", "completion": code.format(target=str(target), victim=str(victim),
+                                                                       secret=str(secret), leak=leak)}
                for name, (code, _) in ATTACKS.items()]
     short = ExecConfig(workers=2, timeout=4, memory_mb=512, sandbox=mode)
     execute(task_list, samples, tmp_path / "out", short)
     rows = {r["task_id"].split("/")[1]: r for r in map(json.loads, (tmp_path / "out" / "results.jsonl").read_text().splitlines())}
     for name, (_, expected) in ATTACKS.items():
+        if expected == "any":  # what counts is what is left on the host (below)
+            continue
         if expected:
             assert rows[name]["status"] == expected, (name, rows[name])
         else:
             assert rows[name]["status"] in ("failed", "runtime_error"), (name, rows[name])
     assert not target.exists() and (victim / "keep.txt").read_text() == "precious"
+    assert "the host's secret" not in (tmp_path / "out" / "results.jsonl").read_text()
+    assert not os.path.exists(f"/dev/shm/{leak}") and not os.path.exists(f"/var/tmp/{leak}")
     assert os.getppid() > 1  # the test process and its parent are alive
 
 
@@ -370,3 +386,68 @@ def test_a_run_whose_languages_are_all_missing_is_refused_before_any_sample(tmp_
     finally:
         toolchains.missing.cache_clear()
     assert not (tmp_path / "o").exists()
+
+
+def test_an_interrupted_resume_leaves_no_summary_of_the_old_samples(tmp_path, monkeypatch):
+    from dscoder.evaluate import execute as execute_module
+
+    _, task_list = tasks(need_shared(BENCH / "HumanEval.jsonl.gz"))
+    good = [{"task_id": t.task_id, "completion": t.reference} for t in task_list[:3]]
+    execute(task_list, good, tmp_path, CFG)
+    assert (tmp_path / "summary.json").is_file()
+
+    def killed(*args, **kwargs):
+        raise ValueError("killed")
+
+    monkeypatch.setattr(execute_module, "run_sample", killed)
+    with pytest.raises(ValueError):
+        execute(task_list, [{**s, "completion": "    return None\n"} for s in good], tmp_path, CFG)
+    assert not (tmp_path / "summary.json").exists()  # no 100% left beside the new failing samples
+
+
+def test_two_commands_never_write_into_one_results_folder(tmp_path, capsys):
+    from dscoder.cli import main
+    from dscoder.evaluate.execute import hold
+
+    bench = need_shared(BENCH / "HumanEval.jsonl.gz")
+    _, task_list = tasks(bench)
+    samples = tmp_path / "s.jsonl"
+    samples.write_text(json.dumps({"task_id": task_list[0].task_id, "completion": task_list[0].reference}) + "\n")
+    with hold(tmp_path / "out"):
+        code = main(["eval", "execute", "--benchmark", str(bench), "--samples", str(samples), "--out", str(tmp_path / "out")])
+    assert code == 2 and "another dscoder command is writing into this folder" in capsys.readouterr().err
+    assert not (tmp_path / "out" / "results.jsonl").exists()
+
+
+def test_a_samples_file_cut_short_by_a_crash_is_resumed_whole(tiny_base_model, tmp_path, capsys):
+    from dscoder.cli import main
+
+    bench = need_shared(BENCH / "HumanEval.jsonl.gz")
+    out = tmp_path / "samples.jsonl"
+    args = ["eval", "generate", "--benchmark", str(bench), "--out", str(out), "--model", str(tiny_base_model),
+            "--max-new-tokens", "4"]
+    assert main([*args, "--limit", "2"]) == 0
+    lines = out.read_text().splitlines()
+    out.write_text(lines[0] + "\n" + lines[1][:20])  # killed while writing the second row
+    assert main([*args, "--limit", "3"]) == 0
+    rows = read_samples(out)  # every line whole again
+    assert sorted(r["task_id"] for r in rows) == sorted(t.task_id for t in tasks(bench)[1][:3])
+
+
+def test_eval_run_checks_everything_before_it_writes_and_scores_only_n_samples(tiny_base_model, tiny_instruct_model,
+                                                                              tmp_path, capsys):
+    from dscoder.cli import main
+
+    bench = need_shared(BENCH / "HumanEval.jsonl.gz")
+    out = tmp_path / "run"
+    common = ["--benchmark", str(bench), "--limit", "2", "--max-new-tokens", "4"]
+    assert main(["eval", "generate", "--model", str(tiny_base_model), "--out", str(out / "samples.jsonl"), *common]) == 0
+    assert main(["eval", "run", "--model", str(tiny_instruct_model), "--out", str(out), *common]) == 2
+    assert "holds samples of model" in capsys.readouterr().err and not (out / "run.json").exists()
+
+    sampled = ["eval", "run", "--model", str(tiny_base_model), "--out", str(tmp_path / "n"), *common,
+               "--temperature", "0.8"]
+    assert main([*sampled, "--n", "3"]) == 0
+    assert main([*sampled, "--n", "1"]) == 0
+    summary = json.loads((tmp_path / "n" / "summary.json").read_text())
+    assert summary["overall"]["samples"] == 2 and summary["overall"]["tasks"] == 2

@@ -129,3 +129,18 @@ def test_a_machine_without_a_working_bubblewrap_still_evaluates(how, tmp_path):
         rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
         assert sorted(r["status"] for r in rows if r["completion_id"] == 0) == ["passed"] * count, rows
         assert not any(r["passed"] for r in rows if r["completion_id"] == 1)
+
+
+def test_a_private_temporary_folder_does_not_hide_the_samples(tmp_path, monkeypatch):
+    """TMPDIR inside a folder the sandbox replaces (a private home) must not hide the sample's
+    own folder from it."""
+    import tempfile
+
+    private = tmp_path / "private"
+    private.mkdir(mode=0o700)
+    monkeypatch.setattr(tempfile, "tempdir", str(private))
+    for mode in working_modes():
+        with sandbox.Workdir() as work:
+            result = sandbox.run([sys.executable, "-c", "open('x', 'w').write('ok')"], work, sandbox.Limits(), mode,
+                                 readable=READABLE)
+            assert result.returncode == 0 and (work / "x").read_text() == "ok", (mode, result.stderr)

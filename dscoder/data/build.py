@@ -74,12 +74,11 @@ def _plan_identity(cfg: DataConfig, repos, datasets, benchmarks) -> dict:
     return {"config": settings, "repositories": repos, "datasets": datasets, "decontaminate": benchmarks}
 
 
-def prepare(out: Path, identity: dict, force: bool) -> bool:
+def prepare(out: Path, identity: dict) -> bool:
     """Check `out` before a build: True when a matching unfinished build is there to resume."""
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out}: exists and is not a folder")
     if not out.exists():
-        return False
-    if force:
-        shutil.rmtree(out)
         return False
     if corpus.is_corpus(out):
         if json.loads((out / corpus.MANIFEST).read_text(encoding="utf-8")).get("complete"):
@@ -261,9 +260,10 @@ def build(out: Path, sources: list[Path], repos_in: list[Path], decontaminate: l
     benchmarks = [str(p.resolve()) for p in decontaminate]
     strings = _benchmark_strings(decontaminate)  # every file read (and checked) before anything is written
     identity = json.loads(json.dumps(_plan_identity(cfg, repos, datasets, benchmarks)))  # as stored
-    resuming = prepare(out, identity, force)
+    final, out = out, _build_folder(out, identity, force)
+    resuming = prepare(out, identity)
     work = out / "work"
-    (work / "units").mkdir(parents=True, exist_ok=True)
+    artifacts.make_folder(work / "units")
     manifest = {"kind": "corpus", "dscoder_version": __version__, "complete": False, **identity,
                 "engine": engine, "workers": cfg.run.workers or default_workers()}
     artifacts.write_json(out / corpus.MANIFEST, manifest)
@@ -303,4 +303,22 @@ def build(out: Path, sources: list[Path], repos_in: list[Path], decontaminate: l
         raise UserError(f"no sample was kept, so no corpus was written ({nothing_kept(total.to_json())})")
     stats = finalize(out, work, units, decisions, manifest, skips)
     shutil.rmtree(work)
+    if out != final:
+        artifacts.publish_dir(out, final)
     return stats
+
+
+def _build_folder(out: Path, identity: dict, force: bool) -> Path:
+    """Where the build happens: `out` itself, or with `--force` over an existing folder, a hidden
+    sibling that replaces it once the new corpus is finished (resumed when the same rebuild was
+    interrupted), so a failed or interrupted rebuild never costs the old corpus."""
+    if not (force and out.exists()):
+        return out
+    if not out.is_dir():
+        raise UserError(f"--out {out}: exists and is not a folder")
+    rebuild = out.parent / f".{out.name}.rebuild"
+    try:
+        prepare(rebuild, identity)
+    except UserError:  # another rebuild's leftovers
+        shutil.rmtree(rebuild)
+    return rebuild

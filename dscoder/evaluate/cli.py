@@ -101,15 +101,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
     from dscoder.evaluate import sandbox, toolchains
-    from dscoder.evaluate.execute import (
-        check_toolchains,
-        claim,
-        execute,
-        file_sha,
-        read_samples,
-        run_record,
-    )
-    from dscoder.evaluate.generate import generate, origin, settings
+    from dscoder.evaluate.execute import (check_toolchains, claim, examine, file_sha, hold, read_samples,
+                                          run_claimed, run_record)
+    from dscoder.evaluate.generate import check_file, generate, origin, settings
     from dscoder.infer.engine import Engine
 
     gen_cfg, cfg = _gen_config(args), _exec_config(args)
@@ -119,15 +113,19 @@ def cmd_run(args: argparse.Namespace) -> int:
     cfg = replace(cfg, sandbox=sandbox.choose(cfg.sandbox, toolchains.readable_roots()))
     check_toolchains({t.language for t in chosen}, cfg.sandbox)  # before a long generation, not after it
     source = {"model": str(args.model.resolve()), "generation": settings(gen_cfg)}
-    record = claim(args.out, run_record(path, fmt, source, cfg, args.name), args.force)
-    samples_file = args.out / "samples.jsonl"
+    record = run_record(path, fmt, source, cfg, args.name)
+    examine(args.out, record, args.force)  # another run's folder: refused before anything is written
+    samples_file, made_by = args.out / "samples.jsonl", origin(args.model, file_sha(path), gen_cfg)
+    check_file(samples_file, made_by, args.force)
     engine = Engine.load(args.model)
-    written = generate(engine, chosen, samples_file, gen_cfg, None, origin(args.model, file_sha(path), gen_cfg),
-                       args.force)
-    log.info("%d new samples", written)
-    wanted = {t.task_id for t in chosen}
-    samples = [s for s in read_samples(samples_file) if s["task_id"] in wanted]
-    _print_summary(execute(task_list, samples, args.out, cfg, record))
+    with hold(args.out):
+        claim(args.out, record, args.force)
+        written = generate(engine, chosen, samples_file, gen_cfg, None, made_by, args.force)
+        log.info("%d new samples", written)
+        wanted = {t.task_id for t in chosen}
+        samples = [s for s in read_samples(samples_file) if s["task_id"] in wanted and s["completion_id"] < gen_cfg.n]
+        summary = run_claimed(task_list, samples, args.out, cfg, cfg.sandbox)
+    _print_summary(summary)
     print(f"results: {args.out}")
     return 0
 
@@ -140,10 +138,12 @@ def cmd_report(args: argparse.Namespace) -> int:
         raise UserError(f"--out {args.out}: is a folder; give a markdown file to write")
     runs = [report.load_run(folder) for folder in args.runs]
     text = report.markdown(runs)
-    print(text)
     if args.out:
         artifacts.write_text(args.out, text)
-        print(f"report: {args.out}\nchart:  {report.chart(runs, args.out.with_suffix('.png'))}")
+        chart = report.chart(runs, args.out.with_suffix(".png"))
+    print(text)
+    if args.out:
+        print(f"report: {args.out}\nchart:  {chart}")
     return 0
 
 

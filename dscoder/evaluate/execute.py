@@ -17,6 +17,7 @@ exactly the samples of this run.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import logging
@@ -25,6 +26,7 @@ import queue
 import shutil
 from collections import Counter, defaultdict
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Literal
@@ -183,11 +185,10 @@ def _first_difference(old, new, where: str = "") -> str:
     return f"{where}: {json.dumps(old)} there, {json.dumps(new)} now"
 
 
-def claim(out: Path, record: dict, force: bool = False) -> dict:
-    """Make `out` the results folder of the run `record` describes, before anything runs: a new
-    or empty folder is taken; a folder of the same run is resumed (keeping its name unless
-    `record` gives one); a folder of another run is refused unless `force`, which drops its
-    results. Writes and returns the record."""
+def examine(out: Path, record: dict, force: bool = False) -> tuple[dict, bool]:
+    """What `claim` would do with `out`, without writing: (the record, with the name the folder
+    already has when `record` gives none; whether the folder's results must be dropped). A
+    UserError when `out` holds another run's results and not `force`."""
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out}: exists and is not a folder")
@@ -201,16 +202,26 @@ def claim(out: Path, record: dict, force: bool = False) -> dict:
             if not force:
                 raise UserError(f"{out} holds the results of another run ({_first_difference(_identity(old), _identity(record))}); "
                                 "use --force to replace them, or another --out")
-            _drop_results(out)
-        elif record["name"] is None:
-            record = {**record, "name": old.get("name")}
-    elif out.is_dir() and (out / RESULTS).exists():
+            return record, True
+        return ({**record, "name": old.get("name")} if record["name"] is None else record), False
+    if (out / RESULTS).exists():
         if not force:
             raise UserError(f"{out} holds results of a run it does not describe (no {RUN}); "
                             "use --force to replace them, or another --out")
-        _drop_results(out)
+        return record, True
+    return record, False
+
+
+def claim(out: Path, record: dict, force: bool = False) -> dict:
+    """Make `out` the results folder of the run `record` describes, before anything runs: a new
+    or empty folder is taken; a folder of the same run is resumed (keeping its name unless
+    `record` gives one); a folder of another run is refused unless `force`, which drops its
+    results. Writes and returns the record."""
+    record, drop = examine(out, record, force)
+    if drop:
+        _drop_results(Path(out))
     record = {**record, "name": record["name"] or _default_name(record["source"])}
-    artifacts.write_json(path, record)
+    artifacts.write_json(Path(out) / RUN, record)
     return record
 
 
@@ -279,7 +290,30 @@ def execute(task_list: list[Task], samples: list[dict], out: Path, cfg: ExecConf
     if record is None:
         record = {"kind": "eval", "name": None, "benchmark": {"format": task_list[0].format},
                   "source": {"samples": "in memory"}, "execution": {"timeout": cfg.timeout, "memory_mb": cfg.memory_mb}}
-    claim(out, {**record, "execution": {**record["execution"], "isolation": mode}}, force)
+    with hold(out):
+        claim(out, {**record, "execution": {**record["execution"], "isolation": mode}}, force)
+        return run_claimed(task_list, samples, out, cfg, mode)
+
+
+@contextmanager
+def hold(out: Path):
+    """Hold the results folder `out` for this process: a second command into the same folder is
+    refused, not mixed in."""
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out}: exists and is not a folder")
+    artifacts.make_folder(out)
+    with open(out / ".lock", "w") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise UserError(f"{out}: another dscoder command is writing into this folder") from None
+        yield
+
+
+def run_claimed(task_list: list[Task], samples: list[dict], out: Path, cfg: ExecConfig, mode: str) -> dict:
+    """`execute` once its checks are done and `out` is held and claimed for this run."""
+    by_id = {t.task_id: t for t in task_list}
+    (out / SUMMARY).unlink(missing_ok=True)  # until this run's is written, there is none
     results_path = out / RESULTS
     wanted = {(s["task_id"], s["completion_id"], sample_sha(s["completion"])) for s in samples}
     kept = [r for r in _read_results(results_path)

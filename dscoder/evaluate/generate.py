@@ -53,32 +53,35 @@ def origin(model: Path, benchmark_sha: str, cfg: GenerateConfig) -> dict:
     return {"model": str(Path(model).resolve()), "settings": hashlib.sha256(key.encode()).hexdigest()[:16]}
 
 
-def _existing(out: Path, made_by: dict, force: bool) -> set[tuple[str, int]]:
-    """(task_id, completion_id) of the rows already in `out` made the same way; a UserError when
-    it holds rows made another way (unless `force`, which empties it)."""
+def _read(out: Path, made_by: dict) -> tuple[list[str], dict | None]:
+    """The lines of `out` made the way `made_by` says (a line cut short by a crash is left out)
+    and the first row made another way, if any."""
     if out.is_dir():
         raise UserError(f"--out {out}: is a folder; give a samples file (JSON lines)")
     if not out.is_file():
-        return set()
-    done, other = set(), None
+        return [], None
+    kept, other = [], None
     for line in out.read_text(encoding="utf-8", errors="replace").splitlines():
         try:
             row = json.loads(line)
-            key = (str(row["task_id"]), int(row["completion_id"]))
+            str(row["task_id"]), int(row["completion_id"])
         except (json.JSONDecodeError, KeyError, ValueError, TypeError):
-            continue  # a line cut short by a crash is generated again
+            continue
         if {k: row.get(k) for k in made_by} == made_by:
-            done.add(key)
+            kept.append(line)
         elif other is None:
             other = row
-    if other is not None:
-        if not force:
-            how = (f"of model {other.get('model')}" if other.get("model") != made_by.get("model")
-                   else "made with other settings or another benchmark") if other.get("model") else "made elsewhere"
-            raise UserError(f"{out} holds samples {how}; use --force to replace them, or another --out")
-        artifacts.write_text(out, "")
-        return set()
-    return done
+    return kept, other
+
+
+def check_file(out: Path, made_by: dict, force: bool) -> None:
+    """A UserError when `out` holds samples made by another model or settings (unless `force`);
+    writes nothing."""
+    _, other = _read(out, made_by)
+    if other is not None and not force:
+        how = (f"of model {other.get('model')}" if other.get("model") != made_by.get("model")
+               else "made with other settings or another benchmark") if other.get("model") else "made elsewhere"
+        raise UserError(f"{out} holds samples {how}; use --force to replace them, or another --out")
 
 
 def generate(engine, task_list: list[Task], out: Path, cfg: GenerateConfig, limit: int | None = None,
@@ -90,8 +93,12 @@ def generate(engine, task_list: list[Task], out: Path, cfg: GenerateConfig, limi
     from dscoder.infer.sampling import SamplingParams
 
     made_by = made_by or {}
-    done = _existing(out, made_by, force)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    check_file(out, made_by, force)
+    kept, _ = _read(out, made_by)
+    if out.exists():  # only whole rows of this model and settings are kept
+        artifacts.write_text(out, "".join(line + "\n" for line in kept))
+    done = {(str(row["task_id"]), int(row["completion_id"])) for row in map(json.loads, kept)}
+    artifacts.make_folder(out.parent)
     todo = [(t, j) for t in task_list[:limit] for j in range(cfg.n) if (t.task_id, j) not in done]
     written = 0
     with open(out, "a", encoding="utf-8") as f, progress(total=len(todo), desc="generating", unit=" samples") as bar:

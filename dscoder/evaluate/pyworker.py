@@ -69,9 +69,11 @@ def _child(request):
         os._exit(code)
 
 
-def _sweep(keep):
+def _sweep(keep, tmp_device):
     """Kill every process of this PID namespace but the init and this server, and empty the
-    sandbox's private /tmp (but for `keep`, the server's own area)."""
+    sandbox's private /tmp (but for `keep`, the server's own area). A /tmp that is no longer the
+    private one this server started with (a program got it unmounted) is left alone, and the
+    server stops: its owner starts a new one."""
     me = os.getpid()
     for entry in os.listdir("/proc"):
         if entry.isdigit() and int(entry) not in (1, me):
@@ -87,6 +89,8 @@ def _sweep(keep):
             break
     import shutil
 
+    if os.stat("/tmp").st_dev != tmp_device:
+        os._exit(3)
     for entry in os.listdir("/tmp"):
         path = os.path.join("/tmp", entry)
         if path != keep and not keep.startswith(path + "/"):
@@ -100,6 +104,7 @@ def _sweep(keep):
 
 
 def serve(keep):
+    tmp_device = os.stat("/tmp").st_dev
     for line in sys.stdin:
         request = json.loads(line)
         start = time.monotonic()
@@ -117,7 +122,7 @@ def serve(keep):
                 os.kill(pid, signal.SIGKILL)
         _, status = os.waitpid(pid, 0)
         os.close(fd)
-        _sweep(keep)
+        _sweep(keep, tmp_device)
         reply = {"returncode": None if timed_out else os.waitstatus_to_exitcode(status), "timed_out": timed_out,
                  "seconds": time.monotonic() - start}
         sys.stdout.write(json.dumps(reply) + "\n")

@@ -42,6 +42,8 @@ log = logging.getLogger("dscoder")
 BASE_UID = 61000  # sandbox user ids: BASE_UID + worker slot (no account needed)
 OUTPUT_CAP = 64 * 1024  # bytes of stdout/stderr kept for the result
 MODES = ("auto", "bwrap", "unshare", "none")
+TMP = "/tmp"  # where sample folders live: the sandbox's private /tmp shows them (whatever TMPDIR says)
+SCRATCH = ("/dev/shm", "/var/tmp", "/run/lock")  # world-writable places an unshare sandbox empties
 INSTALL = {"bwrap": "apt-get install bubblewrap", "unshare": "apt-get install util-linux"}  # Debian/Ubuntu
 
 
@@ -168,32 +170,37 @@ def _tool(name: str) -> str:
 
 
 def _setpriv(uid: int) -> list[str]:
-    return [_tool("setpriv"), f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--inh-caps=-all",
-            "--bounding-set=-all", "--"]
+    """Run the rest of the command line without any capability (as root: as user id `uid`)."""
+    user = [f"--reuid={uid}", f"--regid={uid}", "--clear-groups"] if os.getuid() == 0 else []
+    return [_tool("setpriv"), *user, "--inh-caps=-all", "--bounding-set=-all", "--no-new-privs", "--"]
 
 
 @lru_cache(maxsize=1)
 def _stage() -> str:
     """An empty folder on which a sandbox's private mount namespace assembles each replacement
     folder before binding it into place (nothing is ever mounted on it outside a sandbox)."""
-    folder = tempfile.mkdtemp(prefix="dscoder-stage-")
+    folder = tempfile.mkdtemp(prefix="dscoder-stage-", dir=TMP)
     atexit.register(shutil.rmtree, folder, True)
     return folder
 
 
 def _unshare(workdir: Path, readable: tuple[str, ...], uid: int) -> list[str]:
-    """The `unshare` command line: new mount, PID and network namespaces (and, for a normal
-    user, a user namespace in which the user may mount). A shell inside the new mount namespace
-    gives the program a private /tmp holding its work folder and, as root, replaces private
-    folders such as /root by ones that show only the toolchains, then runs the program (as root,
-    as `uid`, through setpriv)."""
-    namespaces = ["--mount", "--net", "--pid", "--fork", "--kill-child", "--mount-proc"]
+    """The `unshare` command line: new mount, PID, network, IPC and UTS namespaces (and, for a
+    normal user, a user namespace in which the user may mount). A shell inside the new mount
+    namespace gives the program a private /tmp holding its work folder and empty /dev/shm,
+    /var/tmp and /run/lock, replaces (as root) private folders such as /root by ones that show
+    only the toolchains, then runs the program without capabilities (as root: as `uid`), so it
+    cannot undo any of it."""
+    namespaces = ["--mount", "--net", "--ipc", "--uts", "--pid", "--fork", "--kill-child", "--mount-proc"]
     if os.getuid() != 0:
         namespaces = ["--user", "--map-root-user", *namespaces]
     stage, q = _stage(), shlex.quote
     script = ["set -e"]
+    for scratch in SCRATCH:
+        if os.path.isdir(scratch) and not os.path.islink(scratch):
+            script.append(f"mount -t tmpfs -o mode=1777,size=64m dscoder {scratch}")
     for folder, shown in exposures(readable, workdir).items():
-        mode = "1777" if folder == "/tmp" else "0755"
+        mode = "1777,size=512m" if folder == "/tmp" else "0755,size=16m"
         script.append(f"mount -t tmpfs -o mode={mode} dscoder {q(stage)}")
         for path, writable in shown:
             inside = q(str(Path(stage) / Path(path).relative_to(folder)))
@@ -202,8 +209,7 @@ def _unshare(workdir: Path, readable: tuple[str, ...], uid: int) -> list[str]:
                 script.append(f"mount -o remount,bind,ro {inside}")
         script.append(f"mount --rbind {q(stage)} {q(folder)}")
     script.append(f"cd {q(str(workdir))}")
-    drop = " ".join(q(a) for a in _setpriv(uid)) + " " if os.getuid() == 0 else ""
-    script.append(f'exec {drop}"$@"')
+    script.append("exec " + " ".join(q(a) for a in _setpriv(uid)) + ' "$@"')
     return [_tool("unshare"), *namespaces, "--", "/bin/sh", "-c", "\n".join(script), "sandbox"]
 
 
@@ -262,9 +268,9 @@ def run(command: list[str], workdir: Path, limits: Limits, mode: str, stdin: str
     os.chmod(workdir, 0o777)
     (workdir / ".tmp").mkdir(mode=0o777, exist_ok=True)
     os.chmod(workdir / ".tmp", 0o777)
-    out_path, err_path = workdir / ".stdout", workdir / ".stderr"
     start = time.monotonic()
-    with open(out_path, "wb") as out, open(err_path, "wb") as err:
+    # read back through these handles, not the names: the program could replace the files
+    with open(workdir / ".stdout", "w+b") as out, open(workdir / ".stderr", "w+b") as err:
         try:
             process = subprocess.Popen(full, cwd=workdir, env=child_env, stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
                                        stdout=out, stderr=err, preexec_fn=prepare)
@@ -278,8 +284,8 @@ def run(command: list[str], workdir: Path, limits: Limits, mode: str, stdin: str
             _kill_group(process)
             process.wait()
             _wait_until_gone(uid)
-    return Run(None if timed_out else process.returncode, _tail(out_path), _tail(err_path),
-               time.monotonic() - start, timed_out)
+        return Run(None if timed_out else process.returncode, _tail_of(out), _tail_of(err),
+                   time.monotonic() - start, timed_out)
 
 
 def _kill_group(process: subprocess.Popen) -> None:
@@ -289,22 +295,32 @@ def _kill_group(process: subprocess.Popen) -> None:
         process.kill()
 
 
+def _tail_of(f) -> str:
+    """The last OUTPUT_CAP bytes of an open output file, as text."""
+    size = f.seek(0, os.SEEK_END)
+    f.seek(max(0, size - OUTPUT_CAP))
+    return f.read().decode("utf-8", "replace")
+
+
 def _tail(path: Path) -> str:
-    """The last OUTPUT_CAP bytes of an output file, as text."""
+    """The last OUTPUT_CAP bytes of an output file a sandboxed program wrote; "" unless it is a
+    plain file of the folder (the program may have put a link to a secret in its place)."""
     try:
-        with open(path, "rb") as f:
-            size = f.seek(0, os.SEEK_END)
-            f.seek(max(0, size - OUTPUT_CAP))
-            return f.read().decode("utf-8", "replace")
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     except OSError:
         return ""
+    with open(fd, "rb") as f:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or info.st_nlink != 1:
+            return ""
+        return _tail_of(f)
 
 
 class Workdir:
     """A fresh directory for one sample, removed afterwards."""
 
     def __init__(self, root: Path | None = None):
-        self.path = Path(tempfile.mkdtemp(prefix="dscoder-eval-", dir=root))
+        self.path = Path(tempfile.mkdtemp(prefix="dscoder-eval-", dir=root or TMP))
 
     def __enter__(self) -> Path:
         return self.path
@@ -320,7 +336,7 @@ class PythonWorker:
 
     def __init__(self, slot: int, readable: tuple[str, ...], mode: str):
         self.slot, self.readable = slot, readable
-        self.root = Path(tempfile.mkdtemp(prefix=f"dscoder-slot{slot}-"))
+        self.root = Path(tempfile.mkdtemp(prefix=f"dscoder-slot{slot}-", dir=TMP))
         os.chmod(self.root, 0o755)  # samples write only in their own folder inside
         uid = BASE_UID + slot
         script = Path(__file__).with_name("pyworker.py")

@@ -140,9 +140,11 @@ def run(out: Path, cfg: QuickstartConfig, model: Path | None = None, force: bool
         raise UserError(f"{model}: not a model folder (no config.json)")
     if cfg.minutes <= 0 or cfg.corpus_mb <= 0:
         raise UserError(f"--minutes ({cfg.minutes}) and --corpus-mb ({cfg.corpus_mb}) must be positive")
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out}: exists and is not a folder")
     if force and out.exists():
         shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
+    artifacts.make_folder(out)
     if shutil.disk_usage(out).free < MIN_FREE_BYTES:
         raise UserError(f"{out}: only {shutil.disk_usage(out).free / 2**30:.1f} GiB free; the demo needs about 3 GiB")
     seconds: dict[str, float] = {}
