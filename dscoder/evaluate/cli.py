@@ -101,8 +101,16 @@ def cmd_run(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
     from dscoder.evaluate import sandbox, toolchains
-    from dscoder.evaluate.execute import (check_toolchains, claim, examine, file_sha, hold, read_samples,
-                                          run_claimed, run_record)
+    from dscoder.evaluate.execute import (
+        check_toolchains,
+        claim,
+        examine,
+        file_sha,
+        hold,
+        read_samples,
+        run_claimed,
+        run_record,
+    )
     from dscoder.evaluate.generate import check_file, generate, origin, settings
     from dscoder.infer.engine import Engine
 
