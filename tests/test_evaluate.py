@@ -2,6 +2,7 @@
 
 import json
 import os
+from pathlib import Path
 
 import pytest
 
@@ -169,6 +170,7 @@ ATTACKS = {
                             "shared_memory.SharedMemory(name={leak!r}, create=True, size=1 << 20)\n"
                             "import os\nos._exit(0)\n", "any"),
     "leave_files_in_var_tmp": ("open('/var/tmp/' + {leak!r}, 'w').write('x')\n", "any"),
+    "write_a_world_writable_folder": ("open({open_folder!r} + '/pwned', 'w').write('x')\n", "runtime_error"),
 }
 
 
@@ -189,8 +191,12 @@ def test_safety_battery(mode, tmp_path, monkeypatch):
                 "entry_point": "print"} for name in ATTACKS]
     _, task_list = tasks("attacks.jsonl", records)
     leak = f"dscoder_leak_{os.getpid()}_{mode}"
+    open_folder = Path(__file__).resolve().parent / f".open-{leak}"  # writable by anyone, outside /tmp
+    open_folder.mkdir()
+    open_folder.chmod(0o777)
     samples = [{"task_id": f"attack/{name}", "completion": code.format(target=str(target), victim=str(victim),
-                                                                       secret=str(secret), leak=leak)}
+                                                                       secret=str(secret), leak=leak,
+                                                                       open_folder=str(open_folder))}
                for name, (code, _) in ATTACKS.items()]
     short = ExecConfig(workers=2, timeout=4, memory_mb=512, sandbox=mode)
     execute(task_list, samples, tmp_path / "out", short)
@@ -205,6 +211,8 @@ def test_safety_battery(mode, tmp_path, monkeypatch):
     assert not target.exists() and (victim / "keep.txt").read_text() == "precious"
     assert "the host's secret" not in (tmp_path / "out" / "results.jsonl").read_text()
     assert not os.path.exists(f"/dev/shm/{leak}") and not os.path.exists(f"/var/tmp/{leak}")
+    assert list(open_folder.iterdir()) == []
+    open_folder.rmdir()
     assert os.getppid() > 1  # the test process and its parent are alive
 
 

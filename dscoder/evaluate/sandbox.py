@@ -5,9 +5,9 @@ network, and capped output.
 Isolation modes (`--sandbox`; `auto` takes the strongest that works here and says which):
 - `bwrap` (bubblewrap): new user, PID, network, IPC and UTS namespaces; the whole filesystem
   read-only except the sample's directory and a private /tmp; the sandbox dies with its parent.
-- `unshare` (util-linux, no extra package): new mount, PID and network namespaces and a private
-  /tmp; the rest of the filesystem stays as the program's user may see it (writable where that
-  user may write, which for a sandbox user id is nowhere outside world-writable places).
+- `unshare` (util-linux, no extra package): new mount, PID, network, IPC and UTS namespaces; the
+  filesystem read-only except the sample's directory, a private /tmp and empty /dev/shm, /var/tmp
+  and /run/lock; no capabilities left to undo it.
 - `none`: the time and resource limits only; programs run as the calling user, unisolated.
 Started as root, bwrap and unshare run each program as an unprivileged user id of its own per
 worker slot (so a fork bomb exhausts only its own slot's process limit). Such a user cannot
@@ -187,15 +187,17 @@ def _stage() -> str:
 def _unshare(workdir: Path, readable: tuple[str, ...], uid: int) -> list[str]:
     """The `unshare` command line: new mount, PID, network, IPC and UTS namespaces (and, for a
     normal user, a user namespace in which the user may mount). A shell inside the new mount
-    namespace gives the program a private /tmp holding its work folder and empty /dev/shm,
-    /var/tmp and /run/lock, replaces (as root) private folders such as /root by ones that show
-    only the toolchains, then runs the program without capabilities (as root: as `uid`), so it
-    cannot undo any of it."""
+    namespace makes every mount read-only, gives the program a private /tmp holding its work
+    folder (writable) and empty /dev/shm, /var/tmp and /run/lock, replaces (as root) private
+    folders such as /root by ones that show only the toolchains, then runs the program without
+    capabilities (as root: as `uid`), so it cannot undo any of it."""
     namespaces = ["--mount", "--net", "--ipc", "--uts", "--pid", "--fork", "--kill-child", "--mount-proc"]
     if os.getuid() != 0:
         namespaces = ["--user", "--map-root-user", *namespaces]
     stage, q = _stage(), shlex.quote
-    script = ["set -e"]
+    script = ["set -e",  # the filesystem read-only first, then the program's own writable places
+              "awk '$4 ~ /^rw/ {print $2}' /proc/self/mounts | while read -r m; do "
+              'mount -o remount,bind,ro "$m" 2>/dev/null || true; done']
     for scratch in SCRATCH:
         if os.path.isdir(scratch) and not os.path.islink(scratch):
             script.append(f"mount -t tmpfs -o mode=1777,size=64m dscoder {scratch}")
@@ -204,9 +206,8 @@ def _unshare(workdir: Path, readable: tuple[str, ...], uid: int) -> list[str]:
         script.append(f"mount -t tmpfs -o mode={mode} dscoder {q(stage)}")
         for path, writable in shown:
             inside = q(str(Path(stage) / Path(path).relative_to(folder)))
-            script += [f"mkdir -p {inside}", f"mount --bind {q(path)} {inside}"]
-            if not writable:
-                script.append(f"mount -o remount,bind,ro {inside}")
+            script += [f"mkdir -p {inside}", f"mount --bind {q(path)} {inside}",
+                       f"mount -o remount,bind,{'rw' if writable else 'ro'} {inside}"]
         script.append(f"mount --rbind {q(stage)} {q(folder)}")
     script.append(f"cd {q(str(workdir))}")
     script.append("exec " + " ".join(q(a) for a in _setpriv(uid)) + ' "$@"')
