@@ -69,6 +69,9 @@ class Run:
     timed_out: bool
 
 
+_announced: set[tuple[str, str]] = set()  # choices already reported by this process
+
+
 def choose(requested: str, readable: tuple[str, ...]) -> str:
     """The isolation mode to use for `--sandbox requested`: `auto` gives the strongest mode that
     runs the interpreter here (logged, with why stronger ones were passed over); a mode that
@@ -79,7 +82,10 @@ def choose(requested: str, readable: tuple[str, ...]) -> str:
     passed_over = []
     for mode in candidates:
         problem = problem_with(mode, readable)
+        if problem is None and (requested, mode) in _announced:
+            return mode
         if problem is None:
+            _announced.add((requested, mode))
             if mode == "none":
                 log.warning("sandbox: none%s: untrusted programs run WITHOUT isolation (only the time and resource "
                             "limits hold)", f" ({'; '.join(passed_over)})" if passed_over else "")
