@@ -154,6 +154,11 @@ def test_apps_records_of_our_own(tmp_path):
 
 
 ATTACKS = {
+    # two samples at once (two workers): the second looks for the first one's file everywhere it could write
+    "neighbour_writes": ("import time\nopen({leak!r} + '_neighbour', 'w').write('x')\ntime.sleep(3)\n", "passed"),
+    "neighbour_looks": ("import os, time\ntime.sleep(1)\nfound = [os.path.join(d, f) for top in ('/tmp', '/dev/shm', "
+                        "'/var/tmp', '/run') for d, _, fs in os.walk(top) for f in fs if f.endswith('_neighbour')]\n"
+                        "assert not found, found\n", "passed"),
     "infinite_loop": ("while True:\n    pass\n", "timeout"),
     "fork_bomb": ("import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass\n", "timeout"),
     "memory_bomb": ("x = []\nwhile True:\n    x.append(' ' * 10**7)\n", "runtime_error"),
@@ -171,6 +176,14 @@ ATTACKS = {
                             "import os\nos._exit(0)\n", "any"),
     "leave_files_in_var_tmp": ("open('/var/tmp/' + {leak!r}, 'w').write('x')\n", "any"),
     "write_a_world_writable_folder": ("open({open_folder!r} + '/pwned', 'w').write('x')\n", "runtime_error"),
+    "read_init_environment": ("import glob\nfor path in glob.glob('/proc/[0-9]*/environ'):\n    try:\n"
+                              "        assert b'DSCODER_TEST_SECRET' not in open(path, 'rb').read(), path\n"
+                              "    except OSError:\n        pass\n", "passed"),
+    "read_home": ("open({home_secret!r}).read()\n", "runtime_error"),
+    "link_out_and_read": ("import os\nos.symlink({secret!r}, 'peek')\nprint(open('peek').read())\n", "runtime_error"),
+    "ptrace_parent": ("import ctypes, os\nlibc = ctypes.CDLL(None, use_errno=True)\n"
+                      "assert libc.ptrace(16, os.getppid(), 0, 0) != 0, 'attached to its parent'\n", "passed"),
+    "huge_output_line": ("import sys\nsys.stderr.write('y' * (200 << 20))\n", "any"),
 }
 
 
@@ -194,9 +207,13 @@ def test_safety_battery(mode, tmp_path, monkeypatch):
     open_folder = Path(__file__).resolve().parent / f".open-{leak}"  # writable by anyone, outside /tmp
     open_folder.mkdir()
     open_folder.chmod(0o777)
+    home_secret = Path.home() / f".{leak}"  # a readable file in the user's home
+    home_secret.write_text("the home's secret")
+    home_secret.chmod(0o644)
     samples = [{"task_id": f"attack/{name}", "completion": code.format(target=str(target), victim=str(victim),
                                                                        secret=str(secret), leak=leak,
-                                                                       open_folder=str(open_folder))}
+                                                                       open_folder=str(open_folder),
+                                                                       home_secret=str(home_secret))}
                for name, (code, _) in ATTACKS.items()]
     short = ExecConfig(workers=2, timeout=4, memory_mb=512, sandbox=mode)
     execute(task_list, samples, tmp_path / "out", short)
@@ -213,6 +230,9 @@ def test_safety_battery(mode, tmp_path, monkeypatch):
     assert not os.path.exists(f"/dev/shm/{leak}") and not os.path.exists(f"/var/tmp/{leak}")
     assert list(open_folder.iterdir()) == []
     open_folder.rmdir()
+    home_secret.unlink()
+    results = (tmp_path / "out" / "results.jsonl").read_text()
+    assert "the home's secret" not in results and len(rows["huge_output_line"]["error"]) <= 2000
     assert os.getppid() > 1  # the test process and its parent are alive
 
 

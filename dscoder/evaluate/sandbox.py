@@ -24,6 +24,7 @@ import atexit
 import logging
 import os
 import resource
+import select
 import shlex
 import shutil
 import signal
@@ -125,12 +126,17 @@ def exposures(readable: tuple[str, ...], workdir: Path | None) -> dict[str, list
     """{folder to replace with an empty one: [(path to show inside it, writable)]}.
 
     /tmp is always replaced (a private /tmp), showing the sample's `workdir` (writable, when it
-    lies there) and the readable paths in it. As root, a folder that other users cannot enter
-    (/root, a 0700 home) is replaced when a `readable` path lies in it, and shows just that path,
+    lies there) and the readable paths in it; so is the user's home (and, as root, /root and any
+    folder other users cannot enter, such as a 0700 home), showing just the readable paths in it,
     read-only. /tmp comes last, so a mount namespace can assemble the others in a folder under it."""
     hidden: dict[str, list[tuple[str, bool]]] = {"/tmp": []}
     if workdir is not None and Path(workdir).resolve().is_relative_to("/tmp"):
         hidden["/tmp"].append((str(Path(workdir).resolve()), True))
+    for home in {Path(os.path.expanduser("~")).resolve(), Path("/root")} if os.getuid() == 0 else \
+            {Path(os.path.expanduser("~")).resolve()}:
+        if home.is_dir() and len(home.parts) > 1 and not Path("/tmp").is_relative_to(home) \
+                and not home.is_relative_to("/tmp"):
+            hidden.setdefault(str(home), [])
     for path in readable:
         path = Path(path).resolve()
         for ancestor in reversed(path.parents[:-1]):  # outermost first, "/" excluded
@@ -151,8 +157,6 @@ def _bwrap(workdir: Path, readable: tuple[str, ...], env: dict[str, str], uid: i
     if os.getuid() != 0:
         command += ["--unshare-user"]
     hidden = exposures(readable, None)
-    if os.getuid() == 0:
-        hidden.setdefault("/root", [])  # the administrator's home: only the toolchains in it are shown
     for folder, shown in hidden.items():
         if folder != "/tmp":
             command += ["--perms", "0755", "--tmpfs", folder]
@@ -380,6 +384,11 @@ class PythonWorker:
         try:
             self.process.stdin.write(json.dumps(request) + "\n")
             self.process.stdin.flush()
+            # the server answers within the sample's timeout; one that does not (stopped, hung) is ended
+            ready, _, _ = select.select([self.process.stdout], [], [], limits.timeout + 10)
+            if not ready:
+                self.close()
+                raise RuntimeError("the Python worker did not answer")
             reply = json.loads(self.process.stdout.readline())
         except (OSError, ValueError):
             raise RuntimeError("the Python worker stopped") from None
