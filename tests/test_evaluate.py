@@ -479,3 +479,28 @@ def test_eval_run_checks_everything_before_it_writes_and_scores_only_n_samples(t
     assert main([*sampled, "--n", "1"]) == 0
     summary = json.loads((tmp_path / "n" / "summary.json").read_text())
     assert summary["overall"]["samples"] == 2 and summary["overall"]["tasks"] == 2
+
+
+def test_time_limits_hold_on_a_busy_machine(tmp_path):
+    """The canonical solutions all pass while two CPU-bound processes run alongside, with a
+    time limit that is tight for this machine when it is idle: the limit grows with the load."""
+    import subprocess
+    import sys
+
+    _, task_list = tasks(need_shared(BENCH / "HumanEval.jsonl.gz"))
+    samples = [{"task_id": t.task_id, "completion": t.reference} for t in task_list]
+    idle = ExecConfig(workers=2, timeout=30, calibrate=False)
+    execute(task_list, samples, tmp_path / "idle", idle)
+    slowest = max(json.loads(line)["seconds"] for line in (tmp_path / "idle" / "results.jsonl").read_text().splitlines())
+    idle_factor = sandbox.load_factor(sandbox.choose("auto", toolchains.readable_roots()), toolchains.readable_roots(), 2,
+                                      max_age=0)
+    hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"], start_new_session=True) for _ in range(2)]
+    try:
+        tight = ExecConfig(workers=2, timeout=max(0.2, 1.5 * slowest / idle_factor))
+        sandbox._factors.clear()  # measure under the load
+        summary = execute(task_list, samples, tmp_path / "busy", tight)
+    finally:
+        for hog in hogs:
+            hog.kill()
+    assert summary["statuses"] == {"passed": 164}, summary["statuses"]
+    assert summary["load_factor"] > idle_factor * 1.3 and summary["timeout_seconds"] > tight.timeout

@@ -35,7 +35,8 @@ def _tasks(args):
 def _exec_config(args):
     from dscoder.evaluate.execute import ExecConfig
 
-    return ExecConfig(workers=args.workers, timeout=args.timeout, sandbox=args.sandbox)
+    return ExecConfig(workers=args.workers, timeout=args.timeout, sandbox=args.sandbox,
+                      calibrate=not args.no_calibration)
 
 
 def _gen_config(args):
@@ -64,8 +65,10 @@ def _print_summary(summary: dict) -> None:
     if "fim" in summary:
         print(f"FIM line exact match {100 * summary['fim']['line_exact_match']:.1f}%, "
               f"edit similarity {100 * summary['fim']['edit_similarity']:.1f}%")
+    limit = f"; time limit {summary['timeout_seconds']:g} s, load factor {summary['load_factor']:g}" \
+        if "load_factor" in summary else ""
     print("statuses: " + ", ".join(f"{k} {v}" for k, v in sorted(summary["statuses"].items())) +
-          f" (isolation: {summary['isolation']})")
+          f" (isolation: {summary['isolation']}{limit})")
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
@@ -176,7 +179,10 @@ def _execution_flags(p) -> None:
 
     p.add_argument("--workers", type=setting(ExecConfig, "workers"), default=0,
                    help="parallel sandboxes (0: one per core)")
-    p.add_argument("--timeout", type=setting(ExecConfig, "timeout"), default=10.0, help="seconds per program run")
+    p.add_argument("--timeout", type=setting(ExecConfig, "timeout"), default=10.0,
+                   help="seconds per program run on a reference machine; scaled by this machine's load factor")
+    p.add_argument("--no-calibration", action="store_true",
+                   help="use --timeout as it is, however slow or busy this machine is")
     p.add_argument("--sandbox", choices=["auto", "bwrap", "unshare", "none"], default="auto",
                    help="isolation: auto takes the strongest that works here (bwrap, then unshare); none runs "
                    "untrusted code unisolated (docs/evaluation.md)")

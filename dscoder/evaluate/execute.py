@@ -27,7 +27,7 @@ import shutil
 from collections import Counter, defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -49,11 +49,16 @@ class ExecConfig:
     workers: Annotated[int, Range(0, 1024)] = 0
     """Parallel sandboxes (0: one per CPU core)."""
     timeout: Annotated[float, Range(0, 3600, low_open=True)] = 10.0
-    """Wall-clock seconds per command (a build gets three times as long)."""
+    """Wall-clock seconds per command on a reference machine (a build gets three times as long);
+    scaled by how much slower this machine runs now (see `calibrate`)."""
     memory_mb: Annotated[int, Range(64)] = 2048
     """Address-space limit for languages that allow one."""
     sandbox: Literal["auto", "bwrap", "unshare", "none"] = "auto"
     """Isolation: the strongest that works here (auto), or a named one (sandbox.py)."""
+    calibrate: bool = True
+    """Scale `timeout` by the load factor of this machine (sandbox.load_factor), measured at the
+    start and again when samples time out, so a slow or busy machine does not turn correct
+    programs into timeouts."""
 
 
 def read_samples(path: str | Path) -> list[dict]:
@@ -342,36 +347,67 @@ def run_claimed(task_list: list[Task], samples: list[dict], out: Path, cfg: Exec
             worker = workers_by_slot[slot] = sandbox.PythonWorker(slot, toolchains.readable_roots(), mode)
         return worker
 
-    def one(sample: dict) -> dict:
+    def one(sample: dict, run_cfg: ExecConfig) -> dict:
         slot = slots.get()
         try:
             task = by_id[sample["task_id"]]
             worker = python_worker(slot) if task.language == "python" else None
             try:
-                outcome = run_sample(task, sample["completion"], cfg, mode, slot, cache_dir, worker)
+                outcome = run_sample(task, sample["completion"], run_cfg, mode, slot, cache_dir, worker)
             except RuntimeError:  # the fork server died (it is restarted): run this one on its own
-                outcome = run_sample(task, sample["completion"], cfg, mode, slot, cache_dir)
+                outcome = run_sample(task, sample["completion"], run_cfg, mode, slot, cache_dir)
         finally:
             slots.put(slot)
         return {"task_id": sample["task_id"], "completion_id": sample["completion_id"],
                 "sample_sha": sample_sha(sample["completion"]), "language": task.language, **outcome}
+
+    factor = _load_factor(cfg, mode, workers, fresh=False) if todo else 1.0
 
     from dscoder.console import progress
 
     try:
         with open(results_path, "a", encoding="utf-8") as f, ThreadPoolExecutor(workers) as pool, \
                 progress(total=len(todo), desc="executing", unit=" samples") as bar:
-            for row in pool.map(one, todo):
+            for row in pool.map(lambda sample: one(sample, replace(cfg, timeout=cfg.timeout * factor)), todo):
                 f.write(json.dumps(row) + "\n")
                 f.flush()
                 bar.update()
+            # load that came during the run: timeouts run again if the machine has become slower
+            keys = {(s["task_id"], s["completion_id"]) for s in todo}
+            timed_out = [r for r in _read_results(results_path)
+                         if r["status"] == "timeout" and (r["task_id"], r["completion_id"]) in keys]
+            later = _load_factor(cfg, mode, workers, fresh=True) if timed_out else factor
+            if later > factor * 1.25:
+                log.info("this machine became slower during the run (load factor %.2f, was %.2f): running the %d "
+                         "samples that timed out again", later, factor, len(timed_out))
+                factor = later
+                retry = {(r["task_id"], r["completion_id"]) for r in timed_out}
+                again = [s for s in todo if (s["task_id"], s["completion_id"]) in retry]
+                rows = {(r["task_id"], r["completion_id"]): r for r in
+                        pool.map(lambda sample: one(sample, replace(cfg, timeout=cfg.timeout * factor)), again)}
+                artifacts.write_text(results_path, "".join(
+                    json.dumps(rows.get((r["task_id"], r["completion_id"]), r)) + "\n"
+                    for r in _read_results(results_path)))
     finally:
         for worker in workers_by_slot.values():
             worker.close()
         shutil.rmtree(cache_dir, ignore_errors=True)
     summary = summarize(task_list, samples, _read_results(results_path), mode)
+    summary["load_factor"] = round(factor, 2)
+    summary["timeout_seconds"] = round(cfg.timeout * factor, 2)
     artifacts.write_json(out / SUMMARY, summary)
     return summary
+
+
+def _load_factor(cfg: ExecConfig, mode: str, workers: int, fresh: bool) -> float:
+    """The factor the time limits are scaled by (1 without calibration), logged."""
+    if not cfg.calibrate:
+        return 1.0
+    factor = sandbox.load_factor(mode, toolchains.readable_roots(), workers, max_age=0 if fresh else 60)
+    if not fresh:
+        log.info("load factor %.2f: each program may run %.1f s (--timeout %g on the reference machine)", factor,
+                 cfg.timeout * factor, cfg.timeout)
+    return factor
 
 
 def _read_results(path: Path) -> list[dict]:

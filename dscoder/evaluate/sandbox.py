@@ -327,6 +327,41 @@ def _tail(path: Path) -> str:
         return _tail_of(f)
 
 
+# A fixed program whose speed says how busy or slow this machine is; it prints its own time.
+REFERENCE = "import time\nt = time.perf_counter()\ns = 0\nfor i in range(2_000_000):\n    s += i * i\nprint(time.perf_counter() - t)\n"
+REFERENCE_SECONDS = 0.2  # its time on an idle 2-core machine of the kind dscoder is developed on
+_factors: dict[tuple[str, int], tuple[float, float]] = {}  # (mode, parallel) -> (factor, when measured)
+
+
+def load_factor(mode: str, readable: tuple[str, ...], parallel: int = 1, max_age: float = 60.0) -> float:
+    """How many times slower than the reference machine a program runs here now, at least 1: the
+    median time of the reference program run `parallel` at once, twice, inside sandbox `mode`
+    (so a slow CPU, other load and the run's own workers all count); reused for `max_age`
+    seconds. Evaluation scales its time limits by it."""
+    cached = _factors.get((mode, parallel))
+    if cached is not None and time.monotonic() - cached[1] < max_age:
+        return cached[0]
+
+    def once(_) -> float | None:
+        with Workdir() as folder:
+            (folder / "reference.py").write_text(REFERENCE)
+            result = run([sys.executable, "reference.py"], folder, Limits(timeout=120, cpu_seconds=120), mode,
+                         readable=readable)
+        try:
+            return float(result.stdout.strip())
+        except ValueError:
+            return None
+
+    from concurrent.futures import ThreadPoolExecutor
+    from statistics import median
+
+    with ThreadPoolExecutor(parallel) as pool:
+        times = [t for t in pool.map(once, range(2 * parallel)) if t is not None]
+    factor = max(1.0, median(times) / REFERENCE_SECONDS) if times else 1.0
+    _factors[(mode, parallel)] = (factor, time.monotonic())
+    return factor
+
+
 class Workdir:
     """A fresh directory for one sample, removed afterwards."""
 
