@@ -124,11 +124,12 @@ def cmd_chat(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from dscoder.infer.server import bind, require_serve_stack, serve
+    from dscoder.infer.server import ServeLimits, bind, require_serve_stack, serve
 
     require_serve_stack()  # before the model loads
     listener = bind(args.host, args.port)  # a port in use is one line, before the model loads
-    serve(_engine(args), listener, api_key=args.api_key, max_batch=args.max_batch)
+    serve(_engine(args), listener, api_key=args.api_key, max_batch=args.max_batch,
+          limits=ServeLimits(max_tokens=args.max_tokens))
     return 0
 
 
@@ -205,4 +206,7 @@ def add_commands(groups) -> None:
     p.add_argument("--port", type=PORT, default=8000, help="port")
     p.add_argument("--api-key", help="require this key as 'Authorization: Bearer KEY'")
     p.add_argument("--max-batch", type=number(int, AT_LEAST_ONE), default=8, help="most sequences generated together")
+    p.add_argument("--max-tokens", type=number(int, AT_LEAST_ONE), default=1024,
+                   help="most new tokens one request may ask for; chat and /infill requests that give no limit get "
+                   "this many")
     p.set_defaults(func=cmd_serve)

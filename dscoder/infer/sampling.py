@@ -20,6 +20,7 @@ NewTokens = Annotated[int, AT_LEAST_ONE]
 Temperature = Annotated[float, Range(0, 2)]
 TopP = Annotated[float, Range(0, 1, low_open=True)]
 TopK = Annotated[int, NON_NEGATIVE]
+GREEDY_BELOW = 1e-4  # temperatures below this sample greedily
 
 if TYPE_CHECKING:
     import torch
@@ -46,7 +47,7 @@ def next_token(logits: torch.Tensor, params: SamplingParams, generator: torch.Ge
     """One token from a row of logits. (V,) -> id."""
     import torch  # here, so that the settings above import without torch (for --help)
 
-    if params.temperature <= 0:
+    if params.temperature < GREEDY_BELOW:  # dividing by a tinier temperature overflows to inf
         return int(torch.argmax(logits))
     logits = logits.float() / params.temperature
     if params.top_k > 0 and params.top_k < logits.shape[-1]:

@@ -24,10 +24,13 @@ import uuid
 from contextlib import asynccontextmanager
 from typing import Any, Literal
 
+from dataclasses import dataclass
+from typing import Annotated
+
 from pydantic import BaseModel, ConfigDict, Field
 
 from dscoder import formats
-from dscoder.config import schema_bounds
+from dscoder.config import AT_LEAST_ONE, schema_bounds
 from dscoder.errors import SettingError, UserError
 from dscoder.infer.batching import _DONE, Batcher
 from dscoder.infer.engine import Engine, Sequence, is_instruct
@@ -35,6 +38,19 @@ from dscoder.infer.sampling import SamplingParams
 
 log = logging.getLogger("dscoder")
 MAX_LOGPROBS = 5
+MAX_N = 16  # choices per request
+MAX_PROMPTS = 64  # prompts in one completions request
+MAX_STOPS = 4  # stop sequences per request (as OpenAI)
+
+
+@dataclass(frozen=True)
+class ServeLimits:
+    """What one request may ask of the server (more is a 4xx error, never a hung server)."""
+
+    max_tokens: Annotated[int, AT_LEAST_ONE] = 1024
+    """New tokens a request may ask for; chat and /infill requests that give no limit get this many."""
+    max_body_bytes: Annotated[int, AT_LEAST_ONE] = 4 * 2**20
+    """Largest request body."""
 
 
 class APIError(Exception):
@@ -59,7 +75,7 @@ class _Common(BaseModel):
     temperature: float = _bounded(1.0, "temperature")
     top_p: float = _bounded(1.0, "top_p")
     top_k: int = _bounded(0, "top_k")
-    n: int = Field(1, ge=1, le=16)
+    n: int = Field(1, ge=1, le=MAX_N)
     stop: str | list[str] | None = None
     seed: int | None = _bounded(None, "seed")
     stream: bool = False
@@ -67,7 +83,7 @@ class _Common(BaseModel):
 
 
 class CompletionRequest(_Common):
-    prompt: str | list[str]
+    prompt: str | Annotated[list[str], Field(max_length=MAX_PROMPTS)]
     suffix: str | None = None
     max_tokens: int | None = _bounded(16, "max_new_tokens")
     echo: bool = False
@@ -111,22 +127,27 @@ def _stops(stop: str | list[str] | None) -> tuple[str, ...]:
     if stop is None:
         return ()
     stops = (stop,) if isinstance(stop, str) else tuple(stop)
-    if len(stops) > 4 or any(not s for s in stops):
-        raise APIError(400, "stop must be up to 4 non-empty strings", "invalid_value", "stop")
+    if len(stops) > MAX_STOPS or any(not s for s in stops):
+        raise APIError(400, f"stop must be up to {MAX_STOPS} non-empty strings", "invalid_value", "stop")
     return stops
 
 
-def _fit(engine: Engine, ids: list[int], max_tokens: int | None, param: str = "max_tokens") -> int:
-    """The new-token limit for a prompt; 4xx when the prompt and limit exceed the context."""
+def _fit(engine: Engine, ids: list[int], max_tokens: int | None, limits: "ServeLimits",
+         param: str = "max_tokens") -> int:
+    """The new-token limit for a prompt (the server's cap when the request gives none); 4xx when
+    the prompt and limit exceed the context, or the request asks more than the server's cap."""
     room = engine.context - len(ids)
     if room < 1:
         raise APIError(400, f"this model's maximum context length is {engine.context} tokens; the prompt has "
                             f"{len(ids)}", "context_length_exceeded", "prompt")
     if max_tokens is None:
-        return room
+        return min(room, limits.max_tokens)
     if max_tokens > room:
         raise APIError(400, f"this model's maximum context length is {engine.context} tokens; the prompt has "
                             f"{len(ids)} and {max_tokens} were requested", "context_length_exceeded", param)
+    if max_tokens > limits.max_tokens:
+        raise APIError(400, f"{param} is {max_tokens}; this server gives at most {limits.max_tokens} new tokens "
+                            "per request", "invalid_value", param)
     return max_tokens
 
 
@@ -161,13 +182,21 @@ def _chat_logprobs(engine: Engine, s: Sequence) -> dict:
                         for item in s.logprobs]}
 
 
-def create_app(engine: Engine, api_key: str | None = None, max_batch: int = 8):
-    """The FastAPI application serving `engine`."""
+def create_app(engine: Engine, api_key: str | None = None, max_batch: int = 8,
+               limits: ServeLimits = ServeLimits()):
+    """The FastAPI application serving `engine`, holding every request to `limits`."""
     from fastapi import FastAPI, Request
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse, StreamingResponse
 
     state: dict[str, Any] = {}
+    warned: set[str] = set()
+
+    def warn_once(message: str) -> None:
+        """A warning about the kind of requests this server gets, said once, not once per request."""
+        if message not in warned:
+            warned.add(message)
+            log.warning("%s (said once)", message)
 
     @asynccontextmanager
     async def lifespan(app):
@@ -196,8 +225,14 @@ def create_app(engine: Engine, api_key: str | None = None, max_batch: int = 8):
         if first.get("type") == "json_invalid":  # its location is a character offset, not a parameter
             return JSONResponse(error_body(f"malformed JSON body ({first.get('ctx', {}).get('error', 'invalid')})",
                                            code="invalid_json"), status_code=400)
-        where = ".".join(str(p) for p in first.get("loc", ())[1:]) or None
-        message = f"{where}: {first.get('msg', 'invalid value')}" if where else first.get("msg", "invalid request body")
+        # a value that may take several forms fails once per form: report the form it was meant as
+        errors = exc.errors()
+        chosen = next((e for e in errors if not str(e.get("type", "")).endswith("_type")), first)
+        loc = [str(p) for p in chosen.get("loc", ())[1:]]
+        where = loc[0] if loc else None
+        detail = ".".join(p for p in loc[1:] if not p.startswith(("str", "list[", "int", "float", "function")))
+        message = f"{where}{'.' + detail if detail else ''}: {chosen.get('msg', 'invalid value')}" if where \
+            else chosen.get("msg", "invalid request body")
         return JSONResponse(error_body(message, param=where, code="invalid_value"), status_code=400)
 
     @app.middleware("http")
@@ -205,6 +240,11 @@ def create_app(engine: Engine, api_key: str | None = None, max_batch: int = 8):
         if api_key and request.url.path != "/health":
             if request.headers.get("authorization", "") != f"Bearer {api_key}":
                 return JSONResponse(error_body("invalid or missing API key", code="invalid_api_key"), status_code=401)
+        length = request.headers.get("content-length")
+        size = int(length) if length and length.isdigit() else len(await request.body()) if request.method == "POST" else 0
+        if size > limits.max_body_bytes:
+            return JSONResponse(error_body(f"the request body has {size} bytes; this server takes at most "
+                                           f"{limits.max_body_bytes}", code="request_too_large"), status_code=413)
         return await call_next(request)
 
     def check_model(name: str | None) -> None:
@@ -256,13 +296,13 @@ def create_app(engine: Engine, api_key: str | None = None, max_batch: int = 8):
         if not texts:
             raise APIError(400, "prompt must not be empty", "invalid_value", "prompt")
         if body.suffix is not None and is_instruct(engine.tokenizer):
-            log.warning("FIM request to an instruct model: rendered as asked, though insertion is a base-model skill")
+            warn_once("FIM request to an instruct model: rendered as asked, though insertion is a base-model skill")
         stops = _stops(body.stop)
         sequences, prompt_tokens, echoes = [], 0, []
         for text in texts:
             rendered = formats.fim_prompt(text, body.suffix) if body.suffix is not None else text
             ids = engine.encode(rendered)
-            limit = _fit(engine, ids, body.max_tokens)
+            limit = _fit(engine, ids, body.max_tokens, limits)
             prompt_tokens += len(ids)
             for seed in _seeds(body.seed, body.n):
                 params = SamplingParams(max_new_tokens=limit, temperature=body.temperature, top_p=body.top_p,
@@ -305,13 +345,13 @@ def create_app(engine: Engine, api_key: str | None = None, max_batch: int = 8):
     async def chat(body: ChatRequest):
         check_model(body.model)
         if not is_instruct(engine.tokenizer):
-            log.warning("chat request to a base model: rendered with the chat template, answers may ramble")
+            warn_once("chat request to a base model: rendered with the chat template, answers may ramble")
         try:
             text = formats.render_chat([m.model_dump() for m in body.messages], add_generation_prompt=True)
         except ValueError as exc:
             raise APIError(400, str(exc), "invalid_value", "messages") from None
         prompt_ids = engine.encode(text)
-        limit = _fit(engine, prompt_ids, body.max_completion_tokens or body.max_tokens, "max_tokens")
+        limit = _fit(engine, prompt_ids, body.max_completion_tokens or body.max_tokens, limits, "max_tokens")
         stops = _stops(body.stop)
         top = (body.top_logprobs or 0) if body.logprobs else None
         sequences = [Sequence(prompt_ids, SamplingParams(max_new_tokens=limit, temperature=body.temperature,
@@ -351,7 +391,7 @@ def create_app(engine: Engine, api_key: str | None = None, max_batch: int = 8):
         context = formats.repo_sample([(f.filename or "context", f.text) for f in body.input_extra])
         text = formats.fim_prompt(context + body.input_prefix + body.prompt, body.input_suffix)
         ids = engine.encode(text)
-        limit = _fit(engine, ids, None if body.n_predict < 0 else body.n_predict, "n_predict")
+        limit = _fit(engine, ids, None if body.n_predict < 0 else body.n_predict, limits, "n_predict")
         params = SamplingParams(max_new_tokens=limit, temperature=body.temperature, top_p=body.top_p,
                                 top_k=body.top_k, seed=body.seed, stop=tuple(body.stop))
         (sequence,) = sequences = [Sequence(ids, params)]
@@ -400,10 +440,11 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def serve(engine: Engine, listener: socket.socket, api_key: str | None = None, max_batch: int = 8) -> None:
+def serve(engine: Engine, listener: socket.socket, api_key: str | None = None, max_batch: int = 8,
+          limits: ServeLimits = ServeLimits()) -> None:
     """Serve on the bound `listener` until interrupted."""
     uvicorn = require_serve_stack()
     host, port = listener.getsockname()[:2]
-    server = uvicorn.Server(uvicorn.Config(create_app(engine, api_key, max_batch), log_level="warning"))
+    server = uvicorn.Server(uvicorn.Config(create_app(engine, api_key, max_batch, limits), log_level="warning"))
     log.info("serving %s on http://%s:%d (OpenAI API under /v1)", engine.name, host, port)
     server.run(sockets=[listener])
