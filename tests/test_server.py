@@ -286,3 +286,60 @@ def test_what_one_request_may_ask_is_limited(base):
     finally:
         server.should_exit = True
         thread.join(timeout=10)
+
+
+def test_sigterm_stops_a_busy_server_within_seconds(tiny_base_model):
+    """`dscoder serve` with streams in flight (and one client that left mid-stream) stops within
+    5 s of SIGTERM; each in-flight request ends with its last chunk or an error, never hangs."""
+    import signal
+    import subprocess
+    import sys
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    process = subprocess.Popen([sys.executable, "-m", "dscoder", "-q", "serve", "--model", str(tiny_base_model),
+                                "--port", str(port), "--max-tokens", "1000"], stderr=subprocess.PIPE, text=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            try:
+                if httpx.get(url + "/health").status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        endings, first_chunks = [], threading.Semaphore(0)
+
+        def stream(leave_early: bool):
+            body = {"prompt": "def f(x):", "max_tokens": 1000, "temperature": 1.0, "stream": True}
+            try:
+                with httpx.stream("POST", url + "/v1/completions", json=body, timeout=30) as response:
+                    for i, line in enumerate(response.iter_lines()):
+                        if i == 1:
+                            first_chunks.release()
+                            if leave_early:
+                                return
+                        if line == "data: [DONE]":
+                            endings.append("done")
+                            return
+                endings.append("closed")
+            except httpx.HTTPError:
+                endings.append("error")
+
+        threads = [threading.Thread(target=stream, args=(i == 0,)) for i in range(4)]
+        for t in threads:
+            t.start()
+        for _ in threads:
+            assert first_chunks.acquire(timeout=60)
+        start = time.monotonic()
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=15)
+        stopped = time.monotonic() - start
+        for t in threads:
+            t.join(timeout=10)
+        assert stopped < 5, stopped
+        assert len(endings) == 3 and not any(t.is_alive() for t in threads), endings
+    finally:
+        if process.poll() is None:
+            process.kill()

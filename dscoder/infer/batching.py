@@ -18,6 +18,10 @@ log = logging.getLogger("dscoder")
 _DONE = object()
 
 
+class Closing(Exception):
+    """The batcher was stopped (the server is shutting down): no new sequences."""
+
+
 class Batcher:
     """Generates queued sequences in batches of up to `max_batch`.
 
@@ -32,13 +36,31 @@ class Batcher:
         self.quiet_seconds, self.max_wait_seconds = quiet_seconds, max_wait_seconds
         self.pending: queue.Queue = queue.Queue()
         self._waiting: dict = {}  # id(sequence) -> its completion callback
+        self._armed: dict = {}  # id(sequence) -> the sequence, while it waits or is generated
+        self.closing = False
         self.thread = threading.Thread(target=self._work, name="dscoder-batcher", daemon=True)
         self.running = True
         self.thread.start()
 
-    def close(self) -> None:
+    def stop(self) -> None:
+        """Cancel every sequence, waiting or being generated (each ends at the next decode step,
+        its request answered with what it has), and take no more."""
         self.running = False
+        self.closing = True
+        for s in list(self._armed.values()):
+            s.cancelled.set()
+        while True:
+            try:
+                item = self.pending.get_nowait()
+            except queue.Empty:
+                break
+            if item is not None:
+                item[0].cancelled.set()
+                item[1](None)
         self.pending.put(None)
+
+    def close(self) -> None:
+        self.stop()
         self.thread.join(timeout=5)
 
     def _work(self) -> None:
@@ -88,14 +110,21 @@ class Batcher:
                 done(None)
                 continue
             self._waiting[id(s)] = done
-            s.on_finish = lambda s=s: self._waiting.pop(id(s))(None)
+            self._armed[id(s)] = s
+            s.on_finish = lambda s=s: self._finished(s)
             sequences.append(s)
         return sequences
+
+    def _finished(self, s: Sequence) -> None:
+        self._armed.pop(id(s), None)
+        self._waiting.pop(id(s))(None)
 
     async def run(self, sequences: list[Sequence]) -> None:
         """Generate `sequences` (with the others waiting) and return when all are done."""
         loop = asyncio.get_running_loop()
         futures = []
+        if self.closing:
+            raise Closing("the server is shutting down")
         for s in sequences:
             future = loop.create_future()
 

@@ -32,7 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from dscoder import formats
 from dscoder.config import AT_LEAST_ONE, schema_bounds
 from dscoder.errors import SettingError, UserError
-from dscoder.infer.batching import _DONE, Batcher
+from dscoder.infer.batching import _DONE, Batcher, Closing
 from dscoder.infer.engine import Engine, Sequence, is_instruct
 from dscoder.infer.sampling import SamplingParams
 
@@ -41,6 +41,7 @@ MAX_LOGPROBS = 5
 MAX_N = 16  # choices per request
 MAX_PROMPTS = 64  # prompts in one completions request
 MAX_STOPS = 4  # stop sequences per request (as OpenAI)
+SHUTDOWN_SECONDS = 3  # after SIGTERM, open connections get this long to take their last chunks
 
 
 @dataclass(frozen=True)
@@ -200,7 +201,7 @@ def create_app(engine: Engine, api_key: str | None = None, max_batch: int = 8,
 
     @asynccontextmanager
     async def lifespan(app):
-        state["batcher"] = Batcher(engine, max_batch)
+        state["batcher"] = app.state.batcher = Batcher(engine, max_batch)
         yield
         state["batcher"].close()
 
@@ -212,6 +213,10 @@ def create_app(engine: Engine, api_key: str | None = None, max_batch: int = 8,
     @app.exception_handler(APIError)
     async def api_error(request, exc: APIError):
         return JSONResponse(error_body(exc.message, exc.kind, exc.code, exc.param), status_code=exc.status)
+
+    @app.exception_handler(Closing)
+    async def closing(request, exc: Closing):
+        return JSONResponse(error_body(str(exc), "server_error", "server_shutting_down"), status_code=503)
 
     @app.exception_handler(UserError)
     async def user_error(request, exc: UserError):
@@ -445,6 +450,14 @@ def serve(engine: Engine, listener: socket.socket, api_key: str | None = None, m
     """Serve on the bound `listener` until interrupted."""
     uvicorn = require_serve_stack()
     host, port = listener.getsockname()[:2]
-    server = uvicorn.Server(uvicorn.Config(create_app(engine, api_key, max_batch, limits), log_level="warning"))
+    app = create_app(engine, api_key, max_batch, limits)
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig, frame):  # SIGTERM or Ctrl-C: stop generating now, answer what is in flight
+            if getattr(app.state, "batcher", None) is not None:
+                app.state.batcher.stop()
+            super().handle_exit(sig, frame)
+
+    server = Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=SHUTDOWN_SECONDS))
     log.info("serving %s on http://%s:%d (OpenAI API under /v1)", engine.name, host, port)
     server.run(sockets=[listener])
