@@ -109,3 +109,23 @@ def test_sequences_joining_a_running_batch_give_what_they_give_alone(engine):
     assert not waiting and len(result) == len(texts) and finished == [0]
     by_prompt = {tuple(s.prompt_ids): s.token_ids for s in result}
     assert [by_prompt[tuple(s.prompt_ids)] for s in alone] == [s.token_ids for s in alone]
+
+
+def test_a_batch_that_never_empties_does_not_grow_with_its_age(engine):
+    """Sequences join and leave a running batch for a long time (a busy server): the attention
+    window stays the size of the longest live sequence, and every output is what it is alone."""
+    texts = [PROMPTS[i % len(PROMPTS)] + "#" * (i % 4) for i in range(40)]
+    params = SamplingParams(max_new_tokens=10, stop_token_ids=(-1,))  # no early stop: exactly 10 tokens each
+    alone = {t: engine.generate([Sequence(engine.encode(t), params)])[0].token_ids for t in set(texts)}
+    waiting = [Sequence(engine.encode(t), params) for t in texts[1:]]
+    widths = []
+    hook = engine.model.register_forward_pre_hook(
+        lambda module, args, kwargs: widths.append(kwargs["attention_mask"].shape[1]), with_kwargs=True)
+    try:
+        result = engine.generate([Sequence(engine.encode(texts[0]), params)],
+                                 admit=lambda free: [waiting.pop(0)] if waiting and free else [])
+    finally:
+        hook.remove()
+    longest = max(len(engine.encode(t)) for t in texts) + params.max_new_tokens
+    assert len(result) == 40 and max(widths) <= longest, (max(widths), longest)
+    assert [s.token_ids for s in result] == [alone[t] for t in texts]  # in the order they joined

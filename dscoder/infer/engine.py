@@ -147,7 +147,7 @@ class Engine:
                     if len(still) < len(states):
                         keep = torch.tensor(still, device=self.device)
                         cache.batch_select_indices(keep)
-                        mask, positions = mask[keep], positions[keep]
+                        mask, positions = _trim(cache, mask[keep]), positions[keep]
                     states = [states[r] for r in still]
                     mask = torch.cat([mask, mask.new_ones((len(states), 1))], dim=1)
                     positions = positions + 1
@@ -176,6 +176,19 @@ def _new_cache(config):
     from transformers import DynamicCache
 
     return DynamicCache(config=config)
+
+
+def _trim(cache, mask: torch.Tensor) -> torch.Tensor:
+    """Drop the leading time steps that no remaining row uses (they were the rows that finished):
+    with sequences joining and leaving all the time, the cache would otherwise grow with the
+    server's uptime. Returns the trimmed mask. (B, T) -> (B, T')."""
+    first = int(torch.argmax(mask.any(dim=0).to(torch.int8)))  # the first step some row uses
+    if first == 0:
+        return mask
+    for layer in cache.layers:
+        layer.keys = layer.keys[..., first:, :]
+        layer.values = layer.values[..., first:, :]
+    return mask[:, first:]
 
 
 def _merge(cache, new_cache, mask: torch.Tensor, new_mask: torch.Tensor) -> torch.Tensor:
