@@ -504,3 +504,44 @@ def test_time_limits_hold_on_a_busy_machine(tmp_path):
             hog.kill()
     assert summary["statuses"] == {"passed": 164}, summary["statuses"]
     assert summary["load_factor"] > idle_factor * 1.3 and summary["timeout_seconds"] > tight.timeout
+
+
+def test_execute_killed_at_five_points_then_resumed_runs_each_sample_once(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    bench = need_shared(BENCH / "HumanEval.jsonl.gz")
+    _, task_list = tasks(bench)
+    slow = "    import time\n    time.sleep(0.01)\n"  # each call takes a moment, so kills land mid-run
+    rows = [{"task_id": t.task_id, "completion": slow + t.reference} for t in task_list[:40]]
+    rows += [{"task_id": t.task_id, "completion": "    return None\n"} for t in task_list[:40]]
+    samples = tmp_path / "samples.jsonl"
+    samples.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+    def command(out):
+        return [sys.executable, "-m", "dscoder", "-q", "eval", "execute", "--benchmark", str(bench), "--samples",
+                str(samples), "--out", str(out), "--workers", "1"]
+
+    def outcome(out):
+        results = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+        return sorted((r["task_id"], r["completion_id"], r["status"]) for r in results), results
+
+    assert subprocess.run(command(tmp_path / "reference"), capture_output=True).returncode == 0
+    out, landed = tmp_path / "killed", 0
+    for lines in (1, 10, 25, 45, 65):
+        process = subprocess.Popen(command(out), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        results = out / "results.jsonl"
+        while process.poll() is None and (not results.is_file() or len(results.read_text().splitlines()) < lines):
+            time.sleep(0.002)
+        if process.poll() is not None:
+            break
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+        landed += 1
+    assert landed >= 4, f"only {landed} kills landed mid-run"
+    assert subprocess.run(command(out), capture_output=True).returncode == 0
+    keys, results = outcome(out)
+    assert len({(r["task_id"], r["completion_id"]) for r in results}) == len(results) == 80  # none ran twice
+    assert keys == outcome(tmp_path / "reference")[0]

@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -144,3 +145,38 @@ def test_a_private_temporary_folder_does_not_hide_the_samples(tmp_path, monkeypa
             result = sandbox.run([sys.executable, "-c", "open('x', 'w').write('ok')"], work, sandbox.Limits(), mode,
                                  readable=READABLE)
             assert result.returncode == 0 and (work / "x").read_text() == "ok", (mode, result.stderr)
+
+
+@pytest.mark.parametrize("mode", ["bwrap", "unshare"])
+def test_a_killed_evaluation_leaves_no_program_running(mode, tmp_path):
+    import signal
+    import time
+
+    if sandbox.problem_with(mode, READABLE):
+        pytest.skip(f"--sandbox {mode}: {sandbox.problem_with(mode, READABLE)}")
+    marker = f"59.{os.getpid():07d}{len(mode)}"  # a sleep of about a minute that no other process has
+    script = ("import os\nfrom dscoder.evaluate import sandbox, toolchains\nwith sandbox.Workdir() as w:\n"
+              "    sandbox.run(['sleep', os.environ['MARKER']], w, "
+              f"sandbox.Limits(timeout=60), {mode!r}, readable=toolchains.readable_roots())\n")
+    host = subprocess.Popen([sys.executable, "-c", script], env={**os.environ, "MARKER": marker})
+
+    def running():
+        return [p for p in Path("/proc").glob("[0-9]*/cmdline") if marker.encode() in _read(p)]
+
+    deadline = time.time() + 30
+    while not running() and time.time() < deadline:
+        time.sleep(0.05)
+    assert running(), "the program did not start"
+    host.send_signal(signal.SIGKILL)
+    host.wait()
+    deadline = time.time() + 5
+    while running() and time.time() < deadline:
+        time.sleep(0.05)
+    assert not running()
+
+
+def _read(path):
+    try:
+        return path.read_bytes()
+    except OSError:
+        return b""

@@ -268,6 +268,7 @@ def run(command: list[str], workdir: Path, limits: Limits, mode: str, stdin: str
 
     def prepare() -> None:
         os.setsid()  # a process group of its own, killed whole at the timeout
+        _die_with_parent()
         for kind, value in ((resource.RLIMIT_CPU, limits.cpu_seconds), (resource.RLIMIT_FSIZE, limits.file_bytes),
                             (resource.RLIMIT_CORE, 0)):
             resource.setrlimit(kind, (value, value))
@@ -297,6 +298,15 @@ def run(command: list[str], workdir: Path, limits: Limits, mode: str, stdin: str
             _wait_until_gone(uid)
         return Run(None if timed_out else process.returncode, _tail_of(out), _tail_of(err),
                    time.monotonic() - start, timed_out)
+
+
+def _die_with_parent() -> None:
+    """(In the child, before exec) be killed when the evaluating process dies, even by SIGKILL:
+    a killed run leaves no program running on (bwrap does the same with --die-with-parent)."""
+    import ctypes
+
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
 
 
 def _kill_group(process: subprocess.Popen) -> None:
@@ -397,6 +407,7 @@ class PythonWorker:
 
         def prepare() -> None:
             os.setsid()
+            _die_with_parent()
             resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
             if os.getuid() == 0:
                 resource.setrlimit(resource.RLIMIT_NPROC, (256, 256))
