@@ -124,3 +124,30 @@ def test_function_prompts_take_functions_and_methods_out_to_column_0():
     for prompt in prompts:  # each is a function header that a body completes
         ast.parse(prompt + ("\t" if "go" in prompt else "    ") + "pass\n")
     assert len(function_prompts([source], 2, seed=0)) == 2
+
+
+def test_the_training_budget_survives_load_present_only_during_the_probe(small_corpus, trained_tokenizer_dir,
+                                                                         tmp_path):
+    """Two CPU hogs while the speed probe runs make it plan too few steps; the FIM run then
+    re-plans from the speed it measures and uses its budget, instead of stopping early."""
+    import subprocess
+    import time
+
+    from dscoder.quickstart.stages import QuickstartConfig, _speed_probe, _train_overrides
+    from dscoder.train.recipes import pretrain
+    from dscoder.train.settings import resolve
+
+    cfg = QuickstartConfig(minutes=0.15, seq_len=128, batch_size=4)
+    hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"], start_new_session=True) for _ in range(2)]
+    try:
+        busy = _speed_probe(cfg, small_corpus, trained_tokenizer_dir, tmp_path)
+    finally:
+        for hog in hogs:
+            hog.kill()
+    planned = int(cfg.minutes * 60 / busy)
+    overrides = _train_overrides(cfg, small_corpus, planned, 0.5) | {"loop.budget_minutes": str(cfg.minutes)}
+    start = time.monotonic()
+    result = pretrain(tmp_path / "run", resolve("pretrain", None, overrides), trained_tokenizer_dir, "tiny", None)
+    seconds = time.monotonic() - start
+    assert result["step"] > 1.3 * planned, (result["step"], planned)  # the plan followed the real speed
+    assert seconds < 1.25 * 60 * cfg.minutes + 20  # and the budget held (the cap is 1.25 x, plus start-up)

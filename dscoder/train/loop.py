@@ -14,6 +14,7 @@ import logging
 import math
 import shutil
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +27,7 @@ from dscoder.errors import UserError
 from dscoder.train import checkpoint, distributed
 from dscoder.train.dataset import Mixture, eval_batches
 from dscoder.train.report import METRICS
-from dscoder.train.schedule import OptimConfig, lr_factor, make_optimizer
+from dscoder.train.schedule import OptimConfig, lr_factor, make_optimizer, warmup_steps
 from dscoder.train.settings import LoopConfig
 
 log = logging.getLogger("dscoder")
@@ -71,8 +72,10 @@ class Trainer:
             enable()
         self.model = distributed.wrap(self.hf_model, self.world, parallel, self.device)
         self.optimizer = make_optimizer(self.hf_model, optim, lr, self.device.type)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda s: lr_factor(s, optim, loop.max_steps))
+        # the plan can change (budget_minutes); the warm-up stays that of the first plan
+        self.planned, self.elapsed = loop.max_steps, 0.0
+        fixed = replace(optim, warmup_steps=warmup_steps(optim, loop.max_steps))
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: lr_factor(s, fixed, self.planned))
         self.forward = torch.compile(self.model) if loop.compile else self.model
         self.step, self.tokens, self.extra_state = 0, 0, extra_state or {}
 
@@ -93,7 +96,8 @@ class Trainer:
         if self.world.main:
             state = {"step": self.step, "tokens": self.tokens, "optimizer": optim_state,
                      "scheduler": self.scheduler.state_dict(), "rng": checkpoint.rng_state(),
-                     "data": self.mixture.state, "world_size": self.world.size, **self.extra_state}
+                     "data": self.mixture.state, "world_size": self.world.size, "planned": self.planned,
+                     "elapsed": self.elapsed_now(), **self.extra_state}
             folder = checkpoint.save(self.run, self.step, self.hf_model, model_state, state, self.tokenizer_dir,
                                      self.loop.keep_checkpoints)
         distributed.barrier(self.world)
@@ -121,8 +125,35 @@ class Trainer:
         checkpoint.set_rng_state(state["rng"])
         self.mixture.state = state["data"]
         self.step, self.tokens = state["step"], state["tokens"]
+        self.planned, self.elapsed = state.get("planned", self.planned), state.get("elapsed", 0.0)
         _truncate_metrics(self.run / METRICS, self.step)
         log.info("resumed %s at step %d", folder, self.step)
+
+    def elapsed_now(self) -> float:
+        """Seconds of training so far, earlier runs of a resumed one included."""
+        started = getattr(self, "_started", None)
+        return self.elapsed + (time.perf_counter() - started if started is not None else 0.0)
+
+    def _replan(self, mark: tuple[int, float] | None, bar) -> tuple[int, float] | None:
+        """With a time budget: every few steps, plan the run's length from the speed measured since
+        the last plan, until 70% of the plan is done. Returns where the next measurement starts."""
+        if not self.loop.budget_minutes or self.step >= 0.7 * self.planned:
+            return mark
+        now = time.perf_counter()
+        if mark is None or self.step < 3:  # the first steps are slow (warm-up): measure after them
+            return (self.step, now) if self.step >= 3 else None
+        window = max(3, self.planned // 50)
+        if self.step - mark[0] < window:
+            return mark
+        seconds_per_step = (now - mark[1]) / (self.step - mark[0])
+        remaining = 60 * self.loop.budget_minutes - self.elapsed_now()
+        planned = max(self.step + 1, self.step + int(remaining / seconds_per_step))
+        if planned != self.planned:
+            log.debug("re-planned %d -> %d steps (%.3f s/step)", self.planned, planned, seconds_per_step)
+            self.planned = planned
+            bar.total = planned
+            bar.refresh()
+        return (self.step, now)
 
     # --- steps -----------------------------------------------------------------------------------
 
@@ -172,13 +203,14 @@ class Trainer:
         from dscoder.console import progress
 
         metrics = open(self.run / METRICS, "a", encoding="utf-8") if self.world.main else None
-        started = time.perf_counter()
+        self._started = time.perf_counter()
         window_start, window_tokens = time.perf_counter(), self.tokens
-        bar = progress(total=self.loop.max_steps, initial=self.step, desc="train", unit=" steps",
+        plan_mark: tuple[int, float] | None = None  # (step, time) the speed is measured from
+        bar = progress(total=self.planned, initial=self.step, desc="train", unit=" steps",
                        disable=not self.world.main)
         last: dict = {}
         try:
-            while self.step < self.loop.max_steps:
+            while self.step < self.planned:
                 try:
                     loss, norm, lr = self.train_step()
                 except torch.OutOfMemoryError:
@@ -190,8 +222,10 @@ class Trainer:
                 if not math.isfinite(loss):
                     raise UserError(f"the loss became {loss} at step {self.step}: lower --lr")
                 bar.update()
-                out_of_time = self.loop.max_minutes and time.perf_counter() - started > 60 * self.loop.max_minutes
-                done = self.step >= self.loop.max_steps or out_of_time
+                plan_mark = self._replan(plan_mark, bar)
+                limit = self.loop.max_minutes or 1.25 * self.loop.budget_minutes
+                out_of_time = bool(limit) and self.elapsed_now() > 60 * limit
+                done = self.step >= self.planned or out_of_time
                 record = None
                 if self.step % self.loop.log_every == 0 or done:
                     elapsed = time.perf_counter() - window_start
@@ -211,7 +245,7 @@ class Trainer:
                 if (self.loop.save_every and self.step % self.loop.save_every == 0) or done:
                     self.save()
                 if out_of_time:
-                    log.info("time limit of %.1f minutes reached at step %d", self.loop.max_minutes, self.step)
+                    log.info("time limit of %.1f minutes reached at step %d", limit, self.step)
                     break
         finally:
             bar.close()
