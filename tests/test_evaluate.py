@@ -545,3 +545,31 @@ def test_execute_killed_at_five_points_then_resumed_runs_each_sample_once(tmp_pa
     keys, results = outcome(out)
     assert len({(r["task_id"], r["completion_id"]) for r in results}) == len(results) == 80  # none ran twice
     assert keys == outcome(tmp_path / "reference")[0]
+
+
+def test_a_full_disk_stops_execute_in_one_line_and_it_resumes(tmp_path):
+    """A results folder on a tiny tmpfs (root only): one line, then the same command with room
+    resumes and finishes."""
+    import shutil
+    import subprocess
+    import sys
+
+    if os.getuid() != 0 or shutil.which("unshare") is None:
+        pytest.skip("a tmpfs of our own needs root and util-linux's unshare")
+    bench = need_shared(BENCH / "HumanEval.jsonl.gz")
+    _, task_list = tasks(bench)
+    samples = tmp_path / "samples.jsonl"
+    samples.write_text("".join(json.dumps({"task_id": t.task_id, "completion": t.reference}) + "\n"
+                               for t in task_list[:60]))
+    out = tmp_path / "out"
+    out.mkdir()
+    command = [sys.executable, "-m", "dscoder", "-q", "eval", "execute", "--benchmark", str(bench), "--samples",
+               str(samples), "--out", str(out)]
+    full = subprocess.run(["unshare", "--mount", "--", "sh", "-c", f'mount -t tmpfs -o size=12k tmpfs {out} && "$@"',
+                           "sh", *command], capture_output=True, text=True)
+    lines = [line for line in full.stderr.splitlines() if line.startswith("dscoder: error:")]
+    assert full.returncode == 2 and len(lines) == 1 and "cannot be written" in lines[0], full.stderr
+    assert "Traceback" not in full.stderr
+    assert subprocess.run(command, capture_output=True).returncode == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["statuses"] == {"passed": 60}

@@ -366,11 +366,15 @@ def run_claimed(task_list: list[Task], samples: list[dict], out: Path, cfg: Exec
     from dscoder.console import progress
 
     try:
-        with open(results_path, "a", encoding="utf-8") as f, ThreadPoolExecutor(workers) as pool, \
+        # unbuffered: a row is on disk once written, and a full disk fails that write, not a later flush
+        with open(results_path, "ab", buffering=0) as f, ThreadPoolExecutor(workers) as pool, \
                 progress(total=len(todo), desc="executing", unit=" samples") as bar:
             for row in pool.map(lambda sample: one(sample, replace(cfg, timeout=cfg.timeout * factor)), todo):
-                f.write(json.dumps(row) + "\n")
-                f.flush()
+                try:
+                    f.write((json.dumps(row) + "\n").encode())
+                except OSError as exc:  # a full disk: what was written stays, and the same command resumes
+                    raise UserError(f"{results_path}: cannot be written ({exc.strerror or exc}); the results "
+                                    "so far are kept: make room and run the same command again") from None
                 bar.update()
             # load that came during the run: timeouts run again if the machine has become slower
             keys = {(s["task_id"], s["completion_id"]) for s in todo}
