@@ -50,6 +50,12 @@ def make_folder(folder: str | os.PathLike) -> Path:
     return folder
 
 
+def remove_partials(folder: str | os.PathLike) -> None:
+    """Delete the temporary files a killed writer left in `folder` (not in its subfolders)."""
+    for leftover in Path(folder).glob(".*.partial"):
+        leftover.unlink(missing_ok=True)
+
+
 @contextmanager
 def _replacing(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path that replaces `path` when the block finishes without error; a

@@ -303,11 +303,14 @@ def test_killed_at_ten_points_then_resumed_gives_the_same_bytes(tmp_path):
     units = out / "work" / "units"
 
     def count(folder, pattern):
-        return len(list(folder.glob(pattern))) if folder.is_dir() else 0
+        try:
+            return len(list(folder.glob(pattern)))
+        except FileNotFoundError:  # not made yet, or being replaced
+            return 0
 
     points = [lambda n=n: count(units, "*.stats.json") >= n for n in (1, 2, 4, 6, 8, 10, 11)]
     points += [lambda: (out / "work" / "dedup.npz").is_file(), lambda: count(out / "data", "part-*") >= 2,
-               lambda: count(out / "data", "part-*") >= 6]
+               lambda: count(out / "data", "part-*") >= 6, lambda: (out / "stats.json").is_file()]
     landed = 0
     for reached in points:
         process = subprocess.Popen([*command, "--out", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -320,7 +323,52 @@ def test_killed_at_ten_points_then_resumed_gives_the_same_bytes(tmp_path):
         process.wait()
         landed += 1
     assert landed >= 8, f"only {landed} kills landed mid-build"
-    assert subprocess.run([*command, "--out", str(out)], capture_output=True).returncode == 0
+    finished = json.loads((out / "manifest.json").read_text()).get("complete")
+    resumed = subprocess.run([*command, "--out", str(out)], capture_output=True, text=True)
+    if finished:  # the last kill came after the end
+        assert resumed.returncode == 2 and "already holds a finished corpus" in resumed.stderr
+    else:
+        assert resumed.returncode == 0, resumed.stderr
+    assert corpus_bytes(out) == corpus_bytes(reference)
+
+
+def test_a_finish_killed_at_its_last_steps_resumes_to_a_clean_corpus(tmp_path, monkeypatch):
+    """The moments a kill is least likely to hit, made certain: half-written files left in the
+    corpus's folders, and a kill after the work folder was set aside but before the manifest
+    said complete. The resumed corpus is the uninterrupted one, with nothing left over."""
+    repos = stdlib_repos()[:3]
+    reference = tmp_path / "reference"
+    build(reference, repos, [], [], CFG)
+    out = tmp_path / "out"
+    real_write = build_module.artifacts.write_json
+
+    def killed_when_complete(path, data, **kwargs):
+        if isinstance(data, dict) and data.get("complete"):
+            raise KeyboardInterrupt  # stands in for SIGKILL: nothing after this line runs
+        return real_write(path, data, **kwargs)
+
+    monkeypatch.setattr(build_module.artifacts, "write_json", killed_when_complete)
+    with pytest.raises(KeyboardInterrupt):
+        build(out, repos, [], [], CFG)
+    monkeypatch.setattr(build_module.artifacts, "write_json", real_write)
+    assert not (out / "work").exists() and (out / build_module.FINISHED).is_dir()
+    build(out, repos, [], [], CFG)
+    assert corpus_bytes(out) == corpus_bytes(reference)
+
+    out = tmp_path / "litter"
+
+    def killed(*args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(build_module, "_complete", killed)
+    with pytest.raises(KeyboardInterrupt):
+        build(out, repos, [], [], CFG)
+    monkeypatch.undo()
+    for leftover in (out / "data" / ".part-00000.parquet.0123456789ab.partial",
+                     out / "rejects" / ".part-00007.parquet.0123456789ab.partial",
+                     out / ".stats.json.0123456789ab.partial"):
+        leftover.write_bytes(b"half a file")
+    build(out, repos, [], [], CFG)
     assert corpus_bytes(out) == corpus_bytes(reference)
 
 

@@ -10,7 +10,8 @@ DIR/work/dedup.npz                 survivors of exact and near dedup
 Every file is written whole or not at all (artifacts.py), and a unit's stats file is written
 last, so a unit is either done or redone whole. After a kill, the same command continues where
 the last run stopped and finishes with the output an uninterrupted run gives. The finished
-corpus is described in `corpus.py`; `work/` is removed at the end.
+corpus is described in `corpus.py`; `work/` is set aside whole, then removed, at the end, and
+the half-written files of a killed finish are cleared when it is redone.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import shutil
 from collections import Counter
 from functools import lru_cache
@@ -37,6 +39,8 @@ from dscoder.data.sources import is_archive, read_repository, repository_name
 from dscoder.data.stats import Stats, nothing_kept
 from dscoder.data.steps import DataConfig, failed_repository, process_repository
 from dscoder.errors import UserError
+
+FINISHED = ".work.finished"  # the work folder of a finished build, set aside to be deleted
 
 log = logging.getLogger("dscoder")
 
@@ -82,6 +86,7 @@ def prepare(out: Path, identity: dict) -> bool:
         return False
     if corpus.is_corpus(out):
         if json.loads((out / corpus.MANIFEST).read_text(encoding="utf-8")).get("complete"):
+            shutil.rmtree(out / FINISHED, ignore_errors=True)  # left by a kill just after the end
             raise UserError(f"{out} already holds a finished corpus (use --force to rebuild it)")
         plan = out / "work" / "plan.json"
         if plan.is_file() and json.loads(plan.read_text(encoding="utf-8"))["identity"] != identity:
@@ -190,8 +195,9 @@ def deduplicate(work: Path, units: list[dict], cfg: DataConfig) -> dict:
 def finalize(out: Path, work: Path, units: list[dict], decisions: dict, manifest: dict, skips: Counter) -> Stats:
     """Write the final shards, rejects, clusters and stats from the units and dedup decisions."""
     roots, similarity, offsets = decisions["roots"], decisions["similarity"], decisions["offsets"]
-    for folder in ("data", "rejects", "dedup"):
-        (out / folder).mkdir(exist_ok=True)
+    for folder in ("data", "rejects", "dedup"):  # all rewritten: what a killed finish left goes
+        shutil.rmtree(out / folder, ignore_errors=True)
+        (out / folder).mkdir()
     duplicated = np.flatnonzero(roots != np.arange(len(roots)))
     named = set(duplicated.tolist()) | set(roots[duplicated].tolist())  # ids the clusters need
     total, ids_by_index = Stats(), {}
@@ -232,7 +238,6 @@ def finalize(out: Path, work: Path, units: list[dict], decisions: dict, manifest
             f.write(json.dumps({"survivor": ids_by_index[root], "duplicates": members}) + "\n")
     total.counts["duplicate_clusters"] = len(clusters)
     artifacts.write_json(out / "stats.json", total.to_json())
-    artifacts.write_json(out / corpus.MANIFEST, {**manifest, "complete": True})
     return total
 
 
@@ -263,6 +268,12 @@ def build(out: Path, sources: list[Path], repos_in: list[Path], decontaminate: l
     final, out = out, _build_folder(out, identity, force)
     resuming = prepare(out, identity)
     work = out / "work"
+    if (out / FINISHED).is_dir() and not work.exists():  # killed after the finish, before the manifest
+        manifest = json.loads((out / corpus.MANIFEST).read_text(encoding="utf-8"))
+        _complete(out, manifest)
+        if out != final:
+            artifacts.publish_dir(out, final)
+        return Stats.from_json(json.loads((out / "stats.json").read_text(encoding="utf-8")))
     artifacts.make_folder(work / "units")
     manifest = {"kind": "corpus", "dscoder_version": __version__, "complete": False, **identity,
                 "engine": engine, "workers": cfg.run.workers or default_workers()}
@@ -302,10 +313,22 @@ def build(out: Path, sources: list[Path], repos_in: list[Path], decontaminate: l
         shutil.rmtree(out)
         raise UserError(f"no sample was kept, so no corpus was written ({nothing_kept(total.to_json())})")
     stats = finalize(out, work, units, decisions, manifest, skips)
-    shutil.rmtree(work)
+    _complete(out, manifest)
     if out != final:
         artifacts.publish_dir(out, final)
     return stats
+
+
+def _complete(out: Path, manifest: dict) -> None:
+    """Mark the finished corpus complete and drop its work folder, in an order a kill at any
+    point leaves resumable: the work folder is first set aside whole (a half-deleted one would
+    read as units to trust), then the manifest says complete, then the set-aside folder goes."""
+    if (out / "work").exists():
+        shutil.rmtree(out / FINISHED, ignore_errors=True)
+        os.replace(out / "work", out / FINISHED)
+    artifacts.write_json(out / corpus.MANIFEST, {**manifest, "complete": True})
+    artifacts.remove_partials(out)  # of files at the top written by a killed run
+    shutil.rmtree(out / FINISHED)
 
 
 def _build_folder(out: Path, identity: dict, force: bool) -> Path:
