@@ -7,6 +7,14 @@ the memory-bandwidth bound (measured bandwidth / weight bytes read per token). T
 model, 8 concurrent clients against the same 8 requests one after another.
 
     python bench/bench_generate.py [--prompt-tokens 128] [--new-tokens 64] [--skip-1.3b]
+
+With --quantized, the CPU question instead: a randomly initialised 1.3B model saved in bf16,
+quantized by `dscoder model quantize` (int8, int4) and exported by `dscoder model export-gguf`
+(f16, q8_0, q4_0); then, each in its own process on the same prompt: transformers bf16, dscoder
+bf16 / int8 / int4, and llama.cpp (llama-cpp-python) on the three exports. Time to first token,
+decode tokens/s, peak memory, and the ratios.
+
+    python bench/bench_generate.py --quantized [--preset deepseek-coder-1.3b] [--repeats 2]
 """
 
 from __future__ import annotations
@@ -149,14 +157,146 @@ def server_throughput(model, tok, clients: int, new_tokens: int) -> None:
     print(f"  concurrent  {concurrent / con_time:8.1f} tok/s ({con_time:.2f}s)   ratio {seq_time / con_time * concurrent / sequential:.2f}x")
 
 
+# --- --quantized: every engine in its own process --------------------------------------------------
+
+RUNS = [("transformers", "bf16"), ("dscoder", "bf16"), ("dscoder", "int8"), ("dscoder", "int4"),
+        ("llama.cpp", "f16"), ("llama.cpp", "q8_0"), ("llama.cpp", "q4_0")]
+
+
+def prompt_ids(tok, prompt_tokens: int) -> list[int]:
+    rng = np.random.default_rng(0)
+    return [tok.bos_token_id] + rng.integers(100, min(len(tok), 30000), prompt_tokens - 1).tolist()
+
+
+def time_llama_cpp(llm, ids: list[int], new_tokens: int) -> tuple[float, float]:
+    marks = []
+    start = time.perf_counter()
+    for _ in llm.generate(ids, top_k=1, temp=0.0, reset=True):
+        marks.append(time.perf_counter())
+        if len(marks) == new_tokens:
+            break
+    return marks[0] - start, (len(marks) - 1) / max(marks[-1] - marks[0], 1e-9)
+
+
+def one_run(engine: str, kind: str, path: Path, prompt_tokens: int, new_tokens: int, repeats: int) -> dict:
+    """Load one engine, warm it up, time it; the process's peak memory comes with the figures."""
+    import resource
+
+    from dscoder import model as model_lib
+
+    start = time.perf_counter()
+    if engine == "llama.cpp":
+        import os
+
+        from llama_cpp import Llama
+
+        llm = Llama(model_path=str(path), n_ctx=prompt_tokens + new_tokens + 16, n_batch=prompt_tokens,
+                    n_threads=os.cpu_count(), verbose=False)
+        tok = tokenizer_lib.load(path.parent / "bf16")
+
+        def timed(n):
+            return time_llama_cpp(llm, prompt_ids(tok, prompt_tokens), n)
+    elif engine == "transformers":
+        model, tok = model_lib.load(path, dtype="bfloat16")
+
+        def timed(n):
+            return time_transformers(model, prompt_ids(tok, prompt_tokens), n)
+    else:
+        ours = Engine.load(path, dtype="bfloat16", device="cpu")
+        tok = ours.tokenizer
+
+        def timed(n):
+            return time_ours(ours, prompt_ids(tok, prompt_tokens), n)
+    loaded = time.perf_counter() - start
+    timed(4)  # warm-up
+    runs = [timed(new_tokens) for _ in range(repeats)]
+    return {"load_s": loaded, "ttft_s": float(np.median([t for t, _ in runs])),
+            "tok_s": float(np.median([r for _, r in runs])),
+            "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
+
+
+def prepare_quantized(work: Path, preset: str, tok_dir: Path) -> dict[tuple[str, str], Path]:
+    """The bf16 folder, its int8/int4 folders and its three GGUF files."""
+    from dscoder import export, quantize
+    from dscoder import model as model_lib
+
+    paths = {}
+    net, tok = make_model(work, preset, tok_dir, "bfloat16")
+    model_lib.save(work / "bf16", net.config, tok_dir, net.cpu())
+    paths["transformers", "bf16"] = paths["dscoder", "bf16"] = work / "bf16"
+    for bits in (8, 4):
+        quantize.quantize_model(net, bits, None)
+        model_lib.save(work / f"int{bits}", net.config, tok_dir, net)
+        paths["dscoder", f"int{bits}"] = work / f"int{bits}"
+        del net
+        net, _ = model_lib.load(work / "bf16")
+    del net
+    for kind in ("f16", "q8_0", "q4_0"):
+        export.export(work / "bf16", work / f"{kind}.gguf", kind)
+        paths["llama.cpp", kind] = work / f"{kind}.gguf"
+    return paths
+
+
+def quantized_report(args, tok_dir: Path, work: Path) -> None:
+    import json
+    import subprocess
+    import sys
+
+    try:
+        import llama_cpp  # noqa: F401
+        have_llama = True
+    except ImportError:
+        have_llama = False
+        print("llama.cpp: skipped (pip install llama-cpp-python compiles it)")
+    print(f"preparing {args.preset}: bf16 folder, int8 and int4 folders, GGUF f16 / q8_0 / q4_0 ...", flush=True)
+    paths = prepare_quantized(work, args.preset, tok_dir)
+    results = {}
+    for engine, kind in RUNS:
+        if engine == "llama.cpp" and not have_llama:
+            continue
+        command = [sys.executable, __file__, "--one", engine, kind, str(paths[engine, kind]),
+                   "--prompt-tokens", str(args.prompt_tokens), "--new-tokens", str(args.new_tokens),
+                   "--repeats", str(args.repeats)]
+        done = subprocess.run(command, capture_output=True, text=True)
+        if done.returncode != 0:
+            print(f"{engine} {kind}: failed\n{done.stderr[-2000:]}")
+            continue
+        results[engine, kind] = json.loads(done.stdout.strip().splitlines()[-1])
+        r = results[engine, kind]
+        print(f"  {engine:12s} {kind:5s}  first token {1000 * r['ttft_s']:8.1f} ms  decode {r['tok_s']:6.2f} tok/s  "
+              f"peak {r['peak_rss_gb']:5.2f} GB  (load {r['load_s']:.1f} s)", flush=True)
+    base = results.get(("transformers", "bf16"))
+    print(f"\n{args.preset}, random weights, prompt {args.prompt_tokens} tokens, {args.new_tokens} greedy tokens, "
+          f"{torch.get_num_threads()} threads")
+    for key, r in results.items():
+        ratio = f"decode {r['tok_s'] / base['tok_s']:.2f}x transformers bf16" if base else ""
+        print(f"  {key[0]:12s} {key[1]:5s}  {ratio}")
+    pairs = [(("dscoder", "int8"), ("llama.cpp", "q8_0")), (("dscoder", "int4"), ("llama.cpp", "q4_0")),
+             (("dscoder", "bf16"), ("llama.cpp", "f16"))]
+    for ours, theirs in pairs:
+        if ours in results and theirs in results:
+            a, b = results[ours], results[theirs]
+            print(f"  dscoder {ours[1]} / llama.cpp {theirs[1]}: decode {a['tok_s'] / b['tok_s']:.2f}x, "
+                  f"first token {a['ttft_s'] / b['ttft_s']:.2f}x the time, peak memory {a['peak_rss_gb'] / b['peak_rss_gb']:.2f}x")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--prompt-tokens", type=int, default=128)
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--skip-1.3b", dest="skip_big", action="store_true", help="only the tiny preset")
+    parser.add_argument("--quantized", action="store_true", help="int8/int4 and llama.cpp on the CPU (see above)")
+    parser.add_argument("--preset", default="deepseek-coder-1.3b", help="model size for --quantized")
+    parser.add_argument("--one", nargs=3, metavar=("ENGINE", "KIND", "PATH"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     torch.manual_seed(0)
+    if args.one:
+        import json
+
+        engine, kind, path = args.one
+        print(json.dumps(one_run(engine, kind, Path(path), args.prompt_tokens, args.new_tokens, args.repeats)))
+        return
     with tempfile.TemporaryDirectory() as work:
         if SHARED.is_file():
             tok_dir = Path(work) / "tok"
@@ -172,6 +312,9 @@ def main() -> None:
             tok_dir.mkdir()
             tokenizer_lib.save(tokenizer_lib.train(read_texts(installed_python_roots()[:1], Counter(), 4_000_000),
                                                    8000, show_progress=False), tok_dir)
+        if args.quantized:
+            quantized_report(args, tok_dir, Path(work))
+            return
         tiny, tok = make_model(Path(work), "tiny", tok_dir, "float32")
         compare("tiny", tiny, tok, args.prompt_tokens, args.new_tokens, args.repeats)
         if not args.skip_big:

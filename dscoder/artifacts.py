@@ -131,6 +131,19 @@ def output_file(path: str | os.PathLike, force: bool = False) -> Iterator[IO[str
 
 
 @contextmanager
+def output_path(path: str | os.PathLike, force: bool = False) -> Iterator[Path]:
+    """A temporary path for a writer that takes a file name (safetensors, GGUF), published at
+    `path` when the block finishes without error; an existing `path` is refused unless `force`."""
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{path} is a folder, not a file")
+    if path.exists() and not force:
+        raise UserError(f"{path} already exists (use --force to replace it)")
+    with _replacing(path) as tmp:
+        yield tmp
+
+
+@contextmanager
 def output_dir(path: str | os.PathLike, force: bool = False) -> Iterator[Path]:
     """Yield a temporary folder that becomes `path` when the block finishes without error.
 

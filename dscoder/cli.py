@@ -90,6 +90,8 @@ def cmd_model_init(args: argparse.Namespace) -> int:
 def cmd_model_info(args: argparse.Namespace) -> int:
     from dscoder import model
 
+    if args.model.suffix == ".gguf" and args.model.is_file():
+        return _gguf_info(args)
     info = model.describe(args.model)
     if args.json:
         print(json.dumps(info, indent=2))
@@ -116,10 +118,75 @@ def cmd_model_info(args: argparse.Namespace) -> int:
     print(f"context     {lay['max_position_embeddings']:,} positions; {rope}")
     weights = "  ".join(f"{k} {human_bytes(v)}" for k, v in info["weight_bytes"].items())
     print(f"weights     {weights}")
+    if info["stored_bytes"]:
+        print(f"stored      {human_bytes(info['stored_bytes'])} of safetensors")
+    q = info["quantization"]
+    if q is not None:
+        group = f", groups of {q['group_size']}" if q["group_size"] else ", one scale per output channel"
+        kernel = "torch's weight-only CPU kernel" if q["kernel_cpu"] else "dequantized on the fly (no CPU kernel here)"
+        print(f"quantized   int{q['bits']}{group}, output head int{q['lm_head_bits']}; computes in {lay['dtype']} "
+              f"with {kernel}")
     print(f"kv cache    {human_bytes(info['kv_cache_bytes_per_token_bf16'])} per token in bfloat16; "
           f"{human_bytes(info['kv_cache_bytes_full_context_bf16'])} at full context")
     print(f"training    {human_bytes(info['adamw_training_bytes'])} for fp32 weights, gradients and "
           f"AdamW moments (before activations)")
+    return 0
+
+
+def cmd_model_quantize(args: argparse.Namespace) -> int:
+    from dscoder import model, quantize
+    from dscoder.artifacts import output_dir, read_manifest, write_manifest
+
+    _refuse_existing(args.out, args.force)
+    hf_cfg = model.load_config(args.model)
+    stored = quantize.of_config(hf_cfg)
+    if stored is not None:
+        raise UserError(f"--model {args.model}: already quantized (int{stored['bits']}); quantize the dense model it came from")
+    group_size = quantize.check(args.bits, args.group_size, hf_cfg)
+    net, _ = model.load(args.model)
+    quantize.quantize_model(net, args.bits, group_size)
+    with output_dir(args.out, args.force) as out:
+        model.save(out, net.config, args.model, net)
+        write_manifest(out, "model", method="quantize", source=str(args.model.resolve()),
+                       source_record=read_manifest(args.model), quantization=net.config.quantization_config)
+    described = model.describe(args.out)
+    print(f"model: {args.out} (int{args.bits}{f', groups of {group_size}' if group_size else ''}; "
+          f"{human_bytes(described['stored_bytes'])} of weights, from {human_bytes(described['weight_bytes'][described['layout']['dtype']])})")
+    return 0
+
+
+def _gguf_info(args: argparse.Namespace) -> int:
+    from dscoder import export
+
+    facts = export.describe(args.model)
+    if args.json:
+        print(json.dumps(facts, indent=2))
+        return 0
+    get = facts.get
+    print(f"gguf        {args.model} ({get('architecture')}, {human_bytes(facts['bytes'])}; tensors "
+          + ", ".join(f"{n} {k}" for k, n in sorted(facts["tensors"].items())) + ")")
+    print(f"name        {get('name')}; {facts['parameters']:,} parameters")
+    print(f"layout      {get('num_hidden_layers')} layers, hidden {get('hidden_size')}, ffn {get('intermediate_size')}, "
+          f"heads {get('num_attention_heads')} / kv {get('num_key_value_heads')}")
+    rope = f"RoPE theta {get('rope_theta'):g}" if get("rope_theta") is not None else "RoPE theta (default)"
+    if get("rope_scaling"):
+        rope += f", {get('rope_scaling')} scaling x{get('rope_factor'):g}"
+    print(f"context     {get('max_position_embeddings')} positions; {rope}")
+    print(f"tokenizer   {get('tokenizer_model')} with pre-tokenizer {get('tokenizer_pre')}; {facts['tokens']:,} tokens; "
+          f"bos {get('bos_token_id')}, eos {get('eos_token_id')}, eot {get('eot_token_id')}")
+    fim = (get("fim_prefix_token_id"), get("fim_suffix_token_id"), get("fim_middle_token_id"))
+    print("fim         " + ("none (llama.cpp's /infill refuses this file)" if None in fim else
+                            f"prefix {fim[0]}, suffix {fim[1]}, middle {fim[2]}"))
+    print(f"chat        {'template included' if facts['chat_template'] else 'no template'}")
+    return 0
+
+
+def cmd_model_export_gguf(args: argparse.Namespace) -> int:
+    from dscoder import export
+
+    facts = export.export(args.model, args.out, args.type, args.force)
+    print(f"gguf: {args.out} ({args.type}, {human_bytes(facts['bytes'])}; tokenizer pre {facts.get('tokenizer_pre')}, "
+          f"RoPE {facts.get('rope_scaling') or 'unscaled'}{' x%g' % facts['rope_factor'] if facts.get('rope_scaling') else ''})")
     return 0
 
 
@@ -148,7 +215,7 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
     from dscoder.quickstart.stages import run
 
     cfg = QuickstartConfig(minutes=args.minutes, corpus_mb=args.corpus_mb)
-    data = run(args.out, cfg, model=args.model, force=args.force)
+    data = run(args.out, cfg, model=args.model, force=args.force, quantize=infer_cli.QUANTIZE[args.quantize])
     print(f"\nreport     {args.out / 'report.md'}  (figures in {args.out / 'report.json'})")
     for name, folder in data["models"].items():
         print(f"model      {name:10s} {folder}")
@@ -225,13 +292,42 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="replace --out if it exists")
     p.set_defaults(func=cmd_model_init, overrides=True)
 
-    p = mod_cmds.add_parser("info", help="parameters, layout and memory of a model folder",
+    p = mod_cmds.add_parser("info", help="parameters, layout and memory of a model folder or GGUF file",
                             description="Print parameters, layout and memory at each dtype of a "
-                            "model folder (ours or a released DeepSeek-Coder download).",
+                            "model folder (ours or a released DeepSeek-Coder download), or what a GGUF "
+                            "file carries (layout, RoPE, tokenizer, FIM ids, chat template).",
                             example="dscoder model info runs/pretrain/final")
-    p.add_argument("model", type=Path, metavar="DIR", help="model folder")
+    p.add_argument("model", type=Path, metavar="PATH", help="model folder or .gguf file")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
     p.set_defaults(func=cmd_model_info)
+
+    p = mod_cmds.add_parser(
+        "quantize", help="write an int8 or int4 copy of a model folder (weight-only)",
+        description="Quantize the weights of a model folder for fast CPU decoding: --bits 8 gives one "
+        "scale per output channel, --bits 4 one per group of --group-size inputs (the output head stays "
+        "int8). Every command loads the result like any model folder; docs/formats.md describes it.",
+        example="dscoder model quantize --model runs/pretrain/final --bits 8 --out runs/pretrain-int8")
+    p.add_argument("--model", type=Path, required=True, help="dense model folder (ours or a released one)")
+    p.add_argument("--bits", type=int, required=True, choices=[8, 4], help="8 (int8) or 4 (int4)")
+    p.add_argument("--group-size", type=int, help="inputs per int4 scale: 32, 64, 128 or 256 (default: 32)")
+    p.add_argument("--out", type=Path, required=True, help="model folder to write")
+    p.add_argument("--force", action="store_true", help="replace --out if it exists")
+    p.set_defaults(func=cmd_model_quantize)
+
+    p = mod_cmds.add_parser(
+        "export-gguf", help="write a GGUF file for llama.cpp, Ollama and LM Studio",
+        description="Convert a model folder (dense or quantized, ours or a released DeepSeek-Coder one) into "
+        "one GGUF file with llama.cpp's own writer: the weights as --type, the DeepSeek-Coder tokenizer "
+        "(pre-tokenizer deepseek-coder, FIM and EOT ids), the RoPE base and linear scaling, and the chat "
+        "template. A tokenizer without FIM tokens is exported with a warning (llama.cpp's /infill then "
+        "refuses the file). README: running it in Ollama and llama.cpp's server.",
+        example="dscoder model export-gguf --model runs/pretrain/final --type q8_0 --out runs/pretrain-q8_0.gguf")
+    p.add_argument("--model", type=Path, required=True, help="model folder")
+    p.add_argument("--out", type=Path, required=True, help="GGUF file to write (name ending in .gguf)")
+    p.add_argument("--type", default="f16", choices=["f16", "q8_0", "q4_0"],
+                   help="f16, q8_0 (8-bit blocks) or q4_0 (4-bit blocks, output head q8_0)")
+    p.add_argument("--force", action="store_true", help="replace --out if it exists")
+    p.set_defaults(func=cmd_model_export_gguf)
 
     p = mod_cmds.add_parser("presets", help="list the model presets", description="List the model presets.",
                             example="dscoder model presets")
@@ -254,6 +350,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--corpus-mb", type=setting(QuickstartConfig, "corpus_mb"), default=QuickstartConfig.corpus_mb,
                    help="megabytes of installed code to read")
     p.add_argument("--model", type=Path, help="skip training: evaluate and demonstrate this model folder")
+    infer_cli.quantize_flag(p)
     p.add_argument("--force", action="store_true", help="start over instead of reusing finished stages")
     p.set_defaults(func=cmd_quickstart)
     return parser

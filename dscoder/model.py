@@ -160,7 +160,15 @@ def save(folder: str | Path, hf_cfg, tokenizer_dir: str | Path, model=None) -> N
     from transformers import GenerationConfig
 
     folder = Path(folder)
-    if model is not None:
+    if model is not None and getattr(hf_cfg, "quantization_config", None):
+        from safetensors.torch import save_file
+
+        hf_cfg.save_pretrained(folder)
+        GenerationConfig.from_model_config(hf_cfg).save_pretrained(folder)
+        tensors = {name: t.contiguous() for name, t in model.state_dict().items()}
+        with artifacts.output_path(folder / "model.safetensors", force=True) as tmp:
+            save_file(tensors, str(tmp), metadata={"format": "pt"})
+    elif model is not None:
         model.save_pretrained(folder, safe_serialization=True)
     else:
         hf_cfg.save_pretrained(folder)
@@ -237,7 +245,11 @@ def expected_shapes(hf_cfg) -> dict[str, tuple[int, ...]]:
                        f"{layer}.mlp.gate_proj.weight": (inner, hidden), f"{layer}.mlp.up_proj.weight": (inner, hidden),
                        f"{layer}.mlp.down_proj.weight": (hidden, inner), f"{layer}.input_layernorm.weight": (hidden,),
                        f"{layer}.post_attention_layernorm.weight": (hidden,)})
-    return shapes
+    if not getattr(hf_cfg, "quantization_config", None):
+        return shapes
+    from dscoder import quantize as quantize_lib
+
+    return quantize_lib.expected_shapes(hf_cfg, shapes)
 
 
 def check_weights(folder: str | Path, hf_cfg) -> None:
@@ -259,22 +271,47 @@ def check_weights(folder: str | Path, hf_cfg) -> None:
         raise UserError(f"{folder}: the weights do not match config.json: {problems[0]}{more}")
 
 
-def load(folder: str | Path, dtype: str | None = None, device: str = "cpu"):
-    """`(model, tokenizer)` from a model folder, in eval mode."""
+def load(folder: str | Path, dtype: str | None = None, device: str = "cpu", quantize: int | None = None):
+    """`(model, tokenizer)` from a model folder, in eval mode; a quantized folder (see
+    quantize.py) loads as one, and `quantize` (8 or 4 bits) quantizes a dense one as it loads."""
     import torch
     from transformers import AutoModelForCausalLM
+
+    from dscoder import quantize as quantize_lib
 
     folder = Path(folder)
     hf_cfg = load_config(folder)
     if not any(folder.glob("*.safetensors")) and not any(folder.glob("*.bin")):
         raise UserError(f"{folder}: has no weights (made with --no-weights?)")
     check_weights(folder, hf_cfg)
-    kwargs = {"dtype": getattr(torch, dtype)} if dtype else {"dtype": "auto"}
+    stored = quantize_lib.of_config(hf_cfg)
+    if stored is not None and quantize is not None:
+        raise UserError(f"--quantize: {folder} is already quantized (int{stored['bits']}); drop the flag")
+    if quantize is not None:
+        quantize_lib.check(quantize, None, hf_cfg)
+    torch_dtype = getattr(torch, dtype or _dtype_name(hf_cfg))
     try:
-        model = AutoModelForCausalLM.from_pretrained(str(folder), local_files_only=True, **kwargs)
+        if stored is not None:
+            model = quantize_lib.load_model(hf_cfg, read_tensors(folder), torch_dtype)
+        else:
+            model = AutoModelForCausalLM.from_pretrained(str(folder), local_files_only=True, dtype=torch_dtype)
+    except UserError as exc:
+        raise UserError(f"{folder}: {exc}") from None
     except Exception as exc:
         raise UserError(f"{folder}: cannot load the model ({type(exc).__name__}: {exc})") from None
+    if quantize is not None:
+        quantize_lib.quantize_model(model, quantize, None)
     return model.to(device).eval(), tokenizer_lib.load(folder)
+
+
+def read_tensors(folder: str | Path) -> dict:
+    """Every tensor of the folder's safetensors files, by name (CPU)."""
+    from safetensors.torch import load_file
+
+    tensors = {}
+    for file in sorted(Path(folder).glob("*.safetensors")):
+        tensors.update(load_file(str(file)))
+    return tensors
 
 
 def count_parameters(hf_cfg) -> dict[str, int]:
@@ -318,7 +355,7 @@ def saved_shapes(folder: str | Path) -> dict[str, list[int]] | None:
     return shapes
 
 
-BYTES_PER_PARAMETER = {"float32": 4, "bfloat16": 2, "int8": 1, "int4": 0.5}
+BYTES_PER_PARAMETER = {"float32": 4, "bfloat16": 2, "float16": 2, "int8": 1, "int4": 0.5}
 
 
 def describe(folder: str | Path) -> dict:
@@ -354,9 +391,19 @@ def describe(folder: str | Path) -> dict:
             "eos_token_id": cfg.eos_token_id,
             "dtype": _dtype_name(cfg),
         },
+        "quantization": _quantization(cfg),
+        "stored_bytes": sum(f.stat().st_size for f in Path(folder).glob("*.safetensors")) or None,
         "weight_bytes": {k: int(params["total"] * v) for k, v in BYTES_PER_PARAMETER.items()},
         "kv_cache_bytes_per_token_bf16": kv_bytes_per_token,
         "kv_cache_bytes_full_context_bf16": kv_bytes_per_token * cfg.max_position_embeddings,
         # fp32 weights + fp32 gradients + two fp32 AdamW moments, before activations
         "adamw_training_bytes": params["total"] * 16,
     }
+
+
+def _quantization(hf_cfg) -> dict | None:
+    if not getattr(hf_cfg, "quantization_config", None):
+        return None
+    from dscoder import quantize as quantize_lib
+
+    return quantize_lib.describe(hf_cfg)

@@ -9,6 +9,7 @@ from pathlib import Path
 from dscoder.arguments import number, setting
 from dscoder.config import AT_LEAST_ONE
 from dscoder.errors import UserError
+from dscoder.infer.cli import QUANTIZE, quantize_flag
 
 log = logging.getLogger("dscoder")
 
@@ -43,7 +44,7 @@ def _gen_config(args):
     from dscoder.evaluate.generate import GenerateConfig
 
     return GenerateConfig(n=args.n, temperature=args.temperature, top_p=args.top_p, max_new_tokens=args.max_new_tokens,
-                          batch_size=args.batch_size, seed=args.seed)
+                          batch_size=args.batch_size, seed=args.seed, quantize=args.quantize)
 
 
 def _check_model(folder: Path) -> None:
@@ -81,7 +82,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     path, _, task_list = _tasks(args)
     if args.out.is_dir():
         raise UserError(f"--out {args.out}: is a folder; give a samples file (JSON lines)")
-    engine = Engine.load(args.model)
+    engine = Engine.load(args.model, quantize=QUANTIZE[cfg.quantize])
     written = generate(engine, task_list, args.out, cfg, args.limit, origin(args.model, file_sha(path), cfg), args.force)
     log.info("%d new samples", written)
     print(f"samples: {args.out}")
@@ -128,7 +129,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     examine(args.out, record, args.force)  # another run's folder: refused before anything is written
     samples_file, made_by = args.out / "samples.jsonl", origin(args.model, file_sha(path), gen_cfg)
     check_file(samples_file, made_by, args.force)
-    engine = Engine.load(args.model)
+    engine = Engine.load(args.model, quantize=QUANTIZE[gen_cfg.quantize])
     with hold(args.out):
         claim(args.out, record, args.force)
         written = generate(engine, chosen, samples_file, gen_cfg, None, made_by, args.force)
@@ -162,6 +163,7 @@ def _generation_flags(p) -> None:
     from dscoder.evaluate.generate import GenerateConfig
 
     p.add_argument("--model", type=Path, required=True, help="model folder")
+    quantize_flag(p)
     p.add_argument("--n", type=setting(GenerateConfig, "n"), default=1, help="samples per task")
     p.add_argument("--temperature", type=setting(GenerateConfig, "temperature"), default=0.0, help="0: greedy")
     p.add_argument("--top-p", type=setting(GenerateConfig, "top_p"), default=0.95, help="nucleus mass when sampling")

@@ -10,7 +10,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from dscoder import artifacts, formats
 from dscoder.config import AT_LEAST_ONE, Seed
@@ -35,6 +35,8 @@ class GenerateConfig:
     """Sequences generated together."""
     seed: Seed = 0
     """Sample j of a task uses seed + j."""
+    quantize: Literal["none", "int8", "int4"] = "none"
+    """Weights quantized as the model loads (`--quantize`)."""
 
 
 def prompt_text(task: Task) -> str:
@@ -44,7 +46,8 @@ def prompt_text(task: Task) -> str:
 def settings(cfg: GenerateConfig) -> dict:
     """The settings that decide a sample's text (sample j of a task does not depend on n, the
     batch size or how many tasks are generated)."""
-    return {"temperature": cfg.temperature, "top_p": cfg.top_p, "max_new_tokens": cfg.max_new_tokens, "seed": cfg.seed}
+    chosen = {"temperature": cfg.temperature, "top_p": cfg.top_p, "max_new_tokens": cfg.max_new_tokens, "seed": cfg.seed}
+    return chosen if cfg.quantize == "none" else {**chosen, "quantize": cfg.quantize}
 
 
 def origin(model: Path, benchmark_sha: str, cfg: GenerateConfig) -> dict:

@@ -18,7 +18,7 @@ log = logging.getLogger("dscoder")
 def _engine(args: argparse.Namespace):
     from dscoder.infer.engine import Engine
 
-    return Engine.load(args.model, dtype=args.dtype, device=args.device)
+    return Engine.load(args.model, dtype=args.dtype, device=args.device, quantize=QUANTIZE[args.quantize])
 
 
 def _params(args: argparse.Namespace, engine):
@@ -133,11 +133,21 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+QUANTIZE = {"none": None, "int8": 8, "int4": 4}  # --quantize: weight bits
+
+
+def quantize_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--quantize", default="none", choices=list(QUANTIZE),
+                   help="quantize the weights as the model loads (a folder from `dscoder model quantize` "
+                   "needs no flag)")
+
+
 def _model_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", type=Path, required=True, help="model folder (ours or a released DeepSeek-Coder one)")
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
                    help="weights dtype (auto: as saved)")
     p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N")
+    quantize_flag(p)
 
 
 def _generation_flags(p: argparse.ArgumentParser) -> None:

@@ -82,15 +82,17 @@ class Engine:
         self.can_merge = hasattr(_new_cache(model.config), "layers")
 
     @classmethod
-    def load(cls, folder: str | Path, dtype: str = "auto", device: str = "auto") -> "Engine":
-        """An engine for a model folder (ours or a released DeepSeek-Coder download)."""
+    def load(cls, folder: str | Path, dtype: str = "auto", device: str = "auto", quantize: int | None = None) -> "Engine":
+        """An engine for a model folder (ours or a released DeepSeek-Coder download); `quantize`
+        (8 or 4 bits) quantizes its weights as it loads (quantize.py)."""
         from dscoder import model as model_lib
 
         folder = Path(folder)
         device = model_lib.device_for(device)
         if device.type == "cpu":
             allocator.keep_freed_memory()
-        model, tokenizer = model_lib.load(folder, dtype=None if dtype == "auto" else dtype, device=device)
+        model, tokenizer = model_lib.load(folder, dtype=None if dtype == "auto" else dtype, device=device,
+                                          quantize=quantize)
         name = folder.resolve().name
         if name == "final":  # a run's final model: name it after the run
             name = folder.resolve().parent.name

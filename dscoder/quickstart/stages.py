@@ -129,8 +129,10 @@ def _train_overrides(cfg: QuickstartConfig, corpus: Path, steps: int, fim: float
             "loop.log_every": "5", "data.eval_fraction": "0.02", "data.cache_dir": str(corpus.parent / "cache")}
 
 
-def run(out: Path, cfg: QuickstartConfig, model: Path | None = None, force: bool = False) -> dict:
-    """Run (or resume) the quickstart into `out`; returns report.json's content."""
+def run(out: Path, cfg: QuickstartConfig, model: Path | None = None, force: bool = False,
+        quantize: int | None = None) -> dict:
+    """Run (or resume) the quickstart into `out`; returns report.json's content. `quantize`
+    (bits) applies to a given `model` as it loads."""
     from dscoder.config import apply_overrides
     from dscoder.data.build import build
     from dscoder.data.steps import DataConfig
@@ -138,6 +140,8 @@ def run(out: Path, cfg: QuickstartConfig, model: Path | None = None, force: bool
 
     if model is not None and not (model / "config.json").is_file():
         raise UserError(f"{model}: not a model folder (no config.json)")
+    if quantize is not None and model is None:
+        raise UserError("--quantize: only with --model (the models the quickstart trains are evaluated as trained)")
     if cfg.minutes <= 0 or cfg.corpus_mb <= 0:
         raise UserError(f"--minutes ({cfg.minutes}) and --corpus-mb ({cfg.corpus_mb}) must be positive")
     if out.exists() and not out.is_dir():
@@ -165,9 +169,9 @@ def run(out: Path, cfg: QuickstartConfig, model: Path | None = None, force: bool
     else:
         models["given"] = model
 
-    results = _stage(out, "evaluate", lambda: _evaluate(out, cfg, models, heldout_files), seconds,
+    results = _stage(out, "evaluate", lambda: _evaluate(out, cfg, models, heldout_files, quantize), seconds,
                      force_rerun=model is not None)
-    examples = _stage(out, "show", lambda: _show(models), seconds, force_rerun=model is not None)
+    examples = _stage(out, "show", lambda: _show(models, quantize), seconds, force_rerun=model is not None)
     seconds["total"] = round(sum(seconds.values()), 1)
     data = {"config": asdict(cfg), "corpus": corpus, "models": {k: str(v) for k, v in models.items()},
             **{k: v for k, v in results.items() if k != "seconds"}, "examples": examples.get("examples", {}),
@@ -251,7 +255,8 @@ def _train_all(out: Path, cfg: QuickstartConfig, seconds: dict) -> dict[str, Pat
             "fim": out / "pretrain-fim" / "final", "instruct": out / "instruct" / "final"}
 
 
-def _evaluate(out: Path, cfg: QuickstartConfig, models: dict[str, Path], heldout_files: list[str]) -> dict:
+def _evaluate(out: Path, cfg: QuickstartConfig, models: dict[str, Path], heldout_files: list[str],
+              quantize: int | None = None) -> dict:
     from dscoder.infer.engine import Engine
     from dscoder.quickstart import measure, report
 
@@ -262,7 +267,7 @@ def _evaluate(out: Path, cfg: QuickstartConfig, models: dict[str, Path], heldout
     results: dict[str, dict] = {key: {} for key, _, _ in report.FIGURES}
     for name, folder in models.items():
         log.info("evaluating %s", name)
-        engine = Engine.load(folder, dtype="float32")
+        engine = Engine.load(folder, dtype="float32", quantize=quantize)
         loss = measure.heldout_loss(engine, texts, cfg.seq_len)
         results["heldout_loss"][name] = loss
         results["heldout_perplexity"][name] = math.exp(loss)
@@ -278,7 +283,7 @@ def _evaluate(out: Path, cfg: QuickstartConfig, models: dict[str, Path], heldout
     return results
 
 
-def _show(models: dict[str, Path]) -> dict:
+def _show(models: dict[str, Path], quantize: int | None = None) -> dict:
     """Each way of using the model once, on fixed examples."""
     from importlib import resources
 
@@ -288,7 +293,7 @@ def _show(models: dict[str, Path]) -> dict:
 
     base = models.get("fim") or models.get("given")
     chat_model = models.get("instruct") or base
-    engine = Engine.load(base)
+    engine = Engine.load(base, quantize=quantize)
     params = SamplingParams(max_new_tokens=48, stop=("\n\n\n",))
 
     def answer(prompt) -> dict:
@@ -302,7 +307,7 @@ def _show(models: dict[str, Path]) -> dict:
                                               "    return result\n", 48)),
         "repository": answer(repo_context.build(engine, repo, "main.py", None, None, 48)),
     }
-    chat_engine = engine if chat_model == base else Engine.load(chat_model)
+    chat_engine = engine if chat_model == base else Engine.load(chat_model, quantize=quantize)
     message = [{"role": "user", "content": "Write a Python function that reverses a string."}]
     (s,) = chat_engine.generate([Sequence(prompts.chat(chat_engine, message, 64).ids, SamplingParams(max_new_tokens=64))])
     examples["chat"] = {"prompt": message[0]["content"], "output": s.text}
