@@ -309,7 +309,7 @@ def build_parser() -> argparse.ArgumentParser:
         example="dscoder model quantize --model runs/pretrain/final --bits 8 --out runs/pretrain-int8")
     p.add_argument("--model", type=Path, required=True, help="dense model folder (ours or a released one)")
     p.add_argument("--bits", type=int, required=True, choices=[8, 4], help="8 (int8) or 4 (int4)")
-    p.add_argument("--group-size", type=int, help="inputs per int4 scale: 32, 64, 128 or 256 (default: 32)")
+    p.add_argument("--group-size", type=int, choices=[32, 64, 128, 256], help="inputs per int4 scale (default: 32)")
     p.add_argument("--out", type=Path, required=True, help="model folder to write")
     p.add_argument("--force", action="store_true", help="replace --out if it exists")
     p.set_defaults(func=cmd_model_quantize)

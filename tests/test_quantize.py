@@ -113,7 +113,7 @@ def test_decoding_and_prompt_paths_agree():
 
 @pytest.mark.parametrize("flags, needle", [
     (["--bits", "3"], "--bits: invalid choice: 3"),
-    (["--bits", "4", "--group-size", "48"], "--group-size 48: expected one of 32, 64, 128, 256"),
+    (["--bits", "4", "--group-size", "48"], "--group-size: invalid choice: 48 (choose from 32, 64, 128, 256)"),
     (["--bits", "4", "--group-size", "256"], "--group-size 256: does not divide the model's hidden_size 128"),
     (["--bits", "8", "--group-size", "32"], "--group-size: only for --bits 4"),
 ])
