@@ -170,6 +170,7 @@ def prompt_ids(tok, prompt_tokens: int) -> list[int]:
 
 def time_llama_cpp(llm, ids: list[int], new_tokens: int) -> tuple[float, float]:
     marks = []
+    llm.reset()  # no reuse of the previous run's prompt: the prompt is evaluated each time
     start = time.perf_counter()
     for _ in llm.generate(ids, top_k=1, temp=0.0, reset=True):
         marks.append(time.perf_counter())
@@ -180,8 +181,6 @@ def time_llama_cpp(llm, ids: list[int], new_tokens: int) -> tuple[float, float]:
 
 def one_run(engine: str, kind: str, path: Path, prompt_tokens: int, new_tokens: int, repeats: int) -> dict:
     """Load one engine, warm it up, time it; the process's peak memory comes with the figures."""
-    import resource
-
     from dscoder import model as model_lib
 
     start = time.perf_counter()
@@ -212,7 +211,16 @@ def one_run(engine: str, kind: str, path: Path, prompt_tokens: int, new_tokens: 
     runs = [timed(new_tokens) for _ in range(repeats)]
     return {"load_s": loaded, "ttft_s": float(np.median([t for t, _ in runs])),
             "tok_s": float(np.median([r for _, r in runs])),
-            "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
+            "peak_rss_gb": peak_rss_gb()}
+
+
+def peak_rss_gb() -> float:
+    """This process's peak resident memory since it started (VmHWM; ru_maxrss would include the
+    parent's memory at the fork)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 2**20
+    return float("nan")
 
 
 def prepare_quantized(work: Path, preset: str, tok_dir: Path) -> dict[tuple[str, str], Path]:

@@ -123,7 +123,7 @@ def cmd_model_info(args: argparse.Namespace) -> int:
     q = info["quantization"]
     if q is not None:
         group = f", groups of {q['group_size']}" if q["group_size"] else ", one scale per output channel"
-        kernel = "torch's weight-only CPU kernel" if q["kernel_cpu"] else "dequantized on the fly (no CPU kernel here)"
+        kernel = q["kernel_cpu"]
         print(f"quantized   int{q['bits']}{group}, output head int{q['lm_head_bits']}; computes in {lay['dtype']} "
               f"with {kernel}")
     print(f"kv cache    {human_bytes(info['kv_cache_bytes_per_token_bf16'])} per token in bfloat16; "

@@ -1,9 +1,10 @@
-"""Weight-only quantization: int8 per output channel, int4 in groups, on torch's own kernels.
+"""Weight quantization: int8 per output channel, int4 in groups, computed on torch's own kernels.
 
 Decoding one token reads every weight once, so on a CPU its speed is set by the bytes of
-weights: int8 halves them and int4 quarters them. The matrix products run on torch's weight-only
-kernels (`_weight_int8pack_mm`, `_weight_int4pack_mm_for_cpu`); a prompt of many tokens is
-compute-bound instead, so it runs on weights dequantized for that call (see `QuantLinear`).
+weights: int8 halves them and int4 quarters them. The weights are quantized once, without
+calibration data; the products run on torch's kernels (see `QuantLinear`): int8 x int8 with
+each token's activations quantized on the fly (`torch._int_mm`) for int8 on a CPU, the
+weight-only `_weight_int4pack_mm_for_cpu` for int4.
 
 A quantized model folder is a model folder whose config.json carries
 `quantization_config = {"quant_method": "dscoder", "bits": 8|4, "group_size": G|null,
@@ -37,7 +38,6 @@ BITS = (8, 4)
 GROUP_SIZES = (32, 64, 128, 256)
 DEFAULT_GROUP_SIZE = 32
 LM_HEAD_BITS = 8
-PREFILL_ROWS = 16  # above this many tokens in one call, dequantize and use the dense kernel
 PROJECTIONS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
                "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
 
@@ -110,30 +110,31 @@ def quantize_weight(w: torch.Tensor, bits: int, group_size: int | None) -> tuple
 
 
 def unpack_int4(qweight: torch.Tensor) -> torch.Tensor:
-    """(out, in/2) uint8 -> (out, in) int32 values 0..15."""
-    low, high = (qweight & 0x0F).to(torch.int32), (qweight >> 4).to(torch.int32)
-    return torch.stack([low, high], dim=-1).reshape(qweight.shape[0], -1)
+    """(out, in/2) uint8 -> (out, in) uint8 values 0..15."""
+    return torch.stack([qweight & 0x0F, qweight >> 4], dim=-1).reshape(qweight.shape[0], -1)
 
 
 def dequantize(qweight: torch.Tensor, scales: torch.Tensor, bits: int, dtype: torch.dtype) -> torch.Tensor:
-    """The dense weight (out, in) a quantized one stands for."""
+    """The dense weight (out, in) a quantized one stands for (the integers are exact in any dtype)."""
     if bits == 8:
-        return (qweight.to(torch.float32) * scales[:, None]).to(dtype)
-    q = unpack_int4(qweight) - 8
+        return qweight.to(dtype) * scales.to(dtype)[:, None]
+    q = unpack_int4(qweight).to(dtype) - 8
     out, inner = q.shape
-    groups = q.reshape(out, scales.shape[1], -1).to(torch.float32) * scales[..., None]
-    return groups.reshape(out, inner).to(dtype)
+    return (q.reshape(out, scales.shape[1], -1) * scales.to(dtype)[..., None]).reshape(out, inner)
 
 
 # --- the layer ------------------------------------------------------------------------------------------
 
 class QuantLinear(nn.Module):
-    """A bias-free linear layer with int8 or int4 weights.
+    """A bias-free linear layer with int8 or int4 weights, computing on torch's kernels.
 
-    Up to PREFILL_ROWS tokens per call (decoding) run on torch's weight-only kernel, which reads
-    the small weights directly; longer calls (a prompt) dequantize the weight for the call and
-    use the dense kernel, which is several times faster for matrix-matrix work on a CPU. Where
-    the device has no such kernel (checked once), every call dequantizes."""
+    int8 on a CPU: each token's activations are quantized to int8 with their own scale (as
+    llama.cpp's q8_0 quantizes them, there in blocks of 32), multiplied with the int8 weights by
+    torch's integer matrix product (`torch._int_mm`, exact int32 sums), then scaled back. A
+    token's result never depends on the other tokens of the call, so batching does not change
+    outputs; it is the fastest CPU kernel torch has for decoding and for prompts. int4, and int8
+    on CUDA: torch's weight-only kernels (faster than dequantizing, for prompts too). Where a
+    device has no kernel (checked once), every call dequantizes."""
 
     def __init__(self, qweight: torch.Tensor, scales: torch.Tensor, bits: int, group_size: int | None,
                  dtype: torch.dtype):
@@ -164,13 +165,36 @@ class QuantLinear(nn.Module):
     def weight(self) -> torch.Tensor:
         return dequantize(self.qweight, self.scales, self.bits, self.dtype)
 
+    @property
+    def kernel(self) -> str:
+        """Which kernel runs this layer (for `model info` and the tests)."""
+        if self._kernel_args is None:
+            return "dequantized"
+        return "int8 x int8" if _integer_path(self.bits, self.qweight.device.type) else f"int{self.bits} weight-only"
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (..., in) -> (..., out)
         rows = x.numel() // self.in_features
-        if self._kernel_args is None or rows > PREFILL_ROWS:
-            return F.linear(x.to(self.dtype), self.weight())
-        flat = x.reshape(rows, self.in_features).to(self.dtype)
-        out = _kernel(flat, self.bits, self.qweight.device.type, self._kernel_args)
+        flat = x.reshape(rows, self.in_features)
+        if self._kernel_args is None:
+            out = F.linear(flat.to(self.dtype), self.weight())
+        elif _integer_path(self.bits, self.qweight.device.type):
+            out = _int8_product(flat, self.qweight, self.scales).to(self.dtype)
+        else:
+            out = _kernel(flat.to(self.dtype), self.bits, self.qweight.device.type, self._kernel_args)
         return out.reshape(*x.shape[:-1], self.out_features)
+
+
+def _integer_path(bits: int, device_type: str) -> bool:
+    return bits == 8 and device_type == "cpu"
+
+
+def _int8_product(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+    """x (rows, in) times the int8 weight (out, in), each row's activations quantized on their
+    own: (rows, out) float32."""
+    x = x.float()
+    x_scales = x.abs().amax(dim=-1, keepdim=True).clamp(min=1e-12) / 127  # (rows, 1)
+    xq = torch.round(x / x_scales).to(torch.int8)
+    return torch._int_mm(xq, qweight.t()).float() * x_scales * scales  # int32 (rows, out) -> float
 
 
 def _layout(qweight: torch.Tensor, scales: torch.Tensor, bits: int, group_size: int | None,
@@ -180,9 +204,9 @@ def _layout(qweight: torch.Tensor, scales: torch.Tensor, bits: int, group_size: 
         return qweight, scales.to(dtype)
     q = unpack_int4(qweight)
     if qweight.device.type == "cpu":
-        packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q, 1)
+        packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q.to(torch.int32), 1)
     else:
-        packed = torch.ops.aten._convert_weight_to_int4pack((q[:, 0::2] << 4 | q[:, 1::2]).to(torch.uint8), 8)
+        packed = torch.ops.aten._convert_weight_to_int4pack(q[:, 0::2] << 4 | q[:, 1::2], 8)
     scales_and_zeros = torch.stack([scales.t(), torch.zeros_like(scales).t()], dim=-1)  # (in/G, out, 2)
     return packed, group_size, scales_and_zeros.to(dtype).contiguous()
 
@@ -204,7 +228,10 @@ def has_kernel(device_type: str, bits: int, dtype: torch.dtype) -> bool:
     qweight, scales = (t.to(device_type) for t in quantize_weight(w, bits, group))
     x = x.to(device_type, dtype)
     try:
-        got = _kernel(x, bits, device_type, _layout(qweight, scales, bits, group, dtype)).float()
+        if _integer_path(bits, device_type):
+            got = _int8_product(x, qweight, scales)
+        else:
+            got = _kernel(x, bits, device_type, _layout(qweight, scales, bits, group, dtype)).float()
     except (RuntimeError, NotImplementedError):
         return False
     expected = F.linear(x, dequantize(qweight, scales, bits, dtype)).float()
@@ -279,5 +306,13 @@ def describe(hf_cfg) -> dict | None:
     if found is None:
         return None
     return {"bits": found["bits"], "group_size": found.get("group_size"), "lm_head_bits": found.get("lm_head_bits"),
-            "kernel_cpu": has_kernel("cpu", found["bits"], torch.bfloat16)}
+            "kernel_cpu": _cpu_kernel(found["bits"])}
+
+
+def _cpu_kernel(bits: int) -> str:
+    if bits == 8 and has_kernel("cpu", 8, torch.float32):
+        return "torch's int8 x int8 product (each token's activations quantized to int8)"
+    if bits == 4 and has_kernel("cpu", 4, torch.bfloat16):
+        return "torch's int4 weight-only kernel"
+    return "dequantized weights (no CPU kernel here)"
 
