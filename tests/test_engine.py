@@ -73,12 +73,30 @@ def test_prompt_fitting(engine):
     long_text = "x = 1\n" * 2000
     p = prompts.completion(engine, long_text, 100)
     assert len(p.ids) == engine.context - 100 and p.truncated > 0 and p.ids[0] == engine.tokenizer.bos_token_id
-    with pytest.raises(UserError, match="insertion prompt has"):
-        prompts.insertion(engine, long_text, "", 100)
+    fitted = prompts.insertion(engine, "# a header line\n" + long_text + "def f(", ")\n" + long_text, 100)
+    assert len(fitted.ids) <= engine.context - 100 and fitted.truncated > 0
+    assert fitted.text.startswith(formats.FIM_BEGIN) and fitted.text.endswith(formats.FIM_END)
+    before, after = fitted.text[len(formats.FIM_BEGIN):-len(formats.FIM_END)].split(formats.FIM_HOLE)
+    assert before.endswith("x = 1\ndef f(") and after.startswith(")\nx = 1\n")  # the text at the cursor is kept
+    assert "# a header line" not in before  # the farthest text went first
+    assert len(engine.encode(before)) - 1 >= 0.75 * (engine.context - 100 - 4) - 8  # its share, to a whole line
     with pytest.raises(UserError, match="chat prompt has"):
         prompts.chat(engine, [{"role": "user", "content": long_text}], 100)
     with pytest.raises(UserError, match="the prompt has"):
         engine.generate([Sequence(engine.encode(long_text), SamplingParams())])
+
+
+def test_an_insertion_with_repository_context_is_laid_out_as_in_training(engine):
+    context = [("pkg/util.py", "def clamp(v, lo, hi):\n    return max(lo, min(v, hi))\n"), ("pkg/config.py", "LOW = 0\n")]
+    p = prompts.insertion(engine, "from pkg.util import clamp\n\nx = clamp(", ")\n", 16, context, path="pkg/main.py",
+                          typed="va")
+    assert p.text == formats.fim_prompt(formats.repo_sample(context) + formats.file_header("pkg/main.py")
+                                        + "from pkg.util import clamp\n\nx = clamp(", ")\n") + "va"
+    assert p.truncated == 0 and p.ids == engine.encode(p.text)
+    big = [("far.py", "y = 2\n" * 150), ("near.py", "z = 3\n" * 20)]  # 600 and 80 tokens
+    p = prompts.insertion(engine, "a = 1\n" * 50, "\n", engine.context - 400, big)
+    assert "#near.py" in p.text and "#far.py" not in p.text and p.truncated > 0  # the nearest file is kept first
+    assert len(p.ids) <= 400
 
 
 def test_prompts_use_the_shared_formats(engine):

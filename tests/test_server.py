@@ -196,9 +196,13 @@ def test_every_endpoint_reports_an_over_long_prompt_the_same_way(base):
     body = exc.value.body
     assert body["code"] == "context_length_exceeded" and f"context length is {engine.context} tokens" in body["message"]
     assert "max_new_tokens" not in body["message"] and "--" not in body["message"]
+    # an insertion is fitted instead, as editors need (the text nearest the cursor is kept)
     infill = httpx.post(url + "/infill", json={"input_prefix": long, "input_suffix": "", "n_predict": 4},
                         headers={"Authorization": f"Bearer {KEY}"})
-    assert infill.status_code == 400 and infill.json()["error"]["code"] == "context_length_exceeded"
+    assert infill.status_code == 200 and infill.json()["truncated"] is True
+    assert infill.json()["tokens_evaluated"] <= engine.context - 4
+    suffixed = client.completions.create(model=engine.name, prompt=long, suffix="\n", max_tokens=4)
+    assert suffixed.usage.prompt_tokens <= engine.context - 4
 
 
 def test_bad_values_are_400s_that_name_the_parameter(base):

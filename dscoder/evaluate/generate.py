@@ -43,6 +43,22 @@ def prompt_text(task: Task) -> str:
     return formats.fim_prompt(task.prompt, task.suffix) if task.suffix is not None else task.prompt
 
 
+def task_prompt(engine, task: Task, max_new_tokens: int) -> tuple[list[int], int]:
+    """A task's prompt ids and its new-token limit: the whole prompt with as many new tokens as
+    fit (up to `max_new_tokens`); a prompt too long for that is fitted by the prompt layer (the
+    text nearest the hole or the end kept, BOS and FIM tokens always) with a quarter of the
+    context left for the answer."""
+    from dscoder.infer import prompts
+
+    ids = engine.encode(prompt_text(task))
+    if len(ids) < engine.context - 1:
+        return ids, max(1, min(max_new_tokens, engine.context - len(ids) - 1))
+    new_tokens = min(max_new_tokens, engine.context // 4)
+    if task.suffix is not None:
+        return prompts.insertion(engine, task.prompt, task.suffix, new_tokens).ids, new_tokens
+    return prompts.completion(engine, task.prompt, new_tokens).ids, new_tokens
+
+
 def settings(cfg: GenerateConfig) -> dict:
     """The settings that decide a sample's text (sample j of a task does not depend on n, the
     batch size or how many tasks are generated)."""
@@ -109,11 +125,10 @@ def generate(engine, task_list: list[Task], out: Path, cfg: GenerateConfig, limi
             chunk = todo[start:start + cfg.batch_size]
             sequences = []
             for task, j in chunk:
-                ids = engine.encode(prompt_text(task))
-                room = engine.context - len(ids)
-                params = SamplingParams(max_new_tokens=max(1, min(cfg.max_new_tokens, room - 1)), temperature=cfg.temperature,
+                ids, new_tokens = task_prompt(engine, task, cfg.max_new_tokens)
+                params = SamplingParams(max_new_tokens=new_tokens, temperature=cfg.temperature,
                                         top_p=cfg.top_p, seed=cfg.seed + j, stop=task.stop)
-                sequences.append(Sequence(ids[-(engine.context - 2):], params))
+                sequences.append(Sequence(ids, params))
             engine.generate(sequences)
             for (task, j), s in zip(chunk, sequences):
                 completion = task.completion_from(clean_completion(task, s.text))

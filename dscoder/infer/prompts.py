@@ -3,8 +3,11 @@ conventions"), built only from the shared formats module, and fitted to the cont
 
 - completion: the text after BOS; a prompt too long for the context is cut from the left (the
   most recent text matters most for a continuation), and a warning says so;
-- insertion: `<｜fim▁begin｜>prefix<｜fim▁hole｜>suffix<｜fim▁end｜>`; too long is an error, since
-  cutting either side would change what the hole means;
+- insertion: `<｜fim▁begin｜>[context files][#path]prefix<｜fim▁hole｜>suffix<｜fim▁end｜>[typed]`,
+  fitted as editors need it (and as llama.cpp's server fits it): the prefix nearest the cursor
+  first (at least three quarters of the room), then the suffix nearest the cursor, then as many
+  context files as fit; cuts fall at line starts, where the released pre-tokenizer always splits,
+  so the kept text tokenizes as it would whole;
 - chat: the released template with the generation prompt; too long is an error;
 - repository-level completion: see repo_context.py.
 """
@@ -55,8 +58,82 @@ def _whole(engine, text: str, max_new_tokens: int, what: str) -> Prompt:
     return Prompt(text, ids)
 
 
-def insertion(engine, prefix: str, suffix: str, max_new_tokens: int) -> Prompt:
-    return _whole(engine, formats.fim_prompt(prefix, suffix), max_new_tokens, "insertion")
+PREFIX_SHARE = 0.75  # of the room, the least the prefix may take when the suffix is long
+
+
+def insertion(engine, prefix: str, suffix: str, max_new_tokens: int, context: list[tuple[str, str]] = (),
+              path: str | None = None, typed: str = "") -> Prompt:
+    """The released FIM prompt for a hole between `prefix` and `suffix`, with repository
+    `context` files `(path, text)` before it (each under its `#path` line, the current file's
+    `path` heading the prefix as in training samples) and `typed`, text already typed after the
+    cursor, after the FIM end token (the middle continues it). Fitted to the context as the
+    module docstring says; `truncated` counts the tokens left out."""
+    room = _budget(engine, max_new_tokens)
+    header = formats.file_header(path) if path else ""
+    fixed = len(engine.encode(formats.fim_prompt(header, "") + typed))  # BOS, the three FIM tokens, header, typed
+    if fixed > room:
+        raise UserError(f"the text typed after the cursor has {fixed} tokens but only {room} fit in the context "
+                        f"with {max_new_tokens} new tokens")
+    left = room - fixed
+    prefix_lines, suffix_lines = _line_costs(engine, prefix), _line_costs(engine, suffix)
+    prefix_cost, suffix_cost = sum(c for _, c in prefix_lines), sum(c for _, c in suffix_lines)
+    kept_prefix = _keep(engine, prefix_lines, max(int(PREFIX_SHARE * left), left - suffix_cost), from_end=True)
+    left -= sum(c for _, c in kept_prefix)
+    kept_suffix = _keep(engine, suffix_lines, left, from_end=False)
+    left -= sum(c for _, c in kept_suffix)
+    files = []
+    for file_path, text in reversed(list(context)):  # the last files given are the nearest: kept first
+        cost = sum(c for _, c in _line_costs(engine, formats.repo_sample([(file_path, text)])))
+        if cost <= left:
+            files.insert(0, (file_path, text))
+            left -= cost
+    before = formats.repo_sample(files) + header + "".join(t for t, _ in kept_prefix)
+    text = formats.fim_prompt(before, "".join(t for t, _ in kept_suffix)) + typed
+    ids = engine.encode(text)
+    if len(ids) > room:  # a cut inside a line can tokenize a little longer than its parts
+        raise UserError(f"the insertion prompt has {len(ids)} tokens after fitting; only {room} fit in the context "
+                        f"with {max_new_tokens} new tokens")
+    dropped = (prefix_cost + suffix_cost - sum(c for _, c in kept_prefix + kept_suffix)
+               + sum(len(engine.encode(formats.repo_sample([f]))) - 1 for f in context if f not in files))
+    if dropped:
+        log.warning("the insertion prompt did not fit in %d tokens: %d tokens were left out (kept the text "
+                    "nearest the cursor)", room, dropped)
+    return Prompt(text, ids, dropped)
+
+
+def _line_costs(engine, text: str) -> list[tuple[str, int]]:
+    """(line with its newline, tokens) for each line of `text`; the costs add up to the tokens of
+    the whole text, since the pre-tokenizer splits at every newline."""
+    lines = text.splitlines(keepends=True)
+    if not lines:
+        return []
+    counts = engine.tokenizer(lines, add_special_tokens=False)["input_ids"]
+    return [(line, len(ids)) for line, ids in zip(lines, counts)]
+
+
+def _keep(engine, lines: list[tuple[str, int]], budget: int, from_end: bool) -> list[tuple[str, int]]:
+    """The whole lines nearest the cursor (the end of a prefix, the start of a suffix) that fit
+    in `budget` tokens; the line at the cursor itself is cut by characters if alone it does not."""
+    order = reversed(lines) if from_end else iter(lines)
+    kept, used = [], 0
+    for line, cost in order:
+        if used + cost > budget:
+            if not kept and budget > 0:  # one huge line at the cursor: the most characters next to it that fit
+                low, high = 0, len(line)
+                while low < high:
+                    mid = (low + high + 1) // 2
+                    piece = line[-mid:] if from_end else line[:mid]
+                    if len(engine.tokenizer(piece, add_special_tokens=False)["input_ids"]) <= budget:
+                        low = mid
+                    else:
+                        high = mid - 1
+                if low:
+                    piece = line[-low:] if from_end else line[:low]
+                    kept.append((piece, len(engine.tokenizer(piece, add_special_tokens=False)["input_ids"])))
+            break
+        kept.append((line, cost))
+        used += cost
+    return kept[::-1] if from_end else kept
 
 
 def chat(engine, messages: list[dict], max_new_tokens: int) -> Prompt:

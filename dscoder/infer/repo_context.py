@@ -87,7 +87,6 @@ def build(engine, repo: Path, target: str, line: int | None, column: int | None,
     dropped = len(ordered) - len(keep)
     if dropped:
         log.info("repository context: kept %d of %d related files to fit %d tokens", len(keep), len(ordered), room)
-    context = formats.repo_sample([(p, files[p]) for p in keep]) + formats.file_header(rel) + prefix
     if fim:
-        return prompts.insertion(engine, context, suffix, max_new_tokens)
-    return prompts.completion(engine, context, max_new_tokens)
+        return prompts.insertion(engine, prefix, suffix, max_new_tokens, [(p, files[p]) for p in keep], path=rel)
+    return prompts.completion(engine, formats.repo_prompt([(p, files[p]) for p in keep], rel, prefix), max_new_tokens)

@@ -32,6 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from dscoder import formats
 from dscoder.config import AT_LEAST_ONE, schema_bounds
 from dscoder.errors import SettingError, UserError
+from dscoder.infer import prompts
 from dscoder.infer.batching import _DONE, Batcher, Closing
 from dscoder.infer.engine import Engine, Sequence, is_instruct
 from dscoder.infer.sampling import SamplingParams
@@ -149,6 +150,19 @@ def _fit(engine: Engine, ids: list[int], max_tokens: int | None, limits: "ServeL
     if max_tokens > limits.max_tokens:
         raise APIError(400, f"{param} is {max_tokens}; this server gives at most {limits.max_tokens} new tokens "
                             "per request", "invalid_value", param)
+    return max_tokens
+
+
+def _limit(engine: Engine, max_tokens: int | None, limits: "ServeLimits", param: str) -> int:
+    """The new-token limit of a request whose prompt is fitted to what is left of the context."""
+    if max_tokens is None:
+        return min(limits.max_tokens, engine.context // 4)
+    if max_tokens > limits.max_tokens:
+        raise APIError(400, f"{param} is {max_tokens}; this server gives at most {limits.max_tokens} new tokens "
+                            "per request", "invalid_value", param)
+    if max_tokens > engine.context - 8:
+        raise APIError(400, f"this model's maximum context length is {engine.context} tokens; {max_tokens} new "
+                            "tokens were requested", "context_length_exceeded", param)
     return max_tokens
 
 
@@ -305,9 +319,12 @@ def create_app(engine: Engine, api_key: str | None = None, max_batch: int = 8,
         stops = _stops(body.stop)
         sequences, prompt_tokens, echoes = [], 0, []
         for text in texts:
-            rendered = formats.fim_prompt(text, body.suffix) if body.suffix is not None else text
-            ids = engine.encode(rendered)
-            limit = _fit(engine, ids, body.max_tokens, limits)
+            if body.suffix is not None:  # fitted like /infill: the text nearest the hole is kept
+                limit = _limit(engine, body.max_tokens, limits, "max_tokens")
+                ids = prompts.insertion(engine, text, body.suffix, limit).ids
+            else:
+                ids = engine.encode(text)
+                limit = _fit(engine, ids, body.max_tokens, limits)
             prompt_tokens += len(ids)
             for seed in _seeds(body.seed, body.n):
                 params = SamplingParams(max_new_tokens=limit, temperature=body.temperature, top_p=body.top_p,
@@ -393,10 +410,10 @@ def create_app(engine: Engine, api_key: str | None = None, max_batch: int = 8,
 
     @app.post("/infill")
     async def infill(body: InfillRequest):
-        context = formats.repo_sample([(f.filename or "context", f.text) for f in body.input_extra])
-        text = formats.fim_prompt(context + body.input_prefix + body.prompt, body.input_suffix)
-        ids = engine.encode(text)
-        limit = _fit(engine, ids, None if body.n_predict < 0 else body.n_predict, limits, "n_predict")
+        limit = _limit(engine, None if body.n_predict < 0 else body.n_predict, limits, "n_predict")
+        prompt = prompts.insertion(engine, body.input_prefix, body.input_suffix, limit,
+                                   [(f.filename or "context", f.text) for f in body.input_extra], typed=body.prompt)
+        ids = prompt.ids
         params = SamplingParams(max_new_tokens=limit, temperature=body.temperature, top_p=body.top_p,
                                 top_k=body.top_k, seed=body.seed, stop=tuple(body.stop))
         (sequence,) = sequences = [Sequence(ids, params)]
@@ -404,7 +421,7 @@ def create_app(engine: Engine, api_key: str | None = None, max_batch: int = 8,
         def summary() -> dict:
             return {"content": "", "stop": True, "model": engine.name, "tokens_predicted": len(sequence.token_ids),
                     "tokens_evaluated": len(ids), "stopped_eos": sequence.finish_reason == "stop",
-                    "stopped_limit": sequence.finish_reason == "length", "truncated": False}
+                    "stopped_limit": sequence.finish_reason == "length", "truncated": prompt.truncated > 0}
 
         if body.stream:
             return StreamingResponse(run_stream(sequences, lambda i, d: {"content": d, "stop": False},
