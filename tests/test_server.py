@@ -10,6 +10,7 @@ import httpx
 import pytest
 
 from dscoder import formats
+from dscoder.infer import prompts
 from dscoder.infer.engine import Engine, Sequence
 from dscoder.infer.sampling import SamplingParams
 from dscoder.infer.server import ServeLimits, create_app
@@ -157,7 +158,10 @@ def test_llama_cpp_infill_shape(base):
             "input_extra": [{"filename": "util.py", "text": "def helper():\n    pass\n"}]}
     r = httpx.post(url + "/infill", json=body, headers=headers).json()
     context = formats.repo_sample([("util.py", "def helper():\n    pass\n")])
-    assert r["stop"] is True and r["content"] == greedy(engine, formats.fim_prompt(context + body["input_prefix"], body["input_suffix"]), 8).text
+    expected = engine.generate([Sequence(engine.encode(formats.fim_prompt(context + body["input_prefix"], body["input_suffix"])),
+                                         SamplingParams(max_new_tokens=8),
+                                         editor=prompts.EditorStop.at(body["input_prefix"], body["input_suffix"]))])[0]
+    assert r["stop"] is True and r["content"] == expected.text
     with httpx.stream("POST", url + "/infill", json=body | {"stream": True}, headers=headers) as stream:
         events = [json.loads(line[6:]) for line in stream.iter_lines() if line.startswith("data: ") and line != "data: [DONE]"]
     assert "".join(e["content"] for e in events) == r["content"] and events[-1]["stop"] is True

@@ -15,6 +15,7 @@ import inspect
 import logging
 import os
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -48,6 +49,12 @@ class Sequence:
     finish_reason: str | None = None  # "stop" or "length"
     logprobs: list[dict] = field(default_factory=list)
     cancelled: threading.Event = field(default_factory=threading.Event)
+    editor: "EditorStop | None" = None  # where an editor wants an insertion to end (prompts.EditorStop)
+    max_ms: float | None = None  # stop once this long has passed since the first token and a line is done
+    stopped_by: str | None = None  # the stop sequence that ended it, if one did
+    cached_tokens: int = 0  # prompt tokens whose keys and values came from the prompt cache
+    first_token_at: float | None = None  # time.perf_counter() of the first token
+    finished_at: float | None = None
     _emitted: int = 0
 
     def emit(self, end: int) -> None:
@@ -230,6 +237,8 @@ class _State:
         """Choose the next token from `logits` (V,), update text and finish state."""
         s, params = self.s, self.s.params
         token = next_token(logits, params, self.generator)
+        if s.first_token_at is None:
+            s.first_token_at = time.perf_counter()
         if params.logprobs is not None:
             chosen, top = top_logprobs(logits, token, params.logprobs)
             convert = self.engine.tokenizer.convert_ids_to_tokens
@@ -243,16 +252,25 @@ class _State:
         if params.stop:
             cut = find_stop(s.text, params.stop, before)
             if cut is not None:
+                s.stopped_by = next((w for w in params.stop if s.text.startswith(w, cut)), None)
                 s.text = s.text[:cut]
-                s.emit(cut)
-                s.finish_reason = "stop"
-                if s.on_finish is not None:
-                    s.on_finish()
+                self._done("stop")
                 return token
-        if len(s.token_ids) >= self.limit or s.cancelled.is_set():
-            self._finish("length" if not s.cancelled.is_set() else "cancelled")
+        if s.editor is not None:
+            cut = s.editor.cut(s.text)
+            if cut is not None:
+                s.text = s.text[:cut]
+                self._done("stop")
+                return token
+        timed_out = s.max_ms is not None and "\n" in s.text and \
+            1000 * (time.perf_counter() - s.first_token_at) >= s.max_ms
+        if len(s.token_ids) >= self.limit or s.cancelled.is_set() or timed_out:
+            self._finish("cancelled" if s.cancelled.is_set() else "length")
             return token
-        s.emit(len(s.text) - held_back(s.text, params.stop))
+        safe = len(s.text) - held_back(s.text, params.stop)
+        if s.editor is not None:  # whole lines only: a rule may still cut at any later line start
+            safe = min(safe, max(s.text.rfind("\n"), s._emitted))
+        s.emit(safe)
         return token
 
     def _finish(self, reason: str) -> None:
@@ -261,8 +279,16 @@ class _State:
         if s.params.stop:
             cut = find_stop(s.text, s.params.stop)
             if cut is not None:
+                s.stopped_by = next((w for w in s.params.stop if s.text.startswith(w, cut)), None)
                 s.text, reason = s.text[:cut], "stop"
+        self._done(reason)
+
+    def _done(self, reason: str) -> None:
+        s = self.s
+        if s.editor is not None:
+            s.text = s.editor.final(s.text)
         s.emit(len(s.text))
         s.finish_reason = reason
+        s.finished_at = time.perf_counter()
         if s.on_finish is not None:
             s.on_finish()

@@ -68,6 +68,11 @@ def insertion(engine, prefix: str, suffix: str, max_new_tokens: int, context: li
     `path` heading the prefix as in training samples) and `typed`, text already typed after the
     cursor, after the FIM end token (the middle continues it). Fitted to the context as the
     module docstring says; `truncated` counts the tokens left out."""
+    missing = [t for t in (formats.FIM_BEGIN, formats.FIM_HOLE, formats.FIM_END)
+               if engine.tokenizer.convert_tokens_to_ids(t) in (None, engine.tokenizer.unk_token_id)]
+    if missing:
+        raise UserError(f"this model's tokenizer has no {missing[0]} token, so it cannot fill in the middle "
+                        "(use completion)")
     room = _budget(engine, max_new_tokens)
     header = formats.file_header(path) if path else ""
     fixed = len(engine.encode(formats.fim_prompt(header, "") + typed))  # BOS, the three FIM tokens, header, typed
@@ -142,6 +147,51 @@ def chat(engine, messages: list[dict], max_new_tokens: int) -> Prompt:
     except ValueError as exc:
         raise UserError(str(exc)) from None
     return _whole(engine, text, max_new_tokens, "chat")
+
+
+@dataclass(frozen=True)
+class EditorStop:
+    """Where an editor wants an insertion to end (DeepSeek-Coder's maintainers advise one line,
+    one block or about 64 tokens rather than waiting for EOS). Rules, in order:
+
+    - the cursor is mid-line (text follows it on its line): the insertion is that one line;
+    - a later line indented less than `min_indent` (llama.cpp's `n_indent`, else the cursor
+      line's indentation) ends it before that line;
+    - a blank line after at least one complete line ends it (the block is done);
+    - at the end, text that repeats what already follows the cursor on its line is dropped
+      (typing `f(` before `)`: the model's `x)` is returned as `x`).
+
+    `cut(text)` is the position to end at, or None to go on; `final(text)` the text returned."""
+
+    single_line: bool
+    min_indent: int
+    rest_of_line: str
+
+    @classmethod
+    def at(cls, prefix: str, suffix: str, n_indent: int = 0) -> "EditorStop":
+        cursor_line = prefix.rsplit("\n", 1)[-1]
+        rest = suffix.split("\n", 1)[0]
+        indent = len(cursor_line) - len(cursor_line.lstrip(" \t"))
+        return cls(single_line=bool(rest.strip()), min_indent=n_indent or indent, rest_of_line=rest.strip())
+
+    def cut(self, text: str) -> int | None:
+        newline = text.rfind("\n")
+        if newline < 0:
+            return None
+        if self.single_line:
+            return text.find("\n")
+        if text.endswith("\n\n") and text[:-2].strip():  # a blank line after some code
+            return len(text) - 2
+        last = text[newline + 1:]
+        body = last.lstrip(" \t")
+        if body and len(last) - len(body) < self.min_indent:  # the new line dedents
+            return newline
+        return None
+
+    def final(self, text: str) -> str:
+        if self.rest_of_line and text.rstrip().endswith(self.rest_of_line):
+            text = text.rstrip()[:-len(self.rest_of_line)]
+        return text.rstrip() if not self.single_line and text.endswith("\n") else text
 
 
 def split_at_cursor(text: str, line: int, column: int | None) -> tuple[str, str]:

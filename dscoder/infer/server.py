@@ -105,26 +105,6 @@ class ChatRequest(_Common):
     top_logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS)
 
 
-class ExtraFile(BaseModel):
-    filename: str = ""
-    text: str
-
-
-class InfillRequest(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-    input_prefix: str = ""
-    input_suffix: str = ""
-    input_extra: list[ExtraFile] = []
-    prompt: str = ""
-    n_predict: int = Field(-1, ge=-1)
-    temperature: float = _bounded(0.0, "temperature")
-    top_p: float = _bounded(1.0, "top_p")
-    top_k: int = _bounded(0, "top_k")
-    stop: list[str] = []
-    seed: int | None = _bounded(None, "seed")
-    stream: bool = False
-
-
 def _stops(stop: str | list[str] | None) -> tuple[str, ...]:
     if stop is None:
         return ()
@@ -274,8 +254,9 @@ def create_app(engine: Engine, api_key: str | None = None, max_batch: int = 8,
     def sse(data: dict | str) -> str:
         return f"data: {data if isinstance(data, str) else json.dumps(data)}\n\n"
 
-    async def run_stream(sequences: list[Sequence], chunk, final_chunks, usage_chunk):
-        """Server-sent events: a chunk per delta, final chunks, usage, [DONE]."""
+    async def run_stream(sequences: list[Sequence], chunk, final_chunks, usage_chunk, done: bool = True):
+        """Server-sent events: a chunk per delta, final chunks, usage, then [DONE] (OpenAI's
+        streams; llama.cpp's own end with their final chunk)."""
         out, start = state["batcher"].stream(sequences)
         task = asyncio.create_task(start())
         try:
@@ -293,7 +274,8 @@ def create_app(engine: Engine, api_key: str | None = None, max_batch: int = 8,
                 yield sse(data)
             if usage_chunk is not None:
                 yield sse(usage_chunk())
-            yield sse("[DONE]")
+            if done:
+                yield sse("[DONE]")
         finally:
             if not task.done():  # the client went away: free the rows
                 for s in sequences:
@@ -408,26 +390,10 @@ def create_app(engine: Engine, api_key: str | None = None, max_batch: int = 8,
         return {"id": ident, "object": "chat.completion", "created": created, "model": engine.name,
                 "choices": choices, "usage": _usage(sequences, len(prompt_ids))}
 
-    @app.post("/infill")
-    async def infill(body: InfillRequest):
-        limit = _limit(engine, None if body.n_predict < 0 else body.n_predict, limits, "n_predict")
-        prompt = prompts.insertion(engine, body.input_prefix, body.input_suffix, limit,
-                                   [(f.filename or "context", f.text) for f in body.input_extra], typed=body.prompt)
-        ids = prompt.ids
-        params = SamplingParams(max_new_tokens=limit, temperature=body.temperature, top_p=body.top_p,
-                                top_k=body.top_k, seed=body.seed, stop=tuple(body.stop))
-        (sequence,) = sequences = [Sequence(ids, params)]
+    from dscoder.infer import llama_api
 
-        def summary() -> dict:
-            return {"content": "", "stop": True, "model": engine.name, "tokens_predicted": len(sequence.token_ids),
-                    "tokens_evaluated": len(ids), "stopped_eos": sequence.finish_reason == "stop",
-                    "stopped_limit": sequence.finish_reason == "length", "truncated": prompt.truncated > 0}
-
-        if body.stream:
-            return StreamingResponse(run_stream(sequences, lambda i, d: {"content": d, "stop": False},
-                                                lambda: [summary()], None), media_type="text/event-stream")
-        await state["batcher"].run(sequences)
-        return summary() | {"content": sequence.text}
+    llama_api.add_routes(app, engine, lambda: state["batcher"], lambda e, asked, param: _limit(e, asked, limits, param),
+                         run_stream, APIError)
 
     return app
 

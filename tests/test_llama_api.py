@@ -1,0 +1,163 @@
+"""llama.cpp's server dialect as editors send it (/completion, /infill, /tokenize, /detokenize,
+/props), and where an insertion ends for an editor."""
+
+import json
+import shutil
+
+import pytest
+
+from dscoder import formats
+from dscoder.infer import prompts
+from dscoder.infer.engine import Engine, Sequence
+from dscoder.infer.sampling import SamplingParams
+
+fastapi = pytest.importorskip("fastapi")
+from fastapi.testclient import TestClient  # noqa: E402
+
+from dscoder.infer.server import create_app  # noqa: E402
+
+# What llama.vim sends on every cursor move (llama.vim's autoload/llama.vim, fim request body).
+LLAMA_VIM = {
+    "id_slot": 0, "input_prefix": "import os\n\n\ndef main():\n    ", "input_suffix": "\n\nmain()\n",
+    "input_extra": [{"text": "def helper():\n    return 1\n", "time": 1700000000, "filename": "util.py"}],
+    "prompt": "", "n_predict": 16, "n_indent": 4, "top_k": 40, "top_p": 0.99, "samplers": ["top_k", "top_p", "infill"],
+    "stream": False, "cache_prompt": True, "t_max_prompt_ms": 500, "t_max_predict_ms": 1000,
+    "response_fields": ["content", "timings/prompt_n", "timings/prompt_ms", "timings/prompt_per_token_ms",
+                        "timings/prompt_per_second", "timings/predicted_n", "timings/predicted_ms",
+                        "timings/predicted_per_token_ms", "timings/predicted_per_second", "truncated", "tokens_cached"],
+}
+
+
+@pytest.fixture(scope="module")
+def served(tiny_base_model):
+    engine = Engine.load(tiny_base_model)
+    with TestClient(create_app(engine)) as client:
+        yield engine, client
+
+
+def test_llama_vim_request(served):
+    engine, client = served
+    reply = client.post("/infill", json=LLAMA_VIM)
+    assert reply.status_code == 200, reply.text
+    body = reply.json()
+    assert set(body) <= set(LLAMA_VIM["response_fields"]) and "content" in body and "timings/predicted_n" in body
+    assert body["truncated"] is False and body["timings/predicted_n"] <= 16
+    prompt = prompts.insertion(engine, LLAMA_VIM["input_prefix"], LLAMA_VIM["input_suffix"], 16,
+                               [("util.py", "def helper():\n    return 1\n")])
+    expected = engine.generate([Sequence(prompt.ids, SamplingParams(max_new_tokens=16, top_k=40, top_p=0.99),
+                                         editor=prompts.EditorStop.at(LLAMA_VIM["input_prefix"], LLAMA_VIM["input_suffix"], 4))])[0]
+    assert body["content"] == expected.text
+    assert "#util.py\n" in prompt.text  # the context file is laid out as in training
+
+
+def test_completion_as_continue_and_tabby_send_it(served):
+    engine, client = served
+    ask = {"prompt": "def fib(n):\n", "n_predict": 12, "temperature": 0, "stop": ["\n\n"], "stream": False,
+           "cache_prompt": True}
+    body = client.post("/completion", json=ask).json()
+    expected = engine.generate([Sequence(engine.encode(ask["prompt"]), SamplingParams(max_new_tokens=12, stop=("\n\n",)))])[0]
+    assert body["content"] == expected.text and body["stop"] is True
+    assert body["stop_type"] in ("eos", "limit", "word") and body["tokens_evaluated"] == len(engine.encode(ask["prompt"]))
+    assert body["timings"]["predicted_n"] == body["tokens_predicted"] == len(expected.token_ids)
+    assert set(body["timings"]) >= {"prompt_n", "prompt_ms", "predicted_n", "predicted_ms", "predicted_per_second"}
+    ids = client.post("/tokenize", json={"content": ask["prompt"]}).json()["tokens"]
+    by_ids = client.post("/completion", json=ask | {"prompt": ids}).json()
+    assert by_ids["content"] == body["content"]
+    with client.stream("POST", "/completion", json=ask | {"stream": True}) as stream:
+        lines = [line for line in stream.iter_lines() if line.startswith("data: ")]
+    events = [json.loads(line[6:]) for line in lines]  # every line is JSON: no [DONE] in llama.cpp's streams
+    assert "".join(e["content"] for e in events) == body["content"] and events[-1]["stop"] is True
+    assert events[-1]["tokens_predicted"] == body["tokens_predicted"]
+
+
+def test_tokenize_detokenize_props(served):
+    engine, client = served
+    ids = client.post("/tokenize", json={"content": "x = 1"}).json()["tokens"]
+    assert ids == engine.tokenizer("x = 1", add_special_tokens=False)["input_ids"]
+    assert client.post("/tokenize", json={"content": "x", "add_special": True}).json()["tokens"][0] == engine.tokenizer.bos_token_id
+    pieces = client.post("/tokenize", json={"content": "x = 1", "with_pieces": True}).json()["tokens"]
+    assert "".join(p["piece"] for p in pieces) == "x = 1"
+    assert client.post("/detokenize", json={"tokens": ids}).json()["content"] == "x = 1"
+    props = client.get("/props").json()
+    assert props["default_generation_settings"]["n_ctx"] == engine.context
+    assert props["fim_tokens"] == {"prefix": engine.tokenizer.convert_tokens_to_ids(formats.FIM_BEGIN),
+                                   "suffix": engine.tokenizer.convert_tokens_to_ids(formats.FIM_HOLE),
+                                   "middle": engine.tokenizer.convert_tokens_to_ids(formats.FIM_END)}
+    assert client.get("/health").json()["status"] == "ok"
+
+
+def test_older_field_names_and_typed_text(served):
+    engine, client = served
+    ask = {"input_prefix": "def f(x):\n    return ", "input_suffix": "\n", "prompt": "x +", "n_predict": 6,
+           "extra_context": [{"filename": "a.py", "text": "A = 1\n"}], "temperature": 0}
+    body = client.post("/infill", json=ask).json()
+    prompt = prompts.insertion(engine, ask["input_prefix"], "\n", 6, [("a.py", "A = 1\n")], typed="x +")
+    assert prompt.text.endswith(formats.FIM_END + "x +") and "#a.py\n" in prompt.text
+    assert body["tokens_evaluated"] == len(prompt.ids)
+
+
+@pytest.mark.parametrize("path, body, param", [
+    ("/infill", {"input_prefix": "x", "input_extra": [{"filename": "a.py"}]}, "input_extra"),
+    ("/infill", {"input_prefix": "x", "input_extra": [{"filename": "a.py", "text": 3}]}, "input_extra"),
+    ("/infill", {"input_prefix": "x", "n_predict": 0}, "n_predict"),
+    ("/infill", {"input_prefix": "x", "n_predict": -2}, "n_predict"),
+    ("/infill", {"input_prefix": "x", "t_max_predict_ms": 0}, "t_max_predict_ms"),
+    ("/infill", {"input_prefix": "x", "response_fields": ["content", "timings/nonsense"]}, "response_fields"),
+    ("/completion", {"prompt": [1, 2, 10**9]}, "prompt"),
+    ("/completion", {"prompt": "x", "n_predict": 0}, "n_predict"),
+    ("/detokenize", {"tokens": [-1]}, "tokens"),
+])
+def test_bad_requests_are_400s_and_the_server_goes_on(served, path, body, param):
+    _, client = served
+    reply = client.post(path, json=body)
+    assert reply.status_code == 400, reply.text
+    assert reply.json()["error"]["param"] == param
+    assert client.post("/completion", json={"prompt": "x", "n_predict": 2}).status_code == 200
+
+
+def test_fim_to_a_model_without_fim_tokens_is_a_400(tiny_base_model, tmp_path):
+    folder = tmp_path / "no-fim"
+    shutil.copytree(tiny_base_model, folder)
+    data = json.loads((folder / "tokenizer.json").read_text())
+    data["added_tokens"] = [t for t in data["added_tokens"] if "fim" not in t["content"]]
+    (folder / "tokenizer.json").write_text(json.dumps(data))
+    with TestClient(create_app(Engine.load(folder))) as client:
+        reply = client.post("/infill", json={"input_prefix": "x = ", "input_suffix": "\n"})
+        assert reply.status_code == 400 and "cannot fill in the middle" in reply.json()["error"]["message"]
+        assert client.post("/completion", json={"prompt": "x", "n_predict": 2}).status_code == 200
+
+
+# --- where an insertion ends --------------------------------------------------------------------------
+
+def test_mid_line_cursor_gives_one_line_without_repeating_the_rest():
+    stop = prompts.EditorStop.at("x = f(", ")\ny = 2\n")
+    assert stop.single_line and stop.cut("a, b") is None and stop.cut("a, b)\nz = 3") == 5
+    assert stop.final("a, b)") == "a, b"  # the `)` already follows the cursor
+
+
+def test_a_dedented_line_ends_the_block():
+    stop = prompts.EditorStop.at("def f(x):\n    ", "\n\nprint(f(1))\n")
+    assert not stop.single_line and stop.min_indent == 4
+    assert stop.cut("y = x + 1\n    return y\n") is None
+    assert stop.cut("y = x + 1\n    return y\nprint") == len("y = x + 1\n    return y")
+    assert prompts.EditorStop.at("x = 1\n", "\n", n_indent=2).cut("a\n b") == 1  # llama.cpp's n_indent
+
+
+def test_a_blank_line_after_code_ends_the_block():
+    stop = prompts.EditorStop.at("def f(x):", "\n")
+    assert stop.cut("\n    return x\n\n") == len("\n    return x")
+    assert stop.cut("\n\n") is None  # no code yet
+    assert stop.final("\n    return x\n") == "\n    return x"
+
+
+def test_the_engine_applies_the_rules_while_generating(tiny_base_model):
+    engine = Engine.load(tiny_base_model)
+    prefix, suffix = "def f(x):\n    y = ", " + 1\n    return y\n"
+    plain = engine.generate([Sequence(engine.encode(formats.fim_prompt(prefix, suffix)),
+                                      SamplingParams(max_new_tokens=40, stop_token_ids=(-1,)))])[0]
+    deltas = []
+    ruled = engine.generate([Sequence(engine.encode(formats.fim_prompt(prefix, suffix)),
+                                      SamplingParams(max_new_tokens=40, stop_token_ids=(-1,)),
+                                      on_delta=deltas.append, editor=prompts.EditorStop.at(prefix, suffix))])[0]
+    assert "\n" not in ruled.text and plain.text.startswith(ruled.text.rstrip())  # one line of the same text
+    assert "".join(deltas) == ruled.text  # nothing streamed that was later cut
