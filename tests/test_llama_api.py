@@ -161,3 +161,54 @@ def test_the_engine_applies_the_rules_while_generating(tiny_base_model):
                                       on_delta=deltas.append, editor=prompts.EditorStop.at(prefix, suffix))])[0]
     assert "\n" not in ruled.text and plain.text.startswith(ruled.text.rstrip())  # one line of the same text
     assert "".join(deltas) == ruled.text  # nothing streamed that was later cut
+
+
+# --- prompt caching -----------------------------------------------------------------------------------
+
+def typing_session(text: str, steps: int) -> list[tuple[str, str]]:
+    """(prefix, suffix) pairs as an editor sends them while a line is typed one character at a time."""
+    cut = text.index("def get_status") + len("def get_status")
+    return [(text[:cut + i], text[cut + i:]) for i in range(steps)]
+
+
+def test_a_typing_session_reuses_the_cache_and_gives_the_same_outputs(tiny_base_model):
+    source = ("import json\n\n\nclass Client:\n    def __init__(self, url):\n        self.url = url\n\n"
+              "    def get_status(self, name):\n        return json.loads(self.url + name)\n\n\n"
+              "def main():\n    print(Client('x').get_status('y'))\n")
+    cached, plain = Engine.load(tiny_base_model), Engine.load(tiny_base_model)
+    plain.prompt_cache = None
+    for prefix, suffix in typing_session(source, 6):
+        a, b = (prompts.insertion(e, prefix, suffix, 12).ids for e in (cached, plain))
+        first = cached.generate([Sequence(a, SamplingParams(max_new_tokens=12))])[0]
+        second = plain.generate([Sequence(b, SamplingParams(max_new_tokens=12))])[0]
+        assert first.token_ids == second.token_ids
+    # everything before the cursor came from the cache (what follows it moved, so it is recomputed)
+    assert first.cached_tokens >= len(cached.encode(prefix)) - 2 and second.cached_tokens == 0
+    assert len(cached.prompt_cache) <= cached.prompt_cache.entries
+
+
+def test_tokens_cached_is_reported_and_cache_prompt_false_skips_it(served):
+    engine, client = served
+    ask = {"input_prefix": "class A:\n    def run(self):\n        total = 0\n        for item in self.items:\n            total",
+           "input_suffix": "\n        return total\n", "n_predict": 4, "temperature": 0}
+    client.post("/infill", json=ask)
+    again = client.post("/infill", json=ask | {"input_prefix": ask["input_prefix"] + " +"}).json()
+    assert again["tokens_cached"] > 0 and again["timings"]["prompt_n"] == again["tokens_evaluated"] - again["tokens_cached"]
+    fresh = client.post("/infill", json=ask | {"cache_prompt": False}).json()
+    assert fresh["tokens_cached"] == 0
+
+
+def test_concurrent_requests_with_shared_prefixes_are_correct(tiny_base_model):
+    from concurrent.futures import ThreadPoolExecutor
+
+    engine = Engine.load(tiny_base_model)
+    reference = Engine.load(tiny_base_model)
+    reference.prompt_cache = None
+    head = "import os\nimport sys\n\n\ndef main(argv):\n    path = argv[1]\n    "
+    asks = [head + tail for tail in ("if os", "with open", "for line", "data = ", "return sys", "print(")] * 2
+    expected = [reference.generate([Sequence(engine.encode(a), SamplingParams(max_new_tokens=8))])[0].token_ids
+                for a in asks]
+    with TestClient(create_app(engine)) as client, ThreadPoolExecutor(6) as pool:
+        got = list(pool.map(lambda a: client.post("/completion", json={"prompt": a, "n_predict": 8, "temperature": 0})
+                            .json()["content"], asks))
+    assert got == [engine.tokenizer.decode(ids) for ids in expected]

@@ -51,6 +51,7 @@ class Sequence:
     cancelled: threading.Event = field(default_factory=threading.Event)
     editor: "EditorStop | None" = None  # where an editor wants an insertion to end (prompts.EditorStop)
     max_ms: float | None = None  # stop once this long has passed since the first token and a line is done
+    reuse_cache: bool = True  # may start from a cached prompt's keys and values (llama.cpp's cache_prompt)
     stopped_by: str | None = None  # the stop sequence that ended it, if one did
     cached_tokens: int = 0  # prompt tokens whose keys and values came from the prompt cache
     first_token_at: float | None = None  # time.perf_counter() of the first token
@@ -72,8 +73,11 @@ def is_instruct(tokenizer) -> bool:
 class Engine:
     """Generates with a causal LM and its tokenizer (one batch at a time)."""
 
-    def __init__(self, model, tokenizer, name: str = "model"):
+    def __init__(self, model, tokenizer, name: str = "model", prompt_cache: int = 4):
+        from dscoder.infer.prompt_cache import PromptCache
+
         self.model, self.tokenizer, self.name = model.eval(), tokenizer, name
+        self.prompt_cache = PromptCache(prompt_cache) if prompt_cache else None  # prompts kept for reuse
         self.device = next(model.parameters()).device
         self.context = int(model.config.max_position_embeddings)
         tokenizer.model_max_length = self.context  # what the model takes (prompts are fitted to it here)
@@ -123,7 +127,47 @@ class Engine:
                 raise UserError(f"the prompt has {len(s.prompt_ids)} tokens; the model's context is {self.context}")
 
     def _prefill(self, sequences: list[Sequence]):
-        """Left-padded batch prefill: (cache, attention mask, last positions, last logits)."""
+        """(cache, attention mask, last positions, last logits) for the prompts: one left-padded
+        batch, or, when some prompt starts like a cached one, one prompt at a time from the
+        cached keys and values, merged. Every prompt is then cached for the next."""
+        hits = [self.prompt_cache.lookup(s.prompt_ids) if self.prompt_cache is not None and s.reuse_cache else None
+                for s in sequences]
+        if all(hit is None for hit in hits):
+            result = self._prefill_batch(sequences)
+        else:
+            result = None
+            for s, hit in zip(sequences, hits):
+                part = self._prefill_batch([s]) if hit is None else self._prefill_cached(s, *hit)
+                if result is None:
+                    result = part
+                else:
+                    cache, mask, positions, logits = result
+                    mask = _merge(cache, part[0], mask, part[1])
+                    result = cache, mask, torch.cat([positions, part[2]]), torch.cat([logits, part[3]])
+        if self.prompt_cache is not None:
+            cache, mask = result[0], result[1]
+            for row, s in enumerate(sequences):
+                n = len(s.prompt_ids)
+                self.prompt_cache.store(s.prompt_ids, [(layer.keys[row:row + 1, :, -n:], layer.values[row:row + 1, :, -n:])
+                                                       for layer in cache.layers])
+        return result
+
+    def _prefill_cached(self, s: Sequence, cached: int, layers: list):
+        """One prompt whose first `cached` tokens' keys and values are known."""
+        cache = _new_cache(self.model.config)
+        for index, (keys, values) in enumerate(layers):
+            cache.update(keys, values, index)
+        n = len(s.prompt_ids)
+        ids = torch.tensor([s.prompt_ids[cached:]], device=self.device)
+        mask = torch.ones((1, n), dtype=torch.long, device=self.device)
+        positions = torch.arange(cached, n, device=self.device).unsqueeze(0)
+        logits = self._forward(input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache,
+                               logits_to_keep=1).logits[:, -1]
+        s.cached_tokens = cached
+        return cache, mask, positions[:, -1:], logits
+
+    def _prefill_batch(self, sequences: list[Sequence]):
+        """Left-padded batch prefill."""
         width = max(len(s.prompt_ids) for s in sequences)
         ids = torch.full((len(sequences), width), self.pad_id, dtype=torch.long)
         mask = torch.zeros((len(sequences), width), dtype=torch.long)

@@ -162,7 +162,7 @@ def add_routes(app, engine: Engine, batcher: Callable[[], Any], limit: Callable,
             prompt = prompts.Prompt(tokenizer.decode(ids), ids)
         else:
             prompt = prompts.completion(engine, body.prompt, new_tokens)
-        s = Sequence(prompt.ids, params(body, new_tokens), max_ms=body.t_max_predict_ms)
+        s = Sequence(prompt.ids, params(body, new_tokens), max_ms=body.t_max_predict_ms, reuse_cache=body.cache_prompt)
         return await run(s, prompt.ids, prompt.truncated > 0, body)
 
     @app.post("/infill")
@@ -172,7 +172,7 @@ def add_routes(app, engine: Engine, batcher: Callable[[], Any], limit: Callable,
         new_tokens = limit(engine, asked, "n_predict")
         prompt = prompts.insertion(engine, body.input_prefix, body.input_suffix, new_tokens,
                                    [(c.filename or "context", c.text) for c in body.input_extra], typed=body.prompt)
-        s = Sequence(prompt.ids, params(body, new_tokens), max_ms=body.t_max_predict_ms,
+        s = Sequence(prompt.ids, params(body, new_tokens), max_ms=body.t_max_predict_ms, reuse_cache=body.cache_prompt,
                      editor=prompts.EditorStop.at(body.input_prefix + body.prompt, body.input_suffix, body.n_indent))
         return await run(s, prompt.ids, prompt.truncated > 0, body)
 
