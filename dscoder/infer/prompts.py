@@ -59,6 +59,7 @@ def _whole(engine, text: str, max_new_tokens: int, what: str) -> Prompt:
 
 
 PREFIX_SHARE = 0.75  # of the room, the least the prefix may take when the suffix is long
+CUT_LINES = 32  # a cut prefix starts at a multiple of this many lines
 
 
 def insertion(engine, prefix: str, suffix: str, max_new_tokens: int, context: list[tuple[str, str]] = (),
@@ -83,6 +84,11 @@ def insertion(engine, prefix: str, suffix: str, max_new_tokens: int, context: li
     prefix_lines, suffix_lines = _line_costs(engine, prefix), _line_costs(engine, suffix)
     prefix_cost, suffix_cost = sum(c for _, c in prefix_lines), sum(c for _, c in suffix_lines)
     kept_prefix = _keep(engine, prefix_lines, max(int(PREFIX_SHARE * left), left - suffix_cost), from_end=True)
+    if len(kept_prefix) < len(prefix_lines) and len(kept_prefix) > CUT_LINES:
+        # drop whole steps of lines, so that the prompt keeps its start while the user types on
+        # (and the prompt cache can reuse it), rather than sliding one line per line typed
+        dropped = len(prefix_lines) - len(kept_prefix)
+        kept_prefix = kept_prefix[-(len(prefix_lines) - CUT_LINES * -(-dropped // CUT_LINES)):]
     left -= sum(c for _, c in kept_prefix)
     kept_suffix = _keep(engine, suffix_lines, left, from_end=False)
     left -= sum(c for _, c in kept_suffix)
