@@ -70,6 +70,44 @@ def test_completion_as_continue_and_tabby_send_it(served):
     assert events[-1]["tokens_predicted"] == body["tokens_predicted"]
 
 
+def test_tabby_llama_cpp_completion_kind(served):
+    """Tabby's `llama.cpp/completion` applies the model's prompt template itself, sends this body
+    (http-api-bindings/src/completion/llama.rs) and reads stream chunks {content, stop} until stop."""
+    engine, client = served
+    template = "<｜fim▁begin｜>{prefix}<｜fim▁hole｜>{suffix}<｜fim▁end｜>"  # the DeepSeek-Coder template for Tabby
+    prompt = template.format(prefix="def add(a, b):\n    ", suffix="\n\nprint(add(1, 2))\n")
+    body = {"seed": 2**64 - 7, "prompt": prompt, "n_predict": 12, "temperature": 0.0, "stream": True,
+            "penalty_last_n": 0, "presence_penalty": 0.0}
+    with client.stream("POST", "/completion", json=body) as stream:
+        chunks = [json.loads(line[6:]) for line in stream.iter_lines() if line.startswith("data: ")]
+    text = ""
+    for chunk in chunks:  # what Tabby does with each event
+        text += chunk["content"]
+        if chunk["stop"]:
+            break
+    expected = engine.generate([Sequence(engine.encode(prompt), SamplingParams(max_new_tokens=12))])[0]
+    assert chunks[-1]["stop"] is True and text == expected.text
+
+
+def test_openai_suffix_requests_as_continue_and_tabby_send_them(served):
+    """Continue's OpenAI provider and Tabby's `openai/completion` kind: prompt + suffix, streamed;
+    both stop reading at the first chunk with a finish_reason."""
+    engine, client = served
+    body = {"model": engine.name, "prompt": "def add(a, b):\n    ", "suffix": "\n\nprint(add(1, 2))\n", "max_tokens": 12,
+            "temperature": 0.0, "stream": True, "presence_penalty": 0.0}
+    with client.stream("POST", "/v1/completions", json=body) as stream:
+        lines = [line[6:] for line in stream.iter_lines() if line.startswith("data: ")]
+    text = ""
+    for line in lines:
+        chunk = json.loads(line)  # Tabby parses every event until a finish_reason: [DONE] must come after it
+        text += chunk["choices"][0]["text"]
+        if chunk["choices"][0]["finish_reason"] is not None:
+            break
+    expected = engine.generate([Sequence(prompts.insertion(engine, body["prompt"], body["suffix"], 12).ids,
+                                         SamplingParams(max_new_tokens=12))])[0]
+    assert text == expected.text
+
+
 def test_tokenize_detokenize_props(served):
     engine, client = served
     ids = client.post("/tokenize", json={"content": "x = 1"}).json()["tokens"]
@@ -113,6 +151,18 @@ def test_bad_requests_are_400s_and_the_server_goes_on(served, path, body, param)
     assert reply.status_code == 400, reply.text
     assert reply.json()["error"]["param"] == param
     assert client.post("/completion", json={"prompt": "x", "n_predict": 2}).status_code == 200
+
+
+def test_infill_token_limits(tiny_base_model):
+    from dscoder.infer.server import ServeLimits
+
+    engine = Engine.load(tiny_base_model)
+    ask = {"input_prefix": "def f(x):", "input_suffix": "\n", "temperature": 0}
+    with TestClient(create_app(engine)) as client:
+        assert client.post("/infill", json=ask).json()["generation_settings"]["n_predict"] == 64  # an editor's default
+    with TestClient(create_app(engine, limits=ServeLimits(max_tokens=8))) as client:
+        assert client.post("/infill", json=ask).json()["generation_settings"]["n_predict"] == 8  # within the server's
+        assert client.post("/infill", json=ask | {"n_predict": 9}).status_code == 400
 
 
 def test_fim_to_a_model_without_fim_tokens_is_a_400(tiny_base_model, tmp_path):

@@ -22,6 +22,7 @@ from dscoder.infer.engine import Engine, Sequence
 from dscoder.infer.sampling import SamplingParams
 
 INFILL_TOKENS = 64  # an editor's default: a line or a block, not a file
+SEEDS = 2**63  # llama.cpp's seeds are unsigned 64-bit; the engine's are below this
 
 
 class _Sampling(BaseModel):
@@ -30,7 +31,7 @@ class _Sampling(BaseModel):
     temperature: float = Field(0.8, ge=0, le=100, allow_inf_nan=False)
     top_k: int = Field(40, ge=0, le=1_000_000)
     top_p: float = Field(0.95, gt=0, le=1, allow_inf_nan=False)
-    seed: int = Field(-1, ge=-1, le=2**63 - 1)  # -1: random
+    seed: int = Field(-1, ge=-1, le=2**64 - 1)  # -1: random; Tabby sends any 64-bit unsigned value
     stop: list[str] = Field([], max_length=4)
     stream: bool = False
     cache_prompt: bool = True
@@ -106,7 +107,7 @@ def add_routes(app, engine: Engine, batcher: Callable[[], Any], limit: Callable,
 
     def params(body: _Sampling, new_tokens: int) -> SamplingParams:
         return SamplingParams(max_new_tokens=new_tokens, temperature=body.temperature, top_p=body.top_p,
-                              top_k=body.top_k, seed=None if body.seed < 0 else body.seed, stop=tuple(body.stop))
+                              top_k=body.top_k, seed=None if body.seed < 0 else body.seed % SEEDS, stop=tuple(body.stop))
 
     def result(s: Sequence, ids: list[int], started: float, truncated: bool, body: _Sampling) -> dict:
         stop_type = {"stop": "eos", "length": "limit", "cancelled": "limit"}.get(s.finish_reason or "", "none")
@@ -168,8 +169,10 @@ def add_routes(app, engine: Engine, batcher: Callable[[], Any], limit: Callable,
     @app.post("/infill")
     async def infill(body: InfillBody):
         check_fields(body.response_fields)
-        asked = INFILL_TOKENS if body.n_predict is None else None if body.n_predict == -1 else body.n_predict
-        new_tokens = limit(engine, asked, "n_predict")
+        if body.n_predict is None:  # an editor's default, within the server's limit
+            new_tokens = min(INFILL_TOKENS, limit(engine, None, "n_predict"))
+        else:
+            new_tokens = limit(engine, None if body.n_predict == -1 else body.n_predict, "n_predict")
         prompt = prompts.insertion(engine, body.input_prefix, body.input_suffix, new_tokens,
                                    [(c.filename or "context", c.text) for c in body.input_extra], typed=body.prompt)
         s = Sequence(prompt.ids, params(body, new_tokens), max_ms=body.t_max_predict_ms, reuse_cache=body.cache_prompt,
