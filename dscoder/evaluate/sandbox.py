@@ -182,7 +182,8 @@ def _tool(name: str) -> str:
 def _setpriv(uid: int) -> list[str]:
     """Run the rest of the command line without any capability (as root: as user id `uid`)."""
     user = [f"--reuid={uid}", f"--regid={uid}", "--clear-groups"] if os.getuid() == 0 else []
-    return [_tool("setpriv"), *user, "--inh-caps=-all", "--bounding-set=-all", "--no-new-privs", "--"]
+    # --pdeathsig again: a change of user clears the parent-death signal unshare's --kill-child set
+    return [_tool("setpriv"), *user, "--inh-caps=-all", "--bounding-set=-all", "--no-new-privs", "--pdeathsig=KILL", "--"]
 
 
 @lru_cache(maxsize=1)
