@@ -99,7 +99,7 @@ def time_transformers(model, ids: list[int], new_tokens: int) -> tuple[float, fl
 
 
 def compare(name: str, model, tok, prompt_tokens: int, new_tokens: int, repeats: int) -> None:
-    engine = Engine(model, tok, name)
+    engine = Engine(model, tok, name, prompt_cache=0)  # the same prompt each run: no reuse, as transformers
     rng = np.random.default_rng(0)
     ids = [tok.bos_token_id] + rng.integers(100, min(len(tok), 30000), prompt_tokens - 1).tolist()
     time_ours(engine, ids, 4), time_transformers(model, ids, 4)  # warm-up
@@ -202,6 +202,7 @@ def one_run(engine: str, kind: str, path: Path, prompt_tokens: int, new_tokens: 
             return time_transformers(model, prompt_ids(tok, prompt_tokens), n)
     else:
         ours = Engine.load(path, dtype="bfloat16", device="cpu")
+        ours.prompt_cache = None  # the same prompt each run: every run prefills, as the other engines do
         tok = ours.tokenizer
 
         def timed(n):
