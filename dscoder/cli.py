@@ -302,7 +302,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_model_info)
 
     p = mod_cmds.add_parser(
-        "quantize", help="write an int8 or int4 copy of a model folder (weight-only)",
+        "quantize", help="write a copy of a model folder with int8 or int4 weights",
         description="Quantize the weights of a model folder for fast CPU decoding: --bits 8 gives one "
         "scale per output channel, --bits 4 one per group of --group-size inputs (the output head stays "
         "int8). Every command loads the result like any model folder; docs/formats.md describes it.",

@@ -25,6 +25,7 @@ import numpy as np
 
 from dscoder import artifacts, formats
 from dscoder import model as model_lib
+from dscoder import tokenizer as tokenizer_lib
 from dscoder.errors import UserError
 
 log = logging.getLogger("dscoder")
@@ -36,14 +37,6 @@ LAYER_NAMES = {
     "self_attn.o_proj": "attn_output", "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up",
     "mlp.down_proj": "ffn_down", "input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm",
 }
-
-
-def _gguf():
-    try:
-        import gguf
-    except ImportError:
-        raise UserError("GGUF files need the 'gguf' extra: pip install 'dscoder[gguf]'") from None
-    return gguf
 
 
 def tensor_names(num_layers: int) -> dict[str, str]:
@@ -65,9 +58,7 @@ def permute(w: np.ndarray, heads: int) -> np.ndarray:
 def vocabulary(folder: Path, rows: int) -> dict:
     """Tokens, types, merges and special ids of the folder's tokenizer, padded to the embedding's
     `rows` as llama.cpp's converter pads them; "warnings" lists what the file will lack."""
-    from dscoder import tokenizer as tokenizer_lib
-
-    gguf = _gguf()
+    gguf = tokenizer_lib.gguf_module()
     path = folder / "tokenizer.json"
     if not path.is_file():
         raise UserError(f"{folder}: no tokenizer.json (the export carries the vocabulary)")
@@ -107,21 +98,22 @@ def vocabulary(folder: Path, rows: int) -> dict:
             "warnings": warnings}
 
 
-def _plan(hf_cfg, kind: str, gguf) -> list[tuple[str, str, int]]:
-    """(our name, GGUF name, GGML type) of every tensor, checked against the type's block size."""
+def _plan(hf_cfg, kind: str, gguf) -> list[tuple[str, str, int, tuple[int, ...]]]:
+    """(our name, GGUF name, GGML type, shape) of every tensor, checked against the type's block size."""
     q = gguf.GGMLQuantizationType
     matrix = {"f16": q.F16, "q8_0": q.Q8_0, "q4_0": q.Q4_0}[kind]
     head = q.Q8_0 if kind == "q4_0" else matrix
+    shapes = model_lib.expected_shapes(_dense(hf_cfg))
     plan = []
     for ours, theirs in tensor_names(hf_cfg.num_hidden_layers).items():
-        shape = model_lib.expected_shapes(_dense(hf_cfg)).get(ours)
+        shape = shapes.get(ours)
         if shape is None:  # tied embeddings: no output.weight
             continue
         chosen = q.F32 if len(shape) == 1 else head if theirs == "output.weight" else matrix
         if chosen in (q.Q8_0, q.Q4_0) and shape[-1] % BLOCK:
             raise UserError(f"--type {kind}: {ours} has rows of {shape[-1]} values, not a multiple of the "
                             f"{BLOCK}-value blocks (use --type f16)")
-        plan.append((ours, theirs, chosen))
+        plan.append((ours, theirs, chosen, shape))
     return plan
 
 
@@ -164,7 +156,7 @@ class _Weights:
 
 def export(folder: Path, out: Path, kind: str, force: bool = False) -> dict:
     """Write the GGUF file; returns what `describe` reads back from it."""
-    gguf = _gguf()
+    gguf = tokenizer_lib.gguf_module()
     if kind not in TYPES:
         raise UserError(f"--type {kind}: expected one of {', '.join(TYPES)}")
     if out.suffix != ".gguf":
@@ -182,8 +174,7 @@ def export(folder: Path, out: Path, kind: str, force: bool = False) -> dict:
     with artifacts.output_path(out, force=True) as tmp:
         writer = gguf.GGUFWriter(str(tmp), "llama")
         _metadata(writer, gguf, folder, hf_cfg, kind, vocab)
-        for ours, theirs, qtype in plan:
-            shape = model_lib.expected_shapes(_dense(hf_cfg))[ours]
+        for ours, theirs, qtype, shape in plan:
             if qtype in (q.F32, q.F16):
                 dtype = np.float32 if qtype == q.F32 else np.float16
                 writer.add_tensor_info(theirs, shape, np.dtype(dtype), math.prod(shape) * np.dtype(dtype).itemsize)
@@ -195,7 +186,7 @@ def export(folder: Path, out: Path, kind: str, force: bool = False) -> dict:
         writer.write_ti_data_to_file()
         from dscoder.console import progress
 
-        for ours, theirs, qtype in progress(plan, desc="export", unit="tensor"):
+        for ours, theirs, qtype, _ in progress(plan, desc="export", unit="tensor"):
             w = weights.get(ours)
             if theirs.endswith("attn_q.weight"):
                 w = permute(w, hf_cfg.num_attention_heads)
@@ -277,21 +268,15 @@ READ_BACK = {  # what `dscoder model info FILE.gguf` shows, by GGUF key
 
 def describe(path: Path) -> dict:
     """The facts a GGUF file carries (ours or any llama.cpp model)."""
-    gguf = _gguf()
-    try:
-        reader = gguf.GGUFReader(str(path))
-    except Exception as exc:  # the reader raises assorted errors on damaged files
-        raise UserError(f"{path}: not a readable GGUF file ({type(exc).__name__}: {exc})") from None
+    fields, tensors = tokenizer_lib.read_gguf(path, lambda name: name in READ_BACK or name in (
+        "tokenizer.ggml.tokens", "tokenizer.chat_template"))
     facts: dict = {"file": str(path), "bytes": path.stat().st_size}
-    for key, label in READ_BACK.items():
-        if key in reader.fields:
-            facts[label] = reader.fields[key].contents()
-    tokens = reader.fields.get("tokenizer.ggml.tokens")
-    facts["tokens"] = len(tokens.data) if tokens is not None else 0
-    facts["chat_template"] = "tokenizer.chat_template" in reader.fields
+    facts.update({label: fields[key] for key, label in READ_BACK.items() if key in fields})
+    facts["tokens"] = len(fields.get("tokenizer.ggml.tokens", []))
+    facts["chat_template"] = "tokenizer.chat_template" in fields
     counts: dict[str, int] = {}
-    for tensor in reader.tensors:
+    for tensor in tensors:
         counts[tensor.tensor_type.name] = counts.get(tensor.tensor_type.name, 0) + 1
     facts["tensors"] = counts
-    facts["parameters"] = int(sum(int(np.prod(t.shape)) for t in reader.tensors))
+    facts["parameters"] = int(sum(int(np.prod(t.shape)) for t in tensors))
     return facts

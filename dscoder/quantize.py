@@ -255,11 +255,6 @@ def quantize_model(model, bits: int, group_size: int | None):
     return model
 
 
-def quantized_state_dict(model) -> dict[str, torch.Tensor]:
-    """The tensors of a quantized model in the stored layout."""
-    return {name: tensor.contiguous() for name, tensor in model.state_dict().items()}
-
-
 def load_model(hf_cfg, tensors: dict[str, torch.Tensor], dtype: torch.dtype):
     """A quantized `LlamaForCausalLM` from its config and stored tensors (CPU)."""
     from transformers import LlamaForCausalLM

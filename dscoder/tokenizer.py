@@ -90,22 +90,32 @@ def train(
     return _finish(tokenizer, _deepseek_added_tokens())
 
 
-def from_gguf(path: str | Path) -> tuple[Tokenizer, dict]:
-    """The vocabulary of a llama.cpp GGUF file as a `tokenizers.Tokenizer`, with the facts the
-    tokenizer config needs (`eos_token`, `add_bos_token`, `vocab_size`)."""
+def gguf_module():
+    """llama.cpp's `gguf` package; a UserError naming the extra when it is not installed."""
     try:
         import gguf
     except ImportError:
-        raise UserError("reading GGUF files needs the 'gguf' extra: pip install 'dscoder[gguf]'") from None
+        raise UserError("GGUF files need the 'gguf' extra: pip install 'dscoder[gguf]'") from None
+    return gguf
+
+
+def read_gguf(path: str | Path, keep=lambda name: True) -> tuple[dict, list]:
+    """(fields kept by `keep`, tensors) of a GGUF file; a UserError for a missing or damaged one."""
+    gguf = gguf_module()
     path = Path(path)
     if not path.is_file():
         raise UserError(f"GGUF file not found: {path}")
     try:
         reader = gguf.GGUFReader(path)
-        fields = {name: field.contents() for name, field in reader.fields.items()
-                  if name.startswith("tokenizer.") or name == "llama.vocab_size"}
+        return {name: field.contents() for name, field in reader.fields.items() if keep(name)}, reader.tensors
     except Exception as exc:  # the gguf reader raises assorted errors on damaged files
         raise UserError(f"{path}: not a readable GGUF file ({type(exc).__name__}: {exc})") from None
+
+
+def from_gguf(path: str | Path) -> tuple[Tokenizer, dict]:
+    """The vocabulary of a llama.cpp GGUF file as a `tokenizers.Tokenizer`, with the facts the
+    tokenizer config needs (`eos_token`, `add_bos_token`, `vocab_size`)."""
+    fields, _ = read_gguf(path, lambda name: name.startswith("tokenizer.") or name == "llama.vocab_size")
     for key in ("tokenizer.ggml.model", "tokenizer.ggml.tokens", "tokenizer.ggml.token_type", "tokenizer.ggml.merges"):
         if key not in fields:
             raise UserError(f"{path}: GGUF file has no {key} (not a BPE vocabulary)")

@@ -59,13 +59,19 @@ def test_model_info_reads_a_gguf_file(exports, capsys):
     assert facts["num_hidden_layers"] == 4 and facts["tensors"]["F16"] == 7 * 4 + 2  # every matrix, embedding and head included
 
 
-def test_the_released_vocabulary_exports_as_llama_cpp_ships_it(deepseek_tokenizer_dir, tmp_path):
+@pytest.fixture(scope="module")
+def released_vocab_gguf(deepseek_tokenizer_dir, tmp_path_factory):
+    """A one-layer model on the released vocabulary, exported as f16."""
     need_shared(GGUF)
-    folder = tmp_path / "released-vocab"
-    assert main(["model", "init", "--preset", "tiny", "--tokenizer", str(deepseek_tokenizer_dir), "--out", str(folder),
-                 "--model.num_hidden_layers=1"]) == 0
-    assert main(["model", "export-gguf", "--model", str(folder), "--out", str(tmp_path / "v.gguf")]) == 0
-    ours, theirs = fields(tmp_path / "v.gguf"), fields(GGUF)
+    folder = tmp_path_factory.mktemp("released-vocab")
+    assert main(["model", "init", "--preset", "tiny", "--tokenizer", str(deepseek_tokenizer_dir), "--out",
+                 str(folder / "model"), "--model.num_hidden_layers=1"]) == 0
+    assert main(["model", "export-gguf", "--model", str(folder / "model"), "--out", str(folder / "v.gguf")]) == 0
+    return folder / "v.gguf"
+
+
+def test_the_released_vocabulary_exports_as_llama_cpp_ships_it(released_vocab_gguf):
+    ours, theirs = fields(released_vocab_gguf), fields(GGUF)
     for key in ("tokenizer.ggml.tokens", "tokenizer.ggml.merges", "tokenizer.ggml.pre", "tokenizer.ggml.bos_token_id",
                 "tokenizer.ggml.eos_token_id", "tokenizer.ggml.padding_token_id", "tokenizer.ggml.add_bos_token",
                 "llama.vocab_size"):
@@ -200,13 +206,8 @@ def test_llama_cpp_fim_prompts_stop_at_eos(tiny_base_model, tmp_path):
     assert stopped >= 1, "no insertion ended at EOS"
 
 
-def test_llama_cpp_tokenizes_the_released_vocabulary_as_its_reference(deepseek_tokenizer_dir, tmp_path):
-    need_shared(GGUF)
-    folder = tmp_path / "released-vocab"
-    assert main(["model", "init", "--preset", "tiny", "--tokenizer", str(deepseek_tokenizer_dir), "--out", str(folder),
-                 "--model.num_hidden_layers=1"]) == 0
-    assert main(["model", "export-gguf", "--model", str(folder), "--out", str(tmp_path / "v.gguf")]) == 0
-    llm = llama(tmp_path / "v.gguf", vocab_only=True)
+def test_llama_cpp_tokenizes_the_released_vocabulary_as_its_reference(released_vocab_gguf):
+    llm = llama(released_vocab_gguf, vocab_only=True)
     inputs = (GGUF.parent / (GGUF.name + ".inp")).read_text(encoding="utf-8").split("\n__ggml_vocab_test__\n")
     outputs = (GGUF.parent / (GGUF.name + ".out")).read_text(encoding="utf-8").split("\n")
     wrong = [text for text, ids in zip(inputs, outputs)

@@ -20,6 +20,7 @@ from dscoder import formats
 from dscoder.infer import prompts
 from dscoder.infer.engine import Engine, Sequence
 from dscoder.infer.sampling import SamplingParams
+from dscoder.infer.server import _bounded
 
 INFILL_TOKENS = 64  # an editor's default: a line or a block, not a file
 SEEDS = 2**63  # llama.cpp's seeds are unsigned 64-bit; the engine's are below this
@@ -28,9 +29,9 @@ SEEDS = 2**63  # llama.cpp's seeds are unsigned 64-bit; the engine's are below t
 class _Sampling(BaseModel):
     model_config = ConfigDict(extra="ignore")
     n_predict: int | None = None  # -1: as many as the server gives
-    temperature: float = Field(0.8, ge=0, le=100, allow_inf_nan=False)
-    top_k: int = Field(40, ge=0, le=1_000_000)
-    top_p: float = Field(0.95, gt=0, le=1, allow_inf_nan=False)
+    temperature: float = _bounded(0.8, "temperature")  # llama.cpp's defaults, SamplingParams' bounds
+    top_k: int = _bounded(40, "top_k")
+    top_p: float = _bounded(0.95, "top_p")
     seed: int = Field(-1, ge=-1, le=2**64 - 1)  # -1: random; Tabby sends any 64-bit unsigned value
     stop: list[str] = Field([], max_length=4)
     stream: bool = False
@@ -65,7 +66,7 @@ class ExtraChunk(BaseModel):
 
 
 class InfillBody(_Sampling):
-    temperature: float = Field(0.0, ge=0, le=100, allow_inf_nan=False)  # editors want the likeliest text
+    temperature: float = _bounded(0.0, "temperature")  # editors want the likeliest text
     input_prefix: str = ""
     input_suffix: str = ""
     input_extra: list[ExtraChunk] = Field([], validation_alias=AliasChoices("input_extra", "extra_context"))

@@ -92,20 +92,21 @@ def insertion(engine, prefix: str, suffix: str, max_new_tokens: int, context: li
     left -= sum(c for _, c in kept_prefix)
     kept_suffix = _keep(engine, suffix_lines, left, from_end=False)
     left -= sum(c for _, c in kept_suffix)
-    files = []
+    files, left_out = [], 0
     for file_path, text in reversed(list(context)):  # the last files given are the nearest: kept first
         cost = sum(c for _, c in _line_costs(engine, formats.repo_sample([(file_path, text)])))
         if cost <= left:
             files.insert(0, (file_path, text))
             left -= cost
+        else:
+            left_out += cost
     before = formats.repo_sample(files) + header + "".join(t for t, _ in kept_prefix)
     text = formats.fim_prompt(before, "".join(t for t, _ in kept_suffix)) + typed
     ids = engine.encode(text)
     if len(ids) > room:  # a cut inside a line can tokenize a little longer than its parts
         raise UserError(f"the insertion prompt has {len(ids)} tokens after fitting; only {room} fit in the context "
                         f"with {max_new_tokens} new tokens")
-    dropped = (prefix_cost + suffix_cost - sum(c for _, c in kept_prefix + kept_suffix)
-               + sum(len(engine.encode(formats.repo_sample([f]))) - 1 for f in context if f not in files))
+    dropped = prefix_cost + suffix_cost - sum(c for _, c in kept_prefix + kept_suffix) + left_out
     if dropped:
         log.warning("the insertion prompt did not fit in %d tokens: %d tokens were left out (kept the text "
                     "nearest the cursor)", room, dropped)
