@@ -10,7 +10,11 @@ tokens prefilled per request, tokens taken from the cache, and the ratios. The t
 the 1.3B preset with random weights (int8 by default; fewer requests without the cache, which
 takes seconds each).
 
-    python bench/bench_editor.py [--requests 40] [--big-requests 10] [--skip-1.3b] [--big-quantize int8]
+The server keeps at most `--window` tokens of the file around the cursor (its `--infill-window`,
+llama.cpp's n_batch; default the server's 2048), so a keystroke prefills at most the window's
+quarter after the cursor again.
+
+    python bench/bench_editor.py [--requests 40] [--big-requests 10] [--skip-1.3b] [--big-quantize int8] [--window 2048]
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from dscoder import model as model_lib
 from dscoder import quantize
 from dscoder import tokenizer as tokenizer_lib
 from dscoder.infer.engine import Engine
-from dscoder.infer.server import create_app
+from dscoder.infer.server import ServeLimits, create_app
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "reference" / "deepseek-coder-vocab" / "ggml-vocab-deepseek-coder.gguf"
 SOURCE = Path(sysconfig.get_paths()["stdlib"]) / "queue.py"
@@ -62,15 +66,15 @@ def replay(client, bodies: list[dict], cache: bool) -> dict:
             "prompt": float(np.mean([p + c for p, c in zip(prefilled, cached)]))}
 
 
-def compare(name: str, engine: Engine, requests: int, uncached_requests: int) -> None:
+def compare(name: str, engine: Engine, requests: int, uncached_requests: int, window: int) -> None:
     from fastapi.testclient import TestClient
 
     bodies = session(requests)
-    with TestClient(create_app(engine)) as client:
+    with TestClient(create_app(engine, limits=ServeLimits(infill_window=window))) as client:
         with_cache = replay(client, bodies, True)
         without = replay(client, bodies[:uncached_requests], False)
     print(f"\n{name}: {len(bodies)} single-line infills while typing ({uncached_requests} without the cache), "
-          f"prompts of {with_cache['prompt']:.0f} tokens on average")
+          f"prompts of {with_cache['prompt']:.0f} tokens on average (window {window})")
     for label, r in (("with cache", with_cache), ("without", without)):
         print(f"  {label:10s}  first token p50 {r['ttft_p50']:8.1f} ms  p95 {r['ttft_p95']:8.1f} ms   last token p50 "
               f"{r['total_p50']:8.1f} ms  p95 {r['total_p95']:8.1f} ms   prefilled {r['prefilled']:7.1f}  cached {r['cached']:7.1f}")
@@ -85,6 +89,8 @@ def main() -> None:
     parser.add_argument("--big-requests", type=int, default=10, help="requests without the cache at 1.3B")
     parser.add_argument("--skip-1.3b", dest="skip_big", action="store_true")
     parser.add_argument("--big-quantize", choices=["none", "int8", "int4"], default="int8")
+    parser.add_argument("--window", type=int, default=ServeLimits.infill_window,
+                        help="tokens of the file kept around the cursor (the server's --infill-window)")
     args = parser.parse_args()
     torch.manual_seed(0)
     with tempfile.TemporaryDirectory() as work:
@@ -103,7 +109,7 @@ def main() -> None:
             if preset != "tiny" and args.big_quantize != "none":
                 quantize.quantize_model(net, {"int8": 8, "int4": 4}[args.big_quantize], None)
                 label += f", {args.big_quantize}"
-            compare(label + ", random weights)", Engine(net, tokenizer, preset), requests, uncached)
+            compare(label + ", random weights)", Engine(net, tokenizer, preset), requests, uncached, args.window)
             del net
 
 

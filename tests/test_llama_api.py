@@ -14,7 +14,8 @@ from dscoder.infer.sampling import SamplingParams
 fastapi = pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient  # noqa: E402
 
-from dscoder.infer.server import create_app  # noqa: E402
+from dscoder.infer.llama_api import UNNAMED  # noqa: E402
+from dscoder.infer.server import ServeLimits, create_app  # noqa: E402
 
 # What llama.vim sends on every cursor move (llama.vim's autoload/llama.vim, fim request body).
 LLAMA_VIM = {
@@ -43,11 +44,14 @@ def test_llama_vim_request(served):
     assert set(body) <= set(LLAMA_VIM["response_fields"]) and "content" in body and "timings/predicted_n" in body
     assert body["truncated"] is False and body["timings/predicted_n"] <= 16
     prompt = prompts.insertion(engine, LLAMA_VIM["input_prefix"], LLAMA_VIM["input_suffix"], 16,
-                               [("util.py", "def helper():\n    return 1\n")])
+                               [("util.py", "def helper():\n    return 1\n")], path=UNNAMED)
     expected = engine.generate([Sequence(prompt.ids, SamplingParams(max_new_tokens=16, top_k=40, top_p=0.99),
                                          editor=prompts.EditorStop.at(LLAMA_VIM["input_prefix"], LLAMA_VIM["input_suffix"], 4))])[0]
     assert body["content"] == expected.text
-    assert "#util.py\n" in prompt.text  # the context file is laid out as in training
+    # laid out as in training: the context file, then the current file under its own header
+    assert "#util.py\ndef helper():\n    return 1\n#untitled\nimport os\n" in prompt.text
+    assert client.post("/infill", json=LLAMA_VIM | {"response_fields": ["tokens_evaluated"]}).json() == \
+        {"tokens_evaluated": len(prompt.ids)}
 
 
 def test_completion_as_continue_and_tabby_send_it(served):
@@ -129,9 +133,50 @@ def test_older_field_names_and_typed_text(served):
     ask = {"input_prefix": "def f(x):\n    return ", "input_suffix": "\n", "prompt": "x +", "n_predict": 6,
            "extra_context": [{"filename": "a.py", "text": "A = 1\n"}], "temperature": 0}
     body = client.post("/infill", json=ask).json()
-    prompt = prompts.insertion(engine, ask["input_prefix"], "\n", 6, [("a.py", "A = 1\n")], typed="x +")
+    prompt = prompts.insertion(engine, ask["input_prefix"], "\n", 6, [("a.py", "A = 1\n")], path=UNNAMED, typed="x +")
     assert prompt.text.endswith(formats.FIM_END + "x +") and "#a.py\n" in prompt.text
     assert body["tokens_evaluated"] == len(prompt.ids)
+
+
+def test_the_current_file_is_headed_by_its_name(served):
+    engine, client = served
+    ask = {"input_prefix": "from util import helper\n\nx = ", "input_suffix": "\n", "filename": "src/main.py",
+           "input_extra": [{"filename": "src/util.py", "text": "def helper():\n    return 1"}], "n_predict": 4}
+    body = client.post("/infill", json=ask).json()
+    prompt = prompts.insertion(engine, ask["input_prefix"], "\n", 4, [("src/util.py", "def helper():\n    return 1")],
+                               path="src/main.py")
+    assert "#src/util.py\ndef helper():\n    return 1\n#src/main.py\nfrom util import helper\n" in prompt.text
+    assert body["tokens_evaluated"] == len(prompt.ids)
+    # without context files and without a name, the file is the sample on its own, as `infill` makes it
+    alone = client.post("/infill", json={"input_prefix": "x = ", "input_suffix": "\n", "n_predict": 2}).json()
+    assert alone["tokens_evaluated"] == len(prompts.insertion(engine, "x = ", "\n", 2).ids)
+
+
+def test_the_window_bounds_the_file_and_context_files_stay_cached(tiny_base_model):
+    """Like llama.cpp's n_batch: the file's text around the cursor is bounded, so a keystroke
+    prefills the window's suffix again, not the whole rest of the file, while the context files
+    before it come from the prompt cache."""
+    engine = Engine.load(tiny_base_model)
+    lines = [f"value_{i} = compute({i}, {i + 1})\n" for i in range(200)]
+    extra = [{"filename": "util.py", "text": "def compute(a, b):\n    return a * b + 1\n" * 4}]
+    with TestClient(create_app(engine, limits=ServeLimits(infill_window=96))) as client:
+        replies = []
+        for i, typed in ((100, "val"), (100, "value_"), (101, "v")):
+            ask = {"input_prefix": "".join(lines[:i]) + typed, "input_suffix": "\n" + "".join(lines[i + 1:]),
+                   "input_extra": extra, "filename": "main.py", "n_predict": 2,
+                   "response_fields": ["tokens_evaluated", "tokens_cached", "truncated", "timings/prompt_n"]}
+            replies.append(client.post("/infill", json=ask).json())
+    window = prompts.insertion(engine, "".join(lines[:100]) + "val", "\n" + "".join(lines[101:]), 2,
+                               [("util.py", extra[0]["text"])], path="main.py", window=96)
+    whole = prompts.insertion(engine, "".join(lines[:100]) + "val", "\n" + "".join(lines[101:]), 2,
+                              [("util.py", extra[0]["text"])], path="main.py")
+    assert replies[0]["tokens_evaluated"] == len(window.ids) < len(whole.ids)
+    assert "#util.py\n" in window.text and "value_99 = " in window.text and "value_130 = " not in window.text
+    assert all(r["truncated"] for r in replies)
+    context = len(engine.tokenizer(formats.repo_sample([("util.py", extra[0]["text"])]),
+                                   add_special_tokens=False)["input_ids"])
+    assert replies[1]["tokens_cached"] > context and replies[2]["tokens_cached"] > context
+    assert replies[1]["timings/prompt_n"] < 96 // 2
 
 
 @pytest.mark.parametrize("path, body, param", [

@@ -129,7 +129,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     require_serve_stack()  # before the model loads
     listener = bind(args.host, args.port)  # a port in use is one line, before the model loads
     serve(_engine(args), listener, api_key=args.api_key, max_batch=args.max_batch,
-          limits=ServeLimits(max_tokens=args.max_tokens))
+          limits=ServeLimits(max_tokens=args.max_tokens, infill_window=args.infill_window))
     return 0
 
 
@@ -219,4 +219,7 @@ def add_commands(groups) -> None:
     p.add_argument("--max-tokens", type=number(int, AT_LEAST_ONE), default=1024,
                    help="most new tokens one request may ask for; chat and /infill requests that give no limit get "
                    "this many")
+    p.add_argument("--infill-window", type=number(int, AT_LEAST_ONE), default=2048,
+                   help="most tokens of the current file an insertion keeps around the cursor (llama.cpp's n_batch; "
+                   "three quarters before it); repository context fills the rest of the context")
     p.set_defaults(func=cmd_serve)

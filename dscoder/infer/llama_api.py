@@ -23,6 +23,7 @@ from dscoder.infer.sampling import SamplingParams
 from dscoder.infer.server import _bounded
 
 INFILL_TOKENS = 64  # an editor's default: a line or a block, not a file
+UNNAMED = "untitled"  # the path of a file sent without one
 SEEDS = 2**63  # llama.cpp's seeds are unsigned 64-bit; the engine's are below this
 
 
@@ -72,6 +73,7 @@ class InfillBody(_Sampling):
     input_extra: list[ExtraChunk] = Field([], validation_alias=AliasChoices("input_extra", "extra_context"))
     prompt: str = ""  # typed on the cursor's line after the prefix: continued after the FIM end token
     n_indent: int = Field(0, ge=0, le=1000)
+    filename: str | None = Field(None, min_length=1, max_length=1000)  # the current file's path (an extension)
 
 
 class TokenizeBody(BaseModel):
@@ -91,10 +93,11 @@ TIMINGS = {"prompt_n", "prompt_ms", "prompt_per_token_ms", "prompt_per_second", 
            "predicted_per_token_ms", "predicted_per_second"}
 
 
-def add_routes(app, engine: Engine, batcher: Callable[[], Any], limit: Callable, stream: Callable, error: type) -> None:
+def add_routes(app, engine: Engine, batcher: Callable[[], Any], limit: Callable, stream: Callable, error: type,
+               window: int | None = None) -> None:
     """Register the routes on the FastAPI `app`: `batcher()` gives the running Batcher, `limit`
     is the server's new-token limit check, `stream` its server-sent-events writer, `error` its
-    APIError."""
+    APIError, `window` the most tokens of the current file an insertion keeps."""
     from fastapi.responses import StreamingResponse
 
     tokenizer = engine.tokenizer
@@ -174,8 +177,12 @@ def add_routes(app, engine: Engine, batcher: Callable[[], Any], limit: Callable,
             new_tokens = min(INFILL_TOKENS, limit(engine, None, "n_predict"))
         else:
             new_tokens = limit(engine, None if body.n_predict == -1 else body.n_predict, "n_predict")
+        # the current file heads its text as in training; with context files before it and no
+        # name given, a placeholder keeps it from reading as the end of the last one
+        path = body.filename or (UNNAMED if body.input_extra else None)
         prompt = prompts.insertion(engine, body.input_prefix, body.input_suffix, new_tokens,
-                                   [(c.filename or "context", c.text) for c in body.input_extra], typed=body.prompt)
+                                   [(c.filename or UNNAMED, c.text) for c in body.input_extra], path=path,
+                                   typed=body.prompt, window=window)
         s = Sequence(prompt.ids, params(body, new_tokens), max_ms=body.t_max_predict_ms, reuse_cache=body.cache_prompt,
                      editor=prompts.EditorStop.at(body.input_prefix + body.prompt, body.input_suffix, body.n_indent))
         return await run(s, prompt.ids, prompt.truncated > 0, body)

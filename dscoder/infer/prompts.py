@@ -7,7 +7,9 @@ conventions"), built only from the shared formats module, and fitted to the cont
   fitted as editors need it (and as llama.cpp's server fits it): the prefix nearest the cursor
   first (at least three quarters of the room), then the suffix nearest the cursor, then as many
   context files as fit; cuts fall at line starts, where the released pre-tokenizer always splits,
-  so the kept text tokenizes as it would whole;
+  so the kept text tokenizes as it would whole. A server bounds the file's text around the
+  cursor by a `window` (llama.cpp's n_batch): what follows the cursor is prefilled again on every
+  keystroke, while context files before it stay in the prompt cache;
 - chat: the released template with the generation prompt; too long is an error;
 - repository-level completion: see repo_context.py.
 """
@@ -49,12 +51,20 @@ def completion(engine, text: str, max_new_tokens: int) -> Prompt:
     return Prompt(engine.tokenizer.decode(kept), kept, cut)
 
 
+class TooLong(UserError):
+    """A prompt that must be whole does not fit: `tokens` it has, `room` there is."""
+
+    def __init__(self, message: str, tokens: int, room: int):
+        super().__init__(message)
+        self.tokens, self.room = tokens, room
+
+
 def _whole(engine, text: str, max_new_tokens: int, what: str) -> Prompt:
     ids = engine.encode(text)
     room = _budget(engine, max_new_tokens)
     if len(ids) > room:
-        raise UserError(f"the {what} prompt has {len(ids)} tokens but only {room} fit in the context with "
-                        f"{max_new_tokens} new tokens (shorten it or lower max_new_tokens)")
+        raise TooLong(f"the {what} prompt has {len(ids)} tokens but only {room} fit in the context with "
+                        f"{max_new_tokens} new tokens (shorten it or lower max_new_tokens)", len(ids), room)
     return Prompt(text, ids)
 
 
@@ -63,12 +73,13 @@ CUT_LINES = 32  # a cut prefix starts at a multiple of this many lines
 
 
 def insertion(engine, prefix: str, suffix: str, max_new_tokens: int, context: list[tuple[str, str]] = (),
-              path: str | None = None, typed: str = "") -> Prompt:
+              path: str | None = None, typed: str = "", window: int | None = None) -> Prompt:
     """The released FIM prompt for a hole between `prefix` and `suffix`, with repository
     `context` files `(path, text)` before it (each under its `#path` line, the current file's
     `path` heading the prefix as in training samples) and `typed`, text already typed after the
     cursor, after the FIM end token (the middle continues it). Fitted to the context as the
-    module docstring says; `truncated` counts the tokens left out."""
+    module docstring says, the prefix and suffix together to at most `window` tokens when given;
+    `truncated` counts the tokens left out."""
     missing = [t for t in (formats.FIM_BEGIN, formats.FIM_HOLE, formats.FIM_END)
                if engine.tokenizer.convert_tokens_to_ids(t) in (None, engine.tokenizer.unk_token_id)]
     if missing:
@@ -81,17 +92,18 @@ def insertion(engine, prefix: str, suffix: str, max_new_tokens: int, context: li
         raise UserError(f"the text typed after the cursor has {fixed} tokens but only {room} fit in the context "
                         f"with {max_new_tokens} new tokens")
     left = room - fixed
+    local = left if window is None else min(left, window)  # for the file's own text
     prefix_lines, suffix_lines = _line_costs(engine, prefix), _line_costs(engine, suffix)
     prefix_cost, suffix_cost = sum(c for _, c in prefix_lines), sum(c for _, c in suffix_lines)
-    kept_prefix = _keep(engine, prefix_lines, max(int(PREFIX_SHARE * left), left - suffix_cost), from_end=True)
+    kept_prefix = _keep(engine, prefix_lines, max(int(PREFIX_SHARE * local), local - suffix_cost), from_end=True)
     if len(kept_prefix) < len(prefix_lines) and len(kept_prefix) > CUT_LINES:
         # drop whole steps of lines, so that the prompt keeps its start while the user types on
         # (and the prompt cache can reuse it), rather than sliding one line per line typed
         dropped = len(prefix_lines) - len(kept_prefix)
         kept_prefix = kept_prefix[-(len(prefix_lines) - CUT_LINES * -(-dropped // CUT_LINES)):]
-    left -= sum(c for _, c in kept_prefix)
-    kept_suffix = _keep(engine, suffix_lines, left, from_end=False)
-    left -= sum(c for _, c in kept_suffix)
+    local -= sum(c for _, c in kept_prefix)
+    kept_suffix = _keep(engine, suffix_lines, local, from_end=False)
+    left -= sum(c for _, c in kept_prefix + kept_suffix)
     files, left_out = [], 0
     for file_path, text in reversed(list(context)):  # the last files given are the nearest: kept first
         cost = sum(c for _, c in _line_costs(engine, formats.repo_sample([(file_path, text)])))
@@ -108,8 +120,9 @@ def insertion(engine, prefix: str, suffix: str, max_new_tokens: int, context: li
                         f"with {max_new_tokens} new tokens")
     dropped = prefix_cost + suffix_cost - sum(c for _, c in kept_prefix + kept_suffix) + left_out
     if dropped:
-        log.warning("the insertion prompt did not fit in %d tokens: %d tokens were left out (kept the text "
-                    "nearest the cursor)", room, dropped)
+        # a server's window cuts on most keystrokes: there `truncated` says so, not the log
+        log.log(logging.INFO if window else logging.WARNING, "the insertion prompt did not fit in %d tokens: %d "
+                "tokens were left out (kept the text nearest the cursor)", min(room, window or room), dropped)
     return Prompt(text, ids, dropped)
 
 

@@ -29,7 +29,6 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from dscoder import formats
 from dscoder.config import AT_LEAST_ONE, schema_bounds
 from dscoder.errors import SettingError, UserError
 from dscoder.infer import prompts
@@ -53,6 +52,10 @@ class ServeLimits:
     """New tokens a request may ask for; chat and /infill requests that give no limit get this many."""
     max_body_bytes: Annotated[int, AT_LEAST_ONE] = 4 * 2**20
     """Largest request body."""
+    infill_window: Annotated[int, AT_LEAST_ONE] = 2048
+    """Most tokens of the current file an insertion keeps around the cursor (llama.cpp's n_batch):
+    at least three quarters before it; repository context fills the rest of the context. What
+    follows the cursor is prefilled again on every keystroke, so this bounds an editor's latency."""
 
 
 class APIError(Exception):
@@ -303,7 +306,7 @@ def create_app(engine: Engine, api_key: str | None = None, max_batch: int = 8,
         for text in texts:
             if body.suffix is not None:  # fitted like /infill: the text nearest the hole is kept
                 limit = _limit(engine, body.max_tokens, limits, "max_tokens")
-                ids = prompts.insertion(engine, text, body.suffix, limit).ids
+                ids = prompts.insertion(engine, text, body.suffix, limit, window=limits.infill_window).ids
             else:
                 ids = engine.encode(text)
                 limit = _fit(engine, ids, body.max_tokens, limits)
@@ -350,11 +353,13 @@ def create_app(engine: Engine, api_key: str | None = None, max_batch: int = 8,
         check_model(body.model)
         if not is_instruct(engine.tokenizer):
             warn_once("chat request to a base model: rendered with the chat template, answers may ramble")
-        try:
-            text = formats.render_chat([m.model_dump() for m in body.messages], add_generation_prompt=True)
-        except ValueError as exc:
+        try:  # the prompt layer renders it; the new-token limit is the server's (_fit)
+            prompt_ids = prompts.chat(engine, [m.model_dump() for m in body.messages], 1).ids
+        except prompts.TooLong as exc:
+            raise APIError(400, f"this model's maximum context length is {engine.context} tokens; the prompt has "
+                                f"{exc.tokens}", "context_length_exceeded", "messages") from None
+        except UserError as exc:
             raise APIError(400, str(exc), "invalid_value", "messages") from None
-        prompt_ids = engine.encode(text)
         limit = _fit(engine, prompt_ids, body.max_completion_tokens or body.max_tokens, limits, "max_tokens")
         stops = _stops(body.stop)
         top = (body.top_logprobs or 0) if body.logprobs else None
@@ -393,7 +398,7 @@ def create_app(engine: Engine, api_key: str | None = None, max_batch: int = 8,
     from dscoder.infer import llama_api
 
     llama_api.add_routes(app, engine, lambda: state["batcher"], lambda e, asked, param: _limit(e, asked, limits, param),
-                         run_stream, APIError)
+                         run_stream, APIError, limits.infill_window)
 
     return app
 

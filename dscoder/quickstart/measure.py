@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dscoder import formats
+from dscoder.infer import prompts
 from dscoder.infer.engine import Engine, Sequence
 from dscoder.infer.sampling import SamplingParams
 
@@ -94,7 +94,7 @@ def fim_infills(engine: Engine, cases: list[tuple[str, str, str]]) -> list[str]:
     infills = []
     for start in range(0, len(cases), 8):
         chunk = cases[start:start + 8]
-        sequences = [Sequence(engine.encode(formats.fim_prompt(p, s)), SamplingParams(max_new_tokens=40, stop=("\n",)))
+        sequences = [Sequence(prompts.insertion(engine, p, s, 40).ids, SamplingParams(max_new_tokens=40, stop=("\n",)))
                      for p, s, _ in chunk]
         engine.generate(sequences)
         infills += [seq.text.split("\n")[0].rstrip() for seq in sequences]
@@ -121,8 +121,9 @@ def fim_line_loss(engine: Engine, cases: list[tuple[str, str, str]], with_suffix
     total, count = 0.0, 0
     with torch.inference_mode():
         for prefix, suffix, line in cases:
-            context = engine.encode(formats.fim_prompt(prefix, suffix) if with_suffix else prefix)
             middle = engine.tokenizer(line + "\n", add_special_tokens=False)["input_ids"]
+            context = (prompts.insertion(engine, prefix, suffix, len(middle)) if with_suffix
+                       else prompts.completion(engine, prefix, len(middle))).ids
             ids = torch.tensor([context + middle], device=engine.device)
             logits = engine.model(input_ids=ids).logits[0, len(context) - 1:-1].float()
             total += float(torch.nn.functional.cross_entropy(logits, ids[0, len(context):], reduction="sum"))
@@ -134,7 +135,7 @@ def function_prompts(files: list[str], count: int, seed: int) -> list[str]:
     """`def ...:` lines with their docstrings, taken from held-out files, as completion prompts:
     top-level functions and methods, a method moved out of its class (dedented to column 0) so
     that it parses on its own."""
-    prompts = []
+    found = []
     for text in files:
         try:
             tree = ast.parse(text)
@@ -145,9 +146,9 @@ def function_prompts(files: list[str], count: int, seed: int) -> list[str]:
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.body:
                 prompt = _function_header(lines, node)
                 if prompt and len(prompt) < 600:
-                    prompts.append(prompt)
-    random.Random(seed).shuffle(prompts)
-    return prompts[:count]
+                    found.append(prompt)
+    random.Random(seed).shuffle(found)
+    return found[:count]
 
 
 def _function_header(lines: list[str], node: ast.FunctionDef | ast.AsyncFunctionDef) -> str | None:
@@ -189,14 +190,15 @@ def parses(prompt: str, completion: str, finished: bool = False) -> bool:
         return False
 
 
-def completion_parse_rate(engine: Engine, prompts: list[str]) -> float:
+def completion_parse_rate(engine: Engine, texts: list[str]) -> float:
     ok = 0
-    for start in range(0, len(prompts), 8):
-        chunk = prompts[start:start + 8]
-        sequences = [Sequence(engine.encode(p), SamplingParams(max_new_tokens=96, stop=FUNCTION_STOPS)) for p in chunk]
+    for start in range(0, len(texts), 8):
+        chunk = texts[start:start + 8]
+        sequences = [Sequence(prompts.completion(engine, p, 96).ids, SamplingParams(max_new_tokens=96, stop=FUNCTION_STOPS))
+                     for p in chunk]
         engine.generate(sequences)
         ok += sum(parses(p, s.text, s.finish_reason == "stop") for p, s in zip(chunk, sequences))
-    return ok / max(len(prompts), 1)
+    return ok / max(len(texts), 1)
 
 
 def problems_file() -> Path:
