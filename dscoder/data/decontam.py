@@ -80,19 +80,30 @@ def build_index(strings: list[tuple[str, str]], cfg: DecontamConfig) -> Benchmar
     )
 
 
-def match(text: str, index: BenchmarkIndex) -> str | None:
-    """The benchmark string `text` contains (its owner), or None when it is clean."""
+def _hits(text: str, index: BenchmarkIndex):
+    """The hashes of `text`'s n-grams found in the index, table by table."""
     words = word_hashes(text, lowercase=True)
-    checks = [(index.ngram, index.long)] + sorted(index.short.items())
-    for n, table in checks:
+    for n, table in [(index.ngram, index.long)] + sorted(index.short.items()):
         if table.size == 0 or words.size < n:
             continue
         grams = ngram_hashes(words, n)
         positions = np.minimum(np.searchsorted(table, grams), table.size - 1)
         hits = table[positions] == grams
         if hits.any():
-            return index.owners.get(int(grams[np.argmax(hits)]), "benchmark")
+            yield grams[hits]
+
+
+def match(text: str, index: BenchmarkIndex) -> str | None:
+    """The benchmark string `text` contains (its owner), or None when it is clean."""
+    for grams in _hits(text, index):
+        return index.owners.get(int(grams[0]), "benchmark")
     return None
+
+
+def matches(text: str, index: BenchmarkIndex) -> set[str]:
+    """Every owner whose n-grams `text` contains (an n-gram shared by several strings counts for
+    the first one indexed)."""
+    return {index.owners.get(int(h), "benchmark") for grams in _hits(text, index) for h in np.unique(grams).tolist()}
 
 
 def save_index(index: BenchmarkIndex, path: Path) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -116,6 +117,7 @@ class Task:
     record: dict = field(default_factory=dict, repr=False)
     format: str = ""
     base: str | None = None  # the prompt completions are appended to, when not `prompt` itself
+    shots: list = field(default_factory=list, repr=False)  # MBPP: the records shown as examples
 
     def program(self, completion: str) -> str:
         """The program that tests `completion`, assembled as the benchmark intends."""
@@ -206,7 +208,7 @@ def tasks(path: str | Path, records: list[dict] | None = None) -> tuple[str, lis
         for r in records:
             if int(r["task_id"]) in MBPP_TEST_IDS:
                 out.append(Task(str(r["task_id"]), "python", _mbpp_prompt(r, shots), ("[DONE]", "\n[DONE]"),
-                                reference=r["code"], record=r, format=fmt))
+                                reference=r["code"], record=r, format=fmt, shots=shots))
     elif fmt == "ds-1000":
         for r in records:
             problem = str(r.get("metadata", {}).get("problem_id", len(out)))
@@ -229,6 +231,34 @@ def tasks(path: str | Path, records: list[dict] | None = None) -> tuple[str, lis
 def clean_completion(task: Task, completion: str) -> str:
     """A raw generation cut at the task's stop sequences (samples from other tools may not be)."""
     return _strip_stops(completion, task.stop)
+
+
+def instruct_completion(task: Task, answer: str) -> str:
+    """An instruct model's answer as a completion of the task, as DeepSeek-Coder's released
+    evaluation scripts take it: MBPP, the first ```python block (else the whole answer);
+    HumanEval, the first block tagged with the language, from the function's name on (cut before
+    the last line closing a brace at the function's indentation, as those scripts do), with the
+    prompt's lines before the signature put back in front, else the prompt plus the answer. The
+    completion follows HumanEval's prompt, so the program defines the function again in full."""
+    if task.format == "mbpp":
+        found = re.findall(r"```python\n(.*?)```", answer, re.DOTALL | re.IGNORECASE)
+        return found[0] if found else answer
+    found = re.findall(f"```{re.escape(task.language.lower())}\n(.*?)```", answer, re.DOTALL | re.IGNORECASE)
+    if not found:
+        return "\n" + answer
+    block = found[0]
+    lines = [line for line in task.record["prompt"].strip().split("\n") if line.strip()]
+    signature = [i for i, line in enumerate(lines) if line.startswith("def ")]
+    name, before = (lines[signature[-1]].split("(")[0].strip(), "\n".join(lines[:signature[-1]])) if signature \
+        else (lines[-1].split("{")[0].strip(), "\n".join(lines[:-1]))
+    start, indent = block.lower().find(name.lower()), 0
+    if start < 0:
+        start = 0
+    else:
+        while start - indent - 1 >= 0 and block[start - indent - 1] == " ":
+            indent += 1
+    end = block.rfind("\n" + " " * indent + "}")
+    return "\n" + before + "\n" + block[start:end if end >= 0 else len(block)] + "\n"
 
 
 # APPS: standard-input problems run the solution once per test with that input and compare the

@@ -9,7 +9,7 @@ from pathlib import Path
 from dscoder.arguments import number, setting
 from dscoder.config import AT_LEAST_ONE
 from dscoder.errors import UserError
-from dscoder.infer.cli import QUANTIZE, quantize_flag
+from dscoder.infer.cli import quantize_flag
 
 log = logging.getLogger("dscoder")
 
@@ -44,14 +44,41 @@ def _gen_config(args):
     from dscoder.evaluate.generate import GenerateConfig
 
     return GenerateConfig(n=args.n, temperature=args.temperature, top_p=args.top_p, max_new_tokens=args.max_new_tokens,
-                          batch_size=args.batch_size, seed=args.seed, quantize=args.quantize)
+                          batch_size=args.batch_size, seed=args.seed, quantize=args.quantize, chat=args.chat,
+                          concurrency=args.concurrency)
 
 
-def _check_model(folder: Path) -> None:
-    """A clear error for a wrong --model before a benchmark is read or anything is written."""
+def _check_source(args, task_list) -> None:
+    """A clear error for a wrong --model, a missing or doubled source, or --chat on a benchmark
+    without an instruct prompt, before anything is written."""
     from dscoder import model as model_lib
+    from dscoder.infer import prompts
 
-    model_lib.load_config(folder)
+    if (args.model is None) == (args.api_base is None):
+        raise UserError("give either --model (a model folder) or --api-base (an OpenAI-compatible server)")
+    if args.api_base is None and (args.api_key or args.api_model):
+        raise UserError("--api-key and --api-model go with --api-base")
+    if args.model is not None:
+        model_lib.load_config(args.model)
+    elif args.quantize != "none":
+        raise UserError("--quantize applies to a local --model, not to a server")
+    if args.chat:
+        prompts.instruct_messages(task_list[0])  # a UserError for formats without an instruct prompt
+
+
+def _sampler(args, cfg):
+    """(sampler, model name for the rows, run.json's source fields) for --model or --api-base."""
+    from dscoder.evaluate import manifest
+    from dscoder.evaluate.generate import api_sampler, local_sampler, resolve_model
+    from dscoder.infer.cli import QUANTIZE
+    from dscoder.infer.engine import Engine
+
+    if args.api_base is not None:
+        endpoint = {"base_url": args.api_base, "api_key": args.api_key, "model": args.api_model}
+        endpoint["model"] = resolve_model(endpoint)  # a wrong URL, key or name is said before anything is written
+        return api_sampler(endpoint, cfg), f"{args.api_base.rstrip('/')}#{endpoint['model']}", None
+    engine = Engine.load(args.model, quantize=QUANTIZE[cfg.quantize])
+    return local_sampler(engine, cfg), args.model, manifest.model_fingerprint(args.model)
 
 
 def _print_summary(summary: dict) -> None:
@@ -75,15 +102,14 @@ def _print_summary(summary: dict) -> None:
 def cmd_generate(args: argparse.Namespace) -> int:
     from dscoder.evaluate.execute import file_sha
     from dscoder.evaluate.generate import generate, origin
-    from dscoder.infer.engine import Engine
 
     cfg = _gen_config(args)
-    _check_model(args.model)
     path, _, task_list = _tasks(args)
+    _check_source(args, task_list)
     if args.out.is_dir():
         raise UserError(f"--out {args.out}: is a folder; give a samples file (JSON lines)")
-    engine = Engine.load(args.model, quantize=QUANTIZE[cfg.quantize])
-    written = generate(engine, task_list, args.out, cfg, args.limit, origin(args.model, file_sha(path), cfg), args.force)
+    sampler, model, _ = _sampler(args, cfg)
+    written = generate(sampler, task_list, args.out, cfg, args.limit, origin(model, file_sha(path), cfg), args.force)
     log.info("%d new samples", written)
     print(f"samples: {args.out}")
     return 0
@@ -104,7 +130,7 @@ def cmd_execute(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
-    from dscoder.evaluate import sandbox, toolchains
+    from dscoder.evaluate import manifest, sandbox, toolchains
     from dscoder.evaluate.execute import (
         check_toolchains,
         claim,
@@ -115,30 +141,99 @@ def cmd_run(args: argparse.Namespace) -> int:
         run_claimed,
         run_record,
     )
-    from dscoder.evaluate.generate import check_file, generate, origin, settings
-    from dscoder.infer.engine import Engine
+    from dscoder.evaluate.generate import POSTPROCESSING, check_file, generate, origin, settings
 
     gen_cfg, cfg = _gen_config(args), _exec_config(args)
-    _check_model(args.model)
     path, fmt, task_list = _tasks(args)
+    _check_source(args, task_list)
     chosen = task_list[:args.limit] if args.limit else task_list
     cfg = replace(cfg, sandbox=sandbox.choose(cfg.sandbox, toolchains.readable_roots()))
     check_toolchains({t.language for t in chosen}, cfg.sandbox)  # before a long generation, not after it
-    source = {"model": str(args.model.resolve()), "generation": settings(gen_cfg)}
+    if args.api_base is not None:  # the name the server knows the model by goes into run.json
+        from dscoder.evaluate.generate import resolve_model
+
+        args.api_model = resolve_model({"base_url": args.api_base, "api_key": args.api_key, "model": args.api_model})
+    model = str(args.model.resolve()) if args.model is not None else args.api_model
+    fingerprint = manifest.model_fingerprint(args.model) if args.model is not None else None
+    source = manifest.generation_source(model, fingerprint, settings(gen_cfg), fmt, gen_cfg.chat, chosen,
+                                        POSTPROCESSING[gen_cfg.chat], args.api_base)
+    source |= {"n": gen_cfg.n, "limit": args.limit}
     record = run_record(path, fmt, source, cfg, args.name)
     examine(args.out, record, args.force)  # another run's folder: refused before anything is written
-    samples_file, made_by = args.out / "samples.jsonl", origin(args.model, file_sha(path), gen_cfg)
+    samples_file = args.out / "samples.jsonl"
+    sampler, name, _ = _sampler(args, gen_cfg)
+    made_by = origin(name, file_sha(path), gen_cfg)
     check_file(samples_file, made_by, args.force)
-    engine = Engine.load(args.model, quantize=QUANTIZE[gen_cfg.quantize])
     with hold(args.out):
         claim(args.out, record, args.force)
-        written = generate(engine, chosen, samples_file, gen_cfg, None, made_by, args.force)
+        written = generate(sampler, chosen, samples_file, gen_cfg, None, made_by, args.force)
         log.info("%d new samples", written)
         wanted = {t.task_id for t in chosen}
         samples = [s for s in read_samples(samples_file) if s["task_id"] in wanted and s["completion_id"] < gen_cfg.n]
         summary = run_claimed(task_list, samples, args.out, cfg, cfg.sandbox)
     _print_summary(summary)
     print(f"results: {args.out}")
+    return 0
+
+
+def cmd_rerun(args: argparse.Namespace) -> int:
+    """Repeat a run from its run.json: the same benchmark file (checked by hash), model or
+    endpoint, generation and execution settings, into a new folder."""
+    import json
+
+    from dscoder.evaluate.execute import RUN, file_sha
+
+    path = args.run / RUN
+    if not path.is_file():
+        raise UserError(f"{args.run}: no {RUN} (a results folder of `dscoder eval run`)")
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+        bench, source, execution = record["benchmark"], record["source"], record["execution"]
+        generation = source["generation"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise UserError(f"{path}: not a run record of `dscoder eval run` ({exc})") from None
+    if "samples" in source:
+        raise UserError(f"{path}: the run executed a samples file ({source['samples']}); repeat it with "
+                        "`dscoder eval execute`")
+    benchmark = Path(args.benchmark or bench["path"])
+    if not benchmark.is_file():
+        raise UserError(f"{benchmark}: the run's benchmark file is not here; give its copy with --benchmark")
+    if file_sha(benchmark) != bench.get("sha256"):
+        raise UserError(f"{benchmark}: not the benchmark file the run used (its hash differs)")
+    if args.out.resolve() == args.run.resolve():
+        raise UserError("--out: give a new folder; the run's own folder resumes with `dscoder eval run`")
+    api_base = source.get("api_base")
+    model = Path(args.model or source["model"]) if api_base is None else None
+    rerun = argparse.Namespace(
+        benchmark=str(benchmark), out=args.out, model=model, api_base=api_base, api_key=args.api_key,
+        api_model=source["model"] if api_base else None, quantize=generation.get("quantize", "none"),
+        chat=bool(generation.get("chat")), n=source.get("n", 1),
+        temperature=generation["temperature"], top_p=generation["top_p"], max_new_tokens=generation["max_new_tokens"],
+        seed=generation["seed"], batch_size=8, concurrency=8, limit=source.get("limit"), force=args.force,
+        workers=0, timeout=execution["timeout"], no_calibration=not execution.get("calibrate", True),
+        sandbox=execution["isolation"], name=f"{record.get('name') or args.run.name} (rerun)")
+    if model is not None:
+        from dscoder.evaluate.manifest import model_fingerprint
+
+        if not model.is_dir():
+            raise UserError(f"{model}: the run's model folder is not here; give it with --model")
+        if source.get("fingerprint") and model_fingerprint(model) != source["fingerprint"]:
+            log.warning("%s differs from the model the run used (its fingerprint changed)", model)
+    return cmd_run(rerun)
+
+
+def cmd_contamination(args: argparse.Namespace) -> int:
+    from dscoder import artifacts
+    from dscoder.evaluate.contamination import contamination, markdown
+
+    if args.out is not None and args.out.is_dir():
+        raise UserError(f"--out {args.out}: is a folder; give a JSON file to write")
+    report = contamination(benchmark_path(args.benchmark), args.corpus, args.n)
+    if args.out:
+        artifacts.write_json(args.out, report)
+    print(markdown(report))
+    if args.out:
+        print(f"report: {args.out}")
     return 0
 
 
@@ -162,7 +257,16 @@ def cmd_report(args: argparse.Namespace) -> int:
 def _generation_flags(p) -> None:
     from dscoder.evaluate.generate import GenerateConfig
 
-    p.add_argument("--model", type=Path, required=True, help="model folder")
+    p.add_argument("--model", type=Path, help="model folder (or --api-base)")
+    p.add_argument("--api-base", help="an OpenAI-compatible server's base URL, e.g. http://127.0.0.1:8000/v1 (vLLM, "
+                   "llama.cpp's server, dscoder serve), instead of --model")
+    p.add_argument("--api-key", help="the server's API key (sent as 'Authorization: Bearer KEY')")
+    p.add_argument("--api-model", help="the model name to ask the server for (default: its only model)")
+    p.add_argument("--concurrency", type=setting(GenerateConfig, "concurrency"), default=8,
+                   help="requests in flight at once with --api-base")
+    p.add_argument("--chat", action="store_true",
+                   help="instruct models: DeepSeek-Coder's instruct evaluation prompt through the chat template and "
+                   "the answer's code block (HumanEval, MBPP; docs/evaluation.md)")
     quantize_flag(p)
     p.add_argument("--n", type=setting(GenerateConfig, "n"), default=1, help="samples per task")
     p.add_argument("--temperature", type=setting(GenerateConfig, "temperature"), default=0.0, help="0: greedy")
@@ -220,14 +324,39 @@ def add_commands(groups) -> None:
     p.set_defaults(func=cmd_execute)
 
     p = cmds.add_parser("run", help="generate, then execute",
-                        description="Generate samples with a model folder, then execute them, into one results "
-                        "folder (samples.jsonl goes there too). Resumable.",
+                        description="Generate samples with a model folder or through an OpenAI-compatible server, "
+                        "then execute them, into one results folder (samples.jsonl goes there too; run.json records "
+                        "every choice that decides the scores). Resumable.",
                         example="dscoder eval run --model runs/instruct/final --benchmark humaneval --out results/he")
     p.add_argument("--benchmark", required=True, **bench)
     p.add_argument("--out", type=Path, required=True, help="results folder (samples.jsonl goes there too)")
     _generation_flags(p)
     _execution_flags(p)
     p.set_defaults(func=cmd_run)
+
+    p = cmds.add_parser("rerun", help="repeat a run from its run.json into a new folder",
+                        description="Read DIR/run.json (benchmark hash, model or endpoint, prompt, generation and "
+                        "execution settings) and run `dscoder eval run` again with the same choices into --out; "
+                        "then `dscoder eval report DIR OUT` compares them.",
+                        example="dscoder eval rerun results/he --out results/he-again")
+    p.add_argument("run", type=Path, metavar="DIR", help="results folder of `dscoder eval run`")
+    p.add_argument("--out", type=Path, required=True, help="new results folder")
+    p.add_argument("--benchmark", help="the benchmark file, when it is no longer at the path run.json gives")
+    p.add_argument("--model", type=Path, help="the model folder, when it is no longer at the path run.json gives")
+    p.add_argument("--api-key", help="the server's API key (keys are never written to run.json)")
+    p.add_argument("--force", action="store_true", help="replace the results of another run in --out")
+    p.set_defaults(func=cmd_rerun)
+
+    p = cmds.add_parser("contamination", help="which benchmark tasks share 10-grams with a built corpus",
+                        description="For each task of the benchmark, whether its prompt or solution shares a "
+                        "word n-gram with a corpus made by `dscoder data build` (the n-gram code of `data build "
+                        "--decontaminate`), and the share of tasks that do.",
+                        example="dscoder eval contamination --benchmark humaneval corpora/python")
+    p.add_argument("--benchmark", required=True, **bench)
+    p.add_argument("corpus", type=Path, metavar="CORPUS_DIR", help="a corpus folder of `dscoder data build`")
+    p.add_argument("--n", type=number(int, AT_LEAST_ONE), default=10, help="n-gram length in words")
+    p.add_argument("--out", type=Path, help="JSON file for the per-task report")
+    p.set_defaults(func=cmd_contamination)
 
     p = cmds.add_parser("report", help="compare runs side by side with the published scores",
                         description="A markdown table (and, with --out, a bar chart PNG beside it). A run over "

@@ -34,7 +34,7 @@ from typing import Annotated, Literal
 from dscoder import artifacts
 from dscoder.config import Range
 from dscoder.errors import UserError
-from dscoder.evaluate import metrics, sandbox, toolchains
+from dscoder.evaluate import manifest, metrics, sandbox, toolchains
 from dscoder.evaluate.benchmarks import Task
 
 log = logging.getLogger("dscoder")
@@ -172,7 +172,8 @@ def run_record(benchmark: Path, fmt: str, source: dict, cfg: ExecConfig, name: s
     return {"kind": "eval", "name": name,
             "benchmark": {"path": str(Path(benchmark).resolve()), "format": fmt, "sha256": file_sha(Path(benchmark))},
             "source": source, "execution": {"timeout": cfg.timeout, "memory_mb": cfg.memory_mb,
-                                            "isolation": cfg.sandbox}}
+                                            "isolation": cfg.sandbox, "calibrate": cfg.calibrate},
+            "software": manifest.software(), "machine": manifest.machine(), "started": manifest.now()}
 
 
 def _identity(record: dict) -> dict:
@@ -400,6 +401,8 @@ def run_claimed(task_list: list[Task], samples: list[dict], out: Path, cfg: Exec
     summary["load_factor"] = round(factor, 2)
     summary["timeout_seconds"] = round(cfg.timeout * factor, 2)
     artifacts.write_json(out / SUMMARY, summary)
+    record = json.loads((out / RUN).read_text(encoding="utf-8"))
+    artifacts.write_json(out / RUN, {**record, "finished": manifest.now()})
     return summary
 
 

@@ -40,7 +40,7 @@ def load_run(folder: Path) -> dict:
     if tasks < total:  # a part of the benchmark: never shown as if it were the whole
         name = f"{name} ({tasks}/{total} tasks)"
     fmt = (meta.get("benchmark") or {}).get("format") or meta.get("format")
-    return {"name": name, "format": fmt, "summary": summary, "partial": tasks < total}
+    return {"name": name, "format": fmt, "summary": summary, "partial": tasks < total, "record": meta}
 
 
 def _score(run: dict) -> tuple[str, float | None]:
@@ -80,7 +80,41 @@ def markdown(runs: list[dict]) -> str:
     if any(run["partial"] for run in runs):
         note += ("Rows marked (k/N tasks) cover only part of the benchmark: their scores cannot be compared with "
                  "the published full-benchmark rows.\n")
-    return "\n".join(lines) + note
+    text = "\n".join(lines) + note
+    return text + ("\n" + settings(runs) if len(runs) > 1 else "")
+
+
+def _flat(value, where: str = "") -> dict[str, str]:
+    if isinstance(value, dict):
+        out: dict[str, str] = {}
+        for key, inner in value.items():
+            out |= _flat(inner, f"{where}.{key}" if where else str(key))
+        return out
+    text = json.dumps(value, ensure_ascii=False)
+    return {where: text if len(text) <= 60 else text[:57] + "..."}
+
+
+DECIDING = ("benchmark.format", "benchmark.sha256", "source.", "execution.")  # run.json parts that decide scores
+
+
+def settings(runs: list[dict]) -> str:
+    """The runs' run.json side by side: every setting that differs, marked `changes scores` when
+    it decides the scores (benchmark file, model, prompt, generation, stops, post-processing,
+    execution) rather than describing the run (software, machine, times)."""
+    flat = [_flat({k: v for k, v in run["record"].items() if k not in ("name", "kind")}) for run in runs]
+    keys = sorted({k for f in flat for k in f} - {"started", "finished", "benchmark.path"})
+    differing = [k for k in keys if len({f.get(k, "") for f in flat}) > 1]
+    deciding = [k for k in differing if k.startswith(DECIDING)]
+    if not differing:
+        return "Settings: the same settings (run.json) in every run; the scores are comparable.\n"
+    names = [run["name"] for run in runs]
+    lines = ["| setting | " + " | ".join(names) + " | |", "|---|" + "---|" * (len(runs) + 1)]
+    for key in deciding + [k for k in differing if k not in deciding]:
+        values = [f.get(key, "").replace("|", "\\|") for f in flat]
+        lines.append(f"| {key} | " + " | ".join(values) + f" | {'changes scores' if key in deciding else ''} |")
+    head = (f"Settings: {len(deciding)} difference(s) that change scores; these runs' scores are not comparable."
+            if deciding else "Settings: the same settings that decide scores (only the software or machine differ).")
+    return head + "\n\n" + "\n".join(lines) + "\n"
 
 
 def chart(runs: list[dict], out: Path) -> Path:

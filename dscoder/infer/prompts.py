@@ -226,3 +226,60 @@ def split_at_cursor(text: str, line: int, column: int | None) -> tuple[str, str]
     before = "\n".join(lines[:line - 1] + [current[:column]])
     after = "\n".join([current[column:]] + lines[line:])
     return before, after
+
+
+# --- benchmark tasks: what a model is asked (the evaluation's prompts) ------------------------------
+
+HUMANEVAL_INSTRUCT = ("\nPlease help me to complete the function. Use the given packages only and DO NOT refer any new "
+                      "package. Please return all completed function in a codeblock. \nHere is the given code to do "
+                      "completion:\n```{lang}\n{prompt}\n```\n")
+MBPP_INSTRUCT = ("Please refer the given examples and generate a python function for my problem.\n"
+                 "Examples are listed as follows:\n{shots}\n\nHere is my problem:\n{problem}")
+CHAT_FORMATS = ("humaneval", "mbpp")  # the benchmarks DeepSeek-Coder's instruct scores were published on
+
+
+def _mbpp_problem(record: dict, with_code: bool) -> str:
+    text = f">>> Problem:\n{record['text'].strip()}\n>>> Test Cases:\n" + "\n".join(record["test_list"]) + "\n"
+    if with_code:
+        code = record["code"].replace("\r", "").replace("\t", "    ")
+        text += f"\n>>> Code:\n```python\n{code}\n```"
+    return text
+
+
+def instruct_messages(task) -> list[dict]:
+    """The user turn DeepSeek-Coder's released evaluation scripts give an instruct model for a
+    HumanEval or MBPP task (reference/deepseek-coder.md, "How the published instruct scores were
+    produced"); the chat template renders it."""
+    if task.format == "humaneval":
+        content = HUMANEVAL_INSTRUCT.format(lang=task.language.lower(), prompt=task.record["prompt"].strip()).strip()
+    elif task.format == "mbpp":
+        shots = "\n\n".join(f"- Example {i}:\n{_mbpp_problem(shot, True)}" for i, shot in enumerate(task.shots, 1))
+        content = MBPP_INSTRUCT.format(shots=shots, problem=_mbpp_problem(task.record, False)).strip()
+    else:
+        raise UserError(f"--chat: the instruct evaluation prompt is defined for {' and '.join(CHAT_FORMATS)} "
+                        f"benchmarks; this one is {task.format} (score a base model without --chat)")
+    return [{"role": "user", "content": content}]
+
+
+def task_text(task) -> str:
+    """The text a base model continues for a benchmark task (the FIM prompt for insertion
+    tasks), before fitting."""
+    return formats.fim_prompt(task.prompt, task.suffix) if task.suffix is not None else task.prompt
+
+
+def task_prompt(engine, task, max_new_tokens: int, instruct: bool = False) -> tuple[Prompt, int]:
+    """A task's prompt and its new-token limit. Base: the whole prompt with as many new tokens
+    as fit (up to `max_new_tokens`); a prompt too long for that is fitted (the text nearest the
+    hole or the end kept, BOS and the FIM tokens always) with a quarter of the context left for
+    the answer. Instruct: the instruct turn through the chat template, whole."""
+    if instruct:
+        prompt = chat(engine, instruct_messages(task), 1)
+        return prompt, max(1, min(max_new_tokens, engine.context - len(prompt.ids)))
+    text = task_text(task)
+    ids = engine.encode(text)
+    if len(ids) < engine.context - 1:
+        return Prompt(text, ids), max(1, min(max_new_tokens, engine.context - len(ids) - 1))
+    new_tokens = min(max_new_tokens, engine.context // 4)
+    if task.suffix is not None:
+        return insertion(engine, task.prompt, task.suffix, new_tokens), new_tokens
+    return completion(engine, task.prompt, new_tokens), new_tokens

@@ -209,10 +209,11 @@ def pass_at_1(engine: Engine, out: Path) -> float:
     """Greedy pass@1 on the quickstart problems, executed in the evaluation sandbox."""
     from dscoder.evaluate.benchmarks import tasks
     from dscoder.evaluate.execute import ExecConfig, execute, read_samples
-    from dscoder.evaluate.generate import GenerateConfig, generate
+    from dscoder.evaluate.generate import GenerateConfig, generate, local_sampler
 
     _, task_list = tasks(problems_file())
     samples = out / "samples.jsonl"
-    generate(engine, task_list, samples, GenerateConfig(max_new_tokens=96))
+    cfg = GenerateConfig(max_new_tokens=96)
+    generate(local_sampler(engine, cfg), task_list, samples, cfg)
     summary = execute(task_list, read_samples(samples), out, ExecConfig(timeout=5))
     return float(summary["overall"].get("pass@1", 0.0))

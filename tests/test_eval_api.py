@@ -1,0 +1,182 @@
+"""Evaluation through an OpenAI-compatible server, the instruct evaluation prompts, the
+reproduction manifest (run.json, report, rerun) and the contamination report."""
+
+import gzip
+import json
+import socket
+from pathlib import Path
+
+import pytest
+
+from dscoder.cli import main
+from dscoder.evaluate.benchmarks import instruct_completion, tasks
+from dscoder.infer import prompts
+
+pytest.importorskip("uvicorn")
+from test_server import KEY, start  # noqa: E402
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "benchmarks"
+
+
+@pytest.fixture(scope="module")
+def served(tiny_base_model):
+    from dscoder.infer.engine import Engine
+
+    server, thread, url = start(Engine.load(tiny_base_model))
+    yield url + "/v1"
+    server.should_exit = True
+    thread.join(timeout=10)
+
+
+def rows(path: Path) -> dict:
+    return {(r["task_id"], r["completion_id"]): r for r in map(json.loads, path.read_text().splitlines())}
+
+
+@pytest.mark.parametrize("benchmark", ["HumanEval.jsonl.gz", "HumanEval-SingleLineInfilling.jsonl.gz"])
+def test_samples_through_the_server_are_those_of_local_generation(served, tiny_base_model, tmp_path, benchmark):
+    """Greedy samples through `dscoder serve` (completions; FIM through `suffix`) equal local
+    generation with the same model, raw text and cleaned completion alike."""
+    bench = str(SHARED / benchmark)
+    common = ["--benchmark", bench, "--limit", "4", "--max-new-tokens", "24"]
+    assert main(["eval", "generate", "--model", str(tiny_base_model), "--out", str(tmp_path / "local.jsonl"), *common]) == 0
+    assert main(["eval", "generate", "--api-base", served, "--api-key", KEY, "--concurrency", "3",
+                 "--out", str(tmp_path / "api.jsonl"), *common]) == 0
+    local, api = rows(tmp_path / "local.jsonl"), rows(tmp_path / "api.jsonl")
+    assert len(local) == 4 and local.keys() == api.keys()
+    for key in local:
+        assert api[key]["completion"] == local[key]["completion"]
+    if "Infilling" in benchmark:  # one stop sequence: the server cuts where the engine does
+        assert [r["raw"] for r in api.values()] == [r["raw"] for r in local.values()]
+    else:  # the server takes four stop sequences; the rest are cut here, as the cleaning does locally
+        assert any(r["completion"] for r in api.values())
+    # resumed: nothing left to do, nothing written twice
+    assert main(["eval", "generate", "--api-base", served, "--api-key", KEY, "--out", str(tmp_path / "api.jsonl"),
+                 *common]) == 0
+    assert len((tmp_path / "api.jsonl").read_text().splitlines()) == 4
+
+
+def test_server_mistakes_are_one_line(served, tmp_path, capsys):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        free = s.getsockname()[1]
+    common = ["--benchmark", str(SHARED / "HumanEval.jsonl.gz"), "--limit", "1", "--out", str(tmp_path / "s.jsonl")]
+    for flags, said in (([f"http://127.0.0.1:{free}/v1"], "cannot reach"),
+                        ([served, "--api-key", "wrong"], "API key"),
+                        ([served, "--api-key", KEY, "--api-model", "nonesuch"], "nonesuch"),
+                        (["127.0.0.1:8000"], "expected http://")):
+        assert main(["eval", "generate", "--api-base", *flags, *common]) != 0
+        err = capsys.readouterr().err
+        assert said in err and "Traceback" not in err, err
+    assert not (tmp_path / "s.jsonl").exists()
+    assert main(["eval", "generate", *common]) != 0
+    assert "--model" in capsys.readouterr().err
+
+
+def test_instruct_prompts_are_the_released_ones():
+    _, humaneval = tasks(SHARED / "HumanEval.jsonl.gz")
+    task = humaneval[0]
+    turn = prompts.instruct_messages(task)[0]["content"]
+    assert turn.startswith("Please help me to complete the function. Use the given packages only and DO NOT refer "
+                           "any new package. Please return all completed function in a codeblock. \nHere is the "
+                           "given code to do completion:\n```python\nfrom typing import List")
+    assert turn.endswith(task.record["prompt"].strip() + "\n```")
+    _, mbpp = tasks(SHARED / "mbpp.jsonl")
+    turn = prompts.instruct_messages(mbpp[0])[0]["content"]
+    assert turn.startswith("Please refer the given examples and generate a python function for my problem.\n"
+                           "Examples are listed as follows:\n- Example 1:\n>>> Problem:\n")
+    assert "\n\n- Example 2:\n" in turn and "\n>>> Code:\n```python\n" in turn
+    assert turn.split("Here is my problem:\n")[1] == (f">>> Problem:\n{mbpp[0].record['text'].strip()}\n>>> Test Cases:\n"
+                                                       + "\n".join(mbpp[0].record["test_list"]))
+    with pytest.raises(Exception, match="--chat"):
+        prompts.instruct_messages(tasks(SHARED / "HumanEval-SingleLineInfilling.jsonl.gz")[1][0])
+
+
+def test_code_is_taken_from_the_answer_as_the_released_scripts_do():
+    _, humaneval = tasks(SHARED / "HumanEval.jsonl.gz")
+    task = humaneval[0]  # has_close_elements, with `from typing import List` before it
+    answer = ("Sure:\n```python\ndef has_close_elements(numbers, threshold):\n    return any(abs(a - b) < threshold "
+              "for i, a in enumerate(numbers) for b in numbers[i + 1:])\n```\nDone.")
+    completion = instruct_completion(task, answer)
+    assert completion.startswith("\nfrom typing import List\ndef has_close_elements(")
+    program = task.program(completion)
+    scope: dict = {}
+    exec(program.replace(f"check({task.record['entry_point']})", ""), scope)
+    scope["check"](scope["has_close_elements"])  # the program the sandbox runs passes
+    assert instruct_completion(task, "no code here") == "\nno code here"
+    _, mbpp = tasks(SHARED / "mbpp.jsonl")
+    assert instruct_completion(mbpp[0], "x\n```python\ndef f():\n    return 1\n```") == "def f():\n    return 1\n"
+    assert instruct_completion(mbpp[0], "def f(): pass") == "def f(): pass"
+
+
+def test_chat_evaluation_of_an_instruct_model_through_the_server(tiny_instruct_model, tmp_path):
+    from dscoder.infer.engine import Engine
+
+    engine = Engine.load(tiny_instruct_model)
+    server, thread, url = start(engine)
+    try:
+        common = ["--benchmark", str(SHARED / "HumanEval.jsonl.gz"), "--limit", "2", "--max-new-tokens", "16", "--chat"]
+        assert main(["eval", "generate", "--model", str(tiny_instruct_model), "--out", str(tmp_path / "l.jsonl"),
+                     *common]) == 0
+        assert main(["eval", "generate", "--api-base", url + "/v1", "--api-key", KEY, "--out",
+                     str(tmp_path / "a.jsonl"), *common]) == 0
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+    local, api = rows(tmp_path / "l.jsonl"), rows(tmp_path / "a.jsonl")
+    assert {k: r["raw"] for k, r in local.items()} == {k: r["raw"] for k, r in api.items()}
+    task = tasks(SHARED / "HumanEval.jsonl.gz")[1][0]
+    assert local[(task.task_id, 0)]["completion"] == instruct_completion(task, local[(task.task_id, 0)]["raw"])
+
+
+def test_run_json_records_every_choice_and_rerun_repeats_it(tiny_base_model, tmp_path, capsys):
+    bench = tmp_path / "he.jsonl"
+    records = [json.loads(line) for line in gzip.open(SHARED / "HumanEval.jsonl.gz", "rt")][:2]
+    bench.write_text("".join(json.dumps(r) + "\n" for r in records))
+    first, again = tmp_path / "first", tmp_path / "again"
+    assert main(["eval", "run", "--model", str(tiny_base_model), "--benchmark", str(bench), "--out", str(first),
+                 "--max-new-tokens", "16", "--sandbox", "none", "--timeout", "5"]) == 0
+    record = json.loads((first / "run.json").read_text())
+    source = record["source"]
+    assert source["generation"] == {"temperature": 0.0, "top_p": 0.95, "max_new_tokens": 16, "seed": 0}
+    assert source["prompt"]["kind"] == "base" and "\ndef" in source["stop"] and source["max_new_tokens"] == 16
+    assert source["postprocessing"] and len(source["fingerprint"]) == 16 and source["n"] == 1
+    assert record["benchmark"]["sha256"] and record["execution"]["timeout"] == 5.0
+    assert record["software"]["dscoder"] and record["machine"]["cpus"] and record["started"] <= record["finished"]
+    samples = [json.loads(line) for line in (first / "samples.jsonl").read_text().splitlines()]
+    assert all("raw" in s for s in samples)
+    capsys.readouterr()
+    assert main(["eval", "rerun", str(first), "--out", str(again)]) == 0
+    assert rows(again / "samples.jsonl").keys() == rows(first / "samples.jsonl").keys()
+    assert [r["completion"] for r in rows(again / "samples.jsonl").values()] == \
+        [r["completion"] for r in rows(first / "samples.jsonl").values()]
+    capsys.readouterr()
+    assert main(["eval", "report", str(first), str(again)]) == 0
+    text = capsys.readouterr().out
+    assert "same settings" in text
+    # a run with another stop or token limit is flagged as not comparable
+    other = tmp_path / "other"
+    assert main(["eval", "run", "--model", str(tiny_base_model), "--benchmark", str(bench), "--out", str(other),
+                 "--max-new-tokens", "8", "--sandbox", "none", "--timeout", "5"]) == 0
+    capsys.readouterr()
+    assert main(["eval", "report", str(first), str(other)]) == 0
+    text = capsys.readouterr().out
+    assert "changes scores" in text and "max_new_tokens" in text and "| 16 | 8 |" in text
+
+
+def test_contamination_finds_the_leaked_task(small_corpus, tmp_path, capsys):
+    import sysconfig
+
+    leaked = (Path(sysconfig.get_paths()["stdlib"]) / "json" / "decoder.py").read_text()[800:1600]
+    records = [json.loads(line) for line in gzip.open(SHARED / "HumanEval.jsonl.gz", "rt")][:3]
+    records[1]["canonical_solution"] = leaked
+    bench = tmp_path / "bench.jsonl"
+    bench.write_text("".join(json.dumps(r) + "\n" for r in records))
+    assert main(["eval", "contamination", "--benchmark", str(bench), str(small_corpus), "--out",
+                 str(tmp_path / "c.json")]) == 0
+    report = json.loads((tmp_path / "c.json").read_text())
+    assert report["contaminated_tasks"] == 1 and report["tasks"] == 3
+    assert [r["task_id"] for r in report["per_task"] if r["contaminated"]] == ["HumanEval/1"]
+    assert report["per_task"][1]["fields"].get("canonical_solution", 0) >= 1
+    assert "1 of 3 tasks" in capsys.readouterr().out
+    assert main(["eval", "contamination", "--benchmark", str(bench), str(tmp_path)]) != 0
+    assert "not a corpus" in capsys.readouterr().err
