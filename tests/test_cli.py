@@ -201,14 +201,15 @@ NUMERIC = {
            ("infill", ["--model", "m", "--file", "f.py"], {"--line": (), "--column": ZERO_OK}),
            ("repo-complete", ["--model", "m", "--repo", "r", "--file", "f.py"], {"--line": (), "--column": ZERO_OK}),
            ("chat", ["--model", "m", "--message", "hi"], {}))},
-    ("serve",): (["--model", "m"], {"--port": (), "--max-batch": (), "--max-tokens": ()}),
+    ("serve",): (["--model", "m"], {"--port": (), "--max-batch": (), "--max-tokens": (), "--infill-window": ()}),
     ("eval", "generate"): (["--model", "m", "--benchmark", "b", "--out", "OUT"], {
         "--n": (), "--temperature": ZERO_OK, "--top-p": (), "--max-new-tokens": (), "--batch-size": (), "--seed": ZERO_OK,
-        "--limit": ()}),
+        "--limit": (), "--concurrency": ()}),
     ("eval", "execute"): (["--benchmark", "b", "--samples", "s", "--out", "OUT"], {"--workers": ZERO_OK, "--timeout": ()}),
     ("eval", "run"): (["--model", "m", "--benchmark", "b", "--out", "OUT"], {
         "--n": (), "--temperature": ZERO_OK, "--top-p": (), "--max-new-tokens": (), "--batch-size": (), "--seed": ZERO_OK,
-        "--limit": (), "--workers": ZERO_OK, "--timeout": ()}),
+        "--limit": (), "--workers": ZERO_OK, "--timeout": (), "--concurrency": ()}),
+    ("eval", "contamination"): (["--benchmark", "b", "c"], {"--n": ()}),
 }
 BAD = ("0", "-1", "nan", "1e400", "99999999999999999999999")
 

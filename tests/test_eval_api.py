@@ -139,7 +139,7 @@ def test_run_json_records_every_choice_and_rerun_repeats_it(tiny_base_model, tmp
     source = record["source"]
     assert source["generation"] == {"temperature": 0.0, "top_p": 0.95, "max_new_tokens": 16, "seed": 0}
     assert source["prompt"]["kind"] == "base" and "\ndef" in source["stop"] and source["max_new_tokens"] == 16
-    assert source["postprocessing"] and len(source["fingerprint"]) == 16 and source["n"] == 1
+    assert source["postprocessing"] and len(source["fingerprint"]) == 16 and record["scope"] == {"n": 1, "limit": None}
     assert record["benchmark"]["sha256"] and record["execution"]["timeout"] == 5.0
     assert record["software"]["dscoder"] and record["machine"]["cpus"] and record["started"] <= record["finished"]
     samples = [json.loads(line) for line in (first / "samples.jsonl").read_text().splitlines()]

@@ -157,8 +157,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     fingerprint = manifest.model_fingerprint(args.model) if args.model is not None else None
     source = manifest.generation_source(model, fingerprint, settings(gen_cfg), fmt, gen_cfg.chat, chosen,
                                         POSTPROCESSING[gen_cfg.chat], args.api_base)
-    source |= {"n": gen_cfg.n, "limit": args.limit}
-    record = run_record(path, fmt, source, cfg, args.name)
+    # how many tasks and samples: the folder keeps its results when these change (a run of n 3
+    # resumed with n 1 scores the first sample of each), so they describe the run, not its identity
+    record = run_record(path, fmt, source, cfg, args.name) | {"scope": {"n": gen_cfg.n, "limit": args.limit}}
     examine(args.out, record, args.force)  # another run's folder: refused before anything is written
     samples_file = args.out / "samples.jsonl"
     sampler, name, _ = _sampler(args, gen_cfg)
@@ -207,9 +208,10 @@ def cmd_rerun(args: argparse.Namespace) -> int:
     rerun = argparse.Namespace(
         benchmark=str(benchmark), out=args.out, model=model, api_base=api_base, api_key=args.api_key,
         api_model=source["model"] if api_base else None, quantize=generation.get("quantize", "none"),
-        chat=bool(generation.get("chat")), n=source.get("n", 1),
+        chat=bool(generation.get("chat")), n=(record.get("scope") or {}).get("n", 1),
         temperature=generation["temperature"], top_p=generation["top_p"], max_new_tokens=generation["max_new_tokens"],
-        seed=generation["seed"], batch_size=8, concurrency=8, limit=source.get("limit"), force=args.force,
+        seed=generation["seed"], batch_size=8, concurrency=8, limit=(record.get("scope") or {}).get("limit"),
+        force=args.force,
         workers=0, timeout=execution["timeout"], no_calibration=not execution.get("calibrate", True),
         sandbox=execution["isolation"], name=f"{record.get('name') or args.run.name} (rerun)")
     if model is not None:
