@@ -127,10 +127,42 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from dscoder.infer.server import ServeLimits, bind, require_serve_stack, serve
 
     require_serve_stack()  # before the model loads
+    if (args.model is None) == (args.upstream is None):
+        raise UserError("give either --model (a model folder) or --upstream (an OpenAI-compatible server's URL)")
+    if args.upstream is None and (args.tokenizer or args.upstream_key or args.upstream_model or args.context):
+        raise UserError("--tokenizer, --upstream-key, --upstream-model and --context go with --upstream")
+    if args.upstream is not None and args.tokenizer is None:
+        raise UserError("--upstream needs --tokenizer DIR (the model's tokenizer or model folder): the prompts are "
+                        "built here")
+    if args.upstream is not None and args.quantize != "none":
+        raise UserError("--quantize applies to a local --model, not to an upstream server")
     listener = bind(args.host, args.port)  # a port in use is one line, before the model loads
-    serve(_engine(args), listener, api_key=args.api_key, max_batch=args.max_batch,
+    if args.upstream is not None:
+        engine = _upstream(args)
+    else:
+        engine = _engine(args)
+    serve(engine, listener, api_key=args.api_key, max_batch=args.max_batch,
           limits=ServeLimits(max_tokens=args.max_tokens, infill_window=args.infill_window))
     return 0
+
+
+def _upstream(args: argparse.Namespace):
+    """The upstream server as the server's engine; its reachability, key and model are checked
+    before serving."""
+    import asyncio
+
+    from dscoder.infer.remote import Endpoint
+    from dscoder.infer.upstream import UpstreamEngine
+
+    async def check() -> str:
+        probe = Endpoint(args.upstream, args.upstream_key, args.upstream_model)
+        try:
+            return await probe.resolve_model()
+        finally:
+            await probe.close()
+
+    model = asyncio.run(check())
+    return UpstreamEngine(Endpoint(args.upstream, args.upstream_key, model), args.tokenizer, args.context)
 
 
 QUANTIZE = {"none": None, "int8": 8, "int4": 4}  # --quantize: weight bits
@@ -142,8 +174,8 @@ def quantize_flag(p: argparse.ArgumentParser) -> None:
                    "needs no flag)")
 
 
-def _model_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", type=Path, required=True, help="model folder (ours or a released DeepSeek-Coder one)")
+def _model_flags(p: argparse.ArgumentParser, required: bool = True) -> None:
+    p.add_argument("--model", type=Path, required=required, help="model folder (ours or a released DeepSeek-Coder one)")
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
                    help="weights dtype (auto: as saved)")
     p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N")
@@ -209,9 +241,19 @@ def add_commands(groups) -> None:
 
     p = groups.add_parser("serve", help="OpenAI-compatible HTTP server (completions with suffix, chat, /infill)",
                           description="Serve a model folder over HTTP: /v1/models, /v1/completions (suffix "
-                          "rendered as FIM), /v1/chat/completions, llama.cpp's /infill, /health.",
-                          example="dscoder serve --model runs/instruct/final --port 8000")
-    _model_flags(p)
+                          "rendered as FIM), /v1/chat/completions, llama.cpp's /completion, /infill, /tokenize, "
+                          "/detokenize, /props, /health. With --upstream, another OpenAI-compatible server (vLLM, "
+                          "llama.cpp) generates and dscoder builds the prompts (docs/serving.md).",
+                          example="dscoder serve --model runs/instruct/final --port 8000\n  "
+                          "dscoder serve --upstream http://127.0.0.1:8001/v1 --tokenizer MODEL_DIR --port 8000")
+    _model_flags(p, required=False)
+    p.add_argument("--upstream", help="an OpenAI-compatible server's base URL (e.g. http://127.0.0.1:8001/v1) that "
+                   "generates, instead of --model")
+    p.add_argument("--upstream-key", help="the upstream server's API key")
+    p.add_argument("--upstream-model", help="the model name to ask the upstream for (default: its only model)")
+    p.add_argument("--tokenizer", type=Path, help="with --upstream: the model's tokenizer or model folder")
+    p.add_argument("--context", type=number(int, AT_LEAST_ONE),
+                   help="with --upstream: the model's context length (default: from --tokenizer's config.json)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on")
     p.add_argument("--port", type=PORT, default=8000, help="port")
     p.add_argument("--api-key", help="require this key as 'Authorization: Bearer KEY'")

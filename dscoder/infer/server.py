@@ -34,7 +34,9 @@ from dscoder.errors import SettingError, UserError
 from dscoder.infer import prompts
 from dscoder.infer.batching import _DONE, Batcher, Closing
 from dscoder.infer.engine import Engine, Sequence, is_instruct
+from dscoder.infer.remote import RemoteError
 from dscoder.infer.sampling import SamplingParams
+from dscoder.infer.upstream import UpstreamBatcher, UpstreamEngine
 
 log = logging.getLogger("dscoder")
 MAX_LOGPROBS = 5
@@ -198,7 +200,10 @@ def create_app(engine: Engine, api_key: str | None = None, max_batch: int = 8,
 
     @asynccontextmanager
     async def lifespan(app):
-        state["batcher"] = app.state.batcher = Batcher(engine, max_batch)
+        if isinstance(engine, UpstreamEngine):  # another server generates (serve --upstream)
+            state["batcher"] = app.state.batcher = UpstreamBatcher(engine, max_batch)
+        else:
+            state["batcher"] = app.state.batcher = Batcher(engine, max_batch)
         yield
         state["batcher"].close()
 
@@ -214,6 +219,11 @@ def create_app(engine: Engine, api_key: str | None = None, max_batch: int = 8,
     @app.exception_handler(Closing)
     async def closing(request, exc: Closing):
         return JSONResponse(error_body(str(exc), "server_error", "server_shutting_down"), status_code=503)
+
+    @app.exception_handler(RemoteError)
+    async def upstream_error(request, exc: RemoteError):
+        status = 504 if exc.status == 504 else 502
+        return JSONResponse(error_body(f"upstream: {exc}", "server_error", "upstream_error"), status_code=status)
 
     @app.exception_handler(UserError)
     async def user_error(request, exc: UserError):
@@ -302,6 +312,8 @@ def create_app(engine: Engine, api_key: str | None = None, max_batch: int = 8,
         if body.suffix is not None and is_instruct(engine.tokenizer):
             warn_once("FIM request to an instruct model: rendered as asked, though insertion is a base-model skill")
         stops = _stops(body.stop)
+        if body.logprobs is not None and isinstance(engine, UpstreamEngine):
+            raise APIError(400, "logprobs are not available through --upstream", "invalid_value", "logprobs")
         sequences, prompt_tokens, echoes = [], 0, []
         for text in texts:
             if body.suffix is not None:  # fitted like /infill: the text nearest the hole is kept
@@ -362,6 +374,8 @@ def create_app(engine: Engine, api_key: str | None = None, max_batch: int = 8,
             raise APIError(400, str(exc), "invalid_value", "messages") from None
         limit = _fit(engine, prompt_ids, body.max_completion_tokens or body.max_tokens, limits, "max_tokens")
         stops = _stops(body.stop)
+        if body.logprobs and isinstance(engine, UpstreamEngine):
+            raise APIError(400, "logprobs are not available through --upstream", "invalid_value", "logprobs")
         top = (body.top_logprobs or 0) if body.logprobs else None
         sequences = [Sequence(prompt_ids, SamplingParams(max_new_tokens=limit, temperature=body.temperature,
                                                          top_p=body.top_p, top_k=body.top_k, seed=seed, stop=stops,

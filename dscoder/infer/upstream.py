@@ -1,0 +1,150 @@
+"""`dscoder serve --upstream URL`: dscoder in front of another OpenAI-compatible engine (vLLM,
+llama.cpp's server, llama-cpp-python's server, another `dscoder serve`).
+
+The front builds every prompt itself with the model's own tokenizer, through the one prompt layer
+(FIM from `suffix`, `/infill` with repository context, the chat template, fitting), and forwards
+each as a plain `prompt` completion: the upstream server only continues text. vLLM's server,
+for one, refuses `suffix`; and a prompt rendered by hand is where FIM tokens, BOS and stop tokens
+go wrong. The prompt is sent as text without BOS (the upstream adds its own BOS, as vLLM and
+llama.cpp do for completions).
+
+`UpstreamEngine` stands where the server's `Engine` stands (tokenizer, context, name) and
+`UpstreamBatcher` where its `Batcher` stands: the upstream batches; this side streams each
+sequence, applies the editor's stopping rules to the text as it comes, and ends a stream whose
+client went away. Upstream errors become 502 (504 for time-outs) errors; the front keeps serving.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from pathlib import Path
+
+from dscoder import formats
+from dscoder.errors import UserError
+from dscoder.infer.engine import Sequence, is_instruct
+from dscoder.infer.remote import Endpoint
+
+log = logging.getLogger("dscoder")
+
+
+def _context(folder: Path, tokenizer, given: int | None) -> int:
+    if given:
+        return given
+    config = folder / "config.json"
+    if config.is_file():
+        try:
+            return int(json.loads(config.read_text())["max_position_embeddings"])
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+    length = getattr(tokenizer, "model_max_length", None)
+    if isinstance(length, int) and 0 < length < 10**7:
+        return length
+    raise UserError(f"--tokenizer {folder}: no config.json with max_position_embeddings and no model_max_length; "
+                    "give the upstream model's context with --context")
+
+
+class UpstreamEngine:
+    """The model behind an OpenAI-compatible server, as the server sees an Engine: its
+    tokenizer (read from a tokenizer or model folder), context length and name."""
+
+    def __init__(self, endpoint: Endpoint, tokenizer_dir: str | Path, context: int | None = None):
+        from dscoder import tokenizer as tokenizer_lib
+
+        folder = Path(tokenizer_dir)
+        if not folder.is_dir():
+            raise UserError(f"--tokenizer {folder}: not a folder (a tokenizer or model folder)")
+        self.endpoint, self.tokenizer = endpoint, tokenizer_lib.load(folder)
+        self.context = _context(folder, self.tokenizer, context)
+        self.tokenizer.model_max_length = self.context
+        self.name = endpoint.model or folder.resolve().name
+        self.max_rows = 0
+        self.prompt_cache = None
+        self.instruct = is_instruct(self.tokenizer)
+
+    def encode(self, text: str) -> list[int]:
+        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        bos = self.tokenizer.bos_token_id
+        return ids if ids[:1] == [bos] or bos is None else [bos, *ids]
+
+    def text_of(self, ids: list[int]) -> str:
+        """A prompt's text as the upstream is sent it: without BOS, special tokens spelled out."""
+        if ids[:1] == [self.tokenizer.bos_token_id]:
+            ids = ids[1:]
+        return self.tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+
+
+class UpstreamBatcher:
+    """The Batcher's interface (run, stream, close) over an upstream server; at most
+    `max_batch` sequences in flight at once."""
+
+    def __init__(self, engine: UpstreamEngine, max_batch: int = 8):
+        self.engine, self.closing = engine, False
+        engine.max_rows = max_batch
+        self.gate = asyncio.Semaphore(max_batch)
+
+    def close(self) -> None:
+        self.closing = True
+
+    async def run(self, sequences: list[Sequence]) -> None:
+        from dscoder.infer.batching import Closing
+
+        if self.closing:
+            raise Closing("the server is shutting down")
+        await asyncio.gather(*(self._one(s) for s in sequences))
+
+    def stream(self, sequences: list[Sequence]):
+        from dscoder.infer.batching import _DONE
+
+        out: asyncio.Queue = asyncio.Queue()
+        for index, s in enumerate(sequences):
+            s.on_delta = lambda delta, index=index: out.put_nowait((index, delta))
+
+        async def start():
+            try:
+                await self.run(sequences)
+                out.put_nowait(_DONE)
+            except Exception as exc:
+                out.put_nowait(exc)
+
+        return out, start
+
+    async def _one(self, s: Sequence) -> None:
+        engine, p = self.engine, s.params
+        stops = tuple(p.stop) + ((formats.EOT,) if engine.instruct else ())  # spelled out by some servers
+        async with self.gate:
+            started = time.perf_counter()
+            chunks = 0
+            async for delta, finish in engine.endpoint.stream(engine.text_of(s.prompt_ids), p.max_new_tokens,
+                                                              p.temperature, p.top_p, p.seed, stops):
+                if delta:
+                    chunks += 1
+                    s.first_token_at = s.first_token_at or time.perf_counter()
+                    s.text += delta
+                    cut = self._cut(s)
+                    if cut is not None:
+                        s.text, s.finish_reason = s.text[:cut], "stop"
+                        break
+                    s.emit(len(s.text))
+                if finish:
+                    s.finish_reason = "length" if finish == "length" else "stop"
+                if s.cancelled.is_set() or (s.max_ms and s.first_token_at
+                                            and 1000 * (time.perf_counter() - s.first_token_at) > s.max_ms
+                                            and s.text.endswith("\n")):
+                    s.finish_reason = s.finish_reason or "length"
+                    break
+            if s.editor is not None:
+                s.text = s.editor.final(s.text)
+            s.emit(len(s.text))
+            s.token_ids = engine.tokenizer(s.text, add_special_tokens=False)["input_ids"] if s.text else []
+            s.finish_reason = s.finish_reason or ("length" if len(s.token_ids) >= p.max_new_tokens else "stop")
+            s.finished_at = time.perf_counter()
+            log.debug("upstream: %d chunks in %.0f ms", chunks, 1000 * (s.finished_at - started))
+
+    @staticmethod
+    def _cut(s: Sequence) -> int | None:
+        if s.editor is not None:
+            return s.editor.cut(s.text)
+        return None

@@ -1,0 +1,106 @@
+"""`dscoder serve --upstream`: dscoder builds the DeepSeek prompts and another OpenAI-compatible
+server (here a second `dscoder serve`) generates."""
+
+import socket
+
+import httpx
+import pytest
+
+from dscoder import formats
+from dscoder.cli import main
+
+openai = pytest.importorskip("openai")
+pytest.importorskip("uvicorn")
+from test_server import KEY, start  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def fronted(tiny_base_model):
+    from dscoder.infer.engine import Engine
+    from dscoder.infer.remote import Endpoint
+    from dscoder.infer.upstream import UpstreamEngine
+
+    engine = Engine.load(tiny_base_model)
+    upstream, up_thread, up_url = start(engine, api_key="upstream-key")
+    front_engine = UpstreamEngine(Endpoint(up_url + "/v1", "upstream-key", engine.name), tiny_base_model)
+    front, front_thread, front_url = start(front_engine)
+    yield engine, up_url, front_url
+    for server, thread in ((front, front_thread), (upstream, up_thread)):
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+def test_fim_through_the_front_is_the_upstream_with_a_hand_built_prompt(fronted):
+    engine, up_url, front_url = fronted
+    prefix, suffix = "def add(a, b):\n    ", "\n\nprint(add(1, 2))\n"
+    front = openai.OpenAI(base_url=front_url + "/v1", api_key=KEY, max_retries=0)
+    direct = openai.OpenAI(base_url=up_url + "/v1", api_key="upstream-key", max_retries=0)
+    via = front.completions.create(model=engine.name, prompt=prefix, suffix=suffix, max_tokens=12, temperature=0)
+    hand = direct.completions.create(model=engine.name, prompt=formats.fim_prompt(prefix, suffix), max_tokens=12,
+                                     temperature=0)
+    assert via.choices[0].text == hand.choices[0].text
+    # streamed, the same text
+    chunks = front.completions.create(model=engine.name, prompt=prefix, suffix=suffix, max_tokens=12, temperature=0,
+                                      stream=True)
+    assert "".join(c.choices[0].text for c in chunks) == hand.choices[0].text
+    # plain completion and chat
+    via = front.completions.create(model=engine.name, prompt="import os\n", max_tokens=10, temperature=0)
+    hand = direct.completions.create(model=engine.name, prompt="import os\n", max_tokens=10, temperature=0)
+    assert via.choices[0].text == hand.choices[0].text
+    messages = [{"role": "user", "content": "Write a function."}]
+    via = front.chat.completions.create(model=engine.name, messages=messages, max_tokens=8, temperature=0)
+    hand = direct.completions.create(model=engine.name, prompt=formats.render_chat(messages, add_generation_prompt=True),
+                                     max_tokens=8, temperature=0)
+    assert via.choices[0].message.content == hand.choices[0].text
+
+
+def test_infill_with_context_through_the_front(fronted):
+    engine, up_url, front_url = fronted
+    ask = {"input_prefix": "x = ", "input_suffix": "\n", "filename": "main.py", "n_predict": 8, "temperature": 0,
+           "input_extra": [{"filename": "util.py", "text": "def helper():\n    return 1\n"}]}
+    reply = httpx.post(front_url + "/infill", json=ask, headers={"Authorization": f"Bearer {KEY}"}).json()
+    text = formats.fim_prompt(formats.repo_sample([("util.py", "def helper():\n    return 1\n")]) + "#main.py\nx = ", "\n")
+    hand = httpx.post(up_url + "/v1/completions", json={"prompt": text, "max_tokens": 8, "temperature": 0},
+                      headers={"Authorization": "Bearer upstream-key"}).json()["choices"][0]["text"]
+    first_line = hand.split("\n")[0]  # /infill stops an insertion typed at a line's end at the block's end
+    assert reply["content"].split("\n")[0] == first_line.rstrip() or reply["content"] == first_line
+    assert reply["tokens_evaluated"] > 10
+
+
+def test_upstream_down_is_a_502_and_the_front_keeps_serving(tiny_base_model):
+    from dscoder.infer.remote import Endpoint
+    from dscoder.infer.upstream import UpstreamEngine
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    front_engine = UpstreamEngine(Endpoint(f"http://127.0.0.1:{port}/v1", model="m", retries=0), tiny_base_model)
+    front, thread, url = start(front_engine)
+    try:
+        client = openai.OpenAI(base_url=url + "/v1", api_key=KEY, max_retries=0)
+        with pytest.raises(openai.APIStatusError) as exc:
+            client.completions.create(model="m", prompt="x", max_tokens=4)
+        assert exc.value.status_code == 502 and "upstream" in exc.value.message
+        assert httpx.get(url + "/health").json()["status"] == "ok"
+        with pytest.raises(openai.BadRequestError):  # what the front checks is still checked
+            client.completions.create(model="m", prompt="x", max_tokens=4, logprobs=2)
+    finally:
+        front.should_exit = True
+        thread.join(timeout=10)
+
+
+def test_serve_upstream_flags_are_checked(tiny_base_model, capsys):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    for argv, said in ((["--upstream", f"http://127.0.0.1:{port}/v1"], "--tokenizer"),
+                       (["--upstream", f"http://127.0.0.1:{port}/v1", "--tokenizer", str(tiny_base_model)],
+                        "cannot reach"),
+                       (["--model", str(tiny_base_model), "--upstream", "http://x/v1"], "either --model"),
+                       ([], "either --model")):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            free = s.getsockname()[1]
+        assert main(["serve", "--port", str(free), *argv]) != 0
+        err = capsys.readouterr().err
+        assert said in err and "Traceback" not in err, err
