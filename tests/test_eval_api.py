@@ -134,7 +134,7 @@ def test_run_json_records_every_choice_and_rerun_repeats_it(tiny_base_model, tmp
     bench.write_text("".join(json.dumps(r) + "\n" for r in records))
     first, again = tmp_path / "first", tmp_path / "again"
     assert main(["eval", "run", "--model", str(tiny_base_model), "--benchmark", str(bench), "--out", str(first),
-                 "--max-new-tokens", "16", "--sandbox", "none", "--timeout", "5"]) == 0
+                 "--max-new-tokens", "16", "--timeout", "5"]) == 0
     record = json.loads((first / "run.json").read_text())
     source = record["source"]
     assert source["generation"] == {"temperature": 0.0, "top_p": 0.95, "max_new_tokens": 16, "seed": 0}
@@ -156,7 +156,7 @@ def test_run_json_records_every_choice_and_rerun_repeats_it(tiny_base_model, tmp
     # a run with another stop or token limit is flagged as not comparable
     other = tmp_path / "other"
     assert main(["eval", "run", "--model", str(tiny_base_model), "--benchmark", str(bench), "--out", str(other),
-                 "--max-new-tokens", "8", "--sandbox", "none", "--timeout", "5"]) == 0
+                 "--max-new-tokens", "8", "--timeout", "5"]) == 0
     capsys.readouterr()
     assert main(["eval", "report", str(first), str(other)]) == 0
     text = capsys.readouterr().out
