@@ -76,9 +76,10 @@ def task_id(record: dict[str, Any], fmt: str) -> str:
     return str(record["task_id"])
 
 
-def contaminating_strings(path: str | Path) -> tuple[str, list[tuple[str, str]]]:
-    """(format, [(task id, text)]) for the prompts and solutions of a benchmark file."""
-    records = read_records(path)
+def contaminating_strings(path: str | Path, records: list[dict] | None = None) -> tuple[str, list[tuple[str, str]]]:
+    """(format, [(task id, text)]) for the prompts and solutions of a benchmark file (its
+    `records` when already read)."""
+    records = records if records is not None else read_records(path)
     fmt = detect_format(records, path)
     strings = []
     for record in records:

@@ -49,8 +49,9 @@ def _gen_config(args):
 
 
 def _check_source(args, task_list) -> None:
-    """A clear error for a wrong --model, a missing or doubled source, or --chat on a benchmark
-    without an instruct prompt, before anything is written."""
+    """A clear error for a wrong --model, a missing or doubled source, a server that does not
+    answer, refuses the key or lacks the model, or --chat on a benchmark without an instruct
+    prompt, before anything is written. Sets `args.api_model` to the name the server knows."""
     from dscoder import model as model_lib
     from dscoder.infer import prompts
 
@@ -64,21 +65,26 @@ def _check_source(args, task_list) -> None:
         raise UserError("--quantize applies to a local --model, not to a server")
     if args.chat:
         prompts.instruct_messages(task_list[0])  # a UserError for formats without an instruct prompt
+    if args.api_base is not None:
+        from dscoder.evaluate.generate import resolve_model
+
+        args.api_model = resolve_model(_endpoint(args))
+
+
+def _endpoint(args) -> dict:
+    return {"base_url": args.api_base, "api_key": args.api_key, "model": args.api_model}
 
 
 def _sampler(args, cfg):
-    """(sampler, model name for the rows, run.json's source fields) for --model or --api-base."""
-    from dscoder.evaluate import manifest
-    from dscoder.evaluate.generate import api_sampler, local_sampler, resolve_model
+    """(sampler, the model's name in sample rows) for --model or --api-base (checked by
+    `_check_source`)."""
+    from dscoder.evaluate.generate import api_sampler, local_sampler
     from dscoder.infer.cli import QUANTIZE
     from dscoder.infer.engine import Engine
 
     if args.api_base is not None:
-        endpoint = {"base_url": args.api_base, "api_key": args.api_key, "model": args.api_model}
-        endpoint["model"] = resolve_model(endpoint)  # a wrong URL, key or name is said before anything is written
-        return api_sampler(endpoint, cfg), f"{args.api_base.rstrip('/')}#{endpoint['model']}", None
-    engine = Engine.load(args.model, quantize=QUANTIZE[cfg.quantize])
-    return local_sampler(engine, cfg), args.model, manifest.model_fingerprint(args.model)
+        return api_sampler(_endpoint(args), cfg), f"{args.api_base.rstrip('/')}#{args.api_model}"
+    return local_sampler(Engine.load(args.model, quantize=QUANTIZE[cfg.quantize]), cfg), args.model
 
 
 def _print_summary(summary: dict) -> None:
@@ -108,7 +114,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     _check_source(args, task_list)
     if args.out.is_dir():
         raise UserError(f"--out {args.out}: is a folder; give a samples file (JSON lines)")
-    sampler, model, _ = _sampler(args, cfg)
+    sampler, model = _sampler(args, cfg)
     written = generate(sampler, task_list, args.out, cfg, args.limit, origin(model, file_sha(path), cfg), args.force)
     log.info("%d new samples", written)
     print(f"samples: {args.out}")
@@ -149,10 +155,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     chosen = task_list[:args.limit] if args.limit else task_list
     cfg = replace(cfg, sandbox=sandbox.choose(cfg.sandbox, toolchains.readable_roots()))
     check_toolchains({t.language for t in chosen}, cfg.sandbox)  # before a long generation, not after it
-    if args.api_base is not None:  # the name the server knows the model by goes into run.json
-        from dscoder.evaluate.generate import resolve_model
-
-        args.api_model = resolve_model({"base_url": args.api_base, "api_key": args.api_key, "model": args.api_model})
     model = str(args.model.resolve()) if args.model is not None else args.api_model
     fingerprint = manifest.model_fingerprint(args.model) if args.model is not None else None
     source = manifest.generation_source(model, fingerprint, settings(gen_cfg), fmt, gen_cfg.chat, chosen,
@@ -162,7 +164,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     record = run_record(path, fmt, source, cfg, args.name) | {"scope": {"n": gen_cfg.n, "limit": args.limit}}
     examine(args.out, record, args.force)  # another run's folder: refused before anything is written
     samples_file = args.out / "samples.jsonl"
-    sampler, name, _ = _sampler(args, gen_cfg)
+    sampler, name = _sampler(args, gen_cfg)
     made_by = origin(name, file_sha(path), gen_cfg)
     check_file(samples_file, made_by, args.force)
     with hold(args.out):

@@ -10,7 +10,12 @@ from pathlib import Path
 from dscoder.data import corpus as corpus_lib
 from dscoder.data.decontam import DecontamConfig, build_index, matches
 from dscoder.errors import UserError
-from dscoder.evaluate.benchmarks import contaminating_strings, read_records, detect_format, task_id
+from dscoder.evaluate.benchmarks import (
+    contaminating_strings,
+    detect_format,
+    read_records,
+    task_id,
+)
 
 
 def contamination(benchmark: Path, corpus: Path, n: int = 10) -> dict:
@@ -23,7 +28,7 @@ def contamination(benchmark: Path, corpus: Path, n: int = 10) -> dict:
     records = read_records(benchmark)
     fmt = detect_format(records, benchmark)
     ids = [task_id(r, fmt) for r in records]
-    _, strings = contaminating_strings(benchmark)
+    _, strings = contaminating_strings(benchmark, records)
     index = build_index(strings, DecontamConfig(ngram=n))
     samples_hit: Counter = Counter()  # "task:field" -> samples
     scanned = 0

@@ -88,7 +88,7 @@ def prompt_template(fmt: str, chat: bool) -> dict:
     if chat:
         turn = prompts.HUMANEVAL_INSTRUCT if fmt == "humaneval" else prompts.MBPP_INSTRUCT
         return {"kind": "instruct", "user_turn": turn, "chat_template": formats.chat_template()}
-    if fmt in ("humaneval-infilling",) or fmt == "ds-1000":
+    if fmt in ("humaneval-infilling", "ds-1000"):
         return {"kind": "base", "text": "{prompt}", "insertion": formats.fim_prompt("{prefix}", "{suffix}")}
     return {"kind": "base", "text": "{prompt}"}
 

@@ -141,21 +141,26 @@ class Batcher:
             raise
 
     def stream(self, sequences: list[Sequence]):
-        """Wire the sequences' deltas to an asyncio queue of (index, delta) items, ending with
-        _DONE (or an exception); returns the queue and a starter coroutine."""
-        loop = asyncio.get_running_loop()
-        out: asyncio.Queue = asyncio.Queue()
-        for index, s in enumerate(sequences):
-            s.on_delta = lambda delta, index=index: loop.call_soon_threadsafe(out.put_nowait, (index, delta))
+        return stream(self.run, sequences)
 
-        async def start():
-            try:
-                await self.run(sequences)
-                out.put_nowait(_DONE)
-            except Exception as exc:
-                out.put_nowait(exc)
 
-        return out, start
+def stream(run, sequences: list[Sequence]):
+    """Wire the sequences' deltas (from any thread) to an asyncio queue of (index, delta) items,
+    ending with _DONE (or an exception); returns the queue and a starter coroutine that awaits
+    `run(sequences)`."""
+    loop = asyncio.get_running_loop()
+    out: asyncio.Queue = asyncio.Queue()
+    for index, s in enumerate(sequences):
+        s.on_delta = lambda delta, index=index: loop.call_soon_threadsafe(out.put_nowait, (index, delta))
+
+    async def start():
+        try:
+            await run(sequences)
+            out.put_nowait(_DONE)
+        except Exception as exc:
+            out.put_nowait(exc)
+
+    return out, start
 
 
 def _settle(future: asyncio.Future, error) -> None:

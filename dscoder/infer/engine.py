@@ -65,6 +65,13 @@ class Sequence:
             self._emitted = end
 
 
+def encode_prompt(tokenizer, text: str) -> list[int]:
+    """Token ids of a prompt, starting with BOS (once, even when the text spells it)."""
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    bos = tokenizer.bos_token_id
+    return ids if ids[:1] == [bos] or bos is None else [bos, *ids]
+
+
 def is_instruct(tokenizer) -> bool:
     """An instruct model's tokenizer ends turns with `<|EOT|>` (as released)."""
     return tokenizer.eos_token == formats.EOT
@@ -110,10 +117,7 @@ class Engine:
         return cls(model, tokenizer, name)
 
     def encode(self, text: str) -> list[int]:
-        """Token ids of a prompt, starting with BOS (once, even when the text spells it)."""
-        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
-        bos = self.tokenizer.bos_token_id
-        return ids if ids[:1] == [bos] or bos is None else [bos, *ids]
+        return encode_prompt(self.tokenizer, text)
 
     def _forward(self, **kwargs):
         cache = kwargs.pop("cache")

@@ -37,7 +37,6 @@ class RemoteError(UserError):
 class Reply:
     text: str
     finish_reason: str | None  # "stop", "length", or what the server said
-    tokens: int | None = None  # new tokens, when the server reports usage
 
 
 def _message(response) -> str:
@@ -154,8 +153,7 @@ class Endpoint:
         except (KeyError, IndexError, TypeError):
             raise RemoteError(f"{self.base_url}: the answer has no choices[0] text ({json.dumps(data)[:200]})",
                               502, retryable=True) from None
-        usage = data.get("usage") or {}
-        return Reply(text, choice.get("finish_reason"), usage.get("completion_tokens"))
+        return Reply(text, choice.get("finish_reason"))
 
     async def _request(self, method: str, path: str, body: dict | None, retry: bool = True) -> dict:
         retries = self.retries if retry else 0

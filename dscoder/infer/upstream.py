@@ -18,16 +18,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 import time
 from pathlib import Path
 
 from dscoder import formats
 from dscoder.errors import UserError
-from dscoder.infer.engine import Sequence, is_instruct
+from dscoder.infer.engine import Sequence, encode_prompt, is_instruct
 from dscoder.infer.remote import Endpoint
-
-log = logging.getLogger("dscoder")
 
 
 def _context(folder: Path, tokenizer, given: int | None) -> int:
@@ -65,9 +62,7 @@ class UpstreamEngine:
         self.instruct = is_instruct(self.tokenizer)
 
     def encode(self, text: str) -> list[int]:
-        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
-        bos = self.tokenizer.bos_token_id
-        return ids if ids[:1] == [bos] or bos is None else [bos, *ids]
+        return encode_prompt(self.tokenizer, text)
 
     def text_of(self, ids: list[int]) -> str:
         """A prompt's text as the upstream is sent it: without BOS, special tokens spelled out."""
@@ -96,34 +91,20 @@ class UpstreamBatcher:
         await asyncio.gather(*(self._one(s) for s in sequences))
 
     def stream(self, sequences: list[Sequence]):
-        from dscoder.infer.batching import _DONE
+        from dscoder.infer.batching import stream
 
-        out: asyncio.Queue = asyncio.Queue()
-        for index, s in enumerate(sequences):
-            s.on_delta = lambda delta, index=index: out.put_nowait((index, delta))
-
-        async def start():
-            try:
-                await self.run(sequences)
-                out.put_nowait(_DONE)
-            except Exception as exc:
-                out.put_nowait(exc)
-
-        return out, start
+        return stream(self.run, sequences)
 
     async def _one(self, s: Sequence) -> None:
         engine, p = self.engine, s.params
         stops = tuple(p.stop) + ((formats.EOT,) if engine.instruct else ())  # spelled out by some servers
         async with self.gate:
-            started = time.perf_counter()
-            chunks = 0
             async for delta, finish in engine.endpoint.stream(engine.text_of(s.prompt_ids), p.max_new_tokens,
                                                               p.temperature, p.top_p, p.seed, stops):
                 if delta:
-                    chunks += 1
                     s.first_token_at = s.first_token_at or time.perf_counter()
                     s.text += delta
-                    cut = self._cut(s)
+                    cut = s.editor.cut(s.text) if s.editor is not None else None
                     if cut is not None:
                         s.text, s.finish_reason = s.text[:cut], "stop"
                         break
@@ -141,10 +122,3 @@ class UpstreamBatcher:
             s.token_ids = engine.tokenizer(s.text, add_special_tokens=False)["input_ids"] if s.text else []
             s.finish_reason = s.finish_reason or ("length" if len(s.token_ids) >= p.max_new_tokens else "stop")
             s.finished_at = time.perf_counter()
-            log.debug("upstream: %d chunks in %.0f ms", chunks, 1000 * (s.finished_at - started))
-
-    @staticmethod
-    def _cut(s: Sequence) -> int | None:
-        if s.editor is not None:
-            return s.editor.cut(s.text)
-        return None
