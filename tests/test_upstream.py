@@ -104,3 +104,53 @@ def test_serve_upstream_flags_are_checked(tiny_base_model, capsys):
         assert main(["serve", "--port", str(free), *argv]) != 0
         err = capsys.readouterr().err
         assert said in err and "Traceback" not in err, err
+
+
+def test_in_front_of_llama_cpp_python_server(tiny_base_model, tmp_path):
+    """A third-party OpenAI-compatible server: llama-cpp-python's `llama_cpp.server` on dscoder's
+    GGUF export of the same model. Greedy FIM through the front equals that server given the
+    hand-built DeepSeek prompt."""
+    import subprocess
+    import sys
+    import time
+
+    pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (pip install "
+                        "'llama-cpp-python[server]'; it compiles llama.cpp, minutes)")
+    pytest.importorskip("llama_cpp.server.app", reason="llama-cpp-python's server extras are not installed "
+                        "(pip install 'llama-cpp-python[server]')")
+    from dscoder.infer.remote import Endpoint
+    from dscoder.infer.upstream import UpstreamEngine
+
+    gguf_file = tmp_path / "tiny.gguf"
+    assert main(["model", "export-gguf", "--model", str(tiny_base_model), "--out", str(gguf_file)]) == 0
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    process = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--model", str(gguf_file), "--host",
+                                "127.0.0.1", "--port", str(port), "--n_ctx", "512", "--model_alias", "tiny"],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    up_url = f"http://127.0.0.1:{port}/v1"
+    front = thread = None
+    try:
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            try:
+                if httpx.get(up_url + "/models").status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.3)
+        front_engine = UpstreamEngine(Endpoint(up_url, model="tiny"), tiny_base_model)
+        front, thread, front_url = start(front_engine)
+        prefix, suffix = "import json\n\ndef load(path):\n    ", "\n    return data\n"
+        via = openai.OpenAI(base_url=front_url + "/v1", api_key=KEY, max_retries=0).completions.create(
+            model="tiny", prompt=prefix, suffix=suffix, max_tokens=12, temperature=0)
+        hand = httpx.post(up_url + "/completions", json={"prompt": formats.fim_prompt(prefix, suffix), "max_tokens": 12,
+                                                         "temperature": 0}, timeout=60).json()
+        assert via.choices[0].text == hand["choices"][0]["text"]
+        assert hand["usage"]["prompt_tokens"] == len(front_engine.encode(formats.fim_prompt(prefix, suffix)))
+    finally:
+        if front is not None:
+            front.should_exit = True
+            thread.join(timeout=10)
+        process.terminate()
+        process.wait(timeout=20)
