@@ -180,3 +180,110 @@ def test_contamination_finds_the_leaked_task(small_corpus, tmp_path, capsys):
     assert "1 of 3 tasks" in capsys.readouterr().out
     assert main(["eval", "contamination", "--benchmark", str(bench), str(tmp_path)]) != 0
     assert "not a corpus" in capsys.readouterr().err
+
+
+def test_instruct_answers_without_a_code_block_are_counted(tiny_instruct_model, tmp_path, capsys):
+    bench = tmp_path / "he.jsonl"
+    records = [json.loads(line) for line in gzip.open(SHARED / "HumanEval.jsonl.gz", "rt")][:2]
+    bench.write_text("".join(json.dumps(r) + "\n" for r in records))
+    assert main(["eval", "run", "--model", str(tiny_instruct_model), "--chat", "--benchmark", str(bench), "--out",
+                 str(tmp_path / "r"), "--max-new-tokens", "8", "--timeout", "5"]) == 0
+    samples = [json.loads(line) for line in (tmp_path / "r" / "samples.jsonl").read_text().splitlines()]
+    missing = sum("```python\n" not in s["raw"].lower() for s in samples)
+    summary = json.loads((tmp_path / "r" / "summary.json").read_text())
+    assert missing and summary["answers_without_code_block"] == missing
+    assert f"{missing} instruct answers had no code block" in capsys.readouterr().out
+
+
+class Flaky:
+    """An OpenAI-compatible server that misbehaves on request: malformed JSON, a stream cut
+    mid-way, a 400 after some answers."""
+
+    def __init__(self):
+        from fastapi import FastAPI
+        from fastapi.responses import PlainTextResponse, StreamingResponse
+
+        self.mode, self.calls = "ok", 0
+        app = FastAPI()
+
+        @app.get("/v1/models")
+        async def models():
+            return {"object": "list", "data": [{"id": "m", "object": "model"}]}
+
+        @app.post("/v1/completions")
+        async def completions(body: dict):
+            self.calls += 1
+            if self.mode == "garbled-once" and self.calls == 1:
+                return PlainTextResponse("<html>proxy error</html>")
+            if self.mode == "fail-after-2" and self.calls > 2:
+                return PlainTextResponse('{"error": {"message": "boom"}}', status_code=400)
+            if body.get("stream"):
+                async def cut():
+                    yield 'data: {"choices": [{"text": "par", "finish_reason": null}]}\n\n'
+                    raise RuntimeError("connection dropped")
+                return StreamingResponse(cut(), media_type="text/event-stream")
+            return {"choices": [{"text": f" answer {self.calls}", "finish_reason": "stop"}],
+                    "usage": {"completion_tokens": 2}}
+
+        self.app = app
+
+
+@pytest.fixture
+def flaky():
+    import threading
+    import time
+
+    import uvicorn
+
+    server = Flaky()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    runner = uvicorn.Server(uvicorn.Config(server.app, host="127.0.0.1", port=port, log_level="critical"))
+    thread = threading.Thread(target=runner.run, daemon=True)
+    thread.start()
+    while not runner.started:
+        time.sleep(0.02)
+    yield server, f"http://127.0.0.1:{port}/v1"
+    runner.should_exit = True
+    thread.join(timeout=10)
+
+
+def test_malformed_answers_are_retried_and_cut_streams_are_one_error(flaky):
+    import asyncio
+
+    from dscoder.infer.remote import Endpoint, RemoteError
+
+    server, url = flaky
+
+    async def ask(mode: str):
+        server.mode, server.calls = mode, 0
+        endpoint = Endpoint(url, model="m", retries=2, backoff=0.01)
+        try:
+            if mode == "stream":
+                return [d async for d in endpoint.stream("x", 4)]
+            return await endpoint.complete("x", 4)
+        finally:
+            await endpoint.close()
+
+    reply = asyncio.run(ask("garbled-once"))
+    assert reply.text == " answer 2" and server.calls == 2  # the malformed answer was asked again
+    with pytest.raises(RemoteError, match="cannot reach|RemoteProtocolError|incomplete"):
+        asyncio.run(ask("stream"))
+
+
+def test_a_failed_run_resumes_where_it_stopped(flaky, tmp_path, capsys):
+    server, url = flaky
+    server.mode = "fail-after-2"
+    out = tmp_path / "s.jsonl"
+    common = ["eval", "generate", "--api-base", url, "--benchmark", str(SHARED / "HumanEval.jsonl.gz"), "--limit", "5",
+              "--concurrency", "1", "--out", str(out)]
+    assert main(common) != 0
+    err = capsys.readouterr().err
+    assert "boom" in err and "task HumanEval/2" in err and "Traceback" not in err
+    assert [r["task_id"] for r in map(json.loads, out.read_text().splitlines())] == ["HumanEval/0", "HumanEval/1"]
+    server.mode = "ok"
+    assert main(common) == 0
+    assert sorted(r["task_id"] for r in map(json.loads, out.read_text().splitlines())) == \
+        [f"HumanEval/{i}" for i in range(5)]
+    assert server.calls == 3 + 3  # three failed or answered before, only the three missing asked again

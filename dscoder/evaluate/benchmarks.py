@@ -234,6 +234,12 @@ def clean_completion(task: Task, completion: str) -> str:
     return _strip_stops(completion, task.stop)
 
 
+def code_block(task: Task, answer: str) -> str | None:
+    """The first fenced block of an instruct answer tagged with the task's language, or None."""
+    found = re.findall(f"```{re.escape(task.language.lower())}\n(.*?)```", answer, re.DOTALL | re.IGNORECASE)
+    return found[0] if found else None
+
+
 def instruct_completion(task: Task, answer: str) -> str:
     """An instruct model's answer as a completion of the task, as DeepSeek-Coder's released
     evaluation scripts take it: MBPP, the first ```python block (else the whole answer);
@@ -241,13 +247,11 @@ def instruct_completion(task: Task, answer: str) -> str:
     the last line closing a brace at the function's indentation, as those scripts do), with the
     prompt's lines before the signature put back in front, else the prompt plus the answer. The
     completion follows HumanEval's prompt, so the program defines the function again in full."""
+    block = code_block(task, answer)
+    if block is None:
+        return answer if task.format == "mbpp" else "\n" + answer
     if task.format == "mbpp":
-        found = re.findall(r"```python\n(.*?)```", answer, re.DOTALL | re.IGNORECASE)
-        return found[0] if found else answer
-    found = re.findall(f"```{re.escape(task.language.lower())}\n(.*?)```", answer, re.DOTALL | re.IGNORECASE)
-    if not found:
-        return "\n" + answer
-    block = found[0]
+        return block
     lines = [line for line in task.record["prompt"].strip().split("\n") if line.strip()]
     signature = [i for i, line in enumerate(lines) if line.startswith("def ")]
     name, before = (lines[signature[-1]].split("(")[0].strip(), "\n".join(lines[:signature[-1]])) if signature \

@@ -101,6 +101,8 @@ def _print_summary(summary: dict) -> None:
               f"edit similarity {100 * summary['fim']['edit_similarity']:.1f}%")
     limit = f"; time limit {summary['timeout_seconds']:g} s, load factor {summary['load_factor']:g}" \
         if "load_factor" in summary else ""
+    if summary.get("answers_without_code_block"):
+        print(f"{summary['answers_without_code_block']} instruct answers had no code block (scored as they are)")
     print("statuses: " + ", ".join(f"{k} {v}" for k, v in sorted(summary["statuses"].items())) +
           f" (isolation: {summary['isolation']}{limit})")
 

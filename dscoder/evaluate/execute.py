@@ -456,6 +456,9 @@ def summarize(task_list: list[Task], samples: list[dict], results: list[dict], i
                "languages": {lang: scores(counts) for lang, counts in sorted(by_language.items())},
                "statuses": dict(statuses), "isolation": isolation,
                "tasks_in_benchmark": len(task_list)}
+    missing_blocks = sum(bool(s.get("no_code_block")) for s in samples)
+    if missing_blocks:  # instruct answers without a code block (scored as the prompt plus the answer)
+        summary["answers_without_code_block"] = missing_blocks
     references = [(s, by_id[s["task_id"]]) for s in samples if s["task_id"] in by_id and by_id[s["task_id"]].suffix is not None
                   and by_id[s["task_id"]].reference]
     if references:

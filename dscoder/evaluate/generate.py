@@ -19,7 +19,7 @@ from typing import Annotated, Callable, Literal
 from dscoder import artifacts
 from dscoder.config import AT_LEAST_ONE, Seed
 from dscoder.errors import UserError
-from dscoder.evaluate.benchmarks import Task, clean_completion, instruct_completion
+from dscoder.evaluate.benchmarks import Task, clean_completion, code_block, instruct_completion
 from dscoder.infer.sampling import NewTokens, Temperature, TopP
 
 log = logging.getLogger("dscoder")
@@ -214,6 +214,8 @@ def generate(sampler, task_list: list[Task], out: Path, cfg: GenerateConfig, lim
             nonlocal written
             row = {"task_id": task.task_id, "completion_id": j, "completion": postprocess(task, raw, cfg.chat),
                    "raw": raw, **made_by}
+            if cfg.chat and code_block(task, raw) is None:  # scored as it is, and counted in the summary
+                row["no_code_block"] = True
             f.write(json.dumps(row) + "\n")
             f.flush()
             written += 1
