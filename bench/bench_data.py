@@ -173,7 +173,7 @@ def main() -> None:
     parsed = {}
     timed("parse (ast) + readability", mb, lambda: [parsed.__setitem__(i, parse(t, "python")) or quality.quality_reason(t, parsed[i], cfg_quality) for i, t in enumerate(texts)])
     if (SHARED / "HumanEval.jsonl.gz").is_file():
-        from dscoder.evaluate.benchmarks import contaminating_strings
+        from dscoder.benchmark_files import contaminating_strings
 
         strings = [s for name in ("HumanEval.jsonl.gz", "mbpp.jsonl") for s in contaminating_strings(SHARED / name)[1]]
         index = build_index(strings, DecontamConfig())

@@ -5,8 +5,8 @@ import json
 
 import pytest
 
+from dscoder.benchmark_files import contaminating_strings
 from dscoder.data.decontam import DecontamConfig, build_index, load_index, match, save_index
-from dscoder.evaluate.benchmarks import contaminating_strings
 from dscoder.errors import UserError
 
 from conftest import SHARED, need_shared

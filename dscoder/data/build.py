@@ -243,7 +243,7 @@ def finalize(out: Path, work: Path, units: list[dict], decisions: dict, manifest
 
 def _benchmark_strings(files: list[Path]) -> list[tuple[str, str]]:
     """The strings of the `--decontaminate` files that training data must not contain."""
-    from dscoder.evaluate.benchmarks import contaminating_strings
+    from dscoder.benchmark_files import contaminating_strings
 
     strings = []
     for path in files:

@@ -1,99 +1,16 @@
-"""Benchmark files: reading them and telling their format from their fields.
-
-Formats (as published): OpenAI HumanEval, HumanEval-X (CodeGeeX, task ids like `CPP/0`),
-HumanEval single-line infilling, MultiPL-E and MBPP. Used by decontamination (which strings of a
-task a training file must not contain) and by the evaluator.
+"""Benchmark tasks: what a model is asked and how its answer is run, for every format that
+benchmark_files.py reads (HumanEval, HumanEval-X, HumanEval infilling, MultiPL-E, MBPP, DS-1000,
+APPS).
 """
 
 from __future__ import annotations
 
-import gzip
 import json
 import re
-from pathlib import Path
-from typing import Any
-
-from dscoder.errors import UserError
-
-# format -> fields a record must have
-REQUIRED_FIELDS = {
-    "ds-1000": ("prompt", "code_context"),
-    "apps": ("question", "input_output"),
-    "humaneval-x": ("task_id", "prompt", "declaration", "canonical_solution", "test"),
-    "humaneval-infilling": ("task_id", "prompt", "suffix", "canonical_solution"),
-    "humaneval": ("task_id", "prompt", "canonical_solution", "test", "entry_point"),
-    "multipl-e": ("name", "language", "prompt", "tests"),
-    "mbpp": ("task_id", "text", "code", "test_list"),
-}
-# format -> the fields that hold the task's prompt and solution (what must not leak into training)
-CONTAMINATING_FIELDS = {
-    "humaneval": ("prompt", "canonical_solution"),
-    "humaneval-x": ("prompt", "canonical_solution"),
-    "humaneval-infilling": ("prompt", "canonical_solution", "suffix"),
-    "multipl-e": ("prompt",),
-    "mbpp": ("text", "code"),
-    "ds-1000": ("prompt", "reference_code"),
-    "apps": ("question",),
-}
-
-
-def read_records(path: str | Path) -> list[dict[str, Any]]:
-    """The records of a `.jsonl`, `.jsonl.gz` or `.json` (list) file."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"benchmark file not found: {path}")
-    try:
-        opener = gzip.open if path.suffix == ".gz" else open
-        with opener(path, "rt", encoding="utf-8") as f:
-            if path.name.endswith((".json", ".json.gz")):
-                records = json.load(f)
-            else:
-                records = [json.loads(line) for line in f if line.strip()]
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, EOFError) as exc:
-        raise UserError(f"{path}: not a readable JSON-lines benchmark file ({exc})") from None
-    if not isinstance(records, list) or not records or not all(isinstance(r, dict) for r in records):
-        raise UserError(f"{path}: expected a non-empty list of JSON objects")
-    return records
-
-
-def detect_format(records: list[dict[str, Any]], path: str | Path = "") -> str:
-    """The benchmark format of `records`, from the fields of the first record."""
-    first = records[0]
-    for name, fields in REQUIRED_FIELDS.items():
-        if all(f in first for f in fields):  # checked most specific first
-            return name
-    known = "; ".join(f"{n}: {', '.join(f)}" for n, f in REQUIRED_FIELDS.items())
-    raise UserError(f"{path}: unknown benchmark format (fields {sorted(first)}; expected one of {known})")
-
-
-def task_id(record: dict[str, Any], fmt: str) -> str:
-    if fmt == "multipl-e":
-        return str(record["name"])
-    if fmt == "ds-1000":
-        return str(record.get("metadata", {}).get("problem_id", ""))
-    if fmt == "apps":
-        return str(record.get("problem_id", ""))
-    return str(record["task_id"])
-
-
-def contaminating_strings(path: str | Path, records: list[dict] | None = None) -> tuple[str, list[tuple[str, str]]]:
-    """(format, [(task id, text)]) for the prompts and solutions of a benchmark file (its
-    `records` when already read)."""
-    records = records if records is not None else read_records(path)
-    fmt = detect_format(records, path)
-    strings = []
-    for record in records:
-        for field in CONTAMINATING_FIELDS[fmt]:
-            value = record.get(field)
-            if isinstance(value, str) and value.strip():
-                strings.append((f"{task_id(record, fmt)}:{field}", value))
-    return fmt, strings
-
-
-# --- tasks: what a model is asked and how its answer is run ----------------------------------------
-
-import json as _json
 from dataclasses import dataclass, field
+from pathlib import Path
+
+from dscoder.benchmark_files import detect_format, read_records
 
 HUMANEVAL_STOPS = ("\nclass", "\ndef", "\n#", "\n@", "\nprint", "\nif", "\n```")
 MBPP_TEST_IDS = range(11, 511)  # DeepSeek-Coder's MBPP test split
@@ -222,7 +139,7 @@ def tasks(path: str | Path, records: list[dict] | None = None) -> tuple[str, lis
                                 reference=r.get("reference_code"), record=r, format=fmt))
     elif fmt == "apps":
         for r in records:
-            io = _json.loads(r["input_output"]) if r.get("input_output") else {}
+            io = json.loads(r["input_output"]) if r.get("input_output") else {}
             how = "Call-Based format" if io.get("fn_name") else "Standard Input format"
             prompt = f"\nQUESTION:\n{r['question']}\n{r.get('starter_code') or ''}\nUse {how}\nANSWER:\n"
             out.append(Task(str(r.get("problem_id", len(out))), "python", prompt, APPS_STOPS, record=r, format=fmt))

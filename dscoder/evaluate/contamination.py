@@ -7,15 +7,10 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
+from dscoder.benchmark_files import contaminating_strings, detect_format, read_records, task_id
 from dscoder.data import corpus as corpus_lib
 from dscoder.data.decontam import DecontamConfig, build_index, matches
 from dscoder.errors import UserError
-from dscoder.evaluate.benchmarks import (
-    contaminating_strings,
-    detect_format,
-    read_records,
-    task_id,
-)
 
 
 def contamination(benchmark: Path, corpus: Path, n: int = 10) -> dict:
