@@ -26,15 +26,11 @@ import numpy as np
 
 from dscoder.data import dedup, filters, pii, quality
 from dscoder.data.decontam import DecontamConfig, build_index, match
-from dscoder.data.dependencies import order_repository
-from dscoder.data.imports import CodeFile, dependencies
 from dscoder.data.parsing import parse
-from dscoder.data.sources import (
-    SKIPPED_DIRS,
-    CollectConfig,
-    installed_python_roots,
-    read_folder,
-)
+from dscoder.quickstart.stages import installed_python_roots
+from dscoder.repo.collect import SKIPPED_DIRS, CollectConfig, read_folder
+from dscoder.repo.dependencies import analyze
+from dscoder.repo.imports import CodeFile
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "benchmarks"
 NON_ALPHA = re.compile(r"[^A-Za-z_0-9]")  # BigCode's tokenisation for MinHash
@@ -185,8 +181,7 @@ def main() -> None:
         for i, (root, f) in enumerate(files):
             by_root.setdefault(root, []).append(CodeFile(f.path, f.text, "python", parsed[i]))
         for root, code in by_root.items():
-            deps = dependencies(code, [], root.name)
-            order_repository([c.path for c in code], deps, 0)
+            analyze(code, root.name, 0)
 
     timed("dependency extraction + Algorithm 1", mb, order_all)
     ours = timed("MinHash signatures (dscoder)", mb, lambda: [dedup.signature(t, cfg_dedup) for t in texts])
@@ -203,12 +198,12 @@ def main() -> None:
     print("\nwhole build, one worker (dscoder data build --workers 1)")
     from dscoder.config import apply_overrides
     from dscoder.data.build import build
-    from dscoder.data.steps import DataConfig
+    from dscoder.data.steps import BuildConfig
 
     roots = sorted({r for r, _ in files})
     out = Path(tempfile.mkdtemp()) / "corpus"
     start = time.perf_counter()
-    stats = build(out, roots, [], [], apply_overrides(DataConfig(), {"run.workers": "1"}))
+    stats = build(out, roots, [], [], apply_overrides(BuildConfig(), {"run.workers": "1"}))
     seconds = time.perf_counter() - start
     read_mb = sum(stats.chars_in.values()) / 1e6
     print(f"  {read_mb:.1f} MB of {len(roots)} repositories (all languages) in {seconds:.1f}s: {read_mb / seconds:.1f} MB/s")

@@ -315,7 +315,8 @@ def main() -> None:
         else:  # the released vocabulary is not here: a small trained one
             from collections import Counter
 
-            from dscoder.data.sources import installed_python_roots, read_texts
+            from dscoder.quickstart.stages import installed_python_roots
+            from dscoder.texts import read_texts
 
             tok_dir = Path(work) / "tok"
             tok_dir.mkdir()

@@ -41,7 +41,7 @@ def tiny_model(work: Path) -> Path:
 
     from dscoder import model as model_lib
     from dscoder import tokenizer as tokenizer_lib
-    from dscoder.data.sources import read_texts
+    from dscoder.texts import read_texts
 
     tok_dir, folder = work / "tok", work / "model"
     texts = read_texts([Path(sysconfig.get_paths()["stdlib"]) / "json"], Skips())

@@ -32,7 +32,7 @@ log = logging.getLogger("dscoder")
 def cmd_tokenizer_train(args: argparse.Namespace) -> int:
     from dscoder import tokenizer
     from dscoder.artifacts import output_dir, write_manifest
-    from dscoder.data.sources import read_texts
+    from dscoder.texts import read_texts
 
     _refuse_existing(args.out, args.force)
     skips: Counter = Counter()

@@ -35,7 +35,7 @@ def deepseek_tokenizer_dir(tmp_path_factory) -> Path:
 def trained_tokenizer_dir(tmp_path_factory) -> Path:
     """A 2,000-token vocabulary learned on two standard-library packages (a few seconds)."""
     from dscoder import tokenizer
-    from dscoder.data.sources import read_texts
+    from dscoder.texts import read_texts
 
     texts = read_texts([STDLIB / "json", STDLIB / "email", STDLIB / "logging"], Counter())
     tok = tokenizer.train(texts, vocab_size=2000, show_progress=False)
@@ -88,11 +88,11 @@ def small_corpus(tmp_path_factory) -> Path:
     """A corpus of four standard-library packages (about 1.5 MB)."""
     from dscoder.config import apply_overrides
     from dscoder.data.build import build
-    from dscoder.data.steps import DataConfig
+    from dscoder.data.steps import BuildConfig
 
     out = tmp_path_factory.mktemp("corpus") / "stdlib"
     build(out, [STDLIB / n for n in ("json", "email", "logging", "asyncio")], [], [],
-          apply_overrides(DataConfig(), {"run.workers": "1"}))
+          apply_overrides(BuildConfig(), {"run.workers": "1"}))
     return out
 
 

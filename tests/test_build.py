@@ -16,7 +16,7 @@ from dscoder.cli import main
 from dscoder.config import apply_overrides
 from dscoder.data import build as build_module
 from dscoder.data.build import build
-from dscoder.data.steps import DataConfig
+from dscoder.data.steps import BuildConfig
 from dscoder.errors import UserError
 
 from conftest import C_REPO, JAVA_REPO, PYTHON_REPO, SHARED, STDLIB, need_shared, write_tree
@@ -90,13 +90,13 @@ def test_build_outputs(sources, tmp_path, capsys, monkeypatch):
     for r in samples.values():
         by_repo.setdefault(r["repo"], []).append(r)
 
-    # Python: one dependency-ordered sample with path headers; README is its own sample.
+    # Python: one dependency-ordered sample with path headers; README is its own sample, headed too.
     demo = {tuple(r["paths"]): r for r in by_repo["demo"]}
     (main_sample,) = [r for r in demo.values() if "main.py" in r["paths"]]
     order = main_sample["paths"]
     assert order.index("pkg/util.py") < order.index("pkg/core.py") < order.index("pkg/__init__.py") < order.index("main.py")
     assert main_sample["text"].startswith(f"#{order[0]}\n")
-    assert ("README.md",) in demo and demo[("README.md",)]["text"].startswith("# Demo")
+    assert ("README.md",) in demo and demo[("README.md",)]["text"].startswith("#README.md\n# Demo")
     assert "<KEY>" in main_sample["text"] + "".join(r["text"] for r in demo.values())
     assert "AKIAIOSFODNN7EXAMPLE" not in "".join(r["text"] for r in samples.values())
 
@@ -149,7 +149,7 @@ def uninterrupted(tmp_path, cfg):
     return corpus_content(out)
 
 
-CFG = apply_overrides(DataConfig(), {"run.repos_per_unit": "1", "run.workers": "1"})
+CFG = apply_overrides(BuildConfig(), {"run.repos_per_unit": "1", "run.workers": "1"})
 
 
 def test_kill_and_resume_gives_the_uninterrupted_output(tmp_path):

@@ -59,6 +59,32 @@ def test_repo_complete_puts_dependencies_first(capsys, tiny_base_model, tmp_path
     assert prompt.startswith("<｜fim▁begin｜>#utils.py\n") and prompt.endswith("<｜fim▁hole｜>\nm = Model()\n<｜fim▁end｜>")
 
 
+def test_repo_complete_orders_a_package_rooted_repository_as_its_training_sample(capsys, tiny_base_model, tmp_path):
+    # The repository's root is the package itself (`mypkg/__init__.py` as `__init__.py`), so
+    # `from mypkg.core import run` resolves only with the repository's name, as in the data build.
+    from collections import Counter
+
+    from dscoder.data.stats import Stats
+    from dscoder.data.steps import BuildConfig, process_repository
+    from dscoder.repo.collect import read_repository
+
+    leaves = {f"{name}.py": f"def {name}(value):\n    return value + {i}\n" for i, name in enumerate(["alpha", "beta", "gamma", "delta", "omega"])}
+    repo = write_tree(tmp_path / "mypkg", leaves | {
+        "__init__.py": "\"\"\"A package collected as its own repository.\"\"\"\n",
+        "core.py": "from mypkg.alpha import alpha\nfrom mypkg.beta import beta\n\n\ndef run(value):\n    return alpha(beta(value))\n",
+        "main.py": "from mypkg.core import run\nfrom mypkg import gamma, delta, omega\n\n"
+                   "print(run(1), gamma.gamma(2), delta.delta(3), omega.omega(4))\n",
+    })
+    code, out, _ = run(capsys, "repo-complete", "--model", tiny_base_model, "--repo", repo, "--file", "main.py",
+                       "--max-new-tokens", "4", "--show-prompt")
+    assert code == 0
+    prompted = [line[1:] for line in shown_prompt(out).split("\n") if line.startswith("#") and line.endswith(".py")]
+    assert prompted[-1] == "main.py" and sorted(prompted[:-1]) == sorted([*leaves, "core.py"])
+    samples, _ = process_repository(read_repository(repo, BuildConfig().collect, Counter()), BuildConfig(), None, Stats())
+    (sample,) = [s for s in samples if "main.py" in s["paths"]]
+    assert prompted[:-1] == [p for p in sample["paths"] if p != "main.py"]
+
+
 def test_chat_one_shot_and_interactive(capsys, tiny_instruct_model, monkeypatch):
     code, out, _ = run(capsys, "chat", "--model", tiny_instruct_model, "--message", "Sort a list.",
                        "--max-new-tokens", "6", "--show-prompt")

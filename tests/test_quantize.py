@@ -17,7 +17,7 @@ from dscoder.infer.sampling import SamplingParams
 
 
 def heldout_perplexity(engine: Engine) -> float:
-    from dscoder.data.sources import read_texts
+    from dscoder.texts import read_texts
     from dscoder.quickstart.measure import heldout_loss
 
     texts = read_texts([STDLIB / "http", STDLIB / "urllib"], Counter())  # not in the training packages

@@ -3,8 +3,8 @@
 import os
 from collections import Counter
 
-from dscoder.data.languages import detect_language
-from dscoder.data.sources import iter_files
+from dscoder.repo.languages import detect_language
+from dscoder.texts import iter_files
 
 
 def test_language_by_extension_name_and_shebang():
@@ -46,7 +46,7 @@ import subprocess
 import tarfile
 import zipfile
 
-from dscoder.data.sources import CollectConfig, read_repository, repository_name
+from dscoder.repo.collect import CollectConfig, read_repository, repository_name
 
 from conftest import PYTHON_REPO, write_tree
 

@@ -35,10 +35,10 @@ from dscoder.data import corpus, dedup
 from dscoder.data.dataset_files import is_dataset_file, read_bucket, spill
 from dscoder.data.decontam import build_index, load_index, save_index
 from dscoder.data.executors import default_workers, run_local, run_ray
-from dscoder.data.sources import is_archive, read_repository, repository_name
 from dscoder.data.stats import Stats, nothing_kept
-from dscoder.data.steps import DataConfig, failed_repository, process_repository
+from dscoder.data.steps import BuildConfig, failed_repository, process_repository
 from dscoder.errors import UserError
+from dscoder.repo.collect import is_archive, read_repository, repository_name
 
 FINISHED = ".work.finished"  # the work folder of a finished build, set aside to be deleted
 
@@ -72,7 +72,7 @@ def resolve_sources(sources: list[Path], repos_in: list[Path]) -> tuple[list[tup
     return named, datasets
 
 
-def _plan_identity(cfg: DataConfig, repos, datasets, benchmarks) -> dict:
+def _plan_identity(cfg: BuildConfig, repos, datasets, benchmarks) -> dict:
     settings = to_dict(cfg)
     settings["run"].pop("workers")  # how many processes ran it does not change the result
     return {"config": settings, "repositories": repos, "datasets": datasets, "decontaminate": benchmarks}
@@ -97,7 +97,7 @@ def prepare(out: Path, identity: dict) -> bool:
     return False
 
 
-def plan_units(work: Path, cfg: DataConfig, repos, datasets, skips: Counter) -> list[dict]:
+def plan_units(work: Path, cfg: BuildConfig, repos, datasets, skips: Counter) -> list[dict]:
     units = [{"kind": "repos", "items": repos[i:i + cfg.run.repos_per_unit]}
              for i in range(0, len(repos), cfg.run.repos_per_unit)]
     if datasets:
@@ -128,7 +128,7 @@ def unit_path(work: Path, index: int, suffix: str) -> Path:
     return work / "units" / f"unit-{index:05d}.{suffix}"
 
 
-def run_unit(unit: dict, cfg: DataConfig, work: str, bench_path: str | None) -> None:
+def run_unit(unit: dict, cfg: BuildConfig, work: str, bench_path: str | None) -> None:
     """Process one unit (a few repositories or a dataset bucket); a finished unit is skipped."""
     work = Path(work)
     if unit_path(work, unit["index"], "stats.json").is_file():
@@ -161,7 +161,7 @@ def run_unit(unit: dict, cfg: DataConfig, work: str, bench_path: str | None) -> 
 
 # --- dedup and finish ---------------------------------------------------------------------------------
 
-def deduplicate(work: Path, units: list[dict], cfg: DataConfig) -> dict:
+def deduplicate(work: Path, units: list[dict], cfg: BuildConfig) -> dict:
     """Cluster every sample of the build; the result is saved so it is computed once."""
     result = work / "dedup.npz"
     if result.is_file():
@@ -253,7 +253,7 @@ def _benchmark_strings(files: list[Path]) -> list[tuple[str, str]]:
     return strings
 
 
-def build(out: Path, sources: list[Path], repos_in: list[Path], decontaminate: list[Path], cfg: DataConfig,
+def build(out: Path, sources: list[Path], repos_in: list[Path], decontaminate: list[Path], cfg: BuildConfig,
           engine: str = "local", ray_address: str | None = None, force: bool = False) -> Stats:
     """Build (or resume building) the corpus `out` from the sources."""
     dedup.check(cfg.dedup)

@@ -14,9 +14,9 @@ def cmd_data_build(args: argparse.Namespace) -> int:
     from dscoder import config
     from dscoder.data.build import build
     from dscoder.data.stats import report
-    from dscoder.data.steps import DataConfig
+    from dscoder.data.steps import BuildConfig
 
-    cfg = config.load(DataConfig(), args.config, config.parse_overrides(args.extra))
+    cfg = config.load(BuildConfig(), args.config, config.parse_overrides(args.extra))
     if args.workers is not None:
         cfg = config.apply_overrides(cfg, {"run.workers": str(args.workers)})
     stats = build(args.out, args.sources, args.repos_in, args.decontaminate, cfg, engine=args.engine,

@@ -17,7 +17,7 @@ from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Iterator
 
-from dscoder.data.sources import CollectConfig, Repository, SourceFile, admit
+from dscoder.repo.collect import CollectConfig, Repository, SourceFile, admit
 from dscoder.errors import UserError
 
 log = logging.getLogger("dscoder")

@@ -13,35 +13,19 @@ from dataclasses import dataclass, field
 from typing import Annotated
 
 from dscoder import formats
-from dscoder.config import AT_LEAST_ONE, NON_NEGATIVE, Seed
+from dscoder.config import AT_LEAST_ONE, NON_NEGATIVE
 from dscoder.data.decontam import BenchmarkIndex, DecontamConfig, match
 from dscoder.data.dedup import DedupConfig
-from dscoder.data.dependencies import order_repository
 from dscoder.data.filters import FilterConfig, rule_reason
-from dscoder.data.imports import DEPENDENCY_LANGUAGES, CodeFile, dependencies
 from dscoder.data.parsing import PARSED_LANGUAGES, parse
 from dscoder.data.pii import PIIConfig, redact
 from dscoder.data.quality import QualityConfig, quality_reason
-from dscoder.data.sources import CollectConfig, Repository
 from dscoder.data.stats import Stats
+from dscoder.repo.collect import CollectConfig, Repository
+from dscoder.repo.dependencies import OrderConfig, analyze
+from dscoder.repo.imports import CodeFile
 
 log = logging.getLogger("dscoder")
-
-BUILD_FILE_LANGUAGES = frozenset({"makefile", "cmake", "gomod"})
-
-
-@dataclass(frozen=True)
-class OrderConfig:
-    """Dependency ordering settings."""
-
-    enabled: bool = True
-    """Build repository-level samples in dependency order (else every file is its own sample)."""
-    seed: Seed = 0
-    """Seed of the tie-breaking in Algorithm 1 (combined with each component's paths)."""
-    max_sample_chars: Annotated[int, AT_LEAST_ONE] = 4_000_000
-    """A component larger than this is cut, in order, into consecutive samples of at most this
-    size (one huge sample would stall tokenization and dominate a training mix)."""
-
 
 @dataclass(frozen=True)
 class RunConfig:
@@ -56,7 +40,7 @@ class RunConfig:
 
 
 @dataclass(frozen=True)
-class DataConfig:
+class BuildConfig:
     """Everything `dscoder data build` does, by step."""
 
     collect: CollectConfig = field(default_factory=CollectConfig)
@@ -74,7 +58,7 @@ def _reject(repo: Repository, f, step: str, reason: str, detail: str = "") -> di
             "detail": detail, "text": f.text, "n_chars": len(f.text), "source": repo.source}
 
 
-def screen_file(f, cfg: DataConfig, bench: BenchmarkIndex | None) -> tuple[str, str, str, object]:
+def screen_file(f, cfg: BuildConfig, bench: BenchmarkIndex | None) -> tuple[str, str, str, object]:
     """Run the per-file steps: (step, reason, detail, parsed) with an empty step when kept."""
     reason = rule_reason(f.text, f.language, cfg.filters)
     if reason:
@@ -90,7 +74,7 @@ def screen_file(f, cfg: DataConfig, bench: BenchmarkIndex | None) -> tuple[str, 
     return "", "", "", parsed
 
 
-def process_repository(repo: Repository, cfg: DataConfig, bench: BenchmarkIndex | None,
+def process_repository(repo: Repository, cfg: BuildConfig, bench: BenchmarkIndex | None,
                        stats: Stats) -> tuple[list[dict], list[dict]]:
     """A repository's samples (dependency-ordered components and file-level samples) and the
     rejects of its files."""
@@ -111,22 +95,17 @@ def process_repository(repo: Repository, cfg: DataConfig, bench: BenchmarkIndex 
         stats.kept_chars[f.language] += len(text)
 
     by_path = {f.path: f for f in kept}
-    ordered = [f for f in kept if f.language in DEPENDENCY_LANGUAGES] if cfg.order.enabled else []
-    groups: list[list[str]] = []
-    if ordered:
-        deps = dependencies(ordered, [f for f in kept if f.language in BUILD_FILE_LANGUAGES], repo.name)
-        groups = order_repository([f.path for f in ordered], deps, cfg.order.seed)
-    groups = [part for group in groups for part in split_group(group, by_path, cfg.order.max_sample_chars)]
-    in_groups = {p for g in groups for p in g}
-    groups += [[f.path] for f in kept if f.path not in in_groups]
-    groups.sort(key=lambda g: min(g))
+    if cfg.order.enabled:
+        groups = analyze(kept, repo.name, cfg.order.seed).groups
+        groups = [part for group in groups for part in split_group(group, by_path, cfg.order.max_sample_chars)]
+        groups.sort(key=min)
+    else:
+        groups = [[f.path] for f in kept]
 
     samples = []
     for number, group in enumerate(groups):
         files = [by_path[p] for p in group]
-        # Dependency-ordered samples head every file with its path; other files stay as they are.
-        headed = cfg.order.enabled and files[0].language in DEPENDENCY_LANGUAGES
-        text = formats.repo_sample((f.path, f.text) for f in files) if headed else files[0].text
+        text = formats.repo_sample((f.path, f.text) for f in files)  # every file headed by its path
         samples.append({
             "id": f"{repo.name}/{number:05d}",
             "repo": repo.name,

@@ -1,7 +1,8 @@
 """Repository-level completion prompts (paper section 2.3, README "repository level code
-completion"): the files the target file depends on, found with the data pipeline's dependency
-code and ordered by Algorithm 1, each headed by `#{path}`, then the target file up to the cursor
-(as FIM when there is text after the cursor).
+completion"): the files the target file depends on, in the order the data build gives them in
+its training sample (`repo.dependencies.analyze`, with the same repository name and the default
+seed), each headed by `#{path}`, then the target file up to the cursor (as FIM when there is
+text after the cursor).
 
 When the context does not fit the token budget, the least related files go first: those
 farthest from the target in the dependency graph, the largest first among equals.
@@ -14,24 +15,20 @@ from collections import Counter, deque
 from pathlib import Path
 
 from dscoder import formats
-from dscoder.data.dependencies import order_repository
-from dscoder.data.imports import DEPENDENCY_LANGUAGES, CodeFile, dependencies
-from dscoder.data.parsing import PARSED_LANGUAGES, parse
-from dscoder.data.sources import CollectConfig, read_folder
 from dscoder.errors import UserError
 from dscoder.infer import prompts
+from dscoder.repo.collect import CollectConfig, SourceFile, read_folder, repository_name
+from dscoder.repo.dependencies import OrderConfig, analyze
+from dscoder.repo.imports import CodeFile
 
 log = logging.getLogger("dscoder")
-BUILD_FILES = ("makefile", "cmake", "gomod")
 
 
-def related_files(files: dict[str, str], languages: dict[str, str], target: str) -> tuple[dict[str, int], dict]:
-    """Files the target depends on, directly or not, with their distance from it; and the
-    dependency graph."""
-    code = [CodeFile(p, t, languages[p], parse(t, languages[p], p) if languages[p] in PARSED_LANGUAGES else None)
-            for p, t in files.items() if languages[p] in DEPENDENCY_LANGUAGES]
-    build = [CodeFile(p, t, languages[p], None) for p, t in files.items() if languages[p] in BUILD_FILES]
-    deps = dependencies(code, build)
+def context_files(sources: list[SourceFile], repo_name: str, target: str) -> tuple[list[str], dict[str, int]]:
+    """The files `target` depends on, directly or not, in the order of the training sample that
+    holds them, and their distance from it in the dependency graph."""
+    analysis = analyze([CodeFile(f.path, f.text, f.language, None) for f in sources], repo_name, OrderConfig().seed)
+    deps = analysis.graph.deps
     distance, queue = {target: 0}, deque([target])
     while queue:
         current = queue.popleft()
@@ -40,7 +37,8 @@ def related_files(files: dict[str, str], languages: dict[str, str], target: str)
                 distance[dep] = distance[current] + 1
                 queue.append(dep)
     distance.pop(target)
-    return distance, deps
+    ordered = [path for group in analysis.groups for path in group if path in distance]
+    return ordered, distance
 
 
 def build(engine, repo: Path, target: str, line: int | None, column: int | None, max_new_tokens: int) -> prompts.Prompt:
@@ -54,7 +52,8 @@ def build(engine, repo: Path, target: str, line: int | None, column: int | None,
     if not candidate.resolve().is_relative_to(repo.resolve()):
         raise UserError(f"{target} is not inside {repo}")
     rel = candidate.resolve().relative_to(repo.resolve()).as_posix()
-    sources = {f.path: f for f in read_folder(repo, CollectConfig(), Counter())}
+    read = read_folder(repo, CollectConfig(), Counter())
+    sources = {f.path: f for f in read}
     if rel not in sources:
         if not (repo / rel).is_file():
             raise UserError(f"{rel}: not a file of {repo}")
@@ -63,10 +62,7 @@ def build(engine, repo: Path, target: str, line: int | None, column: int | None,
     lines = text.split("\n")
     prefix, suffix = prompts.split_at_cursor(text, line or len(lines), column)
     files = {p: f.text for p, f in sources.items()}
-    languages = {p: f.language for p, f in sources.items()}
-    distance, deps = related_files(files, languages, rel)
-
-    ordered = [p for group in order_repository(sorted(distance), deps, 0) for p in group]
+    ordered, distance = context_files(read, repository_name(repo), rel)
     fim = bool(suffix.strip())
 
     def render(context: list[str]) -> str:

@@ -21,6 +21,7 @@ import json
 import logging
 import math
 import shutil
+import sysconfig
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -81,9 +82,20 @@ def _stage(out: Path, name: str, fn, seconds: dict, force_rerun: bool = False) -
     return record
 
 
+def installed_python_roots() -> list[Path]:
+    """This interpreter's own Python code: the standard library and the installed packages."""
+    paths = sysconfig.get_paths()
+    roots = []
+    for key in ("stdlib", "purelib", "platlib"):
+        path = Path(paths[key])
+        if path.is_dir() and path not in roots:
+            roots.append(path)
+    return roots
+
+
 def _repositories(budget_bytes: int) -> tuple[list[Path], list[Path]]:
     """(training, held-out) repositories: the installed packages as folders."""
-    from dscoder.data.sources import SKIPPED_DIRS, installed_python_roots
+    from dscoder.repo.collect import SKIPPED_DIRS
 
     train, held, total = [], [], 0
     roots = installed_python_roots()
@@ -135,7 +147,7 @@ def run(out: Path, cfg: QuickstartConfig, model: Path | None = None, force: bool
     (bits) applies to a given `model` as it loads."""
     from dscoder.config import apply_overrides
     from dscoder.data.build import build
-    from dscoder.data.steps import DataConfig
+    from dscoder.data.steps import BuildConfig
     from dscoder.quickstart import report
 
     if model is not None and not (model / "config.json").is_file():
@@ -155,7 +167,7 @@ def run(out: Path, cfg: QuickstartConfig, model: Path | None = None, force: bool
 
     def corpus_stage():
         train, held = _repositories(cfg.corpus_mb * 1_000_000)
-        data_cfg = apply_overrides(DataConfig(), {"order.max_sample_chars": "400000"})
+        data_cfg = apply_overrides(BuildConfig(), {"order.max_sample_chars": "400000"})
         build(out / "corpus", train, [], [], data_cfg, force=True)
         build(out / "heldout", held, [], [], data_cfg, force=True)
         return {"train_repositories": [p.name for p in train], "held_out": [p.name for p in held]}

@@ -70,7 +70,7 @@ def cmd_train_instruct(args: argparse.Namespace) -> int:
 def cmd_train_make_instruct(args: argparse.Namespace) -> int:
     from dscoder.artifacts import output_file
     from dscoder.data import corpus
-    from dscoder.data.sources import read_texts
+    from dscoder.texts import read_texts
     from dscoder.train.instruct import make_pairs
 
     if args.out.exists() and not args.force:

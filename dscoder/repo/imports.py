@@ -1,11 +1,13 @@
 """What each file of a repository depends on, among the repository's own files (paper section
 2.3, the input of Algorithm 1). DeepSeek never published its parsing rules; these are ours:
 
-- Python (`ast`, see parsing.python_imports): `import a.b`, `from a.b import c` (module `a.b.c` if it is a file, else
-  `a.b`), relative imports; a module resolves next to the importing file, then from the
-  repository root, then (dotted names only) under any folder, shortest path first.
+- Python (see parsing.python_imports): `import a.b`, `from a.b import c, d` (each of modules
+  `a.b.c`, `a.b.d` that is a file, and `a.b` for a name that is not), relative imports; a
+  module resolves next to the importing file, then from the repository root, then (dotted names
+  only) under any folder, shortest path first.
 - Java (tree-sitter): imports (single, static, wildcard) by fully qualified type name, and the
-  types of the same package a file mentions (no import needed there).
+  top-level types of the same package a file mentions (no import needed there; a nested type
+  is reached through its outer type's name, so two files' private `Node` classes are unrelated).
 - C# (tree-sitter): the types a file mentions that are declared in a namespace it can see
   (its own, their parents, and its `using` namespaces).
 - C/C++ (tree-sitter): `#include "..."` next to the including file, then in the include folders
@@ -18,6 +20,10 @@
   non-test file of it); in the same folder, a file depends on the files declaring the
   identifiers it uses.
 - Rust (tree-sitter): `mod x;` and `use crate::/self::/super::` paths to module files.
+
+A dependency that no statement names (a Java type of the file's own package, a C# type of its
+own namespace, a Go identifier of its own package) is also recorded as a *reference*: Algorithm 1
+gives imports precedence over references when it has to break a cycle (see dependencies.py).
 """
 
 from __future__ import annotations
@@ -25,13 +31,15 @@ from __future__ import annotations
 import posixpath
 import re
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Iterable
 
 from dscoder.data.parsing import Parsed, grammar
 
 DEPENDENCY_LANGUAGES = frozenset({"python", "java", "csharp", "c", "cpp", "javascript", "typescript", "go", "rust"})
+# Files read for what they say about the others (include folders, the Go module path), not ordered.
+BUILD_FILE_LANGUAGES = frozenset({"makefile", "cmake", "gomod"})
 
 
 @dataclass
@@ -40,6 +48,16 @@ class CodeFile:
     text: str
     language: str
     parsed: Parsed | None
+
+
+@dataclass
+class Graph:
+    """A repository's dependency graph over its file paths."""
+
+    deps: dict[str, set[str]]
+    """Every file's dependencies among the repository's files."""
+    references: dict[str, set[str]] = field(default_factory=dict)
+    """The part of `deps` that no import statement names (same package, namespace or folder)."""
 
 
 # --- tree-sitter queries ------------------------------------------------------------------------
@@ -53,10 +71,10 @@ QUERIES = {
         (type_identifier) @use
         (method_invocation object: (identifier) @use)
         (field_access object: (identifier) @use)
-        (class_declaration name: (identifier) @declare)
-        (interface_declaration name: (identifier) @declare)
-        (enum_declaration name: (identifier) @declare)
-        (record_declaration name: (identifier) @declare)
+        (program (class_declaration name: (identifier) @declare))
+        (program (interface_declaration name: (identifier) @declare))
+        (program (enum_declaration name: (identifier) @declare))
+        (program (record_declaration name: (identifier) @declare))
     """,
     "csharp": """
         (using_directive (qualified_name) @using)
@@ -175,21 +193,22 @@ def python_dependencies(files: list[CodeFile], index: PathIndex, root_package: s
         here = posixpath.dirname(f.path)
         found: set[str] = set()
         for module, level, names in f.parsed.python_imports:
-            # `from a import b`: the submodule a.b when it is a file, else the package a
-            targets = [f"{module}.{n}" if module else n for n in names if n != "*"] + [module]
-            for dotted in targets:
-                hit = resolve_python(dotted, level, here, index, root_package)
-                if hit:
-                    if hit != f.path:
-                        found.add(hit)
-                    break
+            # `from a import b, c`: each submodule a.b, a.c that is a file, and the package a
+            # for any name that is not one (`import a.b`: the module a.b)
+            hits = [resolve_python(f"{module}.{n}" if module else n, level, here, index, root_package)
+                    for n in names if n != "*"]
+            if not hits or not all(hits):
+                hits.append(resolve_python(module, level, here, index, root_package))
+            found.update(hit for hit in hits if hit)
+        found.discard(f.path)
         deps[f.path] = found
     return deps
 
 
 # --- Java and C# ----------------------------------------------------------------------------------
 
-def java_dependencies(files: list[CodeFile]) -> dict[str, set[str]]:
+def java_dependencies(files: list[CodeFile]) -> tuple[dict[str, set[str]], dict[str, set[str]]]:
+    """(imports, same-package references) of each file."""
     info = {f.path: captures(f.parsed) for f in files if f.parsed is not None}
     by_fqn: dict[str, str] = {}
     by_package: dict[str, dict[str, str]] = defaultdict(dict)  # package -> type -> path
@@ -199,7 +218,7 @@ def java_dependencies(files: list[CodeFile]) -> dict[str, set[str]]:
         for name in {stem, *caps.get("declare", [])}:
             by_fqn.setdefault(f"{package}.{name}" if package else name, path)
             by_package[package].setdefault(name, path)
-    deps = {}
+    imports, references = {}, {}
     for path, caps in info.items():
         package = (caps.get("package") or [""])[0]
         used = set(caps.get("use", []))
@@ -210,29 +229,34 @@ def java_dependencies(files: list[CodeFile]) -> dict[str, set[str]]:
                 found.add(hit)
             elif imported in by_package:  # wildcard import of a package: the types used
                 found.update(p for name, p in by_package[imported].items() if name in used)
-        found.update(p for name, p in by_package[package].items() if name in used)
         found.discard(path)
-        deps[path] = found
-    return deps
+        imports[path] = found
+        references[path] = {p for name, p in by_package[package].items() if name in used} - found - {path}
+    return imports, references
 
 
-def csharp_dependencies(files: list[CodeFile]) -> dict[str, set[str]]:
+def _with_parents(namespaces: list[str]) -> set[str]:
+    """`a.b.c` and its parents `a.b`, `a`."""
+    return {".".join(ns.split(".")[:i]) for ns in namespaces for i in range(1, ns.count(".") + 2)}
+
+
+def csharp_dependencies(files: list[CodeFile]) -> tuple[dict[str, set[str]], dict[str, set[str]]]:
+    """(types of `using` namespaces, types of the file's own namespaces) of each file."""
     info = {f.path: captures(f.parsed) for f in files if f.parsed is not None}
     declared: dict[str, list[tuple[str, str]]] = defaultdict(list)  # type -> [(namespace, path)]
     for path, caps in info.items():
         namespace = (caps.get("namespace") or [""])[0]
         for name in caps.get("declare", []):
             declared[name].append((namespace, path))
-    deps = {}
+    imports, references = {}, {}
     for path, caps in info.items():
-        visible = {""}
-        for ns in caps.get("namespace", []) + caps.get("using", []):
-            parts = ns.split(".")
-            visible.update(".".join(parts[:i]) for i in range(1, len(parts) + 1))
-        found = {p for name in set(caps.get("use", [])) for ns, p in declared.get(name, []) if ns in visible}
-        found.discard(path)
-        deps[path] = found
-    return deps
+        own = {""} | _with_parents(caps.get("namespace", []))
+        visible = own | _with_parents(caps.get("using", []))
+        found = {(ns, p) for name in set(caps.get("use", [])) for ns, p in declared.get(name, [])
+                 if ns in visible and p != path}
+        imports[path] = {p for ns, p in found if ns not in own}
+        references[path] = {p for ns, p in found if ns in own} - imports[path]
+    return imports, references
 
 
 # --- C and C++ ---------------------------------------------------------------------------------------
@@ -319,7 +343,8 @@ def js_dependencies(files: list[CodeFile], index: PathIndex) -> dict[str, set[st
 _GO_MODULE = re.compile(r"^module\s+(\S+)", re.M)
 
 
-def go_dependencies(files: list[CodeFile], go_mods: list[CodeFile]) -> dict[str, set[str]]:
+def go_dependencies(files: list[CodeFile], go_mods: list[CodeFile]) -> tuple[dict[str, set[str]], dict[str, set[str]]]:
+    """(files of imported packages, files of the same package declaring what it uses) of each file."""
     modules = sorted(((posixpath.dirname(m.path), match.group(1)) for m in go_mods
                       if (match := _GO_MODULE.search(m.text))), key=lambda x: -len(x[1]))
     info = {f.path: captures(f.parsed) for f in files if f.parsed is not None}
@@ -327,7 +352,7 @@ def go_dependencies(files: list[CodeFile], go_mods: list[CodeFile]) -> dict[str,
     for path in sorted(info):
         if not path.endswith("_test.go"):
             by_folder[posixpath.dirname(path)].append(path)
-    deps = {}
+    imports, references = {}, {}
     for path, caps in info.items():
         folder = posixpath.dirname(path)
         found = set()
@@ -338,13 +363,12 @@ def go_dependencies(files: list[CodeFile], go_mods: list[CodeFile]) -> dict[str,
                     target = posixpath.normpath(posixpath.join(root, spec[len(module) + 1:]))
                     found.update(by_folder.get("" if target == "." else target, []))
                     break
-        used = set(caps.get("use", []))
-        for other in by_folder.get(folder, []):
-            if other != path and used & set(info[other].get("declare", [])):
-                found.add(other)
         found.discard(path)
-        deps[path] = found
-    return deps
+        used = set(caps.get("use", []))
+        imports[path] = found
+        references[path] = {other for other in by_folder.get(folder, [])
+                            if other != path and used & set(info[other].get("declare", []))} - found
+    return imports, references
 
 
 # --- Rust ----------------------------------------------------------------------------------------------
@@ -388,7 +412,7 @@ def rust_dependencies(files: list[CodeFile], index: PathIndex) -> dict[str, set[
 
 # --- all languages ---------------------------------------------------------------------------------------
 
-def dependencies(files: list[CodeFile], build_files: list[CodeFile], repo_name: str = "") -> dict[str, set[str]]:
+def dependencies(files: list[CodeFile], build_files: list[CodeFile], repo_name: str = "") -> Graph:
     """For each file of a dependency language, the repository files it depends on.
     `build_files` are the repository's Makefiles, CMakeLists and go.mod files (read, not ordered);
     `repo_name` is the root's import name when the root holds `__init__.py`."""
@@ -396,16 +420,20 @@ def dependencies(files: list[CodeFile], build_files: list[CodeFile], repo_name: 
     by_language: dict[str, list[CodeFile]] = defaultdict(list)
     for f in files:
         by_language[f.language].append(f)
-    deps: dict[str, set[str]] = {f.path: set() for f in files}
+    graph = Graph({f.path: set() for f in files})
     root_package = repo_name if "__init__.py" in index.paths and repo_name.isidentifier() else ""
-    deps.update(python_dependencies(by_language["python"], index, root_package))
-    deps.update(java_dependencies(by_language["java"]))
-    deps.update(csharp_dependencies(by_language["csharp"]))
+    graph.deps.update(python_dependencies(by_language["python"], index, root_package))
     c_files = by_language["c"] + by_language["cpp"]
     if c_files:
         folders = include_folders(index.paths, [b for b in build_files if b.language in ("makefile", "cmake")])
-        deps.update(c_dependencies(c_files, index, folders))
-    deps.update(js_dependencies(by_language["javascript"] + by_language["typescript"], index))
-    deps.update(go_dependencies(by_language["go"], [b for b in build_files if b.path.endswith("go.mod")]))
-    deps.update(rust_dependencies(by_language["rust"], index))
-    return deps
+        graph.deps.update(c_dependencies(c_files, index, folders))
+    graph.deps.update(js_dependencies(by_language["javascript"] + by_language["typescript"], index))
+    graph.deps.update(rust_dependencies(by_language["rust"], index))
+    go_mods = [b for b in build_files if b.path.endswith("go.mod")]
+    for imports, references in (java_dependencies(by_language["java"]), csharp_dependencies(by_language["csharp"]),
+                                go_dependencies(by_language["go"], go_mods)):
+        for path, found in imports.items():
+            graph.deps[path] = found | references[path]
+            if references[path]:
+                graph.references[path] = references[path]
+    return graph

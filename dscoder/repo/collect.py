@@ -13,17 +13,15 @@ import os
 import posixpath
 import re
 import subprocess
-import sysconfig
 import tarfile
 import zipfile
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Iterable, Iterator
+from typing import Annotated, Iterator
 
 from dscoder.config import AT_LEAST_ONE
-from dscoder.data.languages import detect_language
-from dscoder.errors import UserError
+from dscoder.repo.languages import detect_language
 
 # Folders that hold tool state, caches or installed environments, never a repository's own code.
 SKIPPED_DIRS = frozenset(
@@ -147,7 +145,7 @@ def walk(root: Path, skips: Counter, skip_vendored: bool = True) -> Iterator[Pat
             yield path
 
 
-def _read_text(path: Path, skips: Counter) -> str | None:
+def read_text(path: Path, skips: Counter) -> str | None:
     try:
         data = path.read_bytes()
     except OSError:
@@ -165,7 +163,7 @@ def read_folder(root: Path, cfg: CollectConfig, skips: Counter) -> list[SourceFi
         except OSError:
             skips["unreadable"] += 1
             continue
-        text = None if language is None else _read_text(path, skips)
+        text = None if language is None else read_text(path, skips)
         if text is not None:
             files.append(SourceFile(rel, text, language))
     return files
@@ -319,72 +317,9 @@ def read_repository(path: Path, cfg: CollectConfig, skips: Counter, name: str | 
     return Repository(name, str(path), files)
 
 
-def iter_files(
-    inputs: Iterable[str | os.PathLike],
-    skips: Counter,
-    max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
-) -> Iterator[SourceFile]:
-    """Text files from files and folders (for tokenizer training). Inside folders only files of
-    a known language are read; a file named directly is always read."""
-    cfg = CollectConfig(max_file_bytes=max_file_bytes)
-    for item in inputs:
-        root = Path(item)
-        if not root.exists():
-            raise UserError(f"input not found: {root}")
-        if root.is_dir():
-            yield from read_folder(root, cfg, skips)
-            continue
-        text = _read_text(root, skips)
-        if text is not None:
-            yield SourceFile(root.name, text, detect_language(root.name, text[:200].split("\n", 1)[0]))
-
-
-def read_texts(inputs: Iterable[str | os.PathLike], skips: Counter, max_bytes: int | None = None) -> list[str]:
-    """Texts of the files under `inputs` (as `iter_files`) or of the samples of corpus folders,
-    up to `max_bytes` characters, with a progress bar; skips are counted and logged."""
-    from dscoder.console import progress
-    from dscoder.data import corpus
-
-    def all_texts() -> Iterator[str]:
-        for item in inputs:
-            if corpus.is_corpus(item):
-                yield from corpus.iter_texts(item)
-            else:
-                yield from (source.text for source in iter_files([item], skips))
-
-    texts, total = [], 0
-    with progress(desc="reading", unit=" texts") as bar:
-        for text in all_texts():
-            if max_bytes is not None and total + len(text) > max_bytes:
-                log.info("read %d characters, the limit: the rest is not read", total)
-                break
-            texts.append(text)
-            total += len(text)
-            bar.update()
-    if skips:
-        log.info("skipped files: %s", format_skips(skips))
-    return texts
-
-
 def _first_line(path: Path) -> str:
     try:
         with open(path, "rb") as f:
             return f.readline(200).decode("utf-8", "replace")
     except OSError:
         return ""
-
-
-def installed_python_roots() -> list[Path]:
-    """This interpreter's own Python code: the standard library and the installed packages."""
-    paths = sysconfig.get_paths()
-    roots = []
-    for key in ("stdlib", "purelib", "platlib"):
-        path = Path(paths[key])
-        if path.is_dir() and path not in roots:
-            roots.append(path)
-    return roots
-
-
-def format_skips(skips: Counter) -> str:
-    """`binary 3, too_large 1` for a log line; empty when nothing was skipped."""
-    return ", ".join(f"{reason} {count}" for reason, count in sorted(skips.items()))
