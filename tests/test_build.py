@@ -6,6 +6,7 @@ import subprocess
 import sys
 import tarfile
 import time
+from collections import Counter
 
 import pyarrow as pa
 import pyarrow.dataset as ds
@@ -241,6 +242,98 @@ def test_bad_sources(tmp_path, capsys):
     assert stats["skipped"]["broken_symlink"] == 1 and stats["skipped"]["unreadable_repository"] == 1
 
 
+def test_truncated_dataset_shards_are_one_line_and_no_smaller_corpus(tmp_path, capsys):
+    """A shard cut short (a copy that stopped mid-way) is never read as a smaller corpus: a parquet
+    file without its footer is refused before anything is written; a JSON-lines.gz file cut
+    mid-stream stops the build with one line naming it, and no corpus is marked complete."""
+    rows = [{"repo": f"org/r{i}", "path": f"m{i}.py", "content": f"def f{i}(x):\n    return x + {i}\n" * 20}
+            for i in range(300)]
+    whole = tmp_path / "shard.parquet"
+    pq.write_table(pa.Table.from_pylist(rows), whole)
+    cut = tmp_path / "cut.parquet"
+    cut.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
+    assert main(["data", "build", "--out", str(tmp_path / "c1"), "--workers", "1", str(whole), str(cut)]) == 2
+    err = capsys.readouterr().err
+    assert "cut.parquet: unreadable parquet file" in err and "Traceback" not in err
+    assert not (tmp_path / "c1").exists()
+
+    import gzip
+
+    data = gzip.compress("".join(json.dumps(r) + "\n" for r in rows).encode())
+    gz = tmp_path / "cut.jsonl.gz"
+    gz.write_bytes(data[: len(data) * 2 // 3])
+    assert main(["data", "build", "--out", str(tmp_path / "c2"), "--workers", "1", str(gz)]) == 2
+    lines = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
+    assert len(lines) == 1 and "cut.jsonl.gz: unreadable dataset file" in lines[0], lines
+    assert not json.loads((tmp_path / "c2" / "manifest.json").read_text())["complete"]
+    gz.write_bytes(data)  # the file copied again in full: the same command finishes the build
+    assert main(["data", "build", "--out", str(tmp_path / "c2"), "--workers", "1", str(gz)]) == 0
+    assert len(read_rows(tmp_path / "c2" / "data")) == 300
+
+
+def test_a_repository_that_vanishes_during_the_build_is_one_line_then_resumes(tmp_path, capsys, monkeypatch):
+    repos = tmp_path / "repos"
+    for name in ("a", "b", "c"):
+        write_tree(repos / name, {"m.py": PYTHON_REPO["pkg/util.py"].replace("clamp", f"clamp_{name}")})
+    real_plan = build_module.plan_units
+
+    def plan_then_delete(*args, **kwargs):
+        units = real_plan(*args, **kwargs)
+        (repos / "b").rename(tmp_path / "b-moved")
+        return units
+
+    monkeypatch.setattr(build_module, "plan_units", plan_then_delete)
+    out = tmp_path / "out"
+    assert main(["data", "build", "--out", str(out), "--workers", "1", "--run.repos_per_unit=1", "--repos-in", str(repos)]) == 2
+    err = capsys.readouterr().err
+    assert "the repository vanished during the build" in err and "/b:" in err and "Traceback" not in err
+    monkeypatch.undo()
+    (tmp_path / "b-moved").rename(repos / "b")
+    assert main(["data", "build", "--out", str(out), "--workers", "1", "--run.repos_per_unit=1", "--repos-in", str(repos)]) == 0
+    assert sorted(r["repo"] for r in read_rows(out / "data")) == ["a", "b", "c"]
+
+
+def test_files_that_vanish_while_a_repository_is_read_are_read_again(tmp_path, monkeypatch):
+    """A file listed but gone when read (a checkout being updated): the repository is read again,
+    and the sample is the repository as it now is, with nothing counted unreadable."""
+    repo = write_tree(tmp_path / "r", {"keep.py": PYTHON_REPO["pkg/util.py"], "temp.py": "x = 1\n"})
+    real_read = build_module.read_repository
+    calls = []
+
+    def read_while_a_file_goes(path, cfg, skips, name=None):
+        calls.append(path)
+        if len(calls) == 1:
+            (repo / "temp.py").unlink()
+            skips["unreadable"] += 1  # as the reader counts a listed file it could not open
+            return real_read(path, cfg, Counter(), name)
+        return real_read(path, cfg, skips, name)
+
+    monkeypatch.setattr(build_module, "read_repository", read_while_a_file_goes)
+    stats = build(tmp_path / "out", [repo], [], [], CFG)
+    assert len(calls) == 2 and "unreadable" not in stats.skipped
+    assert [r["paths"] for r in read_rows(tmp_path / "out" / "data")] == [["keep.py"]]
+
+
+def test_dataset_files_spilled_in_parallel_give_the_same_corpus(tmp_path):
+    """Rows of one repository spread over several shards (as The Stack splits by language) are
+    spilled by one task per shard, then gathered per bucket: two workers and one give the same
+    corpus, and each repository is one sample set."""
+    rows = [{"repo": f"org/r{i % 40}", "path": f"pkg/m{i}.py", "content": f"import pkg.m{max(i - 40, 0)}\n\n"
+             f"def f{i}(x):\n    return x * {i}\n"} for i in range(400)]
+    shards = []
+    for k in range(4):
+        shards.append(tmp_path / f"shard-{k}.parquet")
+        pq.write_table(pa.Table.from_pylist(rows[k::4]), shards[-1])
+    cfg = apply_overrides(CFG, {"run.bucket_bytes": "5000"})
+    build(tmp_path / "one", shards, [], [], cfg)
+    build(tmp_path / "two", shards, [], [], apply_overrides(cfg, {"run.workers": "2"}))
+    assert corpus_bytes(tmp_path / "one").keys() - {"manifest.json"} == corpus_bytes(tmp_path / "two").keys() - {"manifest.json"}
+    assert corpus_content(tmp_path / "one") == corpus_content(tmp_path / "two")
+    samples = read_rows(tmp_path / "one" / "data")
+    assert sorted({s["repo"] for s in samples}) == sorted({r["repo"] for r in rows})
+    assert sum(s["n_files"] for s in samples) == 400
+
+
 @pytest.mark.parametrize("kind", ["empty folder", "binaries", "one 5 MB line"])
 def test_a_build_that_keeps_nothing_is_an_error_and_writes_nothing(kind, tmp_path, capsys):
     repo = tmp_path / "repo"
@@ -293,8 +386,8 @@ def corpus_bytes(out):
 
 
 def test_killed_at_ten_points_then_resumed_gives_the_same_bytes(tmp_path):
-    """SIGKILL at ten points of one build, chosen from its progress (units done, dedup written,
-    shards written), resuming after each: the corpus is byte-identical to an uninterrupted one."""
+    """SIGKILL at twelve points of one build, chosen from its progress (units done, dedup keys
+    written, duplicates found, units finished), resuming after each: the corpus is byte-identical to an uninterrupted one."""
     out = tmp_path / "killed"
     reference = tmp_path / "reference"
     command = [sys.executable, "-m", "dscoder", "-q", "data", "build", "--workers", "1", "--run.repos_per_unit=1",
@@ -308,9 +401,11 @@ def test_killed_at_ten_points_then_resumed_gives_the_same_bytes(tmp_path):
         except FileNotFoundError:  # not made yet, or being replaced
             return 0
 
-    points = [lambda n=n: count(units, "*.stats.json") >= n for n in (1, 2, 4, 6, 8, 10, 11)]
-    points += [lambda: (out / "work" / "dedup.npz").is_file(), lambda: count(out / "data", "part-*") >= 2,
-               lambda: count(out / "data", "part-*") >= 6, lambda: (out / "stats.json").is_file()]
+    points = [lambda n=n: count(units, "*.stats.json") >= n for n in (1, 2, 4, 6, 8, 10)]
+    points += [lambda n=n: count(units, "*.keys.npy") >= n for n in (2, 8)]
+    points += [lambda: (out / "work" / "dedup" / "clusters.npy").is_file(),
+               lambda: count(units, "*.finished.json") >= 3, lambda: count(units, "*.finished.json") >= 9,
+               lambda: (out / "stats.json").is_file()]
     landed = 0
     for reached in points:
         process = subprocess.Popen([*command, "--out", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -322,7 +417,7 @@ def test_killed_at_ten_points_then_resumed_gives_the_same_bytes(tmp_path):
         process.send_signal(signal.SIGKILL)
         process.wait()
         landed += 1
-    assert landed >= 8, f"only {landed} kills landed mid-build"
+    assert landed >= 10, f"only {landed} kills landed mid-build"
     finished = json.loads((out / "manifest.json").read_text()).get("complete")
     resumed = subprocess.run([*command, "--out", str(out)], capture_output=True, text=True)
     if finished:  # the last kill came after the end

@@ -5,7 +5,17 @@ import random
 import numpy as np
 import pytest
 
-from dscoder.data.dedup import DedupConfig, EMPTY, band_keys, cluster, estimated_jaccard, signature, text_digest
+from dscoder.data.dedup import (
+    DedupConfig,
+    EMPTY,
+    candidate_pairs,
+    cluster,
+    clusters,
+    estimated_jaccard,
+    key_records,
+    signature,
+    text_digest,
+)
 from dscoder.data.ngrams import shingles
 
 from conftest import STDLIB
@@ -43,10 +53,8 @@ def test_signature_is_deterministic_and_empty_texts_are_marked():
 
 def run_cluster(texts):
     sigs = np.stack([signature(t, CFG) for t in texts])
-    empty = sigs[:, 0] == EMPTY
     digests = np.frombuffer(b"".join(text_digest(t) for t in texts), dtype=np.uint8).reshape(-1, 16)
-    return cluster(len(texts), digests, lambda b: band_keys(sigs, CFG, b),
-                   lambda idx: sigs[idx], empty, CFG)
+    return cluster(sigs, digests, CFG)
 
 
 def repo_text(files):
@@ -80,3 +88,22 @@ def test_bands_must_fit_the_signature():
 
     with pytest.raises(UserError, match="exceeds num_perm"):
         check(DedupConfig(num_perm=64, bands=10, rows=10))
+
+
+def test_pairs_found_by_key_partitions_give_the_same_clusters():
+    """The build finds duplicate pairs in parallel tasks, one per range of keys, each seeing only
+    its share of the records: the clusters are those of all records at once."""
+    rng = random.Random(3)
+    base = [(STDLIB / name).read_text() for name in ("json/decoder.py", "json/encoder.py", "textwrap.py", "shlex.py")]
+    texts = base + [edit_lines(t, 0.03, rng) for t in base] + [base[1], "", "", edit_lines(base[2], 0.05, rng)]
+    sigs = np.stack([signature(t, CFG) for t in texts])
+    digests = np.frombuffer(b"".join(text_digest(t) for t in texts), dtype=np.uint8).reshape(-1, 16)
+    whole = cluster(sigs, digests, CFG)
+    records = np.concatenate([key_records(sigs[i:i + 3], digests[i:i + 3], i, CFG) for i in range(0, len(texts), 3)])
+    for partitions in (1, 3, 7):
+        share = records["hi"] % np.uint64(partitions)
+        pairs = [candidate_pairs(records[share == p], lambda idx: sigs[idx], CFG) for p in range(partitions)]
+        roots, similarity = clusters(len(texts), reversed(pairs))
+        assert np.array_equal(roots, whole[0]) and np.array_equal(similarity, whole[1])
+    assert len(set(whole[0].tolist())) < len(texts) - 4  # forks and copies were found
+    assert whole[0][9] == 9 and whole[0][10] == 9  # the two empty texts: exact copies of each other

@@ -2,13 +2,17 @@
 
 ```
 DIR/work/plan.json                 inputs, resolved config and the units of work
-DIR/work/buckets/                  dataset rows spilled by repository (datasets only)
+DIR/work/buckets/file-NNNNN/       dataset rows spilled by repository, per dataset file
 DIR/work/decontam.{npz,json}       the benchmark n-gram index
 DIR/work/units/unit-NNNNN.*        per unit: samples, rejects, signatures, digests; stats last
-DIR/work/dedup.npz                 survivors of exact and near dedup
+DIR/work/units/unit-NNNNN.keys.npy dedup candidate records of a unit, by key range (bounds.npy)
+DIR/work/dedup/pairs-NNNNN.npy     the duplicate pairs found in one key range
+DIR/work/dedup/{dropped,clusters}.npy  every dropped sample with its survivor, by sample and by survivor
+DIR/work/units/unit-NNNNN.finished.json  a unit's shards written (its dedup stats)
 ```
-Every file is written whole or not at all (artifacts.py), and a unit's stats file is written
-last, so a unit is either done or redone whole. After a kill, the same command continues where
+Every stage is a set of tasks on the executor (local processes or Ray). Every file is written
+whole or not at all (artifacts.py), and each task writes its mark last, so a task is either done
+or redone whole. After a kill, the same command continues where
 the last run stopped and finishes with the output an uninterrupted run gives. The finished
 corpus is described in `corpus.py`; `work/` is set aside whole, then removed, at the end, and
 the half-written files of a killed finish are cleared when it is redone.
@@ -32,9 +36,10 @@ from dscoder import __version__, artifacts
 from dscoder.config import to_dict
 from dscoder.console import progress
 from dscoder.data import corpus, dedup
-from dscoder.data.dataset_files import is_dataset_file, read_bucket, spill
+from dscoder.data.dataset_files import check_dataset_file, dataset_bytes, is_dataset_file, read_bucket, spill
 from dscoder.data.decontam import build_index, load_index, save_index
-from dscoder.data.executors import default_workers, run_local, run_ray
+from dscoder.data.dedup import DedupConfig
+from dscoder.data.executors import Executor, default_workers, peak_memory_mb
 from dscoder.data.stats import Stats, nothing_kept
 from dscoder.data.steps import BuildConfig, failed_repository, process_repository
 from dscoder.errors import UserError
@@ -59,6 +64,7 @@ def resolve_sources(sources: list[Path], repos_in: list[Path]) -> tuple[list[tup
         if not source.exists():
             raise UserError(f"source not found: {source}")
         if is_dataset_file(source):
+            check_dataset_file(source)
             datasets.append(str(source.resolve()))
         elif source.is_dir() or is_archive(source):
             repos.append(source)
@@ -74,7 +80,8 @@ def resolve_sources(sources: list[Path], repos_in: list[Path]) -> tuple[list[tup
 
 def _plan_identity(cfg: BuildConfig, repos, datasets, benchmarks) -> dict:
     settings = to_dict(cfg)
-    settings["run"].pop("workers")  # how many processes ran it does not change the result
+    for name in ("workers", "shuffle_bytes"):  # how the work is spread does not change the result
+        settings["run"].pop(name)
     return {"config": settings, "repositories": repos, "datasets": datasets, "decontaminate": benchmarks}
 
 
@@ -97,21 +104,33 @@ def prepare(out: Path, identity: dict) -> bool:
     return False
 
 
-def plan_units(work: Path, cfg: BuildConfig, repos, datasets, skips: Counter) -> list[dict]:
+def spill_dataset(item: dict, work: str, buckets: int) -> float:
+    """Spill one dataset file into buckets by repository, in a folder of its own; a file whose
+    spill did not finish is spilled again from the start."""
+    folder = Path(work) / "buckets"
+    _check_visible(Path(work))
+    done = folder / f"file-{item['number']:05d}.done"
+    if not done.is_file():
+        target = folder / f"file-{item['number']:05d}"
+        shutil.rmtree(target, ignore_errors=True)
+        skips: Counter = Counter()
+        spill(Path(item["path"]), item["number"], target, buckets, skips)
+        artifacts.write_json(done, {"skipped": dict(skips)})
+    return peak_memory_mb()
+
+
+def plan_units(work: Path, cfg: BuildConfig, repos, datasets, skips: Counter, execute) -> list[dict]:
     units = [{"kind": "repos", "items": repos[i:i + cfg.run.repos_per_unit]}
              for i in range(0, len(repos), cfg.run.repos_per_unit)]
     if datasets:
-        done = work / "buckets.done"
-        if not done.is_file():
-            shutil.rmtree(work / "buckets", ignore_errors=True)
-            size = sum(Path(d).stat().st_size * (3 if d.endswith(".parquet") else 1) for d in datasets)
-            count = max(1, math.ceil(size / cfg.run.bucket_bytes))
-            log.info("spilling %d dataset file(s) into %d bucket(s) by repository", len(datasets), count)
-            spilled: Counter = Counter()
-            spill([Path(d) for d in datasets], work / "buckets", count, spilled)
-            artifacts.write_json(done, {"skipped": dict(spilled)})
-        skips.update(json.loads(done.read_text())["skipped"])
-        units += [{"kind": "bucket", "path": str(p)} for p in sorted((work / "buckets").glob("bucket-*.jsonl.gz"))]
+        size = sum(dataset_bytes(Path(d)) for d in datasets)
+        count = max(1, math.ceil(size / cfg.run.bucket_bytes))
+        log.info("spilling %d dataset file(s) into %d bucket(s) by repository", len(datasets), count)
+        execute("spilling datasets", spill_dataset, [{"path": d, "number": k} for k, d in enumerate(datasets)],
+                (str(work), count))
+        for k in range(len(datasets)):
+            skips.update(json.loads((work / "buckets" / f"file-{k:05d}.done").read_text())["skipped"])
+        units += [{"kind": "bucket", "bucket": b, "files": len(datasets)} for b in range(count)]
     for index, unit in enumerate(units):
         unit["index"] = index
     return units
@@ -128,16 +147,33 @@ def unit_path(work: Path, index: int, suffix: str) -> Path:
     return work / "units" / f"unit-{index:05d}.{suffix}"
 
 
-def run_unit(unit: dict, cfg: BuildConfig, work: str, bench_path: str | None) -> None:
+def _read_source(path: Path, name: str, cfg: BuildConfig, skips: Counter):
+    """A repository of the plan, read again (up to 3 times) when files vanish while it is read;
+    one that is gone altogether stops the build rather than leave a smaller corpus."""
+    for attempt in range(3):
+        if not path.exists():
+            raise UserError(f"{path}: the repository vanished during the build (it was there when the build "
+                            "started); restore it and run the same command again")
+        found: Counter = Counter()
+        repo = read_repository(path, cfg.collect, found, name)
+        if not found["unreadable"] or attempt == 2:
+            skips.update(found)
+            return repo
+        log.info("%s: %d file(s) vanished while it was read; reading it again", path, found["unreadable"])
+
+
+def run_unit(unit: dict, cfg: BuildConfig, work: str, bench_path: str | None) -> float:
     """Process one unit (a few repositories or a dataset bucket); a finished unit is skipped."""
     work = Path(work)
+    _check_visible(work)
     if unit_path(work, unit["index"], "stats.json").is_file():
-        return
+        return peak_memory_mb()
     stats, skips = Stats(), Counter()
     if unit["kind"] == "repos":
-        repos = [read_repository(Path(path), cfg.collect, skips, name) for path, name in unit["items"]]
+        repos = [_read_source(Path(path), name, cfg, skips) for path, name in unit["items"]]
     else:
-        repos = read_bucket(Path(unit["path"]), cfg.collect, skips)
+        folders = [work / "buckets" / f"file-{k:05d}" for k in range(unit["files"])]
+        repos = read_bucket(folders, unit["bucket"], cfg.collect, skips)
     stats.skipped.update(skips)
     samples, rejects = [], []
     for repo in repos:
@@ -157,86 +193,188 @@ def run_unit(unit: dict, cfg: BuildConfig, work: str, bench_path: str | None) ->
     artifacts.write_array(unit_path(work, unit["index"], "sig.npy"), signatures)
     artifacts.write_array(unit_path(work, unit["index"], "digest.npy"), digests)
     artifacts.write_json(unit_path(work, unit["index"], "stats.json"), stats.to_json())
+    return peak_memory_mb()
 
 
-# --- dedup and finish ---------------------------------------------------------------------------------
+# --- dedup: keys, pairs, clusters ----------------------------------------------------------------
+# Each unit's candidate records (dedup.key_records) are written sorted by a hash range of their
+# key, so that one task per range sees every record of its keys and finds their duplicate pairs
+# alone; the driver then joins the pairs into clusters (a few numbers per sample) and writes the
+# dropped samples and the clusters for the finishing tasks. Nothing in the driver grows with the
+# size of a sample, its signature or its band keys.
 
-def deduplicate(work: Path, units: list[dict], cfg: BuildConfig) -> dict:
-    """Cluster every sample of the build; the result is saved so it is computed once."""
-    result = work / "dedup.npz"
-    if result.is_file():
-        with np.load(result) as data:
-            return {k: data[k] for k in data.files}
-    sigs = [np.load(unit_path(work, u["index"], "sig.npy"), mmap_mode="r") for u in units]
-    digests = [np.load(unit_path(work, u["index"], "digest.npy")) for u in units]
-    sizes = np.array([len(s) for s in sigs], dtype=np.int64)
+def _check_visible(work: Path) -> None:
+    """A task on a machine that cannot see the build folder stops with one line (a Ray node
+    without the shared filesystem), never writes elsewhere."""
+    if not work.is_dir():
+        import socket
+
+        raise UserError(f"{socket.gethostname()}: cannot see the build folder {work} (every node of a "
+                        "cluster needs it on a shared filesystem at the same path)")
+
+
+def unit_sizes(work: Path, units: list[dict]) -> np.ndarray:
+    """Samples per unit, read from the signature files' headers. (U,) int64."""
+    return np.array([np.load(unit_path(work, u["index"], "sig.npy"), mmap_mode="r").shape[0] for u in units],
+                    dtype=np.int64)
+
+
+def key_unit(unit: dict, cfg: DedupConfig, work: str, partitions: int) -> float:
+    """One unit's candidate records, ordered by the hash range (partition) of their key."""
+    work = Path(work)
+    _check_visible(work)
+    target = unit_path(work, unit["index"], "keys.npy")
+    if not target.is_file():
+        signatures = np.load(unit_path(work, unit["index"], "sig.npy"))
+        digests = np.load(unit_path(work, unit["index"], "digest.npy"))
+        records = dedup.key_records(signatures, digests, unit["offset"], cfg)
+        share = records["hi"] % np.uint64(partitions)
+        order = np.argsort(share, kind="stable")
+        bounds = np.searchsorted(share[order], np.arange(partitions + 1), side="left")
+        artifacts.write_array(unit_path(work, unit["index"], "bounds.npy"), bounds.astype(np.int64))
+        artifacts.write_array(target, records[order])  # written last: the unit's marker
+    return peak_memory_mb()
+
+
+def pair_partition(partition: int, cfg: DedupConfig, work: str, units: list[int], offsets: list[int]) -> float:
+    """The duplicate pairs among the records of one key range, from every unit."""
+    work = Path(work)
+    _check_visible(work)
+    target = work / "dedup" / f"pairs-{partition:05d}.npy"
+    if target.is_file():
+        return peak_memory_mb()
+    parts = []
+    for index in units:
+        lo, hi = np.load(unit_path(work, index, "bounds.npy"))[partition:partition + 2]
+        if hi > lo:
+            parts.append(np.array(np.load(unit_path(work, index, "keys.npy"), mmap_mode="r")[lo:hi]))
+    records = np.concatenate(parts) if parts else np.empty(0, dtype=dedup.KEY)
+    signatures = {}
+
+    def rows(indices: np.ndarray) -> np.ndarray:
+        owner = np.searchsorted(offsets, indices, side="right") - 1
+        for u in set(owner.tolist()) - signatures.keys():
+            signatures[u] = np.load(unit_path(work, units[u], "sig.npy"), mmap_mode="r")
+        return np.stack([signatures[u][i - offsets[u]] for u, i in zip(owner.tolist(), indices.tolist())])
+
+    artifacts.write_array(target, dedup.candidate_pairs(records, rows, cfg))
+    return peak_memory_mb()
+
+
+def deduplicate(work: Path, units: list[dict], cfg: BuildConfig, execute) -> int:
+    """Find the duplicates of the whole build; writes `dedup/dropped.npy` (every dropped sample,
+    by index) and `dedup/clusters.npy` (the same, by survivor) for the finishing tasks. Returns
+    the number of samples."""
+    folder = work / "dedup"
+    sizes = unit_sizes(work, units)
     offsets = np.concatenate(([0], np.cumsum(sizes)))
     n = int(offsets[-1])
-    if n == 0 or not cfg.dedup.enabled:
-        roots, similarity = np.arange(n), np.zeros(n, dtype=np.float32)
+    if (folder / "clusters.npy").is_file():
+        return n
+    artifacts.make_folder(folder)
+    if n and cfg.dedup.enabled:
+        plan = folder / "partitions.json"  # fixed once chosen: the unit key files depend on it
+        if not plan.is_file():
+            records = n * (cfg.dedup.bands + 1)
+            artifacts.write_json(plan, {"partitions": max(1, math.ceil(records * dedup.KEY.itemsize / cfg.run.shuffle_bytes))})
+        partitions = json.loads(plan.read_text())["partitions"]
+        log.info("deduplicating %d samples (%d bands x %d rows, threshold %.2f) in %d key range(s)", n,
+                 cfg.dedup.bands, cfg.dedup.rows, cfg.dedup.threshold, partitions)
+        execute("dedup keys", key_unit, [dict(u, offset=int(o)) for u, o in zip(units, offsets)],
+                (cfg.dedup, str(work), partitions))
+        execute("dedup pairs", pair_partition, list(range(partitions)),
+                (cfg.dedup, str(work), [u["index"] for u in units], offsets.tolist()))
+        roots, similarity = dedup.clusters(n, (np.load(folder / f"pairs-{p:05d}.npy") for p in range(partitions)))
     else:
-        log.info("deduplicating %d samples (%d bands x %d rows, threshold %.2f)", n, cfg.dedup.bands,
-                 cfg.dedup.rows, cfg.dedup.threshold)
-
-        def band_keys(band: int) -> np.ndarray:
-            return np.concatenate([dedup.band_keys(np.asarray(s), cfg.dedup, band) for s in sigs])
-
-        def rows(indices: np.ndarray) -> np.ndarray:
-            unit = np.searchsorted(offsets, indices, side="right") - 1
-            return np.stack([sigs[u][i - offsets[u]] for u, i in zip(unit, indices)])
-
-        empty = np.concatenate([np.asarray(s[:, 0]) == dedup.EMPTY for s in sigs])
-        roots, similarity = dedup.cluster(n, np.concatenate(digests), band_keys, rows, empty, cfg.dedup,
-                                          progress=lambda it: progress(it, desc="dedup bands"))
-    artifacts.write_arrays(result, roots=roots, similarity=similarity, offsets=offsets)
-    return {"roots": roots, "similarity": similarity, "offsets": offsets}
+        roots, similarity = np.arange(n), np.zeros(n, dtype=np.float32)
+    member = np.flatnonzero(roots != np.arange(n))
+    dropped = np.empty(len(member), dtype=DROPPED)
+    dropped["member"], dropped["root"], dropped["sim"] = member, roots[member], similarity[member]
+    artifacts.write_array(folder / "dropped.npy", dropped)
+    artifacts.write_array(folder / "clusters.npy", dropped[np.lexsort((dropped["member"], dropped["root"]))])
+    return n
 
 
-def finalize(out: Path, work: Path, units: list[dict], decisions: dict, manifest: dict, skips: Counter) -> Stats:
-    """Write the final shards, rejects, clusters and stats from the units and dedup decisions."""
-    roots, similarity, offsets = decisions["roots"], decisions["similarity"], decisions["offsets"]
-    for folder in ("data", "rejects", "dedup"):  # all rewritten: what a killed finish left goes
-        shutil.rmtree(out / folder, ignore_errors=True)
-        (out / folder).mkdir()
-    duplicated = np.flatnonzero(roots != np.arange(len(roots)))
-    named = set(duplicated.tolist()) | set(roots[duplicated].tolist())  # ids the clusters need
-    total, ids_by_index = Stats(), {}
+DROPPED = np.dtype([("member", "<i8"), ("root", "<i8"), ("sim", "<f4")])
+
+
+# --- finish: one task per unit ----------------------------------------------------------------------
+
+@lru_cache(maxsize=64)
+def _unit_ids(work: str, index: int) -> list[str]:
+    return pq.read_table(unit_path(Path(work), index, "samples.parquet"), columns=["id"]).column("id").to_pylist()
+
+
+def finish_unit(unit: dict, work: str, out: str, indices: list[int], offsets: list[int]) -> float:
+    """Write one unit's shards, rejects (with its dropped duplicates) and the lines of the
+    clusters whose survivor is in it; its stats last (the unit's marker)."""
+    work, out, i = Path(work), Path(out), unit["index"]
+    _check_visible(work)
+    marker = unit_path(work, i, "finished.json")
+    if marker.is_file():
+        return peak_memory_mb()
+    first, last = offsets[unit["number"]], offsets[unit["number"] + 1]
+
+    def sample_id(g: int) -> str:
+        u = int(np.searchsorted(offsets, g, side="right")) - 1
+        return _unit_ids(str(work), indices[u])[g - offsets[u]]
+
+    dropped = np.load(work / "dedup" / "dropped.npy", mmap_mode="r")
+    mine = dropped[np.searchsorted(dropped["member"], first):np.searchsorted(dropped["member"], last)]
+    gone = {int(m): (int(r), float(s)) for m, r, s in zip(mine["member"], mine["root"], mine["sim"])}
+    stats = Stats()
+    rows = pq.read_table(unit_path(work, i, "samples.parquet")).to_pylist()
+    keep = [row for j, row in enumerate(rows) if first + j not in gone]
+    if keep:
+        corpus.write_table(keep, corpus.SAMPLES, out / "data" / f"part-{i:05d}.parquet")
+    stats.counts["samples_kept"] += len(keep)
+    rejects = pq.read_table(unit_path(work, i, "rejects.parquet")).to_pylist()
+    for j, row in enumerate(rows):
+        if first + j not in gone:
+            continue
+        root, sim = gone[first + j]
+        reason = "exact_duplicate" if sim >= 1.0 else "near_duplicate"
+        for language in row["languages"]:
+            stats.drop("dedup", reason, language, row["n_chars"] // len(row["languages"]), files=row["n_files"])
+        rejects.append({"repo": row["repo"], "path": ",".join(row["paths"]), "language": ",".join(row["languages"]),
+                        "step": "dedup", "reason": reason, "detail": f"duplicate of {sample_id(root)}", "text": row["text"],
+                        "n_chars": row["n_chars"], "source": row["source"]})
+    if rejects:
+        corpus.write_table(rejects, corpus.REJECTS, out / "rejects" / f"part-{i:05d}.parquet")
+    grouped = np.load(work / "dedup" / "clusters.npy", mmap_mode="r")
+    rooted = grouped[np.searchsorted(grouped["root"], first):np.searchsorted(grouped["root"], last)]
+    lines = []
+    for root in np.unique(rooted["root"]).tolist():
+        members = rooted[rooted["root"] == root]
+        listed = [{"id": sample_id(int(m)), "similarity": round(float(s), 4)} for m, s in zip(members["member"], members["sim"])]
+        lines.append(json.dumps({"survivor": sample_id(root), "duplicates": listed}) + "\n")
+    stats.counts["duplicate_clusters"] += len(lines)
+    artifacts.write_text(unit_path(work, i, "clusters.jsonl"), "".join(lines))
+    artifacts.write_json(marker, stats.to_json())
+    return peak_memory_mb()
+
+
+def finalize(out: Path, work: Path, units: list[dict], skips: Counter, execute) -> Stats:
+    """Write the final shards, rejects, clusters and stats: one task per unit, then the driver
+    adds up the stats and joins the units' cluster lines."""
+    for folder in ("data", "rejects", "dedup"):
+        artifacts.make_folder(out / folder)
+        artifacts.remove_partials(out / folder)  # what a killed finish left half-written
+    offsets = np.concatenate(([0], np.cumsum(unit_sizes(work, units)))).tolist()
+    indices = [u["index"] for u in units]
+    execute("writing shards", finish_unit, [dict(u, number=k) for k, u in enumerate(units)],
+            (str(work), str(out), indices, offsets))
+    total = Stats()
     total.skipped.update(skips)
-    clusters: dict[int, list[int]] = {}
     for u in units:
-        i = u["index"]
-        total.add(Stats.from_json(json.loads(unit_path(work, i, "stats.json").read_text())))
-        table = pq.read_table(unit_path(work, i, "samples.parquet"))
-        rows = table.to_pylist()
-        keep, dropped = [], []
-        for j, row in enumerate(rows):
-            g = int(offsets[i]) + j
-            if g in named:
-                ids_by_index[g] = row["id"]
-            if roots[g] == g:
-                keep.append(row)
-            else:
-                clusters.setdefault(int(roots[g]), []).append(g)
-                dropped.append((row, g))
-        if keep:
-            corpus.write_table(keep, corpus.SAMPLES, out / "data" / f"part-{i:05d}.parquet")
-        total.counts["samples_kept"] += len(keep)
-        rejects = pq.read_table(unit_path(work, i, "rejects.parquet")).to_pylist()
-        for row, g in dropped:
-            exact = similarity[g] >= 1.0
-            reason = "exact_duplicate" if exact else "near_duplicate"
-            for language in row["languages"]:
-                total.drop("dedup", reason, language, row["n_chars"] // len(row["languages"]), files=row["n_files"])
-            rejects.append({"repo": row["repo"], "path": ",".join(row["paths"]), "language": ",".join(row["languages"]),
-                            "step": "dedup", "reason": reason, "detail": f"duplicate of {ids_by_index[int(roots[g])]}", "text": row["text"],
-                            "n_chars": row["n_chars"], "source": row["source"]})
-        if rejects:
-            corpus.write_table(rejects, corpus.REJECTS, out / "rejects" / f"part-{i:05d}.parquet")
+        total.add(Stats.from_json(json.loads(unit_path(work, u["index"], "stats.json").read_text())))
+    for u in units:
+        total.add(Stats.from_json(json.loads(unit_path(work, u["index"], "finished.json").read_text())))
     with artifacts.output_file(out / "dedup" / "clusters.jsonl", force=True) as f:
-        for root in sorted(clusters):
-            members = [{"id": ids_by_index[g], "similarity": round(float(similarity[g]), 4)} for g in clusters[root]]
-            f.write(json.dumps({"survivor": ids_by_index[root], "duplicates": members}) + "\n")
-    total.counts["duplicate_clusters"] = len(clusters)
+        for u in units:
+            with open(unit_path(work, u["index"], "clusters.jsonl"), encoding="utf-8") as part:
+                shutil.copyfileobj(part, f)
+    total.counts["duplicate_clusters"] += 0  # present even when there is none
     artifacts.write_json(out / "stats.json", total.to_json())
     return total
 
@@ -254,8 +392,11 @@ def _benchmark_strings(files: list[Path]) -> list[tuple[str, str]]:
 
 
 def build(out: Path, sources: list[Path], repos_in: list[Path], decontaminate: list[Path], cfg: BuildConfig,
-          engine: str = "local", ray_address: str | None = None, force: bool = False) -> Stats:
-    """Build (or resume building) the corpus `out` from the sources."""
+          engine: str = "local", ray_address: str | None = None, force: bool = False,
+          report: list | None = None) -> Stats:
+    """Build (or resume building) the corpus `out` from the sources. `report`, when given,
+    receives one dict per stage: its wall time and the peak memory of the driver and of the
+    largest task."""
     dedup.check(cfg.dedup)
     repos, datasets = resolve_sources(sources, repos_in)
     if not repos and not datasets:
@@ -286,33 +427,28 @@ def build(out: Path, sources: list[Path], repos_in: list[Path], decontaminate: l
             save_index(build_index(strings, cfg.decontam), bench_path)
         bench_path = str(bench_path)
 
+    execute = Executor(engine, cfg.run.workers or default_workers(), ray_address, report)
     plan = work / "plan.json"
     skips: Counter = Counter()
     if plan.is_file():
         units = json.loads(plan.read_text(encoding="utf-8"))["units"]
         skips.update(json.loads(plan.read_text(encoding="utf-8"))["skipped"])
     else:
-        units = plan_units(work, cfg, repos, datasets, skips)
+        units = plan_units(work, cfg, repos, datasets, skips, execute)
         artifacts.write_json(plan, {"identity": identity, "units": units, "skipped": dict(skips)})
     pending = [u for u in units if not unit_path(work, u["index"], "stats.json").is_file()]
     log.info("%s: %d repositories, %d dataset file(s), %d units (%d to do)", "resuming" if resuming else "building",
              len(repos), len(datasets), len(units), len(pending))
-    workers = cfg.run.workers or default_workers()
-    args = (cfg, str(work), bench_path)
-    if engine == "ray":
-        run_ray(run_unit, pending, args, workers, "units", ray_address)
-    else:
-        run_local(run_unit, pending, args, workers, "units")
+    execute("units", run_unit, pending, (cfg, str(work), bench_path))
 
-    decisions = deduplicate(work, units, cfg)
-    if int(decisions["offsets"][-1]) == 0:  # an empty corpus is an error, not a result
+    if deduplicate(work, units, cfg, execute) == 0:  # an empty corpus is an error, not a result
         total = Stats()
         total.skipped.update(skips)
         for u in units:
             total.add(Stats.from_json(json.loads(unit_path(work, u["index"], "stats.json").read_text())))
         shutil.rmtree(out)
         raise UserError(f"no sample was kept, so no corpus was written ({nothing_kept(total.to_json())})")
-    stats = finalize(out, work, units, decisions, manifest, skips)
+    stats = finalize(out, work, units, skips, execute)
     _complete(out, manifest)
     if out != final:
         artifacts.publish_dir(out, final)

@@ -39,6 +39,36 @@ def _pick(columns: list[str], options: tuple[str, ...], what: str, path: Path) -
     raise UserError(f"{path}: no {what} column (looked for {', '.join(options)}; found {', '.join(columns)})")
 
 
+def check_dataset_file(path: Path) -> None:
+    """What can be checked of a dataset file without reading it all, before a build starts: a
+    parquet file's footer and columns; the first row of a JSON-lines file."""
+    if path.name.lower().endswith(".parquet"):
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        try:
+            names = pq.ParquetFile(path).schema_arrow.names  # reads the footer only
+        except (OSError, pa.ArrowException) as exc:
+            raise UserError(f"{path}: unreadable parquet file ({exc})") from None
+        for options, what in ((REPO_COLUMNS, "repository"), (PATH_COLUMNS, "path"), (CONTENT_COLUMNS, "content")):
+            _pick(names, options, what, path)
+        return
+    rows = iter_rows(path)
+    next(rows, None)
+    rows.close()
+
+
+def dataset_bytes(path: Path) -> int:
+    """About how many bytes of rows a dataset file holds once read (from a parquet file's
+    footer; a gzip file is taken to expand 4x)."""
+    if path.name.lower().endswith(".parquet"):
+        import pyarrow.parquet as pq
+
+        meta = pq.ParquetFile(path).metadata
+        return sum(meta.row_group(g).total_byte_size for g in range(meta.num_row_groups))
+    return path.stat().st_size * (4 if path.name.lower().endswith(".gz") else 1)
+
+
 def iter_rows(path: Path, batch_rows: int = 1024) -> Iterator[tuple[str, str, str]]:
     """(repository, path, content) rows of a dataset file, streamed."""
     if path.name.lower().endswith(".parquet"):
@@ -79,31 +109,47 @@ def bucket_of(repo: str, buckets: int) -> int:
     return int.from_bytes(hashlib.blake2b(repo.encode("utf-8", "surrogatepass"), digest_size=8).digest(), "big") % buckets
 
 
-def spill(paths: list[Path], folder: Path, buckets: int, skips: Counter) -> list[Path]:
-    """Spread the rows of `paths` over `buckets` JSON-lines files in `folder` by repository."""
+def spill(path: Path, number: int, folder: Path, buckets: int, skips: Counter, flush_bytes: int = 32_000_000) -> None:
+    """Spread the rows of the dataset file `path` (the `number`th of the build) over `buckets`
+    JSON-lines files in `folder` by repository. Rows are held until `flush_bytes` of them are
+    waiting, then appended to their buckets as one gzip member each, so memory stays bounded
+    and no more than one file is open at a time."""
     folder.mkdir(parents=True, exist_ok=True)
-    outs = [gzip.open(folder / f"bucket-{i:05d}.jsonl.gz", "wt", encoding="utf-8", compresslevel=1) for i in range(buckets)]
-    try:
-        for order, path in enumerate(paths):
-            for row_number, (repo, file_path, content) in enumerate(iter_rows(path)):
-                if not isinstance(repo, str) or not isinstance(file_path, str) or not isinstance(content, str):
-                    skips["dataset_row_missing_field"] += 1
-                    continue
-                record = {"r": repo, "p": file_path, "c": content, "o": [order, row_number], "s": str(path)}
-                outs[bucket_of(repo, buckets)].write(json.dumps(record, ensure_ascii=False) + "\n")
-    finally:
-        for out in outs:
-            out.close()
-    return [folder / f"bucket-{i:05d}.jsonl.gz" for i in range(buckets)]
+    waiting: dict[int, list[str]] = defaultdict(list)
+    size = 0
+
+    def flush() -> None:
+        for bucket in sorted(waiting):
+            with gzip.open(folder / f"bucket-{bucket:05d}.jsonl.gz", "at", encoding="utf-8", compresslevel=1) as out:
+                out.writelines(waiting[bucket])
+        waiting.clear()
+
+    for row_number, (repo, file_path, content) in enumerate(iter_rows(path)):
+        if not isinstance(repo, str) or not isinstance(file_path, str) or not isinstance(content, str):
+            skips["dataset_row_missing_field"] += 1
+            continue
+        record = json.dumps({"r": repo, "p": file_path, "c": content, "o": [number, row_number], "s": str(path)},
+                            ensure_ascii=False) + "\n"
+        waiting[bucket_of(repo, buckets)].append(record)
+        size += len(record)
+        if size >= flush_bytes:
+            flush()
+            size = 0
+    flush()
 
 
-def read_bucket(path: Path, cfg: CollectConfig, skips: Counter) -> list[Repository]:
-    """The repositories of one bucket, sorted by name, their files sorted by path."""
+def read_bucket(folders: list[Path], bucket: int, cfg: CollectConfig, skips: Counter) -> list[Repository]:
+    """The repositories of one bucket (its rows from every dataset file, spilled into
+    `folders`), sorted by name, their files sorted by path."""
     grouped: dict[str, list[dict]] = defaultdict(list)
-    with gzip.open(path, "rt", encoding="utf-8") as f:
-        for line in f:
-            row = json.loads(line)
-            grouped[row["r"]].append(row)
+    for folder in folders:
+        path = folder / f"bucket-{bucket:05d}.jsonl.gz"
+        if not path.is_file():
+            continue
+        with gzip.open(path, "rt", encoding="utf-8") as f:
+            for line in f:
+                row = json.loads(line)
+                grouped[row["r"]].append(row)
     repos = []
     for name in sorted(grouped):
         rows = sorted(grouped[name], key=lambda r: (r["p"], r["o"]))

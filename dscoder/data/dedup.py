@@ -20,6 +20,7 @@ import numpy as np
 
 from dscoder.config import AT_LEAST_ONE, FRACTION, Seed
 from dscoder.data.ngrams import shingles
+from dscoder.data.unionfind import UnionFind
 
 EMPTY = np.uint32(0xFFFFFFFF)
 
@@ -92,33 +93,69 @@ def band_keys(signatures: np.ndarray, cfg: DedupConfig, band: int) -> np.ndarray
     return key
 
 
-class UnionFind:
-    """Disjoint sets over 0..n-1 whose root is always the smallest member."""
+# Candidate records: one per (sample, band) for the LSH bands of samples with words, and one per
+# sample in an extra band (`cfg.bands`) keyed by its digest, for exact copies. `hi`/`lo` is the
+# key (a band key in `hi`; the 16-byte digest in both); `index` the sample's place in input order.
+KEY = np.dtype([("band", "<u2"), ("hi", "<u8"), ("lo", "<u8"), ("index", "<i8")])
+# A duplicate pair: `b` matched to `a` (a < b) with estimated Jaccard `sim` (1.0 for exact copies).
+PAIR = np.dtype([("a", "<i8"), ("b", "<i8"), ("sim", "<f4")])
 
-    def __init__(self, n: int):
-        self.parent = np.arange(n, dtype=np.int64)
 
-    def find(self, i: int) -> int:
-        parent = self.parent
-        root = i
-        while parent[root] != root:
-            root = parent[root]
-        while parent[i] != root:
-            parent[i], i = root, parent[i]
-        return int(root)
+def key_records(signatures: np.ndarray, digests: np.ndarray, first_index: int, cfg: DedupConfig) -> np.ndarray:
+    """The candidate records of consecutive samples numbered from `first_index`.
+    (N, num_perm) uint32, (N, 16) uint8 -> (R,) KEY."""
+    n = len(signatures)
+    index = np.arange(first_index, first_index + n, dtype=np.int64)
+    exact = np.empty(n, dtype=KEY)
+    exact["band"] = cfg.bands
+    halves = np.ascontiguousarray(digests).view("<u8").reshape(n, 2)
+    exact["hi"], exact["lo"], exact["index"] = halves[:, 0], halves[:, 1], index
+    worded = signatures[:, 0] != EMPTY if n else np.zeros(0, dtype=bool)
+    parts = [exact]
+    for band in range(cfg.bands):
+        part = np.zeros(int(worded.sum()), dtype=KEY)
+        part["band"], part["hi"], part["index"] = band, band_keys(signatures[worded], cfg, band), index[worded]
+        parts.append(part)
+    return np.concatenate(parts)
 
-    def union(self, a: int, b: int) -> None:
-        ra, rb = self.find(a), self.find(b)
-        if ra != rb:
-            self.parent[max(ra, rb)] = min(ra, rb)
 
-    def roots(self) -> np.ndarray:
-        parent = self.parent.copy()
-        while True:  # pointer jumping until every entry names its root
-            grand = parent[parent]
-            if np.array_equal(grand, parent):
-                return parent
-            parent = grand
+def candidate_pairs(records: np.ndarray, rows_fn: Callable[[np.ndarray], np.ndarray], cfg: DedupConfig) -> np.ndarray:
+    """The duplicate pairs among `records` (KEY; all records of a key must be present): in each
+    run of samples sharing a key, every member is compared with the run's first sample, and
+    kept when their estimated Jaccard reaches the threshold (digest runs are exact copies).
+    `rows_fn(indices)` gives those samples' signatures. -> (k,) PAIR."""
+    records = records[np.lexsort((records["index"], records["lo"], records["hi"], records["band"]))]
+    same = np.zeros(len(records), dtype=bool)
+    if len(records) > 1:
+        same[1:] = ((records["band"][1:] == records["band"][:-1]) & (records["hi"][1:] == records["hi"][:-1])
+                    & (records["lo"][1:] == records["lo"][:-1]))
+    starts = np.flatnonzero(~same)
+    ends = np.append(starts[1:], len(records))
+    found = []
+    for start, end in zip(starts[ends - starts > 1], ends[ends - starts > 1]):
+        run = records["index"][start:end]
+        leader, members = run[0], run[1:]
+        if records["band"][start] == cfg.bands:
+            sims = np.ones(len(members), dtype=np.float32)
+        else:
+            sims = estimated_jaccard(rows_fn(run[:1]), rows_fn(members)).astype(np.float32)
+        keep = sims >= cfg.threshold
+        pairs = np.empty(int(keep.sum()), dtype=PAIR)
+        pairs["a"], pairs["b"], pairs["sim"] = leader, members[keep], sims[keep]
+        found.append(pairs)
+    return np.concatenate(found) if found else np.empty(0, dtype=PAIR)
+
+
+def clusters(n: int, pair_sets: Iterable[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """(roots, similarity) of samples 0..n-1 from their duplicate pairs: each sample's cluster
+    survivor (its earliest member) and, for a dropped sample, its best similarity to a member it
+    was matched with. The order of the pairs does not matter."""
+    uf = UnionFind(n)
+    similarity = np.zeros(n, dtype=np.float32)
+    for pairs in pair_sets:
+        uf.union_pairs(np.stack([pairs["a"], pairs["b"]], axis=1))
+        np.maximum.at(similarity, pairs["b"], pairs["sim"])
+    return uf.roots(), similarity
 
 
 def estimated_jaccard(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -126,44 +163,7 @@ def estimated_jaccard(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return (a == b).mean(axis=-1)
 
 
-def cluster(
-    n: int,
-    digests: np.ndarray,
-    band_key_fn: Callable[[int], np.ndarray],
-    rows_fn: Callable[[np.ndarray], np.ndarray],
-    empty: np.ndarray,
-    cfg: DedupConfig,
-    progress: Callable[[Iterable], Iterable] = lambda it: it,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Cluster samples 0..n-1 (in input order): first exact duplicates by digest ((n, 16)
-    uint8, from `text_digest`), then near duplicates by LSH. `band_key_fn(b)` gives every
-    sample's key for band b, `rows_fn(idx)` the signatures of the samples `idx`, `empty[i]`
-    marks samples without words (never near-matched).
-
-    Returns (roots, similarity): each sample's cluster survivor and, for a dropped sample, the
-    estimated Jaccard with the member it was matched to (1.0 for exact copies).
-    """
-    uf = UnionFind(n)
-    similarity = np.zeros(n, dtype=np.float32)
-    if n:
-        keys = np.ascontiguousarray(digests).view(np.dtype((np.void, digests.shape[1]))).ravel()
-        _, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
-        copies = np.flatnonzero(first[inverse] != np.arange(n))
-        uf.parent[copies] = first[inverse][copies]  # the first occurrence is always the smaller index
-        similarity[copies] = 1.0
-    for band in progress(range(cfg.bands)):
-        keys = band_key_fn(band)
-        keys = np.where(empty, np.arange(n, dtype=np.uint64) ^ np.uint64(0xA5A5A5A5A5A5A5A5), keys)
-        order = np.argsort(keys, kind="stable")
-        _, starts, counts = np.unique(keys[order], return_index=True, return_counts=True)
-        for start, count in zip(starts[counts > 1], counts[counts > 1]):
-            run = np.sort(order[start:start + count])
-            if empty[run[0]]:
-                continue
-            leader, members = run[0], run[1:]
-            sims = estimated_jaccard(rows_fn(run[:1]), rows_fn(members))
-            for member, sim in zip(members, sims):
-                if sim >= cfg.threshold:
-                    uf.union(int(leader), int(member))
-                    similarity[member] = max(similarity[member], sim)
-    return uf.roots(), similarity
+def cluster(signatures: np.ndarray, digests: np.ndarray, cfg: DedupConfig) -> tuple[np.ndarray, np.ndarray]:
+    """`clusters` of samples held in memory: (N, num_perm) signatures, (N, 16) digests."""
+    pairs = candidate_pairs(key_records(signatures, digests, 0, cfg), lambda idx: signatures[idx], cfg)
+    return clusters(len(signatures), [pairs])

@@ -37,6 +37,9 @@ class RunConfig:
     """Repositories per unit of work (a unit is resumed or redone whole)."""
     bucket_bytes: Annotated[int, AT_LEAST_ONE] = 64_000_000
     """Approximate bytes of dataset rows per bucket (bounds a unit's memory)."""
+    shuffle_bytes: Annotated[int, AT_LEAST_ONE] = 256_000_000
+    """Approximate bytes of dedup band keys per task finding duplicate pairs (bounds its memory;
+    the result does not depend on it)."""
 
 
 @dataclass(frozen=True)
