@@ -2,7 +2,7 @@
 
 import pytest
 
-from dscoder.data.filters import FilterConfig, comment_fraction, rule_reason
+from dscoder.data.filters import FilterConfig, alphabetic_fraction, comment_fraction, rule_reason
 
 CFG = FilterConfig()
 CODE = "def area(radius):\n    return 3.14159 * radius * radius\n"
@@ -38,3 +38,9 @@ def test_comment_fraction_by_language():
 def test_minimum_comment_share_is_configurable():
     cfg = FilterConfig(min_comment_fraction=0.05)
     assert rule_reason(CODE, "python", cfg) == "few_comments"
+
+
+def test_alphabetic_fraction_counts_non_ascii_letters():
+    assert alphabetic_fraction("ab12") == 0.5
+    assert alphabetic_fraction("é1ß2²") == 0.4  # superscript two is a digit, not a letter
+    assert alphabetic_fraction("") == 0.0

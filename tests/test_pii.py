@@ -40,3 +40,9 @@ def test_keys_and_passwords():
 def test_disabled():
     counts = Counter()
     assert redact("mail me: a@b.io", PIIConfig(enabled=False), counts) == "mail me: a@b.io" and not counts
+
+
+def test_decorators_are_not_emails():
+    text = "@app.route('/')\ndef index(): pass\n# mail: ab@example.org\n"
+    assert run(text) == (text.replace("ab@example.org", "<EMAIL>"), Counter(email=1))
+    assert run("@app.route('/')\n@functools.cache\ndef f(): pass\n") == ("@app.route('/')\n@functools.cache\ndef f(): pass\n", Counter())

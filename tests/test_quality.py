@@ -44,3 +44,14 @@ def test_literal_tables_and_encoded_blobs():
 def test_readable_code_passes():
     code = "".join(f"def function_{i}(value):\n    return value * {i}\n\n" for i in range(30))
     assert reason(code, "python") is None
+
+
+def test_readability_reads_lines_as_splitlines_does():
+    # \r\n, \r and \f line breaks, and blank lines of other spaces, count as in str.splitlines()
+    row = "    1, 2, 3, 4,"
+    for sep in ("\n", "\r\n", "\r", "\f", "\n \t\n"):
+        table = "DATA = [" + sep + sep.join([row] * 30) + sep + "]" + sep
+        assert reason(table, "python") == "literal_table", repr(sep)
+    encoded = "x = 1\n" + "".join(f"'{'QUJD' * 20}'\n" for _ in range(3)) + "\n\n\n"
+    assert reason(encoded, "text") == "encoded_data"
+    assert reason(encoded.replace("x = 1\n", "x = 1\ny = 2\nz = 3\nw = 4\n"), "text") is None

@@ -67,15 +67,25 @@ COMMENT_STYLE = {
     **dict.fromkeys(["sql", "lua", "haskell"], "dash"),
 }
 
+_ASCII_LETTERS = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+_NON_ASCII = re.compile(r"[^\x00-\x7f]+")
+
 
 def line_stats(text: str) -> tuple[int, float]:
     """(longest line, average line length)."""
-    lengths = [len(line) for line in text.splitlines()] or [0]
+    lengths = list(map(len, text.splitlines())) or [0]
     return max(lengths), sum(lengths) / len(lengths)
 
 
 def alphabetic_fraction(text: str) -> float:
-    return sum(map(str.isalpha, text)) / len(text) if text else 0.0
+    if not text:
+        return 0.0
+    # ASCII letters are counted on the bytes; only non-ASCII characters are asked one by one.
+    data = text.encode("utf-8", "surrogatepass")
+    letters = len(data) - len(data.translate(None, _ASCII_LETTERS))
+    if not text.isascii():
+        letters += sum(map(str.isalpha, "".join(_NON_ASCII.findall(text))))
+    return letters / len(text)
 
 
 class _VisibleText(HTMLParser):

@@ -48,10 +48,14 @@ KEY_PATTERNS = [
 # Names that say a value is a secret (searched in lower case); the assignment after the name is
 # checked separately.
 SECRET_NAME = re.compile(r"api[_-]?key|secret|token|passw(?:or)?d|pwd|access[_-]?key")
-# Cheap scans that tell whether the slower exact patterns can match at all.
-EMAIL_HINT = re.compile(r"[A-Za-z0-9]@[A-Za-z0-9-]+\.")
-IPV4_HINT = re.compile(r"\d{1,3}\.\d{1,3}\.\d{1,3}\.\d{1,3}")
-IPV6_HINT = re.compile(r"[0-9A-Fa-f]{0,4}:[0-9A-Fa-f]{0,4}:[0-9A-Fa-f]{0,4}:")
+# Cheap scans that tell whether the slower exact patterns can match at all. Each starts with a
+# literal character, so the regex engine jumps from one occurrence of it to the next.
+KEY_HINT = re.compile(r"-----BEGIN|AKIA|ASIA|gh[pousr]_|github_pat_|xox[abprs]-|AIza|k_live_|sk-")
+EMAIL_HINT = re.compile(r"@[A-Za-z0-9-]+\.")  # after a letter or digit
+IPV4_HINT = re.compile(r"\.\d{1,3}\.\d{1,3}\.\d")
+IPV6_HINT = re.compile(r":[0-9A-Fa-f]{0,4}:[0-9A-Fa-f]{0,4}:")
+SECRET_HINTS = ("key", "secret", "token", "passw", "pwd")  # one of them is in every SECRET_NAME
+_ALPHANUMERIC = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789")
 ASSIGNMENT = re.compile(r"""["']?\s*[:=]{1,2}\s*(["'])([^"'\s]{8,})\1""")
 _IDENTIFIER = re.compile(r"[A-Za-z0-9_]*")
 
@@ -81,16 +85,17 @@ def redact(text: str, cfg: PIIConfig, counts: Counter) -> str:
         counts["key"] += 1
         return "<KEY>"
 
-    for literal, pattern in KEY_PATTERNS:
-        if literal in text:
-            text = pattern.sub(replace_key, text)
+    if KEY_HINT.search(text):
+        for literal, pattern in KEY_PATTERNS:
+            if literal in text:
+                text = pattern.sub(replace_key, text)
     text = _redact_assigned(text, cfg, counts)
 
     def replace_email(match: re.Match) -> str:
         counts["email"] += 1
         return "<EMAIL>"
 
-    if "@" in text and EMAIL_HINT.search(text):
+    if "@" in text and any(m.start() and text[m.start() - 1] in _ALPHANUMERIC for m in EMAIL_HINT.finditer(text)):
         text = EMAIL.sub(replace_email, text)
 
     def replace_ip(match: re.Match) -> str:
@@ -112,6 +117,8 @@ def _redact_assigned(text: str, cfg: PIIConfig, counts: Counter) -> str:
     lower = text.lower()
     if len(lower) != len(text):  # a few non-ASCII letters change length when lowered
         lower = "".join(c.lower() if c.isascii() else c for c in text)
+    if not any(hint in lower for hint in SECRET_HINTS):
+        return text
     pieces, last, pos = [], 0, 0
     for hit in SECRET_NAME.finditer(lower):
         if hit.start() < pos:

@@ -45,12 +45,11 @@ class QualityConfig:
 _DATA_TOKEN = re.compile(r""""[^"\n]*"|'[^'\n]*'|[^\s,;:\[\]{}()]+""")
 _LITERAL = re.compile(r"""0[xX][0-9a-fA-F]+|[-+]?\.?\d[\w.+-]*|".*"|'.*'|true|false|null|None|True|False""")
 _ENCODED_LINE = re.compile(r"""^\s*[bru]?["']?[A-Za-z0-9+/=_-]{60,}["']?,?\s*$""")
-_SPACE_BYTES = np.zeros(256, dtype=bool)
-_SPACE_BYTES[list(b" \t\n\r\f\v")] = True
+_SPACE_BYTES = b" \t\n\r\f\v"
 # Bytes of words: ASCII letters, digits, underscore, and every byte of a non-ASCII character.
-_WORDISH_BYTES = np.zeros(256, dtype=bool)
-_WORDISH_BYTES[list(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_")] = True
-_WORDISH_BYTES[128:] = True
+_WORDISH_BYTES = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_" + bytes(range(128, 256))
+# ASCII that str.splitlines() or str.strip() also take for line breaks or spaces.
+_OTHER_BREAKS = b"\r\v\f\x1c\x1d\x1e\x1f"
 
 
 def is_data_line(line: str) -> bool:
@@ -59,20 +58,53 @@ def is_data_line(line: str) -> bool:
 
 
 def readability_reason(text: str, cfg: QualityConfig) -> str | None:
-    lines = [line for line in text.splitlines() if line.strip()]
-    if len(lines) >= 20:
-        data = sum(1 for line in lines if line.count(",") >= 3 and is_data_line(line))
-        if data > cfg.max_data_line_fraction * len(lines):
+    data = text.encode("utf-8", "surrogatepass")
+    # Lines are cut as str.splitlines() cuts them. In ASCII text without \r, \v, \f or \x1c-\x1f
+    # they are the pieces between "\n"s and are counted on the bytes, with no string per line.
+    plain = text.isascii() and len(data.translate(None, _OTHER_BREAKS)) == len(data)
+    if plain:
+        count = _nonblank_lines(data)
+    else:
+        lines = [line for line in text.splitlines() if line.strip()]
+        count = len(lines)
+    # A data line has at least three commas: most files have too few for a literal table.
+    if count >= 20 and text.count(",") // 3 > cfg.max_data_line_fraction * count:
+        data_lines = sum(1 for line in (text.split("\n") if plain else lines)
+                         if line.count(",") >= 3 and is_data_line(line))
+        if data_lines > cfg.max_data_line_fraction * count:
             return "literal_table"
-    if lines:
-        encoded = sum(1 for line in lines if len(line) >= 60 and _ENCODED_LINE.match(line))
-        if encoded > cfg.max_encoded_line_fraction * len(lines):
+    if count:  # an encoded line has at least 60 characters: most files have too few such lines
+        long = _long_lines(text, data, cfg.max_encoded_line_fraction * count) if plain \
+            else [line for line in lines if len(line) >= 60]
+        encoded = sum(1 for line in long if _ENCODED_LINE.match(line))
+        if encoded > cfg.max_encoded_line_fraction * count:
             return "encoded_data"
-    data = np.frombuffer(text.encode("utf-8", "surrogatepass"), dtype=np.uint8)
-    visible = int((~_SPACE_BYTES[data]).sum())
-    if visible and int(_WORDISH_BYTES[data].sum()) < cfg.min_word_fraction * visible:
+    visible = len(data.translate(None, _SPACE_BYTES))
+    if visible and len(data) - len(data.translate(None, _WORDISH_BYTES)) < cfg.min_word_fraction * visible:
         return "low_identifier_content"
     return None
+
+
+def _nonblank_lines(data: bytes) -> int:
+    """Lines of ASCII `data` (cut at "\n" only) holding more than spaces and tabs."""
+    if not data:
+        return 0
+    squeezed = data.translate(None, b" \t")  # a blank line is now empty
+    breaks = np.frombuffer(squeezed, dtype=np.uint8) == ord("\n")
+    if not breaks.any():
+        return 1 if squeezed else 0
+    empty = int(np.count_nonzero(breaks[1:] & breaks[:-1])) + int(breaks[0]) + int(breaks[-1])
+    return int(np.count_nonzero(breaks)) + 1 - empty
+
+
+def _long_lines(text: str, data: bytes, at_most: float) -> list[str]:
+    """The lines of 60 or more characters of ASCII `text` (cut at "\n" only); none when there are
+    no more than `at_most` of them."""
+    bounds = np.concatenate(([-1], np.flatnonzero(np.frombuffer(data, dtype=np.uint8) == ord("\n")), [len(data)]))
+    long = np.flatnonzero(np.diff(bounds) > 60)
+    if long.size <= at_most:
+        return []
+    return [text[bounds[i] + 1:bounds[i + 1]] for i in long.tolist()]
 
 
 def quality_reason(text: str, parsed: Parsed | None, cfg: QualityConfig) -> str | None:
