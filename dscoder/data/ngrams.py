@@ -3,19 +3,21 @@
 A word is a run of ASCII letters, digits and underscores (BigCode's `[^A-Za-z_0-9]` split);
 everything else separates words. Words are hashed with a polynomial hash over their bytes and
 n-grams by a second polynomial over word hashes, all in wrapping 64-bit arithmetic, so a text is
-hashed in a handful of vectorised passes instead of a Python loop per word.
+hashed in a handful of vectorised passes instead of a Python loop per word. A word's polynomial
+is read off prefix sums over the whole text: the sum over its bytes of b * base**i (i counted
+from the start of the text), times base**-start (base is odd, so it has an inverse mod 2**64).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-_WORD_BYTES = np.zeros(256, dtype=bool)
-_WORD_BYTES[list(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_")] = True
-_LOWER = np.arange(256, dtype=np.uint64)
-_LOWER[ord("A"):ord("Z") + 1] += 32
+# byte -> its value plus one inside a word, 0 outside (as is, and with A-Z lowercased)
+_WORD_VALUES = bytes(b + 1 if chr(b).isascii() and (chr(b).isalnum() or b == ord("_")) else 0 for b in range(256))
+_WORD_VALUES_LOWER = bytes(ord(chr(b).lower()) + 1 if _WORD_VALUES[b] else 0 for b in range(256))
 
 _BYTE_BASE = np.uint64(0x100000001B3)  # odd, so its powers never vanish mod 2**64
+_BYTE_BASE_INVERSE = np.uint64(pow(0x100000001B3, -1, 2**64))
 _GRAM_BASE = np.uint64(0x9E3779B97F4A7C15)
 _SEED = np.uint64(0x2545F4914F6CDD1D)
 
@@ -37,24 +39,18 @@ def mix64(x: np.ndarray) -> np.ndarray:
 
 def word_hashes(text: str, lowercase: bool = False) -> np.ndarray:
     """One 64-bit hash per word of `text`, in order. Shape (n_words,)."""
-    data = np.frombuffer(text.encode("utf-8", "surrogatepass"), dtype=np.uint8)
-    if data.size == 0:
+    raw = text.encode("utf-8", "surrogatepass")
+    values = np.frombuffer(raw.translate(_WORD_VALUES_LOWER if lowercase else _WORD_VALUES), dtype=np.uint8)
+    edges = np.flatnonzero(np.diff(values != 0, prepend=False, append=False))  # word starts and ends, alternating
+    if edges.size == 0:
         return np.empty(0, dtype=np.uint64)
-    is_word = _WORD_BYTES[data]
-    edges = np.diff(is_word.astype(np.int8), prepend=np.int8(0), append=np.int8(0))
-    starts = np.flatnonzero(edges == 1)
-    if starts.size == 0:
-        return np.empty(0, dtype=np.uint64)
-    ends = np.flatnonzero(edges == -1)
-    lengths = ends - starts
-    # Position of each word byte inside its word, to weight it by base**position.
-    word_bytes = np.flatnonzero(is_word)
-    offsets = word_bytes - np.repeat(starts, lengths)
-    values = (_LOWER[data[word_bytes]] if lowercase else data[word_bytes].astype(np.uint64)) + np.uint64(1)
+    starts, ends = edges[0::2], edges[1::2]
+    n = int(ends[-1])
     with np.errstate(over="ignore"):
-        weighted = values * _powers(_BYTE_BASE, int(lengths.max()))[offsets]
-        sums = np.add.reduceat(weighted, np.concatenate(([0], np.cumsum(lengths)[:-1])))
-        return mix64(sums ^ lengths.astype(np.uint64))
+        prefix = np.zeros(n + 1, dtype=np.uint64)
+        np.cumsum(values[:n] * _powers(_BYTE_BASE, n), out=prefix[1:])
+        sums = (prefix[ends] - prefix[starts]) * _powers(_BYTE_BASE_INVERSE, n)[starts]
+        return mix64(sums ^ (ends - starts).astype(np.uint64))
 
 
 def ngram_hashes(words: np.ndarray, n: int) -> np.ndarray:
