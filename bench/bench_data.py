@@ -1,21 +1,27 @@
 """Data pipeline throughput and dedup quality, against datasketch (and rensa when installed).
 
 On the Python code installed on this machine (standard library, then site-packages):
-1. MB/s of each step on one core, and of a whole `dscoder data build --workers 1`;
+1. MB/s of each step on one core, and of a whole `dscoder data build --workers 1` against the
+   goal (10 MB/s per core); with `--baseline REV`, the same build by a git worktree of REV, run in
+   alternation with the current code, and the speed-up over it (goal 3x over the code before the
+   speed work, 6d7e02b);
 2. our MinHash signatures against datasketch's on the same samples (BigCode-style word 5-gram
    shingles, 256 permutations), ratio printed;
 3. dedup precision/recall/F1 on a constructed set of forks (copies with a few lines edited) and
    distinct files, for our LSH and datasketch's MinHashLSH at the same threshold.
 
-    python bench/bench_data.py [--mb 37] [--pairs 300]
+    python bench/bench_data.py [--mb 37] [--pairs 300] [--baseline 6d7e02b --repeat 3]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import random
 import re
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -32,7 +38,11 @@ from dscoder.repo.collect import SKIPPED_DIRS, CollectConfig, read_folder
 from dscoder.repo.dependencies import analyze
 from dscoder.repo.imports import CodeFile
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "benchmarks"
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared" / "benchmarks"
+GOAL_MB_S = 10.0  # whole build, per core
+GOAL_SPEEDUP = 3.0  # over the build before the speed work
+BEFORE_SPEED_WORK = "6d7e02b"
 NON_ALPHA = re.compile(r"[^A-Za-z_0-9]")  # BigCode's tokenisation for MinHash
 
 
@@ -134,8 +144,7 @@ def scores(predicted: set, truth: set):
 def our_pairs(items, cfg):
     sigs = np.stack([dedup.signature(t, cfg) for t in items])
     digests = np.frombuffer(b"".join(dedup.text_digest(t) for t in items), dtype=np.uint8).reshape(-1, 16)
-    roots, _ = dedup.cluster(len(items), digests, lambda b: dedup.band_keys(sigs, cfg, b),
-                             lambda idx: sigs[idx], sigs[:, 0] == dedup.EMPTY, cfg)
+    roots, _ = dedup.cluster(sigs, digests, cfg)
     return {(int(r), i) for i, r in enumerate(roots) if r != i}
 
 
@@ -152,10 +161,67 @@ def datasketch_pairs(items, cfg):
     return found
 
 
+# Runs `dscoder data build` with the code of the current folder and prints its own wall time.
+BUILD_TIMER = """
+import json, sys, time
+from dscoder.cli import main
+start = time.perf_counter()
+main(sys.argv[1:])
+print(json.dumps({"seconds": time.perf_counter() - start}))
+"""
+
+
+def build_seconds(tree: Path, roots: list[Path], out: Path) -> tuple[float, float]:
+    """(seconds, MB read) of `dscoder data build --workers 1` over `roots` with the code in `tree`."""
+    command = [sys.executable, "-c", BUILD_TIMER, "data", "build", *map(str, roots), "--out", str(out), "--workers", "1"]
+    env = {**os.environ, "PYTHONPATH": str(tree)}
+    result = subprocess.run(command, cwd=tree, env=env, capture_output=True, text=True)
+    if result.returncode:
+        sys.exit(f"the build with {tree} failed:\n{result.stderr[-3000:]}")
+    stats = json.loads((out / "stats.json").read_text(encoding="utf-8"))
+    shutil.rmtree(out)
+    return json.loads(result.stdout.strip().splitlines()[-1])["seconds"], sum(stats["chars_in"].values()) / 1e6
+
+
+def whole_build(roots: list[Path], baseline: str | None, repeat: int) -> None:
+    """The whole build on one core, against the goals; with `baseline`, also built by a worktree of
+    that revision, the two in alternation (the machine's load changes in between)."""
+    print("\nwhole build, one worker (dscoder data build --workers 1)")
+    scratch = Path(tempfile.mkdtemp())
+    trees = {"current": REPO}
+    try:
+        if baseline:
+            trees[baseline] = scratch / "baseline"
+            subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", str(trees[baseline]), baseline],
+                           check=True, capture_output=True)
+        best: dict[str, float] = {}
+        for _ in range(repeat):
+            for name, tree in trees.items():
+                seconds, read_mb = build_seconds(tree, roots, scratch / "corpus")
+                best[name] = min(best.get(name, seconds), seconds)
+                print(f"  {name:10s} {read_mb:.1f} MB of {len(roots)} repositories (all languages) in {seconds:.1f}s: "
+                      f"{read_mb / seconds:.1f} MB/s per core", flush=True)
+        rate = read_mb / best["current"]
+        print(f"  current code: {rate:.1f} MB/s per core (goal {GOAL_MB_S:.0f}: {rate / GOAL_MB_S:.0%} of it)")
+        if baseline:
+            speedup = best[baseline] / best["current"]
+            print(f"  {baseline}: {read_mb / best[baseline]:.1f} MB/s per core; speed-up {speedup:.2f}x "
+                  f"(goal {GOAL_SPEEDUP:.0f}x over {BEFORE_SPEED_WORK}, the code before the speed work)")
+        else:
+            print(f"  (--baseline REV builds the same input with another revision for the {GOAL_SPEEDUP:.0f}x goal)")
+    finally:
+        if baseline:
+            subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(trees[baseline])],
+                           capture_output=True)
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--mb", type=float, default=37.0, help="megabytes of installed Python code")
     parser.add_argument("--pairs", type=int, default=200, help="originals in the fork set")
+    parser.add_argument("--baseline", metavar="REV", help="also build with this git revision, in alternation")
+    parser.add_argument("--repeat", type=int, default=1, help="whole builds per tree (the fastest counts)")
     args = parser.parse_args()
 
     files, total = load_corpus(args.mb)
@@ -167,7 +233,7 @@ def main() -> None:
     cfg_filter, cfg_quality, cfg_pii, cfg_dedup = filters.FilterConfig(), quality.QualityConfig(), pii.PIIConfig(), dedup.DedupConfig()
     timed("rule filters", mb, lambda: [filters.rule_reason(t, "python", cfg_filter) for t in texts])
     parsed = {}
-    timed("parse (ast) + readability", mb, lambda: [parsed.__setitem__(i, parse(t, "python")) or quality.quality_reason(t, parsed[i], cfg_quality) for i, t in enumerate(texts)])
+    timed("parse + readability", mb, lambda: [parsed.__setitem__(i, parse(t, "python")) or quality.quality_reason(t, parsed[i], cfg_quality) for i, t in enumerate(texts)])
     if (SHARED / "HumanEval.jsonl.gz").is_file():
         from dscoder.benchmark_files import contaminating_strings
 
@@ -195,19 +261,7 @@ def main() -> None:
     except ImportError:
         print("  (rensa not installed: pip install rensa to compare)")
 
-    print("\nwhole build, one worker (dscoder data build --workers 1)")
-    from dscoder.config import apply_overrides
-    from dscoder.data.build import build
-    from dscoder.data.steps import BuildConfig
-
-    roots = sorted({r for r, _ in files})
-    out = Path(tempfile.mkdtemp()) / "corpus"
-    start = time.perf_counter()
-    stats = build(out, roots, [], [], apply_overrides(BuildConfig(), {"run.workers": "1"}))
-    seconds = time.perf_counter() - start
-    read_mb = sum(stats.chars_in.values()) / 1e6
-    print(f"  {read_mb:.1f} MB of {len(roots)} repositories (all languages) in {seconds:.1f}s: {read_mb / seconds:.1f} MB/s")
-    shutil.rmtree(out.parent)
+    whole_build(sorted({r for r, _ in files}), args.baseline, args.repeat)
 
     sets = [
         (f"{args.pairs} repository-like samples (3-6 files): half forked with 1-5% of lines edited, "
