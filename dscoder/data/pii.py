@@ -56,6 +56,8 @@ IPV4_HINT = re.compile(r"\.\d{1,3}\.\d{1,3}\.\d")
 IPV6_HINT = re.compile(r":[0-9A-Fa-f]{0,4}:[0-9A-Fa-f]{0,4}:")
 SECRET_HINTS = ("key", "secret", "token", "passw", "pwd")  # one of them is in every SECRET_NAME
 _ALPHANUMERIC = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789")
+_LOCAL_PART = _ALPHANUMERIC | frozenset("._%+-")  # what EMAIL allows before the "@"
+_DOMAIN = re.compile(r"[A-Za-z0-9.-]*")  # and after it
 ASSIGNMENT = re.compile(r"""["']?\s*[:=]{1,2}\s*(["'])([^"'\s]{8,})\1""")
 _IDENTIFIER = re.compile(r"[A-Za-z0-9_]*")
 
@@ -91,12 +93,8 @@ def redact(text: str, cfg: PIIConfig, counts: Counter) -> str:
                 text = pattern.sub(replace_key, text)
     text = _redact_assigned(text, cfg, counts)
 
-    def replace_email(match: re.Match) -> str:
-        counts["email"] += 1
-        return "<EMAIL>"
-
     if "@" in text and any(m.start() and text[m.start() - 1] in _ALPHANUMERIC for m in EMAIL_HINT.finditer(text)):
-        text = EMAIL.sub(replace_email, text)
+        text = _redact_emails(text, counts)
 
     def replace_ip(match: re.Match) -> str:
         before = match.string[max(0, match.start() - 20):match.start()].lower()
@@ -110,6 +108,25 @@ def redact(text: str, cfg: PIIConfig, counts: Counter) -> str:
     if IPV6_HINT.search(text):
         text = IPV6.sub(replace_ip, text)
     return text
+
+
+def _redact_emails(text: str, counts: Counter) -> str:
+    """`EMAIL.sub` with the placeholder, looking only around each "@": a match holds one "@",
+    preceded by local-part characters and followed by domain characters, so the pattern is tried
+    on those runs instead of at every position of the text."""
+    pieces, last, at = [], 0, text.find("@")
+    while at >= 0:
+        start = at
+        while start > last and text[start - 1] in _LOCAL_PART:
+            start -= 1
+        end = _DOMAIN.match(text, at + 1).end()
+        match = EMAIL.search(text, start, end + 1)  # + 1: the character after the domain is looked at
+        if match:
+            counts["email"] += 1
+            pieces += [text[last:match.start()], "<EMAIL>"]
+            last = match.end()
+        at = text.find("@", max(at + 1, last))
+    return "".join(pieces) + text[last:] if pieces else text
 
 
 def _redact_assigned(text: str, cfg: PIIConfig, counts: Counter) -> str:
