@@ -29,9 +29,11 @@ class UnionFind:
             self.parent[max(ra, rb)] = min(ra, rb)
 
     def union_pairs(self, pairs: np.ndarray) -> None:
-        """Join every (a, b) row of an (k, 2) integer array."""
-        for a, b in pairs.tolist():
-            self.union(a, b)
+        """Join every (a, b) row of an (k, 2) integer array (read in slices, so that a large
+        array is never copied whole into Python objects)."""
+        for start in range(0, len(pairs), 65536):
+            for a, b in pairs[start:start + 65536].tolist():
+                self.union(a, b)
 
     def roots(self) -> np.ndarray:
         """Every member's root. (n,) int64."""
