@@ -25,9 +25,10 @@ _SEED = np.uint64(0x2545F4914F6CDD1D)
 def _powers(base: np.uint64, n: int) -> np.ndarray:
     """base**0 .. base**(n - 1) mod 2**64: a cumulative product for the first few thousand, then
     by doubling (a cumulative product runs one element at a time, slowly on long arrays)."""
-    out = np.full(max(n, 1), base, dtype=np.uint64)
-    out[0] = 1
+    out = np.empty(max(n, 1), dtype=np.uint64)
     done = min(out.size, 4096)
+    out[:done] = base
+    out[0] = 1
     np.cumprod(out[:done], out=out[:done])
     with np.errstate(over="ignore"):
         while done < n:
