@@ -181,8 +181,8 @@ def found_clusters(corpus: Path) -> list[list[str]]:
 def run_build(shards: Path, out: Path, workers: int) -> list[dict]:
     """Build in a child process (so the driver's memory is the build's alone); its stage report."""
     code = ("import json, sys; from pathlib import Path; from dscoder.config import apply_overrides; "
-            "from dscoder.data.build import build; from dscoder.data.steps import DataConfig; report = []; "
-            f"cfg = apply_overrides(DataConfig(), {{'run.workers': '{workers}'}}); "
+            "from dscoder.data.build import build; from dscoder.data.steps import BuildConfig; report = []; "
+            f"cfg = apply_overrides(BuildConfig(), {{'run.workers': '{workers}'}}); "
             f"build(Path({str(out)!r}), sorted(Path({str(shards)!r}).glob('*.parquet')), [], [], cfg, report=report); "
             "print('REPORT ' + json.dumps(report))")
     start = time.perf_counter()
