@@ -20,6 +20,7 @@ from dscoder.config import AT_LEAST_ONE, NON_NEGATIVE, Range
 from dscoder.data import cli as data_cli
 from dscoder.errors import UserError
 from dscoder.evaluate import cli as eval_cli
+from dscoder.experiment import cli as experiment_cli
 from dscoder.infer import cli as infer_cli
 from dscoder.quickstart.stages import QuickstartConfig
 from dscoder.train import cli as train_cli
@@ -336,6 +337,7 @@ def build_parser() -> argparse.ArgumentParser:
     train_cli.add_commands(groups)
     infer_cli.add_commands(groups)
     eval_cli.add_commands(groups)
+    experiment_cli.add_commands(groups)
 
     p = groups.add_parser(
         "quickstart", help="the whole pipeline on this machine's Python code, with a report (make demo)",

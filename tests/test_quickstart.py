@@ -133,19 +133,19 @@ def test_the_training_budget_survives_load_present_only_during_the_probe(small_c
     import subprocess
     import time
 
-    from dscoder.quickstart.stages import QuickstartConfig, _speed_probe, _train_overrides
+    from dscoder.quickstart.stages import QuickstartConfig, speed_probe, train_overrides
     from dscoder.train.recipes import pretrain
     from dscoder.train.settings import resolve
 
     cfg = QuickstartConfig(minutes=0.15, seq_len=128, batch_size=4)
     hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"], start_new_session=True) for _ in range(2)]
     try:
-        busy = _speed_probe(cfg, small_corpus, trained_tokenizer_dir, tmp_path)
+        busy = speed_probe(cfg, small_corpus, trained_tokenizer_dir, tmp_path)
     finally:
         for hog in hogs:
             hog.kill()
     planned = int(cfg.minutes * 60 / busy)
-    overrides = _train_overrides(cfg, small_corpus, planned, 0.5) | {"loop.budget_minutes": str(cfg.minutes)}
+    overrides = train_overrides(cfg, small_corpus, planned, 0.5) | {"loop.budget_minutes": str(cfg.minutes)}
     start = time.monotonic()
     result = pretrain(tmp_path / "run", resolve("pretrain", None, overrides), trained_tokenizer_dir, "tiny", None)
     seconds = time.monotonic() - start

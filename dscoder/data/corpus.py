@@ -53,6 +53,21 @@ def write_table(rows: list[dict], schema: pa.Schema, path: Path) -> None:
     artifacts.write_table(path, pa.Table.from_pylist(rows, schema=schema), COMPRESSION)
 
 
+def write_corpus(folder: Path, rows: list[dict], manifest: dict) -> None:
+    """A finished corpus folder holding `rows` (samples) in one shard, replacing `folder`."""
+    import shutil
+
+    shutil.rmtree(folder, ignore_errors=True)
+    artifacts.make_folder(folder / "data")
+    write_table(rows, SAMPLES, folder / "data" / "part-00000.parquet")
+    from dscoder.data.stats import Stats
+
+    stats = Stats()
+    stats.counts.update({"samples": len(rows), "samples_kept": len(rows)})
+    artifacts.write_json(folder / "stats.json", stats.to_json())
+    artifacts.write_json(folder / MANIFEST, {"kind": "corpus", "complete": True, **manifest})
+
+
 def is_corpus(path: str | Path) -> bool:
     manifest = Path(path, MANIFEST)
     if not manifest.is_file():

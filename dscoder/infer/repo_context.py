@@ -41,8 +41,10 @@ def context_files(sources: list[SourceFile], repo_name: str, target: str) -> tup
     return ordered, distance
 
 
-def build(engine, repo: Path, target: str, line: int | None, column: int | None, max_new_tokens: int) -> prompts.Prompt:
-    """The prompt for completing `target` (a path inside `repo`) at the cursor."""
+def build(engine, repo: Path, target: str, line: int | None, column: int | None, max_new_tokens: int,
+          text: str | None = None) -> prompts.Prompt:
+    """The prompt for completing `target` (a path inside `repo`) at the cursor; `text` is the
+    target's text as an editor holds it (unsaved), else the file as it is on disk."""
     repo = Path(repo)
     if not repo.is_dir():
         raise UserError(f"repository folder not found: {repo}")
@@ -58,7 +60,11 @@ def build(engine, repo: Path, target: str, line: int | None, column: int | None,
         if not (repo / rel).is_file():
             raise UserError(f"{rel}: not a file of {repo}")
         raise UserError(f"{rel}: not a text file of a known language")
-    text = sources[rel].text
+    if text is None:
+        text = sources[rel].text
+    else:
+        sources[rel] = SourceFile(rel, text, sources[rel].language)
+        read = [sources[rel] if f.path == rel else f for f in read]
     lines = text.split("\n")
     prefix, suffix = prompts.split_at_cursor(text, line or len(lines), column)
     files = {p: f.text for p, f in sources.items()}

@@ -23,23 +23,32 @@ from dscoder.infer.sampling import SamplingParams
 FUNCTION_STOPS = ("\ndef ", "\nclass ", "\n\n\n", "\nif __name__", "\n@")
 
 
-def heldout_loss(engine: Engine, texts: list[str], seq_len: int, max_windows: int = 64) -> float:
-    """Mean next-token loss (nats) over the first windows of the held-out texts, no FIM."""
+def window_losses(engine: Engine, texts: list[str], seq_len: int, max_windows: int = 64) -> np.ndarray:
+    """Next-token loss (nats per token) of each of the first windows of `seq_len` tokens of
+    the held-out texts, no FIM; the texts are joined with EOS. (W,)"""
     ids: list[int] = []
     for text in texts:
         ids += engine.encode(text) + [engine.tokenizer.eos_token_id]
         if len(ids) > (seq_len + 1) * max_windows:
             break
     windows = [ids[i:i + seq_len + 1] for i in range(0, len(ids) - seq_len - 1, seq_len)][:max_windows]
-    losses = []
-    model = engine.model
+    return np.concatenate([position_losses(engine, windows[start:start + 8]).mean(axis=1)
+                           for start in range(0, len(windows), 8)]) if windows else np.empty(0)
+
+
+def position_losses(engine: Engine, windows: list[list[int]]) -> np.ndarray:
+    """The loss of every next token of equal-length windows, by position. (W, T-1)"""
     with torch.inference_mode():
-        for start in range(0, len(windows), 8):
-            batch = torch.tensor(windows[start:start + 8], device=engine.device)
-            logits = model(input_ids=batch[:, :-1]).logits.float()
-            loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1))
-            losses.append(float(loss))
-    return float(np.mean(losses)) if losses else math.nan
+        batch = torch.tensor(windows, device=engine.device)
+        logits = engine.model(input_ids=batch[:, :-1]).logits.float()
+        loss = torch.nn.functional.cross_entropy(logits.transpose(1, 2), batch[:, 1:], reduction="none")
+    return loss.cpu().numpy()
+
+
+def heldout_loss(engine: Engine, texts: list[str], seq_len: int, max_windows: int = 64) -> float:
+    """Mean next-token loss (nats) over the first windows of the held-out texts, no FIM."""
+    losses = window_losses(engine, texts, seq_len, max_windows)
+    return float(losses.mean()) if losses.size else math.nan
 
 
 def code_lines(text: str) -> list[int]:
@@ -101,24 +110,31 @@ def fim_infills(engine: Engine, cases: list[tuple[str, str, str]]) -> list[str]:
     return infills
 
 
+def exact_matches(infills: list[str], cases: list[tuple[str, str, str]]) -> np.ndarray:
+    """1.0 for each hole filled with exactly the real line, else 0.0. (N,)"""
+    return np.array([float(got == line) for got, (_, _, line) in zip(infills, cases)])
+
+
+def edit_similarities(infills: list[str], cases: list[tuple[str, str, str]]) -> np.ndarray:
+    """Character similarity (difflib's ratio, 0 to 1) of each infill to the real line: the usual
+    companion of exact match in line-completion studies, it credits near misses. (N,)"""
+    return np.array([difflib.SequenceMatcher(None, got, line).ratio() for got, (_, _, line) in zip(infills, cases)])
+
+
 def exact_match(infills: list[str], cases: list[tuple[str, str, str]]) -> float:
     """Share of holes filled with exactly the real line."""
-    return sum(got == line for got, (_, _, line) in zip(infills, cases)) / max(len(cases), 1)
+    return float(exact_matches(infills, cases).mean()) if cases else 0.0
 
 
 def edit_similarity(infills: list[str], cases: list[tuple[str, str, str]]) -> float:
-    """Mean character similarity (difflib's ratio, 0 to 1) of each infill to the real line: the
-    usual companion of exact match in line-completion studies, it credits near misses."""
-    return float(np.mean([difflib.SequenceMatcher(None, got, line).ratio()
-                          for got, (_, _, line) in zip(infills, cases)])) if cases else math.nan
+    """Mean edit similarity of the infills to the real lines."""
+    return float(edit_similarities(infills, cases).mean()) if cases else math.nan
 
 
-def fim_line_loss(engine: Engine, cases: list[tuple[str, str, str]], with_suffix: bool = True) -> float:
-    """Mean loss (nats per token) of the real hole lines given their PSM prompts; with
-    `with_suffix=False`, given the prefix alone as plain text. Finer than exact match: the first shows
-    how far a model has learned the FIM layout, the gap between the two how much it uses the code
-    after the hole."""
-    total, count = 0.0, 0
+def fim_line_losses(engine: Engine, cases: list[tuple[str, str, str]], with_suffix: bool = True) -> np.ndarray:
+    """(nats, tokens) of each real hole line given its PSM prompt; with `with_suffix=False`,
+    given the prefix alone as plain text. (N, 2)"""
+    found = []
     with torch.inference_mode():
         for prefix, suffix, line in cases:
             middle = engine.tokenizer(line + "\n", add_special_tokens=False)["input_ids"]
@@ -126,9 +142,18 @@ def fim_line_loss(engine: Engine, cases: list[tuple[str, str, str]], with_suffix
                        else prompts.completion(engine, prefix, len(middle))).ids
             ids = torch.tensor([context + middle], device=engine.device)
             logits = engine.model(input_ids=ids).logits[0, len(context) - 1:-1].float()
-            total += float(torch.nn.functional.cross_entropy(logits, ids[0, len(context):], reduction="sum"))
-            count += len(middle)
-    return total / max(count, 1)
+            found.append((float(torch.nn.functional.cross_entropy(logits, ids[0, len(context):], reduction="sum")),
+                          len(middle)))
+    return np.array(found, dtype=np.float64).reshape(-1, 2)
+
+
+def fim_line_loss(engine: Engine, cases: list[tuple[str, str, str]], with_suffix: bool = True) -> float:
+    """Mean loss (nats per token) of the real hole lines given their PSM prompts; with
+    `with_suffix=False`, given the prefix alone as plain text. Finer than exact match: the first shows
+    how far a model has learned the FIM layout, the gap between the two how much it uses the code
+    after the hole."""
+    losses = fim_line_losses(engine, cases, with_suffix)
+    return float(losses[:, 0].sum() / max(losses[:, 1].sum(), 1))
 
 
 def function_prompts(files: list[str], count: int, seed: int) -> list[str]:

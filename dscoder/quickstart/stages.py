@@ -65,7 +65,7 @@ class QuickstartConfig:
     seed: Seed = 0
 
 
-def _stage(out: Path, name: str, fn, seconds: dict, force_rerun: bool = False) -> dict:
+def run_stage(out: Path, name: str, fn, seconds: dict, force_rerun: bool = False) -> dict:
     """Run `fn` unless the stage finished before; its record is kept in out/stages/NAME.json."""
     marker = out / "stages" / f"{name}.json"
     if marker.is_file() and not force_rerun:
@@ -93,8 +93,9 @@ def installed_python_roots() -> list[Path]:
     return roots
 
 
-def _repositories(budget_bytes: int) -> tuple[list[Path], list[Path]]:
-    """(training, held-out) repositories: the installed packages as folders."""
+def repositories(budget_bytes: int, held_out: tuple[str, ...] = HELD_OUT) -> tuple[list[Path], list[Path]]:
+    """(training, held-out) repositories: the installed packages as folders, the standard
+    library's packages named in `held_out` kept apart."""
     from dscoder.repo.collect import SKIPPED_DIRS
 
     train, held, total = [], [], 0
@@ -102,7 +103,7 @@ def _repositories(budget_bytes: int) -> tuple[list[Path], list[Path]]:
     for root in roots:
         for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith((".", "_"))
                              and p.name not in SKIPPED_DIRS and not p.name.endswith((".dist-info", ".egg-info"))):
-            if folder.name in HELD_OUT and root == roots[0]:
+            if folder.name in held_out and root == roots[0]:
                 held.append(folder)
                 continue
             size = sum(f.stat().st_size for f in folder.rglob("*.py") if f.is_file())
@@ -115,7 +116,7 @@ def _repositories(budget_bytes: int) -> tuple[list[Path], list[Path]]:
     return train, held
 
 
-def _speed_probe(cfg: QuickstartConfig, corpus: Path, tokenizer: Path, out: Path) -> float:
+def speed_probe(cfg: QuickstartConfig, corpus: Path, tokenizer: Path, out: Path) -> float:
     """Seconds per optimizer step of the tiny preset here: the median of 16 steps of a scratch
     run, after 4 to warm up (6 steps once planned for 0.29 s/step a run that took 0.2)."""
     from dscoder.train.recipes import pretrain
@@ -123,7 +124,7 @@ def _speed_probe(cfg: QuickstartConfig, corpus: Path, tokenizer: Path, out: Path
 
     run = out / "probe"
     shutil.rmtree(run, ignore_errors=True)
-    overrides = _train_overrides(cfg, corpus, 20, fim=0.5) | {"loop.save_every": "0", "loop.eval_every": "0",
+    overrides = train_overrides(cfg, corpus, 20, fim=0.5) | {"loop.save_every": "0", "loop.eval_every": "0",
                                                               "loop.log_every": "1"}
     pretrain(run, resolve("pretrain", None, overrides), tokenizer, "tiny", None, force=True)
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
@@ -132,7 +133,7 @@ def _speed_probe(cfg: QuickstartConfig, corpus: Path, tokenizer: Path, out: Path
     return cfg.batch_size * cfg.seq_len / speeds[len(speeds) // 2]
 
 
-def _train_overrides(cfg: QuickstartConfig, corpus: Path, steps: int, fim: float) -> dict[str, str]:
+def train_overrides(cfg: QuickstartConfig, corpus: Path, steps: int, fim: float) -> dict[str, str]:
     return {"data.sources": str(corpus), "data.seq_len": str(cfg.seq_len), "loop.batch_size": str(cfg.batch_size),
             "loop.max_steps": str(steps), "fim.rate": str(fim), "fim.max_chars": str(cfg.fim_max_chars),
             "fim.split": cfg.fim_split, "fim.fit_windows": str(cfg.fim_fit_windows).lower(),
@@ -165,14 +166,14 @@ def run(out: Path, cfg: QuickstartConfig, model: Path | None = None, force: bool
         raise UserError(f"{out}: only {shutil.disk_usage(out).free / 2**30:.1f} GiB free; the demo needs about 3 GiB")
     seconds: dict[str, float] = {}
 
-    def corpus_stage():
-        train, held = _repositories(cfg.corpus_mb * 1_000_000)
+    def corpusrun_stage():
+        train, held = repositories(cfg.corpus_mb * 1_000_000)
         data_cfg = apply_overrides(BuildConfig(), {"order.max_sample_chars": "400000"})
         build(out / "corpus", train, [], [], data_cfg, force=True)
         build(out / "heldout", held, [], [], data_cfg, force=True)
         return {"train_repositories": [p.name for p in train], "held_out": [p.name for p in held]}
 
-    corpus = _stage(out, "corpus", corpus_stage, seconds)
+    corpus = run_stage(out, "corpus", corpus_stage, seconds)
     heldout_files = _heldout_files(out / "heldout")
 
     models: dict[str, Path] = {}
@@ -181,9 +182,9 @@ def run(out: Path, cfg: QuickstartConfig, model: Path | None = None, force: bool
     else:
         models["given"] = model
 
-    results = _stage(out, "evaluate", lambda: _evaluate(out, cfg, models, heldout_files, quantize), seconds,
+    results = run_stage(out, "evaluate", lambda: _evaluate(out, cfg, models, heldout_files, quantize), seconds,
                      force_rerun=model is not None)
-    examples = _stage(out, "show", lambda: _show(models, quantize), seconds, force_rerun=model is not None)
+    examples = run_stage(out, "show", lambda: _show(models, quantize), seconds, force_rerun=model is not None)
     seconds["total"] = round(sum(seconds.values()), 1)
     data = {"config": asdict(cfg), "corpus": corpus, "models": {k: str(v) for k, v in models.items()},
             **{k: v for k, v in results.items() if k != "seconds"}, "examples": examples.get("examples", {}),
@@ -212,7 +213,7 @@ def _train_all(out: Path, cfg: QuickstartConfig, seconds: dict) -> dict[str, Pat
 
     corpus = out / "corpus"
 
-    def tokenizer_stage():
+    def tokenizerrun_stage():
         texts = []
         for text in corpus_lib.iter_texts(corpus):
             texts.append(text)
@@ -221,48 +222,48 @@ def _train_all(out: Path, cfg: QuickstartConfig, seconds: dict) -> dict[str, Pat
         tokenizer_lib.save(tokenizer_lib.train(texts, cfg.vocab_size, length=len(texts)), out / "tokenizer")
         return {"vocab_size": cfg.vocab_size}
 
-    _stage(out, "tokenizer", tokenizer_stage, seconds)
+    run_stage(out, "tokenizer", tokenizer_stage, seconds)
     tokenizer = out / "tokenizer"
 
-    def untrained_stage():
+    def untrainedrun_stage():
         tok = tokenizer_lib.load(tokenizer)
         hf_cfg = model_lib.hf_config(config_lib.apply_overrides(model_lib.get_preset("tiny").config, {"dtype": "float32"}), tok)
         shutil.rmtree(out / "untrained", ignore_errors=True)
         (out / "untrained").mkdir()
         model_lib.save(out / "untrained", hf_cfg, tokenizer, model_lib.build(hf_cfg, seed=cfg.seed))
 
-    _stage(out, "untrained", untrained_stage, seconds)
-    steps = _stage(out, "plan", lambda: {"steps": max(20, int(cfg.minutes * 60 / _speed_probe(cfg, corpus, tokenizer, out)))},
+    run_stage(out, "untrained", untrained_stage, seconds)
+    steps = run_stage(out, "plan", lambda: {"steps": max(20, int(cfg.minutes * 60 / speed_probe(cfg, corpus, tokenizer, out)))},
                    seconds)["steps"]
     log.info("pretraining about %d steps per model (about %.1f minutes each)", steps, cfg.minutes)
     # The FIM model trains for the budget: its plan follows the measured speed, so load during the
     # probe or the run changes the step count, not the time. The control then takes as many steps.
-    overrides = _train_overrides(cfg, corpus, steps, 0.5) | {"loop.budget_minutes": str(cfg.minutes)}
-    steps = _stage(out, "pretrain-fim", lambda: pretrain(out / "pretrain-fim", resolve("pretrain", None, overrides),
+    overrides = train_overrides(cfg, corpus, steps, 0.5) | {"loop.budget_minutes": str(cfg.minutes)}
+    steps = run_stage(out, "pretrain-fim", lambda: pretrain(out / "pretrain-fim", resolve("pretrain", None, overrides),
                                                          tokenizer, "tiny", None, resume=True), seconds)["step"]
-    overrides = _train_overrides(cfg, corpus, steps, 0.0) | {"loop.max_minutes": str(cfg.minutes * 1.25)}
-    _stage(out, "pretrain-no_fim", lambda: pretrain(out / "pretrain-no_fim", resolve("pretrain", None, overrides),
+    overrides = train_overrides(cfg, corpus, steps, 0.0) | {"loop.max_minutes": str(cfg.minutes * 1.25)}
+    run_stage(out, "pretrain-no_fim", lambda: pretrain(out / "pretrain-no_fim", resolve("pretrain", None, overrides),
                                                     tokenizer, "tiny", None, resume=True), seconds)
 
     extend_steps = max(10, steps // 10)
-    extend_overrides = _train_overrides(cfg, corpus, extend_steps, 0.5) | {
+    extend_overrides = train_overrides(cfg, corpus, extend_steps, 0.5) | {
         "data.seq_len": str(cfg.seq_len * 4), "loop.batch_size": "1", "fim.max_chars": str(cfg.fim_max_chars * 4),
         "extend.rope_factor": "4", "extend.max_position_embeddings": str(1024 * 4), "optim.lr": "3e-4"}
-    _stage(out, "extend", lambda: extend(out / "extend", resolve("extend", None, extend_overrides),
+    run_stage(out, "extend", lambda: extend(out / "extend", resolve("extend", None, extend_overrides),
                                          out / "pretrain-fim" / "final", resume=True), seconds)
 
-    def instruct_stage():
+    def instructrun_stage():
         pairs = out / "instruct-pairs.jsonl"
         with artifacts.output_file(pairs, force=True) as f:
             for pair in make_pairs(corpus_lib.iter_texts(corpus), 4000):
                 f.write(json.dumps(pair) + "\n")
-        overrides = _train_overrides(cfg, corpus, max(20, steps // 6), 0.0) | {
+        overrides = train_overrides(cfg, corpus, max(20, steps // 6), 0.0) | {
             "data.seq_len": str(cfg.seq_len), "loop.batch_size": str(cfg.batch_size), "optim.lr": "5e-4",
             "optim.warmup_steps": "5"}
         overrides.pop("data.sources")
         instruct(out / "instruct", resolve("instruct", None, overrides), out / "extend" / "final", pairs, resume=True)
 
-    _stage(out, "instruct", instruct_stage, seconds)
+    run_stage(out, "instruct", instruct_stage, seconds)
     return {"untrained": out / "untrained", "no_fim": out / "pretrain-no_fim" / "final",
             "fim": out / "pretrain-fim" / "final", "instruct": out / "instruct" / "final"}
 

@@ -1,0 +1,258 @@
+"""What the `dscoder experiment` commands share: the corpus and its held-out repositories, the
+tokenizer, one training budget for every variant, and figures a researcher can trust (95%
+intervals by bootstrap, a verdict for each direction the paper expects).
+
+```
+OUT/corpus, OUT/heldout   training and held-out corpora (built, or split from --corpus)
+OUT/tokenizer             byte-level BPE learned on the training corpus
+OUT/stages/NAME.json      a finished stage (kept when the command is run again)
+OUT/runs/VARIANT-sSEED/   one training run per variant and seed
+OUT/report.md, report.json, *.png
+```
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Callable
+
+import numpy as np
+
+from dscoder import artifacts
+from dscoder.config import AT_LEAST_ONE, Range, Seed
+from dscoder.errors import UserError
+
+log = logging.getLogger("dscoder")
+
+# Standard-library packages held out by default: many modules importing one another, so the
+# repository-level measures have cross-file references to score.
+HELD_OUT = ("json", "wsgiref", "xmlrpc", "sqlite3", "email", "concurrent", "importlib", "logging", "http",
+            "urllib", "xml", "asyncio", "multiprocessing", "unittest")
+MIN_MINUTES = 1.0
+RESAMPLES = 2000
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    """The knobs every experiment shares."""
+
+    minutes: Annotated[float, Range(0, 10080)] = 0.0
+    """Training budget of each variant (0: the experiment's default)."""
+    seeds: Annotated[int, AT_LEAST_ONE] = 1
+    """Training seeds per variant (intervals then span seeds too)."""
+    preset: str = "tiny"
+    """Model preset of every variant."""
+    corpus_mb: Annotated[int, AT_LEAST_ONE] = 30
+    """Megabytes of installed Python code to build the training corpus from (without --corpus)."""
+    vocab_size: Annotated[int, AT_LEAST_ONE] = 8000
+    seq_len: Annotated[int, AT_LEAST_ONE] = 512
+    batch_size: Annotated[int, AT_LEAST_ONE] = 4
+    fim_max_chars: int = 1000
+    fim_split: str = "line"
+    fim_fit_windows: bool = True
+    eval_items: Annotated[int, AT_LEAST_ONE] = 300
+    """Held-out items scored per measure (FIM holes, completion lines, windows at most 64)."""
+    seed: Seed = 0
+
+
+def check(cfg: ExperimentConfig, default_minutes: float) -> ExperimentConfig:
+    """The config with its budget resolved; refused before any work when it cannot train."""
+    from dataclasses import replace
+
+    from dscoder import model as model_lib
+
+    model_lib.get_preset(cfg.preset)
+    minutes = cfg.minutes or default_minutes
+    if minutes < MIN_MINUTES:
+        raise UserError(f"--minutes {minutes:g}: at least {MIN_MINUTES:g} minute per variant is needed to train "
+                        "anything worth comparing")
+    return replace(cfg, minutes=minutes)
+
+
+def stage(out: Path, name: str, fn: Callable[[], dict | None]) -> dict:
+    """Run `fn` unless the stage finished before (its record in out/stages/NAME.json)."""
+    from dscoder.quickstart.stages import run_stage
+
+    return run_stage(out, name, fn, {})
+
+
+# --- corpus and tokenizer -------------------------------------------------------------------------
+
+def prepare(out: Path, cfg: ExperimentConfig, corpus: Path | None, min_held_out: int) -> None:
+    """OUT/corpus and OUT/heldout: built from the installed Python packages (the HELD_OUT
+    standard-library packages kept apart), or split by repository from a built `corpus`."""
+    from dscoder.data import corpus as corpus_lib
+
+    if corpus is not None and not corpus_lib.is_corpus(corpus):
+        raise UserError(f"--corpus {corpus}: not a corpus folder (build one with `dscoder data build`)")
+    if corpus is not None and not (out / "stages" / "corpus.json").is_file():
+        held_out_count(corpus, min_held_out)  # refused before anything is written
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out}: exists and is not a folder")
+    artifacts.make_folder(out)
+
+    def build_stage():
+        if corpus is None:
+            from dscoder.config import apply_overrides
+            from dscoder.data.build import build
+            from dscoder.data.steps import BuildConfig
+            from dscoder.quickstart.stages import repositories
+
+            train, held = repositories(cfg.corpus_mb * 1_000_000, HELD_OUT)
+            build_cfg = apply_overrides(BuildConfig(), {"order.max_sample_chars": "400000"})
+            build(out / "corpus", train, [], [], build_cfg, force=True)
+            build(out / "heldout", held, [], [], build_cfg, force=True)
+            return {"source": "installed Python packages", "train": len(train), "held_out": [p.name for p in held]}
+        return split_corpus(corpus, out / "corpus", out / "heldout", min_held_out)
+
+    record = stage(out, "corpus", build_stage)
+    held = record["held_out"] if isinstance(record["held_out"], int) else len(record["held_out"])
+    if held < min_held_out:
+        raise UserError(f"the corpus has {held} held-out repositories; this experiment needs at least {min_held_out}")
+
+    def tokenizer_stage():
+        from dscoder import tokenizer as tokenizer_lib
+
+        texts, size = [], 0
+        for text in corpus_lib.iter_texts(out / "corpus"):
+            texts.append(text)
+            size += len(text)
+            if size > 20_000_000:
+                break
+        tokenizer_lib.save(tokenizer_lib.train(texts, cfg.vocab_size, length=len(texts)), out / "tokenizer")
+        return {"vocab_size": cfg.vocab_size}
+
+    stage(out, "tokenizer", tokenizer_stage)
+
+
+def split_corpus(source: Path, train: Path, held: Path, min_held_out: int) -> dict:
+    """Split a built corpus by repository: every tenth repository (by a hash of its name, at
+    least `min_held_out`) is held out. Both halves are written as corpus folders."""
+    from dscoder.data import corpus as corpus_lib
+
+    rows = list(corpus_lib.iter_rows(source, ("id", "repo", "paths", "languages", "text", "n_chars", "n_files", "source")))
+    repos = sorted({r["repo"] for r in rows}, key=lambda name: hashlib.blake2b(name.encode(), digest_size=8).digest())
+    held_out = set(repos[:held_out_count(source, min_held_out)])
+    for folder, keep in ((train, lambda r: r["repo"] not in held_out), (held, lambda r: r["repo"] in held_out)):
+        corpus_lib.write_corpus(folder, [r for r in rows if keep(r)], {"split_from": str(source)})
+    return {"source": str(source), "train": len(repos) - len(held_out), "held_out": sorted(held_out)}
+
+
+def held_out_count(corpus: Path, min_held_out: int) -> int:
+    """How many of the corpus's repositories to hold out; refused when too few are left to train on."""
+    from dscoder.data import corpus as corpus_lib
+
+    repos = {row["repo"] for row in corpus_lib.iter_rows(corpus, ("repo",))}
+    count = max(min_held_out, len(repos) // 10)
+    if len(repos) < count + 1:
+        raise UserError(f"--corpus {corpus}: {len(repos)} repositories; at least {count + 1} are needed "
+                        f"({count} held out and one to train on)")
+    return count
+
+
+def heldout_files(out: Path) -> list[tuple[str, str, str]]:
+    """(repository, path, text) of every held-out file, in repository order."""
+    from dscoder import formats
+    from dscoder.data import corpus as corpus_lib
+
+    return [(row["repo"], path, text) for row in corpus_lib.iter_rows(out / "heldout", ("repo", "text", "paths"))
+            for path, text in formats.split_repo_sample(row["text"], row["paths"]) if text.strip()]
+
+
+# --- training ---------------------------------------------------------------------------------------
+
+def plan_steps(out: Path, cfg: ExperimentConfig, corpus: Path) -> int:
+    """Optimizer steps that fill `cfg.minutes` for one variant here (a timed probe, once)."""
+    from dscoder.quickstart.stages import speed_probe
+
+    def plan():
+        seconds = speed_probe(cfg, corpus, out / "tokenizer", out)
+        return {"steps": max(20, int(cfg.minutes * 60 / seconds)), "seconds_per_step": seconds}
+
+    return stage(out, "plan", plan)["steps"]
+
+
+def train(out: Path, cfg: ExperimentConfig, name: str, seed: int, steps: int, corpus: Path,
+          overrides: dict[str, str]) -> Path:
+    """Pretrain one variant for `steps` steps; its final model folder (kept across runs)."""
+    from dataclasses import replace
+
+    from dscoder.quickstart.stages import train_overrides
+    from dscoder.train.recipes import pretrain
+    from dscoder.train.settings import resolve
+
+    run = out / "runs" / f"{name}-s{seed}"
+    settings = train_overrides(replace(cfg, seed=seed), corpus, steps, float(overrides.pop("fim.rate", 0.5)))
+    settings |= {"loop.max_minutes": str(cfg.minutes * 2), "loop.save_every": str(max(steps // 2, 1))} | overrides
+    stage(out, f"train-{name}-s{seed}", lambda: pretrain(run, resolve("pretrain", None, settings), out / "tokenizer",
+                                                          cfg.preset, None, resume=True))
+    return run / "final"
+
+
+# --- intervals and verdicts ----------------------------------------------------------------------------
+
+def interval(values: np.ndarray, seed: int = 0, weights: np.ndarray | None = None) -> tuple[float, float, float]:
+    """(mean, low, high): the mean of `values` (seeds x items) with its 95% bootstrap interval,
+    resampling items, and seeds too when there are several. With `weights` (same shape), the
+    weighted mean sum(values * weights) / sum(weights), e.g. nats over tokens."""
+    values = np.atleast_2d(np.asarray(values, dtype=np.float64))
+    weights = np.ones_like(values) if weights is None else np.atleast_2d(np.asarray(weights, dtype=np.float64))
+    if values.size == 0:
+        return math.nan, math.nan, math.nan
+    seeds, items = values.shape
+    mean = float((values * weights).sum() / weights.sum())
+    rng = np.random.default_rng(seed)
+    rows = rng.integers(0, seeds, size=(RESAMPLES, seeds)) if seeds > 1 else np.zeros((RESAMPLES, 1), dtype=np.int64)
+    cols = rng.integers(0, items, size=(RESAMPLES, items))
+    picked = (values * weights)[rows[:, :, None], cols[:, None, :]].sum(axis=(1, 2))
+    total = weights[rows[:, :, None], cols[:, None, :]].sum(axis=(1, 2))
+    low, high = np.percentile(picked / total, [2.5, 97.5])
+    return mean, float(low), float(high)
+
+
+def verdict(difference: tuple[float, float, float]) -> str:
+    """Whether an expected difference (oriented so that the paper expects it above zero) was
+    seen: its 95% interval above zero, below zero, or across it."""
+    _, low, high = difference
+    if math.isnan(low):
+        return "not measured"
+    if low > 0:
+        return "reproduced"
+    if high < 0:
+        return "not reproduced (the opposite direction)"
+    return "not distinguishable from noise at this budget"
+
+
+def fmt(figure: tuple[float, float, float], spec: str = "{:.3f}") -> str:
+    mean, low, high = figure
+    return f"{spec.format(mean)} [{spec.format(low)}, {spec.format(high)}]"
+
+
+def write_report(out: Path, title: str, intro: list[str], tables: list[tuple[str, list[str], list[list[str]]]],
+                 expectations: list[dict], plots: list[str], data: dict) -> None:
+    """report.md (intro, tables, the expected directions with their verdicts, plots) and
+    report.json (everything)."""
+    lines = [f"# {title}", "", *intro, ""]
+    for caption, header, rows in tables:
+        lines += [f"### {caption}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        lines += ["| " + " | ".join(row) + " |" for row in rows]
+        lines.append("")
+    lines += ["## The paper's expectations", "", "| expected | measured difference (95% interval) | verdict | paper |",
+              "|---|---|---|---|"]
+    for e in expectations:
+        lines.append(f"| {e['expected']} | {fmt(e['difference'], e.get('spec', '{:.3f}'))} | {e['verdict']} | {e['paper']} |")
+    lines += ["", "Intervals: 95%, bootstrap over held-out items" + (" and seeds" if data.get("seeds", 1) > 1 else "")
+              + f" ({RESAMPLES} resamples). A direction is *reproduced* when its whole interval is on the expected side.", ""]
+    lines += [f"![{p}]({p})" for p in plots]
+    artifacts.write_text(out / "report.md", "\n".join(lines) + "\n")
+    artifacts.write_json(out / "report.json", {**data, "expectations": expectations})
+
+
+def read_json(path: Path) -> dict:
+    return json.loads(path.read_text(encoding="utf-8"))

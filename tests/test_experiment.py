@@ -1,0 +1,126 @@
+"""`dscoder experiment`: each ablation end to end on a small corpus with a few training steps
+(the figures mean nothing at this size; the report's shape, intervals, verdicts, resuming and
+the refusals do), and the statistics on known data."""
+
+import json
+import shutil
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from dscoder.cli import main
+from dscoder.config import apply_overrides
+from dscoder.data.build import build
+from dscoder.data.steps import BuildConfig
+from dscoder.experiment import common, extend, fim_rate, repo_level
+from dscoder.experiment.common import ExperimentConfig, interval, verdict
+
+from conftest import STDLIB
+
+PACKAGES = ("json", "wsgiref", "xmlrpc", "sqlite3", "concurrent", "dbm", "curses", "zoneinfo", "tomllib", "re",
+            "collections", "html")
+CFG = ExperimentConfig(minutes=1, vocab_size=400, seq_len=64, batch_size=2, eval_items=50, fim_max_chars=300)
+
+
+@pytest.fixture(scope="module")
+def small_corpus(tmp_path_factory):
+    root = tmp_path_factory.mktemp("experiment")
+    for name in PACKAGES:
+        shutil.copytree(STDLIB / name, root / "src" / name, ignore=shutil.ignore_patterns("__pycache__", "test*"))
+    build(root / "corpus", sorted((root / "src").iterdir()), [], [], apply_overrides(BuildConfig(), {"run.workers": "1"}))
+    return root / "corpus"
+
+
+@pytest.fixture
+def few_steps(monkeypatch):
+    """Two optimizer steps per variant instead of a timed plan."""
+    monkeypatch.setattr(common, "plan_steps", lambda out, cfg, corpus: 2)
+
+
+def check_report(out, data, plot):
+    assert (out / "report.md").is_file() and (out / plot).is_file()
+    saved = json.loads((out / "report.json").read_text())
+    assert saved["expectations"] and len(saved["expectations"]) == len(data["expectations"])
+    for e in data["expectations"]:
+        mean, low, high = e["difference"]
+        assert low <= mean <= high
+        assert e["verdict"] in ("reproduced", "not reproduced (the opposite direction)",
+                                "not distinguishable from noise at this budget")
+        assert e["verdict"] in (out / "report.md").read_text()
+
+
+def test_fim_rate_end_to_end_and_resumed(small_corpus, tmp_path, few_steps, monkeypatch):
+    out = tmp_path / "fim"
+    data = fim_rate.run(out, CFG, small_corpus)
+    check_report(out, data, "fim_rate.png")
+    assert set(data["figures"]) == set(fim_rate.VARIANTS)
+    assert sorted(p.name for p in (out / "runs").iterdir()) == sorted(f"{v}-s0" for v in fim_rate.VARIANTS)
+    for figures in data["figures"].values():
+        assert 0 <= figures["exact_match"][1] <= figures["exact_match"][2] <= 1
+    # Run again: every finished stage is kept, nothing is trained or scored again.
+    monkeypatch.setattr("dscoder.train.recipes.pretrain", lambda *a, **k: pytest.fail("trained again"))
+    monkeypatch.setattr(fim_rate, "_evaluate", lambda *a, **k: pytest.fail("scored again"))
+    again = json.loads(json.dumps(fim_rate.run(out, CFG, small_corpus)["expectations"]))
+    assert again == json.loads((out / "report.json").read_text())["expectations"]
+
+
+def test_repo_level_end_to_end(small_corpus, tmp_path, few_steps):
+    out = tmp_path / "repo"
+    data = repo_level.run(out, replace(CFG, seq_len=128), small_corpus)
+    check_report(out, data, "repo_level.png")
+    assert data["repositories"] >= repo_level.MIN_REPOSITORIES and data["cases"] >= repo_level.MIN_CASES
+    texts = {}
+    for variant in ("corpus", "corpus-shuffled", "corpus-files"):  # the same files, arranged three ways
+        from dscoder import formats
+        from dscoder.data import corpus as corpus_lib
+
+        rows = corpus_lib.iter_rows(out / variant, ("text", "paths"))
+        texts[variant] = sorted(t for r in rows for t in formats.split_repo_sample(r["text"], r["paths"]))
+    assert texts["corpus"] == texts["corpus-shuffled"] == texts["corpus-files"]
+
+
+def test_extend_end_to_end(small_corpus, tmp_path, few_steps):
+    out = tmp_path / "extend"
+    cfg = replace(CFG, seq_len=128)  # pretrained at 32 tokens, scored at 128
+    data = extend.run(out, cfg, small_corpus)
+    check_report(out, data, "extend.png")
+    assert data["trained_length"] * extend.FACTOR == data["scored_length"] == 128
+    assert set(data["figures"]) == set(extend.MODELS) and all(len(b) == extend.BUCKETS for b in data["figures"].values())
+    scaled = json.loads((out / "runs" / "scaled-s0" / "config.json").read_text())
+    assert scaled["rope_scaling"] == {"type": "linear", "factor": 4.0}
+
+
+def test_bad_input_is_refused_before_any_work(small_corpus, tmp_path, capsys):
+    out = tmp_path / "x"
+    assert main(["experiment", "fim-rate", "--out", str(out), "--minutes", "0.5"]) == 2
+    assert "--minutes 0.5: at least 1 minute" in capsys.readouterr().err and not out.exists()
+    assert main(["experiment", "extend", "--out", str(out), "--corpus", str(tmp_path)]) == 2
+    assert "not a corpus folder" in capsys.readouterr().err and not out.exists()
+    assert main(["experiment", "repo-level", "--out", str(out), "--preset", "huge"]) == 2
+    assert "unknown preset 'huge'" in capsys.readouterr().err and not out.exists()
+    assert main(["experiment", "repo-level", "--out", str(out), "--seeds", "0"]) == 2
+    assert "--seeds" in capsys.readouterr().err and not out.exists()
+
+
+def test_too_few_held_out_repositories_say_how_many(tmp_path, capsys):
+    for name in ("json", "wsgiref", "sqlite3"):
+        shutil.copytree(STDLIB / name, tmp_path / "src" / name, ignore=shutil.ignore_patterns("__pycache__"))
+    build(tmp_path / "corpus", sorted((tmp_path / "src").iterdir()), [], [], apply_overrides(BuildConfig(), {"run.workers": "1"}))
+    assert main(["experiment", "repo-level", "--out", str(tmp_path / "out"), "--corpus", str(tmp_path / "corpus"),
+                 "--minutes", "2"]) == 2
+    err = capsys.readouterr().err
+    assert "3 repositories; at least 9 are needed (8 held out and one to train on)" in err and "Traceback" not in err
+
+
+def test_intervals_and_verdicts_on_known_data():
+    rng = np.random.default_rng(0)
+    mean, low, high = interval(rng.normal(1.0, 0.5, size=400))
+    assert low < 1.0 < high and high - low < 0.15 and low <= mean <= high
+    assert verdict(interval(rng.normal(0.5, 0.5, size=400))) == "reproduced"
+    assert verdict(interval(rng.normal(-0.5, 0.5, size=400))) == "not reproduced (the opposite direction)"
+    assert verdict(interval(rng.normal(0.0, 0.5, size=20))) == "not distinguishable from noise at this budget"
+    one, two = interval(np.ones((1, 50))), interval(np.stack([np.zeros(50), np.ones(50) * 2]))
+    assert one == (1.0, 1.0, 1.0) and two[0] == 1.0 and two[1] == 0.0 and two[2] == 2.0  # seeds resampled too
+    weighted = interval(np.array([[1.0, 3.0]]), weights=np.array([[3.0, 1.0]]))
+    assert weighted[0] == pytest.approx(1.5)
