@@ -88,7 +88,16 @@ def run_ray(fn: Callable, units: Sequence, args: tuple, workers: int, desc: str,
 
 
 def peak_memory_mb() -> float:
-    """Peak resident memory of this process so far, in MB."""
+    """Peak resident memory of this process so far, in MB. On Linux from /proc (VmHWM): the
+    rusage figure carries over the peak of the process that forked this one, so a worker or a
+    command started from a large process would report that process's memory."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1e3
+    except OSError:
+        pass
     import resource
 
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
