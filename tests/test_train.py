@@ -131,6 +131,16 @@ def test_instruct_masks_everything_but_responses(trained_tokenizer_dir):
     assert ids[0] == tok.bos_token_id and not mask[0]
 
 
+def test_instruction_pairs_count_lines_as_python_does():
+    """A form feed (as in some standard-library copies) is not a line break for Python: the
+    docstring is still cut out of the answer."""
+    from dscoder.train.instruct import function_pairs
+
+    source = 'import os\n\x0c\n\ndef walk_files(root):\n    """List every file below the root folder."""\n    names = os.listdir(root)\n    return names\n'
+    (pair,) = function_pairs(source)
+    assert pair["output"] == "```python\ndef walk_files(root):\n    names = os.listdir(root)\n    return names\n```"
+
+
 def test_make_instruct_then_instruct(pretrained, small_corpus, tmp_path):
     pairs = tmp_path / "pairs.jsonl"
     assert main(["train", "make-instruct", str(small_corpus), "--out", str(pairs), "--max-pairs", "200"]) == 0

@@ -166,7 +166,7 @@ def run(out: Path, cfg: QuickstartConfig, model: Path | None = None, force: bool
         raise UserError(f"{out}: only {shutil.disk_usage(out).free / 2**30:.1f} GiB free; the demo needs about 3 GiB")
     seconds: dict[str, float] = {}
 
-    def corpusrun_stage():
+    def corpus_stage():
         train, held = repositories(cfg.corpus_mb * 1_000_000)
         data_cfg = apply_overrides(BuildConfig(), {"order.max_sample_chars": "400000"})
         build(out / "corpus", train, [], [], data_cfg, force=True)
@@ -213,7 +213,7 @@ def _train_all(out: Path, cfg: QuickstartConfig, seconds: dict) -> dict[str, Pat
 
     corpus = out / "corpus"
 
-    def tokenizerrun_stage():
+    def tokenizer_stage():
         texts = []
         for text in corpus_lib.iter_texts(corpus):
             texts.append(text)
@@ -225,7 +225,7 @@ def _train_all(out: Path, cfg: QuickstartConfig, seconds: dict) -> dict[str, Pat
     run_stage(out, "tokenizer", tokenizer_stage, seconds)
     tokenizer = out / "tokenizer"
 
-    def untrainedrun_stage():
+    def untrained_stage():
         tok = tokenizer_lib.load(tokenizer)
         hf_cfg = model_lib.hf_config(config_lib.apply_overrides(model_lib.get_preset("tiny").config, {"dtype": "float32"}), tok)
         shutil.rmtree(out / "untrained", ignore_errors=True)
@@ -252,7 +252,7 @@ def _train_all(out: Path, cfg: QuickstartConfig, seconds: dict) -> dict[str, Pat
     run_stage(out, "extend", lambda: extend(out / "extend", resolve("extend", None, extend_overrides),
                                          out / "pretrain-fim" / "final", resume=True), seconds)
 
-    def instructrun_stage():
+    def instruct_stage():
         pairs = out / "instruct-pairs.jsonl"
         with artifacts.output_file(pairs, force=True) as f:
             for pair in make_pairs(corpus_lib.iter_texts(corpus), 4000):

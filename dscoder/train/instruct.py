@@ -11,6 +11,7 @@ from __future__ import annotations
 import ast
 import hashlib
 import json
+import re
 import textwrap
 from pathlib import Path
 from typing import Callable, Iterator
@@ -94,7 +95,7 @@ def function_pairs(source: str, min_doc_chars: int = 20, max_lines: int = 60) ->
         tree = ast.parse(source)
     except (SyntaxError, ValueError, RecursionError):
         return
-    lines = source.splitlines()
+    lines = re.split(r"\r\n|\r|\n", source)  # the lines `ast` counts (str.splitlines also splits at form feeds)
     for node in ast.walk(tree):
         if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) or node.name.startswith("_"):
             continue
