@@ -177,6 +177,20 @@ def save(folder: str | Path, hf_cfg, tokenizer_dir: str | Path, model=None) -> N
     artifacts.copy_tokenizer(tokenizer_dir, folder)
 
 
+def with_linear_rope(model, factor: float, theta: float, positions: int):
+    """`model` (a LlamaForCausalLM) rebuilt with linear RoPE scaling by `factor`, base `theta`
+    and `positions` positions, its weights kept: the rotary embedding only takes new scaling
+    when the model is built."""
+    from transformers import LlamaForCausalLM
+
+    config = model.config
+    config.rope_parameters = {"rope_type": "linear", "factor": float(factor), "rope_theta": theta}
+    config.max_position_embeddings = positions
+    scaled = LlamaForCausalLM(config)
+    scaled.load_state_dict(model.state_dict())
+    return scaled
+
+
 def write_released_rope_keys(config_path: Path) -> None:
     """Add the released `rope_theta` / `rope_scaling` keys beside transformers 5's
     `rope_parameters`, so tools that read the released layout (vLLM, llama.cpp's converter)

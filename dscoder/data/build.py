@@ -213,10 +213,11 @@ def _check_visible(work: Path) -> None:
                         "cluster needs it on a shared filesystem at the same path)")
 
 
-def unit_sizes(work: Path, units: list[dict]) -> np.ndarray:
-    """Samples per unit, read from the signature files' headers. (U,) int64."""
-    return np.array([np.load(unit_path(work, u["index"], "sig.npy"), mmap_mode="r").shape[0] for u in units],
-                    dtype=np.int64)
+def unit_offsets(work: Path, units: list[dict]) -> np.ndarray:
+    """Where each unit's samples start in the build's order, and the total last, from the
+    signature files' headers. (U + 1,) int64"""
+    sizes = [np.load(unit_path(work, u["index"], "sig.npy"), mmap_mode="r").shape[0] for u in units]
+    return np.concatenate(([0], np.cumsum(sizes, dtype=np.int64)))
 
 
 def key_unit(unit: dict, cfg: DedupConfig, work: str, partitions: int) -> float:
@@ -261,13 +262,11 @@ def pair_partition(partition: int, cfg: DedupConfig, work: str, units: list[int]
     return peak_memory_mb()
 
 
-def deduplicate(work: Path, units: list[dict], cfg: BuildConfig, execute) -> int:
+def deduplicate(work: Path, units: list[dict], cfg: BuildConfig, execute, offsets: np.ndarray) -> int:
     """Find the duplicates of the whole build; writes `dedup/dropped.npy` (every dropped sample,
     by index) and `dedup/clusters.npy` (the same, by survivor) for the finishing tasks. Returns
     the number of samples."""
     folder = work / "dedup"
-    sizes = unit_sizes(work, units)
-    offsets = np.concatenate(([0], np.cumsum(sizes)))
     n = int(offsets[-1])
     if (folder / "clusters.npy").is_file():
         return n
@@ -354,13 +353,12 @@ def finish_unit(unit: dict, work: str, out: str, indices: list[int], offsets: li
     return peak_memory_mb()
 
 
-def finalize(out: Path, work: Path, units: list[dict], skips: Counter, execute) -> Stats:
+def finalize(out: Path, work: Path, units: list[dict], skips: Counter, execute, offsets: list[int]) -> Stats:
     """Write the final shards, rejects, clusters and stats: one task per unit, then the driver
     adds up the stats and joins the units' cluster lines."""
     for folder in ("data", "rejects", "dedup"):
         artifacts.make_folder(out / folder)
         artifacts.remove_partials(out / folder)  # what a killed finish left half-written
-    offsets = np.concatenate(([0], np.cumsum(unit_sizes(work, units)))).tolist()
     indices = [u["index"] for u in units]
     execute("writing shards", finish_unit, [dict(u, number=k) for k, u in enumerate(units)],
             (str(work), str(out), indices, offsets))
@@ -441,14 +439,15 @@ def build(out: Path, sources: list[Path], repos_in: list[Path], decontaminate: l
              len(repos), len(datasets), len(units), len(pending))
     execute("units", run_unit, pending, (cfg, str(work), bench_path))
 
-    if deduplicate(work, units, cfg, execute) == 0:  # an empty corpus is an error, not a result
+    offsets = unit_offsets(work, units)
+    if deduplicate(work, units, cfg, execute, offsets) == 0:  # an empty corpus is an error, not a result
         total = Stats()
         total.skipped.update(skips)
         for u in units:
             total.add(Stats.from_json(json.loads(unit_path(work, u["index"], "stats.json").read_text())))
         shutil.rmtree(out)
         raise UserError(f"no sample was kept, so no corpus was written ({nothing_kept(total.to_json())})")
-    stats = finalize(out, work, units, skips, execute)
+    stats = finalize(out, work, units, skips, execute, offsets.tolist())
     _complete(out, manifest)
     if out != final:
         artifacts.publish_dir(out, final)

@@ -72,14 +72,10 @@ def _scaled(base: Path, folder: Path, positions: int) -> Path:
     from dscoder import model as model_lib
 
     model = LlamaForCausalLM.from_pretrained(base)
-    config = model.config
-    theta = (config.rope_parameters or {}).get("rope_theta", 100000.0)
-    config.rope_parameters = {"rope_type": "linear", "factor": float(FACTOR), "rope_theta": theta}
-    config.max_position_embeddings = max(positions, config.max_position_embeddings)
-    scaled = LlamaForCausalLM(config)  # rebuilt so the rotary embedding takes the new scaling
-    scaled.load_state_dict(model.state_dict())
+    theta = (model.config.rope_parameters or {}).get("rope_theta", 100000.0)
+    scaled = model_lib.with_linear_rope(model, FACTOR, theta, max(positions, model.config.max_position_embeddings))
     with artifacts.output_dir(folder, force=True) as tmp:
-        model_lib.save(tmp, config, base, scaled)
+        model_lib.save(tmp, scaled.config, base, scaled)
     return folder
 
 

@@ -160,18 +160,12 @@ def pretrain(run: Path, cfg: TrainConfig, tokenizer_dir: Path | None, preset: st
 
 def extend(run: Path, cfg: TrainConfig, model_dir: Path, resume: bool = False, force: bool = False) -> dict:
     """Continue a model at a longer sequence length with linear RoPE scaling."""
-    from transformers import LlamaForCausalLM
-
     check_run(run, cfg, resume, force)
     base, tokenizer = _load_model(model_dir)
     positions = cfg.extend.max_position_embeddings or cfg.data.seq_len
     if positions < cfg.data.seq_len:
         raise UserError(f"extend.max_position_embeddings {positions} is shorter than --seq-len {cfg.data.seq_len}")
-    hf_cfg = base.config
-    hf_cfg.rope_parameters = {"rope_type": "linear", "factor": cfg.extend.rope_factor, "rope_theta": cfg.extend.rope_theta}
-    hf_cfg.max_position_embeddings = positions
-    hf_model = LlamaForCausalLM(hf_cfg)  # rebuilt so the rotary embedding takes the new scaling
-    hf_model.load_state_dict(base.state_dict())
+    hf_model = model_lib.with_linear_rope(base, cfg.extend.rope_factor, cfg.extend.rope_theta, positions)
     _check_fit(hf_model, tokenizer, cfg.data.seq_len, "extend")
     world, resume_from = _setup(run, cfg, resume, force)
     local_tokenizer = _main_first(world, lambda: artifacts.copy_tokenizer(model_dir, run / "tokenizer"))
