@@ -183,7 +183,7 @@ NUMERIC = {
     ("tokenizer", "train"): (["in", "--out", "OUT"], {"--vocab-size": (), "--min-frequency": (), "--max-bytes": ()}),
     ("model", "init"): (["--preset", "tiny", "--tokenizer", "t", "--out", "OUT"], {"--seed": ZERO_OK}),
     ("quickstart",): (["--out", "OUT"], {"--minutes": (), "--corpus-mb": ()}),
-    **{("experiment", name): (["--out", "OUT"], {"--minutes": ZERO_OK, "--seeds": (), "--seq-len": ()})
+    **{("experiment", name): (["--out", "OUT"], {"--minutes": (), "--seeds": (), "--seq-len": ()})
        for name in ("fim-rate", "repo-level", "extend")},
     ("data", "build"): (["src", "--out", "OUT"], {"--workers": ZERO_OK}),
     ("train", "pretrain"): (["--data", "d", "--preset", "tiny", "--tokenizer", "t", "--out", "OUT"], {

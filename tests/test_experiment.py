@@ -13,6 +13,7 @@ from dscoder.cli import main
 from dscoder.config import apply_overrides
 from dscoder.data.build import build
 from dscoder.data.steps import BuildConfig
+from dscoder.errors import UserError
 from dscoder.experiment import common, extend, fim_rate, repo_level
 from dscoder.experiment.common import ExperimentConfig, interval, verdict
 
@@ -59,10 +60,26 @@ def test_fim_rate_end_to_end_and_resumed(small_corpus, tmp_path, few_steps, monk
     for figures in data["figures"].values():
         assert 0 <= figures["exact_match"][1] <= figures["exact_match"][2] <= 1
     # Run again: every finished stage is kept, nothing is trained or scored again.
-    monkeypatch.setattr("dscoder.train.recipes.pretrain", lambda *a, **k: pytest.fail("trained again"))
+    from dscoder.train import recipes
+
+    pretrain, evaluate = recipes.pretrain, fim_rate._evaluate
+    monkeypatch.setattr(recipes, "pretrain", lambda *a, **k: pytest.fail("trained again"))
     monkeypatch.setattr(fim_rate, "_evaluate", lambda *a, **k: pytest.fail("scored again"))
     again = json.loads(json.dumps(fim_rate.run(out, CFG, small_corpus)["expectations"]))
     assert again == json.loads((out / "report.json").read_text())["expectations"]
+    # Other settings would mix runs in one report: refused, the report kept.
+    report = (out / "report.md").read_text()
+    with pytest.raises(UserError, match=r"made with --minutes 1, not 2; give the same settings"):
+        fim_rate.run(out, replace(CFG, minutes=2), small_corpus)
+    with pytest.raises(UserError, match=r"made with experiment fim-rate, not extend"):
+        extend.run(out, CFG, small_corpus)
+    assert (out / "report.md").read_text() == report
+    # More seeds later: only the new seed is trained, and the figures are scored over both.
+    monkeypatch.setattr(recipes, "pretrain", pretrain)
+    monkeypatch.setattr(fim_rate, "_evaluate", evaluate)
+    two = fim_rate.run(out, replace(CFG, seeds=2), small_corpus)
+    assert sorted(p.name for p in (out / "runs").iterdir()) == sorted(f"{v}-s{s}" for v in fim_rate.VARIANTS for s in (0, 1))
+    assert two["seeds"] == 2 and "over held-out items and seeds" in (out / "report.md").read_text()
 
 
 def test_repo_level_end_to_end(small_corpus, tmp_path, few_steps):

@@ -6,29 +6,29 @@ import argparse
 from pathlib import Path
 
 from dscoder.arguments import setting
+from dscoder.experiment import extend, fim_rate, repo_level
 from dscoder.experiment.common import ExperimentConfig
 
+MODULES = {"fim-rate": fim_rate, "repo-level": repo_level, "extend": extend}
+
 ABOUT = {
-    "fim-rate": ("FIM rate 0 / 0.5 PSM / 1.0 PSM / 0.5 PSM+SPM: completion against infilling", 8.0,
+    "fim-rate": ("FIM rate 0 / 0.5 PSM / 1.0 PSM / 0.5 PSM+SPM: completion against infilling",
                  "Train four variants on the same data and steps, score plain-text loss and FIM holes "
                  "(loss, exact match, edit similarity) on held-out code, and say whether the paper's "
                  "directions reproduce."),
-    "repo-level": ("dependency-ordered repository samples vs random order vs one file per sample", 10.0,
+    "repo-level": ("dependency-ordered repository samples vs random order vs one file per sample",
                    "Train three variants on the same files and steps, score the loss of cross-file "
                    "identifiers with the repository before each file, and a cross-file line completion "
                    "task built from held-out repositories."),
-    "extend": ("linear RoPE scaling x4: loss by position as is, scaled, and after `train extend`", 25.0,
+    "extend": ("linear RoPE scaling x4: loss by position as is, scaled, and after `train extend`",
                "Pretrain at a quarter of --seq-len, then score at --seq-len as it is, with RoPE scaling "
                "x4 and no training, and after a short `train extend`; loss by position bucket."),
 }
 
 
 def cmd_experiment(args: argparse.Namespace) -> int:
-    from dscoder.experiment import extend, fim_rate, repo_level
-
-    modules = {"fim-rate": fim_rate, "repo-level": repo_level, "extend": extend}
     cfg = ExperimentConfig(minutes=args.minutes, seeds=args.seeds, preset=args.preset, seq_len=args.seq_len)
-    data = modules[args.command].run(args.out, cfg, args.corpus)
+    data = MODULES[args.command].run(args.out, cfg, args.corpus)
     print()
     for e in data["expectations"]:
         print(f"{e['verdict']:48s} {e['expected']}")
@@ -39,7 +39,8 @@ def cmd_experiment(args: argparse.Namespace) -> int:
 def add_commands(groups) -> None:
     experiment = groups.add_parser("experiment", help="reproduce the paper's ablations at laptop scale")
     commands = experiment.add_subparsers(dest="command", metavar="EXPERIMENT", required=True)
-    for name, (about, minutes, description) in ABOUT.items():
+    for name, (about, description) in ABOUT.items():
+        minutes = MODULES[name].DEFAULT_MINUTES
         p = commands.add_parser(
             name, help=about,
             description=f"{description} Each variant trains for --minutes (default {minutes:g}), turned into a "
@@ -49,7 +50,7 @@ def add_commands(groups) -> None:
         p.add_argument("--out", type=Path, required=True, help="experiment folder (resumed when run again)")
         p.add_argument("--corpus", type=Path, help="a corpus built by `dscoder data build` (default: build one "
                        "from the installed Python packages); a tenth of its repositories is held out")
-        p.add_argument("--minutes", type=setting(ExperimentConfig, "minutes"), default=0.0,
+        p.add_argument("--minutes", type=setting(ExperimentConfig, "minutes"), default=None,
                        help=f"training minutes per variant (default {minutes:g}; at least 1)")
         p.add_argument("--seeds", type=setting(ExperimentConfig, "seeds"), default=1, help="seeds per variant (default 1)")
         p.add_argument("--preset", default="tiny", help="model preset of every variant (default tiny)")

@@ -20,13 +20,14 @@ import math
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Callable
+from typing import Annotated
 
 import numpy as np
 
 from dscoder import artifacts
 from dscoder.config import AT_LEAST_ONE, Range, Seed
 from dscoder.errors import UserError
+from dscoder.quickstart.stages import run_stage
 
 log = logging.getLogger("dscoder")
 
@@ -42,8 +43,8 @@ RESAMPLES = 2000
 class ExperimentConfig:
     """The knobs every experiment shares."""
 
-    minutes: Annotated[float, Range(0, 10080)] = 0.0
-    """Training budget of each variant (0: the experiment's default)."""
+    minutes: Annotated[float, Range(0, 10080)] | None = None
+    """Training budget of each variant in minutes (None: the experiment's default)."""
     seeds: Annotated[int, AT_LEAST_ONE] = 1
     """Training seeds per variant (intervals then span seeds too)."""
     preset: str = "tiny"
@@ -68,25 +69,19 @@ def check(cfg: ExperimentConfig, default_minutes: float) -> ExperimentConfig:
     from dscoder import model as model_lib
 
     model_lib.get_preset(cfg.preset)
-    minutes = cfg.minutes or default_minutes
+    minutes = default_minutes if cfg.minutes is None else cfg.minutes
     if minutes < MIN_MINUTES:
         raise UserError(f"--minutes {minutes:g}: at least {MIN_MINUTES:g} minute per variant is needed to train "
                         "anything worth comparing")
     return replace(cfg, minutes=minutes)
 
 
-def stage(out: Path, name: str, fn: Callable[[], dict | None]) -> dict:
-    """Run `fn` unless the stage finished before (its record in out/stages/NAME.json)."""
-    from dscoder.quickstart.stages import run_stage
-
-    return run_stage(out, name, fn, {})
-
-
 # --- corpus and tokenizer -------------------------------------------------------------------------
 
-def prepare(out: Path, cfg: ExperimentConfig, corpus: Path | None, min_held_out: int) -> None:
+def prepare(out: Path, experiment: str, cfg: ExperimentConfig, corpus: Path | None, min_held_out: int) -> None:
     """OUT/corpus and OUT/heldout: built from the installed Python packages (the HELD_OUT
-    standard-library packages kept apart), or split by repository from a built `corpus`."""
+    standard-library packages kept apart), or split by repository from a built `corpus`.
+    OUT/settings.json keeps what decides the figures; a run resuming OUT must give the same."""
     from dscoder.data import corpus as corpus_lib
 
     if corpus is not None and not corpus_lib.is_corpus(corpus):
@@ -95,7 +90,9 @@ def prepare(out: Path, cfg: ExperimentConfig, corpus: Path | None, min_held_out:
         held_out_count(corpus, min_held_out)  # refused before anything is written
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out}: exists and is not a folder")
+    settings = _same_settings(out, experiment, cfg, corpus)
     artifacts.make_folder(out)
+    artifacts.write_json(out / "settings.json", settings)
 
     def build_stage():
         if corpus is None:
@@ -111,7 +108,7 @@ def prepare(out: Path, cfg: ExperimentConfig, corpus: Path | None, min_held_out:
             return {"source": "installed Python packages", "train": len(train), "held_out": [p.name for p in held]}
         return split_corpus(corpus, out / "corpus", out / "heldout", min_held_out)
 
-    record = stage(out, "corpus", build_stage)
+    record = run_stage(out, "corpus", build_stage)
     held = record["held_out"] if isinstance(record["held_out"], int) else len(record["held_out"])
     if held < min_held_out:
         raise UserError(f"the corpus has {held} held-out repositories; this experiment needs at least {min_held_out}")
@@ -128,7 +125,32 @@ def prepare(out: Path, cfg: ExperimentConfig, corpus: Path | None, min_held_out:
         tokenizer_lib.save(tokenizer_lib.train(texts, cfg.vocab_size, length=len(texts)), out / "tokenizer")
         return {"vocab_size": cfg.vocab_size}
 
-    stage(out, "tokenizer", tokenizer_stage)
+    run_stage(out, "tokenizer", tokenizer_stage)
+
+
+def _same_settings(out: Path, experiment: str, cfg: ExperimentConfig, corpus: Path | None) -> dict:
+    """The settings that decide an experiment's figures, checked against those OUT was made with
+    (more seeds may be added later; nothing else may change, or the report would mix runs)."""
+    settings = {"experiment": experiment, "minutes": cfg.minutes, "preset": cfg.preset, "seq_len": cfg.seq_len,
+                "corpus": None if corpus is None else str(corpus.resolve())}
+    path = out / "settings.json"
+    if not path.is_file():
+        return settings
+    made = read_json(path)
+    for key, value in settings.items():
+        if made.get(key) != value:
+            shown = {"experiment": "experiment", "corpus": "--corpus"}.get(key, "--" + key.replace("_", "-"))
+            def show(v):
+                return "(none)" if v is None else f"{v:g}" if isinstance(v, float) else str(v)
+
+            raise UserError(f"--out {out}: made with {shown} {show(made.get(key))}, not {show(value)}; give the same "
+                            "settings to resume it, or another --out")
+    return settings
+
+
+def evaluation_stage(cfg: ExperimentConfig) -> str:
+    """The name of the scoring stage: scores are kept per number of seeds, so adding seeds scores again."""
+    return "evaluate" if cfg.seeds == 1 else f"evaluate-{cfg.seeds}-seeds"
 
 
 def split_corpus(source: Path, train: Path, held: Path, min_held_out: int) -> dict:
@@ -175,7 +197,7 @@ def plan_steps(out: Path, cfg: ExperimentConfig, corpus: Path) -> int:
         seconds = speed_probe(cfg, corpus, out / "tokenizer", out)
         return {"steps": max(20, int(cfg.minutes * 60 / seconds)), "seconds_per_step": seconds}
 
-    return stage(out, "plan", plan)["steps"]
+    return run_stage(out, "plan", plan)["steps"]
 
 
 def train(out: Path, cfg: ExperimentConfig, name: str, seed: int, steps: int, corpus: Path,
@@ -190,7 +212,7 @@ def train(out: Path, cfg: ExperimentConfig, name: str, seed: int, steps: int, co
     run = out / "runs" / f"{name}-s{seed}"
     settings = train_overrides(replace(cfg, seed=seed), corpus, steps, float(overrides.pop("fim.rate", 0.5)))
     settings |= {"loop.max_minutes": str(cfg.minutes * 2), "loop.save_every": str(max(steps // 2, 1))} | overrides
-    stage(out, f"train-{name}-s{seed}", lambda: pretrain(run, resolve("pretrain", None, settings), out / "tokenizer",
+    run_stage(out, f"train-{name}-s{seed}", lambda: pretrain(run, resolve("pretrain", None, settings), out / "tokenizer",
                                                           cfg.preset, None, resume=True))
     return run / "final"
 
@@ -248,7 +270,9 @@ def write_report(out: Path, title: str, intro: list[str], tables: list[tuple[str
     for e in expectations:
         lines.append(f"| {e['expected']} | {fmt(e['difference'], e.get('spec', '{:.3f}'))} | {e['verdict']} | {e['paper']} |")
     lines += ["", "Intervals: 95%, bootstrap over held-out items" + (" and seeds" if data.get("seeds", 1) > 1 else "")
-              + f" ({RESAMPLES} resamples). A direction is *reproduced* when its whole interval is on the expected side.", ""]
+              + f" ({RESAMPLES} resamples). A direction is *reproduced* when its whole interval is on the expected side. "
+              "Differences are paired (both variants scored on the same items, item by item), so they can be decided "
+              "while the variants' own intervals, which include the spread between items, overlap.", ""]
     lines += [f"![{p}]({p})" for p in plots]
     artifacts.write_text(out / "report.md", "\n".join(lines) + "\n")
     artifacts.write_json(out / "report.json", {**data, "expectations": expectations})

@@ -18,6 +18,7 @@ import numpy as np
 from dscoder import artifacts
 from dscoder.experiment import common
 from dscoder.experiment.common import ExperimentConfig, fmt, interval, verdict
+from dscoder.quickstart.stages import run_stage
 
 log = logging.getLogger("dscoder")
 
@@ -33,7 +34,7 @@ def run(out: Path, cfg: ExperimentConfig, corpus: Path | None = None) -> dict:
     short = replace(cfg, seq_len=cfg.seq_len // FACTOR, batch_size=cfg.batch_size * FACTOR,
                     fim_max_chars=cfg.fim_max_chars // FACTOR)
     long = cfg.seq_len
-    common.prepare(out, cfg, corpus, min_held_out=1)
+    common.prepare(out, "extend", cfg, corpus, min_held_out=1)
     windows = _windows(out, long)
     steps = common.plan_steps(out, short, out / "corpus")
     models: dict[tuple[str, int], Path] = {}
@@ -41,10 +42,10 @@ def run(out: Path, cfg: ExperimentConfig, corpus: Path | None = None) -> dict:
         base = common.train(out, short, "base", seed, steps, out / "corpus", {})
         models["as_is", seed] = base
         scaled = out / "runs" / f"scaled-s{seed}"
-        common.stage(out, f"scaled-s{seed}", lambda: {"model": str(_scaled(base, scaled, long))})
+        run_stage(out, f"scaled-s{seed}", lambda: {"model": str(_scaled(base, scaled, long))})
         models["scaled", seed] = scaled
         models["extended", seed] = _extended(out, cfg, base, seed, max(10, steps // 5), long)
-    scores = common.stage(out, "evaluate", lambda: _evaluate(models, windows))
+    scores = run_stage(out, common.evaluation_stage(cfg), lambda: _evaluate(models, windows))
     return _report(out, cfg, short.seq_len, long, steps, scores)
 
 
@@ -89,7 +90,7 @@ def _extended(out: Path, cfg: ExperimentConfig, base: Path, seed: int, steps: in
     overrides = train_overrides(replace(cfg, seed=seed), out / "corpus", steps, 0.5) | {
         "extend.rope_factor": str(FACTOR), "extend.max_position_embeddings": str(length),
         "optim.lr": "3e-4", "loop.save_every": str(max(steps // 2, 1))}
-    common.stage(out, f"extend-s{seed}", lambda: extend(run, resolve("extend", None, overrides), base, resume=True))
+    run_stage(out, f"extend-s{seed}", lambda: extend(run, resolve("extend", None, overrides), base, resume=True))
     return run / "final"
 
 
@@ -132,6 +133,7 @@ def _report(out: Path, cfg: ExperimentConfig, short: int, long: int, steps: int,
     figures = {name: [interval(np.array(scores[name])[:, :, b]) for b in range(BUCKETS)] for name in MODELS}
     header = ["model", *[f"{b * width}-{(b + 1) * width}" for b in range(BUCKETS)]]
     table = [[name, *[fmt(f) for f in figures[name]]] for name in MODELS]
+    perplexity = [[name, *[fmt(tuple(np.exp(f)), "{:.1f}") for f in figures[name]]] for name in MODELS]
     found = expectations(scores)
     plots = [_plot(out, figures, short, width)]
     intro = [f"A `{cfg.preset}` model pretrained at {short} tokens for {steps} steps ({cfg.minutes:g} minutes planned), "
@@ -141,7 +143,8 @@ def _report(out: Path, cfg: ExperimentConfig, short: int, long: int, steps: int,
     data = {"experiment": "extend", "config": asdict(cfg), "steps": steps, "seeds": cfg.seeds, "trained_length": short,
             "scored_length": long, "figures": figures}
     common.write_report(out, "Context extension: loss by position", intro,
-                        [("Loss (nats/token) by position bucket, mean [95% interval]", header, table)], found, plots, data)
+                        [("Loss (nats/token) by position bucket, mean [95% interval]", header, table),
+                         ("Perplexity (e to the loss) by position bucket", header, perplexity)], found, plots, data)
     return {**data, "expectations": found}
 
 
@@ -160,6 +163,7 @@ def _plot(out: Path, figures: dict, short: int, width: int) -> str:
     ax.axvline(short, color="grey", linestyle="--", label="trained length")
     ax.set_xlabel("token position")
     ax.set_ylabel("loss (nats/token)")
+    ax.secondary_yaxis("right", functions=(np.exp, lambda p: np.log(np.maximum(p, 1e-9)))).set_ylabel("perplexity")
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()

@@ -20,6 +20,7 @@ import numpy as np
 from dscoder import artifacts
 from dscoder.experiment import common
 from dscoder.experiment.common import ExperimentConfig, fmt, interval, verdict
+from dscoder.quickstart.stages import run_stage
 
 log = logging.getLogger("dscoder")
 
@@ -35,7 +36,7 @@ MIN_FIM_CASES = 50
 
 def run(out: Path, cfg: ExperimentConfig, corpus: Path | None = None) -> dict:
     cfg = common.check(cfg, DEFAULT_MINUTES)
-    common.prepare(out, cfg, corpus, min_held_out=1)
+    common.prepare(out, "fim-rate", cfg, corpus, min_held_out=1)
     files = [text for _, _, text in common.heldout_files(out)]
     cases = _cases(files, cfg)
     steps = common.plan_steps(out, cfg, out / "corpus")
@@ -44,7 +45,7 @@ def run(out: Path, cfg: ExperimentConfig, corpus: Path | None = None) -> dict:
     models = {(name, seed): common.train(out, cfg, name, seed, steps, out / "corpus",
                                          {"fim.rate": str(rate), "fim.spm_rate": str(spm)})
               for seed in range(cfg.seed, cfg.seed + cfg.seeds) for name, (rate, spm) in VARIANTS.items()}
-    scores = common.stage(out, "evaluate", lambda: _evaluate(models, files, cases, cfg))
+    scores = run_stage(out, common.evaluation_stage(cfg), lambda: _evaluate(models, files, cases, cfg))
     return _report(out, cfg, scores, steps)
 
 
@@ -80,20 +81,24 @@ def _evaluate(models: dict, files: list[str], cases: list, cfg: ExperimentConfig
     return {"scores": scores, "fim_cases": len(cases)}
 
 
-def _figure(scores: dict, name: str, key: str) -> tuple[float, float, float]:
+def _per_item(scores: dict, name: str, key: str) -> tuple[np.ndarray, np.ndarray | None]:
+    """One variant's figure item by item, with the weights of its mean (hole loss: per token)."""
+    runs = scores[name]
     if key == "hole_loss":
-        runs = scores[name]
-        return interval(np.array([r["hole_nats"] for r in runs]) / np.array([r["hole_tokens"] for r in runs]),
-                        weights=np.array([r["hole_tokens"] for r in runs]))
-    return interval(np.array([r[key] for r in scores[name]]))
+        tokens = np.array([r["hole_tokens"] for r in runs])
+        return np.array([r["hole_nats"] for r in runs]) / tokens, tokens
+    return np.array([r[key] for r in runs]), None
+
+
+def _figure(scores: dict, name: str, key: str) -> tuple[float, float, float]:
+    values, weights = _per_item(scores, name, key)
+    return interval(values, weights=weights)
 
 
 def _difference(scores: dict, key: str, a: str, b: str) -> tuple[float, float, float]:
     """The paired difference of a figure between variants a and b (a minus b), item by item."""
-    if key == "hole_loss":
-        per_token = lambda n: np.array([r["hole_nats"] for r in scores[n]]) / np.array([r["hole_tokens"] for r in scores[n]])  # noqa: E731
-        return interval(per_token(a) - per_token(b), weights=np.array([r["hole_tokens"] for r in scores[a]]))
-    return interval(np.array([r[key] for r in scores[a]]) - np.array([r[key] for r in scores[b]]))
+    (values_a, weights), (values_b, _) = _per_item(scores, a, key), _per_item(scores, b, key)
+    return interval(values_a - values_b, weights=weights)
 
 
 def expectations(scores: dict) -> list[dict]:
@@ -145,7 +150,7 @@ def _plot(out: Path, figures: dict) -> str:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for ax, key, label in ((axes[0], "exact_match", "FIM exact match (higher: better infilling)"),
+    for ax, key, label in ((axes[0], "edit_similarity", "FIM edit similarity (higher: better infilling)"),
                            (axes[1], "hole_loss", "FIM hole loss (lower: better infilling)")):
         for name, figure in figures.items():
             x, y = figure["completion_loss"], figure[key]

@@ -34,6 +34,7 @@ from dscoder import artifacts, formats
 from dscoder.errors import UserError
 from dscoder.experiment import common
 from dscoder.experiment.common import ExperimentConfig, fmt, interval, verdict
+from dscoder.quickstart.stages import run_stage
 
 log = logging.getLogger("dscoder")
 
@@ -49,15 +50,15 @@ COMMON_NAMES = frozenset(dir(builtins)) | frozenset(keyword.kwlist) | {"self", "
 
 def run(out: Path, cfg: ExperimentConfig, corpus: Path | None = None) -> dict:
     cfg = common.check(cfg, DEFAULT_MINUTES)
-    common.prepare(out, cfg, corpus, min_held_out=MIN_REPOSITORIES)
+    common.prepare(out, "repo-level", cfg, corpus, min_held_out=MIN_REPOSITORIES)
     repos = _heldout_repositories(out)
     cases = _cases(out, repos, cfg)
-    common.stage(out, "variants", lambda: _variants(out, cfg.seed))
+    run_stage(out, "variants", lambda: _variants(out, cfg.seed))
     steps = common.plan_steps(out, cfg, out / "corpus")
     log.info("repo-level: %d variants x %d seed(s), %d steps each", len(VARIANTS), cfg.seeds, steps)
     models = {(name, seed): common.train(out, cfg, name, seed, steps, _corpus(out, name), {"fim.rate": "0"})
               for seed in range(cfg.seed, cfg.seed + cfg.seeds) for name in VARIANTS}
-    scores = common.stage(out, "evaluate", lambda: _evaluate(out, models, repos, cases, cfg))
+    scores = run_stage(out, common.evaluation_stage(cfg), lambda: _evaluate(out, models, repos, cases, cfg))
     return _report(out, cfg, steps, scores, len(repos))
 
 

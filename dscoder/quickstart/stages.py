@@ -65,8 +65,10 @@ class QuickstartConfig:
     seed: Seed = 0
 
 
-def run_stage(out: Path, name: str, fn, seconds: dict, force_rerun: bool = False) -> dict:
-    """Run `fn` unless the stage finished before; its record is kept in out/stages/NAME.json."""
+def run_stage(out: Path, name: str, fn, seconds: dict | None = None, force_rerun: bool = False) -> dict:
+    """Run `fn` unless the stage finished before; its record is kept in out/stages/NAME.json
+    (and its seconds in `seconds`, when given)."""
+    seconds = {} if seconds is None else seconds
     marker = out / "stages" / f"{name}.json"
     if marker.is_file() and not force_rerun:
         record = json.loads(marker.read_text())
