@@ -141,3 +141,19 @@ def test_intervals_and_verdicts_on_known_data():
     assert one == (1.0, 1.0, 1.0) and two[0] == 1.0 and two[1] == 0.0 and two[2] == 2.0  # seeds resampled too
     weighted = interval(np.array([[1.0, 3.0]]), weights=np.array([[3.0, 1.0]]))
     assert weighted[0] == pytest.approx(1.5)
+
+
+def test_the_step_plan_is_timed_on_the_variants_preset(tmp_path, monkeypatch):
+    """A larger --preset takes longer per step: the probe that turns --minutes into steps must train it."""
+    from dscoder.train import recipes
+
+    seen = []
+
+    def probe(run, settings, tokenizer, preset, *args, **kwargs):
+        seen.append(preset)
+        raise RuntimeError("probe stopped here")
+
+    monkeypatch.setattr(recipes, "pretrain", probe)
+    with pytest.raises(RuntimeError, match="probe stopped"):
+        common.plan_steps(tmp_path, replace(CFG, preset="small"), tmp_path / "corpus")
+    assert seen == ["small"]

@@ -194,7 +194,7 @@ def plan_steps(out: Path, cfg: ExperimentConfig, corpus: Path) -> int:
     from dscoder.quickstart.stages import speed_probe
 
     def plan():
-        seconds = speed_probe(cfg, corpus, out / "tokenizer", out)
+        seconds = speed_probe(cfg, corpus, out / "tokenizer", out, cfg.preset)
         return {"steps": max(20, int(cfg.minutes * 60 / seconds)), "seconds_per_step": seconds}
 
     return run_stage(out, "plan", plan)["steps"]

@@ -118,9 +118,9 @@ def repositories(budget_bytes: int, held_out: tuple[str, ...] = HELD_OUT) -> tup
     return train, held
 
 
-def speed_probe(cfg: QuickstartConfig, corpus: Path, tokenizer: Path, out: Path) -> float:
-    """Seconds per optimizer step of the tiny preset here: the median of 16 steps of a scratch
-    run, after 4 to warm up (6 steps once planned for 0.29 s/step a run that took 0.2)."""
+def speed_probe(cfg: QuickstartConfig, corpus: Path, tokenizer: Path, out: Path, preset: str = "tiny") -> float:
+    """Seconds per optimizer step of `preset` here: the median of 16 steps of a scratch run,
+    after 4 to warm up (6 steps once planned for 0.29 s/step a run that took 0.2)."""
     from dscoder.train.recipes import pretrain
     from dscoder.train.settings import resolve
 
@@ -128,7 +128,7 @@ def speed_probe(cfg: QuickstartConfig, corpus: Path, tokenizer: Path, out: Path)
     shutil.rmtree(run, ignore_errors=True)
     overrides = train_overrides(cfg, corpus, 20, fim=0.5) | {"loop.save_every": "0", "loop.eval_every": "0",
                                                               "loop.log_every": "1"}
-    pretrain(run, resolve("pretrain", None, overrides), tokenizer, "tiny", None, force=True)
+    pretrain(run, resolve("pretrain", None, overrides), tokenizer, preset, None, force=True)
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     speeds = sorted(r["tokens_per_s"] for r in rows[4:]) or [rows[-1]["tokens_per_s"]]
     shutil.rmtree(run, ignore_errors=True)
