@@ -180,10 +180,12 @@ def save(folder: str | Path, hf_cfg, tokenizer_dir: str | Path, model=None) -> N
 def with_linear_rope(model, factor: float, theta: float, positions: int):
     """`model` (a LlamaForCausalLM) rebuilt with linear RoPE scaling by `factor`, base `theta`
     and `positions` positions, its weights kept: the rotary embedding only takes new scaling
-    when the model is built."""
+    when the model is built. `model` itself is left as it was."""
+    import copy
+
     from transformers import LlamaForCausalLM
 
-    config = model.config
+    config = copy.deepcopy(model.config)
     config.rope_parameters = {"rope_type": "linear", "factor": float(factor), "rope_theta": theta}
     config.max_position_embeddings = positions
     scaled = LlamaForCausalLM(config)

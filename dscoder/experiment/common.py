@@ -140,12 +140,13 @@ def _same_settings(out: Path, experiment: str, cfg: ExperimentConfig, corpus: Pa
     for key, value in settings.items():
         if made.get(key) != value:
             shown = {"experiment": "experiment", "corpus": "--corpus"}.get(key, "--" + key.replace("_", "-"))
-            def show(v):
-                return "(none)" if v is None else f"{v:g}" if isinstance(v, float) else str(v)
-
-            raise UserError(f"--out {out}: made with {shown} {show(made.get(key))}, not {show(value)}; give the same "
-                            "settings to resume it, or another --out")
+            raise UserError(f"--out {out}: made with {shown} {_show(made.get(key))}, not {_show(value)}; give the "
+                            "same settings to resume it, or another --out")
     return settings
+
+
+def _show(value) -> str:
+    return "(none)" if value is None else f"{value:g}" if isinstance(value, float) else str(value)
 
 
 def evaluation_stage(cfg: ExperimentConfig) -> str:
