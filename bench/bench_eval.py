@@ -18,8 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from dscoder.evaluate import sandbox, toolchains
-from dscoder.evaluate.benchmarks import tasks
-from dscoder.evaluate.cli import benchmark_path
+from dscoder.evaluate.benchmarks import benchmark_path, tasks
 from dscoder.evaluate.execute import ExecConfig, execute
 
 

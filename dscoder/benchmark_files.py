@@ -1,7 +1,8 @@
 """Benchmark files: reading them and telling their format from their fields.
 
 Formats (as published): OpenAI HumanEval, HumanEval-X (CodeGeeX, task ids like `CPP/0`),
-HumanEval single-line infilling, MultiPL-E, MBPP, DS-1000 and APPS. A leaf module: the data
+HumanEval single-line infilling, MultiPL-E, MBPP, DeepSeek-Coder's LeetCode Contest, DS-1000 and
+APPS. A leaf module: the data
 build's decontamination reads which strings of a task a training file must not contain, and the
 evaluator (evaluate/benchmarks.py) turns records into tasks.
 """
@@ -17,6 +18,7 @@ from dscoder.errors import UserError
 
 # format -> fields a record must have
 REQUIRED_FIELDS = {
+    "leetcode": ("task_id", "prompt_sft"),
     "ds-1000": ("prompt", "code_context"),
     "apps": ("question", "input_output"),
     "humaneval-x": ("task_id", "prompt", "declaration", "canonical_solution", "test"),
@@ -25,6 +27,8 @@ REQUIRED_FIELDS = {
     "multipl-e": ("name", "language", "prompt", "tests"),
     "mbpp": ("task_id", "text", "code", "test_list"),
 }
+# format -> what every row must have beyond the fields that tell the format
+ROW_FIELDS = {"leetcode": ("prompt", "test", "meta")}
 # format -> the fields that hold the task's prompt and solution (what must not leak into training)
 CONTAMINATING_FIELDS = {
     "humaneval": ("prompt", "canonical_solution"),
@@ -34,6 +38,7 @@ CONTAMINATING_FIELDS = {
     "mbpp": ("text", "code"),
     "ds-1000": ("prompt", "reference_code"),
     "apps": ("question",),
+    "leetcode": ("prompt", "prompt_sft"),
 }
 
 
@@ -64,6 +69,25 @@ def detect_format(records: list[dict[str, Any]], path: str | Path = "") -> str:
             return name
     known = "; ".join(f"{n}: {', '.join(f)}" for n, f in REQUIRED_FIELDS.items())
     raise UserError(f"{path}: unknown benchmark format (fields {sorted(first)}; expected one of {known})")
+
+
+def check_rows(records: list[dict[str, Any]], fmt: str, path: str | Path = "") -> None:
+    """A UserError naming the first row that lacks a field its format needs."""
+    fields = REQUIRED_FIELDS[fmt] + ROW_FIELDS.get(fmt, ())
+    for number, record in enumerate(records, 1):
+        absent = [f for f in fields if f not in record]
+        if absent:
+            name = record.get("task_id", record.get("name", ""))
+            raise UserError(f"{path}: row {number}{f' ({name})' if name else ''} has no {absent[0]!r} "
+                            f"(a {fmt} row needs {', '.join(fields)})")
+    if fmt == "leetcode":
+        for number, record in enumerate(records, 1):
+            if not isinstance(record["meta"], dict) or record["meta"].get("difficulty") not in DIFFICULTIES:
+                raise UserError(f"{path}: row {number} ({record['task_id']}) has no meta.difficulty "
+                                f"({'/'.join(DIFFICULTIES)})")
+
+
+DIFFICULTIES = ("Easy", "Medium", "Hard")  # LeetCode Contest's `meta.difficulty`
 
 
 def task_id(record: dict[str, Any], fmt: str) -> str:

@@ -76,8 +76,8 @@ def test_instruct_prompts_are_the_released_ones():
     _, humaneval = tasks(SHARED / "HumanEval.jsonl.gz")
     task = humaneval[0]
     turn = prompts.instruct_messages(task)[0]["content"]
-    assert turn.startswith("Please help me to complete the function. Use the given packages only and DO NOT refer "
-                           "any new package. Please return all completed function in a codeblock. \nHere is the "
+    assert turn.startswith("Please continue to complete the function. You are not allowed to modify the given code and "
+                           "do the completion only. Please return all completed function in a codeblock. Here is the "
                            "given code to do completion:\n```python\nfrom typing import List")
     assert turn.endswith(task.record["prompt"].strip() + "\n```")
     _, mbpp = tasks(SHARED / "mbpp.jsonl")
@@ -92,17 +92,18 @@ def test_instruct_prompts_are_the_released_ones():
 
 
 def test_code_is_taken_from_the_answer_as_the_released_scripts_do():
-    _, humaneval = tasks(SHARED / "HumanEval.jsonl.gz")
+    _, humaneval = tasks(SHARED / "HumanEval.jsonl.gz", chat=True)
     task = humaneval[0]  # has_close_elements, with `from typing import List` before it
     answer = ("Sure:\n```python\ndef has_close_elements(numbers, threshold):\n    return any(abs(a - b) < threshold "
               "for i, a in enumerate(numbers) for b in numbers[i + 1:])\n```\nDone.")
     completion = instruct_completion(task, answer)
-    assert completion.startswith("\nfrom typing import List\ndef has_close_elements(")
+    assert completion.startswith("from typing import List\ndef has_close_elements(")
     program = task.program(completion)
+    assert program.startswith("import math\n") and program.endswith("check(has_close_elements)\n")
     scope: dict = {}
     exec(program.replace(f"check({task.record['entry_point']})", ""), scope)
     scope["check"](scope["has_close_elements"])  # the program the sandbox runs passes
-    assert instruct_completion(task, "no code here") == "\nno code here"
+    assert instruct_completion(task, "no code here") == task.record["prompt"] + "\nno code here"
     _, mbpp = tasks(SHARED / "mbpp.jsonl")
     assert instruct_completion(mbpp[0], "x\n```python\ndef f():\n    return 1\n```") == "def f():\n    return 1\n"
     assert instruct_completion(mbpp[0], "def f(): pass") == "def f(): pass"
@@ -124,7 +125,7 @@ def test_chat_evaluation_of_an_instruct_model_through_the_server(tiny_instruct_m
         thread.join(timeout=10)
     local, api = rows(tmp_path / "l.jsonl"), rows(tmp_path / "a.jsonl")
     assert {k: r["raw"] for k, r in local.items()} == {k: r["raw"] for k, r in api.items()}
-    task = tasks(SHARED / "HumanEval.jsonl.gz")[1][0]
+    task = tasks(SHARED / "HumanEval.jsonl.gz", chat=True)[1][0]
     assert local[(task.task_id, 0)]["completion"] == instruct_completion(task, local[(task.task_id, 0)]["raw"])
 
 

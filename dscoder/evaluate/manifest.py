@@ -81,12 +81,13 @@ def model_fingerprint(folder: Path) -> str:
     return digest.hexdigest()[:16]
 
 
-def prompt_template(fmt: str, chat: bool) -> dict:
-    """The exact template a task's prompt is made with."""
+def prompt_template(fmt: str, chat: bool, cot: bool = False) -> dict:
+    """The exact template a task's prompt is made with (`fmt`: the tasks' own format)."""
     from dscoder.infer import prompts
 
     if chat:
-        turn = prompts.HUMANEVAL_INSTRUCT if fmt == "humaneval" else prompts.MBPP_INSTRUCT
+        turn = {"mbpp": prompts.MBPP_INSTRUCT, "leetcode": "{prompt_sft}" + (prompts.LEETCODE_COT if cot else "")}.get(
+            fmt, prompts.HUMANEVAL_INSTRUCT)
         return {"kind": "instruct", "user_turn": turn, "chat_template": formats.chat_template()}
     if fmt in ("humaneval-infilling", "ds-1000"):
         return {"kind": "base", "text": "{prompt}", "insertion": formats.fim_prompt("{prefix}", "{suffix}")}
@@ -97,7 +98,9 @@ def generation_source(model: str, fingerprint: str | None, settings: dict, fmt: 
                       postprocessing: list[str], api_base: str | None = None) -> dict:
     """run.json's `source` for samples generated in this run: every choice that decides them."""
     stops = sorted({s for t in tasks for s in t.stop}) if not chat else ["<|EOT|> (the instruct model's end of turn)"]
-    source = {"model": model, "generation": settings, "prompt": prompt_template(fmt, chat), "stop": stops,
+    fmt = tasks[0].format if tasks else fmt  # a suite's tasks share their format's template
+    source = {"model": model, "generation": settings, "prompt": prompt_template(fmt, chat, settings.get("cot", False)),
+              "stop": stops,
               "max_new_tokens": settings.get("max_new_tokens"), "postprocessing": postprocessing}
     if fingerprint:
         source["fingerprint"] = fingerprint

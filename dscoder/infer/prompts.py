@@ -230,12 +230,22 @@ def split_at_cursor(text: str, line: int, column: int | None) -> tuple[str, str]
 
 # --- benchmark tasks: what a model is asked (the evaluation's prompts) ------------------------------
 
-HUMANEVAL_INSTRUCT = ("\nPlease help me to complete the function. Use the given packages only and DO NOT refer any new "
-                      "package. Please return all completed function in a codeblock. \nHere is the given code to do "
-                      "completion:\n```{lang}\n{prompt}\n```\n")
+# The user turns of DeepSeek-Coder's released evaluation scripts (docs/evaluation.md shows them and
+# the script versions they match). HumanEval in every language: `Evaluation/HumanEval/
+# eval_instruct.py`, `build_deepseekcoder_instruction`, as it reads since 9 November 2023 (the
+# template is stripped, then filled with the language's name in lower case and the stripped prompt).
+HUMANEVAL_INSTRUCT = ("Please continue to complete the function. You are not allowed to modify the given code and do "
+                      "the completion only. Please return all completed function in a codeblock. Here is the given "
+                      "code to do completion:\n```{lang}\n{prompt}\n```")
 MBPP_INSTRUCT = ("Please refer the given examples and generate a python function for my problem.\n"
                  "Examples are listed as follows:\n{shots}\n\nHere is my problem:\n{problem}")
-CHAT_FORMATS = ("humaneval", "mbpp")  # the benchmarks DeepSeek-Coder's instruct scores were published on
+# `Evaluation/LeetCode/vllm_inference.py`: the row's `prompt_sft`, with this line appended for --cot
+LEETCODE_COT = "\nYou need first write a step-by-step outline and then write the code."
+# the languages of the released HumanEval script, by dscoder's language name: the name its prompt
+# and code block use (`languge_settings[...]["full_name"]`)
+INSTRUCT_LANGUAGES = {"python": "Python", "cpp": "cpp", "java": "Java", "csharp": "csharp", "php": "PHP",
+                      "typescript": "TypeScript", "javascript": "JavaScript", "shell": "Bash"}
+CHAT_FORMATS = ("humaneval", "humaneval-x", "multipl-e", "mbpp", "leetcode")  # those with a released instruct turn
 
 
 def _mbpp_problem(record: dict, with_code: bool) -> str:
@@ -246,17 +256,25 @@ def _mbpp_problem(record: dict, with_code: bool) -> str:
     return text
 
 
-def instruct_messages(task) -> list[dict]:
+def instruct_messages(task, cot: bool = False) -> list[dict]:
     """The user turn DeepSeek-Coder's released evaluation scripts give an instruct model for a
-    HumanEval or MBPP task (reference/deepseek-coder.md, "How the published instruct scores were
-    produced"); the chat template renders it."""
-    if task.format == "humaneval":
-        content = HUMANEVAL_INSTRUCT.format(lang=task.language.lower(), prompt=task.record["prompt"].strip()).strip()
+    task (HumanEval in its eight languages, MBPP, LeetCode Contest; `cot`: LeetCode's chain of
+    thought); the chat template renders it (docs/evaluation.md)."""
+    if cot and task.format != "leetcode":
+        raise UserError(f"--cot: only LeetCode Contest has a chain-of-thought prompt; this benchmark is {task.format}")
+    if task.format in ("humaneval", "humaneval-x", "multipl-e"):
+        name = INSTRUCT_LANGUAGES.get(task.language)
+        if name is None:
+            raise UserError(f"--chat: DeepSeek-Coder's instruct evaluation covers {', '.join(INSTRUCT_LANGUAGES)}; "
+                            f"task {task.task_id} is {task.language} (score a base model without --chat)")
+        content = HUMANEVAL_INSTRUCT.format(lang=name.lower(), prompt=task.record["prompt"].strip())
     elif task.format == "mbpp":
         shots = "\n\n".join(f"- Example {i}:\n{_mbpp_problem(shot, True)}" for i, shot in enumerate(task.shots, 1))
         content = MBPP_INSTRUCT.format(shots=shots, problem=_mbpp_problem(task.record, False)).strip()
+    elif task.format == "leetcode":
+        content = task.record["prompt_sft"] + (LEETCODE_COT if cot else "")
     else:
-        raise UserError(f"--chat: the instruct evaluation prompt is defined for {' and '.join(CHAT_FORMATS)} "
+        raise UserError(f"--chat: the instruct evaluation prompt is defined for {', '.join(CHAT_FORMATS)} "
                         f"benchmarks; this one is {task.format} (score a base model without --chat)")
     return [{"role": "user", "content": content}]
 
@@ -267,13 +285,13 @@ def task_text(task) -> str:
     return formats.fim_prompt(task.prompt, task.suffix) if task.suffix is not None else task.prompt
 
 
-def task_prompt(engine, task, max_new_tokens: int, instruct: bool = False) -> tuple[Prompt, int]:
+def task_prompt(engine, task, max_new_tokens: int, instruct: bool = False, cot: bool = False) -> tuple[Prompt, int]:
     """A task's prompt and its new-token limit. Base: the whole prompt with as many new tokens
     as fit (up to `max_new_tokens`); a prompt too long for that is fitted (the text nearest the
     hole or the end kept, BOS and the FIM tokens always) with a quarter of the context left for
     the answer. Instruct: the instruct turn through the chat template, whole."""
     if instruct:
-        prompt = chat(engine, instruct_messages(task), 1)
+        prompt = chat(engine, instruct_messages(task, cot), 1)
         return prompt, max(1, min(max_new_tokens, engine.context - len(prompt.ids)))
     text = task_text(task)
     ids = engine.encode(text)
