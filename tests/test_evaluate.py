@@ -573,3 +573,41 @@ def test_a_full_disk_stops_execute_in_one_line_and_it_resumes(tmp_path):
     assert subprocess.run(command, capture_output=True).returncode == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["statuses"] == {"passed": 60}
+
+
+def _results_folder(folder, name, fmt, summary, generation=None):
+    folder.mkdir(parents=True)
+    (folder / "summary.json").write_text(json.dumps(summary))
+    source = {"model": name, "generation": generation or {"temperature": 0.0}}
+    (folder / "run.json").write_text(json.dumps({"name": name, "benchmark": {"format": fmt}, "source": source}))
+    return folder
+
+
+def test_report_keeps_every_run_and_compares_like_with_like(tmp_path, capsys):
+    from dscoder.cli import main
+
+    def summary(score, tasks=164, **extra):
+        return {"overall": {"tasks": tasks, "pass@1": score}, "languages": {}, "tasks_in_benchmark": tasks} | extra
+
+    local = _results_folder(tmp_path / "local", "m", "humaneval", summary(0.25))
+    served = _results_folder(tmp_path / "served", "m", "humaneval", summary(0.5))
+    fim = _results_folder(tmp_path / "fim", "fim", "humaneval-infilling",
+                          summary(None, 1033, fim={"line_exact_match": 0.6, "edit_similarity": 0.8}))
+    eight = {"overall": {"tasks": 1280, "pass@1": 0.3}, "tasks_in_benchmark": 1280,
+             "languages": {f"l{i}": {"pass@1": i / 10} for i in range(8)}, "language_mean": {"languages": 8, "pass@1": 0.35}}
+    he8 = _results_folder(tmp_path / "he8", "i", "humaneval-8lang", eight)
+    lc = _results_folder(tmp_path / "lc", "i", "leetcode", summary(0.1, 180), generation={"cot": True})
+    assert main(["eval", "report", str(local), str(served), str(fim), str(he8), str(lc)]) == 0
+    text = capsys.readouterr().out
+    assert f"| m [{local}] | 25.0 |" in text and f"| m [{served}] | 50.0 |" in text  # neither replaces the other
+    def cells(start):
+        line = next(line for line in text.splitlines() if line.startswith(start))
+        return [cell.strip() for cell in line.strip().strip("|").split("|")]
+
+    header = cells("| model |")
+    published = dict(zip(header, cells("| DeepSeek-Coder-1.3B-base (published)")))
+    assert published["FIM line EM, Python"] == "57.4"  # the paper's Python figure, not its three-language mean 70.4
+    assert "70.4" not in text
+    assert dict(zip(header, cells(f"| i [{he8}]")))["HumanEval 8-lang"] == "35.0"  # the mean of the languages
+    assert dict(zip(header, cells(f"| i [{lc}]")))["LeetCode CoT"] == "10.0"
+    assert dict(zip(header, cells("| DeepSeek-Coder-6.7B-instruct (published)")))["LeetCode CoT"] == "21.1"

@@ -9,15 +9,26 @@ from pathlib import Path
 from dscoder import artifacts
 from dscoder.errors import UserError
 
-# pass@1 (greedy), percent: (benchmark column, {model: score})
+# pass@1 (greedy), percent, from the DeepSeek-Coder paper (arXiv 2401.14196, Tables 3, 4, 6) and
+# the LeetCode Contest table of its repository (Evaluation/LeetCode/readme.md). The paper's FIM
+# figure (Table 6) is its "Mean" of single-line infilling in Python, Java and JavaScript; the Python
+# column is what a run of HumanEval single-line infilling (Python only) compares with.
 PUBLISHED = {
-    "DeepSeek-Coder-1.3B-base": {"HumanEval": 34.8, "MBPP": 46.2, "HumanEval 8-lang": 28.3, "DS-1000": 16.2, "FIM line EM": 70.4},
-    "DeepSeek-Coder-6.7B-base": {"HumanEval": 49.4, "MBPP": 60.6, "HumanEval 8-lang": 44.7, "DS-1000": 30.5, "FIM line EM": 80.7},
-    "DeepSeek-Coder-33B-base": {"HumanEval": 56.1, "MBPP": 66.0, "HumanEval 8-lang": 50.3, "DS-1000": 40.2, "FIM line EM": 81.2},
-    "DeepSeek-Coder-6.7B-instruct": {"HumanEval": 78.6, "MBPP": 65.4, "HumanEval 8-lang": 66.1},
-    "DeepSeek-Coder-33B-instruct": {"HumanEval": 79.3, "MBPP": 70.0, "HumanEval 8-lang": 69.2},
+    "DeepSeek-Coder-1.3B-base": {"HumanEval": 34.8, "MBPP": 46.2, "HumanEval 8-lang": 28.3, "DS-1000": 16.2,
+                                 "FIM line EM, Python": 57.4, "FIM line EM, 3-language mean": 70.4},
+    "DeepSeek-Coder-6.7B-base": {"HumanEval": 49.4, "MBPP": 60.6, "HumanEval 8-lang": 44.7, "DS-1000": 30.5,
+                                 "FIM line EM, Python": 66.6, "FIM line EM, 3-language mean": 80.7},
+    "DeepSeek-Coder-33B-base": {"HumanEval": 56.1, "MBPP": 66.0, "HumanEval 8-lang": 50.3, "DS-1000": 40.2,
+                                "FIM line EM, Python": 65.4, "FIM line EM, 3-language mean": 81.2},
+    "DeepSeek-Coder-1.3B-instruct": {"LeetCode": 7.2, "LeetCode CoT": 7.2},
+    "DeepSeek-Coder-6.7B-instruct": {"HumanEval": 78.6, "MBPP": 65.4, "HumanEval 8-lang": 66.1, "LeetCode": 19.4,
+                                     "LeetCode CoT": 21.1},
+    "DeepSeek-Coder-33B-instruct": {"HumanEval": 79.3, "MBPP": 70.0, "HumanEval 8-lang": 69.2, "LeetCode": 27.8,
+                                    "LeetCode CoT": 28.9},
 }
-COLUMNS = {"humaneval": "HumanEval", "mbpp": "MBPP", "ds-1000": "DS-1000", "humaneval-infilling": "FIM line EM"}
+COLUMNS = {"humaneval": "HumanEval", "mbpp": "MBPP", "ds-1000": "DS-1000", "humaneval-infilling": "FIM line EM, Python",
+           "humaneval-8lang": "HumanEval 8-lang", "leetcode": "LeetCode"}
+EIGHT_LANGUAGES = 8
 
 
 def load_run(folder: Path) -> dict:
@@ -40,7 +51,23 @@ def load_run(folder: Path) -> dict:
     if tasks < total:  # a part of the benchmark: never shown as if it were the whole
         name = f"{name} ({tasks}/{total} tasks)"
     fmt = (meta.get("benchmark") or {}).get("format") or meta.get("format")
-    return {"name": name, "format": fmt, "summary": summary, "partial": tasks < total, "record": meta}
+    return {"name": name, "format": fmt, "summary": summary, "partial": tasks < total, "record": meta,
+            "folder": str(folder)}
+
+
+def apart(runs: list[dict]) -> list[dict]:
+    """The runs with names that tell them apart: runs sharing a name (one model run locally and
+    through an endpoint, say) are each named after their folder too, so none replaces another."""
+    counts: dict[str, int] = {}
+    for run in runs:
+        counts[run["name"]] = counts.get(run["name"], 0) + 1
+    named = [{**run, "name": f"{run['name']} [{run['folder']}]"} if counts[run["name"]] > 1 else run for run in runs]
+    seen: dict[str, int] = {}
+    for run in named:  # the same folder given twice: numbered
+        seen[run["name"]] = seen.get(run["name"], 0) + 1
+        if seen[run["name"]] > 1:
+            run["name"] = f"{run['name']} #{seen[run['name']]}"
+    return named
 
 
 def _score(run: dict) -> tuple[str, float | None]:
@@ -48,6 +75,12 @@ def _score(run: dict) -> tuple[str, float | None]:
     if fmt == "humaneval-infilling" and "fim" in summary:
         return COLUMNS[fmt], 100 * summary["fim"]["line_exact_match"]
     column = COLUMNS.get(fmt, fmt or "score")
+    if fmt == "leetcode" and ((run["record"].get("source") or {}).get("generation") or {}).get("cot"):
+        column = "LeetCode CoT"
+    if fmt == "humaneval-8lang":  # the published row: the mean of the eight languages' scores
+        mean = summary.get("language_mean") or {}
+        whole = mean.get("languages") == EIGHT_LANGUAGES and not run["partial"]
+        return column, 100 * mean["pass@1"] if whole else None
     value = summary["overall"].get("pass@1")
     return column, None if value is None else 100 * value
 
@@ -62,7 +95,7 @@ def table(runs: list[dict]) -> tuple[list[str], dict[str, dict[str, float]]]:
         if value is not None:
             rows.setdefault(run["name"], {})[column] = value
         for language, scores in run["summary"]["languages"].items():
-            if run["format"] in ("multipl-e", "humaneval-x") and "pass@1" in scores:
+            if run["format"] in ("multipl-e", "humaneval-x", "humaneval-8lang", "suite") and "pass@1" in scores:
                 col = f"{language}"
                 if col not in columns:
                     columns.append(col)
@@ -71,12 +104,15 @@ def table(runs: list[dict]) -> tuple[list[str], dict[str, dict[str, float]]]:
 
 
 def markdown(runs: list[dict]) -> str:
+    runs = apart(runs)
     columns, rows = table(runs)
     published = {name: {c: v for c, v in scores.items() if c in columns} for name, scores in PUBLISHED.items()}
     lines = ["| model | " + " | ".join(columns) + " |", "|---|" + "---|" * len(columns)]
     for name, scores in list(rows.items()) + [(f"{n} (published)", s) for n, s in published.items() if s]:
         lines.append(f"| {name} | " + " | ".join(f"{scores[c]:.1f}" if c in scores else "" for c in columns) + " |")
-    note = "\n\npass@1 in percent (FIM: line exact match); published rows from the DeepSeek-Coder paper.\n"
+    note = ("\n\npass@1 in percent (FIM: line exact match); published rows from the DeepSeek-Coder paper (its FIM "
+            "figure per language, here Python's, and LeetCode Contest from its repository's table). HumanEval 8-lang "
+            "is the mean of the eight languages' scores, shown only for a run of all eight.\n")
     if any(run["partial"] for run in runs):
         note += ("Rows marked (k/N tasks) cover only part of the benchmark: their scores cannot be compared with "
                  "the published full-benchmark rows.\n")
@@ -124,7 +160,7 @@ def chart(runs: list[dict], out: Path) -> Path:
     import matplotlib.pyplot as plt
     import numpy as np
 
-    columns, rows = table(runs)
+    columns, rows = table(apart(runs))
     names = list(rows) + [n for n, s in PUBLISHED.items() if any(c in s for c in columns)]
     scores = {**rows, **PUBLISHED}
     fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(columns) + 2), 4))
