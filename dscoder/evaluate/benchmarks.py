@@ -1,6 +1,6 @@
 """Benchmark tasks: what a model is asked and how its answer is run, for every format that
 benchmark_files.py reads (HumanEval, HumanEval-X, HumanEval infilling, MultiPL-E, MBPP, DS-1000,
-APPS).
+APPS; HumanEval+ and MBPP+ run through plus.py).
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from dscoder.benchmark_files import detect_format, read_records
+from dscoder.evaluate import plus
 
 HUMANEVAL_STOPS = ("\nclass", "\ndef", "\n#", "\n@", "\nprint", "\nif", "\n```")
 MBPP_TEST_IDS = range(11, 511)  # DeepSeek-Coder's MBPP test split
@@ -20,6 +21,8 @@ HUMANEVAL_X_LANGUAGES = {"python": "python", "cpp": "cpp", "java": "java", "java
 MULTIPL_E_LANGUAGES = {"cpp": "cpp", "java": "java", "js": "javascript", "ts": "typescript", "go": "go",
                        "go_test.go": "go", "rs": "rust", "sh": "shell", "py": "python"}
 APPS_STOPS = ("\nQUESTION:", "\n---", "\n```\n")
+# MBPP+: evalplus's stops for a base model continuing the task's docstring prompt
+MBPP_PLUS_STOPS = ("\nif __name__", "\ndef main(", "\nprint(", '\n"""', "\nassert")
 
 
 @dataclass
@@ -36,6 +39,7 @@ class Task:
     format: str = ""
     base: str | None = None  # the prompt completions are appended to, when not `prompt` itself
     shots: list = field(default_factory=list, repr=False)  # MBPP: the records shown as examples
+    oracle: dict | None = field(default=None, repr=False)  # HumanEval+/MBPP+: expected outputs, time limits (plus.py)
 
     def program(self, completion: str) -> str:
         """The program that tests `completion`, assembled as the benchmark intends."""
@@ -57,6 +61,8 @@ def _strip_stops(completion: str, stops: tuple[str, ...]) -> str:
 
 def assemble(task: Task, completion: str) -> str:
     r, fmt = task.record, task.format
+    if fmt in plus.FORMATS:
+        return plus.program(task, completion)
     if fmt == "humaneval":
         return f"{r['prompt']}{completion}\n\n{r['test']}\n\ncheck({r['entry_point']})\n"
     if fmt == "humaneval-infilling":
@@ -106,6 +112,12 @@ def tasks(path: str | Path, records: list[dict] | None = None) -> tuple[str, lis
         for r in records:
             out.append(Task(r["task_id"], "python", r["prompt"].strip(), HUMANEVAL_STOPS,
                             reference=r["canonical_solution"], record=r, format=fmt, base=r["prompt"]))
+    elif fmt in plus.FORMATS:  # the prompt as evalplus gives a base model; completions follow the row's prompt
+        stops = HUMANEVAL_STOPS if fmt == "humaneval-plus" else MBPP_PLUS_STOPS
+        for r in records:
+            plus.check_record(r, path)
+            out.append(Task(str(r["task_id"]), "python", r["prompt"].strip() + ("\n" if fmt == "mbpp-plus" else ""),
+                            stops, reference=r["canonical_solution"], record=r, format=fmt, base=r["prompt"]))
     elif fmt == "humaneval-infilling":
         for r in records:
             out.append(Task(r["task_id"], "python", r["prompt"], ("\n",), suffix=r["suffix"],
