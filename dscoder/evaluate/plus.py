@@ -184,8 +184,7 @@ def prepare(task_list: list[Task], wanted: set[str], out: Path, mode: str, worke
         slots = list(range(max(1, workers)))
         with ThreadPoolExecutor(len(slots)) as pool, open(path, "a", encoding="utf-8") as f, \
                 progress(total=len(todo), desc="canonical outputs", unit=" tasks") as bar:
-            for i, row in enumerate(pool.map(lambda it: _truth(it[1], mode, it[0] % len(slots), memory_mb),
-                                             enumerate(todo))):
+            for row in pool.map(lambda it: _truth(it[1], mode, it[0] % len(slots), memory_mb), enumerate(todo)):
                 f.write(json.dumps(row) + "\n")
                 f.flush()
                 kept[(row["task_id"], row["key"])] = row

@@ -17,7 +17,8 @@ PUBLISHED = {
     "DeepSeek-Coder-6.7B-instruct": {"HumanEval": 78.6, "MBPP": 65.4, "HumanEval 8-lang": 66.1},
     "DeepSeek-Coder-33B-instruct": {"HumanEval": 79.3, "MBPP": 70.0, "HumanEval 8-lang": 69.2},
 }
-COLUMNS = {"humaneval": "HumanEval", "mbpp": "MBPP", "ds-1000": "DS-1000", "humaneval-infilling": "FIM line EM"}
+COLUMNS = {"humaneval": "HumanEval", "mbpp": "MBPP", "humaneval-plus": "HumanEval+", "mbpp-plus": "MBPP+",
+           "ds-1000": "DS-1000", "humaneval-infilling": "FIM line EM"}
 
 
 def load_run(folder: Path) -> dict:
