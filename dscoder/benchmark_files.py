@@ -1,9 +1,8 @@
 """Benchmark files: reading them and telling their format from their fields.
 
 Formats (as published): OpenAI HumanEval, HumanEval-X (CodeGeeX, task ids like `CPP/0`),
-HumanEval single-line infilling, MultiPL-E, MBPP, DeepSeek-Coder's LeetCode Contest, DS-1000 and
-APPS. A leaf module: the data
-build's decontamination reads which strings of a task a training file must not contain, and the
+HumanEval single-line infilling, MultiPL-E, MBPP, HumanEval+ and MBPP+ (EvalPlus), DeepSeek-Coder's
+LeetCode Contest, DS-1000 and APPS. A leaf module: the data build's decontamination reads which strings of a task a training file must not contain, and the
 evaluator (evaluate/benchmarks.py) turns records into tasks.
 """
 
@@ -18,6 +17,9 @@ from dscoder.errors import UserError
 
 # format -> fields a record must have
 REQUIRED_FIELDS = {
+    "mbpp-plus": ("task_id", "prompt", "entry_point", "canonical_solution", "base_input", "plus_input", "atol",
+                  "assertion"),
+    "humaneval-plus": ("task_id", "prompt", "entry_point", "canonical_solution", "base_input", "plus_input", "atol"),
     "leetcode": ("task_id", "prompt_sft"),
     "ds-1000": ("prompt", "code_context"),
     "apps": ("question", "input_output"),
@@ -32,6 +34,8 @@ ROW_FIELDS = {"leetcode": ("prompt", "test", "meta")}
 # format -> the fields that hold the task's prompt and solution (what must not leak into training)
 CONTAMINATING_FIELDS = {
     "humaneval": ("prompt", "canonical_solution"),
+    "humaneval-plus": ("prompt", "canonical_solution"),
+    "mbpp-plus": ("prompt", "canonical_solution"),
     "humaneval-x": ("prompt", "canonical_solution"),
     "humaneval-infilling": ("prompt", "canonical_solution", "suffix"),
     "multipl-e": ("prompt",),
@@ -62,11 +66,15 @@ def read_records(path: str | Path) -> list[dict[str, Any]]:
 
 
 def detect_format(records: list[dict[str, Any]], path: str | Path = "") -> str:
-    """The benchmark format of `records`, from the fields of the first record."""
+    """The benchmark format of `records`, from the fields of the first record. A record with
+    EvalPlus's `plus_input` is HumanEval+ or MBPP+, never plain HumanEval or MBPP (whose tests
+    alone would score it higher than the benchmark does)."""
     first = records[0]
     for name, fields in REQUIRED_FIELDS.items():
-        if all(f in first for f in fields):  # checked most specific first
-            return name
+        if all(f in first for f in fields) and (name.endswith("-plus") or "plus_input" not in first):
+            if name == "humaneval-plus" and str(first["task_id"]).startswith("Mbpp/"):
+                return "mbpp-plus"  # MBPP+ releases without `assertion`
+            return name  # checked most specific first
     known = "; ".join(f"{n}: {', '.join(f)}" for n, f in REQUIRED_FIELDS.items())
     raise UserError(f"{path}: unknown benchmark format (fields {sorted(first)}; expected one of {known})")
 

@@ -1,6 +1,6 @@
 """Benchmark tasks: what a model is asked and how its answer is run, for every format that
 benchmark_files.py reads (HumanEval, HumanEval-X, HumanEval infilling, MultiPL-E, MBPP, LeetCode
-Contest, DS-1000, APPS).
+Contest, DS-1000, APPS; HumanEval+ and MBPP+ run through plus.py).
 
 Instruct answers (`--chat`) are read and run as DeepSeek-Coder's released evaluation scripts do
 (`Evaluation/HumanEval/utils/utils.py` `extract_generation_code` and `human_eval/evaluation.py`
@@ -18,6 +18,7 @@ from pathlib import Path
 
 from dscoder.benchmark_files import check_rows, detect_format, read_records
 from dscoder.errors import UserError
+from dscoder.evaluate import plus
 
 HUMANEVAL_STOPS = ("\nclass", "\ndef", "\n#", "\n@", "\nprint", "\nif", "\n```")
 MBPP_TEST_IDS = range(11, 511)  # DeepSeek-Coder's MBPP test split
@@ -27,6 +28,8 @@ HUMANEVAL_X_LANGUAGES = {"python": "python", "cpp": "cpp", "java": "java", "java
 MULTIPL_E_LANGUAGES = {"cpp": "cpp", "java": "java", "js": "javascript", "ts": "typescript", "go": "go",
                        "go_test.go": "go", "rs": "rust", "sh": "shell", "py": "python", "php": "php", "cs": "csharp"}
 APPS_STOPS = ("\nQUESTION:", "\n---", "\n```\n")
+# MBPP+: evalplus's stops for a base model continuing the task's docstring prompt
+MBPP_PLUS_STOPS = ("\nif __name__", "\ndef main(", "\nprint(", '\n"""', "\nassert")
 
 
 @dataclass
@@ -44,6 +47,7 @@ class Task:
     base: str | None = None  # the prompt completions are appended to, when not `prompt` itself
     shots: list = field(default_factory=list, repr=False)  # MBPP: the records shown as examples
     chat: bool = False  # completions are instruct answers' code (whole functions), run as the released scripts do
+    oracle: dict | None = field(default=None, repr=False)  # HumanEval+/MBPP+: expected outputs, time limits (plus.py)
 
     def program(self, completion: str) -> str:
         """The program that tests `completion`, assembled as the benchmark intends."""
@@ -100,6 +104,8 @@ def assemble(task: Task, completion: str) -> str:
     if fmt == "leetcode":
         code = completion if task.chat else task.prompt + completion
         return "\n".join(LEETCODE_IMPORTS) + "\n" + code + "\n" + r["test"] + "\n"
+    if fmt in plus.FORMATS:
+        return plus.program(task, completion)
     if fmt == "humaneval":
         return f"{r['prompt']}{completion}\n\n{r['test']}\n\ncheck({r['entry_point']})\n"
     if fmt == "humaneval-infilling":
@@ -146,7 +152,7 @@ def tasks(path: str | Path, records: list[dict] | None = None, chat: bool = Fals
     records = records if records is not None else read_records(path)
     fmt = detect_format(records, path)
     check_rows(records, fmt, path)
-    out = _tasks(fmt, records)
+    out = _tasks(fmt, records, path)
     for task in out:
         task.chat = chat
     return fmt, out
@@ -231,12 +237,18 @@ def load(spec: str, chat: bool = False) -> Benchmark:
     return Benchmark(spec, files, name, task_list, suite=True)
 
 
-def _tasks(fmt: str, records: list[dict]) -> list[Task]:
+def _tasks(fmt: str, records: list[dict], path: str | Path) -> list[Task]:
     out: list[Task] = []
     if fmt == "humaneval":
         for r in records:
             out.append(Task(r["task_id"], "python", r["prompt"].strip(), HUMANEVAL_STOPS,
                             reference=r["canonical_solution"], record=r, format=fmt, base=r["prompt"]))
+    elif fmt in plus.FORMATS:  # the prompt as evalplus gives a base model; completions follow the row's prompt
+        stops = HUMANEVAL_STOPS if fmt == "humaneval-plus" else MBPP_PLUS_STOPS
+        for r in records:
+            plus.check_record(r, path)
+            out.append(Task(str(r["task_id"]), "python", r["prompt"].strip() + ("\n" if fmt == "mbpp-plus" else ""),
+                            stops, reference=r["canonical_solution"], record=r, format=fmt, base=r["prompt"]))
     elif fmt == "humaneval-infilling":
         for r in records:
             out.append(Task(r["task_id"], "python", r["prompt"], ("\n",), suffix=r["suffix"],

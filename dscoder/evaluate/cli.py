@@ -92,6 +92,9 @@ def _print_summary(summary: dict) -> None:
     covered = "" if overall["tasks"] == summary.get("tasks_in_benchmark", overall["tasks"]) else \
         f" of the benchmark's {summary['tasks_in_benchmark']}"
     print(f"{overall['tasks']} tasks{covered}, {overall['samples']} samples: {scores}")
+    if "base" in summary:  # HumanEval+/MBPP+: `overall` is base and plus tests together
+        base = "  ".join(f"{k} {100 * v:.1f}%" for k, v in summary["base"].items() if k.startswith("pass@"))
+        print(f"  base tests {base}  |  base + plus tests {scores}")
     for language, row in summary["languages"].items():
         if len(summary["languages"]) > 1:
             print(f"  {language:12s} " + "  ".join(f"{k} {100 * v:.1f}%" for k, v in row.items() if k.startswith("pass@")))

@@ -9,6 +9,8 @@ DIR/results.jsonl   one row per sample: task_id, completion_id, sample_sha (of i
                     language, status, passed, seconds, error tail
 DIR/summary.json    pass@k per language and overall, tasks covered out of the benchmark's, status
                     counts, FIM line scores where the benchmark has a reference line, isolation
+DIR/expected.jsonl  HumanEval+/MBPP+: the canonical solutions' outputs and times (plus.py), whose
+                    rows also say `base_passed` and whose summary has the base tests' pass@k
 ```
 Running into a folder of another run (another model, benchmark or settings) is refused unless
 `force`; resuming reuses only results whose sample text is the same, and the summary covers
@@ -34,7 +36,7 @@ from typing import Annotated, Literal
 from dscoder import artifacts
 from dscoder.config import Range
 from dscoder.errors import UserError
-from dscoder.evaluate import manifest, metrics, sandbox, toolchains
+from dscoder.evaluate import manifest, metrics, plus, sandbox, toolchains
 from dscoder.evaluate.benchmarks import Task
 
 log = logging.getLogger("dscoder")
@@ -105,7 +107,8 @@ def run_sample(task: Task, completion: str, cfg: ExecConfig, mode: str, slot: in
         return {"status": "skipped", "passed": False, "error": problem, "seconds": 0.0}
     chain = toolchains.TOOLCHAINS[toolchains.canonical(task.language)]
     program = task.program(completion)
-    limits = sandbox.Limits(timeout=cfg.timeout, cpu_seconds=int(cfg.timeout * 2) + 1,
+    timeout = max(cfg.timeout, plus.program_seconds(task)) if task.format in plus.FORMATS else cfg.timeout
+    limits = sandbox.Limits(timeout=timeout, cpu_seconds=int(timeout * 2) + 1,
                             memory_bytes=chain.memory_bytes and cfg.memory_mb * 2**20)
     if worker is not None and chain.name == "python":
         folder = worker.folder()
@@ -114,6 +117,8 @@ def run_sample(task: Task, completion: str, cfg: ExecConfig, mode: str, slot: in
             result = worker.run(folder, chain.source, limits)
         finally:
             shutil.rmtree(folder, ignore_errors=True)
+        if task.format in plus.FORMATS:
+            return plus.outcome(result)
         status = toolchains.status(chain.name, "run", result)
         return {"status": status, "passed": status == "passed", "seconds": round(result.seconds, 3),
                 "error": "" if status == "passed" else (result.stderr or result.stdout)[-2000:]}
@@ -128,6 +133,8 @@ def run_sample(task: Task, completion: str, cfg: ExecConfig, mode: str, slot: in
                 timeout=cfg.timeout * 3, cpu_seconds=int(cfg.timeout * 6), memory_bytes=0)
             result = sandbox.run(command, work, step_limits, mode, slot=slot, readable=toolchains.readable_roots())
             seconds += result.seconds
+            if task.format in plus.FORMATS:
+                return plus.outcome(result)
             status = toolchains.status(chain.name, step, result)
             if status != "passed":
                 return {"status": status, "passed": False, "seconds": round(seconds, 3),
@@ -338,6 +345,9 @@ def hold(out: Path):
 
 def run_claimed(task_list: list[Task], samples: list[dict], out: Path, cfg: ExecConfig, mode: str) -> dict:
     """`execute` once its checks are done and `out` is held and claimed for this run."""
+    workers = cfg.workers or max(1, len(os.sched_getaffinity(0)))
+    if any(t.format in plus.FORMATS for t in task_list):  # expected outputs of the canonical solutions
+        task_list = plus.prepare(task_list, {s["task_id"] for s in samples}, out, mode, workers, cfg.memory_mb)
     by_id = {t.task_id: t for t in task_list}
     (out / SUMMARY).unlink(missing_ok=True)  # until this run's is written, there is none
     results_path = out / RESULTS
@@ -349,7 +359,6 @@ def run_claimed(task_list: list[Task], samples: list[dict], out: Path, cfg: Exec
     todo = [s for s in samples if (s["task_id"], s["completion_id"]) not in done]
     if done:
         log.info("%s: %d results reused, %d samples to run", out, len(done), len(todo))
-    workers = cfg.workers or max(1, len(os.sched_getaffinity(0)))
     slots: queue.Queue = queue.Queue()
     for slot in range(workers):
         slots.put(slot)
@@ -455,10 +464,13 @@ def summarize(task_list: list[Task], samples: list[dict], results: list[dict], i
     """pass@k per language and overall, statuses, coverage and FIM line scores."""
     by_id = {t.task_id: t for t in task_list}
     per_task: dict[str, list[bool]] = defaultdict(list)
+    base_per_task: dict[str, list[bool]] = defaultdict(list)  # HumanEval+/MBPP+: the base tests alone
     statuses: Counter = Counter()
     for r in results:
         if r["task_id"] in by_id and r["status"] != "skipped":
             per_task[r["task_id"]].append(bool(r["passed"]))
+            if "base_passed" in r:
+                base_per_task[r["task_id"]].append(bool(r["base_passed"]))
         statuses[r["status"]] += 1
     by_language: dict[str, list[tuple[int, int]]] = defaultdict(list)
     for task_id, passed in per_task.items():
@@ -486,6 +498,8 @@ def summarize(task_list: list[Task], samples: list[dict], results: list[dict], i
             by_difficulty[by_id[task_id].record["meta"]["difficulty"]].append((len(passed), sum(passed)))
     if by_difficulty:  # LeetCode Contest reports Easy, Medium and Hard beside the overall score
         summary["difficulties"] = {d: scores(by_difficulty[d]) for d in ("Easy", "Medium", "Hard") if d in by_difficulty}
+    if base_per_task:  # `overall` is the plus score (base and plus tests), as evalplus's humaneval+ / mbpp+
+        summary["base"] = scores([(len(p), sum(p)) for p in base_per_task.values()])
     missing_blocks = sum(bool(s.get("no_code_block")) for s in samples)
     if missing_blocks:  # instruct answers without a code block (scored as the prompt plus the answer)
         summary["answers_without_code_block"] = missing_blocks

@@ -26,8 +26,9 @@ PUBLISHED = {
     "DeepSeek-Coder-33B-instruct": {"HumanEval": 79.3, "MBPP": 70.0, "HumanEval 8-lang": 69.2, "LeetCode": 27.8,
                                     "LeetCode CoT": 28.9},
 }
-COLUMNS = {"humaneval": "HumanEval", "mbpp": "MBPP", "ds-1000": "DS-1000", "humaneval-infilling": "FIM line EM, Python",
-           "humaneval-8lang": "HumanEval 8-lang", "leetcode": "LeetCode"}
+COLUMNS = {"humaneval": "HumanEval", "mbpp": "MBPP", "humaneval-plus": "HumanEval+", "mbpp-plus": "MBPP+",
+           "ds-1000": "DS-1000", "humaneval-infilling": "FIM line EM, Python", "humaneval-8lang": "HumanEval 8-lang",
+           "leetcode": "LeetCode"}
 EIGHT_LANGUAGES = 8
 
 
