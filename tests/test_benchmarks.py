@@ -624,6 +624,79 @@ RELEASED_LEETCODE = [
       '        return sum(i // 8 + 1 for i in range(len(word)))\n')),
 ]
 
+# The released MBPP script's prompt for its first problem (task 11), through the chat template.
+RELEASED_MBPP_PROMPT = ('<｜begin▁of▁sentence｜>You are an AI programming assistant, utilizing the Deeps'
+                        'eek Coder model, developed by Deepseek Company, and you only answer questions'
+                        ' related to computer science. For politically sensitive questions, security a'
+                        'nd privacy issues, and other non-computer science questions, you will refuse '
+                        'to answer\n'
+                        '### Instruction:\n'
+                        'Please refer the given examples and generate a python function for my problem.\n'
+                        'Examples are listed as follows:\n'
+                        '- Example 1:\n'
+                        '>>> Problem:\n'
+                        'Write a function to find the similar elements from the given two tuple lists.\n'
+                        '>>> Test Cases:\n'
+                        'assert similar_elements((3, 4, 5, 6),(5, 7, 4, 10)) == (4, 5)\n'
+                        'assert similar_elements((1, 2, 3, 4),(5, 4, 3, 7)) == (3, 4)\n'
+                        'assert similar_elements((11, 12, 14, 13),(17, 15, 14, 13)) == (13, 14)\n'
+                        '\n'
+                        '>>> Code:\n'
+                        '```python\n'
+                        'def similar_elements(test_tup1, test_tup2):\n'
+                        '  res = tuple(set(test_tup1) & set(test_tup2))\n'
+                        '  return (res) \n'
+                        '```\n'
+                        '\n'
+                        '- Example 2:\n'
+                        '>>> Problem:\n'
+                        'Write a python function to identify non-prime numbers.\n'
+                        '>>> Test Cases:\n'
+                        'assert is_not_prime(2) == False\n'
+                        'assert is_not_prime(10) == True\n'
+                        'assert is_not_prime(35) == True\n'
+                        '\n'
+                        '>>> Code:\n'
+                        '```python\n'
+                        'import math\n'
+                        'def is_not_prime(n):\n'
+                        '    result = False\n'
+                        '    for i in range(2,int(math.sqrt(n)) + 1):\n'
+                        '        if n % i == 0:\n'
+                        '            result = True\n'
+                        '    return result\n'
+                        '```\n'
+                        '\n'
+                        '- Example 3:\n'
+                        '>>> Problem:\n'
+                        'Write a function to find the largest integers from a given list of numbers us'
+                        'ing heap queue algorithm.\n'
+                        '>>> Test Cases:\n'
+                        'assert heap_queue_largest( [25, 35, 22, 85, 14, 65, 75, 22, 58],3)==[85, 75, 65] \n'
+                        'assert heap_queue_largest( [25, 35, 22, 85, 14, 65, 75, 22, 58],2)==[85, 75] \n'
+                        'assert heap_queue_largest( [25, 35, 22, 85, 14, 65, 75, 22, 58],5)==[85, 75, '
+                        '65, 58, 35]\n'
+                        '\n'
+                        '>>> Code:\n'
+                        '```python\n'
+                        'import heapq as hq\n'
+                        'def heap_queue_largest(nums,n):\n'
+                        '  largest_nums = hq.nlargest(n, nums)\n'
+                        '  return largest_nums\n'
+                        '```\n'
+                        '\n'
+                        'Here is my problem:\n'
+                        '>>> Problem:\n'
+                        'Write a python function to remove first and last occurrence of a given charac'
+                        'ter from the string.\n'
+                        '>>> Test Cases:\n'
+                        'assert remove_Occ("hello","l") == "heo"\n'
+                        'assert remove_Occ("abcda","a") == "bcd"\n'
+                        'assert remove_Occ("PHP","P") == "H"\n'
+                        '\n'
+                        '### Response:\n')
+
+
 def strlen_task(language: str):
     need_shared(BENCH / "multipl-e-humaneval-php.jsonl")
     bench = load(EIGHT, chat=True)
@@ -635,6 +708,13 @@ def test_the_instruct_prompt_is_the_released_one_in_every_language(language):
     task = strlen_task(language)
     rendered = formats.render_chat(prompts.instruct_messages(task), add_generation_prompt=True)
     assert rendered == RELEASED_PROMPTS[language]
+
+
+def test_the_mbpp_instruct_prompt_is_the_released_one():
+    _, problems = tasks(need_shared(BENCH / "mbpp.jsonl"), chat=True)
+    assert problems[0].task_id == "11"
+    rendered = formats.render_chat(prompts.instruct_messages(problems[0]), add_generation_prompt=True)
+    assert rendered == RELEASED_MBPP_PROMPT
 
 
 @pytest.mark.parametrize("language", sorted(RELEASED_EXTRACTIONS))

@@ -86,7 +86,7 @@ def test_instruct_prompts_are_the_released_ones():
                            "Examples are listed as follows:\n- Example 1:\n>>> Problem:\n")
     assert "\n\n- Example 2:\n" in turn and "\n>>> Code:\n```python\n" in turn
     assert turn.split("Here is my problem:\n")[1] == (f">>> Problem:\n{mbpp[0].record['text'].strip()}\n>>> Test Cases:\n"
-                                                       + "\n".join(mbpp[0].record["test_list"]))
+                                                       + "\n".join(mbpp[0].record["test_list"]) + "\n")
     with pytest.raises(Exception, match="--chat"):
         prompts.instruct_messages(tasks(SHARED / "HumanEval-SingleLineInfilling.jsonl.gz")[1][0])
 

@@ -270,7 +270,7 @@ def instruct_messages(task, cot: bool = False) -> list[dict]:
         content = HUMANEVAL_INSTRUCT.format(lang=name.lower(), prompt=task.record["prompt"].strip())
     elif task.format == "mbpp":
         shots = "\n\n".join(f"- Example {i}:\n{_mbpp_problem(shot, True)}" for i, shot in enumerate(task.shots, 1))
-        content = MBPP_INSTRUCT.format(shots=shots, problem=_mbpp_problem(task.record, False)).strip()
+        content = MBPP_INSTRUCT.format(shots=shots, problem=_mbpp_problem(task.record, False))  # its newline kept
     elif task.format == "leetcode":
         content = task.record["prompt_sft"] + (LEETCODE_COT if cot else "")
     else:
