@@ -52,7 +52,8 @@ CASES = {
     ]),
     "csharp": ("multipl-e-humaneval-cs.jsonl", [
         ("        for (int i = 0; i < numbers.Count; i++)\n            for (int j = i + 1; j < numbers.Count; j++)\n"
-         "                if (Math.Abs(numbers[i] - numbers[j]) < threshold) return true;\n        return false;", "passed"),
+         "                if (Math.Abs(numbers[i] - numbers[j]) < threshold) return true;\n        return false;",
+         "passed"),
         ("        return false;", "failed"),  # Debug.Assert: mono writes "Fail:" and exits 0
         ("        return numbers.Count(;", "compile_error"),
         ("        return numbers[numbers.Count] > threshold;", "runtime_error"),  # the released harness passes it
