@@ -697,10 +697,10 @@ RELEASED_MBPP_PROMPT = ('<｜begin▁of▁sentence｜>You are an AI programming 
                         '### Response:\n')
 
 
-def strlen_task(language: str):
+def strlen_task(language: str, ends: tuple[str, ...] = ("Python/23", "_23_strlen")):
     need_shared(BENCH / "multipl-e-humaneval-php.jsonl")
     bench = load(EIGHT, chat=True)
-    return next(t for t in bench.tasks if t.language == language and t.task_id.endswith(("Python/23", "_23_strlen")))
+    return next(t for t in bench.tasks if t.language == language and t.task_id.endswith(ends))
 
 
 @pytest.mark.parametrize("language", sorted(RELEASED_PROMPTS))
@@ -735,7 +735,7 @@ def test_released_new_token_limits():
     assert new_tokens("mbpp", True) == new_tokens("humaneval", False) == 512
 
 
-# A correct and a wrong answer for HumanEval/23 (strlen) in each language, as an instruct model
+# A correct and a wrong answer for HumanEval/23 (strlen) in each language (PHP: 53, add), as an instruct model
 # would write them; the released extraction and harness decide what runs.
 STRLEN_ANSWERS = {
     "python": ("```python\ndef strlen(string: str) -> int:\n    return len(string)\n```",
@@ -746,8 +746,9 @@ STRLEN_ANSWERS = {
     "java": ("```java\nclass Problem {\n    public static long strlen(String string) {\n        return string.length();\n"
              "    }\n    public static void main(String[] args) {\n    }\n}\n```",
              "```java\nclass Problem {\n    public static long strlen(String string) {\n        return 0;\n    }\n}\n```"),
-    "php": ("```php\n<?php\nfunction strlen($string) {\n    return mb_strlen($string);\n}\n```",
-            "```php\n<?php\nfunction strlen($string) {\n    return 2;\n}\n```"),
+    # PHP's translation of strlen redeclares a builtin, which no answer survives: add (53) instead
+    "php": ("```php\n<?php\nfunction add($x, $y) {\n    return $x + $y;\n}\n```",
+            "```php\n<?php\nfunction add($x, $y) {\n    return $x - $y;\n}\n```"),
     "typescript": ("```typescript\nfunction strlen(string: string): number {\n  return string.length;\n}\n```",
                    "```typescript\nfunction strlen(string: string): number {\n  return -1;\n}\n```"),
     "csharp": ("```csharp\nclass Problem {\n    public static long Strlen(string str) {\n        return str.Length;\n"
@@ -761,7 +762,7 @@ STRLEN_ANSWERS = {
 
 @pytest.mark.parametrize("language", sorted(STRLEN_ANSWERS))
 def test_instruct_answers_run_as_the_released_harness_runs_them(language, tmp_path):
-    task = strlen_task(language)
+    task = strlen_task(language, ("_53_add",)) if language == "php" else strlen_task(language)
     problem = toolchains.missing(task.language)
     if problem:
         pytest.skip(problem)

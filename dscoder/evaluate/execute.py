@@ -41,7 +41,7 @@ from dscoder.evaluate.benchmarks import Task
 
 log = logging.getLogger("dscoder")
 RESULTS, SUMMARY, RUN = "results.jsonl", "summary.json", "run.json"
-BUILT = ("main", "main.js")  # build outputs reused for an identical program
+BUILT = ("main", "main.js", "main.exe")  # build outputs reused for an identical program
 
 
 @dataclass(frozen=True)

@@ -249,7 +249,8 @@ def environment(workdir: Path) -> dict[str, str]:
     """The only variables a program sees (nothing of the caller's, so no secrets)."""
     return {"PATH": "/usr/local/bin:/usr/bin:/bin:" + os.path.dirname(shutil.which("rustc") or "/usr/bin"),
             "HOME": str(workdir), "LANG": "C.UTF-8", "TMPDIR": str(workdir / ".tmp"), "GOCACHE": str(workdir / ".gocache"),
-            "GOPATH": str(workdir / ".gopath"), "GOFLAGS": "-mod=mod", "GOPROXY": "off", "GO111MODULE": "on"}
+            "GOPATH": str(workdir / ".gopath"), "GOFLAGS": "-mod=mod", "GOPROXY": "off", "GO111MODULE": "on",
+            "MONO_TRACE_LISTENER": "Console.Error"}  # mono reports a failed Debug.Assert there (else nowhere)
 
 
 def run(command: list[str], workdir: Path, limits: Limits, mode: str, stdin: str | None = None,

@@ -10,8 +10,25 @@
 | go | go (golang-go) | go test (cold per sample; the standard library comes precompiled) | |
 | rust | rustc (rustup or rustc) | rustc --test / rustc | ./main |
 | shell | bash | - | bash main.sh |
+| php | php (php-cli) | - | php -f main.php |
+| csharp | mcs, mono (mono-mcs, mono-runtime) | mcs -d:DEBUG | mono main.exe |
 A language whose tools are missing gives one clear message naming what to install; the other
 languages still run.
+
+PHP and C# run as in DeepSeek-Coder's released harness (Evaluation/HumanEval/human_eval/execution.py),
+read more strictly where it lets a broken program pass:
+- PHP: as there, a program that does not open with `<?php` gets it (else PHP would print the text
+  and exit 0), and only exit status 0 passes. Errors go to stderr whatever php.ini says. MultiPL-E's
+  tests throw `Exception("Test failed!")`: uncaught, PHP exits 255 and the run is `failed`; another
+  uncaught error is `runtime_error`, a parse error `compile_error`.
+- C#: MultiPL-E's tests are `Debug.Assert` calls in `Main`, compiled in by `-d:DEBUG`. Under mono a
+  failed Debug.Assert neither throws nor changes the exit status: with MONO_TRACE_LISTENER=
+  Console.Error (sandbox.environment) it writes `Fail: <message>` and a stack trace through
+  DefaultTraceListener.Fail to stderr and the program goes on; without the variable it is silent.
+  Such a run is `failed`, as in the harness. Stricter than the harness, which passes any run
+  whose stderr lacks "Fail": a run that exits non-zero (an unhandled exception, a crash) is
+  `runtime_error`. More lenient: the build references System.Numerics, so BigInteger (its
+  namespace is imported by every prompt) compiles.
 """
 
 from __future__ import annotations
@@ -98,9 +115,11 @@ TOOLCHAINS = {
     "go": Toolchain("go", "main_test.go", ("go",), "Debian package golang-go", memory_bytes=0),
     "rust": Toolchain("rust", "main.rs", ("rustc",), "rustup, or Debian package rustc"),
     "shell": Toolchain("shell", "main.sh", ("bash",), "bash"),
+    "php": Toolchain("php", "main.php", ("php",), "Debian package php-cli"),
+    "csharp": Toolchain("csharp", "main.cs", ("mcs", "mono"), "Debian packages mono-mcs and mono-runtime"),
 }
 ALIASES = {"py": "python", "js": "javascript", "ts": "typescript", "c++": "cpp", "rs": "rust", "sh": "shell",
-           "bash": "shell", "golang": "go"}
+           "bash": "shell", "golang": "go", "cs": "csharp", "c#": "csharp"}
 JVM_FLAGS = ["-Xmx512m", "-Xss16m", "-XX:MaxMetaspaceSize=256m", "-XX:ReservedCodeCacheSize=64m",
              "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1"]
 
@@ -149,7 +168,8 @@ def probe(language: str, mode: str) -> str | None:
     language = canonical(language)
     command = {"python": [sys.executable, "-c", "pass"], "javascript": ["node", "--version"],
                "typescript": ["tsc", "--version"], "cpp": ["g++", "--version"], "java": ["javac", "--version"],
-               "go": ["go", "version"], "rust": [rustc(), "--version"], "shell": ["bash", "-c", "true"]}[language]
+               "go": ["go", "version"], "rust": [rustc(), "--version"], "shell": ["bash", "-c", "true"],
+               "php": ["php", "--version"], "csharp": ["mcs", "--version"]}[language]
     with sandbox.Workdir() as folder:
         result = sandbox.run(command, folder, sandbox.Limits(timeout=60, cpu_seconds=60, memory_bytes=0), mode,
                              readable=readable_roots())
@@ -186,6 +206,8 @@ def write_program(language: str, program: str, folder: Path) -> None:
         if not _TUPLE_TYPES.search(program):
             program = _JAVATUPLES.sub("", program)  # MultiPL-E imports javatuples, which is not here
         source = java_files(program)[0]
+    if language == "php" and not program.lstrip().startswith("<?php"):
+        program = "<?php\n" + program
     (folder / source).write_text(program, encoding="utf-8", errors="surrogatepass")
     if language == "go":
         (folder / "go.mod").write_text(
@@ -222,11 +244,18 @@ def steps(language: str, program: str) -> list[tuple[str, list[str]]]:
         return [("build", build), ("run", ["./main"])]
     if language == "shell":
         return [("run", ["bash", "main.sh"])]
+    if language == "php":
+        return [("run", ["php", "-d", "display_errors=stderr", "-d", "log_errors=0", "-f", "main.php"])]
+    if language == "csharp":
+        return [("build", ["mcs", "-d:DEBUG", "-r:System.Numerics.dll", "-out:main.exe", "main.cs"]),
+                ("run", ["mono", "main.exe"])]
     raise ValueError(language)
 
 
 _ASSERTION = re.compile(r"AssertionError|Assertion failed|assertion failed|assertion `|panicked at|--- FAIL|"
                         r"assert_eq|test result: FAILED|Assertion .* failed|AssertionError", re.I)
+_PHP_TEST_FAILED = "Uncaught Exception: Test failed!"  # what MultiPL-E's PHP tests throw
+_CSHARP_ASSERT = re.compile(r"^Fail: |DefaultTraceListener\.Fail", re.M)  # mono on a failed Debug.Assert
 
 
 def status(language: str, step: str, run: sandbox.Run) -> str:
@@ -237,6 +266,10 @@ def status(language: str, step: str, run: sandbox.Run) -> str:
     if step == "build":
         return "passed" if run.returncode == 0 else "compile_error"
     failed_assertion = bool(_ASSERTION.search(run.stderr) or _ASSERTION.search(run.stdout))
+    if language == "php":
+        failed_assertion = failed_assertion or _PHP_TEST_FAILED in run.stderr
+    if language == "csharp" and _CSHARP_ASSERT.search(run.stderr):
+        return "failed"  # a failed Debug.Assert neither stops the program nor changes its exit status
     if language == "go" and run.returncode != 0 and ("[build failed]" in run.stdout + run.stderr
                                                      or "[setup failed]" in run.stdout + run.stderr):
         return "compile_error"
@@ -245,6 +278,8 @@ def status(language: str, step: str, run: sandbox.Run) -> str:
         return "failed" if language in ("javascript", "typescript") and failed_assertion else "passed"
     last = run.stderr.strip().splitlines()[-1] if run.stderr.strip() else ""
     if language == "python" and last.startswith(("SyntaxError", "IndentationError", "TabError")):
+        return "compile_error"
+    if language == "php" and "Parse error: " in run.stderr:
         return "compile_error"
     if language == "cpp" and run.returncode in (-6, 134):  # abort() from a failed assert
         return "failed"
