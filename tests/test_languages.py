@@ -30,6 +30,7 @@ CASES = {
         ("    for (size_t i = 0; i < numbers.size(); i++)\n        for (size_t j = i + 1; j < numbers.size(); j++)\n"
          "            if (std::abs(numbers[i] - numbers[j]) < threshold) return true;\n    return false;", "passed"),
         ("    return false;", "failed"),
+        ("", "failed"),  # an empty body falls off the end: a test that passed when built with -O1
     ]),
     "java": ("multipl-e-humaneval-java.jsonl", [
         ("        for (int i = 0; i < numbers.size(); i++)\n            for (int j = i + 1; j < numbers.size(); j++)\n"

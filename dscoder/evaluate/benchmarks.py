@@ -174,6 +174,20 @@ class Benchmark:
     tasks: list[Task]
     suite: bool = False  # a folder or humaneval-8lang:DIR (task ids prefixed by language)
 
+    def head(self, limit: int | None) -> list[Task]:
+        """The first `limit` tasks (of each language in a suite), or all."""
+        if not limit:
+            return self.tasks
+        if not self.suite:
+            return self.tasks[:limit]
+        taken: dict[str, int] = {}
+        chosen = []
+        for task in self.tasks:
+            taken[task.language] = taken.get(task.language, 0) + 1
+            if taken[task.language] <= limit:
+                chosen.append(task)
+        return chosen
+
 
 def suite_files(spec: str) -> list[Path] | None:
     """The files of a suite, or None when `spec` is one file. `humaneval-8lang:DIR`: the eight

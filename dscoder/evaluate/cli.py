@@ -125,7 +125,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     if args.out.is_dir():
         raise UserError(f"--out {args.out}: is a folder; give a samples file (JSON lines)")
     sampler, model = _sampler(args, cfg)
-    written = generate(sampler, bench.tasks, args.out, cfg, args.limit, origin(model, benchmark_sha(bench.files), cfg),
+    written = generate(sampler, bench.head(args.limit), args.out, cfg, None, origin(model, benchmark_sha(bench.files), cfg),
                        args.force)
     log.info("%d new samples", written)
     print(f"samples: {args.out}")
@@ -169,7 +169,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     _new_tokens(args, bench)
     gen_cfg, cfg = _gen_config(args), _exec_config(args)
     _check_source(args, task_list)
-    chosen = task_list[:args.limit] if args.limit else task_list
+    chosen = bench.head(args.limit)
     cfg = replace(cfg, sandbox=sandbox.choose(cfg.sandbox, toolchains.readable_roots()))
     check_toolchains({t.language for t in chosen}, cfg.sandbox)  # before a long generation, not after it
     model = str(args.model.resolve()) if args.model is not None else args.api_model
@@ -305,7 +305,7 @@ def _generation_flags(p) -> None:
     p.add_argument("--batch-size", type=setting(GenerateConfig, "batch_size"), default=8,
                    help="sequences generated together")
     p.add_argument("--seed", type=setting(GenerateConfig, "seed"), default=0, help="sample j uses seed + j")
-    p.add_argument("--limit", type=number(int, AT_LEAST_ONE), help="only the first N tasks (default: all)")
+    p.add_argument("--limit", type=number(int, AT_LEAST_ONE), help="only the first N tasks (of each language in a suite; default: all)")
     p.add_argument("--force", action="store_true", help="replace what --out holds from another model or settings")
 
 
