@@ -1,7 +1,7 @@
 """Benchmark files: reading them and telling their format from their fields.
 
 Formats (as published): OpenAI HumanEval, HumanEval-X (CodeGeeX, task ids like `CPP/0`),
-HumanEval single-line infilling, MultiPL-E, MBPP, DS-1000 and APPS. A leaf module: the data
+HumanEval single-line infilling, MultiPL-E, MBPP, DS-1000, APPS and CrossCodeEval. A leaf module: the data
 build's decontamination reads which strings of a task a training file must not contain, and the
 evaluator (evaluate/benchmarks.py) turns records into tasks.
 """
@@ -17,6 +17,7 @@ from dscoder.errors import UserError
 
 # format -> fields a record must have
 REQUIRED_FIELDS = {
+    "crosscodeeval": ("prompt", "crossfile_context", "metadata"),  # its reader checks the rest, row by row
     "ds-1000": ("prompt", "code_context"),
     "apps": ("question", "input_output"),
     "humaneval-x": ("task_id", "prompt", "declaration", "canonical_solution", "test"),
@@ -27,6 +28,7 @@ REQUIRED_FIELDS = {
 }
 # format -> the fields that hold the task's prompt and solution (what must not leak into training)
 CONTAMINATING_FIELDS = {
+    "crosscodeeval": ("prompt", "groundtruth"),
     "humaneval": ("prompt", "canonical_solution"),
     "humaneval-x": ("prompt", "canonical_solution"),
     "humaneval-infilling": ("prompt", "canonical_solution", "suffix"),
@@ -71,6 +73,8 @@ def task_id(record: dict[str, Any], fmt: str) -> str:
         return str(record["name"])
     if fmt == "ds-1000":
         return str(record.get("metadata", {}).get("problem_id", ""))
+    if fmt == "crosscodeeval":
+        return str(record.get("metadata", {}).get("task_id", ""))
     if fmt == "apps":
         return str(record.get("problem_id", ""))
     return str(record["task_id"])

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from dscoder.benchmark_files import detect_format, read_records
+from dscoder.errors import UserError
 
 HUMANEVAL_STOPS = ("\nclass", "\ndef", "\n#", "\n@", "\nprint", "\nif", "\n```")
 MBPP_TEST_IDS = range(11, 511)  # DeepSeek-Coder's MBPP test split
@@ -137,6 +138,9 @@ def tasks(path: str | Path, records: list[dict] | None = None) -> tuple[str, lis
             else:
                 out.append(Task(problem, "python", r["prompt"], ("</code>", "# SOLUTION END", "\n```"),
                                 reference=r.get("reference_code"), record=r, format=fmt))
+    elif fmt == "crosscodeeval":
+        raise UserError(f"{path}: a CrossCodeEval file is scored by matching, not by running programs: "
+                        "use `dscoder eval run` (docs/evaluation.md, \"CrossCodeEval\")")
     elif fmt == "apps":
         for r in records:
             io = json.loads(r["input_output"]) if r.get("input_output") else {}
