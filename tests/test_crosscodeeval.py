@@ -138,6 +138,8 @@ def test_eval_run_on_a_crosscodeeval_file(tiny_base_model, tmp_path, capsys):
         assert [s["task_id"] for s in samples] == [r["metadata"]["task_id"] for r in ROWS]
         assert json.loads((out / "run.json").read_text())["source"]["generation"]["max_new_tokens"] == cc.NEW_TOKENS
     assert "exact_match" in capsys.readouterr().out
+    assert main(["eval", "report", str(tmp_path / "run0"), "--out", str(tmp_path / "report.md")]) == 0
+    assert "CrossCodeEval (exact match)" in (tmp_path / "report.md").read_text()
 
     bad = _write(tmp_path / "bad.jsonl", [ROWS[0], {k: v for k, v in ROWS[1].items() if k != "groundtruth"}])
     assert main(["eval", "run", "--model", str(tiny_base_model), "--benchmark", str(bad),

@@ -194,6 +194,7 @@ def _is_crosscodeeval(benchmark: str) -> bool:
 def _run_crosscodeeval(args: argparse.Namespace) -> int:
     """`eval run` on a CrossCodeEval file: generate, cut to a statement, score by matching."""
     from dscoder import artifacts
+    from dscoder import model as model_lib
     from dscoder.evaluate import crosscodeeval, manifest
     from dscoder.evaluate.execute import file_sha, hold
     from dscoder.evaluate.generate import GenerateConfig
@@ -208,7 +209,8 @@ def _run_crosscodeeval(args: argparse.Namespace) -> int:
     given = args.max_new_tokens != GenerateConfig.max_new_tokens  # else the benchmark's own budget
     new_tokens = args.max_new_tokens if given else crosscodeeval.NEW_TOKENS
     if (args.out / "run.json").exists() and not args.force:
-        raise UserError(f"{args.out} holds another run's results; use --force to replace them, or another --out")
+        raise UserError(f"{args.out} holds the results of a run; use --force to replace them, or another --out")
+    model_lib.load_config(args.model)  # a clear error for a folder that holds no model
     engine = Engine.load(args.model, quantize=QUANTIZE[args.quantize])
     with hold(args.out):
         generations = crosscodeeval.generate(engine, rows, not args.no_crossfile, new_tokens, args.batch_size,
