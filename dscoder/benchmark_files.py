@@ -2,7 +2,8 @@
 
 Formats (as published): OpenAI HumanEval, HumanEval-X (CodeGeeX, task ids like `CPP/0`),
 HumanEval single-line infilling, MultiPL-E, MBPP, HumanEval+ and MBPP+ (EvalPlus), DeepSeek-Coder's
-LeetCode Contest, DS-1000 and APPS. A leaf module: the data build's decontamination reads which strings of a task a training file must not contain, and the
+LeetCode Contest, DS-1000, APPS and CrossCodeEval. A leaf module: the data build's decontamination
+reads which strings of a task a training file must not contain, and the
 evaluator (evaluate/benchmarks.py) turns records into tasks.
 """
 
@@ -17,6 +18,7 @@ from dscoder.errors import UserError
 
 # format -> fields a record must have
 REQUIRED_FIELDS = {
+    "crosscodeeval": ("prompt", "crossfile_context", "metadata"),  # its reader checks the rest, row by row
     "mbpp-plus": ("task_id", "prompt", "entry_point", "canonical_solution", "base_input", "plus_input", "atol",
                   "assertion"),
     "humaneval-plus": ("task_id", "prompt", "entry_point", "canonical_solution", "base_input", "plus_input", "atol"),
@@ -33,6 +35,7 @@ REQUIRED_FIELDS = {
 ROW_FIELDS = {"leetcode": ("prompt", "test", "meta")}
 # format -> the fields that hold the task's prompt and solution (what must not leak into training)
 CONTAMINATING_FIELDS = {
+    "crosscodeeval": ("prompt", "groundtruth"),
     "humaneval": ("prompt", "canonical_solution"),
     "humaneval-plus": ("prompt", "canonical_solution"),
     "mbpp-plus": ("prompt", "canonical_solution"),
@@ -103,6 +106,8 @@ def task_id(record: dict[str, Any], fmt: str) -> str:
         return str(record["name"])
     if fmt == "ds-1000":
         return str(record.get("metadata", {}).get("problem_id", ""))
+    if fmt == "crosscodeeval":
+        return str(record.get("metadata", {}).get("task_id", ""))
     if fmt == "apps":
         return str(record.get("problem_id", ""))
     return str(record["task_id"])

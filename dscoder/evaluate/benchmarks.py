@@ -294,6 +294,9 @@ def _tasks(fmt: str, records: list[dict], path: str | Path) -> list[Task]:
             else:
                 out.append(Task(problem, "python", r["prompt"], ("</code>", "# SOLUTION END", "\n```"),
                                 reference=r.get("reference_code"), record=r, format=fmt))
+    elif fmt == "crosscodeeval":
+        raise UserError(f"{path}: a CrossCodeEval file is scored by matching, not by running programs: "
+                        "use `dscoder eval run` (docs/evaluation.md, \"CrossCodeEval\")")
     elif fmt == "apps":
         for r in records:
             io = json.loads(r["input_output"]) if r.get("input_output") else {}

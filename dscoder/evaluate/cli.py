@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 from pathlib import Path
 
@@ -164,6 +165,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     )
     from dscoder.evaluate.generate import POSTPROCESSING, check_file, generate, origin, settings
 
+    if _is_crosscodeeval(args.benchmark):
+        return _run_crosscodeeval(args)
     bench = _benchmark(args)
     task_list, fmt = bench.tasks, bench.format
     _new_tokens(args, bench)
@@ -192,6 +195,62 @@ def cmd_run(args: argparse.Namespace) -> int:
         samples = [s for s in read_samples(samples_file) if s["task_id"] in wanted and s["completion_id"] < gen_cfg.n]
         summary = run_claimed(task_list, samples, args.out, cfg, cfg.sandbox)
     _print_summary(summary)
+    print(f"results: {args.out}")
+    return 0
+
+
+def _is_crosscodeeval(benchmark: str) -> bool:
+    from dscoder.benchmark_files import detect_format, read_records
+    from dscoder.evaluate.benchmarks import benchmark_path, suite_files
+
+    if suite_files(benchmark) is not None:
+        return False
+    path = benchmark_path(benchmark)
+    return detect_format(read_records(path), path) == "crosscodeeval"
+
+
+def _run_crosscodeeval(args: argparse.Namespace) -> int:
+    """`eval run` on a CrossCodeEval file: generate, cut to a statement, score by matching."""
+    from dscoder import artifacts
+    from dscoder import model as model_lib
+    from dscoder.evaluate import crosscodeeval, manifest
+    from dscoder.evaluate.execute import file_sha, hold
+    from dscoder.evaluate.benchmarks import benchmark_path
+    from dscoder.infer.cli import QUANTIZE
+    from dscoder.infer.engine import Engine
+
+    path = benchmark_path(args.benchmark)
+    rows = crosscodeeval.read_rows(path)[:args.limit or None]
+    if args.model is None or args.api_base is not None or args.chat or args.n != 1:
+        raise UserError("a CrossCodeEval run takes a local --model and one sample per task (no --api-base, "
+                        "--chat or --n)")
+    new_tokens = args.max_new_tokens or crosscodeeval.NEW_TOKENS  # left out: the benchmark's own budget
+    if (args.out / "run.json").exists() and not args.force:
+        raise UserError(f"{args.out} holds the results of a run; use --force to replace them, or another --out")
+    model_lib.load_config(args.model)  # a clear error for a folder that holds no model
+    engine = Engine.load(args.model, quantize=QUANTIZE[args.quantize])
+    with hold(args.out):
+        generations = crosscodeeval.generate(engine, rows, not args.no_crossfile, new_tokens, args.batch_size,
+                                             args.temperature, args.top_p, args.seed)
+        scored = [crosscodeeval.score(row, text) for row, text in zip(rows, generations)]
+        generation = {"crossfile": not args.no_crossfile, "max_new_tokens": new_tokens, "seq_len": engine.context,
+                      "crossfile_tokens": crosscodeeval.CROSSFILE_TOKENS, "temperature": args.temperature,
+                      "top_p": args.top_p, "seed": args.seed, "quantize": args.quantize}
+        artifacts.write_json(args.out / "run.json", {
+            "kind": "eval", "name": args.name or args.model.name,
+            "benchmark": {"path": str(path.resolve()), "format": crosscodeeval.FORMAT, "sha256": file_sha(path)},
+            "source": {"model": str(args.model.resolve()), "fingerprint": manifest.model_fingerprint(args.model),
+                       "generation": generation},
+            "scope": {"limit": args.limit}, "software": manifest.software(), "machine": manifest.machine(),
+            "started": manifest.now()})
+        artifacts.write_text(args.out / "samples.jsonl", "".join(
+            json.dumps({"task_id": row.task_id, "language": row.language, "generation": text, **s,
+                        "groundtruth": row.groundtruth}) + "\n" for row, text, s in zip(rows, generations, scored)))
+        summary = crosscodeeval.summarize(rows, scored, not args.no_crossfile)
+        artifacts.write_json(args.out / "summary.json", summary)
+    overall = summary["overall"]
+    print(f"{overall['tasks']} tasks ({'with' if summary['crossfile'] else 'without'} cross-file context): " +
+          "  ".join(f"{m} {100 * overall[m]:.1f}%" for m in crosscodeeval.METRICS))
     print(f"results: {args.out}")
     return 0
 
@@ -369,6 +428,8 @@ def add_commands(groups) -> None:
     p.add_argument("--out", type=Path, required=True, help="results folder (samples.jsonl goes there too)")
     _generation_flags(p)
     _execution_flags(p)
+    p.add_argument("--no-crossfile", action="store_true",
+                   help="CrossCodeEval: the file's own text only (the in-file setting), without the retrieved snippets")
     p.set_defaults(func=cmd_run)
 
     p = cmds.add_parser("rerun", help="repeat a run from its run.json into a new folder",

@@ -1,7 +1,11 @@
 """Scores: pass@k with the unbiased estimator (Chen et al. 2021, "Evaluating Large Language
-Models Trained on Code"), and the FIM line metrics (exact match, edit similarity)."""
+Models Trained on Code"), and the line metrics, exact match and edit similarity, as CrossCodeEval
+defines them (Ding et al. 2023; the DeepSeek-Coder paper's repository-level benchmark, Table 7).
+Every report of dscoder that names these two metrics computes them here."""
 
 from __future__ import annotations
+
+import difflib
 
 import numpy as np
 
@@ -30,25 +34,33 @@ def first_line(text: str) -> str:
     return ""
 
 
-def edit_distance(a: str, b: str) -> int:
-    """Levenshtein distance."""
-    previous = list(range(len(b) + 1))
-    for i, ca in enumerate(a, 1):
-        current = [i]
-        for j, cb in enumerate(b, 1):
-            current.append(min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (ca != cb)))
-        previous = current
-    return previous[-1]
+def exact_match(prediction: str, reference: str) -> bool:
+    """Code exact match as CrossCodeEval computes it (scripts/eval_metric.py, `em_label`): the
+    non-blank lines of the two texts, each stripped, are the same. For one line: equal once the
+    surrounding whitespace (indentation included) is dropped."""
+    return _lines(prediction) == _lines(reference)
 
 
-def edit_similarity(a: str, b: str) -> float:
-    """1 - distance / longer length (1.0 for identical strings)."""
-    if not a and not b:
+def _lines(text: str) -> list[str]:
+    return [line.strip() for line in text.split("\n") if line.strip()]
+
+
+def edit_similarity(prediction: str, reference: str) -> float:
+    """Edit similarity, 0 to 1, as CrossCodeEval computes it (scripts/eval_utils.py,
+    `cal_edit_sim`: `fuzz.ratio(pred.strip(), gt.strip())` of fuzzywuzzy, divided by 100 here):
+    difflib's `SequenceMatcher(None, a, b).ratio()`, 2 * matched characters / total characters,
+    of the two stripped texts; 1.0 for equal texts, 0.0 when one is empty. fuzzywuzzy uses difflib
+    unless python-Levenshtein is installed (CrossCodeEval's requirements do not install it), and
+    it rounds each score to a whole percent, which this does not (a mean moves by under 0.5
+    points)."""
+    a, b = prediction.strip(), reference.strip()
+    if a == b:
         return 1.0
-    return 1.0 - edit_distance(a, b) / max(len(a), len(b))
+    return difflib.SequenceMatcher(None, a, b).ratio()
 
 
 def line_scores(completion: str, reference: str) -> tuple[bool, float]:
-    """(exact match, edit similarity) of a completion's line against the reference line."""
+    """(exact match, edit similarity) of a completion's first non-empty line against the
+    reference's."""
     got, want = first_line(completion), first_line(reference)
-    return got == want, edit_similarity(got, want)
+    return exact_match(got, want), edit_similarity(got, want)

@@ -73,6 +73,8 @@ def apart(runs: list[dict]) -> list[dict]:
 
 def _score(run: dict) -> tuple[str, float | None]:
     summary, fmt = run["summary"], run["format"]
+    if fmt == "crosscodeeval":  # scored by matching: its exact match stands in for pass@1
+        return "CrossCodeEval (exact match)", 100 * summary["overall"]["exact_match"]
     if fmt == "humaneval-infilling" and "fim" in summary:
         return COLUMNS[fmt], 100 * summary["fim"]["line_exact_match"]
     column = COLUMNS.get(fmt, fmt or "score")

@@ -13,8 +13,9 @@ Measured on held-out repositories:
   and the rest;
 - a cross-file line completion task in the spirit of CrossCodeEval: complete a line that uses
   such a name, given the repository context as `repo-complete` lays it out (the files the target
-  depends on, then the target up to the line), scored by exact match and by whether the
-  cross-file names of the real line are all produced (identifier match).
+  depends on, then the target up to the line), scored with CrossCodeEval's code (exact match,
+  edit similarity, identifier F1: evaluate/crosscodeeval.py) and by whether the cross-file names
+  of the real line are all produced (identifier match).
 """
 
 from __future__ import annotations
@@ -44,6 +45,9 @@ MIN_REPOSITORIES = 8
 MIN_CASES = 30
 MAX_WINDOWS = 256  # training-length windows scored per model for the per-token losses
 LINE_TOKENS = 32
+# per completed line: CrossCodeEval's metrics, and whether every cross-file name of the real line
+# is produced (this experiment's own measure; CrossCodeEval's identifier exact match is another)
+LINE_METRICS = ("exact_match", "edit_similarity", "identifier_f1", "identifier_match")
 NAME = re.compile(r"\b[A-Za-z_][A-Za-z0-9_]*\b")
 COMMON_NAMES = frozenset(dir(builtins)) | frozenset(keyword.kwlist) | {"self", "cls"}
 
@@ -58,7 +62,8 @@ def run(out: Path, cfg: ExperimentConfig, corpus: Path | None = None) -> dict:
     log.info("repo-level: %d variants x %d seed(s), %d steps each", len(VARIANTS), cfg.seeds, steps)
     models = {(name, seed): common.train(out, cfg, name, seed, steps, _corpus(out, name), {"fim.rate": "0"})
               for seed in range(cfg.seed, cfg.seed + cfg.seeds) for name in VARIANTS}
-    scores = run_stage(out, common.evaluation_stage(cfg), lambda: _evaluate(out, models, repos, cases, cfg))
+    # "-cceval": lines scored by CrossCodeEval's metrics (folders scored before that are scored again)
+    scores = run_stage(out, common.evaluation_stage(cfg) + "-cceval", lambda: _evaluate(out, models, repos, cases, cfg))
     return _report(out, cfg, steps, scores, len(repos))
 
 
@@ -172,10 +177,10 @@ def _evaluate(out: Path, models: dict, repos: list[dict], cases: list[dict], cfg
         engine.context = cfg.seq_len  # prompts fitted to the length the variants were trained at
         prompts = prompts or [_prompt(engine, case) for case in cases]
         cross, rest = _file_losses(engine, repos, cfg.seq_len)
-        exact, ident = _complete_lines(engine, cases, prompts)
+        lines = _complete_lines(engine, cases, prompts)
         scores.setdefault(name, []).append({"cross_nats": cross[:, 0].tolist(), "cross_tokens": cross[:, 1].tolist(),
                                             "rest_nats": rest[:, 0].tolist(), "rest_tokens": rest[:, 1].tolist(),
-                                            "exact_match": exact, "identifier_match": ident})
+                                            **lines})
     return {"scores": scores, "cases": len(cases)}
 
 
@@ -241,22 +246,25 @@ def _prompt(engine, case: dict) -> list[int]:
     return repo_context.build(engine, Path(case["repo"]), case["path"], None, None, LINE_TOKENS, text=before + indent).ids
 
 
-def _complete_lines(engine, cases: list[dict], prompts: list[list[int]]) -> tuple[list[float], list[float]]:
-    """Greedy completion of each case's line from its prompt: (exact match, identifier match)
-    per case."""
+def _complete_lines(engine, cases: list[dict], prompts: list[list[int]]) -> dict[str, list[float]]:
+    """Greedy completion of each case's line from its prompt, scored per case: CrossCodeEval's
+    exact match, edit similarity and identifier F1, and identifier match."""
+    from dscoder.evaluate import crosscodeeval
     from dscoder.infer.engine import Sequence
     from dscoder.infer.sampling import SamplingParams
 
     sequences = [Sequence(ids, SamplingParams(max_new_tokens=LINE_TOKENS, stop=("\n",))) for ids in prompts]
     for start in range(0, len(sequences), 8):
         engine.generate(sequences[start:start + 8])
-    exact, ident = [], []
+    found: dict[str, list[float]] = {k: [] for k in LINE_METRICS}
     for case, seq in zip(cases, sequences):
-        indent = case["text"][:len(case["text"]) - len(case["text"].lstrip())]
-        got = indent + seq.text.split("\n")[0]
-        exact.append(float(got.rstrip() == case["text"].rstrip()))
-        ident.append(float(all(re.search(rf"\b{re.escape(n)}\b", got) for n in case["names"])))
-    return exact, ident
+        got = seq.text.split("\n")[0]
+        row = crosscodeeval.Row(f"{case['path']}:{case['line']}", "python", "", case["text"], "")
+        for key, value in crosscodeeval.score(row, got).items():
+            if key in found:
+                found[key].append(value)
+        found["identifier_match"].append(float(all(re.search(rf"\b{re.escape(n)}\b", got) for n in case["names"])))
+    return found
 
 
 # --- report -----------------------------------------------------------------------------------------------
@@ -297,10 +305,10 @@ def _report(out: Path, cfg: ExperimentConfig, steps: int, evaluated: dict, repos
         cross, cross_w = _loss(scores, name, "cross")
         rest, rest_w = _loss(scores, name, "rest")
         figures[name] = {"cross_file_loss": interval(cross, weights=cross_w), "other_loss": interval(rest, weights=rest_w),
-                         "exact_match": interval(np.array([r["exact_match"] for r in scores[name]])),
-                         "identifier_match": interval(np.array([r["identifier_match"] for r in scores[name]]))}
+                         **{k: interval(np.array([r[k] for r in scores[name]])) for k in LINE_METRICS}}
     keys = [("cross_file_loss", "cross-file identifier loss", "{:.3f}"), ("other_loss", "other tokens' loss", "{:.3f}"),
-            ("exact_match", "cross-file line exact match", "{:.1%}"), ("identifier_match", "identifier match", "{:.1%}")]
+            ("exact_match", "cross-file line exact match", "{:.1%}"), ("edit_similarity", "edit similarity", "{:.1%}"),
+            ("identifier_f1", "identifier F1", "{:.1%}"), ("identifier_match", "identifier match", "{:.1%}")]
     table = [[name, *[fmt(figures[name][k], spec) for k, _, spec in keys]] for name in VARIANTS]
     found = expectations(scores)
     plots = [_plot(out, figures)]

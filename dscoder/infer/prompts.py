@@ -11,7 +11,9 @@ conventions"), built only from the shared formats module, and fitted to the cont
   cursor by a `window` (llama.cpp's n_batch): what follows the cursor is prefilled again on every
   keystroke, while context files before it stay in the prompt cache;
 - chat: the released template with the generation prompt; too long is an error;
-- repository-level completion: see repo_context.py.
+- repository-level completion: see repo_context.py;
+- CrossCodeEval's prompt: retrieved cross-file snippets, then the file before the cursor
+  (`cross_file`).
 """
 
 from __future__ import annotations
@@ -159,6 +161,31 @@ def _keep(engine, lines: list[tuple[str, int]], budget: int, from_end: bool) -> 
         kept.append((line, cost))
         used += cost
     return kept[::-1] if from_end else kept
+
+
+def cross_file(engine, prompt: str, context: str, max_new_tokens: int, context_tokens: int) -> Prompt:
+    """CrossCodeEval's left-to-right prompt (its scripts/eval.py and vllm_inference.py): the
+    retrieved cross-file `context` (already rendered as comment lines) cut from its end to
+    `context_tokens`, a newline, then the file's text before the cursor cut from its start to
+    what the context leaves; without context (`""`), the file's text alone. Cuts fall at line
+    starts as in `insertion`; `truncated` counts the tokens left out."""
+    room = _budget(engine, max_new_tokens) - 1  # BOS
+    context_lines = _line_costs(engine, context)
+    kept_context = _keep(engine, context_lines, min(context_tokens, room), from_end=False)
+    before = "".join(t for t, _ in kept_context)
+    before += "\n" if before else ""  # the scripts' separator after the context
+    prompt_lines = _line_costs(engine, prompt)
+    left = room - len(engine.encode(before)) + 1 if before else room
+    kept_prompt = _keep(engine, prompt_lines, max(0, left), from_end=True)
+    text = before + "".join(t for t, _ in kept_prompt)
+    ids = engine.encode(text)
+    dropped = sum(c for _, c in context_lines + prompt_lines) - sum(c for _, c in kept_context + kept_prompt)
+    if len(ids) > room + 1:  # a cut inside a line can tokenize a little longer than its parts
+        cut = len(ids) - room - 1
+        dropped += cut
+        ids = ids[:1] + ids[1 + cut:]
+        text = engine.tokenizer.decode(ids[1:])
+    return Prompt(text, ids, dropped)
 
 
 def chat(engine, messages: list[dict], max_new_tokens: int) -> Prompt:

@@ -5,7 +5,6 @@ small problems (problems.jsonl, written for dscoder, not taken from a benchmark)
 from __future__ import annotations
 
 import ast
-import difflib
 import io
 import math
 import random
@@ -16,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from dscoder.evaluate import metrics
 from dscoder.infer import prompts
 from dscoder.infer.engine import Engine, Sequence
 from dscoder.infer.sampling import SamplingParams
@@ -111,14 +111,15 @@ def fim_infills(engine: Engine, cases: list[tuple[str, str, str]]) -> list[str]:
 
 
 def exact_matches(infills: list[str], cases: list[tuple[str, str, str]]) -> np.ndarray:
-    """1.0 for each hole filled with exactly the real line, else 0.0. (N,)"""
-    return np.array([float(got == line) for got, (_, _, line) in zip(infills, cases)])
+    """1.0 for each hole filled with the real line (metrics.exact_match: equal once stripped),
+    else 0.0. (N,)"""
+    return np.array([float(metrics.exact_match(got, line)) for got, (_, _, line) in zip(infills, cases)])
 
 
 def edit_similarities(infills: list[str], cases: list[tuple[str, str, str]]) -> np.ndarray:
-    """Character similarity (difflib's ratio, 0 to 1) of each infill to the real line: the usual
-    companion of exact match in line-completion studies, it credits near misses. (N,)"""
-    return np.array([difflib.SequenceMatcher(None, got, line).ratio() for got, (_, _, line) in zip(infills, cases)])
+    """Edit similarity (metrics.edit_similarity, 0 to 1) of each infill to the real line: the
+    usual companion of exact match in line-completion studies, it credits near misses. (N,)"""
+    return np.array([metrics.edit_similarity(got, line) for got, (_, _, line) in zip(infills, cases)])
 
 
 def exact_match(infills: list[str], cases: list[tuple[str, str, str]]) -> float:
