@@ -10,6 +10,7 @@ evaluator (evaluate/benchmarks.py) turns records into tasks.
 from __future__ import annotations
 
 import gzip
+import itertools
 import json
 from pathlib import Path
 from typing import Any
@@ -49,8 +50,9 @@ CONTAMINATING_FIELDS = {
 }
 
 
-def read_records(path: str | Path) -> list[dict[str, Any]]:
-    """The records of a `.jsonl`, `.jsonl.gz` or `.json` (list) file."""
+def read_records(path: str | Path, limit: int | None = None) -> list[dict[str, Any]]:
+    """The records of a `.jsonl`, `.jsonl.gz` or `.json` (list) file; with `limit`, only the first
+    that many of a JSON-lines file are read (enough to tell its format)."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"benchmark file not found: {path}")
@@ -60,7 +62,7 @@ def read_records(path: str | Path) -> list[dict[str, Any]]:
             if path.name.endswith((".json", ".json.gz")):
                 records = json.load(f)
             else:
-                records = [json.loads(line) for line in f if line.strip()]
+                records = [json.loads(line) for line in itertools.islice((ln for ln in f if ln.strip()), limit)]
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, EOFError) as exc:
         raise UserError(f"{path}: not a readable JSON-lines benchmark file ({exc})") from None
     if not isinstance(records, list) or not records or not all(isinstance(r, dict) for r in records):

@@ -200,13 +200,14 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def _is_crosscodeeval(benchmark: str) -> bool:
+    """Whether `--benchmark` is a CrossCodeEval file (scored by matching, not run), from its first row."""
     from dscoder.benchmark_files import detect_format, read_records
     from dscoder.evaluate.benchmarks import benchmark_path, suite_files
 
     if suite_files(benchmark) is not None:
         return False
     path = benchmark_path(benchmark)
-    return detect_format(read_records(path), path) == "crosscodeeval"
+    return detect_format(read_records(path, limit=1), path) == "crosscodeeval"
 
 
 def _run_crosscodeeval(args: argparse.Namespace) -> int:
@@ -221,9 +222,9 @@ def _run_crosscodeeval(args: argparse.Namespace) -> int:
 
     path = benchmark_path(args.benchmark)
     rows = crosscodeeval.read_rows(path)[:args.limit or None]
-    if args.model is None or args.api_base is not None or args.chat or args.n != 1:
+    if args.model is None or args.api_base is not None or args.chat or args.cot or args.n != 1:
         raise UserError("a CrossCodeEval run takes a local --model and one sample per task (no --api-base, "
-                        "--chat or --n)")
+                        "--chat, --cot or --n)")
     new_tokens = args.max_new_tokens or crosscodeeval.NEW_TOKENS  # left out: the benchmark's own budget
     if (args.out / "run.json").exists() and not args.force:
         raise UserError(f"{args.out} holds the results of a run; use --force to replace them, or another --out")
