@@ -15,6 +15,11 @@ bf16 / int8 / int4, and llama.cpp (llama-cpp-python) on the three exports. Time 
 decode tokens/s, peak memory, and the ratios.
 
     python bench/bench_generate.py --quantized [--preset deepseek-coder-1.3b] [--repeats 2]
+        [--lengths 128,2000] [--only int8,q8_0] [--work DIR]
+
+--lengths gives the prompt lengths measured (default 128 and 2000 tokens: a short prompt and
+an editor's file); --only limits the runs to some kinds; --work keeps the prepared folders in
+DIR and reuses them on the next run.
 """
 
 from __future__ import annotations
@@ -247,24 +252,34 @@ def prepare_quantized(work: Path, preset: str, tok_dir: Path) -> dict[tuple[str,
 
 
 def quantized_report(args, tok_dir: Path, work: Path) -> None:
-    import json
-    import subprocess
-    import sys
-
     try:
         import llama_cpp  # noqa: F401
         have_llama = True
     except ImportError:
         have_llama = False
         print("llama.cpp: skipped (pip install llama-cpp-python compiles it)")
-    print(f"preparing {args.preset}: bf16 folder, int8 and int4 folders, GGUF f16 / q8_0 / q4_0 ...", flush=True)
-    paths = prepare_quantized(work, args.preset, tok_dir)
+    if (work / "q4_0.gguf").is_file():  # prepared by an earlier run with this --work
+        paths = {(e, k): work / ("bf16" if e == "transformers" else k if e == "dscoder" else f"{k}.gguf")
+                 for e, k in RUNS}
+    else:
+        print(f"preparing {args.preset}: bf16 folder, int8 and int4 folders, GGUF f16 / q8_0 / q4_0 ...", flush=True)
+        paths = prepare_quantized(work, args.preset, tok_dir)
+    for length in args.lengths:
+        print(f"\nprompt {length} tokens", flush=True)
+        report_length(args, paths, length, have_llama)
+
+
+def report_length(args, paths: dict, length: int, have_llama: bool) -> None:
+    import json
+    import subprocess
+    import sys
+
     results = {}
     for engine, kind in RUNS:
-        if engine == "llama.cpp" and not have_llama:
+        if engine == "llama.cpp" and not have_llama or args.only and kind not in args.only:
             continue
         command = [sys.executable, __file__, "--one", engine, kind, str(paths[engine, kind]),
-                   "--prompt-tokens", str(args.prompt_tokens), "--new-tokens", str(args.new_tokens),
+                   "--prompt-tokens", str(length), "--new-tokens", str(args.new_tokens),
                    "--repeats", str(args.repeats)]
         done = subprocess.run(command, capture_output=True, text=True)
         if done.returncode != 0:
@@ -275,7 +290,7 @@ def quantized_report(args, tok_dir: Path, work: Path) -> None:
         print(f"  {engine:12s} {kind:5s}  first token {1000 * r['ttft_s']:8.1f} ms  decode {r['tok_s']:6.2f} tok/s  "
               f"peak {r['peak_rss_gb']:5.2f} GB  (load {r['load_s']:.1f} s)", flush=True)
     base = results.get(("transformers", "bf16"))
-    print(f"\n{args.preset}, random weights, prompt {args.prompt_tokens} tokens, {args.new_tokens} greedy tokens, "
+    print(f"\n{args.preset}, random weights, prompt {length} tokens, {args.new_tokens} greedy tokens, "
           f"{torch.get_num_threads()} threads")
     for key, r in results.items():
         ratio = f"decode {r['tok_s'] / base['tok_s']:.2f}x transformers bf16" if base else ""
@@ -297,8 +312,13 @@ def main() -> None:
     parser.add_argument("--skip-1.3b", dest="skip_big", action="store_true", help="only the tiny preset")
     parser.add_argument("--quantized", action="store_true", help="int8/int4 and llama.cpp on the CPU (see above)")
     parser.add_argument("--preset", default="deepseek-coder-1.3b", help="model size for --quantized")
+    parser.add_argument("--lengths", default="128,2000", help="prompt lengths for --quantized (comma-separated)")
+    parser.add_argument("--only", default="", help="kinds to run for --quantized (comma-separated: bf16,int8,q8_0...)")
+    parser.add_argument("--work", help="keep the prepared folders here and reuse them (--quantized)")
     parser.add_argument("--one", nargs=3, metavar=("ENGINE", "KIND", "PATH"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    args.lengths = [int(n) for n in args.lengths.split(",")]
+    args.only = [k for k in args.only.split(",") if k]
     torch.manual_seed(0)
     if args.one:
         import json
@@ -307,7 +327,12 @@ def main() -> None:
         print(json.dumps(one_run(engine, kind, Path(path), args.prompt_tokens, args.new_tokens, args.repeats)))
         return
     with tempfile.TemporaryDirectory() as work:
-        if SHARED.is_file():
+        if args.work:
+            work = args.work
+            Path(work).mkdir(parents=True, exist_ok=True)
+        if (Path(work) / "tok").is_dir():
+            tok_dir = Path(work) / "tok"
+        elif SHARED.is_file():
             tok_dir = Path(work) / "tok"
             tok_dir.mkdir()
             tok, facts = tokenizer_lib.from_gguf(SHARED)

@@ -26,12 +26,16 @@ reach every logit, as llama.cpp's Q4_K_M keeps its output at 6 bits). Other load
 from __future__ import annotations
 
 import functools
+import logging
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dscoder import kernels
 from dscoder.errors import UserError
+
+log = logging.getLogger("dscoder")
 
 METHOD = "dscoder"
 BITS = (8, 4)
@@ -145,6 +149,7 @@ class QuantLinear(nn.Module):
         self.register_buffer("qweight", qweight)
         self.register_buffer("scales", scales.float())
         self._kernel_args: tuple | None = None
+        self._matvec_sums: torch.Tensor | None = None  # for kernels.int8_matvec (decode steps on a CPU)
         self._prepare(qweight.device)
 
     def extra_repr(self) -> str:
@@ -153,9 +158,11 @@ class QuantLinear(nn.Module):
 
     def _prepare(self, device: torch.device) -> None:
         """Lay the weights out for the device's kernel (after the layer moved there)."""
-        self._kernel_args = None
+        self._kernel_args, self._matvec_sums = None, None
         if has_kernel(device.type, self.bits, self.dtype):
             self._kernel_args = _layout(self.qweight, self.scales, self.bits, self.group_size, self.dtype)
+            if _integer_path(self.bits, device.type) and has_matvec(self.dtype):
+                self._matvec_sums = kernels.row_sums(self.qweight.contiguous())
 
     def _apply(self, fn, recurse=True):  # .to(device) re-lays the kernel's copy of the weights
         result = super()._apply(fn, recurse)
@@ -177,6 +184,8 @@ class QuantLinear(nn.Module):
         flat = x.reshape(rows, self.in_features)
         if self._kernel_args is None:
             out = F.linear(flat.to(self.dtype), self.weight())
+        elif self._matvec_sums is not None and rows <= kernels.max_rows() and flat.dtype == self.dtype:
+            out = kernels.int8_matvec(flat.contiguous(), self.qweight, self.scales, self._matvec_sums)
         elif _integer_path(self.bits, self.qweight.device.type):
             out = _int8_product(flat, self.qweight, self.scales).to(self.dtype)
         else:
@@ -217,6 +226,24 @@ def _kernel(x: torch.Tensor, bits: int, device_type: str, args: tuple) -> torch.
     if device_type == "cpu":
         return torch.ops.aten._weight_int4pack_mm_for_cpu(x, *args)
     return torch.ops.aten._weight_int4pack_mm(x, *args)
+
+
+@functools.cache
+def has_matvec(dtype: torch.dtype) -> bool:
+    """Whether our decode kernel (kernels.int8_matvec) is built here and gives exactly what
+    `_int8_product` gives, in `dtype`."""
+    if dtype not in (torch.float32, torch.bfloat16) or kernels.library() is None:
+        return False
+    generator = torch.Generator().manual_seed(0)
+    w = torch.randn(70, 200, generator=generator)
+    qweight, scales = quantize_weight(w, 8, None)
+    sums = kernels.row_sums(qweight)
+    for rows in range(1, kernels.max_rows() + 1):
+        x = (torch.randn(rows, 200, generator=generator) * torch.rand(1, 200, generator=generator) * 10).to(dtype)
+        if not torch.equal(kernels.int8_matvec(x, qweight, scales, sums), _int8_product(x, qweight, scales).to(dtype)):
+            log.warning("dscoder kernels: int8_matvec disagrees with torch's product here; not used")
+            return False
+    return True
 
 
 @functools.cache

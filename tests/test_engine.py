@@ -132,21 +132,49 @@ def test_sequences_joining_a_running_batch_give_what_they_give_alone(engine):
     assert [by_prompt[tuple(s.prompt_ids)] for s in alone] == [s.token_ids for s in alone]
 
 
-def test_a_batch_that_never_empties_does_not_grow_with_its_age(engine):
+def test_a_batch_that_never_empties_does_not_grow_with_its_age(engine, monkeypatch):
     """Sequences join and leave a running batch for a long time (a busy server): the attention
     window stays the size of the longest live sequence, and every output is what it is alone."""
     texts = [PROMPTS[i % len(PROMPTS)] + "#" * (i % 4) for i in range(40)]
     params = SamplingParams(max_new_tokens=10, stop_token_ids=(-1,))  # no early stop: exactly 10 tokens each
     alone = {t: engine.generate([Sequence(engine.encode(t), params)])[0].token_ids for t in set(texts)}
     waiting = [Sequence(engine.encode(t), params) for t in texts[1:]]
-    widths = []
-    hook = engine.model.register_forward_pre_hook(
-        lambda module, args, kwargs: widths.append(kwargs["attention_mask"].shape[1]), with_kwargs=True)
-    try:
-        result = engine.generate([Sequence(engine.encode(texts[0]), params)],
-                                 admit=lambda free: [waiting.pop(0)] if waiting and free else [])
-    finally:
-        hook.remove()
+    widths, attend = [], torch.nn.functional.scaled_dot_product_attention
+    cache = [t.data_ptr() for t in engine._runner.cache.keys]
+
+    def attention(q, k, v, **kwargs):  # the keys each attention reads
+        widths.append(k.shape[-2])
+        return attend(q, k, v, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", attention)
+    result = engine.generate([Sequence(engine.encode(texts[0]), params)],
+                             admit=lambda free: [waiting.pop(0)] if waiting and free else [])
+    monkeypatch.undo()
+    assert [t.data_ptr() for t in engine._runner.cache.keys] == cache  # the cache was never reallocated
     longest = max(len(engine.encode(t)) for t in texts) + params.max_new_tokens
     assert len(result) == 40 and max(widths) <= longest, (max(widths), longest)
     assert [s.token_ids for s in result] == [alone[t] for t in texts]  # in the order they joined
+
+
+def test_a_kv_cache_larger_than_the_memory_is_refused_with_its_size(tiny_base_model, monkeypatch):
+    from dscoder.infer import runner
+
+    monkeypatch.setattr(runner, "free_bytes", lambda device: 2**20)  # 1 MiB free
+    fixed = Engine.load(tiny_base_model, context=512)
+    with pytest.raises(UserError, match=r"KV cache for 8 sequences of 512 tokens needs .* GiB; 0\.0 GiB are free"):
+        fixed.prepare()
+    lowered = Engine.load(tiny_base_model)  # no --context: lowered to what fits, and it still answers
+    lowered.prepare()
+    assert lowered.context == 256 and lowered.generate([Sequence(lowered.encode("def f(x):\n"),
+                                                                 SamplingParams(max_new_tokens=3))])[0].token_ids
+    with pytest.raises(UserError, match="--context 999999: the model's context is"):
+        Engine.load(tiny_base_model, context=999999)
+
+
+def test_a_sequence_stops_at_the_end_of_its_context_without_overflowing(tiny_base_model):
+    engine = Engine.load(tiny_base_model, context=64)
+    ids = engine.encode("def f(x):\n    return x\n" * 20)[:60]
+    s = engine.generate([Sequence(ids, SamplingParams(max_new_tokens=50, stop_token_ids=(-1,)))])[0]
+    assert s.finish_reason == "length" and len(s.token_ids) == 4  # the context's last free positions
+    with pytest.raises(UserError, match="the prompt has 64 tokens; the model's context is 64"):
+        engine.generate([Sequence(engine.encode("x " * 200)[:64], SamplingParams())])

@@ -16,22 +16,26 @@ from dscoder.infer.engine import Engine, Sequence
 from dscoder.infer.sampling import SamplingParams
 
 
+def heldout_windows(engine: Engine, count: int = 48, width: int = 64) -> list[list[int]]:
+    from dscoder.texts import read_texts
+
+    texts = read_texts([STDLIB / "http", STDLIB / "urllib"], Counter())  # not in the training packages
+    ids = [t for text in texts for t in engine.encode(text)[1:]]
+    return [[engine.tokenizer.bos_token_id, *ids[i * width:(i + 1) * width]] for i in range(count)]
+
+
+@torch.inference_mode()
+def choices(engine: Engine, windows: list[list[int]]) -> torch.Tensor:
+    """The model's most likely next token at every position of the windows."""
+    return torch.cat([engine.model(torch.tensor([w])).logits[0, :-1].argmax(-1) for w in windows])
+
+
 def heldout_perplexity(engine: Engine) -> float:
     from dscoder.texts import read_texts
     from dscoder.quickstart.measure import heldout_loss
 
     texts = read_texts([STDLIB / "http", STDLIB / "urllib"], Counter())  # not in the training packages
     return math.exp(heldout_loss(engine, texts, 64, max_windows=48))
-
-
-def greedy(engine: Engine, prompts: list[str]) -> list[list[int]]:
-    sequences = [Sequence(engine.encode(p), SamplingParams(max_new_tokens=16, stop_token_ids=(-1,))) for p in prompts]
-    return [s.token_ids for s in engine.generate(sequences)]
-
-
-PROMPTS = ["import json\n\n\ndef load(path):\n", "class Handler:\n    def __init__(self, name):\n",
-           "    for key, value in items:\n", "def parse_header(line):\n    \"\"\"", "if __name__ == '__main__':\n",
-           "from email import message\n", "    return self.", "logger = logging.getLogger("]
 
 
 @pytest.fixture(scope="module")
@@ -43,9 +47,10 @@ def quantized(tiny_base_model, tmp_path_factory):
     return folder
 
 
-def test_quantized_models_keep_the_perplexity_and_the_greedy_output(tiny_base_model, quantized):
+def test_quantized_models_keep_the_perplexity_and_the_next_token_choices(tiny_base_model, quantized):
     dense = Engine.load(tiny_base_model)
-    reference, reference_tokens = heldout_perplexity(dense), greedy(dense, PROMPTS)
+    windows = heldout_windows(dense)
+    reference, reference_choices = heldout_perplexity(dense), choices(dense, windows)
     for bits, bound in ((8, 0.01), (4, 0.05)):
         engine = Engine.load(quantized / f"int{bits}")
         layers = [m for m in engine.model.modules() if isinstance(m, quantize.QuantLinear)]
@@ -54,9 +59,11 @@ def test_quantized_models_keep_the_perplexity_and_the_greedy_output(tiny_base_mo
         assert {m.kernel for m in layers} == kernels  # torch's kernels, not a dequantized fallback
         ratio = heldout_perplexity(engine) / reference
         assert abs(ratio - 1) < bound, f"int{bits}: held-out perplexity {ratio - 1:+.2%} against the dense model"
-        if bits == 8:
-            same = sum(a == b for a, b in zip(greedy(engine, PROMPTS), reference_tokens))
-            assert same >= 0.75 * len(PROMPTS), f"int8 greedy output equals the dense one on only {same}/{len(PROMPTS)}"
+        if bits == 8:  # the most likely next token, at each of about 3,000 held-out positions: a briefly
+            # trained model's choices are often near-ties, so one flip would change the rest of a greedy
+            # answer; position by position the measure is stable (0.995-1.0 over five seeds' models)
+            same = float((choices(engine, windows) == reference_choices).float().mean())
+            assert same >= 0.98, f"int8 picks the dense model's next token at only {same:.2%} of the positions"
 
 
 def test_a_quantized_folder_is_smaller_and_says_what_it_is(tiny_base_model, quantized, capsys):

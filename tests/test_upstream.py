@@ -154,3 +154,32 @@ def test_in_front_of_llama_cpp_python_server(tiny_base_model, tmp_path):
             thread.join(timeout=10)
         process.terminate()
         process.wait(timeout=20)
+
+
+def test_the_front_stops_on_sigterm_as_serve_does(fronted, tiny_base_model, tmp_path):
+    """`dscoder serve --upstream` ends cleanly on SIGTERM (exit 0, no traceback)."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    engine, up_url, _ = fronted
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    process = subprocess.Popen([sys.executable, "-m", "dscoder", "serve", "--upstream", up_url + "/v1",
+                                "--upstream-key", "upstream-key", "--tokenizer", str(tiny_base_model),
+                                "--port", str(port)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        process.send_signal(signal.SIGTERM)
+        out, err = process.communicate(timeout=30)
+    finally:
+        process.kill()
+    assert process.returncode == 0 and "Traceback" not in err, err

@@ -18,7 +18,8 @@ log = logging.getLogger("dscoder")
 def _engine(args: argparse.Namespace):
     from dscoder.infer.engine import Engine
 
-    return Engine.load(args.model, dtype=args.dtype, device=args.device, quantize=QUANTIZE[args.quantize])
+    return Engine.load(args.model, dtype=args.dtype, device=args.device, quantize=QUANTIZE[args.quantize],
+                       context=getattr(args, "context", None))
 
 
 def _params(args: argparse.Namespace, engine):
@@ -129,8 +130,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     require_serve_stack()  # before the model loads
     if (args.model is None) == (args.upstream is None):
         raise UserError("give either --model (a model folder) or --upstream (an OpenAI-compatible server's URL)")
-    if args.upstream is None and (args.tokenizer or args.upstream_key or args.upstream_model or args.context):
-        raise UserError("--tokenizer, --upstream-key, --upstream-model and --context go with --upstream")
+    if args.upstream is None and (args.tokenizer or args.upstream_key or args.upstream_model):
+        raise UserError("--tokenizer, --upstream-key and --upstream-model go with --upstream")
     if args.upstream is not None and args.tokenizer is None:
         raise UserError("--upstream needs --tokenizer DIR (the model's tokenizer or model folder): the prompts are "
                         "built here")
@@ -141,6 +142,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         engine = _upstream(args)
     else:
         engine = _engine(args)
+        engine.max_rows = args.max_batch
+        engine.prepare()  # the KV cache, allocated now: one that cannot fit is refused before serving
+        log.info("KV cache: %d sequences of up to %d tokens", engine.max_rows, engine.context)
     serve(engine, listener, api_key=args.api_key, max_batch=args.max_batch,
           limits=ServeLimits(max_tokens=args.max_tokens, infill_window=args.infill_window))
     return 0
@@ -253,7 +257,9 @@ def add_commands(groups) -> None:
     p.add_argument("--upstream-model", help="the model name to ask the upstream for (default: its only model)")
     p.add_argument("--tokenizer", type=Path, help="with --upstream: the model's tokenizer or model folder")
     p.add_argument("--context", type=number(int, AT_LEAST_ONE),
-                   help="with --upstream: the model's context length (default: from --tokenizer's config.json)")
+                   help="tokens of one sequence, prompt and answer (default: the model's context, lowered to what "
+                   "--max-batch sequences' keys and values fit in memory; with --upstream: from --tokenizer's "
+                   "config.json)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on")
     p.add_argument("--port", type=PORT, default=8000, help="port")
     p.add_argument("--api-key", help="require this key as 'Authorization: Bearer KEY'")

@@ -79,16 +79,28 @@ class UpstreamBatcher:
         self.engine, self.closing = engine, False
         engine.max_rows = max_batch
         self.gate = asyncio.Semaphore(max_batch)
+        self.live: dict[int, Sequence] = {}  # sequences waiting or streaming, by id
+
+    def stop(self) -> None:
+        """Take no more sequences and end every live one at its next delta (as Batcher.stop)."""
+        self.closing = True
+        for s in list(self.live.values()):
+            s.cancelled.set()
 
     def close(self) -> None:
-        self.closing = True
+        self.stop()
 
     async def run(self, sequences: list[Sequence]) -> None:
         from dscoder.infer.batching import Closing
 
         if self.closing:
             raise Closing("the server is shutting down")
-        await asyncio.gather(*(self._one(s) for s in sequences))
+        self.live.update((id(s), s) for s in sequences)
+        try:
+            await asyncio.gather(*(self._one(s) for s in sequences))
+        finally:
+            for s in sequences:
+                self.live.pop(id(s), None)
 
     def stream(self, sequences: list[Sequence]):
         from dscoder.infer.batching import stream

@@ -1,0 +1,146 @@
+"""The model runner: a Llama forward over a KV cache allocated once and written in place.
+
+The cache holds `rows` sequences of up to `length` tokens each, per layer one keys and one
+values tensor (rows, kv_heads, length, head_dim). A prefill writes a prompt's keys and values
+at their positions in its row and returns the logits of its last token; a decode step takes one
+token for each of several rows, writes its keys and values behind each row's last and attends
+over that row's positions only. Nothing is concatenated or copied between steps (transformers'
+DynamicCache concatenates every layer's keys and values at every step), and a row keeps its
+tokens after its sequence ends, so the next prompt that starts the same way continues from them
+(the scheduler chooses rows; see scheduler.py).
+
+The weights are the Hugging Face `LlamaForCausalLM`'s own modules (dense or quantize.QuantLinear);
+only the order of calls is ours. Attention is torch's scaled_dot_product_attention over views of
+the cache (grouped-query attention included).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+
+from dscoder import kernels
+from dscoder.errors import UserError
+
+PREFILL_CHUNK = 512  # prompt tokens per forward: bounds the attention scores' memory
+
+
+def bytes_per_token(config, dtype: torch.dtype) -> int:
+    """Bytes of keys and values one token keeps in the cache."""
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    return 2 * config.num_hidden_layers * config.num_key_value_heads * head_dim * torch.finfo(dtype).bits // 8
+
+
+def free_bytes(device: torch.device) -> int | None:
+    """Memory the device can still give (a CPU: MemAvailable), None where unknown."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        with open("/proc/meminfo") as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def check_fits(config, dtype: torch.dtype, rows: int, length: int, device: torch.device) -> None:
+    """A UserError, with the numbers, when the cache cannot fit in the device's free memory."""
+    need = rows * length * bytes_per_token(config, dtype)
+    free = free_bytes(device)
+    if free is not None and need > free:
+        raise UserError(f"the KV cache for {rows} sequences of {length} tokens needs {need / 2**30:.1f} GiB; "
+                        f"{free / 2**30:.1f} GiB are free (lower --context or --parallel)")
+
+
+class KVCache:
+    """Keys and values for `rows` sequences of up to `length` tokens, allocated once."""
+
+    def __init__(self, config, rows: int, length: int, dtype: torch.dtype, device: torch.device):
+        self.rows, self.length = rows, length
+        heads = config.num_key_value_heads
+        head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+        shape = (rows, heads, length, head_dim)
+        # torch.empty: memory pages are taken as positions are written, not up front
+        self.keys = [torch.empty(shape, dtype=dtype, device=device) for _ in range(config.num_hidden_layers)]
+        self.values = [torch.empty(shape, dtype=dtype, device=device) for _ in range(config.num_hidden_layers)]
+
+
+class ModelRunner:
+    """Prefill and decode steps of a `LlamaForCausalLM` over a KVCache."""
+
+    def __init__(self, model, cache: KVCache):
+        self.model, self.cache = model, cache
+        config = model.config
+        self.heads, self.kv_heads = config.num_attention_heads, config.num_key_value_heads
+        self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+        self.device = next(model.parameters()).device
+        # one query over a bfloat16 cache on a CPU: our kernel (torch's attention is slow for one query)
+        self.attend = self.device.type == "cpu" and cache.keys[0].dtype == torch.bfloat16 and \
+            kernels.library() is not None
+        self.dense_rows = kernels.max_rows() if self.attend else 0  # bfloat16 decode products on our kernel
+
+    def _project(self, linear, x: torch.Tensor) -> torch.Tensor:
+        """A linear layer of the model on x (B, T, in); a few rows of bfloat16 on our kernel."""
+        rows = x.shape[0] * x.shape[1]
+        if rows <= self.dense_rows and type(linear) is torch.nn.Linear and linear.bias is None and \
+                linear.weight.dtype == torch.bfloat16:
+            return kernels.bf16_matvec(x.reshape(rows, -1).contiguous(), linear.weight).view(*x.shape[:2], -1)
+        return linear(x)
+
+    def prefill(self, row: int, ids: list[int], start: int) -> torch.Tensor:
+        """Compute the keys and values of `ids` at positions start.. in `row` (positions before
+        `start` must already hold this prompt's tokens); the last token's logits (V,) float32."""
+        end = start + len(ids)
+        if end > self.cache.length:
+            raise UserError(f"the prompt has {end} tokens; the context is {self.cache.length}")
+        logits = None
+        for at in range(start, end, PREFILL_CHUNK):
+            chunk = ids[at - start:at - start + PREFILL_CHUNK]
+            logits = self._forward(torch.tensor([chunk], device=self.device), [row], [at])
+        return logits[0]
+
+    def decode(self, rows: list[int], ids: list[int], positions: list[int]) -> torch.Tensor:
+        """One token per row, at `positions` (each row's length so far): logits (len(rows), V)."""
+        if max(positions) >= self.cache.length:
+            raise UserError(f"a sequence reached the context of {self.cache.length} tokens")
+        return self._forward(torch.tensor(ids, device=self.device).unsqueeze(1), rows, positions)
+
+    def _forward(self, ids: torch.Tensor, rows: list[int], starts: list[int]) -> torch.Tensor:
+        """ids (B, T): T new tokens for each of B rows, the b-th starting at starts[b]
+        (T > 1 only for a single row). Returns the logits of each row's last token (B, V)."""
+        inner = self.model.model
+        batch, width = ids.shape
+        positions = torch.tensor(starts, device=self.device).unsqueeze(1) + torch.arange(width, device=self.device)
+        x = inner.embed_tokens(ids)
+        cos, sin = inner.rotary_emb(x, positions)
+        mask = None
+        if width > 1 and starts[0] > 0:  # a prompt continuing cached tokens: causal, shifted
+            mask = torch.arange(starts[0] + width, device=self.device) <= positions[0].unsqueeze(1)
+        for index, layer in enumerate(inner.layers):
+            keys, values = self.cache.keys[index], self.cache.values[index]
+            attention = layer.self_attn
+            h = layer.input_layernorm(x)
+            q = self._project(attention.q_proj, h).view(batch, width, self.heads, self.head_dim).transpose(1, 2)
+            k = self._project(attention.k_proj, h).view(batch, width, self.kv_heads, self.head_dim).transpose(1, 2)
+            v = self._project(attention.v_proj, h).view(batch, width, self.kv_heads, self.head_dim).transpose(1, 2)
+            q, k = apply_rotary_pos_emb(q, k, cos, sin)
+            outputs = []
+            for b, (row, start) in enumerate(zip(rows, starts)):
+                keys[row, :, start:start + width] = k[b]
+                values[row, :, start:start + width] = v[b]
+                if width == 1 and self.attend:
+                    out = kernels.attend_bf16(q[b, :, 0].float(), keys[row], values[row], start + 1,
+                                              self.heads // self.kv_heads)
+                    outputs.append(out.to(q.dtype)[None, :, None])
+                    continue
+                outputs.append(F.scaled_dot_product_attention(
+                    q[b:b + 1], keys[row:row + 1, :, :start + width], values[row:row + 1, :, :start + width],
+                    attn_mask=mask, is_causal=width > 1 and mask is None, enable_gqa=self.kv_heads != self.heads))
+            out = outputs[0] if batch == 1 else torch.cat(outputs)
+            x = x + self._project(attention.o_proj, out.transpose(1, 2).reshape(batch, width, self.heads * self.head_dim))
+            mlp, h = layer.mlp, layer.post_attention_layernorm(x)
+            x = x + self._project(mlp.down_proj, mlp.act_fn(self._project(mlp.gate_proj, h)) * self._project(mlp.up_proj, h))
+        return self.model.lm_head(inner.norm(x[:, -1])).float()
