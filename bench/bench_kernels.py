@@ -4,7 +4,8 @@ of 128).
 
 For each: the time of the 24 layers' worth of calls, the bytes read per second, and the ratio.
 int8: ours (activations quantized inside) against torch._int_mm and _weight_int8pack_mm, each
-with its own quantization; bf16: ours against F.linear; attention of one query over a bfloat16
+with its own quantization; int4: ours (activations int8 in blocks of 32) against torch's
+weight-only int4 kernel; bf16: ours against F.linear; attention of one query over a bfloat16
 KV cache at --context tokens: ours against scaled_dot_product_attention.
 
     python bench/bench_kernels.py [--context 2000] [--rows 1] [--repeats 5]
@@ -75,6 +76,18 @@ def main() -> None:
            {"torch._int_mm": best_of(args.repeats, int_mm), "torch _weight_int8pack_mm": best_of(args.repeats, int8pack)},
            nbytes)
     del layers
+
+    packed = []
+    for _ in range(LAYERS):
+        for out, inner in SHAPES:
+            qweight, scales = quantize.quantize_weight(torch.randn(out, inner, generator=generator), 4, 32)
+            packed.append((qweight, scales, quantize._layout(qweight, scales, 4, 32, torch.bfloat16)))
+    report("int4 weights (groups of 32), one decode step",
+           best_of(args.repeats, lambda: [kernels.int4_matvec(inputs[q.shape[1] * 2], q, s, 32) for q, s, _ in packed]),
+           {"torch _weight_int4pack_mm_for_cpu": best_of(args.repeats, lambda: [
+               torch.ops.aten._weight_int4pack_mm_for_cpu(inputs[q.shape[1] * 2], *layout) for q, _, layout in packed])},
+           sum(q.numel() for q, *_ in packed))
+    del packed
 
     dense = [torch.randn(out, inner, generator=generator).bfloat16() for _ in range(LAYERS) for out, inner in SHAPES]
     report("bfloat16 weights, one decode step",

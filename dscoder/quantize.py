@@ -1,10 +1,13 @@
-"""Weight quantization: int8 per output channel, int4 in groups, computed on torch's own kernels.
+"""Weight quantization: int8 per output channel, int4 in groups.
 
 Decoding one token reads every weight once, so on a CPU its speed is set by the bytes of
 weights: int8 halves them and int4 quarters them. The weights are quantized once, without
-calibration data; the products run on torch's kernels (see `QuantLinear`): int8 x int8 with
-each token's activations quantized on the fly (`torch._int_mm`) for int8 on a CPU, the
-weight-only `_weight_int4pack_mm_for_cpu` for int4.
+calibration data. On a CPU (see `QuantLinear`) prompts run on torch's kernels: int8 x int8 with
+each token's activations quantized on the fly (`torch._int_mm`), and the weight-only
+`_weight_int4pack_mm_for_cpu` for int4 where dscoder's kernels are not built; decode steps (up
+to 8 tokens) on dscoder's own kernels (dscoder/kernels): int8 with the same arithmetic as
+`_int_mm` (bit-identical results); int4, prompts included, with activations quantized to int8 in
+blocks of 32 (as llama.cpp's q4_0 x q8_0), each token computed the same way whatever the call.
 
 A quantized model folder is a model folder whose config.json carries
 `quantization_config = {"quant_method": "dscoder", "bits": 8|4, "group_size": G|null,
@@ -159,6 +162,9 @@ class QuantLinear(nn.Module):
     def _prepare(self, device: torch.device) -> None:
         """Lay the weights out for the device's kernel (after the layer moved there)."""
         self._kernel_args, self._matvec_sums = None, None
+        self._int4_matvec = self.bits == 4 and device.type == "cpu" and has_int4_matvec(self.dtype)
+        if self._int4_matvec:  # our kernel reads the stored layout: no packed copy for torch's
+            return
         if has_kernel(device.type, self.bits, self.dtype):
             self._kernel_args = _layout(self.qweight, self.scales, self.bits, self.group_size, self.dtype)
             if _integer_path(self.bits, device.type) and has_matvec(self.dtype):
@@ -175,6 +181,8 @@ class QuantLinear(nn.Module):
     @property
     def kernel(self) -> str:
         """Which kernel runs this layer (for `model info` and the tests)."""
+        if self._int4_matvec:
+            return "int4 x int8 blocks"
         if self._kernel_args is None:
             return "dequantized"
         return "int8 x int8" if _integer_path(self.bits, self.qweight.device.type) else f"int{self.bits} weight-only"
@@ -186,6 +194,8 @@ class QuantLinear(nn.Module):
             out = F.linear(flat.to(self.dtype), self.weight())
         elif self._matvec_sums is not None and rows <= kernels.max_rows() and flat.dtype == self.dtype:
             out = kernels.int8_matvec(flat.contiguous(), self.qweight, self.scales, self._matvec_sums)
+        elif self._int4_matvec and flat.dtype == self.dtype:  # every row count: the same arithmetic
+            out = kernels.int4_matvec(flat.contiguous(), self.qweight, self.scales, self.group_size)
         elif _integer_path(self.bits, self.qweight.device.type):
             out = _int8_product(flat, self.qweight, self.scales).to(self.dtype)
         else:
@@ -243,6 +253,23 @@ def has_matvec(dtype: torch.dtype) -> bool:
         if not torch.equal(kernels.int8_matvec(x, qweight, scales, sums), _int8_product(x, qweight, scales).to(dtype)):
             log.warning("dscoder kernels: int8_matvec disagrees with torch's product here; not used")
             return False
+    return True
+
+
+@functools.cache
+def has_int4_matvec(dtype: torch.dtype) -> bool:
+    """Whether our int4 kernel (kernels.int4_matvec) is built here and agrees with the
+    dequantized product (its activations are int8 in blocks of 32, as llama.cpp's q4_0 x q8_0)."""
+    if dtype not in (torch.float32, torch.bfloat16) or kernels.library() is None:
+        return False
+    generator = torch.Generator().manual_seed(0)
+    w, x = torch.randn(40, 256, generator=generator), torch.randn(3, 256, generator=generator)
+    qweight, scales = quantize_weight(w, 4, 64)
+    expected = F.linear(x.to(dtype), dequantize(qweight, scales, 4, dtype)).float()
+    got = kernels.int4_matvec(x.to(dtype), qweight, scales, 64).float()
+    if not torch.allclose(got, expected, rtol=0.05, atol=0.05 * float(expected.abs().max())):
+        log.warning("dscoder kernels: int4_matvec disagrees with the dequantized product here; not used")
+        return False
     return True
 
 
@@ -332,9 +359,11 @@ def describe(hf_cfg) -> dict | None:
 
 
 def _cpu_kernel(bits: int) -> str:
+    decode = "; decode steps on dscoder's kernel" if kernels.library() is not None else \
+        f"; dscoder's decode kernel: {kernels.status()}"
     if bits == 8 and has_kernel("cpu", 8, torch.float32):
-        return "torch's int8 x int8 product (each token's activations quantized to int8)"
+        return "torch's int8 x int8 product (each token's activations quantized to int8)" + decode
     if bits == 4 and has_kernel("cpu", 4, torch.bfloat16):
-        return "torch's int4 weight-only kernel"
+        return "torch's int4 weight-only kernel" + decode.replace("kernel", "kernel (activations int8 in blocks of 32)", 1)
     return "dequantized weights (no CPU kernel here)"
 

@@ -159,9 +159,10 @@ def test_a_batch_that_never_empties_does_not_grow_with_its_age(engine, monkeypat
 def test_a_kv_cache_larger_than_the_memory_is_refused_with_its_size(tiny_base_model, monkeypatch):
     from dscoder.infer import runner
 
-    monkeypatch.setattr(runner, "free_bytes", lambda device: 2**20)  # 1 MiB free
     fixed = Engine.load(tiny_base_model, context=512)
-    with pytest.raises(UserError, match=r"KV cache for 8 sequences of 512 tokens needs .* GiB; 0\.0 GiB are free"):
+    per_token = runner.bytes_per_token(fixed.model.config, fixed.dtype)
+    monkeypatch.setattr(runner, "free_bytes", lambda device: 8 * 400 * per_token)  # room for 8 x 400 tokens
+    with pytest.raises(UserError, match=r"KV cache for 8 sequences of 512 tokens needs .* GiB; .* GiB are free"):
         fixed.prepare()
     lowered = Engine.load(tiny_base_model)  # no --context: lowered to what fits, and it still answers
     lowered.prepare()

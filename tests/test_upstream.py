@@ -157,7 +157,8 @@ def test_in_front_of_llama_cpp_python_server(tiny_base_model, tmp_path):
 
 
 def test_the_front_stops_on_sigterm_as_serve_does(fronted, tiny_base_model, tmp_path):
-    """`dscoder serve --upstream` ends cleanly on SIGTERM (exit 0, no traceback)."""
+    """`dscoder serve --upstream` ends on SIGTERM as `dscoder serve` does: no traceback, the
+    signal's own exit status (uvicorn raises it again once it has shut down)."""
     import signal
     import subprocess
     import sys
@@ -182,4 +183,4 @@ def test_the_front_stops_on_sigterm_as_serve_does(fronted, tiny_base_model, tmp_
         out, err = process.communicate(timeout=30)
     finally:
         process.kill()
-    assert process.returncode == 0 and "Traceback" not in err, err
+    assert process.returncode in (0, -signal.SIGTERM) and "Traceback" not in err, (process.returncode, err)
