@@ -108,3 +108,15 @@ def test_the_int4_kernel_agrees_with_the_dequantized_product_built_either_way(tm
                 assert got.dtype == dtype
                 # the activations are int8 in blocks of 32: within a percent or two of the largest output
                 assert torch.allclose(got.float(), expected, rtol=0.03, atol=0.03 * float(expected.abs().max()))
+
+
+@needs_kernels
+def test_a_damaged_cached_library_is_built_again(tmp_path):
+    env = {**os.environ, "DSCODER_CACHE": str(tmp_path)}
+    code = "from dscoder import kernels\nprint(kernels.status())"
+    assert "built" in subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                                     timeout=120).stdout
+    [cached] = (tmp_path / "kernels").iterdir()
+    cached.write_bytes(b"not a library")
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert done.stdout.startswith("built with") and cached.read_bytes()[:4] == b"\x7fELF", done.stderr

@@ -86,7 +86,12 @@ def library() -> ctypes.CDLL | None:
         _status = "no C compiler found (torch's kernels are used)"
         return None
     try:
-        lib = bind(ctypes.CDLL(str(_build(compiler))))
+        path = _build(compiler)
+        try:
+            lib = bind(ctypes.CDLL(str(path)))
+        except OSError:  # a damaged file in the cache (a full disk, a copy cut short): build it again
+            path.unlink(missing_ok=True)
+            lib = bind(ctypes.CDLL(str(_build(compiler))))
     except (OSError, subprocess.SubprocessError) as exc:
         _status = f"could not be built ({exc}); torch's kernels are used"
         log.warning("dscoder kernels: %s", _status)
