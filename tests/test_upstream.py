@@ -183,4 +183,94 @@ def test_the_front_stops_on_sigterm_as_serve_does(fronted, tiny_base_model, tmp_
         out, err = process.communicate(timeout=30)
     finally:
         process.kill()
-    assert process.returncode in (0, -signal.SIGTERM) and "Traceback" not in err, (process.returncode, err)
+    assert process.returncode == 0 and "Traceback" not in err, err
+
+
+SMALL = 64  # the context the small upstream below says it has
+
+
+def small_upstream(tokenizer_dir, says: str):
+    """An OpenAI-compatible server with a SMALL context, which it reports as vLLM does
+    (`max_model_len` in its model list) or as llama.cpp's server does (`n_ctx` in /props, under
+    `default_generation_settings` or, in older versions, at the top level). Like vLLM, it refuses
+    a prompt that does not leave room for the answer; others get ' pass'."""
+    import json
+
+    from fastapi import FastAPI
+    from fastapi.responses import JSONResponse, StreamingResponse
+
+    from dscoder import tokenizer as tokenizer_lib
+
+    tokenizer, app = tokenizer_lib.load(tokenizer_dir), FastAPI()
+
+    @app.get("/v1/models")
+    async def models():
+        card = {"id": "small", "object": "model"} | ({"max_model_len": SMALL} if says == "max_model_len" else {})
+        return {"object": "list", "data": [card]}
+
+    @app.get("/props")
+    async def props():
+        if says == "max_model_len":
+            return JSONResponse({"detail": "Not Found"}, status_code=404)
+        return {"n_ctx": SMALL} if says == "old n_ctx" else {"default_generation_settings": {"n_ctx": SMALL}}
+
+    @app.post("/v1/completions")
+    async def completions(body: dict):
+        tokens = len(tokenizer(body["prompt"])["input_ids"])
+        if tokens + body["max_tokens"] > SMALL:
+            return JSONResponse({"error": {"message": f"This model's maximum context length is {SMALL} tokens; "
+                                           f"the request has {tokens} + {body['max_tokens']}", "code": 400}}, 400)
+        chunk = {"choices": [{"text": " pass", "index": 0, "finish_reason": "stop"}]}
+        return StreamingResponse(iter([f"data: {json.dumps(chunk)}\n\n", "data: [DONE]\n\n"]),
+                                 media_type="text/event-stream")
+
+    return app
+
+
+@pytest.mark.parametrize("says", ["max_model_len", "n_ctx", "old n_ctx"])
+def test_the_front_takes_the_context_the_upstream_says(tiny_base_model, says):
+    """Against an upstream with a context smaller than the tokenizer folder's config says, a prompt
+    too long for it is the local server's 400, not the upstream's refusal as a 502; an insertion
+    is fitted to it."""
+    import threading
+    import time
+
+    import uvicorn
+    from fastapi.testclient import TestClient
+
+    from dscoder.infer.engine import Engine
+    from dscoder.infer.server import create_app
+    from dscoder.infer.upstream import UpstreamEngine
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    upstream = uvicorn.Server(uvicorn.Config(small_upstream(tiny_base_model, says), host="127.0.0.1", port=port,
+                                             log_level="critical"))
+    up_thread = threading.Thread(target=upstream.run, daemon=True)
+    up_thread.start()
+    while not upstream.started:
+        time.sleep(0.02)
+    front = front_thread = None
+    try:
+        engine = UpstreamEngine.connect(f"http://127.0.0.1:{port}/v1", None, None, tiny_base_model)
+        assert engine.name == "small" and engine.context == SMALL
+        front, front_thread, front_url = start(engine)
+        client = openai.OpenAI(base_url=front_url + "/v1", api_key=KEY, max_retries=0)
+        long = "def add(a, b):\n    return a + b\n\n" * 10
+        assert len(engine.encode(long)) > SMALL
+        with pytest.raises(openai.BadRequestError) as exc:
+            client.completions.create(model="small", prompt=long, max_tokens=4)
+        with TestClient(create_app(Engine.load(tiny_base_model, context=SMALL))) as local:
+            said_locally = local.post("/v1/completions", json={"prompt": long, "max_tokens": 4})
+        assert said_locally.status_code == 400 and exc.value.body == said_locally.json()["error"]
+        assert exc.value.body["code"] == "context_length_exceeded" and f"is {SMALL} tokens" in exc.value.body["message"]
+        infill = httpx.post(front_url + "/infill", json={"input_prefix": long, "input_suffix": "\n", "n_predict": 4},
+                            headers={"Authorization": f"Bearer {KEY}"})
+        assert infill.status_code == 200 and infill.json()["truncated"] is True, infill.text
+        assert client.completions.create(model="small", prompt="x = ", max_tokens=4).choices[0].text == " pass"
+    finally:
+        for server, thread in ((front, front_thread), (upstream, up_thread)):
+            if server is not None:
+                server.should_exit = True
+                thread.join(timeout=10)

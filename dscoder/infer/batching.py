@@ -15,7 +15,7 @@ import time
 from dscoder.infer.engine import Engine, Sequence
 
 log = logging.getLogger("dscoder")
-_DONE = object()
+DONE = object()  # ends a stream's queue of deltas
 
 
 class Closing(Exception):
@@ -144,9 +144,16 @@ class Batcher:
         return stream(self.run, sequences)
 
 
+def make_batcher(engine, max_batch: int):
+    """The batcher that serves `engine`: the one it makes itself where it has its own way to
+    generate (an UpstreamEngine forwards to another server), else a Batcher generating here."""
+    own = getattr(engine, "make_batcher", None)
+    return own(max_batch) if own is not None else Batcher(engine, max_batch)
+
+
 def stream(run, sequences: list[Sequence]):
     """Wire the sequences' deltas (from any thread) to an asyncio queue of (index, delta) items,
-    ending with _DONE (or an exception); returns the queue and a starter coroutine that awaits
+    ending with DONE (or an exception); returns the queue and a starter coroutine that awaits
     `run(sequences)`."""
     loop = asyncio.get_running_loop()
     out: asyncio.Queue = asyncio.Queue()
@@ -156,7 +163,7 @@ def stream(run, sequences: list[Sequence]):
     async def start():
         try:
             await run(sequences)
-            out.put_nowait(_DONE)
+            out.put_nowait(DONE)
         except Exception as exc:
             out.put_nowait(exc)
 

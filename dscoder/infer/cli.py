@@ -138,8 +138,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.upstream is not None and args.quantize != "none":
         raise UserError("--quantize applies to a local --model, not to an upstream server")
     listener = bind(args.host, args.port)  # a port in use is one line, before the model loads
-    if args.upstream is not None:
-        engine = _upstream(args)
+    if args.upstream is not None:  # reached, and asked its model and context, before serving
+        from dscoder.infer.upstream import UpstreamEngine
+
+        engine = UpstreamEngine.connect(args.upstream, args.upstream_key, args.upstream_model, args.tokenizer,
+                                        args.context)
     else:
         engine = _engine(args)
         engine.max_rows = args.max_batch
@@ -148,25 +151,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
     serve(engine, listener, api_key=args.api_key, max_batch=args.max_batch,
           limits=ServeLimits(max_tokens=args.max_tokens, infill_window=args.infill_window))
     return 0
-
-
-def _upstream(args: argparse.Namespace):
-    """The upstream server as the server's engine; its reachability, key and model are checked
-    before serving."""
-    import asyncio
-
-    from dscoder.infer.remote import Endpoint
-    from dscoder.infer.upstream import UpstreamEngine
-
-    async def check() -> str:
-        probe = Endpoint(args.upstream, args.upstream_key, args.upstream_model)
-        try:
-            return await probe.resolve_model()
-        finally:
-            await probe.close()
-
-    model = asyncio.run(check())
-    return UpstreamEngine(Endpoint(args.upstream, args.upstream_key, model), args.tokenizer, args.context)
 
 
 QUANTIZE = {"none": None, "int8": 8, "int4": 4}  # --quantize: weight bits
@@ -258,8 +242,8 @@ def add_commands(groups) -> None:
     p.add_argument("--tokenizer", type=Path, help="with --upstream: the model's tokenizer or model folder")
     p.add_argument("--context", type=number(int, AT_LEAST_ONE),
                    help="tokens of one sequence, prompt and answer (default: the model's context, lowered to what "
-                   "--max-batch sequences' keys and values fit in memory; with --upstream: from --tokenizer's "
-                   "config.json)")
+                   "--max-batch sequences' keys and values fit in memory; with --upstream: what the upstream says, "
+                   "else --tokenizer's config.json)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on")
     p.add_argument("--port", type=PORT, default=8000, help="port")
     p.add_argument("--api-key", help="require this key as 'Authorization: Bearer KEY'")

@@ -39,6 +39,11 @@ class Reply:
     finish_reason: str | None  # "stop", "length", or what the server said
 
 
+def _tokens(value) -> bool:
+    """Whether a server's figure is a number of tokens (a positive int, not a bool)."""
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
 def _message(response) -> str:
     """The error message in a server's body (OpenAI's `error.message`, llama.cpp's, FastAPI's)."""
     try:
@@ -73,6 +78,26 @@ class Endpoint:
         """The model names the server lists (GET /models)."""
         data = await self._request("GET", "/models", None, retry)
         return [m.get("id") for m in data.get("data", []) if isinstance(m, dict)]
+
+    async def context_length(self) -> tuple[int, str] | None:
+        """The tokens one sequence may have on the server (prompt and answer) and where the server
+        says so: vLLM gives its `max_model_len` in the model list, llama.cpp's server its `n_ctx` in
+        `GET /props` (`default_generation_settings.n_ctx`; older versions at the top level). None
+        when it says neither (llama-cpp-python's server, for one)."""
+        listing = await self._request("GET", "/models", None, retry=False)
+        for entry in listing.get("data", []):
+            if isinstance(entry, dict) and entry.get("id") == self.model and _tokens(entry.get("max_model_len")):
+                return entry["max_model_len"], f"max_model_len at {self.base_url}/models"
+        url = self.base_url.removesuffix("/v1") + "/props"  # llama.cpp's own endpoints are at the root
+        try:
+            props = await self._request("GET", url, None, retry=False)
+        except RemoteError:  # not llama.cpp's server
+            return None
+        settings = props.get("default_generation_settings")
+        for n_ctx in (settings.get("n_ctx") if isinstance(settings, dict) else None, props.get("n_ctx")):
+            if _tokens(n_ctx):
+                return n_ctx, f"n_ctx at {url}"
+        return None
 
     async def resolve_model(self) -> str:
         """The model to ask for: the one given (checked against the server's list when it has
@@ -156,19 +181,21 @@ class Endpoint:
         return Reply(text, choice.get("finish_reason"))
 
     async def _request(self, method: str, path: str, body: dict | None, retry: bool = True) -> dict:
+        """The JSON object the server answers at `path` (under the base URL, or a whole URL)."""
         retries = self.retries if retry else 0
+        url = path if path.startswith(("http://", "https://")) else self.base_url + path
         for attempt in range(retries + 1):
             try:
-                response = await self.client.request(method, self.base_url + path, json=body)
+                response = await self.client.request(method, url, json=body)
                 if response.status_code >= 400:
                     self._raise(response)
                 try:
                     data = response.json()
                 except ValueError:
-                    raise RemoteError(f"{self.base_url}{path}: the answer is not JSON ({response.text[:100]!r})",
-                                      502, retryable=True) from None
+                    raise RemoteError(f"{url}: the answer is not JSON ({response.text[:100]!r})", 502,
+                                      retryable=True) from None
                 if not isinstance(data, dict):
-                    raise RemoteError(f"{self.base_url}{path}: the answer is not a JSON object", 502, retryable=True)
+                    raise RemoteError(f"{url}: the answer is not a JSON object", 502, retryable=True)
                 return data
             except RemoteError as exc:
                 if not exc.retryable or attempt == retries:

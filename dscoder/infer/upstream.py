@@ -8,36 +8,48 @@ for one, refuses `suffix`; and a prompt rendered by hand is where FIM tokens, BO
 go wrong. The prompt is sent as text without BOS (the upstream adds its own BOS, as vLLM and
 llama.cpp do for completions).
 
-`UpstreamEngine` stands where the server's `Engine` stands (tokenizer, context, name) and
-`UpstreamBatcher` where its `Batcher` stands: the upstream batches; this side streams each
-sequence, applies the editor's stopping rules to the text as it comes, and ends a stream whose
-client went away. Upstream errors become 502 (504 for time-outs) errors; the front keeps serving.
+`UpstreamEngine` stands where the server's `Engine` stands (tokenizer, context, name, `encode`,
+`budget`), says what differs (`make_batcher`, `gives_logprobs`), and takes its context from the
+upstream when the upstream says it (vLLM's `max_model_len`, llama.cpp's `n_ctx`), so a prompt too
+long for it is refused here as the local server refuses one. `UpstreamBatcher` stands where the
+`Batcher` stands: the upstream batches; this side streams each sequence, applies the editor's
+stopping rules to the text as it comes, and ends a stream whose client went away. Upstream errors
+become 502 (504 for time-outs) errors; the front keeps serving.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 from pathlib import Path
 
 from dscoder import formats
 from dscoder.errors import UserError
+from dscoder.infer.batching import Closing, stream
 from dscoder.infer.engine import Sequence, encode_prompt, is_instruct
 from dscoder.infer.remote import Endpoint
 
+log = logging.getLogger("dscoder")
+
 
 def _context(folder: Path, tokenizer, given: int | None) -> int:
+    """The context given, else the tokenizer folder's: config.json's max_position_embeddings, or
+    the tokenizer's model_max_length."""
     if given:
         return given
     config = folder / "config.json"
     if config.is_file():
         try:
-            return int(json.loads(config.read_text())["max_position_embeddings"])
+            context = int(json.loads(config.read_text())["max_position_embeddings"])
+            log.info("context: %d tokens, from %s (max_position_embeddings)", context, config)
+            return context
         except (OSError, ValueError, KeyError, TypeError):
             pass
     length = getattr(tokenizer, "model_max_length", None)
     if isinstance(length, int) and 0 < length < 10**7:
+        log.info("context: %d tokens, from the tokenizer in %s (model_max_length)", length, folder)
         return length
     raise UserError(f"--tokenizer {folder}: no config.json with max_position_embeddings and no model_max_length; "
                     "give the upstream model's context with --context")
@@ -46,6 +58,8 @@ def _context(folder: Path, tokenizer, given: int | None) -> int:
 class UpstreamEngine:
     """The model behind an OpenAI-compatible server, as the server sees an Engine: its
     tokenizer (read from a tokenizer or model folder), context length and name."""
+
+    gives_logprobs = False  # token log-probabilities are not forwarded
 
     def __init__(self, endpoint: Endpoint, tokenizer_dir: str | Path, context: int | None = None):
         from dscoder import tokenizer as tokenizer_lib
@@ -61,8 +75,38 @@ class UpstreamEngine:
         self.prompt_cache = None
         self.instruct = is_instruct(self.tokenizer)
 
+    @classmethod
+    def connect(cls, url: str, api_key: str | None, model: str | None, tokenizer_dir: str | Path,
+                context: int | None = None) -> "UpstreamEngine":
+        """The server at `url` as an engine, once it answers: its model (the one named, or its
+        only one) and, unless `context` is given, the context the server says it has (else the
+        tokenizer folder's)."""
+        async def ask() -> tuple[str, tuple[int, str] | None]:
+            probe = Endpoint(url, api_key, model)  # its connections belong to this event loop only
+            try:
+                name = await probe.resolve_model()
+                return name, None if context else await probe.context_length()
+            finally:
+                await probe.close()
+
+        name, said = asyncio.run(ask())
+        if context:
+            log.info("context: %d tokens (--context)", context)
+        elif said is not None:
+            context = said[0]
+            log.info("context: %d tokens, from the upstream's %s", *said)
+        return cls(Endpoint(url, api_key, name), tokenizer_dir, context)
+
     def encode(self, text: str) -> list[int]:
         return encode_prompt(self.tokenizer, text)
+
+    def budget(self, prompt_tokens: int, max_new_tokens: int) -> int:
+        """How many tokens an answer may have: what was asked, within the context (as Engine.budget)."""
+        return max(0, min(max_new_tokens, self.context - prompt_tokens))
+
+    def make_batcher(self, max_batch: int) -> "UpstreamBatcher":
+        """What generates for the server: the upstream, up to `max_batch` sequences at once."""
+        return UpstreamBatcher(self, max_batch)
 
     def text_of(self, ids: list[int]) -> str:
         """A prompt's text as the upstream is sent it: without BOS, special tokens spelled out."""
@@ -91,8 +135,6 @@ class UpstreamBatcher:
         self.stop()
 
     async def run(self, sequences: list[Sequence]) -> None:
-        from dscoder.infer.batching import Closing
-
         if self.closing:
             raise Closing("the server is shutting down")
         self.live.update((id(s), s) for s in sequences)
@@ -103,8 +145,6 @@ class UpstreamBatcher:
                 self.live.pop(id(s), None)
 
     def stream(self, sequences: list[Sequence]):
-        from dscoder.infer.batching import stream
-
         return stream(self.run, sequences)
 
     async def _one(self, s: Sequence) -> None:

@@ -1,0 +1,178 @@
+"""The request layer under the server's two dialects (the OpenAI one in openai_api.py, llama.cpp's
+in llama_api.py): OpenAI's error body and the exceptions that become it, the access checks (API
+key, body size), server-sent events, request fields bounded as SamplingParams bounds them, and
+`new_tokens`, the one rule for how long an answer may be.
+
+Routes find what they serve with on `request.app.state`, which create_app (server.py) sets:
+`engine` (an Engine, or an UpstreamEngine in front of another server), `batcher`, `limits`
+(ServeLimits), `api_key`, and `warned` (warnings already said).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any, Callable, Iterable
+
+from fastapi import Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import Field
+
+from dscoder.config import schema_bounds
+from dscoder.errors import SettingError, UserError
+from dscoder.infer.batching import DONE, Closing
+from dscoder.infer.engine import Sequence
+from dscoder.infer.remote import RemoteError
+from dscoder.infer.sampling import SamplingParams
+
+MIN_PROMPT = 8  # tokens an answer leaves at least for a prompt that is fitted to the rest of the context
+
+
+class APIError(Exception):
+    """A request the server refuses: an HTTP status (4xx) and OpenAI's error fields."""
+
+    def __init__(self, status: int, message: str, code: str | None = None, param: str | None = None,
+                 kind: str = "invalid_request_error"):
+        super().__init__(message)
+        self.status, self.message, self.code, self.param, self.kind = status, message, code, param, kind
+
+
+def error_body(message: str, kind: str = "invalid_request_error", code: str | None = None,
+               param: str | None = None) -> dict:
+    """OpenAI's error body, which both dialects answer with."""
+    return {"error": {"message": message, "type": kind, "param": param, "code": code}}
+
+
+def _reply(status: int, message: str, kind: str = "invalid_request_error", code: str | None = None,
+           param: str | None = None) -> JSONResponse:
+    return JSONResponse(error_body(message, kind, code, param), status_code=status)
+
+
+async def _refused(request: Request, exc: APIError) -> JSONResponse:
+    return _reply(exc.status, exc.message, exc.kind, exc.code, exc.param)
+
+
+async def _closing(request: Request, exc: Closing) -> JSONResponse:
+    return _reply(503, str(exc), "server_error", "server_shutting_down")
+
+
+async def _upstream_failed(request: Request, exc: RemoteError) -> JSONResponse:
+    return _reply(504 if exc.status == 504 else 502, f"upstream: {exc}", "server_error", "upstream_error")
+
+
+async def _user_error(request: Request, exc: UserError) -> JSONResponse:
+    if isinstance(exc, SettingError):
+        return _reply(400, str(exc), code="invalid_value", param=exc.setting)
+    return _reply(400, str(exc))
+
+
+async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+    """A body that does not parse, or a field out of its bounds: 400 naming the field."""
+    errors = exc.errors()
+    first = errors[0] if errors else {}
+    if first.get("type") == "json_invalid":  # its location is a character offset, not a parameter
+        return _reply(400, f"malformed JSON body ({first.get('ctx', {}).get('error', 'invalid')})", code="invalid_json")
+    # a value that may take several forms fails once per form: report the form it was meant as
+    chosen = next((e for e in errors if not str(e.get("type", "")).endswith("_type")), first)
+    loc = [str(p) for p in chosen.get("loc", ())[1:]]
+    where = loc[0] if loc else None
+    detail = ".".join(p for p in loc[1:] if not p.startswith(("str", "list[", "int", "float", "function")))
+    message = f"{where}{'.' + detail if detail else ''}: {chosen.get('msg', 'invalid value')}" if where \
+        else chosen.get("msg", "invalid request body")
+    return _reply(400, message, code="invalid_value", param=where)
+
+
+# FastAPI's exception_handlers: a handler is found along the exception's classes (RemoteError is a UserError)
+ERROR_HANDLERS = {APIError: _refused, Closing: _closing, RemoteError: _upstream_failed, UserError: _user_error,
+                  RequestValidationError: _invalid}
+
+
+async def guard(request: Request, call_next):
+    """HTTP middleware: the API key (`Authorization: Bearer KEY`; /health needs none) and the
+    body's size, checked before a route reads the body."""
+    state = request.app.state
+    if state.api_key and request.url.path != "/health":
+        if request.headers.get("authorization", "") != f"Bearer {state.api_key}":
+            return _reply(401, "invalid or missing API key", code="invalid_api_key")
+    length = request.headers.get("content-length")
+    size = int(length) if length and length.isdigit() else len(await request.body()) if request.method == "POST" else 0
+    most = state.limits.max_body_bytes
+    if size > most:
+        return _reply(413, f"the request body has {size} bytes; this server takes at most {most}",
+                      code="request_too_large")
+    return await call_next(request)
+
+
+def bounded(default: Any, name: str, **extra: Any) -> Any:
+    """A request field with the bounds SamplingParams declares for `name` (config.Range)."""
+    return Field(default, **schema_bounds(SamplingParams, name), **extra)
+
+
+def context_error(engine, param: str, prompt_tokens: int | None = None, asked: int | None = None) -> APIError:
+    """The one answer to a request that does not fit the model's context, from every route."""
+    said = ([f"the prompt has {prompt_tokens}"] if prompt_tokens is not None else []) + \
+        ([f"{asked} new tokens were requested"] if asked is not None else [])
+    return APIError(400, f"this model's maximum context length is {engine.context} tokens; {' and '.join(said)}",
+                    "context_length_exceeded", param)
+
+
+def new_tokens(engine, asked: int | None, most: int, param: str = "max_tokens", prompt_tokens: int | None = None,
+               default: int | None = None) -> int:
+    """How long an answer may be: the new tokens a request gets, on every route of both dialects.
+
+    `asked` is the request's own limit (`max_tokens`, `n_predict`; None when it gives none) and
+    `most` the server's (--max-tokens); asking for more than `most` is a 400. A request that gives
+    none gets `default` (/infill: an editor's few lines) or else `most`. Then the context
+    (`engine.budget`): a fixed prompt of `prompt_tokens` and its answer must fit together, and a
+    request that gives no limit gets what the prompt leaves. A prompt still to be fitted
+    (`prompt_tokens` None: insertions, llama.cpp's text prompts) gets what the answer leaves: the
+    answer leaves it MIN_PROMPT tokens at least, and a quarter of the context by default."""
+    if prompt_tokens is not None and engine.budget(prompt_tokens, 1) < 1:
+        raise context_error(engine, "prompt", prompt_tokens)
+    if asked is None:
+        wanted = min(default or most, most)
+        return min(wanted, engine.context // 4) if prompt_tokens is None else engine.budget(prompt_tokens, wanted)
+    if engine.budget(MIN_PROMPT if prompt_tokens is None else prompt_tokens, asked) < asked:
+        raise context_error(engine, param, prompt_tokens, asked)
+    if asked > most:
+        raise APIError(400, f"{param} is {asked}; this server gives at most {most} new tokens per request",
+                       "invalid_value", param)
+    return asked
+
+
+def sse(data: dict | str) -> str:
+    """One server-sent event."""
+    return f"data: {data if isinstance(data, str) else json.dumps(data)}\n\n"
+
+
+def event_stream(batcher, sequences: list[Sequence], chunk: Callable[[int, str], dict],
+                 finals: Callable[[], Iterable[dict]], usage: Callable[[], dict] | None = None,
+                 done: bool = True) -> StreamingResponse:
+    """Generate `sequences` as server-sent events: `chunk(index, delta)` per text delta, then
+    `finals()`, `usage()` where given, and `[DONE]` (OpenAI's streams; llama.cpp's end with their
+    final chunk). A client that goes away cancels its sequences, which frees their rows."""
+    async def events():
+        out, start = batcher.stream(sequences)
+        task = asyncio.create_task(start())
+        try:
+            while (item := await out.get()) is not DONE:
+                if isinstance(item, Exception):
+                    yield sse(error_body(str(item), "server_error"))
+                    return
+                index, delta = item
+                if delta:
+                    yield sse(chunk(index, delta))
+            for data in finals():
+                yield sse(data)
+            if usage is not None:
+                yield sse(usage())
+            if done:
+                yield sse("[DONE]")
+        finally:
+            if not task.done():  # the client went away: free the rows
+                for s in sequences:
+                    s.cancelled.set()
+                task.cancel()
+
+    return StreamingResponse(events(), media_type="text/event-stream")
