@@ -4,10 +4,8 @@ Decoding one token reads every weight once, so on a CPU its speed is set by the 
 weights: int8 halves them and int4 quarters them. The weights are quantized once, without
 calibration data. On a CPU (see `QuantLinear`) prompts run on torch's kernels: int8 x int8 with
 each token's activations quantized on the fly (`torch._int_mm`), and the weight-only
-`_weight_int4pack_mm_for_cpu` for int4 where dscoder's kernels are not built; decode steps (up
-to 8 tokens) on dscoder's own kernels (dscoder/kernels): int8 with the same arithmetic as
-`_int_mm` (bit-identical results); int4, prompts included, with activations quantized to int8 in
-blocks of 32 (as llama.cpp's q4_0 x q8_0), each token computed the same way whatever the call.
+`_weight_int4pack_mm_for_cpu` for int4; int8 decode steps (up to 8 tokens) on dscoder's own
+kernel (dscoder/kernels), with the same arithmetic as `_int_mm` (bit-identical results).
 
 A quantized model folder is a model folder whose config.json carries
 `quantization_config = {"quant_method": "dscoder", "bits": 8|4, "group_size": G|null,
@@ -139,7 +137,8 @@ class QuantLinear(nn.Module):
     llama.cpp's q8_0 quantizes them, there in blocks of 32), multiplied with the int8 weights by
     torch's integer matrix product (`torch._int_mm`, exact int32 sums), then scaled back. A
     token's result never depends on the other tokens of the call, so batching does not change
-    outputs; it is the fastest CPU kernel torch has for decoding and for prompts. int4, and int8
+    outputs; it is the fastest CPU kernel torch has for prompts. Decode steps (up to 8 rows) run
+    on dscoder's kernel (kernels.int8_matvec), whose results are bit-identical. int4, and int8
     on CUDA: torch's weight-only kernels (faster than dequantizing, for prompts too). Where a
     device has no kernel (checked once), every call dequantizes."""
 
@@ -162,9 +161,6 @@ class QuantLinear(nn.Module):
     def _prepare(self, device: torch.device) -> None:
         """Lay the weights out for the device's kernel (after the layer moved there)."""
         self._kernel_args, self._matvec_sums = None, None
-        self._int4_matvec = self.bits == 4 and device.type == "cpu" and has_int4_matvec(self.dtype)
-        if self._int4_matvec:  # our kernel reads the stored layout: no packed copy for torch's
-            return
         if has_kernel(device.type, self.bits, self.dtype):
             self._kernel_args = _layout(self.qweight, self.scales, self.bits, self.group_size, self.dtype)
             if _integer_path(self.bits, device.type) and has_matvec(self.dtype):
@@ -181,8 +177,6 @@ class QuantLinear(nn.Module):
     @property
     def kernel(self) -> str:
         """Which kernel runs this layer (for `model info` and the tests)."""
-        if self._int4_matvec:
-            return "int4 x int8 blocks"
         if self._kernel_args is None:
             return "dequantized"
         return "int8 x int8" if _integer_path(self.bits, self.qweight.device.type) else f"int{self.bits} weight-only"
@@ -194,8 +188,6 @@ class QuantLinear(nn.Module):
             out = F.linear(flat.to(self.dtype), self.weight())
         elif self._matvec_sums is not None and rows <= kernels.max_rows() and flat.dtype == self.dtype:
             out = kernels.int8_matvec(flat.contiguous(), self.qweight, self.scales, self._matvec_sums)
-        elif self._int4_matvec and flat.dtype == self.dtype:  # every row count: the same arithmetic
-            out = kernels.int4_matvec(flat.contiguous(), self.qweight, self.scales, self.group_size)
         elif _integer_path(self.bits, self.qweight.device.type):
             out = _int8_product(flat, self.qweight, self.scales).to(self.dtype)
         else:
@@ -253,23 +245,6 @@ def has_matvec(dtype: torch.dtype) -> bool:
         if not torch.equal(kernels.int8_matvec(x, qweight, scales, sums), _int8_product(x, qweight, scales).to(dtype)):
             log.warning("dscoder kernels: int8_matvec disagrees with torch's product here; not used")
             return False
-    return True
-
-
-@functools.cache
-def has_int4_matvec(dtype: torch.dtype) -> bool:
-    """Whether our int4 kernel (kernels.int4_matvec) is built here and agrees with the
-    dequantized product (its activations are int8 in blocks of 32, as llama.cpp's q4_0 x q8_0)."""
-    if dtype not in (torch.float32, torch.bfloat16) or kernels.library() is None:
-        return False
-    generator = torch.Generator().manual_seed(0)
-    w, x = torch.randn(40, 256, generator=generator), torch.randn(3, 256, generator=generator)
-    qweight, scales = quantize_weight(w, 4, 64)
-    expected = F.linear(x.to(dtype), dequantize(qweight, scales, 4, dtype)).float()
-    got = kernels.int4_matvec(x.to(dtype), qweight, scales, 64).float()
-    if not torch.allclose(got, expected, rtol=0.05, atol=0.05 * float(expected.abs().max())):
-        log.warning("dscoder kernels: int4_matvec disagrees with the dequantized product here; not used")
-        return False
     return True
 
 
@@ -364,6 +339,6 @@ def _cpu_kernel(bits: int) -> str:
     if bits == 8 and has_kernel("cpu", 8, torch.float32):
         return "torch's int8 x int8 product (each token's activations quantized to int8)" + decode
     if bits == 4 and has_kernel("cpu", 4, torch.bfloat16):
-        return "torch's int4 weight-only kernel" + decode.replace("kernel", "kernel (activations int8 in blocks of 32)", 1)
+        return "torch's int4 weight-only kernel"
     return "dequantized weights (no CPU kernel here)"
 

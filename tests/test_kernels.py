@@ -13,6 +13,11 @@ from dscoder import kernels, quantize
 needs_kernels = pytest.mark.skipif(kernels.library() is None, reason=f"kernels not built: {kernels.status()}")
 
 
+@pytest.mark.skipif(kernels._compiler() is None, reason="no C compiler")
+def test_where_a_compiler_is_found_the_kernels_build():
+    assert kernels.status().startswith("built"), kernels.status()
+
+
 def cases(dtype):
     generator = torch.Generator().manual_seed(1)
     for inner, out in ((200, 70), (2048, 96), (64, 5), (5504, 33)):  # widths off and on 64-byte vectors
@@ -89,25 +94,6 @@ def test_bf16_products_and_attention_agree_with_torch():
             q[None, :, None], k[None, :, :length].float().repeat_interleave(group, 1),
             v[None, :, :length].float().repeat_interleave(group, 1))[0, :, 0]
         assert torch.allclose(kernels.attend_bf16(q, k, v, length, group), expected, atol=1e-4)
-
-
-@needs_kernels
-@pytest.mark.parametrize("group", [32, 128])
-def test_the_int4_kernel_agrees_with_the_dequantized_product_built_either_way(tmp_path, monkeypatch, group):
-    monkeypatch.setenv("DSCODER_CACHE", str(tmp_path))
-    plain = kernels.bind(ctypes.CDLL(str(kernels._build(kernels._compiler(), ["-O2", "-march=x86-64", "-fopenmp",
-                                                                                "-shared", "-fPIC"]))))
-    generator = torch.Generator().manual_seed(3)
-    for rows, inner, out in ((1, 2048, 96), (3, 256, 17), (8, 512, 5)):
-        qweight, scales = quantize.quantize_weight(torch.randn(out, inner, generator=generator), 4, group)
-        for dtype in (torch.float32, torch.bfloat16):
-            x = (torch.randn(rows, inner, generator=generator) * 3).to(dtype)
-            expected = torch.nn.functional.linear(x.float(), quantize.dequantize(qweight, scales, 4, torch.float32))
-            for lib in (None, plain):
-                got = kernels.int4_matvec(x, qweight, scales, group, lib=lib)
-                assert got.dtype == dtype
-                # the activations are int8 in blocks of 32: within a percent or two of the largest output
-                assert torch.allclose(got.float(), expected, rtol=0.03, atol=0.03 * float(expected.abs().max()))
 
 
 @needs_kernels

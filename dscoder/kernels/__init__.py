@@ -113,9 +113,6 @@ def bind(lib: ctypes.CDLL) -> ctypes.CDLL:
     lib.dscoder_attend_bf16.restype = None
     lib.dscoder_bf16_matvec.argtypes = [pointer, size, pointer, size, size, pointer, ctypes.c_int]
     lib.dscoder_bf16_matvec.restype = None
-    lib.dscoder_int4_matvec.argtypes = [pointer, ctypes.c_int, size, pointer, pointer, size, size, size, pointer,
-                                        ctypes.c_int]
-    lib.dscoder_int4_matvec.restype = None
     return lib
 
 
@@ -173,15 +170,3 @@ def bf16_matvec(x: torch.Tensor, weight: torch.Tensor, lib: ctypes.CDLL | None =
                                            torch.get_num_threads())
     return y
 
-
-def int4_matvec(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, group: int,
-                lib: ctypes.CDLL | None = None) -> torch.Tensor:
-    """x (rows <= max_rows(), in) float32 or bfloat16, contiguous, times int4 weights in
-    quantize.py's layout (qweight (out, in / 2) uint8, scales (out, in / group) float32), the
-    activations quantized to int8 in blocks of 32: (rows, out) in x's dtype."""
-    rows, inner = x.shape
-    out = qweight.shape[0]
-    y = torch.empty((rows, out), dtype=x.dtype)
-    (lib or library()).dscoder_int4_matvec(x.data_ptr(), int(x.dtype == torch.bfloat16), rows, qweight.data_ptr(),
-                                           scales.data_ptr(), group, out, inner, y.data_ptr(), torch.get_num_threads())
-    return y

@@ -7,10 +7,9 @@
  * the activations are offset by 128 and 128 * sum_k wq[o, k] (wsum, computed once per layer) is
  * taken off again. Without VNNI the compiler's vectorisation of the plain loop runs. */
 #include <stdint.h>
-#include <stdlib.h>
 #include <math.h>
 #include <string.h>
-#if defined(__AVX512F__) || defined(__AVX512VNNI__)
+#if defined(__SSE4_1__) || defined(__AVX512F__)
 #include <immintrin.h>
 #endif
 
@@ -55,21 +54,52 @@ static float load(const void *x, int bf16, int64_t i) {
     return bf16 ? bf16_to_float(((const uint16_t *)x)[i]) : ((const float *)x)[i];
 }
 
-/* One row of activations quantized as torch does it in quantize._int8_product:
- * s = max(max |x|, 1e-12) / 127, q = round_half_even(x / s); returns s, writes q + 128. */
 static void store(void *y, int bf16, int64_t i, float v) {
     if (bf16) ((uint16_t *)y)[i] = float_to_bf16(v);
     else ((float *)y)[i] = v;
 }
 
+static inline float round_even(float v) {  /* to the nearest integer, ties to even (torch.round) */
+#ifdef __SSE4_1__
+    return _mm_cvtss_f32(_mm_round_ss(_mm_setzero_ps(), _mm_set_ss(v), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+#else
+    return nearbyintf(v);
+#endif
+}
+
+#ifdef __AVX512F__
+static inline __m512 load16(const void *x, int bf16, int64_t i) {
+    if (bf16) return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(
+                         _mm256_loadu_si256((const __m256i *)((const uint16_t *)x + i))), 16));
+    return _mm512_loadu_ps((const float *)x + i);
+}
+#endif
+
+/* One row of activations quantized as torch does it in quantize._int8_product:
+ * s = max(max |x|, 1e-12) / 127, q = round_half_even(x / s); returns s, writes q + 128. */
 static float quantize_row(const void *x, int bf16, int64_t in, uint8_t *xu) {
     float m = 0.0f;
-    for (int64_t k = 0; k < in; k++) {
+    int64_t k = 0;
+#ifdef __AVX512F__
+    __m512 top = _mm512_setzero_ps();
+    for (; k + 16 <= in; k += 16) top = _mm512_max_ps(top, _mm512_abs_ps(load16(x, bf16, k)));
+    m = _mm512_reduce_max_ps(top);
+#endif
+    for (; k < in; k++) {
         float a = fabsf(load(x, bf16, k));
         if (a > m || isnan(a)) m = a;
     }
     float s = fmaxf(m, 1e-12f) / 127.0f;
-    for (int64_t k = 0; k < in; k++) xu[k] = (uint8_t)((int)nearbyintf(load(x, bf16, k) / s) + 128);
+    k = 0;
+#ifdef __AVX512F__
+    __m512 sv = _mm512_set1_ps(s);
+    __m512i offset = _mm512_set1_epi32(128);
+    for (; k + 16 <= in; k += 16) {
+        __m512 q = _mm512_roundscale_ps(_mm512_div_ps(load16(x, bf16, k), sv), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+        _mm_storeu_si128((__m128i *)(xu + k), _mm512_cvtepi32_epi8(_mm512_add_epi32(_mm512_cvtps_epi32(q), offset)));
+    }
+#endif
+    for (; k < in; k++) xu[k] = (uint8_t)((int)round_even(load(x, bf16, k) / s) + 128);
     return s;
 }
 
@@ -203,112 +233,4 @@ void dscoder_bf16_matvec(const uint16_t *x, int64_t rows, const uint16_t *w, int
             for (int64_t r = 0; r < n; r++) y[(r0 + r) * out + o] = float_to_bf16(sums[r]);
         }
     }
-}
-
-/* int4 weights (quantize.py's layout: (out, in / 2) bytes, the even column in the low nibble,
- * q + 8 in [0, 15]; scales (out, in / group) float32) times rows of activations, quantized here
- * to int8 in blocks of 32 with a scale each (as llama.cpp's q4_0 x q8_0):
- * y[r, o] = sum over blocks b of ws[o, b] * xs[r, b] * sum_k (q - 8) xq.
- * Any number of rows (a decode step or a whole prompt); each (r, o) is computed by the same
- * operations in the same order whatever the number of rows, so a token's result never depends
- * on the other tokens of the call.
- *
- * Blocks go in pairs (64 columns, 32 weight bytes): the weight bytes unpack into one 64-byte
- * vector [block 0 even columns, block 1 even, block 0 odd, block 1 odd], and the activations
- * are stored in that order, with, per pair, the 16 int32 lanes that start the sum (-8 * the
- * block's activation sum in lanes 0 and 4: q - 8 is the weight) and the 16 lanes of the blocks'
- * activation scales. A lone last block is a pair with zero weights. */
-typedef struct {
-    int8_t x[64];
-    int32_t start[16];
-    float scale[16];
-} Pair;
-
-static void quantize_pairs(const void *x, int bf16, int64_t in, Pair *pairs) {
-    int64_t blocks = in / 32;
-    for (int64_t b = 0; b < (blocks + 1) / 2 * 2; b++) {
-        Pair *p = pairs + b / 2;
-        int half = (int)(b % 2);
-        if (b == 0 || half == 0) {
-            memset(p, 0, sizeof(Pair));
-        }
-        if (b >= blocks) break;
-        float m = 0.0f, v[32];
-        for (int k = 0; k < 32; k++) {
-            v[k] = load(x, bf16, b * 32 + k);
-            if (fabsf(v[k]) > m) m = fabsf(v[k]);
-        }
-        float s = m / 127.0f, inv = s > 0.0f ? 1.0f / s : 0.0f;
-        int32_t total = 0;
-        for (int k = 0; k < 32; k++) {
-            int8_t q = (int8_t)nearbyintf(v[k] * inv);
-            p->x[(k % 2) * 32 + half * 16 + k / 2] = q;
-            total += q;
-        }
-        p->start[half * 4] = -8 * total;
-        for (int lane = 0; lane < 16; lane++)
-            if ((lane / 4) % 2 == half) p->scale[lane] = s;
-    }
-}
-
-void dscoder_int4_matvec(const void *x, int bf16, int64_t rows, const uint8_t *qweight, const float *scales,
-                         int64_t group, int64_t out, int64_t in, void *y, int threads) {
-    int64_t blocks = in / 32, npairs = (blocks + 1) / 2;
-    Pair *pairs = aligned_alloc(64, sizeof(Pair) * rows * npairs);
-    #pragma omp parallel for num_threads(threads) schedule(static)
-    for (int64_t r = 0; r < rows; r++)
-        quantize_pairs((const char *)x + r * in * (bf16 ? 2 : 4), bf16, in, pairs + r * npairs);
-    int64_t packed = in / 2, groups = in / group;
-    #pragma omp parallel for num_threads(threads) schedule(static)
-    for (int64_t o = 0; o < out; o++) {
-        const uint8_t *w = qweight + o * packed;
-        const float *ws = scales + o * groups;
-        for (int64_t r0 = 0; r0 < rows; r0 += MAX_ROWS) {
-            int64_t n = rows - r0 < MAX_ROWS ? rows - r0 : MAX_ROWS;
-            float sums[MAX_ROWS];
-#if defined(__AVX512VNNI__) && defined(__AVX512VL__)
-            __m512 acc[MAX_ROWS];
-            for (int64_t r = 0; r < n; r++) acc[r] = _mm512_setzero_ps();
-            const __m256i low = _mm256_set1_epi8(0x0F);
-            for (int64_t p = 0; p < npairs; p++) {
-                __m256i bytes = 2 * p + 1 < blocks ? _mm256_loadu_si256((const __m256i *)(w + p * 32))
-                                                   : _mm256_zextsi128_si256(_mm_loadu_si128((const __m128i *)(w + p * 32)));
-                __m512i q = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_and_si256(bytes, low)),
-                                               _mm256_and_si256(_mm256_srli_epi16(bytes, 4), low), 1);
-                float w1 = 2 * p + 1 < blocks ? ws[(2 * p + 1) * 32 / group] : 0.0f;
-                __m512 wscale = _mm512_mask_blend_ps(0xF0F0, _mm512_set1_ps(ws[2 * p * 32 / group]), _mm512_set1_ps(w1));
-                for (int64_t r = 0; r < n; r++) {
-                    const Pair *pr = pairs + (r0 + r) * npairs + p;
-                    __m512i dot = _mm512_dpbusd_epi32(_mm512_load_si512(pr->start), q, _mm512_load_si512(pr->x));
-                    acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), _mm512_mul_ps(wscale, _mm512_load_ps(pr->scale)), acc[r]);
-                }
-            }
-            for (int64_t r = 0; r < n; r++) sums[r] = _mm512_reduce_add_ps(acc[r]);
-#else
-            for (int64_t r = 0; r < n; r++) {
-                float lanes[16] = {0};
-                for (int64_t p = 0; p < npairs; p++) {
-                    const Pair *pr = pairs + (r0 + r) * npairs + p;
-                    for (int lane = 0; lane < 16; lane++) {
-                        int half = (lane / 4) % 2, odd = lane / 8;
-                        int64_t b = 2 * p + half;
-                        if (b >= blocks) continue;
-                        int32_t dot = pr->start[lane];
-                        for (int k = 0; k < 4; k++) {
-                            int byte = (lane % 4) * 4 + k;
-                            int q = odd ? w[b * 16 + byte] >> 4 : w[b * 16 + byte] & 0x0F;
-                            dot += q * pr->x[odd * 32 + half * 16 + byte];
-                        }
-                        lanes[lane] += (float)dot * (ws[b * 32 / group] * pr->scale[lane]);
-                    }
-                }
-                float total = 0.0f;
-                for (int lane = 0; lane < 16; lane++) total += lanes[lane];
-                sums[r] = total;
-            }
-#endif
-            for (int64_t r = 0; r < n; r++) store(y, bf16, (r0 + r) * out + o, sums[r]);
-        }
-    }
-    free(pairs);
 }
