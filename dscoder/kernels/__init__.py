@@ -1,12 +1,11 @@
 """Small CPU kernels of our own for decode steps, compiled on first use with the machine's C compiler.
 
-`int8_matvec.c` multiplies a few rows of activations with int8 weights at about the memory
-bandwidth, and attends one new token over a bfloat16 KV cache (bench/bench_kernels.py compares
-both with torch's kernels; at a 2,000-token context torch's attention for one query took
-about 4 ms a layer on a 2-core CPU). It is
-built once per machine (`-march=native`; the cache key holds the source, the compiler, the
+`int8_matvec.c` multiplies a few rows of activations with int8 or bfloat16 weights at about the
+memory bandwidth, and attends one new token over a bfloat16 KV cache (bench/bench_kernels.py
+compares each with torch's kernels; at a 2,000-token context torch's attention for one query
+took about 4 ms a layer on a 2-core CPU). It is built once per machine (`-march=native`; the cache key holds the source, the compiler, the
 flags and the CPU's features) into `$DSCODER_CACHE` (default `~/.cache/dscoder`)/kernels,
-loaded with ctypes, and checked against torch's product before it is used: its results are
+loaded with ctypes, and checked against torch's product before it is used: its int8 results are
 bit-identical to `torch._int_mm` followed by the same scalings, so which of the two computes a
 row never changes an output. Where no compiler works, or `DSCODER_KERNELS=off`, torch's
 kernels run instead; `status()` says which.
