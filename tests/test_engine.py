@@ -159,13 +159,12 @@ def test_a_batch_that_never_empties_does_not_grow_with_its_age(engine, monkeypat
 def test_a_kv_cache_larger_than_the_memory_is_refused_with_its_size(tiny_base_model, monkeypatch):
     from dscoder.infer import runner
 
-    fixed = Engine.load(tiny_base_model, context=512)
-    per_token = runner.bytes_per_token(fixed.model.config, fixed.dtype)
+    probe = Engine.load(tiny_base_model)
+    per_token = runner.bytes_per_token(probe.model.config, probe.dtype)
     monkeypatch.setattr(runner, "free_bytes", lambda device: 8 * 400 * per_token)  # room for 8 x 400 tokens
     with pytest.raises(UserError, match=r"KV cache for 8 sequences of 512 tokens needs .* GiB; .* GiB are free"):
-        fixed.prepare()
+        Engine.load(tiny_base_model, context=512)  # refused as it loads, before any request
     lowered = Engine.load(tiny_base_model)  # no --context: lowered to what fits, and it still answers
-    lowered.prepare()
     assert lowered.context == 256 and lowered.generate([Sequence(lowered.encode("def f(x):\n"),
                                                                  SamplingParams(max_new_tokens=3))])[0].token_ids
     with pytest.raises(UserError, match="--context 999999: the model's context is"):

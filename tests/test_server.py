@@ -243,6 +243,18 @@ def test_serve_on_a_port_in_use_is_one_line_before_the_model_loads(tiny_base_mod
     assert "serving" not in err and "Traceback" not in err
 
 
+def test_serve_refuses_a_context_beyond_the_model_before_serving(tiny_base_model, capsys):
+    from dscoder.cli import main
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    code = main(["serve", "--model", str(tiny_base_model), "--port", str(port), "--context", "999999"])
+    err = capsys.readouterr().err
+    assert code == 2 and "--context 999999: the model's context is" in err
+    assert "serving" not in err and "Traceback" not in err
+
+
 def test_fuzzed_requests_never_get_a_server_error(base):
     """schemathesis against the server's own OpenAPI schema, every endpoint: no 5xx, and the
     server still answers afterwards. (Found this way: a 500 for temperature 4e-304.)"""

@@ -108,8 +108,8 @@ class Engine:
     @classmethod
     def load(cls, folder: str | Path, dtype: str = "auto", device: str = "auto", quantize: int | None = None,
              context: int | None = None) -> "Engine":
-        """An engine for a model folder (ours or a released DeepSeek-Coder download); `quantize`
-        (8 or 4 bits) quantizes its weights as it loads (quantize.py)."""
+        """An engine for a model folder (ours or a released DeepSeek-Coder download), its KV cache
+        allocated; `quantize` (8 or 4 bits) quantizes its weights as it loads (quantize.py)."""
         from dscoder import model as model_lib
 
         folder = Path(folder)
@@ -121,7 +121,9 @@ class Engine:
         name = folder.resolve().name
         if name == "final":  # a run's final model: name it after the run
             name = folder.resolve().parent.name
-        return cls(model, tokenizer, name, context=context)
+        engine = cls(model, tokenizer, name, context=context)
+        engine.prepare()  # the context is settled before any prompt is fitted to it
+        return engine
 
     @property
     def prompt_cache(self) -> Rows | None:
