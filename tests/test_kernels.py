@@ -13,8 +13,17 @@ from dscoder import kernels, quantize
 needs_kernels = pytest.mark.skipif(kernels.library() is None, reason=f"kernels not built: {kernels.status()}")
 
 
-@pytest.mark.skipif(kernels._compiler() is None, reason="no C compiler")
-def test_where_a_compiler_is_found_the_kernels_build():
+def test_where_the_compiler_works_the_kernels_build(tmp_path):
+    """A build failure of our own source is a failure here, not a silent fallback."""
+    compiler = kernels._compiler()
+    if compiler is None:
+        pytest.skip("no C compiler")
+    probe = tmp_path / "probe.c"
+    probe.write_text("#include <math.h>\nint f(float *x, int n) { int s = 0;\n#pragma omp parallel for\n"
+                     "for (int i = 0; i < n; i++) x[i] = nearbyintf(x[i]);\nreturn s; }\n")
+    done = subprocess.run([compiler, *kernels.FLAGS, "-o", str(tmp_path / "probe.so"), str(probe)], capture_output=True)
+    if done.returncode != 0:
+        pytest.skip(f"the C compiler cannot build a shared OpenMP library here: {done.stderr.decode()[-200:]}")
     assert kernels.status().startswith("built"), kernels.status()
 
 
