@@ -52,7 +52,7 @@ def check_fits(config, dtype: torch.dtype, rows: int, length: int, device: torch
     free = free_bytes(device)
     if free is not None and need > free:
         raise UserError(f"the KV cache for {rows} sequences of {length} tokens needs {need / 2**30:.1f} GiB; "
-                        f"{free / 2**30:.1f} GiB are free (lower --context or --parallel)")
+                        f"{free / 2**30:.1f} GiB are free (lower --context or --max-batch)")
 
 
 class KVCache:
@@ -86,7 +86,7 @@ class ModelRunner:
         """A linear layer of the model on x (B, T, in); a few rows of bfloat16 on our kernel."""
         rows = x.shape[0] * x.shape[1]
         if rows <= self.dense_rows and type(linear) is torch.nn.Linear and linear.bias is None and \
-                linear.weight.dtype == torch.bfloat16:
+                linear.weight.dtype == torch.bfloat16 and linear.weight.is_contiguous():
             return kernels.bf16_matvec(x.reshape(rows, -1).contiguous(), linear.weight).view(*x.shape[:2], -1)
         return linear(x)
 
@@ -143,4 +143,4 @@ class ModelRunner:
             x = x + self._project(attention.o_proj, out.transpose(1, 2).reshape(batch, width, self.heads * self.head_dim))
             mlp, h = layer.mlp, layer.post_attention_layernorm(x)
             x = x + self._project(mlp.down_proj, mlp.act_fn(self._project(mlp.gate_proj, h)) * self._project(mlp.up_proj, h))
-        return self.model.lm_head(inner.norm(x[:, -1])).float()
+        return self._project(self.model.lm_head, inner.norm(x[:, -1:]))[:, 0].float()
