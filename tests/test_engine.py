@@ -178,3 +178,20 @@ def test_a_sequence_stops_at_the_end_of_its_context_without_overflowing(tiny_bas
     assert s.finish_reason == "length" and len(s.token_ids) == 4  # the context's last free positions
     with pytest.raises(UserError, match="the prompt has 64 tokens; the model's context is 64"):
         engine.generate([Sequence(engine.encode("x " * 200)[:64], SamplingParams())])
+
+
+def test_int8_in_bfloat16_gives_the_same_tokens_cached_or_not_alone_or_batched(tiny_base_model):
+    """The CPU serving path (int8 weights, a bfloat16 cache, dscoder's decode kernels): a prompt
+    continued from a cached row, and a request decoded beside others, give exactly the tokens
+    it gets computed from scratch and alone."""
+    engine = Engine.load(tiny_base_model, dtype="bfloat16", quantize=8)
+    plain = Engine.load(tiny_base_model, dtype="bfloat16", quantize=8)
+    plain.prompt_cache = None
+    head = "import os\nimport sys\n\n\ndef main(argv):\n    path = argv[1]\n    "
+    asks = [head + tail for tail in ("if os", "with open", "for line", "data = ")]
+    params = SamplingParams(max_new_tokens=12, stop_token_ids=(-1,))
+    alone = [plain.generate([Sequence(plain.encode(a), params)])[0].token_ids for a in asks]
+    cached = [engine.generate([Sequence(engine.encode(a), params)])[0] for a in asks]
+    assert [s.token_ids for s in cached] == alone and all(s.cached_tokens > 0 for s in cached[1:])
+    together = engine.generate([Sequence(engine.encode(a), params) for a in asks])
+    assert [s.token_ids for s in together] == alone
