@@ -307,3 +307,20 @@ def test_concurrent_requests_with_shared_prefixes_are_correct(tiny_base_model):
         got = list(pool.map(lambda a: client.post("/completion", json={"prompt": a, "n_predict": 8, "temperature": 0})
                             .json()["content"], asks))
     assert got == [engine.tokenizer.decode(ids) for ids in expected]
+
+
+def test_llama_routes_read_json_whatever_the_content_type_says(served):
+    """`curl URL -d '{...}'` labels its body application/x-www-form-urlencoded; llama.cpp's server
+    reads it as JSON anyway, and so do these routes (the OpenAI ones keep FastAPI's check)."""
+    engine, client = served
+    body = json.dumps({"input_prefix": "def add(a, b):\n    ", "input_suffix": "\n", "n_predict": 4, "temperature": 0})
+    labelled = client.post("/infill", content=body, headers={"Content-Type": "application/json"}).json()
+    for kind in ("application/x-www-form-urlencoded", None):
+        headers = {"Content-Type": kind} if kind else {}
+        reply = client.post("/infill", content=body, headers=headers)
+        assert reply.status_code == 200 and reply.json()["content"] == labelled["content"]
+    tokens = client.post("/tokenize", content='{"content": "def f"}',
+                         headers={"Content-Type": "application/x-www-form-urlencoded"})
+    assert tokens.status_code == 200 and tokens.json()["tokens"] == engine.tokenizer("def f", add_special_tokens=False)["input_ids"]
+    broken = client.post("/completion", content="{not json", headers={"Content-Type": "text/plain"})
+    assert broken.status_code in (400, 422) and "error" in broken.json()

@@ -7,13 +7,17 @@ carry llama.cpp's names and defaults; prompts come from the one prompt layer (pr
 insertion is fitted around the cursor and laid out as in training. `/infill` ends an insertion
 where an editor wants it (prompts.EditorStop) and after 64 tokens unless `n_predict` says
 otherwise (http_common.new_tokens decides, as for the OpenAI dialect). Errors have the server's
-OpenAI-style body.
+OpenAI-style body. As llama.cpp's server does, a request body is read as JSON whatever its
+Content-Type says (`curl -d` sends `application/x-www-form-urlencoded`); the OpenAI routes keep
+FastAPI's check that JSON is labelled as JSON.
 """
 
 from __future__ import annotations
 
 import time
+
 from fastapi import APIRouter, Request
+from fastapi.routing import APIRoute
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
 
 from dscoder import formats
@@ -26,7 +30,23 @@ INFILL_TOKENS = 64  # an editor's default: a line or a block, not a file
 UNNAMED = "untitled"  # the path of a file sent without one
 SEEDS = 2**63  # llama.cpp's seeds are unsigned 64-bit; the engine's are below this
 
-router = APIRouter()
+
+
+class AnyContentType(APIRoute):
+    """A route that reads its body as JSON whatever the request's Content-Type says."""
+
+    def get_route_handler(self):
+        handler = super().get_route_handler()
+
+        async def as_json(request: Request):
+            headers = [(k, v) for k, v in request.scope["headers"] if k != b"content-type"]
+            request.scope["headers"] = [*headers, (b"content-type", b"application/json")]
+            return await handler(request)
+
+        return as_json
+
+
+router = APIRouter(route_class=AnyContentType)
 
 
 class _Sampling(BaseModel):
