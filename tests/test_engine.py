@@ -195,3 +195,20 @@ def test_int8_in_bfloat16_gives_the_same_tokens_cached_or_not_alone_or_batched(t
     assert [s.token_ids for s in cached] == alone and all(s.cached_tokens > 0 for s in cached[1:])
     together = engine.generate([Sequence(engine.encode(a), params) for a in asks])
     assert [s.token_ids for s in together] == alone
+
+
+def test_the_same_prompt_again_from_the_cache_gives_the_same_logits(engine):
+    """A prompt continued from its own cached tokens recomputes at least runner.MIN_PREFILL of them:
+    torch's products sum a lone row in another order, which once flipped a near-tie between a
+    server's answer and the same prompt computed again."""
+    from dscoder.infer import runner
+
+    ids = engine.encode("import json\n\n\ndef load(path):\n    with open(path) as f:\n        return json.load(f)\n" * 3)
+    s = Sequence(ids, SamplingParams(max_new_tokens=1))
+    engine.generate([s])
+    again = Sequence(ids, SamplingParams(max_new_tokens=1, logprobs=0))
+    first = Sequence(ids, SamplingParams(max_new_tokens=1, logprobs=0), reuse_cache=False)
+    engine.generate([first])
+    engine.generate([again])
+    assert again.cached_tokens == len(ids) - runner.MIN_PREFILL
+    assert again.logprobs[0]["logprob"] == first.logprobs[0]["logprob"]  # bit for bit

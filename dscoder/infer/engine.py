@@ -202,7 +202,7 @@ class Engine:
 
     def _start(self, s: Sequence, running: list) -> None:
         """Prefill a sequence in a free row and take its first token."""
-        row, cached = self._rows.take(s.prompt_ids, self.reuse and s.reuse_cache)
+        row, cached = self._rows.take(s.prompt_ids, self.reuse and s.reuse_cache, runner_lib.MIN_PREFILL)
         try:
             logits = self._runner.prefill(row, s.prompt_ids[cached:], cached)
         except BaseException:

@@ -24,6 +24,10 @@ from dscoder import kernels
 from dscoder.errors import UserError
 
 PREFILL_CHUNK = 512  # prompt tokens per forward: bounds the attention scores' memory
+# A prompt continued from cached tokens computes at least this many: torch's products and
+# attention give a row slightly different sums when they run on one or two rows than on many,
+# so a prompt's last tokens must not be computed alone or its output could differ by cache
+MIN_PREFILL = 8
 
 
 def bytes_per_token(config, dtype: torch.dtype) -> int:
@@ -81,6 +85,13 @@ class ModelRunner:
         self.attend = self.device.type == "cpu" and cache.keys[0].dtype == torch.bfloat16 and \
             kernels.library() is not None
         self.dense_rows = kernels.max_rows() if self.attend else 0  # bfloat16 decode products on our kernel
+        # the rotary embedding of every position, computed once: computed per call, a position's
+        # cos and sin would depend on where it falls in the call's vectors (and cost time per step)
+        dtype = next(model.parameters()).dtype
+        every = torch.arange(cache.length, device=self.device).unsqueeze(0)
+        with torch.inference_mode():
+            cos, sin = model.model.rotary_emb(torch.empty(1, dtype=dtype, device=self.device), every)
+        self.cos, self.sin = cos[0], sin[0]  # (length, head_dim)
 
     def _project(self, linear, x: torch.Tensor) -> torch.Tensor:
         """A linear layer of the model on x (B, T, in); a few rows of bfloat16 on our kernel."""
@@ -96,9 +107,10 @@ class ModelRunner:
         end = start + len(ids)
         if end > self.cache.length:
             raise UserError(f"the prompt has {end} tokens; the context is {self.cache.length}")
-        logits = None
-        for at in range(start, end, PREFILL_CHUNK):
-            chunk = ids[at - start:at - start + PREFILL_CHUNK]
+        logits, count = None, -(-len(ids) // PREFILL_CHUNK)
+        for index in range(count):  # chunks of equal size: none of a few tokens (see MIN_PREFILL)
+            chunk = ids[index * len(ids) // count:(index + 1) * len(ids) // count]
+            at = start + index * len(ids) // count
             logits = self._forward(torch.tensor([chunk], device=self.device), [row], [at])
         return logits[0]
 
@@ -115,7 +127,7 @@ class ModelRunner:
         batch, width = ids.shape
         positions = torch.tensor(starts, device=self.device).unsqueeze(1) + torch.arange(width, device=self.device)
         x = inner.embed_tokens(ids)
-        cos, sin = inner.rotary_emb(x, positions)
+        cos, sin = self.cos[positions], self.sin[positions]
         mask = None
         if width > 1 and starts[0] > 0:  # a prompt continuing cached tokens: causal, shifted
             mask = torch.arange(starts[0] + width, device=self.device) <= positions[0].unsqueeze(1)

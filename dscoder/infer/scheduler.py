@@ -35,15 +35,15 @@ class Rows:
     def free_count(self) -> int:
         return self.busy.count(False)
 
-    def take(self, ids: list[int], reuse: bool) -> tuple[int, int]:
+    def take(self, ids: list[int], reuse: bool, left: int = 1) -> tuple[int, int]:
         """(row, cached): a free row for the prompt `ids` and how many of its first tokens that
-        row already holds (at least one token is always left to compute)."""
+        row already holds (at least `left` tokens are always left to compute)."""
         free = [r for r, busy in enumerate(self.busy) if not busy]
         best, cached = None, 0
         if reuse:
             key = tuple(ids)
             for row in free:
-                shared = min(len(os.path.commonprefix([self.held[row], key])), len(ids) - 1)
+                shared = min(len(os.path.commonprefix([self.held[row], key])), len(ids) - left)
                 if shared > cached:
                     best, cached = row, shared
         if best is None or cached < MIN_REUSE:
