@@ -304,6 +304,17 @@ def report_length(args, paths: dict, length: int, have_llama: bool) -> None:
                   f"first token {a['ttft_s'] / b['ttft_s']:.2f}x the time, peak memory {a['peak_rss_gb'] / b['peak_rss_gb']:.2f}x")
 
 
+def lengths(text: str) -> list[int]:
+    """--lengths: positive whole numbers, comma-separated."""
+    try:
+        found = [int(n) for n in text.split(",")]
+    except ValueError:
+        found = []
+    if not found or min(found) < 2:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected prompt lengths of at least 2 tokens, e.g. 128,2000")
+    return found
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--prompt-tokens", type=int, default=128)
@@ -312,12 +323,12 @@ def main() -> None:
     parser.add_argument("--skip-1.3b", dest="skip_big", action="store_true", help="only the tiny preset")
     parser.add_argument("--quantized", action="store_true", help="int8/int4 and llama.cpp on the CPU (see above)")
     parser.add_argument("--preset", default="deepseek-coder-1.3b", help="model size for --quantized")
-    parser.add_argument("--lengths", default="128,2000", help="prompt lengths for --quantized (comma-separated)")
+    parser.add_argument("--lengths", type=lengths, default=[128, 2000],
+                        help="prompt lengths for --quantized (comma-separated)")
     parser.add_argument("--only", default="", help="kinds to run for --quantized (comma-separated: bf16,int8,q8_0...)")
     parser.add_argument("--work", help="keep the prepared folders here and reuse them (--quantized)")
     parser.add_argument("--one", nargs=3, metavar=("ENGINE", "KIND", "PATH"), help=argparse.SUPPRESS)
     args = parser.parse_args()
-    args.lengths = [int(n) for n in args.lengths.split(",")]
     args.only = [k for k in args.only.split(",") if k]
     torch.manual_seed(0)
     if args.one:

@@ -1,6 +1,6 @@
 """int8 quality against llama.cpp q8_0 on the same weights: how often each picks the dense
 model's most likely next token, at every position of held-out text (the standard library's
-http and urllib packages, 48 windows of 64 tokens), and their held-out perplexity ratios.
+http and urllib packages, 48 windows of 64 tokens, as the tests' held-out perplexity), and their held-out perplexity ratios.
 
     python bench/bench_int8_quality.py MODEL_DIR [MODEL_DIR ...]
 
@@ -22,15 +22,15 @@ import torch
 
 from dscoder import export, quantize
 from dscoder.infer.engine import Engine
+from dscoder.quickstart.measure import heldout_windows
 from dscoder.texts import read_texts
 
 STDLIB = Path(sysconfig.get_paths()["stdlib"])
 
 
-def windows(engine: Engine, count: int = 48, width: int = 64) -> list[list[int]]:
+def windows(engine: Engine) -> list[list[int]]:
     texts = read_texts([STDLIB / "http", STDLIB / "urllib"], Counter())
-    ids = [t for text in texts for t in engine.encode(text)[1:]]
-    return [[engine.tokenizer.bos_token_id, *ids[i * width:(i + 1) * width]] for i in range(count)]
+    return heldout_windows(engine, texts, 64, max_windows=48)
 
 
 @torch.inference_mode()

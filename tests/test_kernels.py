@@ -115,3 +115,11 @@ def test_a_damaged_cached_library_is_built_again(tmp_path):
     cached.write_bytes(b"not a library")
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert done.stdout.startswith("built with") and cached.read_bytes()[:4] == b"\x7fELF", done.stderr
+
+
+def test_a_wrong_kernels_setting_is_one_line(tiny_base_model):
+    done = subprocess.run([sys.executable, "-m", "dscoder", "complete", "--model", str(tiny_base_model),
+                           "--quantize", "int8", "def f", "--max-new-tokens", "2"],
+                          env={**os.environ, "DSCODER_KERNELS": "maybe"}, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "DSCODER_KERNELS=maybe: expected auto (the default) or off" in done.stderr
+    assert "Traceback" not in done.stderr

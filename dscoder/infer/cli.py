@@ -19,7 +19,7 @@ def _engine(args: argparse.Namespace):
     from dscoder.infer.engine import Engine
 
     return Engine.load(args.model, dtype=args.dtype, device=args.device, quantize=QUANTIZE[args.quantize],
-                       context=getattr(args, "context", None))
+                       context=getattr(args, "context", None), rows=getattr(args, "max_batch", None))
 
 
 def _params(args: argparse.Namespace, engine):
@@ -144,9 +144,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         engine = UpstreamEngine.connect(args.upstream, args.upstream_key, args.upstream_model, args.tokenizer,
                                         args.context)
     else:
-        engine = _engine(args)
-        engine.max_rows = args.max_batch
-        engine.prepare()  # the KV cache, allocated now: one that cannot fit is refused before serving
+        engine = _engine(args)  # its KV cache allocated: one that cannot fit is refused before serving
         log.info("KV cache: %d sequences of up to %d tokens", engine.max_rows, engine.context)
     serve(engine, listener, api_key=args.api_key, max_batch=args.max_batch,
           limits=ServeLimits(max_tokens=args.max_tokens, infill_window=args.infill_window))

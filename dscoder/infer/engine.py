@@ -91,6 +91,7 @@ class Engine:
         model_context = int(model.config.max_position_embeddings)
         if context is not None and context > model_context:
             raise UserError(f"--context {context}: the model's context is {model_context} tokens")
+        self.model_context = model_context
         self.context, self._context_given = context or model_context, context is not None
         tokenizer.model_max_length = self.context  # what the model takes (prompts are fitted to it here)
         stops = {tokenizer.eos_token_id}
@@ -107,9 +108,10 @@ class Engine:
 
     @classmethod
     def load(cls, folder: str | Path, dtype: str = "auto", device: str = "auto", quantize: int | None = None,
-             context: int | None = None) -> "Engine":
+             context: int | None = None, rows: int | None = None) -> "Engine":
         """An engine for a model folder (ours or a released DeepSeek-Coder download), its KV cache
-        allocated; `quantize` (8 or 4 bits) quantizes its weights as it loads (quantize.py)."""
+        allocated for `rows` sequences (default max_rows); `quantize` (8 or 4 bits) quantizes its
+        weights as it loads (quantize.py)."""
         from dscoder import model as model_lib
 
         folder = Path(folder)
@@ -122,6 +124,8 @@ class Engine:
         if name == "final":  # a run's final model: name it after the run
             name = folder.resolve().parent.name
         engine = cls(model, tokenizer, name, context=context)
+        if rows is not None:
+            engine.max_rows = rows
         engine.prepare()  # the context is settled before any prompt is fitted to it
         return engine
 
@@ -132,7 +136,7 @@ class Engine:
 
     @prompt_cache.setter
     def prompt_cache(self, value) -> None:
-        self.reuse = value is not None and value is not False and value != 0
+        self.reuse = value not in (None, False, 0)
 
     def encode(self, text: str) -> list[int]:
         return encode_prompt(self.tokenizer, text)
@@ -149,16 +153,15 @@ class Engine:
             return
         self._runner = None
         rows = self.max_rows
-        if not self._context_given:
+        if not self._context_given:  # the model's context, or what `rows` sequences of it fit in
             free = runner_lib.free_bytes(self.device)
-            if free is not None:
-                fits = int(0.75 * free) // (rows * runner_lib.bytes_per_token(self.model.config, self.dtype))
-                fits = max(256, fits // 256 * 256)
-                if fits < self.context:
-                    log.warning("context lowered to %d tokens so that %d sequences' keys and values fit in memory "
-                                "(--context sets it)", fits, rows)
-                    self.context = fits
-                    self.tokenizer.model_max_length = fits
+            fits = self.model_context if free is None else \
+                int(0.75 * free) // (rows * runner_lib.bytes_per_token(self.model.config, self.dtype)) // 256 * 256
+            self.context = min(self.model_context, max(256, fits))
+            self.tokenizer.model_max_length = self.context
+            if self.context < self.model_context:
+                log.warning("context lowered to %d tokens so that %d sequences' keys and values fit in memory "
+                            "(--context sets it)", self.context, rows)
         runner_lib.check_fits(self.model.config, self.dtype, rows, self.context, self.device)
         cache = runner_lib.KVCache(self.model.config, rows, self.context, self.dtype, self.device)
         self._runner, self._rows = runner_lib.ModelRunner(self.model, cache), Rows(rows)

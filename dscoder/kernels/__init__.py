@@ -26,6 +26,8 @@ from pathlib import Path
 
 import torch
 
+from dscoder.errors import UserError
+
 log = logging.getLogger("dscoder")
 SOURCE = Path(__file__).with_name("int8_matvec.c")
 FLAGS = ["-O3", "-march=native", "-ffp-contract=off", "-fopenmp", "-shared", "-fPIC"]
@@ -77,7 +79,10 @@ def _build(compiler: str, flags: list[str] = FLAGS) -> Path:
 def library() -> ctypes.CDLL | None:
     """The loaded kernels, or None (torch's kernels are used; `status()` says why)."""
     global _status
-    if os.environ.get("DSCODER_KERNELS", "auto") == "off":
+    setting = os.environ.get("DSCODER_KERNELS", "auto")
+    if setting not in ("auto", "off"):
+        raise UserError(f"DSCODER_KERNELS={setting}: expected auto (the default) or off")
+    if setting == "off":
         _status = "off (DSCODER_KERNELS=off)"
         return None
     compiler = _compiler()

@@ -23,15 +23,21 @@ from dscoder.infer.sampling import SamplingParams
 FUNCTION_STOPS = ("\ndef ", "\nclass ", "\n\n\n", "\nif __name__", "\n@")
 
 
-def window_losses(engine: Engine, texts: list[str], seq_len: int, max_windows: int = 64) -> np.ndarray:
-    """Next-token loss (nats per token) of each of the first windows of `seq_len` tokens of
-    the held-out texts, no FIM; the texts are joined with EOS. (W,)"""
+def heldout_windows(engine: Engine, texts: list[str], seq_len: int, max_windows: int = 64) -> list[list[int]]:
+    """The first windows of `seq_len` + 1 tokens of the held-out texts joined with EOS (each
+    window's last token is the previous one's first target)."""
     ids: list[int] = []
     for text in texts:
         ids += engine.encode(text) + [engine.tokenizer.eos_token_id]
         if len(ids) > (seq_len + 1) * max_windows:
             break
-    windows = [ids[i:i + seq_len + 1] for i in range(0, len(ids) - seq_len - 1, seq_len)][:max_windows]
+    return [ids[i:i + seq_len + 1] for i in range(0, len(ids) - seq_len - 1, seq_len)][:max_windows]
+
+
+def window_losses(engine: Engine, texts: list[str], seq_len: int, max_windows: int = 64) -> np.ndarray:
+    """Next-token loss (nats per token) of each of the first windows of `seq_len` tokens of
+    the held-out texts, no FIM. (W,)"""
+    windows = heldout_windows(engine, texts, seq_len, max_windows)
     return np.concatenate([position_losses(engine, windows[start:start + 8]).mean(axis=1)
                            for start in range(0, len(windows), 8)]) if windows else np.empty(0)
 
