@@ -19,7 +19,8 @@ def _engine(args: argparse.Namespace):
     from dscoder.infer.engine import Engine
 
     return Engine.load(args.model, dtype=args.dtype, device=args.device, quantize=QUANTIZE[args.quantize],
-                       context=getattr(args, "context", None), rows=getattr(args, "max_batch", None))
+                       context=getattr(args, "context", None),
+                       rows=getattr(args, "max_batch", 1))  # one answer at a time, except for serve
 
 
 def _params(args: argparse.Namespace, engine):

@@ -59,6 +59,3 @@ class Rows:
 
     def release(self, row: int) -> None:
         self.busy[row] = False
-
-    def forget(self) -> None:
-        self.held = [()] * len(self.held)
