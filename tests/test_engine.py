@@ -115,7 +115,8 @@ def test_prompts_use_the_shared_formats(engine):
 def test_sequences_joining_a_running_batch_give_what_they_give_alone(engine):
     texts = PROMPTS + ["for i in range(10):\n", "x"]
     alone = [engine.generate([Sequence(engine.encode(t), SamplingParams(max_new_tokens=12))])[0] for t in texts]
-    waiting = [Sequence(engine.encode(t), SamplingParams(max_new_tokens=12)) for t in texts[1:]]
+    # computed again, not answered from the rows' last answers (the same greedy prompts)
+    waiting = [Sequence(engine.encode(t), SamplingParams(max_new_tokens=12), reuse_cache=False) for t in texts[1:]]
     steps = {"n": 0}
 
     def admit(free):
@@ -125,7 +126,8 @@ def test_sequences_joining_a_running_batch_give_what_they_give_alone(engine):
         return []
 
     finished = []
-    first = Sequence(engine.encode(texts[0]), SamplingParams(max_new_tokens=12), on_finish=lambda: finished.append(0))
+    first = Sequence(engine.encode(texts[0]), SamplingParams(max_new_tokens=12), on_finish=lambda: finished.append(0),
+                     reuse_cache=False)
     result = engine.generate([first], admit=admit)
     assert not waiting and len(result) == len(texts) and finished == [0]
     by_prompt = {tuple(s.prompt_ids): s.token_ids for s in result}
@@ -197,18 +199,42 @@ def test_int8_in_bfloat16_gives_the_same_tokens_cached_or_not_alone_or_batched(t
     assert [s.token_ids for s in together] == alone
 
 
-def test_the_same_prompt_again_from_the_cache_gives_the_same_logits(engine):
-    """A prompt continued from its own cached tokens recomputes at least runner.MIN_PREFILL of them:
-    torch's products sum a lone row in another order, which once flipped a near-tie between a
-    server's answer and the same prompt computed again."""
-    from dscoder.infer import runner
+def _without_the_model(engine, monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("the model was run")
 
-    ids = engine.encode("import json\n\n\ndef load(path):\n    with open(path) as f:\n        return json.load(f)\n" * 3)
-    s = Sequence(ids, SamplingParams(max_new_tokens=1))
-    engine.generate([s])
-    again = Sequence(ids, SamplingParams(max_new_tokens=1, logprobs=0))
-    first = Sequence(ids, SamplingParams(max_new_tokens=1, logprobs=0), reuse_cache=False)
-    engine.generate([first])
-    engine.generate([again])
-    assert again.cached_tokens == len(ids) - runner.MIN_PREFILL
-    assert again.logprobs[0]["logprob"] == first.logprobs[0]["logprob"]  # bit for bit
+    monkeypatch.setattr(engine._runner, "prefill", refuse)
+    monkeypatch.setattr(engine._runner, "decode", refuse)
+
+
+def test_a_greedy_prompt_again_or_typed_along_its_answer_gets_the_answer_without_the_model(engine, monkeypatch):
+    """A row remembers its last greedy answer: the same prompt again, or the prompt followed by
+    the answer's first tokens (the user typed what was suggested), gets the rest of that answer
+    at once, as greedy decoding from those tokens gives it."""
+    ids = engine.encode("import json\n\n\ndef load(path):\n    with open(path) as f:\n        " * 3)
+    params = SamplingParams(max_new_tokens=12, stop_token_ids=(-1,))
+    first = engine.generate([Sequence(ids, params)])[0]
+    assert len(first.token_ids) == 12
+    with monkeypatch.context() as patch:
+        _without_the_model(engine, patch)
+        again = engine.generate([Sequence(ids, params)])[0]
+        typed = engine.generate([Sequence(ids + first.token_ids[:3], SamplingParams(max_new_tokens=9,
+                                                                                     stop_token_ids=(-1,)))])[0]
+    assert again.token_ids == first.token_ids and again.text == first.text and again.cached_tokens == len(ids)
+    assert typed.token_ids == first.token_ids[3:] and typed.cached_tokens == len(ids) + 3
+    # asked for more than the answer has: the row goes on decoding where the answer stopped,
+    # exactly as one uninterrupted run from scratch
+    longer = engine.generate([Sequence(ids, SamplingParams(max_new_tokens=20, stop_token_ids=(-1,)))])[0]
+    engine.prompt_cache = None
+    fresh = engine.generate([Sequence(ids, SamplingParams(max_new_tokens=20, stop_token_ids=(-1,)))])[0]
+    engine.prompt_cache = 1
+    assert longer.token_ids == fresh.token_ids and longer.cached_tokens == len(ids)
+
+
+def test_sampled_requests_and_other_prompts_compute_only_what_no_row_holds(engine):
+    ids = engine.encode("def area(width, height):\n    return width * height\n\n\n" * 4)
+    engine.generate([Sequence(ids, SamplingParams(max_new_tokens=4, stop_token_ids=(-1,)))])
+    sampled = engine.generate([Sequence(ids, SamplingParams(max_new_tokens=2, temperature=0.8, seed=1))])[0]
+    assert sampled.cached_tokens == len(ids) - 1  # its last token is computed again for its logits
+    other = engine.generate([Sequence(ids + engine.encode("print(area(2, 3))")[1:], SamplingParams(max_new_tokens=2))])[0]
+    assert other.cached_tokens == len(ids)

@@ -27,10 +27,11 @@ from dscoder import allocator, formats
 from dscoder.errors import UserError
 from dscoder.infer import runner as runner_lib
 from dscoder.infer.output import OutputProcessor
-from dscoder.infer.sampling import SamplingParams, next_token, top_logprobs
-from dscoder.infer.scheduler import Rows
+from dscoder.infer.sampling import GREEDY_BELOW, SamplingParams, next_token, top_logprobs
+from dscoder.infer.scheduler import Answer, Rows
 
 log = logging.getLogger("dscoder")
+WARM_CHUNK = 32  # prompt tokens per forward of work done ahead (Engine.warm): a request waits for at most one
 
 
 @dataclass
@@ -105,6 +106,8 @@ class Engine:
         self.reuse = bool(prompt_cache)
         self._runner: runner_lib.ModelRunner | None = None
         self._rows: Rows | None = None
+        self.step_ms: float | None = None  # measured: one forward of a few tokens (decode step)
+        self.token_ms: float | None = None  # measured: each further prompt token of a prefill
 
     @classmethod
     def load(cls, folder: str | Path, dtype: str = "auto", device: str = "auto", quantize: int | None = None,
@@ -144,6 +147,61 @@ class Engine:
     def budget(self, prompt_tokens: int, max_new_tokens: int) -> int:
         """How many tokens an answer may have: what was asked, within the context."""
         return max(0, min(max_new_tokens, self.context - prompt_tokens))
+
+    def prefill_ms(self, ids: list[int]) -> float | None:
+        """Expected milliseconds to the first token of the prompt `ids`, given what the cache rows
+        hold now and the measured speeds; None before anything was measured."""
+        if self.step_ms is None or self.token_ms is None:
+            return None
+        new = len(ids) - min(self._rows.shared(ids) if self.reuse and self._rows else 0, len(ids) - 1)
+        return self.step_ms + self.token_ms * (new - 1)
+
+    def _measured(self, tokens: int, seconds: float) -> None:
+        """Keep the speeds up to date with a prefill of `tokens` that took `seconds`."""
+        ms = 1000 * seconds
+        if tokens <= 2:
+            self.step_ms = ms if self.step_ms is None else 0.8 * self.step_ms + 0.2 * ms
+        elif tokens >= 32 and self.step_ms is not None:
+            rate = max(ms - self.step_ms, 0.0) / (tokens - 1)
+            self.token_ms = rate if self.token_ms is None else 0.7 * self.token_ms + 0.3 * rate
+
+    @torch.inference_mode()
+    def calibrate(self) -> None:
+        """Measure the prefill speeds (prefill_ms) once, on a row that then holds nothing."""
+        with self.lock:
+            self.prepare()
+            row, _, _ = self._rows.take([], reuse=False)
+            try:
+                ids = [self.pad_id] * 64
+                for count in (1, 1, len(ids)):
+                    began = time.perf_counter()
+                    self._runner.prefill(row, ids[:count], 0)
+                    self._measured(count, time.perf_counter() - began)
+            finally:
+                self._rows.release(row)
+
+    @torch.inference_mode()
+    def warm(self, ids: list[int], stop: Callable[[], bool]) -> int:
+        """Compute the keys and values of a likely next prompt `ids` ahead of its request, in a
+        row of its own (a row's other tokens are kept: see scheduler.Rows.take's fork), a few
+        tokens at a time until done or `stop()`; returns how many of its tokens the cache holds."""
+        if not self.reuse or len(ids) >= self.context:
+            return 0
+        with self.lock:
+            self.prepare()
+            if not self._rows.free_count():
+                return 0
+            row, cached, source = self._rows.take(ids, True, left=0, fork=True)
+            done = 0
+            try:
+                if source is not None:
+                    self._runner.copy(source, row, cached)
+                if cached < len(ids):
+                    _, done = self._runner.prefill(row, ids[cached:], cached, stop=stop, chunk=WARM_CHUNK)
+            finally:
+                self._rows.hold(row, ids[:cached + done])
+                self._rows.release(row)
+            return cached + done
 
     def prepare(self) -> None:
         """Allocate the KV cache for `max_rows` sequences of `context` tokens (done by the first
@@ -204,25 +262,62 @@ class Engine:
         return sequences
 
     def _start(self, s: Sequence, running: list) -> None:
-        """Prefill a sequence in a free row and take its first token."""
-        row, cached = self._rows.take(s.prompt_ids, self.reuse and s.reuse_cache, runner_lib.MIN_PREFILL)
+        """Prefill a sequence in a free row and take its first token (or, where a row's last
+        answer continues its prompt, that answer's next tokens)."""
+        if self._known(s, running):
+            return
+        row, cached, _ = self._rows.take(s.prompt_ids, self.reuse and s.reuse_cache)
         try:
-            logits = self._runner.prefill(row, s.prompt_ids[cached:], cached)
+            began = time.perf_counter()
+            logits, done = self._runner.prefill(row, s.prompt_ids[cached:], cached, stop=s.cancelled.is_set)
+            if logits is not None:
+                self._measured(done, time.perf_counter() - began)
         except BaseException:
             self._rows.release(row)
             raise
-        self._rows.hold(row, s.prompt_ids)
+        self._rows.hold(row, s.prompt_ids[:cached + done])
         s.cached_tokens = cached
         live = _Live(s, row, len(s.prompt_ids), self)
-        if self._advance(live, logits):
+        if logits is None:  # cancelled while its prompt was computed: what was computed is kept
+            self._rows.release(row)
+            live.output.end("cancelled")
+        elif self._advance(live, logits):
             running.append(live)
+
+    def _known(self, s: Sequence, running: list) -> bool:
+        """Start a greedy sequence from a row whose last answer continues its prompt: the answer's
+        next tokens are what greedy decoding gives after these same tokens, so they are taken as
+        chosen; the row goes on decoding if the sequence wants more. False where no row has it."""
+        if not (self.reuse and s.reuse_cache and s.params.temperature < GREEDY_BELOW and s.params.logprobs is None):
+            return False
+        found = self._rows.known(s.prompt_ids)
+        if found is None:
+            return False
+        row, tokens = found
+        answer = self._rows.answers[row]
+        self._rows.claim(row)
+        s.cached_tokens = len(s.prompt_ids)
+        live = _Live(s, row, len(s.prompt_ids), self)
+        for token in tokens:
+            live.chosen.append(token)
+            if live.output.push(token):  # done within the known answer: the row is unchanged
+                self._rows.release(row)
+                return True
+        live.last, live.position = tokens[-1], len(answer.prompt) + len(answer.tokens) - 1
+        running.append(live)
+        return True
 
     def _advance(self, live: "_Live", logits: torch.Tensor) -> bool:
         """Choose the live sequence's next token from `logits` (V,); False once it has ended
-        (its row is then free)."""
+        (its row then holds its prompt and answer, and is free)."""
         live.last = live.choose(logits)
+        live.chosen.append(live.last)
         live.position += 1
         if live.output.push(live.last):
+            prompt, params = tuple(live.s.prompt_ids), live.s.params
+            greedy = params.temperature < GREEDY_BELOW
+            self._rows.hold(live.row, prompt + tuple(live.chosen[:-1]),
+                            Answer(prompt, tuple(live.chosen)) if greedy else None)
             self._rows.release(live.row)
             return False
         return True
@@ -233,6 +328,7 @@ class _Live:
 
     def __init__(self, sequence: Sequence, row: int, position: int, engine: Engine):
         self.s, self.row, self.position, self.last = sequence, row, position - 1, 0
+        self.chosen: list[int] = []  # every token chosen, stop tokens included
         params = sequence.params
         limit = engine.budget(len(sequence.prompt_ids), params.max_new_tokens)
         self.output = OutputProcessor(sequence, engine.tokenizer, engine.stop_token_ids, limit)

@@ -58,6 +58,10 @@ class OutputProcessor:
         s.emit(safe)
         return False
 
+    def end(self, reason: str) -> None:
+        """Finish before any token (a sequence cancelled while its prompt was computed)."""
+        self._finish(reason)
+
     def _finish(self, reason: str) -> None:
         s = self.s
         s.text += self.decoder.flush()

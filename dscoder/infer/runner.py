@@ -24,10 +24,6 @@ from dscoder import kernels
 from dscoder.errors import UserError
 
 PREFILL_CHUNK = 512  # prompt tokens per forward: bounds the attention scores' memory
-# A prompt continued from cached tokens computes at least this many: torch's products and
-# attention give a row slightly different sums when they run on one or two rows than on many,
-# so a prompt's last tokens must not be computed alone or its output could differ by cache
-MIN_PREFILL = 8
 
 
 def bytes_per_token(config, dtype: torch.dtype) -> int:
@@ -101,18 +97,28 @@ class ModelRunner:
             return kernels.bf16_matvec(x.reshape(rows, -1).contiguous(), linear.weight).view(*x.shape[:2], -1)
         return linear(x)
 
-    def prefill(self, row: int, ids: list[int], start: int) -> torch.Tensor:
+    def prefill(self, row: int, ids: list[int], start: int, stop=None, chunk: int = PREFILL_CHUNK) -> tuple[torch.Tensor | None, int]:
         """Compute the keys and values of `ids` at positions start.. in `row` (positions before
-        `start` must already hold this prompt's tokens); the last token's logits (V,) float32."""
+        `start` must already hold this prompt's tokens), in forwards of at most `chunk` tokens.
+        Returns the last token's logits (V,) float32 and how many tokens were computed; with
+        `stop`, called between forwards, it may end early: (None, tokens computed so far)."""
         end = start + len(ids)
         if end > self.cache.length:
             raise UserError(f"the prompt has {end} tokens; the context is {self.cache.length}")
-        logits, count = None, -(-len(ids) // PREFILL_CHUNK)
-        for index in range(count):  # chunks of equal size: none of a few tokens (see MIN_PREFILL)
-            chunk = ids[index * len(ids) // count:(index + 1) * len(ids) // count]
-            at = start + index * len(ids) // count
-            logits = self._forward(torch.tensor([chunk], device=self.device), [row], [at])
-        return logits[0]
+        logits, count = None, -(-len(ids) // chunk)
+        for index in range(count):  # chunks of equal size
+            at = index * len(ids) // count
+            if index and stop is not None and stop():
+                return None, at
+            chunk_ids = ids[at:(index + 1) * len(ids) // count]
+            logits = self._forward(torch.tensor([chunk_ids], device=self.device), [row], [start + at])
+        return logits[0], len(ids)
+
+    def copy(self, source: int, row: int, length: int) -> None:
+        """Copy the keys and values of the first `length` positions of row `source` into `row`."""
+        for keys, values in zip(self.cache.keys, self.cache.values):
+            keys[row, :, :length] = keys[source, :, :length]
+            values[row, :, :length] = values[source, :, :length]
 
     def decode(self, rows: list[int], ids: list[int], positions: list[int]) -> torch.Tensor:
         """One token per row, at `positions` (each row's length so far): logits (len(rows), V)."""
