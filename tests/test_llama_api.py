@@ -182,12 +182,17 @@ def test_the_window_bounds_the_file_and_context_files_stay_cached(tiny_base_mode
 @pytest.mark.parametrize("path, body, param", [
     ("/infill", {"input_prefix": "x", "input_extra": [{"filename": "a.py"}]}, "input_extra"),
     ("/infill", {"input_prefix": "x", "input_extra": [{"filename": "a.py", "text": 3}]}, "input_extra"),
-    ("/infill", {"input_prefix": "x", "n_predict": 0}, "n_predict"),
     ("/infill", {"input_prefix": "x", "n_predict": -2}, "n_predict"),
+    ("/infill", {"input_prefix": "x", "t_max_prompt_ms": 0}, "t_max_prompt_ms"),
+    ("/infill", {"input_prefix": "x", "t_max_prompt_ms": -5}, "t_max_prompt_ms"),
+    ("/infill", {"input_prefix": "x", "t_max_prompt_ms": 10**9}, "t_max_prompt_ms"),
+    ("/infill", {"input_prefix": "x", "id_slot": 99}, "id_slot"),
+    ("/infill", {"input_prefix": "x", "id_slot": -2}, "id_slot"),
     ("/infill", {"input_prefix": "x", "t_max_predict_ms": 0}, "t_max_predict_ms"),
     ("/infill", {"input_prefix": "x", "response_fields": ["content", "timings/nonsense"]}, "response_fields"),
     ("/completion", {"prompt": [1, 2, 10**9]}, "prompt"),
-    ("/completion", {"prompt": "x", "n_predict": 0}, "n_predict"),
+    ("/completion", {"prompt": "x", "n_predict": -3}, "n_predict"),
+    ("/completion", {"prompt": "x", "id_slot": 8}, "id_slot"),
     ("/detokenize", {"tokens": [-1]}, "tokens"),
 ])
 def test_bad_requests_are_400s_and_the_server_goes_on(served, path, body, param):

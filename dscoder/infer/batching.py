@@ -2,7 +2,15 @@
 generated together on one worker thread with continuous batching (waiting sequences join the
 running batch between decode steps, finished ones leave and answer at once); streamed text goes
 back to each request's asyncio loop as it is produced, and a request that goes away marks its
-sequences cancelled, which frees their rows at the next decode step."""
+sequences cancelled, which frees their rows at the next decode step (or between two chunks of
+its prompt). A request made for an editor slot cancels the one that slot still has running
+(`run(..., slot=...)`): an editor asks again on every keystroke and wants only the last answer.
+
+While nothing waits, the worker computes prompts that requests are likely to bring next
+(`ahead`: an editor's next line, the whole prompt of an answer that was shortened to be on
+time, the context an editor sends ahead with `n_predict` 0) in small steps; a request that
+arrives stops that work at the next step, and what was computed stays in the prompt cache.
+"""
 
 from __future__ import annotations
 
@@ -11,11 +19,13 @@ import logging
 import queue
 import threading
 import time
+from collections import OrderedDict
 
 from dscoder.infer.engine import Engine, Sequence
 
 log = logging.getLogger("dscoder")
 DONE = object()  # ends a stream's queue of deltas
+WAKE = object()  # wakes the worker for work ahead
 
 
 class Closing(Exception):
@@ -37,6 +47,9 @@ class Batcher:
         self.pending: queue.Queue = queue.Queue()
         self._waiting: dict = {}  # id(sequence) -> its completion callback
         self._armed: dict = {}  # id(sequence) -> the sequence, while it waits or is generated
+        self.slots = Slots()
+        self._ahead: OrderedDict = OrderedDict()  # key -> prompts (token ids) to compute while idle, newest last
+        self._ahead_lock = threading.Lock()
         self.closing = False
         self.thread = threading.Thread(target=self._work, name="dscoder-batcher", daemon=True)
         self.running = True
@@ -64,10 +77,19 @@ class Batcher:
         self.thread.join(timeout=5)
 
     def _work(self) -> None:
+        calibrate = getattr(self.engine, "calibrate", None)
+        if calibrate is not None:  # the speeds a request's time limit is measured against
+            calibrate()
         while self.running:
-            first = self.pending.get()
+            try:
+                first = self.pending.get(block=not self._ahead)
+            except queue.Empty:
+                self._work_ahead()
+                continue
             if first is None:
                 return
+            if first is WAKE:
+                continue
             batch = [first]
             deadline = time.monotonic() + self.max_wait_seconds
             while len(batch) < self.max_batch and time.monotonic() < deadline:
@@ -78,7 +100,8 @@ class Batcher:
                 if item is None:
                     self.running = False
                     break
-                batch.append(item)
+                if item is not WAKE:
+                    batch.append(item)
             admitted = self._arm(batch)
             try:
                 if admitted:
@@ -87,6 +110,36 @@ class Batcher:
                 log.exception("generation failed")
                 for s in list(self._waiting):
                     self._waiting.pop(s)(exc)
+
+    def ahead(self, key, prompts: list[list[int]]) -> None:
+        """Compute `prompts` (token ids), in order, while no request waits; they replace what
+        was asked ahead under the same `key` (one editor's guesses: the latest count)."""
+        with self._ahead_lock:
+            self._ahead.pop(key, None)
+            if prompts:
+                self._ahead[key] = list(prompts)
+                while len(self._ahead) > self.max_batch:  # the oldest guesses go first
+                    self._ahead.popitem(last=False)
+        self.pending.put(WAKE)
+
+    def _work_ahead(self) -> None:
+        """Compute the newest prompt asked ahead until done or a request arrives."""
+        with self._ahead_lock:
+            if not self._ahead:
+                return
+            key, prompts = self._ahead.popitem(last=True)
+        busy = lambda: not self.pending.empty() or not self.running  # noqa: E731
+        for index, ids in enumerate(prompts):
+            try:
+                held = self.engine.warm(ids, stop=busy)
+            except Exception:  # work ahead only saves time: a failure is logged, never raised
+                log.exception("computing a prompt ahead failed")
+                return
+            if held < len(ids) and busy():  # stopped by a request: go on once idle, unless replaced
+                with self._ahead_lock:
+                    if key not in self._ahead:
+                        self._ahead[key] = prompts[index:]
+                return
 
     def _take(self, free: int) -> list:
         """Up to `free` waiting items, without blocking."""
@@ -99,7 +152,8 @@ class Batcher:
             if item is None:
                 self.running = False
                 break
-            items.append(item)
+            if item is not WAKE:
+                items.append(item)
         return items
 
     def _arm(self, items: list) -> list[Sequence]:
@@ -119,12 +173,15 @@ class Batcher:
         self._armed.pop(id(s), None)
         self._waiting.pop(id(s))(None)
 
-    async def run(self, sequences: list[Sequence]) -> None:
-        """Generate `sequences` (with the others waiting) and return when all are done."""
+    async def run(self, sequences: list[Sequence], slot=None) -> None:
+        """Generate `sequences` (with the others waiting) and return when all are done. With
+        `slot` (an editor's), the sequences that slot's previous request still has are
+        cancelled (answered with what they have) and these take their place."""
         loop = asyncio.get_running_loop()
         futures = []
         if self.closing:
             raise Closing("the server is shutting down")
+        self.slots.enter(slot, sequences)
         for s in sequences:
             future = loop.create_future()
 
@@ -139,9 +196,29 @@ class Batcher:
             for s in sequences:
                 s.cancelled.set()
             raise
+        finally:
+            self.slots.leave(slot, sequences)
 
-    def stream(self, sequences: list[Sequence]):
-        return stream(self.run, sequences)
+    def stream(self, sequences: list[Sequence], slot=None):
+        return stream(lambda sequences: self.run(sequences, slot), sequences)
+
+
+class Slots:
+    """The sequences of each editor slot's latest request, which a newer one cancels."""
+
+    def __init__(self):
+        self._latest: dict = {}
+
+    def enter(self, slot, sequences: list[Sequence]) -> None:
+        if slot is None:
+            return
+        for s in self._latest.get(slot, ()):
+            s.cancelled.set()
+        self._latest[slot] = sequences
+
+    def leave(self, slot, sequences: list[Sequence]) -> None:
+        if slot is not None and self._latest.get(slot) is sequences:
+            del self._latest[slot]
 
 
 def make_batcher(engine, max_batch: int):

@@ -148,7 +148,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         engine = _engine(args)  # its KV cache allocated: one that cannot fit is refused before serving
         log.info("KV cache: %d sequences of up to %d tokens", engine.max_rows, engine.context)
     serve(engine, listener, api_key=args.api_key, max_batch=args.max_batch,
-          limits=ServeLimits(max_tokens=args.max_tokens, infill_window=args.infill_window))
+          limits=ServeLimits(max_tokens=args.max_tokens, infill_window=args.infill_window,
+                             max_prompt_ms=args.max_prompt_ms))
     return 0
 
 
@@ -253,4 +254,8 @@ def add_commands(groups) -> None:
     p.add_argument("--infill-window", type=number(int, AT_LEAST_ONE), default=2048,
                    help="most tokens of the current file an insertion keeps around the cursor (llama.cpp's n_batch; "
                    "three quarters before it); repository context fills the rest of the context")
+    p.add_argument("--max-prompt-ms", type=number(int, AT_LEAST_ONE),
+                   help="for insertions that give no t_max_prompt_ms: milliseconds their prompt may take to compute "
+                   "at the measured speed; the suffix's far lines and uncached context files are left out to meet it "
+                   "(default: no limit; llama.vim sends 500)")
     p.set_defaults(func=cmd_serve)

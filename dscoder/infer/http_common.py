@@ -148,12 +148,13 @@ def sse(data: dict | str) -> str:
 
 def event_stream(batcher, sequences: list[Sequence], chunk: Callable[[int, str], dict],
                  finals: Callable[[], Iterable[dict]], usage: Callable[[], dict] | None = None,
-                 done: bool = True) -> StreamingResponse:
+                 done: bool = True, slot=None) -> StreamingResponse:
     """Generate `sequences` as server-sent events: `chunk(index, delta)` per text delta, then
     `finals()`, `usage()` where given, and `[DONE]` (OpenAI's streams; llama.cpp's end with their
-    final chunk). A client that goes away cancels its sequences, which frees their rows."""
+    final chunk). A client that goes away cancels its sequences, which frees their rows; `slot`
+    as in batching.Batcher.run."""
     async def events():
-        out, start = batcher.stream(sequences)
+        out, start = batcher.stream(sequences, slot)
         task = asyncio.create_task(start())
         try:
             while (item := await out.get()) is not DONE:

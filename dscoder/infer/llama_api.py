@@ -29,6 +29,7 @@ from dscoder.infer.sampling import SamplingParams
 INFILL_TOKENS = 64  # an editor's default: a line or a block, not a file
 UNNAMED = "untitled"  # the path of a file sent without one
 SEEDS = 2**63  # llama.cpp's seeds are unsigned 64-bit; the engine's are below this
+MAX_PROMPT_MS = 600_000  # t_max_prompt_ms above ten minutes is a mistake, not a limit
 
 
 
@@ -61,13 +62,23 @@ class _Sampling(BaseModel):
     cache_prompt: bool = True
     samplers: list[str] | None = None  # accepted: the server's sampler order is fixed
     t_max_predict_ms: int | None = Field(None, gt=0)
+    t_max_prompt_ms: int | None = None  # /infill: the prompt is fitted to be computed in this time
+    id_slot: int = Field(-1, ge=-1)  # an editor's slot: its next request cancels this one
     response_fields: list[str] | None = None
 
     @field_validator("n_predict")
     @classmethod
     def _n_predict(cls, value: int | None) -> int | None:
-        if value is not None and (value == 0 or value < -1):
-            raise ValueError("must be -1 (as many as the server gives) or a positive number of tokens")
+        if value is not None and value < -1:
+            raise ValueError("must be -1 (as many as the server gives), 0 (compute the prompt only) or a "
+                             "positive number of tokens")
+        return value
+
+    @field_validator("t_max_prompt_ms")
+    @classmethod
+    def _t_max_prompt_ms(cls, value: int | None) -> int | None:
+        if value is not None and value != -1 and not 1 <= value <= MAX_PROMPT_MS:
+            raise ValueError(f"must be -1 (no limit) or 1..{MAX_PROMPT_MS} milliseconds")
         return value
 
     @field_validator("stop")
@@ -112,7 +123,7 @@ RESPONSE_FIELDS = {"content", "stop", "stop_type", "stopping_word", "model", "to
                    "tokens_cached", "truncated", "timings", "stopped_eos", "stopped_limit", "stopped_word",
                    "generation_settings"}
 TIMINGS = {"prompt_n", "prompt_ms", "prompt_per_token_ms", "prompt_per_second", "predicted_n", "predicted_ms",
-           "predicted_per_token_ms", "predicted_per_second"}
+           "predicted_per_token_ms", "predicted_per_second", "cache_n", "left_out_n", "left_out_for_time_n"}
 
 
 def _check_fields(fields: list[str] | None) -> None:
@@ -140,8 +151,10 @@ def _in_vocabulary(tokenizer, ids: list[int], param: str) -> None:
                        "invalid_value", param)
 
 
-def _result(engine, s: Sequence, ids: list[int], started: float, truncated: bool, body: _Sampling) -> dict:
-    """llama.cpp's answer: the text, why it stopped, the settings used and the timings."""
+def _result(engine, s: Sequence, prompt: prompts.Prompt, started: float, body: _Sampling) -> dict:
+    """llama.cpp's answer: the text, why it stopped, the settings used and the timings (with
+    dscoder's `left_out_n`: prompt tokens left out in fitting, `left_out_for_time_n` of them to
+    meet t_max_prompt_ms)."""
     stop_type = {"stop": "eos", "length": "limit", "cancelled": "limit"}.get(s.finish_reason or "", "none")
     word = s.stopped_by or ""
     if word:
@@ -149,36 +162,69 @@ def _result(engine, s: Sequence, ids: list[int], started: float, truncated: bool
     first = s.first_token_at or started
     done = s.finished_at or time.perf_counter()
     prompt_ms, predicted_ms = 1000 * (first - started), 1000 * (done - first)
+    ids = prompt.ids
     predicted, evaluated = len(s.token_ids), len(ids) - s.cached_tokens
     body_out = {
         "content": s.text, "stop": True, "stop_type": stop_type, "stopping_word": word, "model": engine.name,
         "tokens_predicted": predicted, "tokens_evaluated": len(ids), "tokens_cached": s.cached_tokens,
-        "truncated": truncated, "stopped_eos": stop_type == "eos", "stopped_limit": stop_type == "limit",
+        "truncated": prompt.truncated > 0, "stopped_eos": stop_type == "eos", "stopped_limit": stop_type == "limit",
         "stopped_word": stop_type == "word",
-        "generation_settings": {"n_predict": s.params.max_new_tokens, "temperature": body.temperature,
+        "generation_settings": {"n_predict": s.params.max_new_tokens if body.n_predict != 0 else 0,
+                                "temperature": body.temperature,
                                 "top_k": body.top_k, "top_p": body.top_p, "n_ctx": engine.context},
         "timings": {"prompt_n": evaluated, "prompt_ms": prompt_ms,
                     "prompt_per_token_ms": prompt_ms / max(evaluated, 1),
                     "prompt_per_second": 1000 * evaluated / max(prompt_ms, 1e-9),
                     "predicted_n": predicted, "predicted_ms": predicted_ms,
                     "predicted_per_token_ms": predicted_ms / max(predicted, 1),
-                    "predicted_per_second": 1000 * predicted / max(predicted_ms, 1e-9)},
+                    "predicted_per_second": 1000 * predicted / max(predicted_ms, 1e-9),
+                    "cache_n": s.cached_tokens, "left_out_n": prompt.truncated, "left_out_for_time_n": prompt.late},
     }
     if body.response_fields:
         return {path: _get(body_out, path) for path in body.response_fields if _get(body_out, path) is not None}
     return body_out
 
 
-async def _answer(request: Request, s: Sequence, prompt: prompts.Prompt, body: _Sampling):
+async def _answer(request: Request, s: Sequence, prompt: prompts.Prompt, body: _Sampling, slot=None):
     """Generate `s`: the whole answer, or its text streamed and the answer as the last event."""
     engine, batcher = request.app.state.engine, request.app.state.batcher
-    started, truncated = time.perf_counter(), prompt.truncated > 0
+    started = time.perf_counter()
     if body.stream:
         return event_stream(batcher, [s], lambda i, d: {"content": d, "stop": False},
-                            lambda: [_result(engine, s, prompt.ids, started, truncated, body) | {"content": ""}],
-                            done=False)
-    await batcher.run([s])
-    return _result(engine, s, prompt.ids, started, truncated, body)
+                            lambda: [_result(engine, s, prompt, started, body) | {"content": ""}],
+                            done=False, slot=slot)
+    await batcher.run([s], slot)
+    return _result(engine, s, prompt, started, body)
+
+
+def _ahead(request: Request, key, prompt: prompts.Prompt, body: _Sampling) -> dict:
+    """`n_predict` 0: the prompt is computed while the server is idle (llama.vim sends the
+    chunks of its ring buffer this way); the answer comes at once, with no text."""
+    request.app.state.batcher.ahead(key, [prompt.ids])
+    s = Sequence(prompt.ids, SamplingParams(max_new_tokens=1), finish_reason="length")
+    return _result(request.app.state.engine, s, prompt, time.perf_counter(), body.model_copy(update={"n_predict": 0}))
+
+
+def _slot(request: Request, body: _Sampling, *more) -> tuple | None:
+    """Who a request comes from, for cancelling its older requests and replacing what was asked
+    ahead for it: its `id_slot`, else its address and `more` (None: no one in particular)."""
+    engine = request.app.state.engine
+    if body.id_slot >= max(engine.max_rows, 1):
+        raise APIError(400, f"id_slot: {body.id_slot} is not a slot of this server (-1, or 0..{engine.max_rows - 1})",
+                       "invalid_value", "id_slot")
+    if body.id_slot >= 0:
+        return ("slot", body.id_slot)
+    return ("client", request.client.host if request.client else None, *more) if more else None
+
+
+def _time_limit(request: Request, body: _Sampling) -> prompts.TimeLimit | None:
+    """The time a prompt may take to compute (t_max_prompt_ms, else the server's --max-prompt-ms),
+    against the engine's measured speed; None without a limit or a measure (an upstream)."""
+    engine, ms = request.app.state.engine, body.t_max_prompt_ms
+    ms = request.app.state.limits.max_prompt_ms if ms is None else ms
+    if ms is None or ms < 0 or not hasattr(engine, "prefill_ms"):
+        return None
+    return prompts.TimeLimit(lambda ids: engine.prefill_ms(ids) or 0.0, ms)
 
 
 def _token_prompt(engine, ids: list[int], n_predict: int | None, most: int) -> tuple[prompts.Prompt, int]:
@@ -196,30 +242,48 @@ def _token_prompt(engine, ids: list[int], n_predict: int | None, most: int) -> t
 async def completion(body: CompletionBody, request: Request):
     _check_fields(body.response_fields)
     engine, most = request.app.state.engine, request.app.state.limits.max_tokens
+    slot = _slot(request, body)
+    if body.n_predict == 0:
+        prompt = _token_prompt(engine, body.prompt, None, most)[0] if isinstance(body.prompt, list) else \
+            prompts.completion(engine, body.prompt, 1)
+        return _ahead(request, slot or ("client", request.client and request.client.host), prompt, body)
     if isinstance(body.prompt, list):
         prompt, limit = _token_prompt(engine, body.prompt, body.n_predict, most)
     else:  # cut from the left to what the answer leaves
         limit = new_tokens(engine, _asked(body.n_predict), most, "n_predict")
         prompt = prompts.completion(engine, body.prompt, limit)
     s = Sequence(prompt.ids, _params(body, limit), max_ms=body.t_max_predict_ms, reuse_cache=body.cache_prompt)
-    return await _answer(request, s, prompt, body)
+    return await _answer(request, s, prompt, body, slot)
 
 
 @router.post("/infill")
 async def infill(body: InfillBody, request: Request):
     _check_fields(body.response_fields)
-    engine, limits = request.app.state.engine, request.app.state.limits
-    limit = new_tokens(engine, _asked(body.n_predict), limits.max_tokens, "n_predict",
-                       default=INFILL_TOKENS if body.n_predict is None else None)
+    engine, limits, batcher = request.app.state.engine, request.app.state.limits, request.app.state.batcher
+    editor = _slot(request, body, body.filename)  # this editor: what is asked ahead for it
+    slot = editor if body.id_slot >= 0 else (*editor, body.input_prefix)  # a keystroke on the same line
+    limit = 1 if body.n_predict == 0 else new_tokens(engine, _asked(body.n_predict), limits.max_tokens, "n_predict",
+                                                     default=INFILL_TOKENS if body.n_predict is None else None)
     # the current file heads its text as in training; with context files before it and no
     # name given, a placeholder keeps it from reading as the end of the last one
     path = body.filename or (UNNAMED if body.input_extra else None)
-    prompt = prompts.insertion(engine, body.input_prefix, body.input_suffix, limit,
-                               [(c.filename or UNNAMED, c.text) for c in body.input_extra], path=path,
-                               typed=body.prompt, window=limits.infill_window)
+    extra = [(c.filename or UNNAMED, c.text) for c in body.input_extra]
+
+    def fit(prefix: str, typed: str, time_limit: prompts.TimeLimit | None = None) -> prompts.Prompt:
+        return prompts.insertion(engine, prefix, body.input_suffix, limit, extra, path=path, typed=typed,
+                                 window=limits.infill_window, time_limit=time_limit)
+
+    if body.n_predict == 0:  # work ahead: no time limit
+        return _ahead(request, editor, fit(body.input_prefix, body.prompt), body)
+    prompt = fit(body.input_prefix, body.prompt, _time_limit(request, body))
     s = Sequence(prompt.ids, _params(body, limit), max_ms=body.t_max_predict_ms, reuse_cache=body.cache_prompt,
                  editor=prompts.EditorStop.at(body.input_prefix + body.prompt, body.input_suffix, body.n_indent))
-    return await _answer(request, s, prompt, body)
+    if body.cache_prompt:  # the next keystrokes' prompts, computed while the server is idle: this one
+        # whole where it was shortened to be on time, and the next line's, as if Enter were pressed
+        # now (the text after the cursor, the suffix, stays the same)
+        guesses = [fit(body.input_prefix, body.prompt).ids] if prompt.late else []
+        batcher.ahead(editor, [*guesses, fit(body.input_prefix + body.prompt + "\n", "").ids])
+    return await _answer(request, s, prompt, body, slot)
 
 
 @router.post("/tokenize")

@@ -19,7 +19,9 @@ conventions"), built only from the shared formats module, and fitted to the cont
 from __future__ import annotations
 
 import logging
+import weakref
 from dataclasses import dataclass
+from typing import Callable
 
 from dscoder import formats
 from dscoder.errors import UserError
@@ -31,7 +33,8 @@ log = logging.getLogger("dscoder")
 class Prompt:
     text: str  # what the model sees (as text, for --show-prompt)
     ids: list[int]
-    truncated: int = 0  # tokens cut from the left
+    truncated: int = 0  # tokens left out (cut from the left, or around an insertion's cursor)
+    late: int = 0  # of those, left out so that the prompt is computed in time (insertion's time_limit)
 
 
 def _budget(engine, max_new_tokens: int) -> int:
@@ -74,14 +77,26 @@ PREFIX_SHARE = 0.75  # of the room, the least the prefix may take when the suffi
 CUT_LINES = 32  # a cut prefix starts at a multiple of this many lines
 
 
+@dataclass(frozen=True)
+class TimeLimit:
+    """At most `ms` milliseconds to compute an insertion's prompt, as `cost(ids)` expects it to
+    take (a server's measured speed and what its prompt cache holds: engine.Engine.prefill_ms)."""
+
+    cost: Callable[[list[int]], float]
+    ms: float
+
+
 def insertion(engine, prefix: str, suffix: str, max_new_tokens: int, context: list[tuple[str, str]] = (),
-              path: str | None = None, typed: str = "", window: int | None = None) -> Prompt:
+              path: str | None = None, typed: str = "", window: int | None = None,
+              time_limit: TimeLimit | None = None) -> Prompt:
     """The released FIM prompt for a hole between `prefix` and `suffix`, with repository
     `context` files `(path, text)` before it (each under its `#path` line, the current file's
     `path` heading the prefix as in training samples) and `typed`, text already typed after the
     cursor, after the FIM end token (the middle continues it). Fitted to the context as the
     module docstring says, the prefix and suffix together to at most `window` tokens when given;
-    `truncated` counts the tokens left out."""
+    with `time_limit`, the suffix's far lines, then the context files given first, are left out
+    until the prompt can be computed in time (the prefix is kept). `truncated` counts the tokens
+    left out, `late` those left out for time."""
     missing = [t for t in (formats.FIM_BEGIN, formats.FIM_HOLE, formats.FIM_END)
                if engine.tokenizer.convert_tokens_to_ids(t) in (None, engine.tokenizer.unk_token_id)]
     if missing:
@@ -89,62 +104,122 @@ def insertion(engine, prefix: str, suffix: str, max_new_tokens: int, context: li
                         "(use completion)")
     room = _budget(engine, max_new_tokens)
     header = formats.file_header(path) if path else ""
-    fixed = len(engine.encode(formats.fim_prompt(header, "") + typed))  # BOS, the three FIM tokens, header, typed
+    typed_ids = engine.tokenizer(typed, add_special_tokens=False)["input_ids"] if typed else []
+    fixed = len(engine.encode(formats.fim_prompt(header, ""))) + len(typed_ids)  # BOS, FIM tokens, header, typed
     if fixed > room:
         raise UserError(f"the text typed after the cursor has {fixed} tokens but only {room} fit in the context "
                         f"with {max_new_tokens} new tokens")
     left = room - fixed
     local = left if window is None else min(left, window)  # for the file's own text
-    prefix_lines, suffix_lines = _line_costs(engine, prefix), _line_costs(engine, suffix)
-    prefix_cost, suffix_cost = sum(c for _, c in prefix_lines), sum(c for _, c in suffix_lines)
-    kept_prefix = _keep(engine, prefix_lines, max(int(PREFIX_SHARE * local), local - suffix_cost), from_end=True)
+    prefix_lines, suffix_lines = _line_ids(engine, prefix), _line_ids(engine, suffix)
+    kept_prefix = _keep(engine, prefix_lines, max(int(PREFIX_SHARE * local), local - _cost(suffix_lines)), from_end=True)
     if len(kept_prefix) < len(prefix_lines) and len(kept_prefix) > CUT_LINES:
         # drop whole steps of lines, so that the prompt keeps its start while the user types on
         # (and the prompt cache can reuse it), rather than sliding one line per line typed
         dropped = len(prefix_lines) - len(kept_prefix)
         kept_prefix = kept_prefix[-(len(prefix_lines) - CUT_LINES * -(-dropped // CUT_LINES)):]
-    local -= sum(c for _, c in kept_prefix)
+    local -= _cost(kept_prefix)
     kept_suffix = _keep(engine, suffix_lines, local, from_end=False)
-    left -= sum(c for _, c in kept_prefix + kept_suffix)
+    left -= _cost(kept_prefix + kept_suffix)
     files, left_out = [], 0
     for file_path, text in reversed(list(context)):  # the last files given are the nearest: kept first
-        cost = sum(c for _, c in _line_costs(engine, formats.repo_sample([(file_path, text)])))
-        if cost <= left:
-            files.insert(0, (file_path, text))
-            left -= cost
+        lines = _line_ids(engine, formats.repo_sample([(file_path, text)]))
+        if _cost(lines) <= left:
+            files.insert(0, lines)
+            left -= _cost(lines)
         else:
-            left_out += cost
-    before = formats.repo_sample(files) + header + "".join(t for t, _ in kept_prefix)
-    text = formats.fim_prompt(before, "".join(t for t, _ in kept_suffix)) + typed
-    ids = engine.encode(text)
+            left_out += _cost(lines)
+    head = _line_ids(engine, header) + kept_prefix
+    bos = [] if engine.tokenizer.bos_token_id is None else [engine.tokenizer.bos_token_id]
+    fim = [engine.tokenizer.convert_tokens_to_ids(t) for t in (formats.FIM_BEGIN, formats.FIM_HOLE, formats.FIM_END)]
+
+    def assemble(files: list, suffix_kept: list) -> list[int]:
+        """The prompt's ids, built from its lines' (the pre-tokenizer splits at every newline)."""
+        ids = bos + fim[:1]
+        for lines in files + [head]:
+            for _, line in lines:
+                ids.extend(line)
+        ids.append(fim[1])
+        for _, line in suffix_kept:
+            ids.extend(line)
+        return ids + fim[2:] + typed_ids
+
+    ids, late, files_late = assemble(files, kept_suffix), 0, 0
+    if time_limit is not None and time_limit.cost(ids) > time_limit.ms:
+        suffix_before, files_before = _cost(kept_suffix), sum(_cost(f) for f in files)
+        files, kept_suffix, ids = _in_time(assemble, files, kept_suffix, time_limit)
+        files_late = files_before - sum(_cost(f) for f in files)
+        late = suffix_before - _cost(kept_suffix) + files_late
+    text = formats.fim_prompt("".join(t for f in files + [head] for t, _ in f), "".join(t for t, _ in kept_suffix)) + typed
     if len(ids) > room:  # a cut inside a line can tokenize a little longer than its parts
         raise UserError(f"the insertion prompt has {len(ids)} tokens after fitting; only {room} fit in the context "
                         f"with {max_new_tokens} new tokens")
-    dropped = prefix_cost + suffix_cost - sum(c for _, c in kept_prefix + kept_suffix) + left_out
+    dropped = _cost(prefix_lines) + _cost(suffix_lines) - _cost(kept_prefix + kept_suffix) + left_out + files_late
     if dropped:
         # a server's window cuts on most keystrokes: there `truncated` says so, not the log
         log.log(logging.INFO if window else logging.WARNING, "the insertion prompt did not fit in %d tokens: %d "
                 "tokens were left out (kept the text nearest the cursor)", min(room, window or room), dropped)
-    return Prompt(text, ids, dropped)
+    return Prompt(text, ids, dropped, late)
 
 
-def _line_costs(engine, text: str) -> list[tuple[str, int]]:
-    """(line with its newline, tokens) for each line of `text`; the costs add up to the tokens of
-    the whole text, since the pre-tokenizer splits at every newline."""
+def _in_time(assemble, files: list, suffix: list, limit: TimeLimit) -> tuple[list, list, list[int]]:
+    """(files, suffix lines, ids) of the fullest prompt computed within `limit`: the most suffix
+    lines nearest the cursor that fit, else fewer context files (the first given go first)
+    under the most suffix lines that then fit; the cheapest where none fits."""
+    def most_suffix(files: list) -> tuple[int, list[int]]:
+        low, high = 0, len(suffix)  # the cost grows with the lines kept
+        while low < high:
+            mid = (low + high + 1) // 2
+            if limit.cost(assemble(files, suffix[:mid])) <= limit.ms:
+                low = mid
+            else:
+                high = mid - 1
+        return low, assemble(files, suffix[:low])
+
+    cheapest = None
+    for first in range(len(files) + 1):  # files the server's cache does not hold are not worth their time
+        kept, ids = most_suffix(files[first:])
+        cost = limit.cost(ids)
+        if cost <= limit.ms:
+            return files[first:], suffix[:kept], ids
+        if cheapest is None or cost < cheapest[0]:
+            cheapest = (cost, files[first:], suffix[:kept], ids)
+    return cheapest[1:]
+
+
+_LINE_IDS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # tokenizer -> {line: ids}
+_LINE_IDS_MOST = 200_000  # lines kept per tokenizer: an editor sends the same lines again and again
+
+
+def _line_ids(engine, text: str) -> list[tuple[str, list[int]]]:
+    """(line with its newline, its token ids) for each line of `text`; the ids of the whole text
+    are theirs one after another, since the pre-tokenizer splits at every newline."""
     lines = text.splitlines(keepends=True)
     if not lines:
         return []
-    counts = engine.tokenizer(lines, add_special_tokens=False)["input_ids"]
-    return [(line, len(ids)) for line, ids in zip(lines, counts)]
+    known = _LINE_IDS.setdefault(engine.tokenizer, {})
+    found = [known.get(line) for line in lines]
+    missing = list({line for line, ids in zip(lines, found) if ids is None})
+    if missing:
+        new = dict(zip(missing, engine.tokenizer(missing, add_special_tokens=False)["input_ids"]))
+        if len(known) + len(new) > _LINE_IDS_MOST:
+            known.clear()
+        known.update(new)
+        found = [new[line] if ids is None else ids for line, ids in zip(lines, found)]
+    return list(zip(lines, found))
 
 
-def _keep(engine, lines: list[tuple[str, int]], budget: int, from_end: bool) -> list[tuple[str, int]]:
+def _cost(lines: list[tuple[str, list[int]]]) -> int:
+    return sum(len(ids) for _, ids in lines)
+
+
+def _keep(engine, lines: list[tuple[str, list[int]]], budget: int, from_end: bool) -> list[tuple[str, list[int]]]:
     """The whole lines nearest the cursor (the end of a prefix, the start of a suffix) that fit
     in `budget` tokens; the line at the cursor itself is cut by characters if alone it does not."""
     order = reversed(lines) if from_end else iter(lines)
     kept, used = [], 0
-    for line, cost in order:
-        if used + cost > budget:
+    for line, ids in order:
+        if used + len(ids) > budget:
             if not kept and budget > 0:  # one huge line at the cursor: the most characters next to it that fit
                 low, high = 0, len(line)
                 while low < high:
@@ -156,10 +231,10 @@ def _keep(engine, lines: list[tuple[str, int]], budget: int, from_end: bool) -> 
                         high = mid - 1
                 if low:
                     piece = line[-low:] if from_end else line[:low]
-                    kept.append((piece, len(engine.tokenizer(piece, add_special_tokens=False)["input_ids"])))
+                    kept.append((piece, engine.tokenizer(piece, add_special_tokens=False)["input_ids"]))
             break
-        kept.append((line, cost))
-        used += cost
+        kept.append((line, ids))
+        used += len(ids)
     return kept[::-1] if from_end else kept
 
 
@@ -170,16 +245,16 @@ def cross_file(engine, prompt: str, context: str, max_new_tokens: int, context_t
     what the context leaves; without context (`""`), the file's text alone. Cuts fall at line
     starts as in `insertion`; `truncated` counts the tokens left out."""
     room = _budget(engine, max_new_tokens) - 1  # BOS
-    context_lines = _line_costs(engine, context)
+    context_lines = _line_ids(engine, context)
     kept_context = _keep(engine, context_lines, min(context_tokens, room), from_end=False)
     before = "".join(t for t, _ in kept_context)
     before += "\n" if before else ""  # the scripts' separator after the context
-    prompt_lines = _line_costs(engine, prompt)
+    prompt_lines = _line_ids(engine, prompt)
     left = room - len(engine.encode(before)) + 1 if before else room
     kept_prompt = _keep(engine, prompt_lines, max(0, left), from_end=True)
     text = before + "".join(t for t, _ in kept_prompt)
     ids = engine.encode(text)
-    dropped = sum(c for _, c in context_lines + prompt_lines) - sum(c for _, c in kept_context + kept_prompt)
+    dropped = _cost(context_lines + prompt_lines) - _cost(kept_context + kept_prompt)
     if len(ids) > room + 1:  # a cut inside a line can tokenize a little longer than its parts
         cut = len(ids) - room - 1
         dropped += cut

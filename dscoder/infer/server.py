@@ -43,6 +43,9 @@ class ServeLimits:
     """Most tokens of the current file an insertion keeps around the cursor (llama.cpp's n_batch):
     at least three quarters before it; repository context fills the rest of the context. What
     follows the cursor is prefilled again on every keystroke, so this bounds an editor's latency."""
+    max_prompt_ms: Annotated[int, AT_LEAST_ONE] | None = None
+    """For an insertion that gives no `t_max_prompt_ms`: the time its prompt may take to compute
+    (the suffix's far lines and uncached context files are left out to meet it); None: no limit."""
 
 
 @asynccontextmanager

@@ -27,7 +27,7 @@ from pathlib import Path
 
 from dscoder import formats
 from dscoder.errors import UserError
-from dscoder.infer.batching import Closing, stream
+from dscoder.infer.batching import Closing, Slots, stream
 from dscoder.infer.engine import Sequence, encode_prompt, is_instruct
 from dscoder.infer.remote import Endpoint
 
@@ -124,6 +124,7 @@ class UpstreamBatcher:
         engine.max_rows = max_batch
         self.gate = asyncio.Semaphore(max_batch)
         self.live: dict[int, Sequence] = {}  # sequences waiting or streaming, by id
+        self.slots = Slots()
 
     def stop(self) -> None:
         """Take no more sequences and end every live one at its next delta (as Batcher.stop)."""
@@ -134,18 +135,23 @@ class UpstreamBatcher:
     def close(self) -> None:
         self.stop()
 
-    async def run(self, sequences: list[Sequence]) -> None:
+    async def run(self, sequences: list[Sequence], slot=None) -> None:
         if self.closing:
             raise Closing("the server is shutting down")
+        self.slots.enter(slot, sequences)
         self.live.update((id(s), s) for s in sequences)
         try:
             await asyncio.gather(*(self._one(s) for s in sequences))
         finally:
+            self.slots.leave(slot, sequences)
             for s in sequences:
                 self.live.pop(id(s), None)
 
-    def stream(self, sequences: list[Sequence]):
-        return stream(self.run, sequences)
+    def stream(self, sequences: list[Sequence], slot=None):
+        return stream(lambda sequences: self.run(sequences, slot), sequences)
+
+    def ahead(self, key, prompts: list[list[int]]) -> None:
+        """Nothing: what the upstream caches is its own business."""
 
     async def _one(self, s: Sequence) -> None:
         engine, p = self.engine, s.params
