@@ -263,6 +263,17 @@ def test_the_engine_applies_the_rules_while_generating(tiny_base_model):
     assert "".join(deltas) == ruled.text  # nothing streamed that was later cut
 
 
+def test_editor_rules_false_gives_the_raw_fim_output(served):
+    engine, client = served
+    ask = {"input_prefix": "total = sum(", "input_suffix": ")\nprint(total)\n", "n_predict": 24, "temperature": 0}
+    ids = prompts.insertion(engine, ask["input_prefix"], ask["input_suffix"], 24).ids
+    raw, ruled = engine.generate([Sequence(ids, SamplingParams(max_new_tokens=24)),
+                                  Sequence(ids, SamplingParams(max_new_tokens=24),
+                                           editor=prompts.EditorStop.at(ask["input_prefix"], ask["input_suffix"]))])
+    assert client.post("/infill", json=ask).json()["content"] == ruled.text and "\n" not in ruled.text
+    assert client.post("/infill", json=ask | {"editor_rules": False}).json()["content"] == raw.text
+
+
 # --- prompt caching -----------------------------------------------------------------------------------
 
 def typing_session(text: str, steps: int) -> list[tuple[str, str]]:

@@ -70,11 +70,41 @@ def test_completion_matches_the_engine(base):
     assert r.usage.completion_tokens == len(greedy(engine, "def add(a, b):\n").token_ids)
 
 
+def ruled(engine, prefix, suffix, n):
+    """Greedy FIM as the engine gives it with an editor's stopping rules."""
+    ids = engine.encode(formats.fim_prompt(prefix, suffix))
+    rule = prompts.EditorStop.at(prefix, suffix)
+    return engine.generate([Sequence(ids, SamplingParams(max_new_tokens=n), editor=rule)])[0]
+
+
 def test_suffix_is_rendered_as_fim(base):
     engine, _, client = base
-    r = client.completions.create(model=engine.name, prompt="def f(x):\n    ", suffix="\n    return y\n",
-                                  max_tokens=8, temperature=0)
-    assert r.choices[0].text == greedy(engine, formats.fim_prompt("def f(x):\n    ", "\n    return y\n"), 8).text
+    prefix, suffix = "def f(x):\n    ", "\n    return y\n"
+    raw = client.completions.create(model=engine.name, prompt=prefix, suffix=suffix, max_tokens=8, temperature=0,
+                                    extra_body={"editor_rules": False})
+    assert raw.choices[0].text == greedy(engine, formats.fim_prompt(prefix, suffix), 8).text
+    r = client.completions.create(model=engine.name, prompt=prefix, suffix=suffix, max_tokens=8, temperature=0)
+    assert r.choices[0].text == ruled(engine, prefix, suffix, 8).text
+
+
+def test_an_insertion_mid_line_is_one_line_unless_the_client_opts_out(base):
+    """`suffix` makes a completion an editor's insertion, ended as /infill ends one: with text after
+    the cursor on its line, each choice at the end of its own first line; `editor_rules: false`
+    gives the raw FIM output."""
+    engine, _, client = base
+    prefix, suffix = "def f(x):\n    y = ", " + 1\n    return y\n"
+    # sampled, several choices: the tiny model's greedy FIM starts with a newline
+    ask = dict(model=engine.name, prompt=prefix, suffix=suffix, max_tokens=64, temperature=1.0, n=8, seed=0)
+    raw = [c.text for c in client.completions.create(**ask, extra_body={"editor_rules": False}).choices]
+    assert any(text.split("\n")[0].strip() and "\n" in text for text in raw)  # text on the line, then more lines
+    rule = prompts.EditorStop.at(prefix, suffix)
+    lines = client.completions.create(**ask).choices
+    assert [c.text for c in lines] == [rule.final(text.split("\n")[0]) for text in raw]
+    assert all(c.finish_reason == "stop" for c, text in zip(lines, raw) if "\n" in text)
+    streamed = [""] * len(raw)
+    for chunk in client.completions.create(**ask, stream=True):
+        streamed[chunk.choices[0].index] += chunk.choices[0].text
+    assert streamed == [c.text for c in lines]
 
 
 def test_prompt_lists_n_seeds_stop_echo_and_logprobs(base):

@@ -8,6 +8,9 @@ import pytest
 
 from dscoder import formats
 from dscoder.cli import main
+from dscoder.infer import prompts
+from dscoder.infer.engine import Sequence
+from dscoder.infer.sampling import SamplingParams
 
 openai = pytest.importorskip("openai")
 pytest.importorskip("uvicorn")
@@ -35,13 +38,15 @@ def test_fim_through_the_front_is_the_upstream_with_a_hand_built_prompt(fronted)
     prefix, suffix = "def add(a, b):\n    ", "\n\nprint(add(1, 2))\n"
     front = openai.OpenAI(base_url=front_url + "/v1", api_key=KEY, max_retries=0)
     direct = openai.OpenAI(base_url=up_url + "/v1", api_key="upstream-key", max_retries=0)
-    via = front.completions.create(model=engine.name, prompt=prefix, suffix=suffix, max_tokens=12, temperature=0)
+    raw = {"editor_rules": False}  # the FIM output as the upstream gives it, not ended as an editor wants
+    via = front.completions.create(model=engine.name, prompt=prefix, suffix=suffix, max_tokens=12, temperature=0,
+                                   extra_body=raw)
     hand = direct.completions.create(model=engine.name, prompt=formats.fim_prompt(prefix, suffix), max_tokens=12,
                                      temperature=0)
     assert via.choices[0].text == hand.choices[0].text
     # streamed, the same text
     chunks = front.completions.create(model=engine.name, prompt=prefix, suffix=suffix, max_tokens=12, temperature=0,
-                                      stream=True)
+                                      stream=True, extra_body=raw)
     assert "".join(c.choices[0].text for c in chunks) == hand.choices[0].text
     # plain completion and chat
     via = front.completions.create(model=engine.name, prompt="import os\n", max_tokens=10, temperature=0)
@@ -52,6 +57,56 @@ def test_fim_through_the_front_is_the_upstream_with_a_hand_built_prompt(fronted)
     hand = direct.completions.create(model=engine.name, prompt=formats.render_chat(messages, add_generation_prompt=True),
                                      max_tokens=8, temperature=0)
     assert via.choices[0].message.content == hand.choices[0].text
+
+
+def test_the_front_ends_an_insertion_where_an_editor_wants(fronted):
+    """`/v1/completions` with `suffix` through the front ends as through a local server (the front
+    applies the rules; the upstream only continues text): mid-line, each choice at the end of its
+    first line; at a line's end, as the engine ends it with the same rule; streamed, the same text."""
+    engine, _, front_url = fronted
+    front = openai.OpenAI(base_url=front_url + "/v1", api_key=KEY, max_retries=0)
+
+    def both(**ask) -> list[str]:
+        whole = [c.text for c in front.completions.create(model=engine.name, **ask).choices]
+        streamed = [""] * len(whole)
+        for chunk in front.completions.create(model=engine.name, stream=True, **ask):
+            streamed[chunk.choices[0].index] += chunk.choices[0].text
+        assert streamed == whole
+        return whole
+
+    # mid-line, sampled (the tiny model's greedy FIM starts with a newline), several choices
+    prefix, suffix = "def f(x):\n    y = ", " + 1\n    return y\n"
+    ask = dict(prompt=prefix, suffix=suffix, max_tokens=64, temperature=1.0, n=8, seed=0)
+    raw = both(**ask, extra_body={"editor_rules": False})
+    assert any(text.split("\n")[0].strip() and "\n" in text for text in raw)
+    rule = prompts.EditorStop.at(prefix, suffix)
+    assert both(**ask) == [rule.final(text.split("\n")[0]) for text in raw]
+    prefix, suffix = "def add(a, b):\n    ", "\n\nprint(add(1, 2))\n"
+    ids = engine.encode(formats.fim_prompt(prefix, suffix))
+    rule = prompts.EditorStop.at(prefix, suffix)
+    local = engine.generate([Sequence(ids, SamplingParams(max_new_tokens=24), editor=rule)])[0]
+    assert both(prompt=prefix, suffix=suffix, max_tokens=24, temperature=0) == [local.text]
+
+
+def test_the_front_streams_only_what_the_rules_keep():
+    """An insertion streamed through the front is its answer: as the engine does, the front
+    streams whole lines and no trailing blank text, which a rule may still take back."""
+    import asyncio
+    from types import SimpleNamespace
+
+    from dscoder.infer.upstream import UpstreamBatcher
+
+    async def stream(*args):
+        for delta in ("y = x + 1\n", "    return y\n", "\n", "print(f(1))\n"):
+            yield delta, None
+
+    engine = SimpleNamespace(instruct=False, endpoint=SimpleNamespace(stream=stream), text_of=lambda ids: "",
+                             tokenizer=lambda text, add_special_tokens: {"input_ids": text.split()})
+    deltas = []
+    s = Sequence([1], SamplingParams(max_new_tokens=64), on_delta=deltas.append,
+                 editor=prompts.EditorStop.at("def f(x):\n    ", "\n"))
+    asyncio.run(UpstreamBatcher(engine).run([s]))
+    assert s.text == "y = x + 1\n    return y" and "".join(deltas) == s.text and s.finish_reason == "stop"
 
 
 def test_infill_with_context_through_the_front(fronted):
@@ -143,7 +198,8 @@ def test_in_front_of_llama_cpp_python_server(tiny_base_model, tmp_path):
         front, thread, front_url = start(front_engine)
         prefix, suffix = "import json\n\ndef load(path):\n    ", "\n    return data\n"
         via = openai.OpenAI(base_url=front_url + "/v1", api_key=KEY, max_retries=0).completions.create(
-            model="tiny", prompt=prefix, suffix=suffix, max_tokens=12, temperature=0)
+            model="tiny", prompt=prefix, suffix=suffix, max_tokens=12, temperature=0,
+            extra_body={"editor_rules": False})  # the raw FIM output
         hand = httpx.post(up_url + "/completions", json={"prompt": formats.fim_prompt(prefix, suffix), "max_tokens": 12,
                                                          "temperature": 0}, timeout=60).json()
         assert via.choices[0].text == hand["choices"][0]["text"]

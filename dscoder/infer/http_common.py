@@ -1,7 +1,8 @@
 """The request layer under the server's two dialects (the OpenAI one in openai_api.py, llama.cpp's
 in llama_api.py): OpenAI's error body and the exceptions that become it, the access checks (API
-key, body size), server-sent events, request fields bounded as SamplingParams bounds them, and
-`new_tokens`, the one rule for how long an answer may be.
+key, body size), server-sent events, request fields bounded as SamplingParams bounds them,
+`new_tokens`, the one rule for how long an answer may be, and `insertion_stop`, the one rule for
+where an insertion ends.
 
 Routes find what they serve with on `request.app.state`, which create_app (server.py) sets:
 `engine` (an Engine, or an UpstreamEngine in front of another server), `batcher`, `limits`
@@ -21,6 +22,7 @@ from pydantic import Field
 
 from dscoder.config import schema_bounds
 from dscoder.errors import SettingError, UserError
+from dscoder.infer import prompts
 from dscoder.infer.batching import DONE, Closing
 from dscoder.infer.engine import Sequence
 from dscoder.infer.remote import RemoteError
@@ -139,6 +141,15 @@ def new_tokens(engine, asked: int | None, most: int, param: str = "max_tokens", 
         raise APIError(400, f"{param} is {asked}; this server gives at most {most} new tokens per request",
                        "invalid_value", param)
     return asked
+
+
+def insertion_stop(prefix: str, suffix: str | None, editor_rules: bool,
+                   n_indent: int = 0) -> prompts.EditorStop | None:
+    """Where an answer ends, on the routes of both dialects: an insertion (`suffix` given: /infill,
+    /v1/completions with `suffix`) where an editor wants it (prompts.EditorStop, the cursor after
+    `prefix`), unless the request asks for the raw FIM output (`"editor_rules": false`, a dscoder
+    extension); that and any other answer end at EOS, a stop sequence or the token limit (None)."""
+    return prompts.EditorStop.at(prefix, suffix, n_indent) if suffix is not None and editor_rules else None
 
 
 def sse(data: dict | str) -> str:

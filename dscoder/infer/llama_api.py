@@ -5,11 +5,13 @@ Continue's llama.cpp provider and Tabby's `llama.cpp/completion` model kind send
 llama.vim and llama.vscode send `/infill` on every cursor move with the fields below. Requests
 carry llama.cpp's names and defaults; prompts come from the one prompt layer (prompts.py), so an
 insertion is fitted around the cursor and laid out as in training. `/infill` ends an insertion
-where an editor wants it (prompts.EditorStop) and after 64 tokens unless `n_predict` says
-otherwise (http_common.new_tokens decides, as for the OpenAI dialect). Errors have the server's
-OpenAI-style body. As llama.cpp's server does, a request body is read as JSON whatever its
-Content-Type says (`curl -d` sends `application/x-www-form-urlencoded`); the OpenAI routes keep
-FastAPI's check that JSON is labelled as JSON.
+where an editor wants it (prompts.EditorStop) unless `"editor_rules": false` (a dscoder extension)
+asks for the raw FIM output (http_common.insertion_stop decides, as for the OpenAI dialect's
+`suffix`), and after 64 tokens unless `n_predict` says otherwise (http_common.new_tokens decides,
+as for the OpenAI dialect). Errors have the server's OpenAI-style body. As llama.cpp's server
+does, a request body is read as JSON whatever its Content-Type says (`curl -d` sends
+`application/x-www-form-urlencoded`); the OpenAI routes keep FastAPI's check that JSON is
+labelled as JSON.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
 from dscoder import formats
 from dscoder.infer import prompts
 from dscoder.infer.engine import Sequence
-from dscoder.infer.http_common import APIError, bounded, event_stream, new_tokens
+from dscoder.infer.http_common import APIError, bounded, event_stream, insertion_stop, new_tokens
 from dscoder.infer.sampling import SamplingParams
 
 INFILL_TOKENS = 64  # an editor's default: a line or a block, not a file
@@ -107,6 +109,7 @@ class InfillBody(_Sampling):
     prompt: str = ""  # typed on the cursor's line after the prefix: continued after the FIM end token
     n_indent: int = Field(0, ge=0, le=1000)
     filename: str | None = Field(None, min_length=1, max_length=1000)  # the current file's path (an extension)
+    editor_rules: bool = True  # an extension: false gives the raw FIM output (until EOS or n_predict)
 
 
 class TokenizeBody(BaseModel):
@@ -277,7 +280,8 @@ async def infill(body: InfillBody, request: Request):
         return _ahead(request, editor, fit(body.input_prefix, body.prompt), body)
     prompt = fit(body.input_prefix, body.prompt, _time_limit(request, body))
     s = Sequence(prompt.ids, _params(body, limit), max_ms=body.t_max_predict_ms, reuse_cache=body.cache_prompt,
-                 editor=prompts.EditorStop.at(body.input_prefix + body.prompt, body.input_suffix, body.n_indent))
+                 editor=insertion_stop(body.input_prefix + body.prompt, body.input_suffix, body.editor_rules,
+                                       body.n_indent))
     if body.cache_prompt:  # the next keystrokes' prompts, computed while the server is idle: this one
         # whole where it was shortened to be on time, and the next line's, as if Enter were pressed
         # now (the text after the cursor, the suffix, stays the same)

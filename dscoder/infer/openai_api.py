@@ -3,11 +3,20 @@
 - `GET /v1/models`
 - `POST /v1/completions`: `prompt` (string or list), `suffix` (rendered as DeepSeek FIM),
   `max_tokens`, `temperature`, `top_p`, `top_k`, `n`, `stop`, `seed`, `echo`, `logprobs` (up to 5),
-  `stream` (SSE ending with `data: [DONE]`), `stream_options.include_usage`
+  `stream` (SSE ending with `data: [DONE]`), `stream_options.include_usage`, and `editor_rules`
+  (a dscoder extension, below)
 - `POST /v1/chat/completions`: `messages` with the same options; streamed deltas
 
 Prompts come from the one prompt layer (prompts.py); how many new tokens each gets, and the
 error when it does not fit, from the request layer (http_common.new_tokens).
+
+A completion with `suffix` (a string, the empty string included) is an editor's insertion, as
+Continue's OpenAI provider and Tabby send it, and ends where `/infill` ends one
+(http_common.insertion_stop, prompts.EditorStop): with text after the cursor on its line, at the
+end of that line; otherwise before a line indented less than the cursor's line, or at a blank line
+after some code; text repeating the rest of the cursor's line is dropped. `max_tokens` keeps
+OpenAI's meaning (16 when absent). `"editor_rules": false` asks for the raw FIM output instead,
+until EOS, a stop sequence or `max_tokens` (benchmarks sampled through `--api-base` send it).
 """
 
 from __future__ import annotations
@@ -23,7 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from dscoder.errors import UserError
 from dscoder.infer import prompts
 from dscoder.infer.engine import Sequence, is_instruct
-from dscoder.infer.http_common import APIError, bounded, context_error, event_stream, new_tokens
+from dscoder.infer.http_common import APIError, bounded, context_error, event_stream, insertion_stop, new_tokens
 from dscoder.infer.sampling import SamplingParams
 
 log = logging.getLogger("dscoder")
@@ -75,6 +84,7 @@ class _Common(BaseModel):
 class CompletionRequest(_Common):
     prompt: str | Annotated[list[str], Field(max_length=MAX_PROMPTS)]
     suffix: str | None = None
+    editor_rules: bool = True  # an insertion ends where an editor wants it; false: the raw FIM output
     max_tokens: int | None = bounded(16, "max_new_tokens")
     echo: bool = False
     logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS)
@@ -176,7 +186,8 @@ async def completions(body: CompletionRequest, request: Request):
     for text in texts:
         ids, limit = _completion_prompt(engine, text, body, request)
         prompt_tokens += len(ids)
-        sequences += [Sequence(ids, body.params(limit, seed, body.logprobs)) for seed in body.seeds()]
+        editor = insertion_stop(text, body.suffix, body.editor_rules)
+        sequences += [Sequence(ids, body.params(limit, seed, body.logprobs), editor=editor) for seed in body.seeds()]
         echoes += [text if body.echo else ""] * body.n
     head = _head(engine, "cmpl", "text_completion")
     batcher = request.app.state.batcher

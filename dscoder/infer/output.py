@@ -52,9 +52,8 @@ class OutputProcessor:
             self._finish("cancelled" if s.cancelled.is_set() else "length")
             return True
         safe = len(s.text) - held_back(s.text, params.stop)
-        if s.editor is not None:  # whole lines only (a rule may still cut at any later line start),
-            # and no trailing blank text, which the end of an insertion strips
-            safe = min(safe, max(min(s.text.rfind("\n"), len(s.text.rstrip())), s._emitted))
+        if s.editor is not None:
+            safe = min(safe, s.editor.streamable(s.text))
         s.emit(safe)
         return False
 

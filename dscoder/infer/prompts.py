@@ -283,7 +283,8 @@ class EditorStop:
     - at the end, text that repeats what already follows the cursor on its line is dropped
       (typing `f(` before `)`: the model's `x)` is returned as `x`).
 
-    `cut(text)` is the position to end at, or None to go on; `final(text)` the text returned."""
+    `cut(text)` is the position to end at, or None to go on; `final(text)` the text returned;
+    `streamable(text)` how much of it may be streamed before the end."""
 
     single_line: bool
     min_indent: int
@@ -314,6 +315,11 @@ class EditorStop:
         if self.rest_of_line and text.rstrip().endswith(self.rest_of_line):
             text = text.rstrip()[:-len(self.rest_of_line)]
         return text.rstrip() if not self.single_line and text.endswith("\n") else text
+
+    def streamable(self, text: str) -> int:
+        """Whole lines only (a rule may still cut at any later line start) and no trailing blank
+        text (which `final` strips): what is streamed is never taken back."""
+        return min(text.rfind("\n"), len(text.rstrip()))
 
 
 def split_at_cursor(text: str, line: int, column: int | None) -> tuple[str, str]:

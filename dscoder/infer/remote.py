@@ -115,8 +115,8 @@ class Endpoint:
     async def complete(self, prompt: str, max_tokens: int, temperature: float = 0.0, top_p: float = 1.0,
                        seed: int | None = None, stop: tuple[str, ...] = (), suffix: str | None = None) -> Reply:
         body = self._body(max_tokens, temperature, top_p, seed, stop) | {"prompt": prompt}
-        if suffix is not None:
-            body["suffix"] = suffix
+        if suffix is not None:  # the raw FIM output, which a dscoder server would end as an editor wants
+            body |= {"suffix": suffix, "editor_rules": False}  # (servers that do not know the field ignore it)
         data = await self._request("POST", "/completions", body)
         return self._reply(data, lambda choice: choice.get("text"))
 

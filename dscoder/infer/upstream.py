@@ -166,7 +166,7 @@ class UpstreamBatcher:
                     if cut is not None:
                         s.text, s.finish_reason = s.text[:cut], "stop"
                         break
-                    s.emit(len(s.text))
+                    s.emit(len(s.text) if s.editor is None else s.editor.streamable(s.text))
                 if finish:
                     s.finish_reason = "length" if finish == "length" else "stop"
                 if s.cancelled.is_set() or (s.max_ms and s.first_token_at
