@@ -174,3 +174,18 @@ def test_a_time_limit_leaves_out_the_far_suffix_then_the_first_context_files():
         assert fitted.text.count("s" * 6) == kept_lines, ms
         assert ("near.py" in fitted.text, "far.py" in fitted.text) == (kept_files >= 1, kept_files == 2), ms
         assert prefix in fitted.text and fitted.late == full - len(fitted.ids) == fitted.truncated
+
+
+def test_an_openai_insertion_gets_the_same_latency_policy(typing):
+    """Continue's and Tabby's OpenAI providers send `prompt` and `suffix` to /v1/completions:
+    the prompt is fitted to its time and the next line's prompt is computed while idle."""
+    engine, client = typing
+    prefix, suffix = "".join(LINES[:30]) + "    val", "\n" + "".join(LINES[30:])
+    body = {"model": engine.name, "prompt": prefix, "suffix": suffix, "max_tokens": 4, "temperature": 0}
+    whole = prompts.insertion(engine, prefix, suffix, 4, window=2048).ids
+    short = client.post("/v1/completions", json=body | {"t_max_prompt_ms": 60}).json()
+    assert short["usage"]["prompt_tokens"] < len(whole)  # the suffix left out: nothing was cached
+    guess = prompts.insertion(engine, prefix + "\n    ", suffix, 4, window=2048).ids  # Enter, indented as the line
+    wait_until(lambda: engine._rows.shared(guess) == len(guess))
+    bad = client.post("/v1/completions", json=body | {"t_max_prompt_ms": 0})
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "t_max_prompt_ms"

@@ -152,6 +152,27 @@ def insertion_stop(prefix: str, suffix: str | None, editor_rules: bool,
     return prompts.EditorStop.at(prefix, suffix, n_indent) if suffix is not None and editor_rules else None
 
 
+MAX_PROMPT_MS = 600_000  # t_max_prompt_ms above ten minutes is a mistake, not a limit
+
+
+def check_prompt_ms(value: int | None) -> int | None:
+    """A request's `t_max_prompt_ms`: -1 (no limit) or 1..MAX_PROMPT_MS (a pydantic validator's body)."""
+    if value is not None and value != -1 and not 1 <= value <= MAX_PROMPT_MS:
+        raise ValueError(f"must be -1 (no limit) or 1..{MAX_PROMPT_MS} milliseconds")
+    return value
+
+
+def time_limit(request, asked_ms: int | None) -> prompts.TimeLimit | None:
+    """The time an insertion's prompt may take to compute: the request's `t_max_prompt_ms`, else
+    the server's --max-prompt-ms, against the engine's measured speed and prompt cache; None
+    without a limit or a measure (an upstream server keeps its own time)."""
+    engine = request.app.state.engine
+    ms = request.app.state.limits.max_prompt_ms if asked_ms is None else asked_ms
+    if ms is None or ms < 0 or not hasattr(engine, "prefill_ms"):
+        return None
+    return prompts.TimeLimit(lambda ids: engine.prefill_ms(ids) or 0.0, ms)
+
+
 def sse(data: dict | str) -> str:
     """One server-sent event."""
     return f"data: {data if isinstance(data, str) else json.dumps(data)}\n\n"

@@ -25,13 +25,13 @@ from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
 from dscoder import formats
 from dscoder.infer import prompts
 from dscoder.infer.engine import Sequence
-from dscoder.infer.http_common import APIError, bounded, event_stream, insertion_stop, new_tokens
+from dscoder.infer.http_common import (APIError, bounded, check_prompt_ms, event_stream, insertion_stop, new_tokens,
+                                       time_limit)
 from dscoder.infer.sampling import SamplingParams
 
 INFILL_TOKENS = 64  # an editor's default: a line or a block, not a file
 UNNAMED = "untitled"  # the path of a file sent without one
 SEEDS = 2**63  # llama.cpp's seeds are unsigned 64-bit; the engine's are below this
-MAX_PROMPT_MS = 600_000  # t_max_prompt_ms above ten minutes is a mistake, not a limit
 
 
 
@@ -76,12 +76,7 @@ class _Sampling(BaseModel):
                              "positive number of tokens")
         return value
 
-    @field_validator("t_max_prompt_ms")
-    @classmethod
-    def _t_max_prompt_ms(cls, value: int | None) -> int | None:
-        if value is not None and value != -1 and not 1 <= value <= MAX_PROMPT_MS:
-            raise ValueError(f"must be -1 (no limit) or 1..{MAX_PROMPT_MS} milliseconds")
-        return value
+    _t_max_prompt_ms = field_validator("t_max_prompt_ms")(check_prompt_ms)
 
     @field_validator("stop")
     @classmethod
@@ -220,27 +215,6 @@ def _slot(request: Request, body: _Sampling, *more) -> tuple | None:
     return ("client", request.client.host if request.client else None, *more) if more else None
 
 
-def _time_limit(request: Request, body: _Sampling) -> prompts.TimeLimit | None:
-    """The time a prompt may take to compute (t_max_prompt_ms, else the server's --max-prompt-ms),
-    against the engine's measured speed; None without a limit or a measure (an upstream)."""
-    engine, ms = request.app.state.engine, body.t_max_prompt_ms
-    ms = request.app.state.limits.max_prompt_ms if ms is None else ms
-    if ms is None or ms < 0 or not hasattr(engine, "prefill_ms"):
-        return None
-    return prompts.TimeLimit(lambda ids: engine.prefill_ms(ids) or 0.0, ms)
-
-
-def _token_prompt(engine, ids: list[int], n_predict: int | None, most: int) -> tuple[prompts.Prompt, int]:
-    """A prompt given as token ids (BOS added when missing) and its new tokens: it is not cut."""
-    _in_vocabulary(engine.tokenizer, ids, "prompt")
-    if not ids:
-        raise APIError(400, "prompt must not be empty", "invalid_value", "prompt")
-    bos = engine.tokenizer.bos_token_id
-    ids = ids if ids[0] == bos else [bos, *ids]
-    limit = new_tokens(engine, _asked(n_predict), most, "n_predict", prompt_tokens=len(ids))
-    return prompts.Prompt(engine.tokenizer.decode(ids), ids), limit
-
-
 @router.post("/completion")
 async def completion(body: CompletionBody, request: Request):
     _check_fields(body.response_fields)
@@ -278,7 +252,7 @@ async def infill(body: InfillBody, request: Request):
 
     if body.n_predict == 0:  # work ahead: no time limit
         return _ahead(request, editor, fit(body.input_prefix, body.prompt), body)
-    prompt = fit(body.input_prefix, body.prompt, _time_limit(request, body))
+    prompt = fit(body.input_prefix, body.prompt, time_limit(request, body.t_max_prompt_ms))
     s = Sequence(prompt.ids, _params(body, limit), max_ms=body.t_max_predict_ms, reuse_cache=body.cache_prompt,
                  editor=insertion_stop(body.input_prefix + body.prompt, body.input_suffix, body.editor_rules,
                                        body.n_indent))

@@ -17,6 +17,10 @@ end of that line; otherwise before a line indented less than the cursor's line, 
 after some code; text repeating the rest of the cursor's line is dropped. `max_tokens` keeps
 OpenAI's meaning (16 when absent). `"editor_rules": false` asks for the raw FIM output instead,
 until EOS, a stop sequence or `max_tokens` (benchmarks sampled through `--api-base` send it).
+An editor's insertion also gets /infill's latency policy: its prompt is fitted to the time the
+request's `t_max_prompt_ms` (a dscoder extension) or the server's `--max-prompt-ms` gives, a
+newer request from the same client on the same line cancels it, and the next line's prompt is
+computed while the server is idle.
 """
 
 from __future__ import annotations
@@ -32,7 +36,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from dscoder.errors import UserError
 from dscoder.infer import prompts
 from dscoder.infer.engine import Sequence, is_instruct
-from dscoder.infer.http_common import APIError, bounded, context_error, event_stream, insertion_stop, new_tokens
+from dscoder.infer.http_common import (APIError, bounded, check_prompt_ms, context_error, event_stream, insertion_stop,
+                                       new_tokens, time_limit)
 from dscoder.infer.sampling import SamplingParams
 
 log = logging.getLogger("dscoder")
@@ -85,6 +90,8 @@ class CompletionRequest(_Common):
     prompt: str | Annotated[list[str], Field(max_length=MAX_PROMPTS)]
     suffix: str | None = None
     editor_rules: bool = True  # an insertion ends where an editor wants it; false: the raw FIM output
+    t_max_prompt_ms: int | None = None  # an insertion's prompt is fitted to be computed in this time
+    _t_max_prompt_ms = field_validator("t_max_prompt_ms")(check_prompt_ms)
     max_tokens: int | None = bounded(16, "max_new_tokens")
     echo: bool = False
     logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS)
@@ -164,7 +171,8 @@ async def models(request: Request):
 
 def _completion_prompt(engine, text: str, body: CompletionRequest, request: Request) -> tuple[list[int], int]:
     """A completions prompt's ids and its new tokens. With `suffix` it is an insertion, fitted
-    like /infill (the text nearest the hole is kept); without, the prompt must fit as it is."""
+    like /infill (the text nearest the hole is kept, and what can be computed in the time the
+    request or the server gives); without, the prompt must fit as it is."""
     limits = request.app.state.limits
     if body.suffix is None:
         ids = engine.encode(text)
@@ -173,7 +181,24 @@ def _completion_prompt(engine, text: str, body: CompletionRequest, request: Requ
         _warn_once(request, "FIM request to an instruct model: rendered as asked, though insertion is a "
                    "base-model skill")
     limit = new_tokens(engine, body.max_tokens, limits.max_tokens)
-    return prompts.insertion(engine, text, body.suffix, limit, window=limits.infill_window).ids, limit
+    return prompts.insertion(engine, text, body.suffix, limit, window=limits.infill_window,
+                             time_limit=time_limit(request, body.t_max_prompt_ms)).ids, limit
+
+
+def _editor_work(request: Request, body: CompletionRequest, texts: list[str], limit: int):
+    """For an editor's insertion (Continue's and Tabby's OpenAI providers: one prompt, a
+    suffix): the slot whose older request it cancels (the same client and file text up to the
+    cursor's line) and, computed while idle, the next line's prompt as if Enter were pressed
+    now (the new line indented as the cursor's)."""
+    if body.suffix is None or len(texts) != 1 or not body.editor_rules:
+        return None
+    text, client = texts[0], ("client", request.client.host if request.client else None, "v1")
+    line = text[text.rfind("\n") + 1:]
+    guess = text + "\n" + line[:len(line) - len(line.lstrip(" \t"))]
+    limits = request.app.state.limits
+    request.app.state.batcher.ahead(client, [prompts.insertion(request.app.state.engine, guess, body.suffix, limit,
+                                                                window=limits.infill_window).ids])
+    return (*client, text[:len(text) - len(line)])
 
 
 @router.post("/v1/completions")
@@ -190,10 +215,10 @@ async def completions(body: CompletionRequest, request: Request):
         sequences += [Sequence(ids, body.params(limit, seed, body.logprobs), editor=editor) for seed in body.seeds()]
         echoes += [text if body.echo else ""] * body.n
     head = _head(engine, "cmpl", "text_completion")
-    batcher = request.app.state.batcher
+    batcher, slot = request.app.state.batcher, _editor_work(request, body, texts, limit)
     if body.stream:
-        return _completion_events(batcher, head, sequences, echoes, prompt_tokens, body.with_usage())
-    await batcher.run(sequences)
+        return _completion_events(batcher, head, sequences, echoes, prompt_tokens, body.with_usage(), slot)
+    await batcher.run(sequences, slot)
     choices = [{"text": echoes[i] + s.text, "index": i, "finish_reason": _finish(s),
                 "logprobs": _completion_logprobs(engine, s, len(echoes[i])) if body.logprobs is not None else None}
                for i, s in enumerate(sequences)]
@@ -201,7 +226,7 @@ async def completions(body: CompletionRequest, request: Request):
 
 
 def _completion_events(batcher, head: dict, sequences: list[Sequence], echoes: list[str], prompt_tokens: int,
-                       with_usage: bool):
+                       with_usage: bool, slot=None):
     """A completions stream: each choice's echoed prompt leads its first chunk."""
     started: set[int] = set()
 
@@ -219,7 +244,7 @@ def _completion_events(batcher, head: dict, sequences: list[Sequence], echoes: l
     def usage() -> dict:
         return head | {"choices": [], "usage": _usage(sequences, prompt_tokens)}
 
-    return event_stream(batcher, sequences, chunk, finals, usage if with_usage else None)
+    return event_stream(batcher, sequences, chunk, finals, usage if with_usage else None, slot=slot)
 
 
 def _chat_prompt(engine, body: ChatRequest) -> list[int]:
