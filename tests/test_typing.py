@@ -5,7 +5,6 @@ superseded requests cancelled."""
 
 import random
 import sysconfig
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path

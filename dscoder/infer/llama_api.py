@@ -215,6 +215,17 @@ def _slot(request: Request, body: _Sampling, *more) -> tuple | None:
     return ("client", request.client.host if request.client else None, *more) if more else None
 
 
+def _token_prompt(engine, ids: list[int], n_predict: int | None, most: int) -> tuple[prompts.Prompt, int]:
+    """A prompt given as token ids (BOS added when missing) and its new tokens: it is not cut."""
+    _in_vocabulary(engine.tokenizer, ids, "prompt")
+    if not ids:
+        raise APIError(400, "prompt must not be empty", "invalid_value", "prompt")
+    bos = engine.tokenizer.bos_token_id
+    ids = ids if ids[0] == bos else [bos, *ids]
+    limit = new_tokens(engine, _asked(n_predict), most, "n_predict", prompt_tokens=len(ids))
+    return prompts.Prompt(engine.tokenizer.decode(ids), ids), limit
+
+
 @router.post("/completion")
 async def completion(body: CompletionBody, request: Request):
     _check_fields(body.response_fields)
