@@ -104,7 +104,7 @@ def main() -> None:
 
     def attend_ours():
         for k, v in caches:
-            kernels.attend_bf16(q, k, v, args.context, 1).bfloat16()
+            kernels.attend_bf16(q[None], k, v, args.context - 1, 1).bfloat16()
 
     def attend_torch():
         for k, v in caches:

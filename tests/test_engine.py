@@ -238,3 +238,22 @@ def test_sampled_requests_and_other_prompts_compute_only_what_no_row_holds(engin
     assert sampled.cached_tokens == len(ids) - 1  # its last token is computed again for its logits
     other = engine.generate([Sequence(ids + engine.encode("print(area(2, 3))")[1:], SamplingParams(max_new_tokens=2))])[0]
     assert other.cached_tokens == len(ids)
+
+
+def test_int8_on_a_cpu_gives_a_token_the_same_numbers_however_its_prompt_was_split(tiny_base_model):
+    """The CPU serving path (int8 weights, a bfloat16 cache, dscoder's kernels): a prompt computed
+    whole, continued from a cached start of any length, or a token decoded after it give bit for
+    bit the same logits, so the cache and work done ahead change timing, never text."""
+
+    engine = Engine.load(tiny_base_model, dtype="bfloat16", quantize=8)
+    runner = engine._runner
+    if not runner.attend:
+        pytest.skip("dscoder's kernels are off here (no C compiler): torch's attention sums differently by length")
+    ids = engine.encode("import os\nimport sys\n\n\ndef main(argv):\n    path = argv[1]\n" * 12)
+    whole, _ = runner.prefill(0, ids, 0, chunk=64)
+    for cut in (1, 2, 7, 100):
+        runner.prefill(0, ids[:-cut], 0)
+        part, _ = runner.prefill(0, ids[-cut:], len(ids) - cut)
+        assert torch.equal(part, whole), cut
+    runner.prefill(0, ids[:-1], 0)
+    assert torch.equal(runner.decode([0], ids[-1:], [len(ids) - 1])[0], whole)

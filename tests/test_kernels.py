@@ -93,16 +93,23 @@ def test_bf16_products_and_attention_agree_with_torch():
         w = torch.randn(out, inner, generator=generator).bfloat16()
         expected = x.float() @ w.float().t()
         assert torch.allclose(kernels.bf16_matvec(x, w).float(), expected, rtol=0.02, atol=0.02 * float(expected.abs().max()))
-    for heads, kv_heads, length in ((4, 4, 1), (8, 2, 37), (2, 1, 300)):
+    for heads, kv_heads, length, rows in ((4, 4, 1, 1), (8, 2, 37, 1), (2, 1, 300, 1), (4, 2, 70, 40), (2, 2, 33, 33)):
         capacity, dim = length + 10, 32
         k = torch.randn(kv_heads, capacity, dim, generator=generator).bfloat16()
         v = torch.randn(kv_heads, capacity, dim, generator=generator).bfloat16()
-        q = torch.randn(heads, dim, generator=generator).bfloat16().float()
-        group = heads // kv_heads
+        q = torch.randn(rows, heads, dim, generator=generator).bfloat16().float()
+        group, start = heads // kv_heads, length - rows
+        mask = torch.arange(length) <= torch.arange(start, length)[:, None]
         expected = torch.nn.functional.scaled_dot_product_attention(
-            q[None, :, None], k[None, :, :length].float().repeat_interleave(group, 1),
-            v[None, :, :length].float().repeat_interleave(group, 1))[0, :, 0]
-        assert torch.allclose(kernels.attend_bf16(q, k, v, length, group), expected, atol=1e-4)
+            q.transpose(0, 1)[None], k[None, :, :length].float().repeat_interleave(group, 1),
+            v[None, :, :length].float().repeat_interleave(group, 1), attn_mask=mask)[0].transpose(0, 1)
+        ours = kernels.attend_bf16(q, k, v, start, group)
+        assert torch.allclose(ours, expected, atol=1e-4)
+        # each token's numbers are the same computed alone, in another chunk, or with the others
+        for cut in (0, rows // 3, rows - 1):
+            alone = kernels.attend_bf16(q[cut:cut + 1], k, v, start + cut, group)
+            assert torch.equal(alone[0], ours[cut])
+            assert torch.equal(kernels.attend_bf16(q[cut:], k, v, start + cut, group), ours[cut:])
 
 
 @needs_kernels

@@ -149,10 +149,10 @@ class ModelRunner:
             for b, (row, start) in enumerate(zip(rows, starts)):
                 keys[row, :, start:start + width] = k[b]
                 values[row, :, start:start + width] = v[b]
-                if width == 1 and self.attend:
-                    out = kernels.attend_bf16(q[b, :, 0].float(), keys[row], values[row], start + 1,
+                if self.attend:  # a token's numbers the same however its prompt was split or cached
+                    out = kernels.attend_bf16(q[b].transpose(0, 1).float(), keys[row], values[row], start,
                                               self.heads // self.kv_heads)
-                    outputs.append(out.to(q.dtype)[None, :, None])
+                    outputs.append(out.to(q.dtype).transpose(0, 1)[None])
                     continue
                 outputs.append(F.scaled_dot_product_attention(
                     q[b:b + 1], keys[row:row + 1, :, :start + width], values[row:row + 1, :, :start + width],

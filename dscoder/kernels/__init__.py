@@ -112,8 +112,8 @@ def bind(lib: ctypes.CDLL) -> ctypes.CDLL:
     lib.dscoder_int8_matvec.restype = None
     lib.dscoder_row_sums.argtypes = [pointer, size, size, pointer]
     lib.dscoder_row_sums.restype = None
-    lib.dscoder_attend_bf16.argtypes = [pointer, pointer, pointer, size, size, size, size, size, ctypes.c_float,
-                                        pointer, pointer, ctypes.c_int]
+    lib.dscoder_attend_bf16.argtypes = [pointer, pointer, pointer, size, size, size, size, size, size, ctypes.c_float,
+                                        pointer, ctypes.c_int]
     lib.dscoder_attend_bf16.restype = None
     lib.dscoder_bf16_matvec.argtypes = [pointer, size, pointer, size, size, pointer, ctypes.c_int]
     lib.dscoder_bf16_matvec.restype = None
@@ -151,17 +151,19 @@ def int8_matvec(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, su
     return y
 
 
-def attend_bf16(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, length: int, group: int,
+def attend_bf16(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, start: int, group: int,
                 lib: ctypes.CDLL | None = None) -> torch.Tensor:
-    """Attention of one query per head, q (heads, dim) float32, over the first `length`
-    positions of one sequence's cache, keys and values (kv_heads, capacity, dim) bfloat16 and
-    contiguous; `group` query heads share a kv head. Returns (heads, dim) float32."""
-    heads, dim = q.shape
-    out = torch.empty((heads, dim), dtype=torch.float32)
-    scores = torch.empty((heads, length), dtype=torch.float32)
+    """Causal attention of new tokens at positions start.., q (rows, heads, dim) float32, over one
+    sequence's cache, keys and values (kv_heads, capacity, dim) bfloat16 and contiguous, whose
+    first start + rows positions are written (the new tokens' own included); `group` query heads
+    share a kv head. Returns (rows, heads, dim) float32. A token's numbers do not depend on
+    `rows` or `start`: one decode step and a prompt in chunks give the same (the C source says how)."""
+    rows, heads, dim = q.shape
+    q = q.contiguous()
+    out = torch.empty((rows, heads, dim), dtype=torch.float32)
     (lib or library()).dscoder_attend_bf16(q.data_ptr(), keys.data_ptr(), values.data_ptr(), keys.shape[1] * dim,
-                                           heads, group, length, dim, dim ** -0.5, scores.data_ptr(),
-                                           out.data_ptr(), torch.get_num_threads())
+                                           heads, group, rows, start, dim, dim ** -0.5, out.data_ptr(),
+                                           torch.get_num_threads())
     return out
 
 

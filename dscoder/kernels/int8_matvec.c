@@ -7,6 +7,7 @@
  * the activations are offset by 128 and 128 * sum_k wq[o, k] (wsum, computed once per layer) is
  * taken off again. Without VNNI the compiler's vectorisation of the plain loop runs. */
 #include <stdint.h>
+#include <stdlib.h>
 #include <math.h>
 #include <string.h>
 #if defined(__SSE4_1__) || defined(__AVX512F__)
@@ -151,56 +152,120 @@ void dscoder_int8_matvec(const void *x, int bf16, int64_t rows, const int8_t *wq
 #endif
 }
 
-/* Attention of one new token over a sequence's cached keys and values (a decode step), bfloat16
- * cache: for each query head h (kv head h / group), p = softmax(scale * K q_h), out_h = p V.
- * q (heads, dim) float32; keys, values: the row's (kv_heads, length, dim) bfloat16 with
- * `stride` elements between kv heads; out (heads, dim) float32; scores: heads * length floats. */
+static inline void bf16_row_to_float(const uint16_t *x, float *y, int64_t dim) {
+    int64_t d = 0;
+#ifdef __AVX512F__
+    for (; d + 16 <= dim; d += 16)
+        _mm512_storeu_ps(y + d, _mm512_castsi512_ps(_mm512_slli_epi32(
+            _mm512_cvtepu16_epi32(_mm256_loadu_si256((const void *)(x + d))), 16)));
+#endif
+    for (; d < dim; d++) y[d] = bf16_to_float(x[d]);
+}
+
+static inline float dot_f32(const float *a, const float *b, int64_t dim) {
+#ifdef __AVX512F__
+    if (dim % 16 == 0) {
+        __m512 acc = _mm512_setzero_ps();
+        for (int64_t d = 0; d < dim; d += 16)
+            acc = _mm512_fmadd_ps(_mm512_loadu_ps(a + d), _mm512_loadu_ps(b + d), acc);
+        return _mm512_reduce_add_ps(acc);
+    }
+#endif
+    float dot = 0.0f;
+    for (int64_t d = 0; d < dim; d++) dot += a[d] * b[d];
+    return dot;
+}
+
+static inline void add_scaled_f32(float *o, const float *v, float p, int64_t dim) {
+#ifdef __AVX512F__
+    if (dim % 16 == 0) {
+        __m512 pv = _mm512_set1_ps(p);
+        for (int64_t d = 0; d < dim; d += 16)
+            _mm512_storeu_ps(o + d, _mm512_fmadd_ps(_mm512_loadu_ps(v + d), pv, _mm512_loadu_ps(o + d)));
+        return;
+    }
+#endif
+    for (int64_t d = 0; d < dim; d++) o[d] += p * v[d];
+}
+
+#ifdef __AVX512F__
+/* exp of 16 floats (Cephes' polynomial, about 1 ulp; inputs clamped to +-88.38) */
+static inline __m512 exp16(__m512 x) {
+    x = _mm512_max_ps(_mm512_min_ps(x, _mm512_set1_ps(88.3762626647949f)), _mm512_set1_ps(-88.3762626647949f));
+    __m512 n = _mm512_roundscale_ps(_mm512_fmadd_ps(x, _mm512_set1_ps(1.44269504088896341f), _mm512_set1_ps(0.5f)),
+                                    _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
+    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
+    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+    __m512 y = _mm512_set1_ps(1.9875691500e-4f);
+    y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(1.3981999507e-3f));
+    y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(8.3334519073e-3f));
+    y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(4.1665795894e-2f));
+    y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(1.6666665459e-1f));
+    y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(5.0000001201e-1f));
+    y = _mm512_fmadd_ps(y, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
+    return _mm512_scalef_ps(y, n);
+}
+#endif
+
+/* s[j] = exp(s[j] - top) for j < length, in place; `s` has room for length rounded up to 16, so
+ * that every entry is computed by the same instructions whatever `length` is */
+static inline void exp_shifted(float *s, int64_t length, float top) {
+#ifdef __AVX512F__
+    __m512 t = _mm512_set1_ps(top);
+    for (int64_t j = 0; j < length; j += 16)
+        _mm512_storeu_ps(s + j, exp16(_mm512_sub_ps(_mm512_loadu_ps(s + j), t)));
+#else
+    for (int64_t j = 0; j < length; j++) s[j] = expf(s[j] - top);
+#endif
+}
+
+#define QUERY_BLOCK 16
+
+/* Causal attention of `rows` new tokens at positions start.. over a sequence's cached keys and
+ * values (their own included), bfloat16 cache: for query r and head h (kv head h / group),
+ * p = softmax(scale * K[:start + r + 1] q), out = p V. q (rows, heads, dim) float32; keys,
+ * values: the row's (kv_heads, capacity, dim) bfloat16, `stride` elements between kv heads;
+ * out (rows, heads, dim) float32. Each query's sums run in the same order whatever `rows` and
+ * `start` are (keys in order; a block of queries only shares the reading of each key), so a
+ * token's result does not depend on how its prompt was split or cached: a decode step (one
+ * row) and a prompt computed in chunks give the same numbers. */
 void dscoder_attend_bf16(const float *q, const uint16_t *keys, const uint16_t *values, int64_t stride,
-                         int64_t heads, int64_t group, int64_t length, int64_t dim, float scale,
-                         float *scores, float *out, int threads) {
-    #pragma omp parallel for num_threads(threads) schedule(static)
+                         int64_t heads, int64_t group, int64_t rows, int64_t start, int64_t dim, float scale,
+                         float *out, int threads) {
+    int64_t blocks = (rows + QUERY_BLOCK - 1) / QUERY_BLOCK;
+    #pragma omp parallel for num_threads(threads) schedule(dynamic) collapse(2)
     for (int64_t h = 0; h < heads; h++) {
-        const uint16_t *k = keys + (h / group) * stride, *v = values + (h / group) * stride;
-        const float *qh = q + h * dim;
-        float *s = scores + h * length, *o = out + h * dim;
-        float top = -INFINITY;
-        for (int64_t j = 0; j < length; j++) {
-            const uint16_t *kj = k + j * dim;
-            float dot = 0.0f;
-#ifdef __AVX512F__
-            if (dim % 16 == 0) {
-                __m512 acc = _mm512_setzero_ps();
-                for (int64_t d = 0; d < dim; d += 16) {
-                    __m512i bits = _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const void *)(kj + d))), 16);
-                    acc = _mm512_fmadd_ps(_mm512_castsi512_ps(bits), _mm512_loadu_ps(qh + d), acc);
+        for (int64_t b = 0; b < blocks; b++) {
+            const uint16_t *k = keys + (h / group) * stride, *v = values + (h / group) * stride;
+            int64_t r0 = b * QUERY_BLOCK, n = rows - r0 < QUERY_BLOCK ? rows - r0 : QUERY_BLOCK;
+            int64_t longest = start + r0 + n, width = (longest + 15) / 16 * 16;  /* the last query's keys */
+            float *s = malloc(sizeof(float) * (n * width + 2 * dim));
+            float *row = s + n * width;  /* a key or value in float32 */
+            float top[QUERY_BLOCK], total[QUERY_BLOCK];
+            for (int64_t i = 0; i < n; i++) top[i] = -INFINITY, total[i] = 0.0f;
+            for (int64_t j = 0; j < longest; j++) {
+                bf16_row_to_float(k + j * dim, row, dim);
+                for (int64_t i = (j > start + r0 ? j - start - r0 : 0); i < n; i++) {
+                    float x = dot_f32(row, q + ((r0 + i) * heads + h) * dim, dim) * scale;
+                    s[i * width + j] = x;
+                    if (x > top[i]) top[i] = x;
                 }
-                dot = _mm512_reduce_add_ps(acc);
-            } else
-#endif
-            for (int64_t d = 0; d < dim; d++) dot += bf16_to_float(kj[d]) * qh[d];
-            s[j] = dot * scale;
-            if (s[j] > top) top = s[j];
-        }
-        float total = 0.0f;
-        for (int64_t j = 0; j < length; j++) {
-            s[j] = expf(s[j] - top);
-            total += s[j];
-        }
-        for (int64_t d = 0; d < dim; d++) o[d] = 0.0f;
-        for (int64_t j = 0; j < length; j++) {
-            const uint16_t *vj = v + j * dim;
-            float p = s[j] / total;
-#ifdef __AVX512F__
-            if (dim % 16 == 0) {
-                __m512 pv = _mm512_set1_ps(p);
-                for (int64_t d = 0; d < dim; d += 16) {
-                    __m512i bits = _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const void *)(vj + d))), 16);
-                    _mm512_storeu_ps(o + d, _mm512_fmadd_ps(_mm512_castsi512_ps(bits), pv, _mm512_loadu_ps(o + d)));
-                }
-                continue;
             }
-#endif
-            for (int64_t d = 0; d < dim; d++) o[d] += p * bf16_to_float(vj[d]);
+            for (int64_t i = 0; i < n; i++) {
+                int64_t length = start + r0 + i + 1;
+                float *si = s + i * width;
+                for (int64_t j = length; j < (length + 15) / 16 * 16; j++) si[j] = top[i];  /* padding */
+                exp_shifted(si, length, top[i]);
+                for (int64_t j = 0; j < length; j++) total[i] += si[j];
+                float *o = out + ((r0 + i) * heads + h) * dim;
+                for (int64_t d = 0; d < dim; d++) o[d] = 0.0f;
+            }
+            for (int64_t j = 0; j < longest; j++) {
+                bf16_row_to_float(v + j * dim, row, dim);
+                for (int64_t i = (j > start + r0 ? j - start - r0 : 0); i < n; i++)
+                    add_scaled_f32(out + ((r0 + i) * heads + h) * dim, row, s[i * width + j] / total[i], dim);
+            }
+            free(s);
         }
     }
 }
