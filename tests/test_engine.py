@@ -79,8 +79,8 @@ def test_prompt_fitting(engine):
     before, after = fitted.text[len(formats.FIM_BEGIN):-len(formats.FIM_END)].split(formats.FIM_HOLE)
     assert before.endswith("x = 1\ndef f(") and after.startswith(")\nx = 1\n")  # the text at the cursor is kept
     assert "# a header line" not in before  # the farthest text went first
-    # its share, less the lines dropped to keep the start on a step of CUT_LINES lines (4 tokens each here)
-    assert len(engine.encode(before)) - 1 >= 0.75 * (engine.context - 100 - 4) - 4 * prompts.CUT_LINES
+    # its share, less the lines dropped to keep the start where it was (ANCHOR_LINES at most, 4 tokens each here)
+    assert len(engine.encode(before)) - 1 >= 0.75 * (engine.context - 100 - 4) - 4 * prompts.ANCHOR_LINES
     typed_on = prompts.insertion(engine, "# a header line\n" + long_text + "x = 1\ndef f(", ")\n" + long_text, 100)
     assert typed_on.ids[:300] == fitted.ids[:300]  # one more line typed: the prompt starts where it did
     with pytest.raises(UserError, match="chat prompt has"):

@@ -108,8 +108,9 @@ def test_openai_suffix_requests_as_continue_and_tabby_send_them(served):
         if chunk["choices"][0]["finish_reason"] is not None:
             break
     expected = engine.generate([Sequence(prompts.insertion(engine, body["prompt"], body["suffix"], 12).ids,
-                                         SamplingParams(max_new_tokens=12))])[0]
-    assert text == expected.text
+                                         SamplingParams(max_new_tokens=12),
+                                         editor=prompts.EditorStop.at(body["prompt"], body["suffix"]))])[0]
+    assert text == expected.text  # an editor's insertion, ended where /infill ends one
 
 
 def test_tokenize_detokenize_props(served):

@@ -85,6 +85,8 @@ def test_the_context_an_editor_sends_ahead_is_computed_while_idle(typing):
     chunks = EXTRA + [{"filename": "c.py", "text": "class Cache:\n    size = 3\n"}]
     ahead = {"input_prefix": "", "input_suffix": "", "prompt": "", "input_extra": chunks, "n_predict": 0,
              "t_max_prompt_ms": 1, "t_max_predict_ms": 1, "cache_prompt": True}  # llama.vim's ring update
+    reply = client.post("/infill", json=ahead | {"response_fields": [""]})  # as llama.vim sends it: no fields
+    assert reply.status_code == 200 and reply.json() == {}
     reply = client.post("/infill", json=ahead)
     assert reply.status_code == 200 and reply.json()["content"] == "" and reply.json()["tokens_predicted"] == 0
     files = prompts.insertion(engine, "", "", 1, [(c["filename"], c["text"]) for c in chunks], path="untitled").ids
@@ -188,3 +190,20 @@ def test_an_openai_insertion_gets_the_same_latency_policy(typing):
     wait_until(lambda: engine._rows.shared(guess) == len(guess))
     bad = client.post("/v1/completions", json=body | {"t_max_prompt_ms": 0})
     assert bad.status_code == 400 and bad.json()["error"]["param"] == "t_max_prompt_ms"
+
+
+def test_a_cut_prefix_keeps_its_start_while_the_editor_window_slides(deepseek_tokenizer_dir):
+    """llama.vim sends the 256 lines before the cursor, so each Enter moves the text's first line;
+    a cut prefix starts at a line chosen by its content, so the prompt keeps its start (and the
+    cache its work) over many lines instead of moving with every one."""
+    tokenizer = tokenizer_lib.load(deepseek_tokenizer_dir)
+    engine = SimpleNamespace(tokenizer=tokenizer, context=4096, encode=lambda text: encode_prompt(tokenizer, text))
+    lines = (Path(sysconfig.get_paths()["stdlib"]) / "argparse.py").read_text().splitlines(keepends=True)
+    starts = []
+    for cursor in range(600, 664):  # Enter pressed 64 times
+        prefix = "".join(lines[cursor - 256:cursor])
+        prompt = prompts.insertion(engine, prefix, "".join(lines[cursor:cursor + 64]), 64, window=1024)
+        assert prompt.truncated
+        starts.append(prompt.text.split("\n", 1)[0])
+    changes = sum(a != b for a, b in zip(starts, starts[1:]))
+    assert changes <= 8, changes  # about every 32 lines of code, not 63 times

@@ -125,7 +125,9 @@ TIMINGS = {"prompt_n", "prompt_ms", "prompt_per_token_ms", "prompt_per_second", 
 
 
 def _check_fields(fields: list[str] | None) -> None:
-    for path in fields or ():
+    for path in fields or ():  # "" picks nothing (llama.vim's ring updates send [""], wanting no answer)
+        if not path:
+            continue
         head, _, rest = path.partition("/")
         if head not in RESPONSE_FIELDS or (rest and (head != "timings" or rest not in TIMINGS)
                                            and head != "generation_settings"):
@@ -179,7 +181,8 @@ def _result(engine, s: Sequence, prompt: prompts.Prompt, started: float, body: _
                     "cache_n": s.cached_tokens, "left_out_n": prompt.truncated, "left_out_for_time_n": prompt.late},
     }
     if body.response_fields:
-        return {path: _get(body_out, path) for path in body.response_fields if _get(body_out, path) is not None}
+        return {path: _get(body_out, path) for path in body.response_fields
+                if path and _get(body_out, path) is not None}
     return body_out
 
 

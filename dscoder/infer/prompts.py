@@ -7,7 +7,8 @@ conventions"), built only from the shared formats module, and fitted to the cont
   fitted as editors need it (and as llama.cpp's server fits it): the prefix nearest the cursor
   first (at least three quarters of the room), then the suffix nearest the cursor, then as many
   context files as fit; cuts fall at line starts, where the released pre-tokenizer always splits,
-  so the kept text tokenizes as it would whole. A server bounds the file's text around the
+  so the kept text tokenizes as it would whole; a cut prefix starts at a line chosen by its
+  content, so it keeps its start as the user types on. A server bounds the file's text around the
   cursor by a `window` (llama.cpp's n_batch): what follows the cursor is prefilled again on every
   keystroke, while context files before it stay in the prompt cache;
 - chat: the released template with the generation prompt; too long is an error;
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import weakref
+import zlib
 from dataclasses import dataclass
 from typing import Callable
 
@@ -74,7 +76,15 @@ def _whole(engine, text: str, max_new_tokens: int, what: str) -> Prompt:
 
 
 PREFIX_SHARE = 0.75  # of the room, the least the prefix may take when the suffix is long
-CUT_LINES = 32  # a cut prefix starts at a multiple of this many lines
+ANCHOR_LINES = 32  # a cut prefix may lose up to this many lines more, to start where it started before
+
+
+def _rank(line: str) -> int:
+    """Which line a cut prefix starts at, among its first lines that could start it: the one of
+    least rank (a hash of its content; lines of little code rank last). As the text slides
+    (llama.vim sends the 256 lines before the cursor), the same line keeps the least rank until it
+    leaves the range, so the prompt keeps its start while the user types on."""
+    return zlib.crc32(line.encode()) if len(line.strip()) >= 8 else 2**32
 
 
 @dataclass(frozen=True)
@@ -113,11 +123,14 @@ def insertion(engine, prefix: str, suffix: str, max_new_tokens: int, context: li
     local = left if window is None else min(left, window)  # for the file's own text
     prefix_lines, suffix_lines = _line_ids(engine, prefix), _line_ids(engine, suffix)
     kept_prefix = _keep(engine, prefix_lines, max(int(PREFIX_SHARE * local), local - _cost(suffix_lines)), from_end=True)
-    if len(kept_prefix) < len(prefix_lines) and len(kept_prefix) > CUT_LINES:
-        # drop whole steps of lines, so that the prompt keeps its start while the user types on
-        # (and the prompt cache can reuse it), rather than sliding one line per line typed
-        dropped = len(prefix_lines) - len(kept_prefix)
-        kept_prefix = kept_prefix[-(len(prefix_lines) - CUT_LINES * -(-dropped // CUT_LINES)):]
+    if len(kept_prefix) < len(prefix_lines) and len(kept_prefix) > 1:
+        # start at a line chosen by its content, not by its distance from the cursor or from the
+        # text's start (llama.vim sends the 256 lines before the cursor: a window that slides
+        # one line per Enter), so that the prompt keeps its start while the user types on and
+        # the prompt cache can reuse it
+        first = len(prefix_lines) - len(kept_prefix)
+        kept_prefix = prefix_lines[min(range(first, first + min(ANCHOR_LINES, len(kept_prefix) // 2)),
+                                       key=lambda i: (_rank(prefix_lines[i][0]), i)):]
     local -= _cost(kept_prefix)
     kept_suffix = _keep(engine, suffix_lines, local, from_end=False)
     left -= _cost(kept_prefix + kept_suffix)
