@@ -162,6 +162,36 @@ static inline void bf16_row_to_float(const uint16_t *x, float *y, int64_t dim) {
     for (; d < dim; d++) y[d] = bf16_to_float(x[d]);
 }
 
+static inline float dot_bf16(const uint16_t *kj, const float *qh, int64_t dim) {
+#ifdef __AVX512F__
+    if (dim % 16 == 0) {
+        __m512 acc = _mm512_setzero_ps();
+        for (int64_t d = 0; d < dim; d += 16) {
+            __m512i bits = _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const void *)(kj + d))), 16);
+            acc = _mm512_fmadd_ps(_mm512_castsi512_ps(bits), _mm512_loadu_ps(qh + d), acc);
+        }
+        return _mm512_reduce_add_ps(acc);
+    }
+#endif
+    float dot = 0.0f;
+    for (int64_t d = 0; d < dim; d++) dot += bf16_to_float(kj[d]) * qh[d];
+    return dot;
+}
+
+static inline void add_scaled_bf16(float *o, const uint16_t *vj, float p, int64_t dim) {
+#ifdef __AVX512F__
+    if (dim % 16 == 0) {
+        __m512 pv = _mm512_set1_ps(p);
+        for (int64_t d = 0; d < dim; d += 16) {
+            __m512i bits = _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const void *)(vj + d))), 16);
+            _mm512_storeu_ps(o + d, _mm512_fmadd_ps(_mm512_castsi512_ps(bits), pv, _mm512_loadu_ps(o + d)));
+        }
+        return;
+    }
+#endif
+    for (int64_t d = 0; d < dim; d++) o[d] += p * bf16_to_float(vj[d]);
+}
+
 static inline float dot_f32(const float *a, const float *b, int64_t dim) {
 #ifdef __AVX512F__
     if (dim % 16 == 0) {
@@ -243,10 +273,15 @@ void dscoder_attend_bf16(const float *q, const uint16_t *keys, const uint16_t *v
             float *row = s + n * width;  /* a key or value in float32 */
             float top[QUERY_BLOCK], total[QUERY_BLOCK];
             for (int64_t i = 0; i < n; i++) top[i] = -INFINITY, total[i] = 0.0f;
+            /* the same numbers either way (bfloat16 to float32 is exact): a key is converted once
+             * for a block of queries, in the product itself for one or two */
+            int convert = n > 2;
             for (int64_t j = 0; j < longest; j++) {
-                bf16_row_to_float(k + j * dim, row, dim);
+                const uint16_t *kj = k + j * dim;
+                if (convert) bf16_row_to_float(kj, row, dim);
                 for (int64_t i = (j > start + r0 ? j - start - r0 : 0); i < n; i++) {
-                    float x = dot_f32(row, q + ((r0 + i) * heads + h) * dim, dim) * scale;
+                    const float *qi = q + ((r0 + i) * heads + h) * dim;
+                    float x = (convert ? dot_f32(row, qi, dim) : dot_bf16(kj, qi, dim)) * scale;
                     s[i * width + j] = x;
                     if (x > top[i]) top[i] = x;
                 }
@@ -261,9 +296,13 @@ void dscoder_attend_bf16(const float *q, const uint16_t *keys, const uint16_t *v
                 for (int64_t d = 0; d < dim; d++) o[d] = 0.0f;
             }
             for (int64_t j = 0; j < longest; j++) {
-                bf16_row_to_float(v + j * dim, row, dim);
-                for (int64_t i = (j > start + r0 ? j - start - r0 : 0); i < n; i++)
-                    add_scaled_f32(out + ((r0 + i) * heads + h) * dim, row, s[i * width + j] / total[i], dim);
+                const uint16_t *vj = v + j * dim;
+                if (convert) bf16_row_to_float(vj, row, dim);
+                for (int64_t i = (j > start + r0 ? j - start - r0 : 0); i < n; i++) {
+                    float *o = out + ((r0 + i) * heads + h) * dim, p = s[i * width + j] / total[i];
+                    if (convert) add_scaled_f32(o, row, p, dim);
+                    else add_scaled_bf16(o, vj, p, dim);
+                }
             }
             free(s);
         }
