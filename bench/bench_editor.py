@@ -63,7 +63,7 @@ llama-cpp-python keeps the longest common prefix of the previous prompt, as llam
 with cache_prompt. Both engines on 2 threads; models with random weights: the tiny preset (float32
 folder, q8_0 GGUF) and the 1.3B preset (int8 folder, q8_0 GGUF of the same weights).
 
-    python bench/bench_editor.py [--lines 8] [--skip-1.3b] [--skip-llama-cpp] [--work DIR]
+    python bench/bench_editor.py [--lines 8] [--n-predict 128] [--skip-1.3b] [--skip-llama-cpp] [--work DIR]
         [--t-max-prompt-ms 500] [--ring-chunks 4] [--cancel-stale] [--port 0] [--seed 0]
         [--server-arg=--max-batch=4 ...] [--out records.jsonl]
 
@@ -307,8 +307,8 @@ class LlamaVim:
     """llama.vim's FIM client and ring buffer: what it sends, when, and what it does with answers."""
 
     def __init__(self, vim: Vim, transport: "Transport", rng: random.Random, ring_chunks: int,
-                 t_max_prompt_ms: int, cancel_stale: bool):
-        self.vim, self.transport, self.rng = vim, transport, rng
+                 t_max_prompt_ms: int, cancel_stale: bool, n_predict: int = N_PREDICT):
+        self.vim, self.transport, self.rng, self.n_predict = vim, transport, rng, n_predict
         self.ring_chunks, self.t_max_prompt_ms, self.cancel_stale = ring_chunks, t_max_prompt_ms, cancel_stale
         self.clock = transport.clock
         self.ring: list[Chunk] = []
@@ -412,7 +412,7 @@ class LlamaVim:
         self.indent_last = ctx.indent
         self._evict_like_cursor()
         body = {"id_slot": 0, "input_prefix": ctx.prefix, "input_suffix": ctx.suffix, "input_extra": self.extra(),
-                "prompt": ctx.middle, "n_predict": N_PREDICT, "stop": [], "n_indent": ctx.indent, "top_k": 40,
+                "prompt": ctx.middle, "n_predict": self.n_predict, "stop": [], "n_indent": ctx.indent, "top_k": 40,
                 "top_p": 0.90, "samplers": ["top_k", "top_p", "infill"], "stream": True, "cache_prompt": True,
                 "t_max_prompt_ms": self.t_max_prompt_ms,
                 "t_max_predict_ms": T_MAX_PREDICT_MS if prev else T_FIRST_PREDICT_MS, "response_fields": FIM_FIELDS}
@@ -731,7 +731,7 @@ async def replay(url: str, args) -> tuple[list[Record], float]:
         clock = Clock()
         vim = Vim(files, EDITED)
         plugin = LlamaVim(vim, Transport(client, url, clock), rng, args.ring_chunks, args.t_max_prompt_ms,
-                          args.cancel_stale)
+                          args.cancel_stale, args.n_predict)
         vim.plugin = plugin
         ticker = asyncio.create_task(ring_timer(plugin, clock)) if args.ring_chunks > 0 else None
         await edit_session(vim, plan_sites(original, args.lines), original, other_lines, clock)
@@ -1006,6 +1006,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--lines", type=positive, default=8, help="lines typed (4 per site)")
     parser.add_argument("--t-max-prompt-ms", type=at_least_zero, default=500,
                         help="t_max_prompt_ms sent in every /infill (llama.vim's default)")
+    parser.add_argument("--n-predict", type=positive, default=N_PREDICT,
+                        help="n_predict of each /infill (llama.vim's 128; random weights rarely stop before it, so "
+                        "a smaller one shows the latency of a keystroke rather than of 128 tokens)")
     parser.add_argument("--ring-chunks", type=at_least_zero, default=4,
                         help="llama.vim's ring_n_chunks (its default 16; 0: no extra context)")
     parser.add_argument("--cancel-stale", action="store_true",

@@ -18,7 +18,6 @@ import asyncio
 import logging
 import queue
 import threading
-import time
 from collections import OrderedDict
 
 from dscoder.infer.engine import Engine, Sequence
@@ -33,17 +32,12 @@ class Closing(Exception):
 
 
 class Batcher:
-    """Generates queued sequences in batches of up to `max_batch`.
+    """Generates queued sequences, up to `max_batch` at once. A sequence starts as soon as the
+    worker sees it: what arrives while others run joins them between two decode steps."""
 
-    A batch starts with the first waiting sequence and keeps admitting arrivals while they come
-    less than `quiet_seconds` apart, for at most `max_wait_seconds`: a burst of concurrent
-    requests becomes one batch, and a lone request waits only `quiet_seconds`."""
-
-    def __init__(self, engine: Engine, max_batch: int = 8, quiet_seconds: float = 0.005,
-                 max_wait_seconds: float = 0.02):
+    def __init__(self, engine: Engine, max_batch: int = 8):
         self.engine, self.max_batch = engine, max_batch
         engine.max_rows = max_batch
-        self.quiet_seconds, self.max_wait_seconds = quiet_seconds, max_wait_seconds
         self.pending: queue.Queue = queue.Queue()
         self._waiting: dict = {}  # id(sequence) -> its completion callback
         self._armed: dict = {}  # id(sequence) -> the sequence, while it waits or is generated
@@ -90,18 +84,7 @@ class Batcher:
                 return
             if first is WAKE:
                 continue
-            batch = [first]
-            deadline = time.monotonic() + self.max_wait_seconds
-            while len(batch) < self.max_batch and time.monotonic() < deadline:
-                try:
-                    item = self.pending.get(timeout=min(self.quiet_seconds, max(0.0, deadline - time.monotonic())))
-                except queue.Empty:
-                    break
-                if item is None:
-                    self.running = False
-                    break
-                if item is not WAKE:
-                    batch.append(item)
+            batch = [first, *self._take(self.max_batch - 1)]
             admitted = self._arm(batch)
             try:
                 if admitted:

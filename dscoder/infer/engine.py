@@ -19,7 +19,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import torch
 
@@ -29,6 +29,9 @@ from dscoder.infer import runner as runner_lib
 from dscoder.infer.output import OutputProcessor
 from dscoder.infer.sampling import GREEDY_BELOW, SamplingParams, next_token, top_logprobs
 from dscoder.infer.scheduler import Answer, Rows
+
+if TYPE_CHECKING:
+    from dscoder.infer.prompts import EditorStop
 
 log = logging.getLogger("dscoder")
 WARM_CHUNK = 32  # prompt tokens per forward of work done ahead (Engine.warm): a request waits for at most one
