@@ -8,7 +8,8 @@ its prompt). A request made for an editor slot cancels the one that slot still h
 
 While nothing waits, the worker computes prompts that requests are likely to bring next
 (`ahead`: an editor's next line, the whole prompt of an answer that was shortened to be on
-time, the context an editor sends ahead with `n_predict` 0) in small steps; a request that
+time, the context an editor sends ahead with `n_predict` 0) in small steps, once no request has
+come for AHEAD_AFTER seconds (a pause, not the gap between two keystrokes); a request that
 arrives stops that work at the next step, and what was computed stays in the prompt cache.
 """
 
@@ -18,6 +19,7 @@ import asyncio
 import logging
 import queue
 import threading
+import time
 from collections import OrderedDict
 
 from dscoder.infer.engine import Engine, Sequence
@@ -25,6 +27,7 @@ from dscoder.infer.engine import Engine, Sequence
 log = logging.getLogger("dscoder")
 DONE = object()  # ends a stream's queue of deltas
 WAKE = object()  # wakes the worker for work ahead
+AHEAD_AFTER = 0.3  # seconds without a request before work ahead starts: not between keystrokes
 
 
 class Closing(Exception):
@@ -44,6 +47,8 @@ class Batcher:
         self.slots = Slots()
         self._ahead: OrderedDict = OrderedDict()  # key -> prompts (token ids) to compute while idle, newest last
         self._ahead_lock = threading.Lock()
+        self._last_request = 0.0  # time.monotonic() of the last sequence queued
+        self._guesses = 0  # numbers each call of `ahead`: its prompts do not overwrite each other
         self.closing = False
         self.thread = threading.Thread(target=self._work, name="dscoder-batcher", daemon=True)
         self.running = True
@@ -76,9 +81,11 @@ class Batcher:
             calibrate()
         while self.running:
             try:
-                first = self.pending.get(block=not self._ahead)
+                quiet = self._last_request + AHEAD_AFTER - time.monotonic()
+                first = self.pending.get(timeout=max(quiet, 0.001) if self._ahead else None)
             except queue.Empty:
-                self._work_ahead()
+                if time.monotonic() >= self._last_request + AHEAD_AFTER:
+                    self._work_ahead()
                 continue
             if first is None:
                 return
@@ -100,7 +107,8 @@ class Batcher:
         with self._ahead_lock:
             self._ahead.pop(key, None)
             if prompts:
-                self._ahead[key] = list(prompts)
+                self._guesses += 1
+                self._ahead[key] = (self._guesses, list(prompts))
                 while len(self._ahead) > self.max_batch:  # the oldest guesses go first
                     self._ahead.popitem(last=False)
         self.pending.put(WAKE)
@@ -110,18 +118,18 @@ class Batcher:
         with self._ahead_lock:
             if not self._ahead:
                 return
-            key, prompts = self._ahead.popitem(last=True)
+            key, (guess, prompts) = self._ahead.popitem(last=True)
         busy = lambda: not self.pending.empty() or not self.running  # noqa: E731
         for index, ids in enumerate(prompts):
             try:
-                held = self.engine.warm(ids, stop=busy)
+                held = self.engine.warm(ids, stop=busy, guess=guess)
             except Exception:  # work ahead only saves time: a failure is logged, never raised
                 log.exception("computing a prompt ahead failed")
                 return
             if held < len(ids) and busy():  # stopped by a request: go on once idle, unless replaced
                 with self._ahead_lock:
                     if key not in self._ahead:
-                        self._ahead[key] = prompts[index:]
+                        self._ahead[key] = (guess, prompts[index:])
                 return
 
     def _take(self, free: int) -> list:
@@ -165,6 +173,7 @@ class Batcher:
         if self.closing:
             raise Closing("the server is shutting down")
         self.slots.enter(slot, sequences)
+        self._last_request = time.monotonic()
         for s in sequences:
             future = loop.create_future()
 

@@ -184,17 +184,18 @@ class Engine:
                 self._rows.release(row)
 
     @torch.inference_mode()
-    def warm(self, ids: list[int], stop: Callable[[], bool]) -> int:
+    def warm(self, ids: list[int], stop: Callable[[], bool], guess: int = 1) -> int:
         """Compute the keys and values of a likely next prompt `ids` ahead of its request, in a
         row of its own (a row's other tokens are kept: see scheduler.Rows.take's fork), a few
-        tokens at a time until done or `stop()`; returns how many of its tokens the cache holds."""
+        tokens at a time until done or `stop()`; returns how many of its tokens the cache holds.
+        `guess` numbers the guesses (rows an earlier guess filled are continued in place)."""
         if not self.reuse or len(ids) >= self.context:
             return 0
         with self.lock:
             self.prepare()
             if not self._rows.free_count():
                 return 0
-            row, cached, source = self._rows.take(ids, True, left=0, fork=True)
+            row, cached, source = self._rows.take(ids, True, left=0, fork=guess)
             done = 0
             try:
                 if source is not None:
@@ -202,7 +203,7 @@ class Engine:
                 if cached < len(ids):
                     _, done = self._runner.prefill(row, ids[cached:], cached, stop=stop, chunk=WARM_CHUNK)
             finally:
-                self._rows.hold(row, ids[:cached + done])
+                self._rows.hold(row, ids[:cached + done], guessed=guess)
                 self._rows.release(row)
             return cached + done
 

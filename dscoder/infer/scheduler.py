@@ -8,7 +8,8 @@ prompt and computes only the rest (llama.cpp's `cache_prompt`, `tokens_cached` i
 an editor sends the whole file on every keystroke, so successive prompts share all but their
 last few tokens. Nothing is copied: the row is simply continued. Otherwise the least recently
 used free row is taken. Work done ahead of a request (engine.Engine.warm) must not overwrite
-what a row holds: it takes another row and starts from a copy of the shared start (`fork`).
+what a request left in a row: it takes another row and starts from a copy of the shared start
+(`fork`), and later guesses continue that row in place.
 
 A row also remembers the answer of its last greedy sequence (`Answer`): a greedy request whose
 prompt is that prompt followed by the first tokens of that answer (the user typed what was
@@ -39,6 +40,7 @@ class Rows:
     def __init__(self, count: int):
         self.held: list[tuple[int, ...]] = [()] * count
         self.answers: list[Answer | None] = [None] * count
+        self.guessed = [0] * count  # which guess (> 0) a row holds, computed ahead: overwritten by a later one
         self.busy = [False] * count
         self.used = [0] * count  # when each row was last taken (a counter)
         self._clock = 0
@@ -58,11 +60,12 @@ class Rows:
         key = tuple(ids)
         return max((len(os.path.commonprefix([held, key])) for held in self.held), default=0)
 
-    def take(self, ids: list[int], reuse: bool, left: int = 1, fork: bool = False) -> tuple[int, int, int | None]:
+    def take(self, ids: list[int], reuse: bool, left: int = 1, fork: int = 0) -> tuple[int, int, int | None]:
         """(row, cached, source): a free row for the prompt `ids` and how many of its first tokens
-        are already there (at least `left` tokens are always left to compute). With `fork`, a row
-        holding more than the shared start is not overwritten: another row is taken and `source`
-        names the row whose first `cached` tokens must be copied into it first."""
+        are already there (at least `left` tokens are always left to compute). With `fork` (a
+        guess's number), a row holding more than the shared start is not overwritten unless an
+        earlier guess filled it: another row is taken and `source` names the row whose first
+        `cached` tokens must be copied into it first."""
         free = [r for r, busy in enumerate(self.busy) if not busy]
         best, cached, source = None, 0, None
         if reuse:
@@ -73,7 +76,7 @@ class Rows:
                     best, cached = row, shared
         if best is None or cached < MIN_REUSE:
             best, cached = self._least_useful(free), 0
-        elif fork and len(self.held[best]) > cached and len(free) > 1:
+        elif fork and len(self.held[best]) > cached and self.guessed[best] in (0, fork) and len(free) > 1:
             source, best = best, self._least_useful([r for r in free if r != best])
         self._clock += 1
         self.busy[best], self.used[best] = True, self._clock
@@ -100,9 +103,11 @@ class Rows:
         self._clock += 1
         self.busy[row], self.used[row] = True, self._clock
 
-    def hold(self, row: int, ids: list[int] | tuple[int, ...], answer: Answer | None = None) -> None:
-        """`row` now holds the keys and values of the tokens `ids` (and `answer`, if greedy)."""
-        self.held[row], self.answers[row] = tuple(ids), answer
+    def hold(self, row: int, ids: list[int] | tuple[int, ...], answer: Answer | None = None,
+             guessed: int = 0) -> None:
+        """`row` now holds the keys and values of the tokens `ids` (and `answer`, if greedy;
+        `guessed`: the number of the guess that computed them ahead of any request)."""
+        self.held[row], self.answers[row], self.guessed[row] = tuple(ids), answer, guessed
 
     def release(self, row: int) -> None:
         self.busy[row] = False
