@@ -9,7 +9,7 @@ its prompt). A request made for an editor slot cancels the one that slot still h
 While nothing waits, the worker computes prompts that requests are likely to bring next
 (`ahead`: an editor's next line, the whole prompt of an answer that was shortened to be on
 time, the context an editor sends ahead with `n_predict` 0) in small steps, once no request has
-come for AHEAD_AFTER seconds (a pause, not the gap between two keystrokes); a request that
+come or ended for AHEAD_AFTER seconds (a pause, not the gap between two keystrokes); a request that
 arrives stops that work at the next step, and what was computed stays in the prompt cache.
 """
 
@@ -27,7 +27,7 @@ from dscoder.infer.engine import Engine, Sequence
 log = logging.getLogger("dscoder")
 DONE = object()  # ends a stream's queue of deltas
 WAKE = object()  # wakes the worker for work ahead
-AHEAD_AFTER = 0.3  # seconds without a request before work ahead starts: not between keystrokes
+AHEAD_AFTER = 0.3  # seconds without a request coming or ending before work ahead starts: not between keystrokes
 
 
 class Closing(Exception):
@@ -100,6 +100,7 @@ class Batcher:
                 log.exception("generation failed")
                 for s in list(self._waiting):
                     self._waiting.pop(s)(exc)
+            self._last_request = time.monotonic()  # an editor asks again right after an answer
 
     def ahead(self, key, prompts: list[list[int]]) -> None:
         """Compute `prompts` (token ids), in order, while no request waits; they replace what

@@ -198,9 +198,9 @@ class Engine:
             row, cached, source = self._rows.take(ids, True, left=0, fork=guess)
             done = 0
             try:
-                if source is not None:
-                    self._runner.copy(source, row, cached)
-                if cached < len(ids):
+                if source is not None and not self._runner.copy(source, row, cached, stop=stop):
+                    cached = 0  # stopped while copying: the row holds nothing whole
+                elif cached < len(ids):
                     _, done = self._runner.prefill(row, ids[cached:], cached, stop=stop, chunk=WARM_CHUNK)
             finally:
                 self._rows.hold(row, ids[:cached + done], guessed=guess)

@@ -114,11 +114,16 @@ class ModelRunner:
             logits = self._forward(torch.tensor([chunk_ids], device=self.device), [row], [start + at])
         return logits[0], len(ids)
 
-    def copy(self, source: int, row: int, length: int) -> None:
-        """Copy the keys and values of the first `length` positions of row `source` into `row`."""
-        for keys, values in zip(self.cache.keys, self.cache.values):
+    def copy(self, source: int, row: int, length: int, stop=None) -> bool:
+        """Copy the keys and values of the first `length` positions of row `source` into `row`,
+        a layer at a time; with `stop`, called between layers, it may end early: False then
+        (`row` holds nothing usable)."""
+        for index, (keys, values) in enumerate(zip(self.cache.keys, self.cache.values)):
+            if index and stop is not None and stop():
+                return False
             keys[row, :, :length] = keys[source, :, :length]
             values[row, :, :length] = values[source, :, :length]
+        return True
 
     def decode(self, rows: list[int], ids: list[int], positions: list[int]) -> torch.Tensor:
         """One token per row, at `positions` (each row's length so far): logits (len(rows), V)."""
