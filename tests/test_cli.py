@@ -203,7 +203,8 @@ NUMERIC = {
            ("infill", ["--model", "m", "--file", "f.py"], {"--line": (), "--column": ZERO_OK}),
            ("repo-complete", ["--model", "m", "--repo", "r", "--file", "f.py"], {"--line": (), "--column": ZERO_OK}),
            ("chat", ["--model", "m", "--message", "hi"], {}))},
-    ("serve",): (["--model", "m"], {"--port": (), "--max-batch": (), "--max-tokens": (), "--infill-window": (), "--context": ()}),
+    ("serve",): (["--model", "m"], {"--port": (), "--max-batch": (), "--max-tokens": (), "--infill-window": (), "--context": (),
+                                    "--max-prompt-ms": ()}),
     ("eval", "generate"): (["--model", "m", "--benchmark", "b", "--out", "OUT"], {
         "--n": (), "--temperature": ZERO_OK, "--top-p": (), "--max-new-tokens": (), "--batch-size": (), "--seed": ZERO_OK,
         "--limit": (), "--concurrency": ()}),

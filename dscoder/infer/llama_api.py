@@ -200,9 +200,10 @@ async def _answer(request: Request, s: Sequence, prompt: prompts.Prompt, body: _
 
 def _ahead(request: Request, key, prompt: prompts.Prompt, body: _Sampling) -> dict:
     """`n_predict` 0: the prompt is computed while the server is idle (llama.vim sends the
-    chunks of its ring buffer this way); the answer comes at once, with no text. `key` is not
-    the one an editor's guesses go under: a ring update must not replace the next line's."""
-    request.app.state.batcher.ahead(key, [prompt.ids])
+    chunks of its ring buffer this way); the answer comes at once, with no text. It is asked
+    ahead under `key` (who sent it) apart from that editor's guesses: a ring update must not
+    replace the next line's prompt."""
+    request.app.state.batcher.ahead((*key, "n_predict 0"), [prompt.ids])
     s = Sequence(prompt.ids, SamplingParams(max_new_tokens=1), finish_reason="length")
     return _result(request.app.state.engine, s, prompt, time.perf_counter(), body.model_copy(update={"n_predict": 0}))
 
@@ -266,7 +267,7 @@ async def infill(body: InfillBody, request: Request):
                                  window=limits.infill_window, time_limit=time_limit)
 
     if body.n_predict == 0:  # work ahead: no time limit
-        return _ahead(request, (*editor, "n_predict 0"), fit(body.input_prefix, body.prompt), body)
+        return _ahead(request, editor, fit(body.input_prefix, body.prompt), body)
     prompt = fit(body.input_prefix, body.prompt, time_limit(request, body.t_max_prompt_ms))
     s = Sequence(prompt.ids, _params(body, limit), max_ms=body.t_max_predict_ms, reuse_cache=body.cache_prompt,
                  editor=insertion_stop(body.input_prefix + body.prompt, body.input_suffix, body.editor_rules,
