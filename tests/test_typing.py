@@ -207,3 +207,20 @@ def test_a_cut_prefix_keeps_its_start_while_the_editor_window_slides(deepseek_to
         starts.append(prompt.text.split("\n", 1)[0])
     changes = sum(a != b for a, b in zip(starts, starts[1:]))
     assert changes <= 8, changes  # about every 32 lines of code, not 63 times
+
+
+def test_new_context_sent_ahead_brings_the_next_line_guess_up_to_date(typing):
+    """llama.vim adds chunks to its ring while the user pauses and sends them with n_predict 0;
+    context comes first in a prompt, so the next line's prompt is computed again with them."""
+    engine, client = typing
+    body = keystroke(30, "value_30 = 1", id_slot=0)
+    client.post("/infill", json=body)
+    chunks = EXTRA + [{"filename": "c.py", "text": "class Cache:\n    size = 3\n"}]
+    ring = client.post("/infill", json={"input_prefix": "", "input_suffix": "", "prompt": "", "input_extra": chunks,
+                                        "n_predict": 0, "id_slot": 0, "response_fields": [""]})
+    assert ring.status_code == 200, ring.text
+    next_line = keystroke(30, "", input_prefix=body["input_prefix"] + "value_30 = 1\n", input_extra=chunks)
+    guess = whole_prompt(engine, next_line)
+    wait_until(lambda: engine._rows.shared(guess) == len(guess))
+    reply = client.post("/infill", json=next_line | {"id_slot": 0}).json()
+    assert reply["timings"]["prompt_n"] == 1

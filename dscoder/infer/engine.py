@@ -193,6 +193,8 @@ class Engine:
             return 0
         with self.lock:
             self.prepare()
+            if self._rows.shared(ids) == len(ids):  # already held (by a request's row or a later guess)
+                return len(ids)
             if not self._rows.free_count():
                 return 0
             row, cached, source = self._rows.take(ids, True, left=0, fork=guess)

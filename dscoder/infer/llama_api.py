@@ -257,17 +257,22 @@ async def infill(body: InfillBody, request: Request):
     slot = editor if body.id_slot >= 0 else (*editor, body.input_prefix)  # a keystroke on the same line
     limit = 1 if body.n_predict == 0 else new_tokens(engine, _asked(body.n_predict), limits.max_tokens, "n_predict",
                                                      default=INFILL_TOKENS if body.n_predict is None else None)
-    # the current file heads its text as in training; with context files before it and no
-    # name given, a placeholder keeps it from reading as the end of the last one
-    path = body.filename or (UNNAMED if body.input_extra else None)
     extra = [(c.filename or UNNAMED, c.text) for c in body.input_extra]
 
-    def fit(prefix: str, typed: str, time_limit: prompts.TimeLimit | None = None) -> prompts.Prompt:
-        return prompts.insertion(engine, prefix, body.input_suffix, limit, extra, path=path, typed=typed,
-                                 window=limits.infill_window, time_limit=time_limit)
+    def fit(prefix: str, typed: str, time_limit: prompts.TimeLimit | None = None, chunks=extra,
+            suffix: str = body.input_suffix, filename: str | None = body.filename, limit: int = limit) -> prompts.Prompt:
+        # the current file heads its text as in training; with context files before it and no
+        # name given, a placeholder keeps it from reading as the end of the last one
+        return prompts.insertion(engine, prefix, suffix, limit, chunks, path=filename or (UNNAMED if chunks else None),
+                                 typed=typed, window=limits.infill_window, time_limit=time_limit)
 
+    next_lines = _next_lines(request)
     if body.n_predict == 0:  # work ahead: no time limit
-        return _ahead(request, editor, fit(body.input_prefix, body.prompt), body)
+        answer = _ahead(request, editor, fit(body.input_prefix, body.prompt), body)
+        if editor in next_lines and body.input_extra:  # new context (llama.vim's ring): the next
+            prefix, suffix, filename, asked = next_lines[editor]  # line's prompt again, with it
+            batcher.ahead(editor, [fit(prefix, "", suffix=suffix, filename=filename, limit=asked).ids])
+        return answer
     prompt = fit(body.input_prefix, body.prompt, time_limit(request, body.t_max_prompt_ms))
     s = Sequence(prompt.ids, _params(body, limit), max_ms=body.t_max_predict_ms, reuse_cache=body.cache_prompt,
                  editor=insertion_stop(body.input_prefix + body.prompt, body.input_suffix, body.editor_rules,
@@ -276,8 +281,18 @@ async def infill(body: InfillBody, request: Request):
         # whole where it was shortened to be on time, and the next line's, as if Enter were pressed
         # now (the text after the cursor, the suffix, stays the same)
         guesses = [fit(body.input_prefix, body.prompt).ids] if prompt.late else []
-        batcher.ahead(editor, [*guesses, fit(body.input_prefix + body.prompt + "\n", "").ids])
+        next_lines[editor] = (body.input_prefix + body.prompt + "\n", body.input_suffix, body.filename, limit)
+        batcher.ahead(editor, [*guesses, fit(next_lines[editor][0], "").ids])
     return await _answer(request, s, prompt, body, slot)
+
+
+def _next_lines(request: Request) -> dict:
+    """Each editor's next line as last guessed, (prefix, suffix, filename, new tokens): guessed
+    again when the editor sends new context with n_predict 0."""
+    state = request.app.state
+    if not hasattr(state, "next_lines"):
+        state.next_lines = {}
+    return state.next_lines
 
 
 @router.post("/tokenize")

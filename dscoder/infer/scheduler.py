@@ -76,7 +76,7 @@ class Rows:
                     best, cached = row, shared
         if best is None or cached < MIN_REUSE:
             best, cached = self._least_useful(free), 0
-        elif fork and len(self.held[best]) > cached and self.guessed[best] in (0, fork) and len(free) > 1:
+        elif fork and len(self.held[best]) > cached and not 0 < self.guessed[best] < fork and len(free) > 1:
             source, best = best, self._least_useful([r for r in free if r != best])
         self._clock += 1
         self.busy[best], self.used[best] = True, self._clock
