@@ -266,7 +266,7 @@ async def infill(body: InfillBody, request: Request):
         return prompts.insertion(engine, prefix, suffix, limit, chunks, path=filename or (UNNAMED if chunks else None),
                                  typed=typed, window=limits.infill_window, time_limit=time_limit)
 
-    next_lines = _next_lines(request)
+    next_lines = request.app.state.next_lines  # (prefix, suffix, filename, new tokens) per editor
     if body.n_predict == 0:  # work ahead: no time limit
         answer = _ahead(request, editor, fit(body.input_prefix, body.prompt), body)
         if editor in next_lines and body.input_extra:  # new context (llama.vim's ring): the next
@@ -284,15 +284,6 @@ async def infill(body: InfillBody, request: Request):
         next_lines[editor] = (body.input_prefix + body.prompt + "\n", body.input_suffix, body.filename, limit)
         batcher.ahead(editor, [*guesses, fit(next_lines[editor][0], "").ids])
     return await _answer(request, s, prompt, body, slot)
-
-
-def _next_lines(request: Request) -> dict:
-    """Each editor's next line as last guessed, (prefix, suffix, filename, new tokens): guessed
-    again when the editor sends new context with n_predict 0."""
-    state = request.app.state
-    if not hasattr(state, "next_lines"):
-        state.next_lines = {}
-    return state.next_lines
 
 
 @router.post("/tokenize")

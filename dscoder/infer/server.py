@@ -66,6 +66,7 @@ def create_app(engine, api_key: str | None = None, max_batch: int = 8, limits: S
     app = FastAPI(title="dscoder", lifespan=_lifespan, exception_handlers=http_common.ERROR_HANDLERS)
     app.state.engine, app.state.max_batch, app.state.batcher = engine, max_batch, None
     app.state.api_key, app.state.limits, app.state.warned = api_key, limits, set()
+    app.state.next_lines = {}  # each editor's next line as last guessed (llama_api.infill)
     app.middleware("http")(http_common.guard)
     app.include_router(openai_api.router)
     app.include_router(llama_api.router)
