@@ -151,23 +151,43 @@ PROMPTS = ["import json\n\n\ndef load(path):\n", "class Handler:\n    def __init
 
 
 def test_llama_cpp_generates_what_dscoder_generates(exports, tiny_base_model):
+    """llama.cpp computes the logits dscoder computes, within what the file's number format
+    costs (f16: rounding of activations; q8_0: 8-bit blocks), and its greedy answers are
+    dscoder's, but where dscoder's two best tokens are closer than that (a tie at f16
+    precision, decided either way)."""
     engine = Engine.load(tiny_base_model, dtype="float32")
     # dscoder on the weights as the f16 file holds them: the same numbers in both programs
     for p in engine.model.parameters():
         p.data = p.data.half().float()
-    matches = {}
+    tolerance = {"f16": 0.01, "q8_0": 0.05}  # measured: at most 0.0009 and 0.019
+    report = []
     for kind in ("f16", "q8_0"):
-        llm = llama(exports / f"tiny-{kind}.gguf", n_ctx=256)
+        llm = llama(exports / f"tiny-{kind}.gguf", n_ctx=256, logits_all=True)
         same = 0
         for prompt in PROMPTS:
             ids = engine.encode(prompt)
             assert llm.tokenize(prompt.encode(), add_bos=True, special=True) == ids  # the same tokenizer
             (ours,) = engine.generate([Sequence(ids, SamplingParams(max_new_tokens=12, stop_token_ids=(-1,)))])
-            same += llama_greedy(llm, ids, 12) == ours.token_ids
-        matches[kind] = same
-    print(f"greedy tokens equal to dscoder's: f16 {matches['f16']}/{len(PROMPTS)}, q8_0 {matches['q8_0']}/{len(PROMPTS)}")
-    assert matches["f16"] == len(PROMPTS)
-    assert matches["q8_0"] >= len(PROMPTS) // 2
+            theirs = llama_greedy(llm, ids, 12)
+            full = ids + ours.token_ids
+            with torch.no_grad():
+                our_logits = engine.model(torch.tensor([full])).logits[0, len(ids) - 1:-1].numpy()
+            llm.reset()
+            llm.eval(full)
+            their_logits = np.array(llm.scores[len(ids) - 1:len(full) - 1])
+            diff = float(np.abs(their_logits - our_logits).max())
+            assert diff <= tolerance[kind], f"{kind}: logits differ by {diff:.4f} on {prompt!r}"
+            if theirs == ours.token_ids:
+                same += 1
+                continue
+            at = next(i for i, (a, b) in enumerate(zip(theirs, ours.token_ids)) if a != b)
+            top = np.sort(our_logits[at])[-2:]
+            margin = float(top[1] - top[0])
+            report.append(f"{kind} {prompt!r}: differs at token {at}, dscoder's top-two margin {margin:.4f}")
+            assert margin <= 2 * tolerance[kind], f"{kind} greedy differs on {prompt!r} at token {at} " \
+                f"where dscoder's best token leads by {margin:.4f} (logits within {diff:.4f})"
+        report.append(f"{kind}: {same}/{len(PROMPTS)} greedy answers equal to dscoder's")
+    print("\n".join(report))
 
 
 def test_llama_cpp_fim_prompts_stop_at_eos(tiny_base_model, tmp_path):

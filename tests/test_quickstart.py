@@ -151,3 +151,21 @@ def test_the_training_budget_survives_load_present_only_during_the_probe(small_c
     seconds = time.monotonic() - start
     assert result["step"] > 1.3 * planned, (result["step"], planned)  # the plan followed the real speed
     assert seconds < 1.25 * 60 * cfg.minutes + 20  # and the budget held (the cap is 1.25 x, plus start-up)
+
+
+def test_a_plan_too_short_to_measure_still_uses_the_budget(small_corpus, trained_tokenizer_dir, tmp_path):
+    """A probe slowed so much by load that it plans one step: the run measures its own speed
+    from its first steps and goes on until the budget is used, instead of stopping at step 1."""
+    import time
+
+    from dscoder.quickstart.stages import QuickstartConfig, train_overrides
+    from dscoder.train.recipes import pretrain
+    from dscoder.train.settings import resolve
+
+    cfg = QuickstartConfig(minutes=0.1, seq_len=128, batch_size=4)
+    overrides = train_overrides(cfg, small_corpus, 1, 0.5) | {"loop.budget_minutes": str(cfg.minutes)}
+    start = time.monotonic()
+    result = pretrain(tmp_path / "run", resolve("pretrain", None, overrides), trained_tokenizer_dir, "tiny", None)
+    seconds = time.monotonic() - start
+    assert result["step"] > 3, result["step"]
+    assert seconds < 1.25 * 60 * cfg.minutes + 20

@@ -137,7 +137,11 @@ class Trainer:
     def _replan(self, mark: tuple[int, float] | None, bar) -> tuple[int, float] | None:
         """With a time budget: every few steps, plan the run's length from the speed measured since
         the last plan, until 70% of the plan is done. Returns where the next measurement starts."""
-        if not self.loop.budget_minutes or self.step >= 0.7 * self.planned:
+        if not self.loop.budget_minutes:
+            return mark
+        if self.step >= self.planned and self.step < 3:  # a plan too short to measure (a probe under load):
+            self._plan(self.elapsed_now() / self.step, bar, at_least=0)  # go on at the speed seen so far
+        if self.step >= 0.7 * self.planned:
             return mark
         now = time.perf_counter()
         if mark is None or self.step < 3:  # the first steps are slow (warm-up): measure after them
@@ -145,15 +149,19 @@ class Trainer:
         window = max(3, self.planned // 50)
         if self.step - mark[0] < window:
             return mark
-        seconds_per_step = (now - mark[1]) / (self.step - mark[0])
+        self._plan((now - mark[1]) / (self.step - mark[0]), bar)
+        return (self.step, now)
+
+    def _plan(self, seconds_per_step: float, bar, at_least: int = 1) -> None:
+        """Plan the run's length as what the rest of the time budget holds at `seconds_per_step`
+        (and `at_least` more steps)."""
         remaining = 60 * self.loop.budget_minutes - self.elapsed_now()
-        planned = max(self.step + 1, self.step + int(remaining / seconds_per_step))
+        planned = self.step + max(at_least, int(remaining / seconds_per_step))
         if planned != self.planned:
             log.debug("re-planned %d -> %d steps (%.3f s/step)", self.planned, planned, seconds_per_step)
             self.planned = planned
             bar.total = planned
             bar.refresh()
-        return (self.step, now)
 
     # --- steps -----------------------------------------------------------------------------------
 
