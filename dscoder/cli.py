@@ -156,6 +156,15 @@ def cmd_model_quantize(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_model_merge(args: argparse.Namespace) -> int:
+    from dscoder.train import lora
+
+    _refuse_existing(args.out, args.force)
+    lora.merge(args.model, args.adapter, args.out, args.force)
+    print(f"model: {args.out} ({args.model} with the adapter {args.adapter} folded in)")
+    return 0
+
+
 def _gguf_info(args: argparse.Namespace) -> int:
     from dscoder import export
 
@@ -314,6 +323,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="model folder to write")
     p.add_argument("--force", action="store_true", help="replace --out if it exists")
     p.set_defaults(func=cmd_model_quantize)
+
+    p = mod_cmds.add_parser(
+        "merge", help="fold a LoRA adapter into its base: a plain model folder",
+        description="Add a LoRA adapter (PEFT's format, as `train --lora-rank` writes it) to the weights of "
+        "the dense model it was trained on and write a plain model folder, in the base's dtype, that every "
+        "command, `export-gguf` and other engines load. A quantized base is refused: merge into the dense "
+        "base, then `model quantize` the result.",
+        example="dscoder model merge --model runs/pretrain/final --adapter runs/lora/final --out runs/merged")
+    p.add_argument("--model", type=Path, required=True, help="the dense base model folder the adapter was trained on")
+    p.add_argument("--adapter", type=Path, required=True, help="adapter folder (adapter_config.json, adapter_model.safetensors)")
+    p.add_argument("--out", type=Path, required=True, help="model folder to write")
+    p.add_argument("--force", action="store_true", help="replace --out if it exists")
+    p.set_defaults(func=cmd_model_merge)
 
     p = mod_cmds.add_parser(
         "export-gguf", help="write a GGUF file for llama.cpp, Ollama and LM Studio",

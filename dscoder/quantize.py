@@ -182,6 +182,11 @@ class QuantLinear(nn.Module):
         return "int8 x int8" if _integer_path(self.bits, self.qweight.device.type) else f"int{self.bits} weight-only"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (..., in) -> (..., out)
+        if x.requires_grad and torch.is_grad_enabled():  # adapters trained on a frozen quantized base
+            return _FrozenProduct.apply(x, self)
+        return self.product(x)
+
+    def product(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.numel() // self.in_features
         flat = x.reshape(rows, self.in_features)
         if self._kernel_args is None:
@@ -193,6 +198,20 @@ class QuantLinear(nn.Module):
         else:
             out = _kernel(flat.to(self.dtype), self.bits, self.qweight.device.type, self._kernel_args)
         return out.reshape(*x.shape[:-1], self.out_features)
+
+
+class _FrozenProduct(torch.autograd.Function):
+    """A quantized layer's product that passes gradients to its input (its weights are frozen):
+    the backward multiplies by the dequantized weights, so LoRA adapters below it train (QLoRA)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, layer: QuantLinear) -> torch.Tensor:
+        ctx.layer = layer
+        return layer.product(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        return grad @ ctx.layer.weight().to(grad.dtype), None
 
 
 def _integer_path(bits: int, device_type: str) -> bool:

@@ -1,5 +1,6 @@
-"""Checkpoints: a Hugging Face model folder plus `training_state.pt` (optimizer, scheduler, RNG,
-data position), written as a whole folder by `artifacts.output_dir`, so a checkpoint is whole or absent.
+"""Checkpoints: a Hugging Face model folder (or, for LoRA runs, a PEFT adapter folder) plus
+`training_state.pt` (optimizer, scheduler, RNG, data position), written as a whole folder by
+`artifacts.output_dir`, so a checkpoint is whole or absent.
 
 ```
 RUN/checkpoints/step-0000500/   config.json model.safetensors generation_config.json
@@ -55,12 +56,12 @@ def write_model(folder: Path, hf_model, state_dict: dict, tokenizer_dir: Path) -
     artifacts.copy_tokenizer(tokenizer_dir, folder)
 
 
-def save(run: Path, step: int, hf_model, model_state: dict, training_state: dict, tokenizer_dir: Path,
-         keep: int) -> Path:
-    """Write checkpoint `step` (call on the main process with full state dicts)."""
+def save(run: Path, step: int, write_weights, training_state: dict, keep: int) -> Path:
+    """Write checkpoint `step`: `write_weights(folder)` writes the model (or adapter) folder, then
+    the training state goes beside it (call on the main process)."""
     final = folder_for(run, step)
     with artifacts.output_dir(final, force=True) as tmp:
-        write_model(tmp, hf_model, model_state, tokenizer_dir)
+        write_weights(tmp)
         torch.save(training_state, tmp / STATE)
     complete = sorted(p for p in (run / "checkpoints").glob("step-*") if (p / STATE).is_file())
     for old in complete[:-keep] if keep > 0 else []:

@@ -17,7 +17,8 @@ TRAIN_FLAGS = {
     "max_steps": "loop.max_steps", "seq_len": "data.seq_len", "batch_size": "loop.batch_size",
     "grad_accum": "loop.grad_accum", "lr": "optim.lr", "fim_rate": "fim.rate", "seed": "loop.seed",
     "eval_every": "loop.eval_every", "save_every": "loop.save_every", "rope_factor": "extend.rope_factor",
-    "rope_theta": "extend.rope_theta",
+    "rope_theta": "extend.rope_theta", "lora_rank": "lora.rank", "lora_alpha": "lora.alpha",
+    "lora_targets": "lora.targets", "lora_dropout": "lora.dropout",
 }
 
 
@@ -103,7 +104,9 @@ FLAG_HELP = {
     "lr": "peak learning rate", "fim_rate": "share of documents turned into FIM",
     "seed": "seed of data order, FIM and initialisation", "eval_every": "steps between held-out losses (0: at the end)",
     "save_every": "steps between checkpoints (0: at the end)", "rope_factor": "linear RoPE scaling factor",
-    "rope_theta": "RoPE base",
+    "rope_theta": "RoPE base", "lora_rank": "train LoRA adapters of this rank on the frozen --model (0: every weight)",
+    "lora_alpha": "adapter scale numerator, updates x alpha/rank (0: 2 x rank)",
+    "lora_targets": "projections with adapters: q,k,v,o,gate,up,down", "lora_dropout": "dropout on the adapters' inputs",
 }
 DEFAULT_LR = {"pretrain": "the preset's peak rate, 3e-4 from --model", "extend": "1e-4", "instruct": "1e-5"}
 
@@ -115,7 +118,7 @@ def _add_train_flags(p: argparse.ArgumentParser, stage: str) -> None:
     p.add_argument("--out", type=Path, required=True, help="run folder to write")
     p.add_argument("--config", type=Path, help="TOML file with [data], [fim], [optim], [loop], [parallel], [extend]")
     for flag, key in TRAIN_FLAGS.items():
-        if flag.startswith("rope_") and stage != "extend":
+        if (flag.startswith("rope_") and stage != "extend") or (flag.startswith("lora_") and stage == "extend"):
             continue
         section, name = key.split(".")
         value = getattr(getattr(defaults, section), name)

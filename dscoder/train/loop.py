@@ -67,9 +67,12 @@ class Trainer:
         if self.device.type == "cpu":
             allocator.keep_freed_memory()
         self.hf_model = hf_model.to(self.device)
+        self.lora = hasattr(hf_model, "peft_config")  # adapters on a frozen base (lora.py): only they are saved
         if loop.activation_checkpointing:
             enable = getattr(self.hf_model, "activation_checkpointing_enable", None) or self.hf_model.gradient_checkpointing_enable
             enable()
+            if self.lora:
+                self.hf_model.enable_input_require_grads()  # the frozen embeddings give no gradient to recompute
         self.model = distributed.wrap(self.hf_model, self.world, parallel, self.device)
         self.optimizer = make_optimizer(self.hf_model, optim, lr, self.device.type)
         # the plan can change (budget_minutes); the warm-up stays that of the first plan
@@ -87,7 +90,7 @@ class Trainer:
             get_state_dict,
         )
 
-        options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+        options = StateDictOptions(full_state_dict=True, cpu_offload=True, ignore_frozen_params=self.lora)
         return get_state_dict(self.model, self.optimizer, options=options)
 
     def save(self) -> Path | None:
@@ -98,8 +101,15 @@ class Trainer:
                      "scheduler": self.scheduler.state_dict(), "rng": checkpoint.rng_state(),
                      "data": self.mixture.state, "world_size": self.world.size, "planned": self.planned,
                      "elapsed": self.elapsed_now(), **self.extra_state}
-            folder = checkpoint.save(self.run, self.step, self.hf_model, model_state, state, self.tokenizer_dir,
-                                     self.loop.keep_checkpoints)
+            if self.lora:
+                from dscoder.train import lora
+
+                def write(tmp):
+                    lora.save(tmp, self.hf_model, model_state, self.tokenizer_dir, lora.counts(self.hf_model))
+            else:
+                def write(tmp):
+                    checkpoint.write_model(tmp, self.hf_model, model_state, self.tokenizer_dir)
+            folder = checkpoint.save(self.run, self.step, write, state, self.loop.keep_checkpoints)
         distributed.barrier(self.world)
         return folder
 
@@ -115,10 +125,16 @@ class Trainer:
         if state.get("world_size", 1) != self.world.size:
             log.warning("resuming a run saved with %d processes on %d: the data stream is the same, "
                         "the reduction order is not", state.get("world_size", 1), self.world.size)
-        weights = {}
-        for file in sorted(folder.glob("*.safetensors")):
-            weights.update(load_file(file))
-        options = StateDictOptions(full_state_dict=True, strict=False)
+        if self.lora:
+            from dscoder.train import lora
+
+            lora.load_weights(self.hf_model, folder)
+            weights = {name: p.detach() for name, p in self.model.named_parameters() if p.requires_grad}
+        else:
+            weights = {}
+            for file in sorted(folder.glob("*.safetensors")):
+                weights.update(load_file(file))
+        options = StateDictOptions(full_state_dict=True, strict=False, ignore_frozen_params=self.lora)
         set_state_dict(self.model, self.optimizer, model_state_dict=weights, optim_state_dict=state["optimizer"],
                        options=options)
         self.scheduler.load_state_dict(state["scheduler"])

@@ -3,7 +3,8 @@
 sequences) and `instruct` (chat template, loss on responses, EOS = `<|EOT|>`).
 
 A run folder holds `config.json` (the resolved settings), `dscoder.json`, `tokenizer/`,
-`metrics.jsonl`, `checkpoints/step-N/`, `final/` and `loss.png`.
+`metrics.jsonl`, `checkpoints/step-N/`, `final/` and `loss.png`. With `--lora-rank` (pretrain
+and instruct), the base stays frozen and `final/` is a PEFT adapter folder (see lora.py).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from dscoder import model as model_lib
 from dscoder import tokenizer as tokenizer_lib
 from dscoder.data import corpus
 from dscoder.errors import UserError
-from dscoder.train import checkpoint, dataset, distributed, report
+from dscoder.train import checkpoint, dataset, distributed, lora, report
 from dscoder.train.instruct import instruct_encoder, read_conversations
 from dscoder.train.loop import Trainer
 from dscoder.train.settings import TrainConfig
@@ -98,6 +99,16 @@ def _check_fit(hf_model, tokenizer, seq_len: int, stage: str) -> None:
                         "positions: extend the context first with `dscoder train extend`")
 
 
+def _adapt(hf_model, cfg: TrainConfig, model_dir: Path | None):
+    """The model the run trains: itself, or LoRA adapters on it frozen (`--lora-rank`)."""
+    if not cfg.lora.rank:
+        return hf_model
+    if model_dir is None:
+        raise UserError("--lora-rank adapts an existing model: give --model DIR instead of --preset")
+    lora.check(cfg.lora, hf_model.config, cfg.loop.precision, cfg.parallel.strategy)
+    return lora.wrap(hf_model, cfg.lora, cfg.loop.precision, model_dir)
+
+
 def _load_model(folder: Path):
     import torch
 
@@ -120,7 +131,8 @@ def _run(run: Path, cfg: TrainConfig, world, hf_model, tokenizer_dir: Path, fold
     mixture = dataset.Mixture([dataset.TokenFile(f) for f in folders], weights, cfg.data.seq_len, cfg.loop.seed,
                               cfg.data.eval_fraction)
     if world.main:
-        artifacts.write_manifest(run, "run", stage=cfg.stage, config=config_lib.to_dict(cfg), **record)
+        counts = lora.counts(hf_model) if cfg.lora.rank else {}
+        artifacts.write_manifest(run, "run", stage=cfg.stage, config=config_lib.to_dict(cfg), **record, **counts)
     trainer = Trainer(run, hf_model, tokenizer_dir, mixture, cfg.loop, cfg.optim, cfg.parallel, lr)
     if resume_from is not None:
         trainer.resume(resume_from)
@@ -150,6 +162,7 @@ def pretrain(run: Path, cfg: TrainConfig, tokenizer_dir: Path | None, preset: st
         hf_model = model_lib.build(model_lib.hf_config(model_cfg, tokenizer), seed=cfg.loop.seed)
         default_lr = chosen.max_lr
     _check_fit(hf_model, tokenizer, cfg.data.seq_len, "pretrain")
+    hf_model = _adapt(hf_model, cfg, model_dir)
     world, resume_from = _setup(run, cfg, resume, force)
     local_tokenizer = _main_first(world, lambda: artifacts.copy_tokenizer(tokenizer_dir, run / "tokenizer"))
     folders, weights = _main_first(world, lambda: _corpus_data(cfg, tokenizer, run))
@@ -161,6 +174,8 @@ def pretrain(run: Path, cfg: TrainConfig, tokenizer_dir: Path | None, preset: st
 def extend(run: Path, cfg: TrainConfig, model_dir: Path, resume: bool = False, force: bool = False) -> dict:
     """Continue a model at a longer sequence length with linear RoPE scaling."""
     check_run(run, cfg, resume, force)
+    if cfg.lora.rank:
+        raise UserError("train extend trains every weight; LoRA adapters are for train pretrain and train instruct")
     base, tokenizer = _load_model(model_dir)
     positions = cfg.extend.max_position_embeddings or cfg.data.seq_len
     if positions < cfg.data.seq_len:
@@ -187,6 +202,7 @@ def instruct(run: Path, cfg: TrainConfig, model_dir: Path, data_file: Path, resu
         raise UserError(f"{model_dir}: the tokenizer has no {formats.EOT} token")
     hf_model.config.eos_token_id = eot
     hf_model.generation_config.eos_token_id = eot
+    hf_model = _adapt(hf_model, cfg, model_dir)
     world, resume_from = _setup(run, cfg, resume, force)
     local_tokenizer = _main_first(world, lambda: artifacts.copy_tokenizer(model_dir, run / "tokenizer",
                                                                           eos_token=formats.EOT))

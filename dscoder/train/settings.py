@@ -15,6 +15,7 @@ from dscoder.errors import UserError
 from dscoder.train.dataset import DataConfig
 from dscoder.train.distributed import ParallelConfig
 from dscoder.train.fim import FIMConfig
+from dscoder.train.lora import LoraConfig
 from dscoder.train.schedule import OptimConfig
 
 Stage = Literal["pretrain", "extend", "instruct"]
@@ -82,6 +83,7 @@ class TrainConfig:
     loop: LoopConfig = field(default_factory=LoopConfig)
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
     extend: ExtendConfig = field(default_factory=ExtendConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
 
 
 # Settings each stage starts from, before a TOML file and flags.
