@@ -179,6 +179,7 @@ def test_every_command_help_shows_its_defaults_and_an_example():
 # Every other value of 0, -1, NaN and a huge number must be refused in one line naming the flag,
 # before any work.
 ZERO_OK = ("0",)
+LORA_FLAGS = {"--lora-rank": ZERO_OK, "--lora-alpha": ZERO_OK, "--lora-dropout": ZERO_OK, "--lora-targets": ()}
 NUMERIC = {
     ("tokenizer", "train"): (["in", "--out", "OUT"], {"--vocab-size": (), "--min-frequency": (), "--max-bytes": ()}),
     ("model", "init"): (["--preset", "tiny", "--tokenizer", "t", "--out", "OUT"], {"--seed": ZERO_OK}),
@@ -188,13 +189,13 @@ NUMERIC = {
     ("data", "build"): (["src", "--out", "OUT"], {"--workers": ZERO_OK}),
     ("train", "pretrain"): (["--data", "d", "--preset", "tiny", "--tokenizer", "t", "--out", "OUT"], {
         "--max-steps": (), "--seq-len": (), "--batch-size": (), "--grad-accum": (), "--lr": (), "--fim-rate": ZERO_OK,
-        "--seed": ZERO_OK, "--eval-every": ZERO_OK, "--save-every": ZERO_OK}),
+        "--seed": ZERO_OK, "--eval-every": ZERO_OK, "--save-every": ZERO_OK, **LORA_FLAGS}),
     ("train", "extend"): (["--model", "m", "--data", "d", "--out", "OUT"], {
         "--max-steps": (), "--seq-len": (), "--batch-size": (), "--grad-accum": (), "--lr": (), "--fim-rate": ZERO_OK,
         "--seed": ZERO_OK, "--eval-every": ZERO_OK, "--save-every": ZERO_OK, "--rope-factor": (), "--rope-theta": ()}),
     ("train", "instruct"): (["--model", "m", "--data", "d.jsonl", "--out", "OUT"], {
         "--max-steps": (), "--seq-len": (), "--batch-size": (), "--grad-accum": (), "--lr": (), "--fim-rate": ZERO_OK,
-        "--seed": ZERO_OK, "--eval-every": ZERO_OK, "--save-every": ZERO_OK}),
+        "--seed": ZERO_OK, "--eval-every": ZERO_OK, "--save-every": ZERO_OK, **LORA_FLAGS}),
     ("train", "make-instruct"): (["c", "--out", "OUT"], {"--max-pairs": ()}),
     **{(command,): (args, {"--max-new-tokens": (), "--temperature": ZERO_OK, "--top-p": (), "--top-k": ZERO_OK,
                            "--seed": ZERO_OK, **extra})

@@ -38,7 +38,7 @@ class LoraConfig:
 
     rank: Annotated[int, NON_NEGATIVE] = 0
     """Rank of each adapter (0: full fine-tuning)."""
-    alpha: Annotated[float, NON_NEGATIVE] = 0.0
+    alpha: Annotated[float, Range(0, 65536)] = 0.0
     """Scale numerator: updates are multiplied by alpha / rank (0: twice the rank)."""
     targets: str = "q,k,v,o,gate,up,down"
     """Comma-separated projections that get adapters: q, k, v, o (attention), gate, up, down (MLP)."""

@@ -15,6 +15,7 @@ from dscoder.errors import UserError
 from dscoder.train.dataset import DataConfig
 from dscoder.train.distributed import ParallelConfig
 from dscoder.train.fim import FIMConfig
+from dscoder.train import lora
 from dscoder.train.lora import LoraConfig
 from dscoder.train.schedule import OptimConfig
 
@@ -101,6 +102,7 @@ def resolve(stage: Stage, toml: Path | None, overrides: dict[str, object]) -> Tr
     cfg = config_lib.load(cfg, toml, overrides)
     if cfg.stage != stage:
         raise UserError(f"the config says stage {cfg.stage!r} but this is `train {stage}`")
+    lora.modules(cfg.lora)  # a UserError naming --lora-targets
     if not re.fullmatch(r"auto|cpu|cuda(:[0-9]+)?", cfg.loop.device):
         raise UserError(f"--loop.device {cfg.loop.device!r}: expected auto, cpu, cuda or cuda:N")
     return cfg
