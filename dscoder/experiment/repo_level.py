@@ -136,6 +136,23 @@ def cross_file_names(repo: dict, path: str) -> set[str]:
     return {n for p, names in repo["defines"].items() if p != path for n in names} - own
 
 
+def line_cases(folder: Path, repo: dict, paths: list[str]) -> list[dict]:
+    """The lines of the Python files `paths` of the repository in `folder` that use a name
+    defined in another of its files (`repo["defines"]`: path -> names), not on an import line."""
+    found = []
+    for path in paths:
+        others = cross_file_names(repo, path)
+        text = (folder / path).read_text(encoding="utf-8")
+        for number, line in enumerate(text.split("\n")):
+            stripped = line.strip()
+            if not stripped or stripped.startswith(("import ", "from ", "#", "@")) or len(stripped) > 100:
+                continue
+            used = sorted(set(NAME.findall(line)) & others)
+            if used and number > 0:
+                found.append({"repo": str(folder), "path": path, "line": number, "text": line, "names": used})
+    return found
+
+
 def _cases(out: Path, repos: list[dict], cfg: ExperimentConfig) -> list[dict]:
     """Lines of held-out Python files that use a cross-file name (not on an import line), with
     the repository written to disk for `repo-complete`'s context builder."""
@@ -148,16 +165,7 @@ def _cases(out: Path, repos: list[dict], cfg: ExperimentConfig) -> list[dict]:
                 target = folder / path
                 if not target.is_file():
                     artifacts.write_text(target, text)
-        for path in sorted(repo["defines"]):
-            others = cross_file_names(repo, path)
-            text = (folder / path).read_text(encoding="utf-8")
-            for number, line in enumerate(text.split("\n")):
-                stripped = line.strip()
-                if not stripped or stripped.startswith(("import ", "from ", "#", "@")) or len(stripped) > 100:
-                    continue
-                used = sorted(set(NAME.findall(line)) & others)
-                if used and number > 0:
-                    found.append({"repo": str(folder), "path": path, "line": number, "text": line, "names": used})
+        found += line_cases(folder, repo, sorted(repo["defines"]))
     if len(found) < MIN_CASES:
         raise UserError(f"the held-out repositories have {len(found)} lines using a name defined in another file; "
                         f"at least {MIN_CASES} are needed to build the cross-file completion task")
@@ -175,9 +183,9 @@ def _evaluate(out: Path, models: dict, repos: list[dict], cases: list[dict], cfg
         log.info("evaluating %s (seed %d)", name, seed)
         engine = Engine.load(folder, dtype="float32")
         engine.context = cfg.seq_len  # prompts fitted to the length the variants were trained at
-        prompts = prompts or [_prompt(engine, case) for case in cases]
+        prompts = prompts or [line_prompt(engine, case) for case in cases]
         cross, rest = _file_losses(engine, repos, cfg.seq_len)
-        lines = _complete_lines(engine, cases, prompts)
+        lines = complete_lines(engine, cases, prompts)
         scores.setdefault(name, []).append({"cross_nats": cross[:, 0].tolist(), "cross_tokens": cross[:, 1].tolist(),
                                             "rest_nats": rest[:, 0].tolist(), "rest_tokens": rest[:, 1].tolist(),
                                             **lines})
@@ -235,7 +243,7 @@ def _round_robin(lists: list[list]) -> list:
     return out
 
 
-def _prompt(engine, case: dict) -> list[int]:
+def line_prompt(engine, case: dict) -> list[int]:
     """The case's prompt as `repo-complete` builds it: the repository context, then the target
     file up to the line (and the line's indentation)."""
     from dscoder.infer import repo_context
@@ -246,7 +254,7 @@ def _prompt(engine, case: dict) -> list[int]:
     return repo_context.build(engine, Path(case["repo"]), case["path"], None, None, LINE_TOKENS, text=before + indent).ids
 
 
-def _complete_lines(engine, cases: list[dict], prompts: list[list[int]]) -> dict[str, list[float]]:
+def complete_lines(engine, cases: list[dict], prompts: list[list[int]]) -> dict[str, list[float]]:
     """Greedy completion of each case's line from its prompt, scored per case: CrossCodeEval's
     exact match, edit similarity and identifier F1, and identifier match."""
     from dscoder.evaluate import crosscodeeval
