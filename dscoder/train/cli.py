@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import typing
 from collections import Counter
 from pathlib import Path
 
@@ -17,7 +18,7 @@ TRAIN_FLAGS = {
     "max_steps": "loop.max_steps", "seq_len": "data.seq_len", "batch_size": "loop.batch_size",
     "grad_accum": "loop.grad_accum", "lr": "optim.lr", "fim_rate": "fim.rate", "seed": "loop.seed",
     "eval_every": "loop.eval_every", "save_every": "loop.save_every", "rope_factor": "extend.rope_factor",
-    "rope_theta": "extend.rope_theta",
+    "rope_theta": "extend.rope_theta", "logger": "loop.logger",
 }
 
 
@@ -103,12 +104,13 @@ FLAG_HELP = {
     "lr": "peak learning rate", "fim_rate": "share of documents turned into FIM",
     "seed": "seed of data order, FIM and initialisation", "eval_every": "steps between held-out losses (0: at the end)",
     "save_every": "steps between checkpoints (0: at the end)", "rope_factor": "linear RoPE scaling factor",
-    "rope_theta": "RoPE base",
+    "rope_theta": "RoPE base", "logger": "also send the metrics to TensorBoard (RUN/tensorboard) or W&B (RUN/wandb)",
 }
 DEFAULT_LR = {"pretrain": "the preset's peak rate, 3e-4 from --model", "extend": "1e-4", "instruct": "1e-5"}
 
 
 def _add_train_flags(p: argparse.ArgumentParser, stage: str) -> None:
+    from dscoder.config import field_annotation
     from dscoder.train import settings
 
     defaults = settings.resolve(stage, None, {})
@@ -118,9 +120,11 @@ def _add_train_flags(p: argparse.ArgumentParser, stage: str) -> None:
         if flag.startswith("rope_") and stage != "extend":
             continue
         section, name = key.split(".")
-        value = getattr(getattr(defaults, section), name)
+        value, cls = getattr(getattr(defaults, section), name), type(getattr(defaults, section))
         shown = DEFAULT_LR[stage] if flag == "lr" else f"{value:g}" if isinstance(value, float) else value
-        p.add_argument("--" + flag.replace("_", "-"), type=setting(type(getattr(defaults, section)), name),
+        annotation = field_annotation(cls, name)
+        choices = typing.get_args(annotation) if typing.get_origin(annotation) is typing.Literal else None
+        p.add_argument("--" + flag.replace("_", "-"), type=setting(cls, name), choices=choices,
                        help=f"{FLAG_HELP[flag]} (default: {shown})")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its newest checkpoint")
     p.add_argument("--force", action="store_true", help="replace --out if it exists")
