@@ -253,6 +253,8 @@ def test_numeric_options_are_checked_before_any_work(command, capsys, tmp_path):
      "optim.weight_decay: must be at least 0"),
     (["train", "pretrain", "--data", "d", "--preset", "tiny", "--tokenizer", "t", "--loop.device=tpu"],
      "--loop.device 'tpu'"),
+    (["train", "instruct", "--model", "m", "--data", "d.jsonl", "--logger", "tensorbord"],
+     "--logger: expected one of 'none', 'tensorboard', 'wandb', got 'tensorbord'"),
 ])
 def test_settings_are_checked_before_any_work(argv, needle, capsys, tmp_path):
     code, _, err = run(capsys, *argv, "--out", tmp_path / "out")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import typing
 from collections import Counter
 from pathlib import Path
 
@@ -18,7 +19,7 @@ TRAIN_FLAGS = {
     "grad_accum": "loop.grad_accum", "lr": "optim.lr", "fim_rate": "fim.rate", "seed": "loop.seed",
     "eval_every": "loop.eval_every", "save_every": "loop.save_every", "rope_factor": "extend.rope_factor",
     "rope_theta": "extend.rope_theta", "lora_rank": "lora.rank", "lora_alpha": "lora.alpha",
-    "lora_targets": "lora.targets", "lora_dropout": "lora.dropout",
+    "lora_targets": "lora.targets", "lora_dropout": "lora.dropout", "logger": "loop.logger",
 }
 
 
@@ -107,11 +108,13 @@ FLAG_HELP = {
     "rope_theta": "RoPE base", "lora_rank": "train LoRA adapters of this rank on the frozen --model (0: every weight)",
     "lora_alpha": "adapter scale numerator, updates x alpha/rank (0: 2 x rank)",
     "lora_targets": "projections with adapters: q,k,v,o,gate,up,down", "lora_dropout": "dropout on the adapters' inputs",
+    "logger": "also send the metrics to TensorBoard (RUN/tensorboard) or W&B (RUN/wandb)",
 }
 DEFAULT_LR = {"pretrain": "the preset's peak rate, 3e-4 from --model", "extend": "1e-4", "instruct": "1e-5"}
 
 
 def _add_train_flags(p: argparse.ArgumentParser, stage: str) -> None:
+    from dscoder.config import field_annotation
     from dscoder.train import settings
 
     defaults = settings.resolve(stage, None, {})
@@ -121,9 +124,11 @@ def _add_train_flags(p: argparse.ArgumentParser, stage: str) -> None:
         if (flag.startswith("rope_") and stage != "extend") or (flag.startswith("lora_") and stage == "extend"):
             continue
         section, name = key.split(".")
-        value = getattr(getattr(defaults, section), name)
+        value, cls = getattr(getattr(defaults, section), name), type(getattr(defaults, section))
         shown = DEFAULT_LR[stage] if flag == "lr" else f"{value:g}" if isinstance(value, float) else value
-        p.add_argument("--" + flag.replace("_", "-"), type=setting(type(getattr(defaults, section)), name),
+        annotation = field_annotation(cls, name)
+        choices = typing.get_args(annotation) if typing.get_origin(annotation) is typing.Literal else None
+        p.add_argument("--" + flag.replace("_", "-"), type=setting(cls, name), choices=choices,
                        help=f"{FLAG_HELP[flag]} (default: {shown})")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its newest checkpoint")
     p.add_argument("--force", action="store_true", help="replace --out if it exists")

@@ -13,6 +13,7 @@ import json
 import logging
 import math
 import shutil
+import sys
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -24,7 +25,7 @@ import torch.nn.functional as F
 from dscoder import allocator, artifacts
 from dscoder import model as model_lib
 from dscoder.errors import UserError
-from dscoder.train import checkpoint, distributed
+from dscoder.train import checkpoint, distributed, loggers
 from dscoder.train.dataset import Mixture, eval_batches
 from dscoder.train.report import METRICS
 from dscoder.train.schedule import OptimConfig, lr_factor, make_optimizer, warmup_steps
@@ -226,6 +227,7 @@ class Trainer:
         """Train to `max_steps` (or the time limit), then write `RUN/final`."""
         from dscoder.console import progress
 
+        logger = loggers.start(self.loop.logger, self.run, self.step) if self.world.main else loggers.Logger()
         metrics = open(self.run / METRICS, "a", encoding="utf-8") if self.world.main else None
         self._started = time.perf_counter()
         window_start, window_tokens = time.perf_counter(), self.tokens
@@ -265,6 +267,7 @@ class Trainer:
                 if record and metrics:
                     metrics.write(json.dumps(record) + "\n")
                     metrics.flush()
+                    logger.log(record)
                     last |= record
                 if (self.loop.save_every and self.step % self.loop.save_every == 0) or done:
                     self.save()
@@ -275,6 +278,7 @@ class Trainer:
             bar.close()
             if metrics:
                 metrics.close()
+            logger.close(failed=sys.exc_info()[0] is not None)
         if self.world.main:
             newest = checkpoint.latest(self.run)
             with artifacts.output_dir(self.run / "final", force=True) as final:

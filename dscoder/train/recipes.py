@@ -20,7 +20,7 @@ from dscoder import model as model_lib
 from dscoder import tokenizer as tokenizer_lib
 from dscoder.data import corpus
 from dscoder.errors import UserError
-from dscoder.train import checkpoint, dataset, distributed, lora, report
+from dscoder.train import checkpoint, dataset, distributed, loggers, lora, report
 from dscoder.train.instruct import instruct_encoder, read_conversations
 from dscoder.train.loop import Trainer
 from dscoder.train.settings import TrainConfig
@@ -30,8 +30,8 @@ log = logging.getLogger("dscoder")
 
 def check_run(run: Path, cfg: TrainConfig, resume: bool, force: bool) -> None:
     """Everything about the run folder and the settings that can be checked before any file is
-    written: the folder is free (or resumable with the same settings), the device exists, every
-    `--data` source is a finished corpus."""
+    written: the folder is free (or resumable with the same settings), the device exists, the
+    `--logger` package imports, every `--data` source is a finished corpus."""
     stored = run / "config.json"
     if run.exists() and not resume and not force:
         raise UserError(f"{run} already exists (use --resume to continue it or --force to replace it)")
@@ -43,12 +43,13 @@ def check_run(run: Path, cfg: TrainConfig, resume: bool, force: bool) -> None:
         except (OSError, json.JSONDecodeError) as exc:
             raise UserError(f"{stored}: unreadable ({exc})") from None
         now = config_lib.to_dict(cfg)
-        for volatile in ("max_minutes", "device"):
+        for volatile in ("max_minutes", "device", "logger"):
             previous.get("loop", {}).pop(volatile, None)
             now["loop"].pop(volatile, None)
         if previous != json.loads(json.dumps(now)):
             raise UserError(f"{run} was started with other settings; resume with the same ones (see {stored})")
     model_lib.device_for(cfg.loop.device, "--loop.device")
+    loggers.check(cfg.loop.logger)
     if cfg.stage != "instruct":
         if not cfg.data.sources:
             raise UserError("no training data: give --data CORPUS_DIR[:WEIGHT] (one or more)")

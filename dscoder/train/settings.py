@@ -46,6 +46,9 @@ class LoopConfig:
     """Recompute activations in the backward pass to save memory."""
     log_every: Annotated[int, AT_LEAST_ONE] = 10
     """Steps between metrics lines."""
+    logger: Literal["none", "tensorboard", "wandb"] = "none"
+    """Where the metrics lines also go: TensorBoard event files in RUN/tensorboard/, or a W&B run in
+    RUN/wandb/ (offline unless WANDB_MODE is set)."""
     eval_every: Annotated[int, NON_NEGATIVE] = 200
     """Steps between evaluation losses (0: only at the end)."""
     eval_batches: Annotated[int, AT_LEAST_ONE] = 8
