@@ -23,6 +23,7 @@ continues with `--resume`.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 import shutil
@@ -34,7 +35,7 @@ from typing import Annotated
 import numpy as np
 
 from dscoder import artifacts
-from dscoder.config import AT_LEAST_ONE, FRACTION, NON_NEGATIVE, Range, Seed
+from dscoder.config import AT_LEAST_ONE, FRACTION, Range, Seed
 from dscoder.errors import UserError
 
 log = logging.getLogger("dscoder")
@@ -50,8 +51,8 @@ class AdaptConfig:
     """Share of each repository's code files held out for the before/after measures."""
     steps: Annotated[int, AT_LEAST_ONE] = 300
     """Optimizer steps of continued pretraining (the first plan, with --minutes)."""
-    minutes: Annotated[float, NON_NEGATIVE] = 0.0
-    """Train for about this long instead (0: exactly --steps)."""
+    minutes: Annotated[float, Range(0, 525600)] = 0.0
+    """Train for about this long instead (0: exactly --steps; at most a year)."""
     seq_len: Annotated[int, Range(16, 1 << 20)] = 1024
     """Tokens per training sequence."""
     batch_size: Annotated[int, AT_LEAST_ONE] = 4
@@ -97,6 +98,7 @@ def check(model: Path, repos: list[Path], out: Path, cfg: AdaptConfig, resume: b
     from dscoder import quantize
     from dscoder.train import lora
 
+    train_cfg = _train_config(cfg, out / "corpus")  # every training setting held to its bounds
     if out.exists() and not (resume or force):
         raise UserError(f"{out} already exists (use --resume to continue it or --force to replace it)")
     if out.exists() and not out.is_dir():
@@ -113,7 +115,6 @@ def check(model: Path, repos: list[Path], out: Path, cfg: AdaptConfig, resume: b
             raise UserError(f"--repos {repo}: not found")
     if len({r.resolve() for r in repos}) != len(repos):
         raise UserError("--repos: a repository is named twice")
-    train_cfg = _train_config(cfg, out / "corpus")
     lora.check(train_cfg.lora, hf_cfg, train_cfg.loop.precision)
     if cfg.seq_len > hf_cfg.max_position_embeddings:
         raise UserError(f"--seq-len {cfg.seq_len} exceeds the model's {hf_cfg.max_position_embeddings} positions")
@@ -217,16 +218,39 @@ def _evaluate(folder: Path, out: Path, split: dict, cases: dict, cfg: AdaptConfi
     from dscoder.quickstart import measure
 
     engine = Engine.load(folder, dtype="float32")
-    losses = measure.window_losses(engine, _texts(out, split), cfg.seq_len, max_windows=cfg.eval_items)
-    infills = measure.fim_infills(engine, cases["fim"])
-    found = {"loss": losses.tolist(),
-             "fim_exact_match": measure.exact_matches(infills, cases["fim"]).tolist(),
-             "fim_edit_similarity": measure.edit_similarities(infills, cases["fim"]).tolist()}
-    if cases["lines"]:
-        prompts = [repo_level.line_prompt(engine, case) for case in cases["lines"]]
-        scored = repo_level.complete_lines(engine, cases["lines"], prompts)
-        found |= {f"cross_file_{k}": v for k, v in scored.items() if k != "identifier_f1"}
-    return found
+    with _counting_cut_prompts() as cut:
+        losses = measure.window_losses(engine, _texts(out, split), cfg.seq_len, max_windows=cfg.eval_items)
+        infills = measure.fim_infills(engine, cases["fim"])
+        found = {"loss": losses.tolist(),
+                 "fim_exact_match": measure.exact_matches(infills, cases["fim"]).tolist(),
+                 "fim_edit_similarity": measure.edit_similarities(infills, cases["fim"]).tolist()}
+        if cases["lines"]:
+            prompts = [repo_level.line_prompt(engine, case) for case in cases["lines"]]
+            scored = repo_level.complete_lines(engine, cases["lines"], prompts)
+            found |= {f"cross_file_{k}": v for k, v in scored.items() if k != "identifier_f1"}
+    if cut:
+        log.info("%d prompts were longer than the %d-token context and kept their end", len(cut), engine.context)
+    return found | {"prompts_cut": len(cut)}
+
+
+@contextlib.contextmanager
+def _counting_cut_prompts():
+    """Collect (instead of printing) the prompt layer's notices that a prompt was cut to fit:
+    expected for long held-out files, reported once as a count."""
+    cut: list[str] = []
+
+    def keep(record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if message.startswith("the prompt has"):
+            cut.append(message)
+        return not message.startswith(("the prompt has", "repository context:"))
+
+    logger = logging.getLogger("dscoder")
+    logger.addFilter(keep)
+    try:
+        yield cut
+    finally:
+        logger.removeFilter(keep)
 
 
 def _train(model: Path, out: Path, cfg: AdaptConfig) -> dict:

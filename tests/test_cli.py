@@ -214,6 +214,10 @@ NUMERIC = {
         "--n": (), "--temperature": ZERO_OK, "--top-p": (), "--max-new-tokens": (), "--batch-size": (), "--seed": ZERO_OK,
         "--limit": (), "--workers": ZERO_OK, "--timeout": (), "--concurrency": ()}),
     ("eval", "contamination"): (["--benchmark", "b", "c"], {"--n": ()}),
+    ("adapt",): (["--model", "m", "--repos", "r", "--out", "OUT"], {
+        "--held-out": (), "--steps": (), "--minutes": ZERO_OK, "--seq-len": (), "--batch-size": (), "--lr": (),
+        "--fim-rate": ZERO_OK, "--lora-rank": (), "--lora-alpha": ZERO_OK, "--lora-targets": (), "--eval-items": (),
+        "--seed": ZERO_OK}),
 }
 BAD = ("0", "-1", "nan", "1e400", "99999999999999999999999")
 
