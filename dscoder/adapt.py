@@ -128,9 +128,12 @@ def run(model: Path, repos: list[Path], out: Path, cfg: AdaptConfig, resume: boo
     identity = {"model": str(model.resolve()), "repos": [str(r.resolve()) for r in repos], "settings": asdict(cfg)}
     if out.exists() and resume:
         made = artifacts.read_manifest(out) or {}
-        if {k: made.get(k) for k in identity} != identity:
-            changed = [k for k in identity if made.get(k) != identity[k]]
-            raise UserError(f"{out} was made with other {', '.join(changed)}; resume with the same ones or use --force")
+        now = {"model": identity["model"], "repos": identity["repos"], **identity["settings"]}
+        then = {"model": made.get("model"), "repos": made.get("repos"), **(made.get("settings") or {})}
+        changed = [f"{k} {then.get(k)!r}, not {v!r}" for k, v in now.items() if then.get(k) != v]
+        if changed:
+            raise UserError(f"{out} was made with other settings ({'; '.join(changed)}); resume with the same ones "
+                            "or use --force")
     elif out.exists():
         shutil.rmtree(out)
     artifacts.make_folder(out)

@@ -64,7 +64,7 @@ def test_resume_reuses_every_stage_and_refuses_other_settings(adapted, tiny_base
     assert json.loads((adapted / "report.json").read_text())["figures"] == json.loads(before)["figures"]
     capsys.readouterr()
     assert main([*args, "--resume", "--lora-rank", "4"]) == 2
-    assert "was made with other settings" in capsys.readouterr().err
+    assert "was made with other settings (lora_rank 8, not 4)" in capsys.readouterr().err
     assert main(args) == 2 and "already exists (use --resume" in capsys.readouterr().err
 
 
