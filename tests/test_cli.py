@@ -179,7 +179,7 @@ def test_every_command_help_shows_its_defaults_and_an_example():
 # Every other value of 0, -1, NaN and a huge number must be refused in one line naming the flag,
 # before any work.
 ZERO_OK = ("0",)
-LORA_FLAGS = {"--lora-rank": ZERO_OK, "--lora-alpha": ZERO_OK, "--lora-dropout": ZERO_OK, "--lora-targets": ()}
+LORA_FLAGS = {"--lora-rank": (), "--lora-alpha": ZERO_OK, "--lora-dropout": ZERO_OK, "--lora-targets": ()}
 NUMERIC = {
     ("tokenizer", "train"): (["in", "--out", "OUT"], {"--vocab-size": (), "--min-frequency": (), "--max-bytes": ()}),
     ("model", "init"): (["--preset", "tiny", "--tokenizer", "t", "--out", "OUT"], {"--seed": ZERO_OK}),

@@ -123,6 +123,7 @@ def test_qlora_trains_adapters_on_an_int8_base(tiny_base_model, small_corpus, tm
     (["--lora-rank", "4", "--lora-targets", "q,attn"], "--lora-targets 'q,attn': expected some of q,k,v,o"),
     (["--lora-rank", "4", "--lora-targets", ","], "--lora-targets ',': expected"),
     (["--lora-rank", "-1"], "--lora-rank"),
+    (["--lora-rank", "0"], "--lora-rank 0: expected a rank of at least 1"),
     (["--lora-rank", "4", "--lora.base=bfloat16", "--loop.precision=fp32"], "needs --loop.precision bf16"),
 ])
 def test_bad_lora_settings_are_one_line_and_write_nothing(tiny_base_model, small_corpus, tmp_path, capsys, flags, needle):

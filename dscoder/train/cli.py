@@ -27,6 +27,8 @@ def _train_config(args: argparse.Namespace, stage: str):
     from dscoder import config
     from dscoder.train.settings import resolve
 
+    if getattr(args, "lora_rank", None) == 0:
+        raise UserError("--lora-rank 0: expected a rank of at least 1 (leave the flag out to train every weight)")
     overrides = config.parse_overrides(args.extra)
     for flag, key in TRAIN_FLAGS.items():
         value = getattr(args, flag, None)
