@@ -157,3 +157,22 @@ def test_the_step_plan_is_timed_on_the_variants_preset(tmp_path, monkeypatch):
     with pytest.raises(RuntimeError, match="probe stopped"):
         common.plan_steps(tmp_path, replace(CFG, preset="small"), tmp_path / "corpus")
     assert seen == ["small"]
+
+
+def test_every_setting_is_checked_before_the_corpus_is_built(small_corpus, tmp_path, capsys):
+    for flag, value, needle in (("--seq-len", "100000", "--seq-len 100000 exceeds the model's 1024 positions"),
+                                ("--seq-len", "16", "--seq-len 16: FIM pieces fitted to windows need at least 32")):
+        code = main(["experiment", "fim-rate", "--corpus", str(small_corpus), "--out", str(tmp_path / "x"), flag, value])
+        assert code == 2 and needle in capsys.readouterr().err
+        assert not (tmp_path / "x").exists()
+
+
+def test_a_folder_refused_before_training_takes_the_corrected_command(small_corpus, tmp_path):
+    out = tmp_path / "fim"
+    common.prepare(out, "fim-rate", replace(CFG, minutes=8), small_corpus, min_held_out=1)
+    (out / "stages" / "plan.json").write_text('{"steps": 99}')  # planned for 8 minutes, then stopped
+    tokenizer = (out / "tokenizer" / "tokenizer.json").stat().st_mtime_ns
+    common.prepare(out, "fim-rate", CFG, small_corpus, min_held_out=1)  # minutes 1: accepted, nothing trained yet
+    assert json.loads((out / "settings.json").read_text())["minutes"] == 1
+    assert not (out / "stages" / "plan.json").exists()  # planned again for the new budget
+    assert (out / "tokenizer" / "tokenizer.json").stat().st_mtime_ns == tokenizer  # the corpus and tokenizer kept

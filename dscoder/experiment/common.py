@@ -68,11 +68,18 @@ def check(cfg: ExperimentConfig, default_minutes: float) -> ExperimentConfig:
 
     from dscoder import model as model_lib
 
-    model_lib.get_preset(cfg.preset)
+    from dscoder.quickstart.stages import train_overrides
+    from dscoder.train.recipes import check_length
+    from dscoder.train.settings import resolve
+
+    preset = model_lib.get_preset(cfg.preset)
     minutes = default_minutes if cfg.minutes is None else cfg.minutes
     if minutes < MIN_MINUTES:
         raise UserError(f"--minutes {minutes:g}: at least {MIN_MINUTES:g} minute per variant is needed to train "
                         "anything worth comparing")
+    # every variant's training settings, checked now rather than after the corpus and tokenizer are built
+    check_length(resolve("pretrain", None, train_overrides(cfg, Path("corpus"), 20, 0.5)),
+                 preset.config.max_position_embeddings)
     return replace(cfg, minutes=minutes)
 
 
@@ -137,6 +144,17 @@ def _same_settings(out: Path, experiment: str, cfg: ExperimentConfig, corpus: Pa
     if not path.is_file():
         return settings
     made = read_json(path)
+    trained = any((out / "stages").glob("train-*.json"))
+    if made != settings and made.get("experiment") == experiment and not trained:
+        # nothing trained yet (e.g. a run refused after its corpus was built): take the new settings,
+        # keeping the corpus and tokenizer unless the corpus changed
+        log.info("%s: settings changed before any variant trained: planning again", out)
+        stale = ("stages", "corpus", "heldout", "tokenizer", "runs", "cache") if made.get("corpus") != settings["corpus"] \
+            else ("stages/plan.json", "runs")
+        for name in stale:
+            target = out / name
+            shutil.rmtree(target, ignore_errors=True) if target.is_dir() else target.unlink(missing_ok=True)
+        return settings
     for key, value in settings.items():
         if made.get(key) != value:
             shown = {"experiment": "experiment", "corpus": "--corpus"}.get(key, "--" + key.replace("_", "-"))

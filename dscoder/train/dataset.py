@@ -211,12 +211,13 @@ def pretraining_encoder(tokenizer, fim: FIMConfig, seed: int, source: str,
             out.append((ids, mask))
         return out
 
-    if fim.fit_windows and seq_len < 4 * PIECE_SLACK:
-        raise UserError(f"fim.fit_windows needs a sequence length of at least {4 * PIECE_SLACK} tokens")
+    if fim.fit_windows and seq_len < MIN_FITTED_LENGTH:
+        raise UserError(f"fim.fit_windows needs a sequence length of at least {MIN_FITTED_LENGTH} tokens")
     return encode_fitted if fim.fit_windows else encode
 
 
 PIECE_SLACK = 8
+MIN_FITTED_LENGTH = 4 * PIECE_SLACK  # the shortest window FIM pieces can be fitted to
 """Tokens a piece leaves free in its window: BOS, EOS, three sentinels and the few tokens that
 tokenize differently once a piece is cut out and rearranged."""
 

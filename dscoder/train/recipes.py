@@ -87,7 +87,18 @@ def _main_first(world, fn):
     return result if world.main else fn()
 
 
-def _check_fit(hf_model, tokenizer, seq_len: int, stage: str) -> None:
+def check_length(cfg: TrainConfig, positions: int) -> None:
+    """The sequence length against the model's positions and what FIM needs, before any work
+    (experiments call it with a preset's positions before building anything)."""
+    if cfg.data.seq_len > positions and cfg.stage != "extend":
+        raise UserError(f"--seq-len {cfg.data.seq_len} exceeds the model's {positions} positions: extend the "
+                        "context first with `dscoder train extend`")
+    if cfg.fim.fit_windows and cfg.data.seq_len < dataset.MIN_FITTED_LENGTH:
+        raise UserError(f"--seq-len {cfg.data.seq_len}: FIM pieces fitted to windows need at least "
+                        f"{dataset.MIN_FITTED_LENGTH} tokens")
+
+
+def _check_fit(hf_model, tokenizer) -> None:
     rows = hf_model.config.vocab_size
     if len(tokenizer) > rows:
         raise UserError(f"the tokenizer has {len(tokenizer):,} tokens but the model only {rows:,} embedding rows")
@@ -95,9 +106,6 @@ def _check_fit(hf_model, tokenizer, seq_len: int, stage: str) -> None:
         if getattr(hf_model.config, name) not in (None, getattr(tokenizer, name)):
             raise UserError(f"the tokenizer's {name} ({getattr(tokenizer, name)}) differs from the model's "
                             f"({getattr(hf_model.config, name)}): they do not belong together")
-    if seq_len > hf_model.config.max_position_embeddings and stage != "extend":
-        raise UserError(f"--seq-len {seq_len} exceeds the model's {hf_model.config.max_position_embeddings} "
-                        "positions: extend the context first with `dscoder train extend`")
 
 
 def _adapt(hf_model, cfg: TrainConfig, model_dir: Path | None):
@@ -162,7 +170,8 @@ def pretrain(run: Path, cfg: TrainConfig, tokenizer_dir: Path | None, preset: st
         model_cfg = config_lib.apply_overrides(chosen.config, {"dtype": "float32"})
         hf_model = model_lib.build(model_lib.hf_config(model_cfg, tokenizer), seed=cfg.loop.seed)
         default_lr = chosen.max_lr
-    _check_fit(hf_model, tokenizer, cfg.data.seq_len, "pretrain")
+    _check_fit(hf_model, tokenizer)
+    check_length(cfg, hf_model.config.max_position_embeddings)
     hf_model = _adapt(hf_model, cfg, model_dir)
     world, resume_from = _setup(run, cfg, resume, force)
     local_tokenizer = _main_first(world, lambda: artifacts.copy_tokenizer(tokenizer_dir, run / "tokenizer"))
@@ -182,7 +191,7 @@ def extend(run: Path, cfg: TrainConfig, model_dir: Path, resume: bool = False, f
     if positions < cfg.data.seq_len:
         raise UserError(f"extend.max_position_embeddings {positions} is shorter than --seq-len {cfg.data.seq_len}")
     hf_model = model_lib.with_linear_rope(base, cfg.extend.rope_factor, cfg.extend.rope_theta, positions)
-    _check_fit(hf_model, tokenizer, cfg.data.seq_len, "extend")
+    _check_fit(hf_model, tokenizer)
     world, resume_from = _setup(run, cfg, resume, force)
     local_tokenizer = _main_first(world, lambda: artifacts.copy_tokenizer(model_dir, run / "tokenizer"))
     folders, weights = _main_first(world, lambda: _corpus_data(cfg, tokenizer, run))
@@ -197,7 +206,8 @@ def instruct(run: Path, cfg: TrainConfig, model_dir: Path, data_file: Path, resu
     if sum(1 for _ in read_conversations(data_file)) == 0:  # every row is checked before anything is written
         raise UserError(f"{data_file}: no conversations")
     hf_model, tokenizer = _load_model(model_dir)
-    _check_fit(hf_model, tokenizer, cfg.data.seq_len, "instruct")
+    _check_fit(hf_model, tokenizer)
+    check_length(cfg, hf_model.config.max_position_embeddings)
     eot = tokenizer.convert_tokens_to_ids(formats.EOT)
     if eot is None or eot == tokenizer.unk_token_id:
         raise UserError(f"{model_dir}: the tokenizer has no {formats.EOT} token")
