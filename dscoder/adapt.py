@@ -103,8 +103,8 @@ def check(model: Path, repos: list[Path], out: Path, cfg: AdaptConfig, resume: b
         raise UserError(f"{out} already exists (use --resume to continue it or --force to replace it)")
     if out.exists() and not out.is_dir():
         raise UserError(f"{out} exists and is not a folder")
-    if out.exists() and force and not resume and artifacts.read_manifest(out) is None:
-        raise UserError(f"{out} was not written by dscoder adapt; refusing to replace it (choose another --out)")
+    if out.exists() and force and not resume:
+        artifacts.check_replaceable(out)
     hf_cfg = model_lib.load_config(model)
     if quantize.of_config(hf_cfg) is not None:
         raise UserError(f"--model {model}: quantized; adapt the dense model it was made from")
@@ -136,7 +136,7 @@ def run(model: Path, repos: list[Path], out: Path, cfg: AdaptConfig, resume: boo
                             "or use --force")
     elif out.exists():
         shutil.rmtree(out)
-    artifacts.make_folder(out)
+    artifacts.make_output_folder(out)
     artifacts.write_manifest(out, "adapt", **identity)
     split = run_stage(out, "split", lambda: _split(repos, out, cfg))
     run_stage(out, "corpus", lambda: _corpus(out))

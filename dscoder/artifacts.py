@@ -7,7 +7,8 @@ or not at all.
   kill, sees the old file or the new one, never a part.
 - A folder (`output_dir`) is built as a hidden sibling and renamed into place when the block
   finishes without error; an existing folder is refused unless `force`, and with `force` it is
-  replaced only once the new one is complete.
+  replaced only once the new one is complete, and only when dscoder wrote it (its `.dscoder`
+  mark or `dscoder.json`; `check_replaceable`), never a user's own folder.
 - `copy_tokenizer` copies a tokenizer's files into a model or run folder (the one place that
   knows which files a tokenizer is).
 - `dscoder.json` records how an artifact was made (`write_manifest`, `read_manifest`).
@@ -30,7 +31,26 @@ from dscoder import __version__
 from dscoder.errors import UserError
 
 MANIFEST = "dscoder.json"
+MARK = ".dscoder"  # in folders dscoder writes without a manifest: --force replaces only marked folders
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
+
+
+def make_output_folder(path: str | os.PathLike) -> Path:
+    """Create a folder a command fills in place (a run, a resumable build) with dscoder's mark,
+    so that `--force` may later replace it."""
+    folder = make_folder(path)
+    (folder / MARK).touch()
+    return folder
+
+
+def check_replaceable(path: str | os.PathLike) -> None:
+    """Refuse to replace (`--force`) a folder dscoder did not write: one without its mark or
+    manifest and not empty, e.g. a user's own folder named by mistake."""
+    folder = Path(path)
+    if not folder.is_dir() or (folder / MARK).exists() or (folder / MANIFEST).exists() or not any(folder.iterdir()):
+        return
+    raise UserError(f"{folder} was not written by dscoder (no {MANIFEST} or {MARK} in it): --force replaces only "
+                    "dscoder's own folders; choose another output or remove it yourself")
 
 
 def _temporary(path: Path, suffix: str = "partial") -> Path:
@@ -155,6 +175,7 @@ def output_dir(path: str | os.PathLike, force: bool = False) -> Iterator[Path]:
         raise UserError(f"{final} exists and is not a folder")
     if final.exists() and not force:
         raise UserError(f"{final} already exists (use --force to replace it)")
+    check_replaceable(final)
     make_folder(final.parent)
     partial = _temporary(final)
     try:
@@ -166,6 +187,8 @@ def output_dir(path: str | os.PathLike, force: bool = False) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
         raise
+    if not (partial / MANIFEST).exists():  # the manifest marks it already
+        (partial / MARK).touch()
     publish_dir(partial, final)
 
 

@@ -268,6 +268,10 @@ def _refuse_existing(path: str | Path, force: bool) -> None:
     """Fail before any work when the output folder exists (output_dir checks again at the end)."""
     if Path(path).exists() and not force:
         raise UserError(f"{path} already exists (use --force to replace it)")
+    if force:
+        from dscoder.artifacts import check_replaceable
+
+        check_replaceable(path)
 
 
 def build_parser() -> argparse.ArgumentParser:

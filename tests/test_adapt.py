@@ -82,7 +82,7 @@ def test_bad_input_is_one_line_and_writes_nothing(tiny_base_model, repos, tmp_pa
         ([str(repos[0])], ["--lora-rank", "5000"], "--lora-rank 5000 exceeds the"),
         ([str(repos[0])], ["--lora-targets", "qq"], "--lora-targets 'qq'"),
         ([str(repos[0])], ["--model", str(quantized)], "quantized; adapt the dense model"),
-        ([str(repos[0])], ["--out", str(theirs), "--force"], "was not written by dscoder adapt"),
+        ([str(repos[0])], ["--out", str(theirs), "--force"], "was not written by dscoder (no dscoder.json"),
     ]
     for repo_args, extra, needle in cases:
         args = {"--model": str(tiny_base_model), "--out": str(out)}

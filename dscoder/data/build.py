@@ -474,6 +474,8 @@ def _build_folder(out: Path, identity: dict, force: bool) -> Path:
         return out
     if not out.is_dir():
         raise UserError(f"--out {out}: exists and is not a folder")
+    if not corpus.is_corpus(out):
+        artifacts.check_replaceable(out)
     rebuild = out.parent / f".{out.name}.rebuild"
     try:
         prepare(rebuild, identity)

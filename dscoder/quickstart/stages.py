@@ -162,8 +162,9 @@ def run(out: Path, cfg: QuickstartConfig, model: Path | None = None, force: bool
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out}: exists and is not a folder")
     if force and out.exists():
+        artifacts.check_replaceable(out)
         shutil.rmtree(out)
-    artifacts.make_folder(out)
+    artifacts.make_output_folder(out)
     if shutil.disk_usage(out).free < MIN_FREE_BYTES:
         raise UserError(f"{out}: only {shutil.disk_usage(out).free / 2**30:.1f} GiB free; the demo needs about 3 GiB")
     seconds: dict[str, float] = {}

@@ -37,6 +37,8 @@ def check_run(run: Path, cfg: TrainConfig, resume: bool, force: bool) -> None:
         raise UserError(f"{run} already exists (use --resume to continue it or --force to replace it)")
     if run.exists() and not run.is_dir():
         raise UserError(f"{run} exists and is not a folder")
+    if force and not resume:
+        artifacts.check_replaceable(run)
     if resume and stored.is_file():
         try:
             previous = json.loads(stored.read_text())
@@ -64,6 +66,7 @@ def prepare_run(run: Path, cfg: TrainConfig, resume: bool, force: bool) -> Path 
     """Make the run folder (after `check_run`); returns the checkpoint to resume from, if any."""
     if run.exists() and not resume:
         shutil.rmtree(run)
+    artifacts.make_output_folder(run)
     artifacts.write_json(run / "config.json", config_lib.to_dict(cfg))
     found = checkpoint.latest(run) if resume else None
     if resume and found is None:
