@@ -243,6 +243,9 @@ def test_a_mistake_leaves_nothing_behind_and_the_corrected_command_runs(small_co
         assert not run.exists(), argv
     assert main(good) == 0
     assert main(good + ["--resume"]) == 0  # same settings: resumes
+    capsys.readouterr()
+    assert main(good + ["--resume", "--batch-size", "2"]) == 2  # another setting: named
+    assert "started with other settings (loop.batch_size was 4, now 2)" in capsys.readouterr().err
 
 
 def test_instruct_data_is_checked_whole_before_the_run_starts(pretrained, tmp_path, capsys):

@@ -48,8 +48,10 @@ def check_run(run: Path, cfg: TrainConfig, resume: bool, force: bool) -> None:
         for volatile in ("max_minutes", "device", "logger"):
             previous.get("loop", {}).pop(volatile, None)
             now["loop"].pop(volatile, None)
-        if previous != json.loads(json.dumps(now)):
-            raise UserError(f"{run} was started with other settings; resume with the same ones (see {stored})")
+        changed = _changed_settings(previous, json.loads(json.dumps(now)), cfg.stage)
+        if changed:
+            raise UserError(f"{run} was started with other settings ({'; '.join(changed[:3])}"
+                            f"{f'; {len(changed) - 3} more' if len(changed) > 3 else ''}); resume with the same ones")
     model_lib.device_for(cfg.loop.device, "--loop.device")
     loggers.check(cfg.loop.logger)
     if cfg.stage != "instruct":
@@ -60,6 +62,21 @@ def check_run(run: Path, cfg: TrainConfig, resume: bool, force: bool) -> None:
             if not corpus.is_corpus(path):
                 raise UserError(f"--data {spec}: {path} is not a corpus folder (make one with `dscoder data build`)")
             corpus.shards(path)  # a UserError when the build has not finished
+
+
+def _changed_settings(previous: dict, now: dict, stage: str) -> list[str]:
+    """`SECTION.KEY was A, now B` for each setting that differs; a setting the stored config
+    lacks (added by a later version) counts as its default."""
+    from dscoder.train.settings import resolve
+
+    def flat(tree: dict) -> dict:
+        return {f"{section}.{key}": value for section, values in tree.items() if isinstance(values, dict)
+                for key, value in values.items()} | {k: v for k, v in tree.items() if not isinstance(v, dict)}
+
+    before, after = flat(previous), flat(now)
+    defaults = flat(json.loads(json.dumps(config_lib.to_dict(resolve(stage, None, {})))))
+    return [f"{key} was {before.get(key, defaults.get(key))!r}, now {after.get(key)!r}"
+            for key in sorted(before.keys() | after.keys()) if before.get(key, defaults.get(key)) != after.get(key)]
 
 
 def prepare_run(run: Path, cfg: TrainConfig, resume: bool, force: bool) -> Path | None:
