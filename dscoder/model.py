@@ -217,10 +217,18 @@ def load_config(folder: str | Path):
         where = f"its model is {final}" if final.is_dir() else \
             f"it has no final model yet (its checkpoints are in {folder / 'checkpoints'})"
         raise UserError(f"{folder}: a training run, not a model folder: {where}")
+    if folder.is_file():
+        if folder.suffix == ".gguf":
+            raise UserError(f"{folder}: a GGUF file, which llama.cpp, Ollama and LM Studio run; dscoder runs model "
+                            "folders (or, in front of llama.cpp's server, `dscoder serve --upstream URL`)")
+        raise UserError(f"{folder}: a file, not a model folder")
     if not folder.is_dir():
         raise UserError(f"model folder not found: {folder}")
     if not (folder / "config.json").is_file():
         hint = f"; its model is {folder / 'final'}" if (folder / "final" / "config.json").is_file() else ""
+        if (folder / "adapter_config.json").is_file():
+            hint = ("; it is a LoRA adapter: give its base as the model (`serve --lora NAME=DIR` applies it) "
+                    "or fold it in with `dscoder model merge`")
         raise UserError(f"{folder}: not a model folder (no config.json){hint}")
     try:
         return AutoConfig.from_pretrained(str(folder), local_files_only=True)
