@@ -49,7 +49,8 @@ def wait_until(condition, seconds: float = 60) -> None:
 def typing(tiny_base_model, monkeypatch):
     """A server whose prompts cost 1 ms per token not in its cache (its measured speed, made exact)."""
     engine = Engine.load(tiny_base_model)
-    monkeypatch.setattr(engine, "prefill_ms", lambda ids: float(len(ids) - engine._rows.shared(ids)))
+    monkeypatch.setattr(engine, "prefill_ms",
+                        lambda ids, adapter=None: float(len(ids) - engine._rows.shared(ids, adapter)))
     with TestClient(create_app(engine)) as client:
         yield engine, client
 

@@ -102,14 +102,15 @@ class Batcher:
                     self._waiting.pop(s)(exc)
             self._last_request = time.monotonic()  # an editor asks again right after an answer
 
-    def ahead(self, key, prompts: list[list[int]]) -> None:
-        """Compute `prompts` (token ids), in order, while no request waits; they replace what
-        was asked ahead under the same `key` (one editor's guesses: the latest count)."""
+    def ahead(self, key, prompts: list[list[int]], adapter: str | None = None) -> None:
+        """Compute `prompts` (token ids, under the LoRA `adapter`), in order, while no request
+        waits; they replace what was asked ahead under the same `key` (one editor's guesses: the
+        latest count)."""
         with self._ahead_lock:
             self._ahead.pop(key, None)
             if prompts:
                 self._guesses += 1
-                self._ahead[key] = (self._guesses, list(prompts))
+                self._ahead[key] = (self._guesses, list(prompts), adapter)
                 while len(self._ahead) > self.max_batch:  # the oldest guesses go first
                     self._ahead.popitem(last=False)
         self.pending.put(WAKE)
@@ -119,18 +120,18 @@ class Batcher:
         with self._ahead_lock:
             if not self._ahead:
                 return
-            key, (guess, prompts) = self._ahead.popitem(last=True)
+            key, (guess, prompts, adapter) = self._ahead.popitem(last=True)
         busy = lambda: not self.pending.empty() or not self.running  # noqa: E731
         for index, ids in enumerate(prompts):
             try:
-                held = self.engine.warm(ids, stop=busy, guess=guess)
+                held = self.engine.warm(ids, stop=busy, guess=guess, adapter=adapter)
             except Exception:  # work ahead only saves time: a failure is logged, never raised
                 log.exception("computing a prompt ahead failed")
                 return
             if held < len(ids) and busy():  # stopped by a request: go on once idle, unless replaced
                 with self._ahead_lock:
                     if key not in self._ahead:
-                        self._ahead[key] = (guess, prompts[index:])
+                        self._ahead[key] = (guess, prompts[index:], adapter)
                 return
 
     def _take(self, free: int) -> list:

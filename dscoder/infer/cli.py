@@ -15,12 +15,13 @@ from dscoder.infer.sampling import SamplingParams
 log = logging.getLogger("dscoder")
 
 
-def _engine(args: argparse.Namespace):
+def _engine(args: argparse.Namespace, adapters=None):
     from dscoder.infer.engine import Engine
 
     return Engine.load(args.model, dtype=args.dtype, device=args.device, quantize=QUANTIZE[args.quantize],
                        context=getattr(args, "context", None),
-                       rows=getattr(args, "max_batch", 1))  # one answer at a time, except for serve
+                       rows=getattr(args, "max_batch", 1),  # one answer at a time, except for serve
+                       adapters=adapters)
 
 
 def _params(args: argparse.Namespace, engine):
@@ -138,6 +139,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
                         "built here")
     if args.upstream is not None and args.quantize != "none":
         raise UserError("--quantize applies to a local --model, not to an upstream server")
+    if args.upstream is not None and args.lora:
+        raise UserError("--lora applies to a local --model; an upstream server serves its own adapters (vLLM's "
+                        "--lora-modules): choose one with --upstream-model")
+    adapters = None
+    if args.lora:  # read and checked before the port is taken and the model loads (against it, as it loads)
+        from dscoder.infer import lora
+        from dscoder.infer.engine import served_name
+
+        adapters = lora.read([_lora_flag(value) for value in args.lora], served_name(args.model))
     listener = bind(args.host, args.port)  # a port in use is one line, before the model loads
     if args.upstream is not None:  # reached, and asked its model and context, before serving
         from dscoder.infer.upstream import UpstreamEngine
@@ -145,8 +155,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         engine = UpstreamEngine.connect(args.upstream, args.upstream_key, args.upstream_model, args.tokenizer,
                                         args.context)
     else:
-        engine = _engine(args)  # its KV cache allocated: one that cannot fit is refused before serving
+        engine = _engine(args, adapters)  # its KV cache allocated: one that cannot fit is refused before serving
         log.info("KV cache: %d sequences of up to %d tokens", engine.max_rows, engine.context)
+        for adapter in engine.adapters.values():
+            log.info("LoRA adapter %s: %s (%d layers)", adapter.name, adapter.folder, len(adapter.layers))
     serve(engine, listener, api_key=args.api_key, max_batch=args.max_batch,
           limits=ServeLimits(max_tokens=args.max_tokens, infill_window=args.infill_window,
                              max_prompt_ms=args.max_prompt_ms))
@@ -154,6 +166,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 QUANTIZE = {"none": None, "int8": 8, "int4": 4}  # --quantize: weight bits
+
+
+def _lora_flag(value: str) -> tuple[str, Path]:
+    """`--lora NAME=DIR` as (name, folder)."""
+    name, sep, folder = value.partition("=")
+    if not sep or not name.strip() or not folder.strip():
+        raise UserError(f"--lora {value}: expected NAME=DIR (a name for requests' `model` and a PEFT LoRA adapter "
+                        "folder)")
+    return name.strip(), Path(folder.strip())
 
 
 def quantize_flag(p: argparse.ArgumentParser) -> None:
@@ -233,8 +254,12 @@ def add_commands(groups) -> None:
                           "/detokenize, /props, /health. With --upstream, another OpenAI-compatible server (vLLM, "
                           "llama.cpp) generates and dscoder builds the prompts (docs/serving.md).",
                           example="dscoder serve --model runs/instruct/final --port 8000\n"
+                          "dscoder serve --model runs/instruct/final --lora sql=runs/sql-lora --lora py=runs/py-lora\n"
                           "dscoder serve --upstream http://127.0.0.1:8001/v1 --tokenizer MODEL_DIR --port 8000")
     _model_flags(p, required=False)
+    p.add_argument("--lora", action="append", metavar="NAME=DIR",
+                   help="serve a PEFT LoRA adapter of --model under NAME (repeatable): a request's `model` picks it, "
+                   "and requests for different adapters share one batch (docs/inference.md)")
     p.add_argument("--upstream", help="an OpenAI-compatible server's base URL (e.g. http://127.0.0.1:8001/v1) that "
                    "generates, instead of --model")
     p.add_argument("--upstream-key", help="the upstream server's API key")

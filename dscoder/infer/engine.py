@@ -6,8 +6,10 @@ of the KV cache, reusing a row that holds the start of their prompt; the model r
 token per decode step, over a cache allocated once and written in place; each sequence picks
 its token with its own sampling parameters and seeded generator (sampling.py), and its output
 processor (output.py) turns tokens into text and decides when it ends. Text deltas are handed
-to a callback as they become safe to show. bench/bench_generate.py compares the engine with
-`transformers.generate` and with llama.cpp.
+to a callback as they become safe to show. A sequence may name one of the engine's LoRA
+adapters (lora.py): it is generated, and cache rows are reused for it, under that adapter
+alone. bench/bench_generate.py compares the engine with `transformers.generate` and with
+llama.cpp.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import torch
 
 from dscoder import allocator, formats
 from dscoder.errors import UserError
+from dscoder.infer import lora
 from dscoder.infer import runner as runner_lib
 from dscoder.infer.output import OutputProcessor
 from dscoder.infer.sampling import GREEDY_BELOW, SamplingParams, next_token, top_logprobs
@@ -53,6 +56,7 @@ class Sequence:
     editor: "EditorStop | None" = None  # where an editor wants an insertion to end (prompts.EditorStop)
     max_ms: float | None = None  # stop once this long has passed since the first token and a line is done
     reuse_cache: bool = True  # may start from a cached prompt's keys and values (llama.cpp's cache_prompt)
+    adapter: str | None = None  # the LoRA adapter it is generated with (a name in Engine.adapters); None: the base
     stopped_by: str | None = None  # the stop sequence that ended it, if one did
     cached_tokens: int = 0  # prompt tokens whose keys and values came from the prompt cache
     first_token_at: float | None = None  # time.perf_counter() of the first token
@@ -73,6 +77,12 @@ def encode_prompt(tokenizer, text: str) -> list[int]:
     return ids if ids[:1] == [bos] or bos is None else [bos, *ids]
 
 
+def served_name(folder: str | Path) -> str:
+    """The name a model folder is served under: its own, or its run's for a run's final model."""
+    folder = Path(folder).resolve()
+    return folder.parent.name if folder.name == "final" else folder.name
+
+
 def is_instruct(tokenizer) -> bool:
     """An instruct model's tokenizer ends turns with `<|EOT|>` (as released)."""
     return tokenizer.eos_token == formats.EOT
@@ -84,12 +94,15 @@ class Engine:
     `context` caps the tokens of one sequence (prompt and answer; default: the model's
     context, lowered where `max_rows` sequences of it would not fit in memory); `max_rows`
     sequences run together (the KV cache has that many rows); `prompt_cache=0` (or setting
-    `engine.prompt_cache = None`) turns prompt reuse off."""
+    `engine.prompt_cache = None`) turns prompt reuse off; `adapters` (lora.read, checked against
+    the model by lora.check) are the LoRA adapters sequences may name."""
 
     max_rows = 8  # sequences decoded together; the KV cache's rows
 
-    def __init__(self, model, tokenizer, name: str = "model", prompt_cache: int = 1, context: int | None = None):
+    def __init__(self, model, tokenizer, name: str = "model", prompt_cache: int = 1, context: int | None = None,
+                 adapters: dict[str, lora.Adapter] | None = None):
         self.model, self.tokenizer, self.name = model.eval(), tokenizer, name
+        self.adapters = adapters or {}
         self.device = next(model.parameters()).device
         self.dtype = next(model.parameters()).dtype
         model_context = int(model.config.max_position_embeddings)
@@ -114,10 +127,11 @@ class Engine:
 
     @classmethod
     def load(cls, folder: str | Path, dtype: str = "auto", device: str = "auto", quantize: int | None = None,
-             context: int | None = None, rows: int | None = None) -> "Engine":
+             context: int | None = None, rows: int | None = None,
+             adapters: dict[str, lora.Adapter] | None = None) -> "Engine":
         """An engine for a model folder (ours or a released DeepSeek-Coder download), its KV cache
         allocated for `rows` sequences (default max_rows); `quantize` (8 or 4 bits) quantizes its
-        weights as it loads (quantize.py)."""
+        weights as it loads (quantize.py); `adapters` (lora.read) are checked against it."""
         from dscoder import model as model_lib
 
         folder = Path(folder)
@@ -126,10 +140,8 @@ class Engine:
             allocator.keep_freed_memory()
         model, tokenizer = model_lib.load(folder, dtype=None if dtype == "auto" else dtype, device=device,
                                           quantize=quantize)
-        name = folder.resolve().name
-        if name == "final":  # a run's final model: name it after the run
-            name = folder.resolve().parent.name
-        engine = cls(model, tokenizer, name, context=context)
+        lora.check(adapters or {}, model, str(folder))
+        engine = cls(model, tokenizer, served_name(folder), context=context, adapters=adapters)
         if rows is not None:
             engine.max_rows = rows
         engine.prepare()  # the context is settled before any prompt is fitted to it
@@ -151,12 +163,12 @@ class Engine:
         """How many tokens an answer may have: what was asked, within the context."""
         return max(0, min(max_new_tokens, self.context - prompt_tokens))
 
-    def prefill_ms(self, ids: list[int]) -> float | None:
-        """Expected milliseconds to the first token of the prompt `ids`, given what the cache rows
-        hold now and the measured speeds; None before anything was measured."""
+    def prefill_ms(self, ids: list[int], adapter: str | None = None) -> float | None:
+        """Expected milliseconds to the first token of the prompt `ids` under `adapter`, given what
+        the cache rows hold now and the measured speeds; None before anything was measured."""
         if self.step_ms is None or self.token_ms is None:
             return None
-        new = len(ids) - min(self._rows.shared(ids) if self.reuse and self._rows else 0, len(ids) - 1)
+        new = len(ids) - min(self._rows.shared(ids, adapter) if self.reuse and self._rows else 0, len(ids) - 1)
         return self.step_ms + self.token_ms * (new - 1)
 
     def _measured(self, tokens: int, seconds: float) -> None:
@@ -184,26 +196,27 @@ class Engine:
                 self._rows.release(row)
 
     @torch.inference_mode()
-    def warm(self, ids: list[int], stop: Callable[[], bool], guess: int = 1) -> int:
-        """Compute the keys and values of a likely next prompt `ids` ahead of its request, in a
-        row of its own (a row's other tokens are kept: see scheduler.Rows.take's fork), a few
-        tokens at a time until done or `stop()`; returns how many of its tokens the cache holds.
-        `guess` numbers the guesses (rows an earlier guess filled are continued in place)."""
+    def warm(self, ids: list[int], stop: Callable[[], bool], guess: int = 1, adapter: str | None = None) -> int:
+        """Compute the keys and values of a likely next prompt `ids` (under `adapter`) ahead of
+        its request, in a row of its own (a row's other tokens are kept: see scheduler.Rows.take's
+        fork), a few tokens at a time until done or `stop()`; returns how many of its tokens the
+        cache holds. `guess` numbers the guesses (rows an earlier guess filled are continued in place)."""
         if not self.reuse or len(ids) >= self.context:
             return 0
         with self.lock:
             self.prepare()
-            if self._rows.shared(ids) == len(ids):  # already held (by a request's row or a later guess)
+            if self._rows.shared(ids, adapter) == len(ids):  # already held (by a request's row or a later guess)
                 return len(ids)
             if not self._rows.free_count():
                 return 0
-            row, cached, source = self._rows.take(ids, True, left=0, fork=guess)
+            row, cached, source = self._rows.take(ids, True, left=0, fork=guess, adapter=adapter)
             done = 0
             try:
                 if source is not None and not self._runner.copy(source, row, cached, stop=stop):
                     cached = 0  # stopped while copying: the row holds nothing whole
                 elif cached < len(ids):
-                    _, done = self._runner.prefill(row, ids[cached:], cached, stop=stop, chunk=WARM_CHUNK)
+                    _, done = self._runner.prefill(row, ids[cached:], cached, stop=stop, chunk=WARM_CHUNK,
+                                                   adapter=adapter)
             finally:
                 self._rows.hold(row, ids[:cached + done], guessed=guess)
                 self._rows.release(row)
@@ -228,7 +241,7 @@ class Engine:
                             "(--context sets it)", self.context, rows)
         runner_lib.check_fits(self.model.config, self.dtype, rows, self.context, self.device)
         cache = runner_lib.KVCache(self.model.config, rows, self.context, self.dtype, self.device)
-        self._runner, self._rows = runner_lib.ModelRunner(self.model, cache), Rows(rows)
+        self._runner, self._rows = runner_lib.ModelRunner(self.model, cache, self.adapters), Rows(rows)
 
     def _check(self, sequences: list[Sequence]) -> None:
         for s in sequences:
@@ -236,6 +249,8 @@ class Engine:
                 raise UserError("empty prompt")
             if len(s.prompt_ids) >= self.context:
                 raise UserError(f"the prompt has {len(s.prompt_ids)} tokens; the model's context is {self.context}")
+            if s.adapter is not None and s.adapter not in self.adapters:
+                raise UserError(f"no LoRA adapter {s.adapter!r} (this engine has {', '.join(self.adapters) or 'none'})")
 
     @torch.inference_mode()
     def generate(self, sequences: list[Sequence], admit: Callable[[int], list[Sequence]] | None = None) -> list[Sequence]:
@@ -260,7 +275,7 @@ class Engine:
                         sequences = sequences + newcomers
                     if running:
                         logits = self._runner.decode([r.row for r in running], [r.last for r in running],
-                                                     [r.position for r in running])
+                                                     [r.position for r in running], [r.s.adapter for r in running])
                         running = [r for i, r in enumerate(running) if self._advance(r, logits[i])]
             finally:
                 for r in running:
@@ -272,10 +287,11 @@ class Engine:
         answer continues its prompt, that answer's next tokens)."""
         if self._known(s, running):
             return
-        row, cached, _ = self._rows.take(s.prompt_ids, self.reuse and s.reuse_cache)
+        row, cached, _ = self._rows.take(s.prompt_ids, self.reuse and s.reuse_cache, adapter=s.adapter)
         try:
             began = time.perf_counter()
-            logits, done = self._runner.prefill(row, s.prompt_ids[cached:], cached, stop=s.cancelled.is_set)
+            logits, done = self._runner.prefill(row, s.prompt_ids[cached:], cached, stop=s.cancelled.is_set,
+                                                adapter=s.adapter)
             if logits is not None:
                 self._measured(done, time.perf_counter() - began)
         except BaseException:
@@ -296,7 +312,7 @@ class Engine:
         chosen; the row goes on decoding if the sequence wants more. False where no row has it."""
         if not (self.reuse and s.reuse_cache and s.params.temperature < GREEDY_BELOW and s.params.logprobs is None):
             return False
-        found = self._rows.known(s.prompt_ids)
+        found = self._rows.known(s.prompt_ids, s.adapter)
         if found is None:
             return False
         row, tokens = found

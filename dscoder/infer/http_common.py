@@ -1,8 +1,8 @@
 """The request layer under the server's two dialects (the OpenAI one in openai_api.py, llama.cpp's
 in llama_api.py): OpenAI's error body and the exceptions that become it, the access checks (API
 key, body size), server-sent events, request fields bounded as SamplingParams bounds them,
-`new_tokens`, the one rule for how long an answer may be, and `insertion_stop`, the one rule for
-where an insertion ends.
+`new_tokens`, the one rule for how long an answer may be, `insertion_stop`, the one rule for
+where an insertion ends, and `adapter_for`, the one rule for which model a request's `model` names.
 
 Routes find what they serve with on `request.app.state`, which create_app (server.py) sets:
 `engine` (an Engine, or an UpstreamEngine in front of another server), `batcher`, `limits`
@@ -106,6 +106,18 @@ async def guard(request: Request, call_next):
     return await call_next(request)
 
 
+def adapter_for(engine, model: str | None, checked: bool = True) -> str | None:
+    """The LoRA adapter (`serve --lora`) a request's `model` names; None for the base model, named
+    or not. Any other name is a 404 listing the names served, except that a server without
+    adapters ignores the name where not `checked` (llama.cpp's routes: editors send any name)."""
+    if model is None or model == engine.name or (not engine.adapters and not checked):
+        return None
+    if model in engine.adapters:
+        return model
+    names = ", ".join(f"'{name}'" for name in (engine.name, *engine.adapters))
+    raise APIError(404, f"the model '{model}' does not exist (this server has {names})", "model_not_found", "model")
+
+
 def bounded(default: Any, name: str, **extra: Any) -> Any:
     """A request field with the bounds SamplingParams declares for `name` (config.Range)."""
     return Field(default, **schema_bounds(SamplingParams, name), **extra)
@@ -162,15 +174,16 @@ def check_prompt_ms(value: int | None) -> int | None:
     return value
 
 
-def time_limit(request, asked_ms: int | None) -> prompts.TimeLimit | None:
+def time_limit(request, asked_ms: int | None, adapter: str | None = None) -> prompts.TimeLimit | None:
     """The time an insertion's prompt may take to compute: the request's `t_max_prompt_ms`, else
-    the server's --max-prompt-ms, against the engine's measured speed and prompt cache; None
-    without a limit or a measure (an upstream server keeps its own time)."""
+    the server's --max-prompt-ms, against the engine's measured speed and prompt cache (the rows
+    of the request's `adapter`); None without a limit or a measure (an upstream server keeps its
+    own time)."""
     engine = request.app.state.engine
     ms = request.app.state.limits.max_prompt_ms if asked_ms is None else asked_ms
     if ms is None or ms < 0 or not hasattr(engine, "prefill_ms"):
         return None
-    return prompts.TimeLimit(lambda ids: engine.prefill_ms(ids) or 0.0, ms)
+    return prompts.TimeLimit(lambda ids: engine.prefill_ms(ids, adapter) or 0.0, ms)
 
 
 def sse(data: dict | str) -> str:

@@ -11,7 +11,8 @@ asks for the raw FIM output (http_common.insertion_stop decides, as for the Open
 as for the OpenAI dialect). Errors have the server's OpenAI-style body. As llama.cpp's server
 does, a request body is read as JSON whatever its Content-Type says (`curl -d` sends
 `application/x-www-form-urlencoded`); the OpenAI routes keep FastAPI's check that JSON is
-labelled as JSON.
+labelled as JSON. With `serve --lora`, a body's `model` (not a llama.cpp field) picks the
+adapter, as on the OpenAI routes (http_common.adapter_for); without, it is ignored.
 """
 
 from __future__ import annotations
@@ -25,8 +26,8 @@ from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
 from dscoder import formats
 from dscoder.infer import prompts
 from dscoder.infer.engine import Sequence
-from dscoder.infer.http_common import (APIError, bounded, check_prompt_ms, event_stream, insertion_stop, new_tokens,
-                                       time_limit)
+from dscoder.infer.http_common import (APIError, adapter_for, bounded, check_prompt_ms, event_stream, insertion_stop,
+                                       new_tokens, time_limit)
 from dscoder.infer.sampling import SamplingParams
 
 INFILL_TOKENS = 64  # an editor's default: a line or a block, not a file
@@ -54,6 +55,7 @@ router = APIRouter(route_class=AnyContentType)
 
 class _Sampling(BaseModel):
     model_config = ConfigDict(extra="ignore")
+    model: str | None = None  # with serve --lora: the adapter's name (or the base's); ignored without
     n_predict: int | None = None  # -1: as many as the server gives
     temperature: float = bounded(0.8, "temperature")  # llama.cpp's defaults, SamplingParams' bounds
     top_k: int = bounded(40, "top_k")
@@ -165,7 +167,8 @@ def _result(engine, s: Sequence, prompt: prompts.Prompt, started: float, body: _
     ids = prompt.ids
     predicted, evaluated = len(s.token_ids), len(ids) - s.cached_tokens
     body_out = {
-        "content": s.text, "stop": True, "stop_type": stop_type, "stopping_word": word, "model": engine.name,
+        "content": s.text, "stop": True, "stop_type": stop_type, "stopping_word": word,
+        "model": s.adapter or engine.name,
         "tokens_predicted": predicted, "tokens_evaluated": len(ids), "tokens_cached": s.cached_tokens,
         "truncated": prompt.truncated > 0, "stopped_eos": stop_type == "eos", "stopped_limit": stop_type == "limit",
         "stopped_word": stop_type == "word",
@@ -198,13 +201,13 @@ async def _answer(request: Request, s: Sequence, prompt: prompts.Prompt, body: _
     return _result(engine, s, prompt, started, body)
 
 
-def _ahead(request: Request, key, prompt: prompts.Prompt, body: _Sampling) -> dict:
-    """`n_predict` 0: the prompt is computed while the server is idle (llama.vim sends the
-    chunks of its ring buffer this way); the answer comes at once, with no text. It is asked
-    ahead under `key` (who sent it) apart from that editor's guesses: a ring update must not
-    replace the next line's prompt."""
-    request.app.state.batcher.ahead((*key, "n_predict 0"), [prompt.ids])
-    s = Sequence(prompt.ids, SamplingParams(max_new_tokens=1), finish_reason="length")
+def _ahead(request: Request, key, prompt: prompts.Prompt, body: _Sampling, adapter: str | None) -> dict:
+    """`n_predict` 0: the prompt is computed (under `adapter`) while the server is idle
+    (llama.vim sends the chunks of its ring buffer this way); the answer comes at once, with no
+    text. It is asked ahead under `key` (who sent it) apart from that editor's guesses: a ring
+    update must not replace the next line's prompt."""
+    request.app.state.batcher.ahead((*key, "n_predict 0"), [prompt.ids], adapter)
+    s = Sequence(prompt.ids, SamplingParams(max_new_tokens=1), finish_reason="length", adapter=adapter)
     return _result(request.app.state.engine, s, prompt, time.perf_counter(), body.model_copy(update={"n_predict": 0}))
 
 
@@ -235,17 +238,20 @@ def _token_prompt(engine, ids: list[int], n_predict: int | None, most: int) -> t
 async def completion(body: CompletionBody, request: Request):
     _check_fields(body.response_fields)
     engine, most = request.app.state.engine, request.app.state.limits.max_tokens
+    adapter = adapter_for(engine, body.model, checked=False)
     slot = _slot(request, body)
     if body.n_predict == 0:
         prompt = _token_prompt(engine, body.prompt, None, most)[0] if isinstance(body.prompt, list) else \
             prompts.completion(engine, body.prompt, 1)
-        return _ahead(request, slot or ("client", request.client and request.client.host), prompt, body)
+        return _ahead(request, slot or ("client", request.client and request.client.host, adapter), prompt, body,
+                      adapter)
     if isinstance(body.prompt, list):
         prompt, limit = _token_prompt(engine, body.prompt, body.n_predict, most)
     else:  # cut from the left to what the answer leaves
         limit = new_tokens(engine, _asked(body.n_predict), most, "n_predict")
         prompt = prompts.completion(engine, body.prompt, limit)
-    s = Sequence(prompt.ids, _params(body, limit), max_ms=body.t_max_predict_ms, reuse_cache=body.cache_prompt)
+    s = Sequence(prompt.ids, _params(body, limit), max_ms=body.t_max_predict_ms, reuse_cache=body.cache_prompt,
+                 adapter=adapter)
     return await _answer(request, s, prompt, body, slot)
 
 
@@ -253,7 +259,8 @@ async def completion(body: CompletionBody, request: Request):
 async def infill(body: InfillBody, request: Request):
     _check_fields(body.response_fields)
     engine, limits, batcher = request.app.state.engine, request.app.state.limits, request.app.state.batcher
-    editor = _slot(request, body, body.filename)  # this editor: what is asked ahead for it
+    adapter = adapter_for(engine, body.model, checked=False)
+    editor = _slot(request, body, body.filename, adapter)  # this editor: what is asked ahead for it
     slot = editor if body.id_slot >= 0 else (*editor, body.input_prefix)  # a keystroke on the same line
     limit = 1 if body.n_predict == 0 else new_tokens(engine, _asked(body.n_predict), limits.max_tokens, "n_predict",
                                                      default=INFILL_TOKENS if body.n_predict is None else None)
@@ -268,21 +275,21 @@ async def infill(body: InfillBody, request: Request):
 
     next_lines = request.app.state.next_lines  # (prefix, suffix, filename, new tokens) per editor
     if body.n_predict == 0:  # work ahead: no time limit
-        answer = _ahead(request, editor, fit(body.input_prefix, body.prompt), body)
+        answer = _ahead(request, editor, fit(body.input_prefix, body.prompt), body, adapter)
         if editor in next_lines and body.input_extra:  # new context (llama.vim's ring): the next
             prefix, suffix, filename, asked = next_lines[editor]  # line's prompt again, with it
-            batcher.ahead(editor, [fit(prefix, "", suffix=suffix, filename=filename, limit=asked).ids])
+            batcher.ahead(editor, [fit(prefix, "", suffix=suffix, filename=filename, limit=asked).ids], adapter)
         return answer
-    prompt = fit(body.input_prefix, body.prompt, time_limit(request, body.t_max_prompt_ms))
+    prompt = fit(body.input_prefix, body.prompt, time_limit(request, body.t_max_prompt_ms, adapter))
     s = Sequence(prompt.ids, _params(body, limit), max_ms=body.t_max_predict_ms, reuse_cache=body.cache_prompt,
                  editor=insertion_stop(body.input_prefix + body.prompt, body.input_suffix, body.editor_rules,
-                                       body.n_indent))
+                                       body.n_indent), adapter=adapter)
     if body.cache_prompt:  # the next keystrokes' prompts, computed while the server is idle: this one
         # whole where it was shortened to be on time, and the next line's, as if Enter were pressed
         # now (the text after the cursor, the suffix, stays the same)
         guesses = [fit(body.input_prefix, body.prompt).ids] if prompt.late else []
         next_lines[editor] = (body.input_prefix + body.prompt + "\n", body.input_suffix, body.filename, limit)
-        batcher.ahead(editor, [*guesses, fit(next_lines[editor][0], "").ids])
+        batcher.ahead(editor, [*guesses, fit(next_lines[editor][0], "").ids], adapter)
     return await _answer(request, s, prompt, body, slot)
 
 

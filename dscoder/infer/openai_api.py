@@ -21,6 +21,11 @@ An editor's insertion also gets /infill's latency policy: its prompt is fitted t
 request's `t_max_prompt_ms` (a dscoder extension) or the server's `--max-prompt-ms` gives, a
 newer request from the same client on the same line cancels it, and the next line's prompt is
 computed while the server is idle.
+
+With `serve --lora NAME=DIR`, `model` picks the LoRA adapter a request runs under (vLLM's
+`--lora-modules`): an adapter's name, or the base model's (or none) for the base; another name
+is a 404 listing the served names (http_common.adapter_for), and `/v1/models` lists the base and
+each adapter (`parent`: the base, `root`: the adapter's folder).
 """
 
 from __future__ import annotations
@@ -36,8 +41,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from dscoder.errors import UserError
 from dscoder.infer import prompts
 from dscoder.infer.engine import Sequence, is_instruct
-from dscoder.infer.http_common import (APIError, bounded, check_prompt_ms, context_error, event_stream, insertion_stop,
-                                       new_tokens, time_limit)
+from dscoder.infer.http_common import (APIError, adapter_for, bounded, check_prompt_ms, context_error, event_stream,
+                                       insertion_stop, new_tokens, time_limit)
 from dscoder.infer.sampling import SamplingParams
 
 log = logging.getLogger("dscoder")
@@ -111,15 +116,14 @@ class ChatRequest(_Common):
 
 
 def _engine_for(request: Request, model: str | None, logprobs: bool):
-    """The engine serving the request, once the request's model is its model and the logprobs it
-    asks for are ones the engine gives (an upstream server's are not forwarded)."""
+    """(engine, adapter): the engine serving the request and the LoRA adapter its `model` names
+    (None: the base), once the logprobs it asks for are ones the engine gives (an upstream
+    server's are not forwarded)."""
     engine = request.app.state.engine
-    if model is not None and model != engine.name:
-        raise APIError(404, f"the model '{model}' does not exist (this server has '{engine.name}')",
-                       "model_not_found", "model")
+    adapter = adapter_for(engine, model)
     if logprobs and not getattr(engine, "gives_logprobs", True):
         raise APIError(400, "logprobs are not available through --upstream", "invalid_value", "logprobs")
-    return engine
+    return engine, adapter
 
 
 def _warn_once(request: Request, message: str) -> None:
@@ -157,19 +161,21 @@ def _chat_logprobs(engine, s: Sequence) -> dict:
                         for item in s.logprobs]}
 
 
-def _head(engine, prefix: str, kind: str) -> dict:
-    """The fields every answer and chunk of one request repeats."""
-    return {"id": f"{prefix}-{uuid.uuid4().hex[:24]}", "object": kind, "created": int(time.time()),
-            "model": engine.name}
+def _head(model: str, prefix: str, kind: str) -> dict:
+    """The fields every answer and chunk of one request repeats (`model`: the name served)."""
+    return {"id": f"{prefix}-{uuid.uuid4().hex[:24]}", "object": kind, "created": int(time.time()), "model": model}
 
 
 @router.get("/v1/models")
 async def models(request: Request):
-    name = request.app.state.engine.name
-    return {"object": "list", "data": [{"id": name, "object": "model", "created": 0, "owned_by": "dscoder"}]}
+    engine = request.app.state.engine
+    entry = {"object": "model", "created": 0, "owned_by": "dscoder"}
+    adapters = [{"id": a.name, **entry, "parent": engine.name, "root": str(a.folder)} for a in engine.adapters.values()]
+    return {"object": "list", "data": [{"id": engine.name, **entry}, *adapters]}
 
 
-def _completion_prompt(engine, text: str, body: CompletionRequest, request: Request) -> tuple[list[int], int]:
+def _completion_prompt(engine, text: str, body: CompletionRequest, request: Request,
+                       adapter: str | None) -> tuple[list[int], int]:
     """A completions prompt's ids and its new tokens. With `suffix` it is an insertion, fitted
     like /infill (the text nearest the hole is kept, and what can be computed in the time the
     request or the server gives); without, the prompt must fit as it is."""
@@ -182,40 +188,41 @@ def _completion_prompt(engine, text: str, body: CompletionRequest, request: Requ
                    "base-model skill")
     limit = new_tokens(engine, body.max_tokens, limits.max_tokens)
     return prompts.insertion(engine, text, body.suffix, limit, window=limits.infill_window,
-                             time_limit=time_limit(request, body.t_max_prompt_ms)).ids, limit
+                             time_limit=time_limit(request, body.t_max_prompt_ms, adapter)).ids, limit
 
 
-def _editor_work(request: Request, body: CompletionRequest, texts: list[str], limit: int):
+def _editor_work(request: Request, body: CompletionRequest, texts: list[str], limit: int, adapter: str | None):
     """For an editor's insertion (Continue's and Tabby's OpenAI providers: one prompt, a
-    suffix): the slot whose older request it cancels (the same client and file text up to the
-    cursor's line) and, computed while idle, the next line's prompt as if Enter were pressed
+    suffix): the slot whose older request it cancels (the same client, adapter and file text up
+    to the cursor's line) and, computed while idle, the next line's prompt as if Enter were pressed
     now (the new line indented as the cursor's)."""
     if body.suffix is None or len(texts) != 1 or not body.editor_rules:
         return None
-    text, client = texts[0], ("client", request.client.host if request.client else None, "v1")
+    text, client = texts[0], ("client", request.client.host if request.client else None, "v1", adapter)
     line = text[text.rfind("\n") + 1:]
     guess = text + "\n" + line[:len(line) - len(line.lstrip(" \t"))]
     limits = request.app.state.limits
     request.app.state.batcher.ahead(client, [prompts.insertion(request.app.state.engine, guess, body.suffix, limit,
-                                                                window=limits.infill_window).ids])
+                                                                window=limits.infill_window).ids], adapter)
     return (*client, text[:len(text) - len(line)])
 
 
 @router.post("/v1/completions")
 async def completions(body: CompletionRequest, request: Request):
-    engine = _engine_for(request, body.model, body.logprobs is not None)
+    engine, adapter = _engine_for(request, body.model, body.logprobs is not None)
     texts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
     if not texts:
         raise APIError(400, "prompt must not be empty", "invalid_value", "prompt")
     sequences, prompt_tokens, echoes = [], 0, []
     for text in texts:
-        ids, limit = _completion_prompt(engine, text, body, request)
+        ids, limit = _completion_prompt(engine, text, body, request, adapter)
         prompt_tokens += len(ids)
         editor = insertion_stop(text, body.suffix, body.editor_rules)
-        sequences += [Sequence(ids, body.params(limit, seed, body.logprobs), editor=editor) for seed in body.seeds()]
+        sequences += [Sequence(ids, body.params(limit, seed, body.logprobs), editor=editor, adapter=adapter)
+                      for seed in body.seeds()]
         echoes += [text if body.echo else ""] * body.n
-    head = _head(engine, "cmpl", "text_completion")
-    batcher, slot = request.app.state.batcher, _editor_work(request, body, texts, limit)
+    head = _head(adapter or engine.name, "cmpl", "text_completion")
+    batcher, slot = request.app.state.batcher, _editor_work(request, body, texts, limit, adapter)
     if body.stream:
         return _completion_events(batcher, head, sequences, echoes, prompt_tokens, body.with_usage(), slot)
     await batcher.run(sequences, slot)
@@ -259,15 +266,15 @@ def _chat_prompt(engine, body: ChatRequest) -> list[int]:
 
 @router.post("/v1/chat/completions")
 async def chat(body: ChatRequest, request: Request):
-    engine = _engine_for(request, body.model, body.logprobs)
+    engine, adapter = _engine_for(request, body.model, body.logprobs)
     if not is_instruct(engine.tokenizer):
         _warn_once(request, "chat request to a base model: rendered with the chat template, answers may ramble")
     prompt_ids = _chat_prompt(engine, body)
     limit = new_tokens(engine, body.max_completion_tokens or body.max_tokens, request.app.state.limits.max_tokens,
                        prompt_tokens=len(prompt_ids))
     top = (body.top_logprobs or 0) if body.logprobs else None
-    sequences = [Sequence(prompt_ids, body.params(limit, seed, top)) for seed in body.seeds()]
-    head = _head(engine, "chatcmpl", "chat.completion")
+    sequences = [Sequence(prompt_ids, body.params(limit, seed, top), adapter=adapter) for seed in body.seeds()]
+    head = _head(adapter or engine.name, "chatcmpl", "chat.completion")
     batcher = request.app.state.batcher
     if body.stream:
         return _chat_events(batcher, head | {"object": "chat.completion.chunk"}, sequences, len(prompt_ids),

@@ -11,7 +11,9 @@ tokens after its sequence ends, so the next prompt that starts the same way cont
 
 The weights are the Hugging Face `LlamaForCausalLM`'s own modules (dense or quantize.QuantLinear);
 only the order of calls is ours. Attention is torch's scaled_dot_product_attention over views of
-the cache (grouped-query attention included).
+the cache (grouped-query attention included). Each row may run under a LoRA adapter (lora.py):
+every projection then adds that adapter's term to that row's output, so rows of different
+adapters share a forward.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
 from dscoder import kernels
 from dscoder.errors import UserError
+from dscoder.infer import lora
 
 PREFILL_CHUNK = 512  # prompt tokens per forward: bounds the attention scores' memory
 
@@ -69,10 +72,12 @@ class KVCache:
 
 
 class ModelRunner:
-    """Prefill and decode steps of a `LlamaForCausalLM` over a KVCache."""
+    """Prefill and decode steps of a `LlamaForCausalLM` over a KVCache, each row under the base
+    weights or one of `adapters` (by name)."""
 
-    def __init__(self, model, cache: KVCache):
+    def __init__(self, model, cache: KVCache, adapters: dict[str, lora.Adapter] | None = None):
         self.model, self.cache = model, cache
+        self.lora = lora.Deltas(model, adapters) if adapters else None
         config = model.config
         self.heads, self.kv_heads = config.num_attention_heads, config.num_key_value_heads
         self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
@@ -89,19 +94,24 @@ class ModelRunner:
             cos, sin = model.model.rotary_emb(torch.empty(1, dtype=dtype, device=self.device), every)
         self.cos, self.sin = cos[0], sin[0]  # (length, head_dim)
 
-    def _project(self, linear, x: torch.Tensor) -> torch.Tensor:
-        """A linear layer of the model on x (B, T, in); a few rows of bfloat16 on our kernel."""
+    def _project(self, linear, x: torch.Tensor, groups: list) -> torch.Tensor:
+        """A linear layer of the model on x (B, T, in), plus the LoRA terms of the rows in `groups`
+        (lora.Deltas.groups); a few rows of bfloat16 on our kernel."""
         rows = x.shape[0] * x.shape[1]
         if rows <= self.dense_rows and type(linear) is torch.nn.Linear and linear.bias is None and \
                 linear.weight.dtype == torch.bfloat16 and linear.weight.is_contiguous():
-            return kernels.bf16_matvec(x.reshape(rows, -1).contiguous(), linear.weight).view(*x.shape[:2], -1)
-        return linear(x)
+            y = kernels.bf16_matvec(x.reshape(rows, -1).contiguous(), linear.weight).view(*x.shape[:2], -1)
+        else:
+            y = linear(x)
+        return self.lora.add(linear, x, y, groups) if groups else y
 
-    def prefill(self, row: int, ids: list[int], start: int, stop=None, chunk: int = PREFILL_CHUNK) -> tuple[torch.Tensor | None, int]:
+    def prefill(self, row: int, ids: list[int], start: int, stop=None, chunk: int = PREFILL_CHUNK,
+                adapter: str | None = None) -> tuple[torch.Tensor | None, int]:
         """Compute the keys and values of `ids` at positions start.. in `row` (positions before
-        `start` must already hold this prompt's tokens), in forwards of at most `chunk` tokens.
-        Returns the last token's logits (V,) float32 and how many tokens were computed; with
-        `stop`, called between forwards, it may end early: (None, tokens computed so far)."""
+        `start` must already hold this prompt's tokens, computed under the same `adapter`), in
+        forwards of at most `chunk` tokens. Returns the last token's logits (V,) float32 and how
+        many tokens were computed; with `stop`, called between forwards, it may end early: (None,
+        tokens computed so far)."""
         end = start + len(ids)
         if end > self.cache.length:
             raise UserError(f"the prompt has {end} tokens; the context is {self.cache.length}")
@@ -111,7 +121,7 @@ class ModelRunner:
             if index and stop is not None and stop():
                 return None, at
             chunk_ids = ids[at:(index + 1) * len(ids) // count]
-            logits = self._forward(torch.tensor([chunk_ids], device=self.device), [row], [start + at])
+            logits = self._forward(torch.tensor([chunk_ids], device=self.device), [row], [start + at], [adapter])
         return logits[0], len(ids)
 
     def copy(self, source: int, row: int, length: int, stop=None) -> bool:
@@ -125,17 +135,26 @@ class ModelRunner:
             values[row, :, :length] = values[source, :, :length]
         return True
 
-    def decode(self, rows: list[int], ids: list[int], positions: list[int]) -> torch.Tensor:
-        """One token per row, at `positions` (each row's length so far): logits (len(rows), V)."""
+    def decode(self, rows: list[int], ids: list[int], positions: list[int],
+               adapters: list[str | None] | None = None) -> torch.Tensor:
+        """One token per row, at `positions` (each row's length so far), each row under its
+        adapter in `adapters` (None: the base): logits (len(rows), V)."""
         if max(positions) >= self.cache.length:
             raise UserError(f"a sequence reached the context of {self.cache.length} tokens")
-        return self._forward(torch.tensor(ids, device=self.device).unsqueeze(1), rows, positions)
+        return self._forward(torch.tensor(ids, device=self.device).unsqueeze(1), rows, positions,
+                             adapters or [None] * len(rows))
 
-    def _forward(self, ids: torch.Tensor, rows: list[int], starts: list[int]) -> torch.Tensor:
-        """ids (B, T): T new tokens for each of B rows, the b-th starting at starts[b]
-        (T > 1 only for a single row). Returns the logits of each row's last token (B, V)."""
+    def _forward(self, ids: torch.Tensor, rows: list[int], starts: list[int],
+                 adapters: list[str | None]) -> torch.Tensor:
+        """ids (B, T): T new tokens for each of B rows, the b-th starting at starts[b] under
+        adapters[b] (T > 1 only for a single row). Returns the logits of each row's last token (B, V)."""
         inner = self.model.model
         batch, width = ids.shape
+        groups = self.lora.groups(adapters, self.device) if self.lora is not None else []
+
+        def project(linear, h: torch.Tensor) -> torch.Tensor:
+            return self._project(linear, h, groups)
+
         positions = torch.tensor(starts, device=self.device).unsqueeze(1) + torch.arange(width, device=self.device)
         x = inner.embed_tokens(ids)
         cos, sin = self.cos[positions], self.sin[positions]
@@ -146,9 +165,9 @@ class ModelRunner:
             keys, values = self.cache.keys[index], self.cache.values[index]
             attention = layer.self_attn
             h = layer.input_layernorm(x)
-            q = self._project(attention.q_proj, h).view(batch, width, self.heads, self.head_dim).transpose(1, 2)
-            k = self._project(attention.k_proj, h).view(batch, width, self.kv_heads, self.head_dim).transpose(1, 2)
-            v = self._project(attention.v_proj, h).view(batch, width, self.kv_heads, self.head_dim).transpose(1, 2)
+            q = project(attention.q_proj, h).view(batch, width, self.heads, self.head_dim).transpose(1, 2)
+            k = project(attention.k_proj, h).view(batch, width, self.kv_heads, self.head_dim).transpose(1, 2)
+            v = project(attention.v_proj, h).view(batch, width, self.kv_heads, self.head_dim).transpose(1, 2)
             q, k = apply_rotary_pos_emb(q, k, cos, sin)
             outputs = []
             for b, (row, start) in enumerate(zip(rows, starts)):
@@ -163,7 +182,7 @@ class ModelRunner:
                     q[b:b + 1], keys[row:row + 1, :, :start + width], values[row:row + 1, :, :start + width],
                     attn_mask=mask, is_causal=width > 1 and mask is None, enable_gqa=self.kv_heads != self.heads))
             out = outputs[0] if batch == 1 else torch.cat(outputs)
-            x = x + self._project(attention.o_proj, out.transpose(1, 2).reshape(batch, width, self.heads * self.head_dim))
+            x = x + project(attention.o_proj, out.transpose(1, 2).reshape(batch, width, self.heads * self.head_dim))
             mlp, h = layer.mlp, layer.post_attention_layernorm(x)
-            x = x + self._project(mlp.down_proj, mlp.act_fn(self._project(mlp.gate_proj, h)) * self._project(mlp.up_proj, h))
-        return self._project(self.model.lm_head, inner.norm(x[:, -1:]))[:, 0].float()
+            x = x + project(mlp.down_proj, mlp.act_fn(project(mlp.gate_proj, h)) * project(mlp.up_proj, h))
+        return project(self.model.lm_head, inner.norm(x[:, -1:]))[:, 0].float()

@@ -15,6 +15,11 @@ A row also remembers the answer of its last greedy sequence (`Answer`): a greedy
 prompt is that prompt followed by the first tokens of that answer (the user typed what was
 suggested) gets the rest of the answer without the model, as greedy decoding from those same
 tokens would give it (`known`).
+
+Keys, values and answers computed under one LoRA adapter (lora.py) are wrong for another and
+for the base: a row also records the adapter it was computed under (set when it is taken), and
+only a sequence of that same adapter (or of the base, for a base row) reuses its tokens or its
+answer, or has them copied into another row.
 """
 
 from __future__ import annotations
@@ -41,6 +46,7 @@ class Rows:
         self.held: list[tuple[int, ...]] = [()] * count
         self.answers: list[Answer | None] = [None] * count
         self.guessed = [0] * count  # which guess (> 0) a row holds, computed ahead: overwritten by a later one
+        self.adapter: list[str | None] = [None] * count  # the adapter its keys and values were computed under
         self.busy = [False] * count
         self.used = [0] * count  # when each row was last taken (a counter)
         self._clock = 0
@@ -55,22 +61,24 @@ class Rows:
     def free_count(self) -> int:
         return self.busy.count(False)
 
-    def shared(self, ids: list[int] | tuple[int, ...]) -> int:
-        """The most leading tokens of `ids` that any row holds (busy or not)."""
+    def shared(self, ids: list[int] | tuple[int, ...], adapter: str | None = None) -> int:
+        """The most leading tokens of `ids` that any row of `adapter` holds (busy or not)."""
         key = tuple(ids)
-        return max((len(os.path.commonprefix([held, key])) for held in self.held), default=0)
+        return max((len(os.path.commonprefix([held, key])) for held, made in zip(self.held, self.adapter)
+                    if made == adapter), default=0)
 
-    def take(self, ids: list[int], reuse: bool, left: int = 1, fork: int = 0) -> tuple[int, int, int | None]:
-        """(row, cached, source): a free row for the prompt `ids` and how many of its first tokens
-        are already there (at least `left` tokens are always left to compute). With `fork` (a
-        guess's number), a row holding more than the shared start is not overwritten unless an
-        earlier guess filled it: another row is taken and `source` names the row whose first
-        `cached` tokens must be copied into it first."""
+    def take(self, ids: list[int], reuse: bool, left: int = 1, fork: int = 0,
+             adapter: str | None = None) -> tuple[int, int, int | None]:
+        """(row, cached, source): a free row for the prompt `ids` under `adapter` and how many of
+        its first tokens are already there (at least `left` tokens are always left to compute).
+        With `fork` (a guess's number), a row holding more than the shared start is not
+        overwritten unless an earlier guess filled it: another row is taken and `source` names
+        the row whose first `cached` tokens must be copied into it first."""
         free = [r for r, busy in enumerate(self.busy) if not busy]
         best, cached, source = None, 0, None
         if reuse:
             key = tuple(ids)
-            for row in free:
+            for row in (r for r in free if self.adapter[r] == adapter):
                 shared = min(len(os.path.commonprefix([self.held[row], key])), len(ids) - left)
                 if shared > cached:
                     best, cached = row, shared
@@ -81,17 +89,20 @@ class Rows:
         self._clock += 1
         self.busy[best], self.used[best] = True, self._clock
         self.held[best], self.answers[best] = (), None  # overwritten past `cached`; set again by hold
+        self.adapter[best] = adapter
         return best, cached, source
 
     def _least_useful(self, rows: list[int]) -> int:
         return min(rows, key=lambda r: (len(self.held[r]) >= MIN_REUSE, self.used[r]))
 
-    def known(self, ids: list[int]) -> tuple[int, tuple[int, ...]] | None:
-        """(row, tokens): a free row whose last answer continues `ids` (its prompt followed by the
-        answer's first tokens), and the answer's tokens after `ids`; None where none does."""
+    def known(self, ids: list[int], adapter: str | None = None) -> tuple[int, tuple[int, ...]] | None:
+        """(row, tokens): a free row of `adapter` whose last answer continues `ids` (its prompt
+        followed by the answer's first tokens), and the answer's tokens after `ids`; None where
+        none does."""
         key = tuple(ids)
         for row, answer in enumerate(self.answers):
-            if answer is None or self.busy[row] or key[:len(answer.prompt)] != answer.prompt:
+            if answer is None or self.busy[row] or self.adapter[row] != adapter or \
+                    key[:len(answer.prompt)] != answer.prompt:
                 continue
             typed = key[len(answer.prompt):]
             if len(typed) < len(answer.tokens) and answer.tokens[:len(typed)] == typed:

@@ -73,6 +73,7 @@ class UpstreamEngine:
         self.name = endpoint.model or folder.resolve().name
         self.max_rows = 0
         self.prompt_cache = None
+        self.adapters: dict = {}  # the upstream serves its own (vLLM's --lora-modules), not through this front
         self.instruct = is_instruct(self.tokenizer)
 
     @classmethod
@@ -150,7 +151,7 @@ class UpstreamBatcher:
     def stream(self, sequences: list[Sequence], slot=None):
         return stream(lambda sequences: self.run(sequences, slot), sequences)
 
-    def ahead(self, key, prompts: list[list[int]]) -> None:
+    def ahead(self, key, prompts: list[list[int]], adapter: str | None = None) -> None:
         """Nothing: what the upstream caches is its own business."""
 
     async def _one(self, s: Sequence) -> None:
