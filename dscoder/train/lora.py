@@ -29,7 +29,7 @@ log = logging.getLogger("dscoder")
 # --lora-targets names and the projection each one is in a LLaMA block
 TARGETS = {"q": "q_proj", "k": "k_proj", "v": "v_proj", "o": "o_proj",
            "gate": "gate_proj", "up": "up_proj", "down": "down_proj"}
-CONFIG, WEIGHTS = "adapter_config.json", "adapter_model.safetensors"
+WEIGHTS = "adapter_model.safetensors"
 
 
 @dataclass(frozen=True)
@@ -142,47 +142,6 @@ def counts(model) -> dict[str, int]:
 
 # --- adapter folders ---------------------------------------------------------------------------------
 
-def is_adapter(folder: Path) -> bool:
-    return (Path(folder) / CONFIG).is_file()
-
-
-def read_config(folder: Path) -> dict:
-    """An adapter folder's settings; a UserError for anything that is not a LoRA adapter."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise UserError(f"{folder}: adapter folder not found")
-    if not (folder / CONFIG).is_file() or not (folder / WEIGHTS).is_file():
-        raise UserError(f"{folder}: not a LoRA adapter (expected {CONFIG} and {WEIGHTS})")
-    try:
-        config = json.loads((folder / CONFIG).read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise UserError(f"{folder / CONFIG}: unreadable ({exc})") from None
-    if config.get("peft_type") != "LORA":
-        raise UserError(f"{folder}: a {config.get('peft_type')} adapter; only LoRA adapters are supported")
-    return config
-
-
-def check_fits(adapter: Path, base: Path, hf_cfg) -> None:
-    """The adapter's matrices fit the base's layers (one line naming both where they do not)."""
-    from safetensors import safe_open
-
-    shapes = layer_shapes(hf_cfg)
-    with safe_open(str(Path(adapter) / WEIGHTS), framework="pt") as f:
-        for key in f.keys():
-            parts = key.split(".")
-            if "layers" not in parts or not key.endswith(("lora_A.weight", "lora_B.weight")):
-                continue
-            layer, projection = int(parts[parts.index("layers") + 1]), parts[-3]
-            expected = shapes.get(projection)
-            shape = tuple(f.get_slice(key).get_shape())
-            fits = (expected is not None and layer < hf_cfg.num_hidden_layers
-                    and (shape[1] == expected[1] if parts[-2] == "lora_A" else shape[0] == expected[0]))
-            if not fits:
-                named = read_config(adapter).get("base_model_name_or_path") or "another model"
-                raise UserError(f"{adapter}: made for {named}, not for {base} ({key} has shape {list(shape)}, "
-                                f"the base's layer {projection} of block {layer} is {list(expected or ())})")
-
-
 def save(folder: Path, model, state: dict, tokenizer_dir: Path, record: dict) -> None:
     """Write the adapter (from the trainable `state`, keyed as `model.named_parameters`) in PEFT's
     format into `folder`, with the tokenizer and what made it."""
@@ -215,25 +174,26 @@ def load_weights(model, folder: Path) -> None:
 # --- merging ---------------------------------------------------------------------------------------
 
 def merge(base: Path, adapter: Path, out: Path, force: bool = False) -> Path:
-    """Fold `adapter` into the dense model `base` and write a plain model folder `out`."""
+    """Fold `adapter` into the dense model `base` and write a plain model folder `out` (the
+    adapter read and checked against the base by dscoder/adapters.py first)."""
     import torch
     from peft import PeftModel
 
-    from dscoder import artifacts
+    from dscoder import adapters, artifacts
     from dscoder import model as model_lib
     from dscoder import quantize
     from dscoder import tokenizer as tokenizer_lib
     from dscoder.train import checkpoint
 
-    read_config(adapter)
+    found = adapters.read_folder("adapter", adapter, f"--adapter {adapter}")
     hf_cfg = model_lib.load_config(base)
     if quantize.of_config(hf_cfg) is not None:
         raise UserError(f"{base} is quantized: merge into the dense base it was made from, then quantize "
                         "the merged model (`dscoder model quantize`)")
-    check_fits(adapter, base, hf_cfg)
     if out.exists() and not force:
         raise UserError(f"{out} already exists (use --force to replace it)")
     model, _ = model_lib.load(base, dtype="float32")
+    adapters.check({"adapter": found}, model, str(base))
     merged = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
     eos = tokenizer_lib.load(adapter).eos_token_id  # instruction tuning ends answers at <|EOT|>
     merged.config.eos_token_id = merged.generation_config.eos_token_id = eos
