@@ -43,14 +43,31 @@ def make_output_folder(path: str | os.PathLike) -> Path:
     return folder
 
 
+def check_output(path: str | os.PathLike, force: bool, folder: bool) -> None:
+    """Refuse, before any work, an output `path` (a file, or a `folder`) that cannot be written,
+    each case with advice that works: a folder where a file goes (and the reverse), a folder
+    dscoder did not write (never replaced, `--force` or not), an existing output without `force`."""
+    path = Path(path)
+    if not path.exists():
+        return
+    if folder and not path.is_dir():
+        raise UserError(f"{path} exists and is not a folder")
+    if not folder and path.is_dir():
+        raise UserError(f"{path} is a folder; give the name of a file to write")
+    if folder:
+        check_replaceable(path)
+    if not force:
+        raise UserError(f"{path} already exists (use --force to replace it)")
+
+
 def check_replaceable(path: str | os.PathLike) -> None:
     """Refuse to replace (`--force`) a folder dscoder did not write: one without its mark or
     manifest and not empty, e.g. a user's own folder named by mistake."""
     folder = Path(path)
     if not folder.is_dir() or (folder / MARK).exists() or (folder / MANIFEST).exists() or not any(folder.iterdir()):
         return
-    raise UserError(f"{folder} was not written by dscoder (no {MANIFEST} or {MARK} in it): --force replaces only "
-                    "dscoder's own folders; choose another output or remove it yourself")
+    raise UserError(f"{folder} already exists and was not written by dscoder (no {MANIFEST} or {MARK} in it), so "
+                    "dscoder never replaces it, --force or not: choose another output or remove it yourself")
 
 
 def _temporary(path: Path, suffix: str = "partial") -> Path:
@@ -142,10 +159,7 @@ def output_file(path: str | os.PathLike, force: bool = False) -> Iterator[IO[str
     """A text file to write into, published at `path` when the block finishes without error;
     an existing `path` is refused unless `force`."""
     path = Path(path)
-    if path.is_dir():
-        raise UserError(f"{path} is a folder, not a file")
-    if path.exists() and not force:
-        raise UserError(f"{path} already exists (use --force to replace it)")
+    check_output(path, force, folder=False)
     with _replacing(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
         yield f
 
@@ -155,10 +169,7 @@ def output_path(path: str | os.PathLike, force: bool = False) -> Iterator[Path]:
     """A temporary path for a writer that takes a file name (safetensors, GGUF), published at
     `path` when the block finishes without error; an existing `path` is refused unless `force`."""
     path = Path(path)
-    if path.is_dir():
-        raise UserError(f"{path} is a folder, not a file")
-    if path.exists() and not force:
-        raise UserError(f"{path} already exists (use --force to replace it)")
+    check_output(path, force, folder=False)
     with _replacing(path) as tmp:
         yield tmp
 
@@ -171,11 +182,7 @@ def output_dir(path: str | os.PathLike, force: bool = False) -> Iterator[Path]:
     folder is complete.
     """
     final = Path(path)
-    if final.exists() and not final.is_dir():
-        raise UserError(f"{final} exists and is not a folder")
-    if final.exists() and not force:
-        raise UserError(f"{final} already exists (use --force to replace it)")
-    check_replaceable(final)
+    check_output(final, force, folder=True)
     make_folder(final.parent)
     partial = _temporary(final)
     try:

@@ -266,12 +266,9 @@ def cmd_adapt(args: argparse.Namespace) -> int:
 
 def _refuse_existing(path: str | Path, force: bool) -> None:
     """Fail before any work when the output folder exists (output_dir checks again at the end)."""
-    if Path(path).exists() and not force:
-        raise UserError(f"{path} already exists (use --force to replace it)")
-    if force:
-        from dscoder.artifacts import check_replaceable
+    from dscoder.artifacts import check_output
 
-        check_replaceable(path)
+    check_output(path, force, folder=True)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -161,8 +161,7 @@ def export(folder: Path, out: Path, kind: str, force: bool = False) -> dict:
         raise UserError(f"--type {kind}: expected one of {', '.join(TYPES)}")
     if out.suffix != ".gguf":
         raise UserError(f"--out {out}: expected a file name ending in .gguf")
-    if out.exists() and not force:
-        raise UserError(f"--out {out}: already exists (use --force to replace it)")
+    artifacts.check_output(out, force, folder=False)
     hf_cfg = model_lib.load_config(folder)
     model_lib.check_weights(folder, hf_cfg)
     vocab = vocabulary(folder, hf_cfg.vocab_size)

@@ -100,6 +100,7 @@ def prepare(out: Path, identity: dict) -> bool:
             raise UserError(f"{out} holds an unfinished build with other inputs or settings (use --force to start over)")
         return True
     if any(out.iterdir()):
+        artifacts.check_replaceable(out)
         raise UserError(f"{out} already exists and is not a corpus build (use --force to replace it)")
     return False
 

@@ -72,13 +72,12 @@ def cmd_train_instruct(args: argparse.Namespace) -> int:
 
 
 def cmd_train_make_instruct(args: argparse.Namespace) -> int:
-    from dscoder.artifacts import output_file
+    from dscoder.artifacts import check_output, output_file
     from dscoder.data import corpus
     from dscoder.texts import read_texts
     from dscoder.train.instruct import make_pairs
 
-    if args.out.exists() and not args.force:
-        raise UserError(f"{args.out} already exists (use --force to replace it)")
+    check_output(args.out, args.force, folder=False)
     if not args.corpus.exists():
         raise UserError(f"{args.corpus}: not found (give a corpus folder or a code folder)")
     texts = corpus.iter_texts(args.corpus) if corpus.is_corpus(args.corpus) else iter(read_texts([args.corpus], Counter()))

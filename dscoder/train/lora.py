@@ -190,8 +190,7 @@ def merge(base: Path, adapter: Path, out: Path, force: bool = False) -> Path:
     if quantize.of_config(hf_cfg) is not None:
         raise UserError(f"{base} is quantized: merge into the dense base it was made from, then quantize "
                         "the merged model (`dscoder model quantize`)")
-    if out.exists() and not force:
-        raise UserError(f"{out} already exists (use --force to replace it)")
+    artifacts.check_output(out, force, folder=True)
     model, _ = model_lib.load(base, dtype="float32")
     adapters.check({"adapter": found}, model, str(base))
     merged = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
