@@ -255,3 +255,13 @@ def test_instruct_data_is_checked_whole_before_the_run_starts(pretrained, tmp_pa
                  str(tmp_path / "run")])
     err = capsys.readouterr().err
     assert code == 2 and "pairs.jsonl:51" in err and not (tmp_path / "run").exists()
+
+
+def test_a_held_out_share_too_small_for_one_batch_is_said(small_corpus, trained_tokenizer_dir, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", "pretrain", "--data", str(small_corpus), "--tokenizer", str(trained_tokenizer_dir),
+                 "--preset", "tiny", "--out", str(run), *QUICK_TRAIN, "--max-steps", "2", "--eval-every", "1",
+                 "--data.eval_fraction=0.0001"]) == 0
+    assert "no held-out loss will be recorded: data.eval_fraction 0.0001" in capsys.readouterr().err
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert not any("eval_loss" in r for r in records)

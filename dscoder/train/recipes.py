@@ -159,6 +159,11 @@ def _run(run: Path, cfg: TrainConfig, world, hf_model, tokenizer_dir: Path, fold
          resume_from: Path | None, lr: float, record: dict) -> dict:
     mixture = dataset.Mixture([dataset.TokenFile(f) for f in folders], weights, cfg.data.seq_len, cfg.loop.seed,
                               cfg.data.eval_fraction)
+    held = sum(len(f.windows(cfg.data.seq_len, cfg.data.eval_fraction, "eval")) for f in mixture.files)
+    if held < cfg.loop.batch_size and world.main:
+        log.warning("no held-out loss will be recorded: data.eval_fraction %g of this data is %d windows of %d tokens, "
+                    "fewer than one batch of %d (raise --data.eval_fraction or give more data)",
+                    cfg.data.eval_fraction, held, cfg.data.seq_len, cfg.loop.batch_size)
     if world.main:
         counts = lora.counts(hf_model) if cfg.lora.rank else {}
         artifacts.write_manifest(run, "run", stage=cfg.stage, config=config_lib.to_dict(cfg), **record, **counts)
