@@ -4,7 +4,7 @@ import random
 
 from dscoder.repo.dependencies import analyze, components, order_component, order_repository
 from dscoder.repo.imports import CodeFile, dependencies
-from dscoder.data.parsing import parse
+from dscoder.repo.parsing import parse
 
 from conftest import C_REPO, JAVA_REPO, PYTHON_REPO
 

@@ -4,7 +4,7 @@ import ast
 
 import pytest
 
-from dscoder.data.parsing import parse, python_imports, python_syntax_error
+from dscoder.repo.parsing import parse, python_imports, python_syntax_error
 
 
 @pytest.mark.parametrize("text", [

@@ -1,6 +1,6 @@
 """Quality screening: syntax (ast / tree-sitter) and readability heuristics."""
 
-from dscoder.data.parsing import parse
+from dscoder.repo.parsing import parse
 from dscoder.data.quality import QualityConfig, quality_reason
 
 CFG = QualityConfig()

@@ -20,7 +20,7 @@ import numpy as np
 
 from dscoder.config import AT_LEAST_ONE, FRACTION, Seed
 from dscoder.data.ngrams import shingles
-from dscoder.data.unionfind import UnionFind
+from dscoder.repo.unionfind import UnionFind
 
 EMPTY = np.uint32(0xFFFFFFFF)
 

@@ -21,7 +21,7 @@ from typing import Annotated
 import numpy as np
 
 from dscoder.config import FRACTION
-from dscoder.data.parsing import Parsed
+from dscoder.repo.parsing import Parsed
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ from dscoder.config import AT_LEAST_ONE, NON_NEGATIVE
 from dscoder.data.decontam import BenchmarkIndex, DecontamConfig, match
 from dscoder.data.dedup import DedupConfig
 from dscoder.data.filters import FilterConfig, rule_reason
-from dscoder.data.parsing import PARSED_LANGUAGES, parse
+from dscoder.repo.parsing import PARSED_LANGUAGES, parse
 from dscoder.data.pii import PIIConfig, redact
 from dscoder.data.quality import QualityConfig, quality_reason
 from dscoder.data.stats import Stats

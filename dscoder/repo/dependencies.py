@@ -31,8 +31,8 @@ from dataclasses import dataclass
 from typing import Annotated
 
 from dscoder.config import AT_LEAST_ONE, Seed
-from dscoder.data.parsing import parse
-from dscoder.data.unionfind import UnionFind
+from dscoder.repo.parsing import parse
+from dscoder.repo.unionfind import UnionFind
 from dscoder.repo.imports import BUILD_FILE_LANGUAGES, DEPENDENCY_LANGUAGES, CodeFile, Graph, dependencies
 
 

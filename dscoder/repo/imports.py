@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Iterable
 
-from dscoder.data.parsing import Parsed, grammar
+from dscoder.repo.parsing import Parsed, grammar
 
 DEPENDENCY_LANGUAGES = frozenset({"python", "java", "csharp", "c", "cpp", "javascript", "typescript", "go", "rust"})
 # Files read for what they say about the others (include folders, the Go module path), not ordered.
