@@ -33,7 +33,7 @@ import numpy as np
 from dscoder.data import dedup, filters, pii, quality
 from dscoder.data.decontam import DecontamConfig, build_index, match
 from dscoder.repo.parsing import parse
-from dscoder.quickstart.stages import installed_python_roots
+from dscoder.data.installed import installed_python_roots
 from dscoder.repo.collect import SKIPPED_DIRS, CollectConfig, read_folder
 from dscoder.repo.dependencies import analyze
 from dscoder.repo.imports import CodeFile

@@ -351,7 +351,7 @@ def main() -> None:
         else:  # the released vocabulary is not here: a small trained one
             from collections import Counter
 
-            from dscoder.quickstart.stages import installed_python_roots
+            from dscoder.data.installed import installed_python_roots
             from dscoder.texts import read_texts
 
             tok_dir = Path(work) / "tok"

@@ -22,7 +22,7 @@ import torch
 
 from dscoder import export, quantize
 from dscoder.infer.engine import Engine
-from dscoder.quickstart.measure import heldout_windows
+from dscoder.evaluate.heldout import heldout_windows
 from dscoder.texts import read_texts
 
 STDLIB = Path(sysconfig.get_paths()["stdlib"])

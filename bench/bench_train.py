@@ -34,7 +34,7 @@ PEAK_BF16 = 989e12  # dense bf16 matrix rate of an H100 / H200 SXM (the FLOPs ut
 def prepare(folder: Path, seq_len: int) -> tuple[Path, Path]:
     """A tokenizer and a token cache from the standard library (made once per folder)."""
     from dscoder import tokenizer as tokenizer_lib
-    from dscoder.quickstart.stages import installed_python_roots
+    from dscoder.data.installed import installed_python_roots
     from dscoder.texts import read_texts
     from dscoder.train.dataset import build_cache
 

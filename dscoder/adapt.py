@@ -122,7 +122,7 @@ def check(model: Path, repos: list[Path], out: Path, cfg: AdaptConfig, resume: b
 
 def run(model: Path, repos: list[Path], out: Path, cfg: AdaptConfig, resume: bool = False, force: bool = False) -> dict:
     """Adapt `model` to `repos` in `out` and return the report's figures."""
-    from dscoder.quickstart.stages import run_stage
+    from dscoder.artifacts import run_stage
 
     check(model, repos, out, cfg, resume, force)
     identity = {"model": str(model.resolve()), "repos": [str(r.resolve()) for r in repos], "settings": asdict(cfg)}
@@ -200,25 +200,25 @@ def _texts(out: Path, split: dict, python_only: bool = False) -> list[str]:
 
 def _cases(out: Path, split: dict, cfg: AdaptConfig) -> dict:
     """The held-out FIM lines and cross-file lines, the same for every model."""
-    from dscoder.experiment import repo_level
-    from dscoder.quickstart import measure
+    from dscoder.evaluate import crossfile
+    from dscoder.evaluate import heldout as measure
 
     fim = measure.fim_cases(_texts(out, split, python_only=True), cfg.eval_items, cfg.seed)
     lines = []
     for name, repo in sorted(split["repos"].items()):
         folder = out / "eval" / name
-        defines = {p.relative_to(folder).as_posix(): repo_level.defined_names(p.read_text(encoding="utf-8"))
+        defines = {p.relative_to(folder).as_posix(): crossfile.defined_names(p.read_text(encoding="utf-8"))
                    for p in sorted(folder.rglob(f"*{PYTHON_SUFFIX}"))}
-        lines += repo_level.line_cases(folder, {"defines": defines}, repo["python"])
+        lines += crossfile.line_cases(folder, {"defines": defines}, repo["python"])
     lines = random.Random(cfg.seed).sample(lines, min(cfg.eval_items, len(lines)))
     return {"fim": fim, "lines": lines}
 
 
 def _evaluate(folder: Path, out: Path, split: dict, cases: dict, cfg: AdaptConfig) -> dict:
     """The held-out figures of one model folder, per item (so differences can be paired)."""
-    from dscoder.experiment import repo_level
+    from dscoder.evaluate import crossfile
     from dscoder.infer.engine import Engine
-    from dscoder.quickstart import measure
+    from dscoder.evaluate import heldout as measure
 
     engine = Engine.load(folder, dtype="float32")
     with _counting_cut_prompts() as cut:
@@ -228,8 +228,8 @@ def _evaluate(folder: Path, out: Path, split: dict, cases: dict, cfg: AdaptConfi
                  "fim_exact_match": measure.exact_matches(infills, cases["fim"]).tolist(),
                  "fim_edit_similarity": measure.edit_similarities(infills, cases["fim"]).tolist()}
         if cases["lines"]:
-            prompts = [repo_level.line_prompt(engine, case) for case in cases["lines"]]
-            scored = repo_level.complete_lines(engine, cases["lines"], prompts)
+            prompts = [crossfile.line_prompt(engine, case) for case in cases["lines"]]
+            scored = crossfile.complete_lines(engine, cases["lines"], prompts)
             found |= {f"cross_file_{k}": v for k, v in scored.items() if k != "identifier_f1"}
     if cut:
         log.info("%d prompts were longer than the %d-token context and kept their end", len(cut), engine.context)
@@ -306,7 +306,7 @@ ROWS = (("loss", "held-out loss (nats per token, lower is better)", "{:.3f}"),
 
 
 def _report(out: Path, model: Path, split: dict, before: dict, after: dict, cfg: AdaptConfig) -> dict:
-    from dscoder.experiment.common import fmt, interval
+    from dscoder.evaluate.intervals import fmt, interval
 
     files = sum(len(r["files"]) for r in split["repos"].values())
     lines = ["# Adapted to your repositories", "",

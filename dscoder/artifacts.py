@@ -19,6 +19,7 @@ never publishes a file that was cut short by a crash of the writer.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import time
@@ -29,6 +30,8 @@ from typing import IO, Any, Iterator
 
 from dscoder import __version__
 from dscoder.errors import UserError
+
+log = logging.getLogger("dscoder")
 
 MANIFEST = "dscoder.json"
 MARK = ".dscoder"  # in folders dscoder writes without a manifest: --force replaces only marked folders
@@ -245,3 +248,23 @@ def read_manifest(folder: str | os.PathLike) -> dict[str, Any] | None:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as exc:
         raise UserError(f"{path}: unreadable artifact record ({exc})") from None
+
+
+def run_stage(out: Path, name: str, fn, seconds: dict | None = None, force_rerun: bool = False) -> dict:
+    """Run `fn` unless the stage finished before; its record is kept in out/stages/NAME.json
+    (and its seconds in `seconds`, when given). The resumable stages of the quickstart, the
+    experiments and `adapt`."""
+    seconds = {} if seconds is None else seconds
+    marker = out / "stages" / f"{name}.json"
+    if marker.is_file() and not force_rerun:
+        record = json.loads(marker.read_text())
+        log.info("[%s] done before (%.0fs): reusing", name, record.get("seconds", 0))
+        seconds[name] = record.get("seconds", 0)
+        return record
+    log.info("[%s] ...", name)
+    start = time.perf_counter()
+    record = fn() or {}
+    record["seconds"] = round(time.perf_counter() - start, 1)
+    seconds[name] = record["seconds"]
+    write_json(marker, record)
+    return record

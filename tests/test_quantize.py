@@ -17,7 +17,7 @@ from dscoder.infer.sampling import SamplingParams
 
 
 def heldout_windows(engine: Engine) -> list[list[int]]:
-    from dscoder.quickstart.measure import heldout_windows
+    from dscoder.evaluate.heldout import heldout_windows
     from dscoder.texts import read_texts
 
     texts = read_texts([STDLIB / "http", STDLIB / "urllib"], Counter())  # not in the training packages
@@ -32,7 +32,7 @@ def choices(engine: Engine, windows: list[list[int]]) -> torch.Tensor:
 
 def heldout_perplexity(engine: Engine) -> float:
     from dscoder.texts import read_texts
-    from dscoder.quickstart.measure import heldout_loss
+    from dscoder.evaluate.heldout import heldout_loss
 
     texts = read_texts([STDLIB / "http", STDLIB / "urllib"], Counter())  # not in the training packages
     return math.exp(heldout_loss(engine, texts, 64, max_windows=48))

@@ -62,7 +62,7 @@ def test_quickstart_refuses_a_budget_that_is_not_positive(capsys, tmp_path):
 
 
 def test_fim_cases_hide_whole_code_lines_only():
-    from dscoder.quickstart.measure import fim_cases
+    from dscoder.evaluate.heldout import fim_cases
 
     text = ('"""Module docstring\nspanning lines."""\nimport os\n\n\ndef f(x):\n    # a comment line\n'
             '    total = x + 1\n    return total\n')
@@ -73,7 +73,7 @@ def test_fim_cases_hide_whole_code_lines_only():
 
 
 def test_fim_cases_windows_hold_whole_lines():
-    from dscoder.quickstart.measure import fim_cases
+    from dscoder.evaluate.heldout import fim_cases
 
     text = "".join(f"value_{i} = compute({i}, factor={i * 7})\n" for i in range(200))
     for prefix, suffix, line in fim_cases([text], 20, 0, prefix_chars=300, suffix_chars=150):
@@ -83,7 +83,7 @@ def test_fim_cases_windows_hold_whole_lines():
 
 
 def test_edit_similarity_credits_near_misses_and_exact_match_does_not():
-    from dscoder.quickstart.measure import edit_similarity, exact_match
+    from dscoder.evaluate.heldout import edit_similarity, exact_match
 
     cases = [("", "", "    return total"), ("", "", "    x = 1")]
     assert exact_match(["    return total", "    y = 2"], cases) == 0.5
@@ -94,7 +94,7 @@ def test_edit_similarity_credits_near_misses_and_exact_match_does_not():
 
 
 def test_parse_check_keeps_finished_completions_whole_and_cuts_truncated_ones():
-    from dscoder.quickstart.measure import parses
+    from dscoder.evaluate.heldout import parses
 
     prompt = 'def add(a, b):\n    """Sum."""\n'
     assert parses(prompt, "    return a + b", finished=True)  # ended at a stop sequence: the line is complete
@@ -107,7 +107,7 @@ def test_parse_check_keeps_finished_completions_whole_and_cuts_truncated_ones():
 def test_function_prompts_take_functions_and_methods_out_to_column_0():
     import ast
 
-    from dscoder.quickstart.measure import function_prompts
+    from dscoder.evaluate.heldout import function_prompts
 
     source = ('import os\n\n\ndef top(a):\n    """Top."""\n    return a\n\n\nclass Box:\n'
               '    @property\n    def size(self):\n        """The size,\n        in bytes."""\n        return 1\n\n'

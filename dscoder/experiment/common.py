@@ -27,7 +27,8 @@ import numpy as np
 from dscoder import artifacts
 from dscoder.config import AT_LEAST_ONE, Range, Seed
 from dscoder.errors import UserError
-from dscoder.quickstart.stages import run_stage
+from dscoder.evaluate.intervals import RESAMPLES, fmt, interval  # noqa: F401  (the experiments' figures)
+from dscoder.artifacts import run_stage
 
 log = logging.getLogger("dscoder")
 
@@ -36,7 +37,6 @@ log = logging.getLogger("dscoder")
 HELD_OUT = ("json", "wsgiref", "xmlrpc", "sqlite3", "email", "concurrent", "importlib", "logging", "http",
             "urllib", "xml", "asyncio", "multiprocessing", "unittest")
 MIN_MINUTES = 1.0
-RESAMPLES = 2000
 
 
 @dataclass(frozen=True)
@@ -68,7 +68,7 @@ def check(cfg: ExperimentConfig, default_minutes: float) -> ExperimentConfig:
 
     from dscoder import model as model_lib
 
-    from dscoder.quickstart.stages import train_overrides
+    from dscoder.train.plan import train_overrides
     from dscoder.train.recipes import check_length
     from dscoder.train.settings import resolve
 
@@ -106,7 +106,7 @@ def prepare(out: Path, experiment: str, cfg: ExperimentConfig, corpus: Path | No
             from dscoder.config import apply_overrides
             from dscoder.data.build import build
             from dscoder.data.steps import BuildConfig
-            from dscoder.quickstart.stages import repositories
+            from dscoder.data.installed import repositories
 
             train, held = repositories(cfg.corpus_mb * 1_000_000, HELD_OUT)
             build_cfg = apply_overrides(BuildConfig(), {"order.max_sample_chars": "400000"})
@@ -210,7 +210,7 @@ def heldout_files(out: Path) -> list[tuple[str, str, str]]:
 
 def plan_steps(out: Path, cfg: ExperimentConfig, corpus: Path) -> int:
     """Optimizer steps that fill `cfg.minutes` for one variant here (a timed probe, once)."""
-    from dscoder.quickstart.stages import speed_probe
+    from dscoder.train.plan import speed_probe
 
     def plan():
         seconds = speed_probe(cfg, corpus, out / "tokenizer", out, cfg.preset)
@@ -224,7 +224,7 @@ def train(out: Path, cfg: ExperimentConfig, name: str, seed: int, steps: int, co
     """Pretrain one variant for `steps` steps; its final model folder (kept across runs)."""
     from dataclasses import replace
 
-    from dscoder.quickstart.stages import train_overrides
+    from dscoder.train.plan import train_overrides
     from dscoder.train.recipes import pretrain
     from dscoder.train.settings import resolve
 
@@ -238,25 +238,6 @@ def train(out: Path, cfg: ExperimentConfig, name: str, seed: int, steps: int, co
 
 # --- intervals and verdicts ----------------------------------------------------------------------------
 
-def interval(values: np.ndarray, seed: int = 0, weights: np.ndarray | None = None) -> tuple[float, float, float]:
-    """(mean, low, high): the mean of `values` (seeds x items) with its 95% bootstrap interval,
-    resampling items, and seeds too when there are several. With `weights` (same shape), the
-    weighted mean sum(values * weights) / sum(weights), e.g. nats over tokens."""
-    values = np.atleast_2d(np.asarray(values, dtype=np.float64))
-    weights = np.ones_like(values) if weights is None else np.atleast_2d(np.asarray(weights, dtype=np.float64))
-    if values.size == 0:
-        return math.nan, math.nan, math.nan
-    seeds, items = values.shape
-    mean = float((values * weights).sum() / weights.sum())
-    rng = np.random.default_rng(seed)
-    rows = rng.integers(0, seeds, size=(RESAMPLES, seeds)) if seeds > 1 else np.zeros((RESAMPLES, 1), dtype=np.int64)
-    cols = rng.integers(0, items, size=(RESAMPLES, items))
-    picked = (values * weights)[rows[:, :, None], cols[:, None, :]].sum(axis=(1, 2))
-    total = weights[rows[:, :, None], cols[:, None, :]].sum(axis=(1, 2))
-    low, high = np.percentile(picked / total, [2.5, 97.5])
-    return mean, float(low), float(high)
-
-
 def verdict(difference: tuple[float, float, float]) -> str:
     """Whether an expected difference (oriented so that the paper expects it above zero) was
     seen: its 95% interval above zero, below zero, or across it."""
@@ -268,11 +249,6 @@ def verdict(difference: tuple[float, float, float]) -> str:
     if high < 0:
         return "not reproduced (the opposite direction)"
     return "not distinguishable from noise at this budget"
-
-
-def fmt(figure: tuple[float, float, float], spec: str = "{:.3f}") -> str:
-    mean, low, high = figure
-    return f"{spec.format(mean)} [{spec.format(low)}, {spec.format(high)}]"
 
 
 def write_report(out: Path, title: str, intro: list[str], tables: list[tuple[str, list[str], list[list[str]]]],

@@ -17,8 +17,9 @@ import numpy as np
 
 from dscoder import artifacts
 from dscoder.experiment import common
-from dscoder.experiment.common import ExperimentConfig, fmt, interval, verdict
-from dscoder.quickstart.stages import run_stage
+from dscoder.evaluate.intervals import fmt, interval
+from dscoder.experiment.common import ExperimentConfig, verdict
+from dscoder.artifacts import run_stage
 
 log = logging.getLogger("dscoder")
 
@@ -82,7 +83,7 @@ def _scaled(base: Path, folder: Path, positions: int) -> Path:
 
 def _extended(out: Path, cfg: ExperimentConfig, base: Path, seed: int, steps: int, length: int) -> Path:
     """The base model after `train extend`: scaling x4 and `steps` steps at the long length."""
-    from dscoder.quickstart.stages import train_overrides
+    from dscoder.train.plan import train_overrides
     from dscoder.train.recipes import extend
     from dscoder.train.settings import resolve
 
@@ -97,7 +98,7 @@ def _extended(out: Path, cfg: ExperimentConfig, base: Path, seed: int, steps: in
 def _evaluate(models: dict, windows: list[list[int]]) -> dict:
     """Per model and seed, each window's mean loss in each position bucket. (W, BUCKETS) lists"""
     from dscoder.infer.engine import Engine
-    from dscoder.quickstart import measure
+    from dscoder.evaluate import heldout as measure
 
     scores: dict = {}
     for (name, seed), folder in models.items():

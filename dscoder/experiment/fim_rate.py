@@ -19,8 +19,9 @@ import numpy as np
 
 from dscoder import artifacts
 from dscoder.experiment import common
-from dscoder.experiment.common import ExperimentConfig, fmt, interval, verdict
-from dscoder.quickstart.stages import run_stage
+from dscoder.evaluate.intervals import fmt, interval
+from dscoder.experiment.common import ExperimentConfig, verdict
+from dscoder.artifacts import run_stage
 
 log = logging.getLogger("dscoder")
 
@@ -51,7 +52,7 @@ def run(out: Path, cfg: ExperimentConfig, corpus: Path | None = None) -> dict:
 
 def _cases(files: list[str], cfg: ExperimentConfig) -> list[tuple[str, str, str]]:
     from dscoder.errors import UserError
-    from dscoder.quickstart import measure
+    from dscoder.evaluate import heldout as measure
 
     cases = measure.fim_cases(files, cfg.eval_items, cfg.seed, prefix_chars=cfg.fim_max_chars // 2,
                               suffix_chars=cfg.fim_max_chars // 4)
@@ -64,7 +65,7 @@ def _cases(files: list[str], cfg: ExperimentConfig) -> list[tuple[str, str, str]
 def _evaluate(models: dict, files: list[str], cases: list, cfg: ExperimentConfig) -> dict:
     """Per variant and seed, the per-item figures (lists, for the intervals)."""
     from dscoder.infer.engine import Engine
-    from dscoder.quickstart import measure
+    from dscoder.evaluate import heldout as measure
 
     scores: dict = {}
     for (name, seed), folder in models.items():

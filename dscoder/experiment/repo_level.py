@@ -20,12 +20,8 @@ Measured on held-out repositories:
 
 from __future__ import annotations
 
-import ast
-import builtins
-import keyword
 import logging
 import random
-import re
 from dataclasses import asdict
 from pathlib import Path
 
@@ -34,8 +30,11 @@ import numpy as np
 from dscoder import artifacts, formats
 from dscoder.errors import UserError
 from dscoder.experiment import common
-from dscoder.experiment.common import ExperimentConfig, fmt, interval, verdict
-from dscoder.quickstart.stages import run_stage
+from dscoder.artifacts import run_stage
+from dscoder.evaluate.crossfile import (LINE_METRICS, NAME, complete_lines, cross_file_names, defined_names,
+                                         line_cases, line_prompt)
+from dscoder.evaluate.intervals import fmt, interval
+from dscoder.experiment.common import ExperimentConfig, verdict
 
 log = logging.getLogger("dscoder")
 
@@ -44,12 +43,6 @@ VARIANTS = ("ordered", "shuffled", "files")
 MIN_REPOSITORIES = 8
 MIN_CASES = 30
 MAX_WINDOWS = 256  # training-length windows scored per model for the per-token losses
-LINE_TOKENS = 32
-# per completed line: CrossCodeEval's metrics, and whether every cross-file name of the real line
-# is produced (this experiment's own measure; CrossCodeEval's identifier exact match is another)
-LINE_METRICS = ("exact_match", "edit_similarity", "identifier_f1", "identifier_match")
-NAME = re.compile(r"\b[A-Za-z_][A-Za-z0-9_]*\b")
-COMMON_NAMES = frozenset(dir(builtins)) | frozenset(keyword.kwlist) | {"self", "cls"}
 
 
 def run(out: Path, cfg: ExperimentConfig, corpus: Path | None = None) -> dict:
@@ -116,43 +109,6 @@ def _heldout_repositories(out: Path) -> list[dict]:
     return found
 
 
-def defined_names(text: str) -> set[str]:
-    """Functions, classes and module-level names a Python file defines (none when it does not
-    parse)."""
-    try:
-        tree = ast.parse(text)
-    except (SyntaxError, ValueError, RecursionError):
-        return set()
-    names = {n.name for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))}
-    for node in tree.body:
-        targets = node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(node, ast.AnnAssign) else []
-        names |= {t.id for t in targets if isinstance(t, ast.Name)}
-    return {n for n in names if not n.startswith("__") and n not in COMMON_NAMES}
-
-
-def cross_file_names(repo: dict, path: str) -> set[str]:
-    """Names defined in another file of the repository and not in `path` itself."""
-    own = repo["defines"].get(path, set())
-    return {n for p, names in repo["defines"].items() if p != path for n in names} - own
-
-
-def line_cases(folder: Path, repo: dict, paths: list[str]) -> list[dict]:
-    """The lines of the Python files `paths` of the repository in `folder` that use a name
-    defined in another of its files (`repo["defines"]`: path -> names), not on an import line."""
-    found = []
-    for path in paths:
-        others = cross_file_names(repo, path)
-        text = (folder / path).read_text(encoding="utf-8")
-        for number, line in enumerate(text.split("\n")):
-            stripped = line.strip()
-            if not stripped or stripped.startswith(("import ", "from ", "#", "@")) or len(stripped) > 100:
-                continue
-            used = sorted(set(NAME.findall(line)) & others)
-            if used and number > 0:
-                found.append({"repo": str(folder), "path": path, "line": number, "text": line, "names": used})
-    return found
-
-
 def _cases(out: Path, repos: list[dict], cfg: ExperimentConfig) -> list[dict]:
     """Lines of held-out Python files that use a cross-file name (not on an import line), with
     the repository written to disk for `repo-complete`'s context builder."""
@@ -197,7 +153,7 @@ def _file_losses(engine, repos: list[dict], seq_len: int, max_windows: int = MAX
     other tokens, each token scored with the sample's earlier text before it in its window
     (windows of `seq_len`, as in training; at most `max_windows` of them, taken from the
     repositories in turn). (F, 2), (F, 2)"""
-    from dscoder.quickstart import measure
+    from dscoder.evaluate import heldout as measure
 
     samples = _round_robin([[(repo, pairs) for pairs in repo["samples"]] for repo in repos])
     cross_rows, rest_rows = [], []
@@ -241,38 +197,6 @@ def _round_robin(lists: list[list]) -> list:
     for k in range(max(map(len, lists), default=0)):
         out += [items[k] for items in lists if k < len(items)]
     return out
-
-
-def line_prompt(engine, case: dict) -> list[int]:
-    """The case's prompt as `repo-complete` builds it: the repository context, then the target
-    file up to the line (and the line's indentation)."""
-    from dscoder.infer import repo_context
-
-    text = (Path(case["repo"]) / case["path"]).read_text(encoding="utf-8")
-    before = "".join(line + "\n" for line in text.split("\n")[:case["line"]])
-    indent = case["text"][:len(case["text"]) - len(case["text"].lstrip())]
-    return repo_context.build(engine, Path(case["repo"]), case["path"], None, None, LINE_TOKENS, text=before + indent).ids
-
-
-def complete_lines(engine, cases: list[dict], prompts: list[list[int]]) -> dict[str, list[float]]:
-    """Greedy completion of each case's line from its prompt, scored per case: CrossCodeEval's
-    exact match, edit similarity and identifier F1, and identifier match."""
-    from dscoder.evaluate import crosscodeeval
-    from dscoder.infer.engine import Sequence
-    from dscoder.infer.sampling import SamplingParams
-
-    sequences = [Sequence(ids, SamplingParams(max_new_tokens=LINE_TOKENS, stop=("\n",))) for ids in prompts]
-    for start in range(0, len(sequences), 8):
-        engine.generate(sequences[start:start + 8])
-    found: dict[str, list[float]] = {k: [] for k in LINE_METRICS}
-    for case, seq in zip(cases, sequences):
-        got = seq.text.split("\n")[0]
-        row = crosscodeeval.Row(f"{case['path']}:{case['line']}", "python", "", case["text"], "")
-        for key, value in crosscodeeval.score(row, got).items():
-            if key in found:
-                found[key].append(value)
-        found["identifier_match"].append(float(all(re.search(rf"\b{re.escape(n)}\b", got) for n in case["names"])))
-    return found
 
 
 # --- report -----------------------------------------------------------------------------------------------

@@ -21,19 +21,20 @@ import json
 import logging
 import math
 import shutil
-import sysconfig
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Annotated
 
 from dscoder import artifacts
+from dscoder.artifacts import run_stage
 from dscoder.config import AT_LEAST_ONE, Range, Seed
+from dscoder.data.installed import HELD_OUT, repositories
 from dscoder.errors import UserError
+from dscoder.train.plan import speed_probe, train_overrides
 
 log = logging.getLogger("dscoder")
 
-HELD_OUT = ("json", "wsgiref", "xmlrpc", "sqlite3")  # standard-library packages kept out of training
 MIN_FREE_BYTES = 3 * 2**30
 
 
@@ -63,85 +64,6 @@ class QuickstartConfig:
     """At most this many held-out function and method headers are completed for the share of
     completions that parse."""
     seed: Seed = 0
-
-
-def run_stage(out: Path, name: str, fn, seconds: dict | None = None, force_rerun: bool = False) -> dict:
-    """Run `fn` unless the stage finished before; its record is kept in out/stages/NAME.json
-    (and its seconds in `seconds`, when given)."""
-    seconds = {} if seconds is None else seconds
-    marker = out / "stages" / f"{name}.json"
-    if marker.is_file() and not force_rerun:
-        record = json.loads(marker.read_text())
-        log.info("[%s] done before (%.0fs): reusing", name, record.get("seconds", 0))
-        seconds[name] = record.get("seconds", 0)
-        return record
-    log.info("[%s] ...", name)
-    start = time.perf_counter()
-    record = fn() or {}
-    record["seconds"] = round(time.perf_counter() - start, 1)
-    seconds[name] = record["seconds"]
-    artifacts.write_json(marker, record)
-    return record
-
-
-def installed_python_roots() -> list[Path]:
-    """This interpreter's own Python code: the standard library and the installed packages."""
-    paths = sysconfig.get_paths()
-    roots = []
-    for key in ("stdlib", "purelib", "platlib"):
-        path = Path(paths[key])
-        if path.is_dir() and path not in roots:
-            roots.append(path)
-    return roots
-
-
-def repositories(budget_bytes: int, held_out: tuple[str, ...] = HELD_OUT) -> tuple[list[Path], list[Path]]:
-    """(training, held-out) repositories: the installed packages as folders, the standard
-    library's packages named in `held_out` kept apart."""
-    from dscoder.repo.collect import SKIPPED_DIRS
-
-    train, held, total = [], [], 0
-    roots = installed_python_roots()
-    for root in roots:
-        for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith((".", "_"))
-                             and p.name not in SKIPPED_DIRS and not p.name.endswith((".dist-info", ".egg-info"))):
-            if folder.name in held_out and root == roots[0]:
-                held.append(folder)
-                continue
-            size = sum(f.stat().st_size for f in folder.rglob("*.py") if f.is_file())
-            if size == 0 or total + size > budget_bytes:
-                continue
-            train.append(folder)
-            total += size
-    if not train or not held:
-        raise UserError("no installed Python packages found to build the demo corpus from")
-    return train, held
-
-
-def speed_probe(cfg: QuickstartConfig, corpus: Path, tokenizer: Path, out: Path, preset: str = "tiny") -> float:
-    """Seconds per optimizer step of `preset` here: the median of 16 steps of a scratch run,
-    after 4 to warm up (6 steps once planned for 0.29 s/step a run that took 0.2)."""
-    from dscoder.train.recipes import pretrain
-    from dscoder.train.settings import resolve
-
-    run = out / "probe"
-    shutil.rmtree(run, ignore_errors=True)
-    overrides = train_overrides(cfg, corpus, 20, fim=0.5) | {"loop.save_every": "0", "loop.eval_every": "0",
-                                                              "loop.log_every": "1"}
-    pretrain(run, resolve("pretrain", None, overrides), tokenizer, preset, None, force=True)
-    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    speeds = sorted(r["tokens_per_s"] for r in rows[4:]) or [rows[-1]["tokens_per_s"]]
-    shutil.rmtree(run, ignore_errors=True)
-    return cfg.batch_size * cfg.seq_len / speeds[len(speeds) // 2]
-
-
-def train_overrides(cfg: QuickstartConfig, corpus: Path, steps: int, fim: float) -> dict[str, str]:
-    return {"data.sources": str(corpus), "data.seq_len": str(cfg.seq_len), "loop.batch_size": str(cfg.batch_size),
-            "loop.max_steps": str(steps), "fim.rate": str(fim), "fim.max_chars": str(cfg.fim_max_chars),
-            "fim.split": cfg.fim_split, "fim.fit_windows": str(cfg.fim_fit_windows).lower(),
-            "loop.seed": str(cfg.seed),
-            "loop.eval_every": str(max(steps // 8, 1)), "loop.save_every": str(max(steps // 4, 1)),
-            "loop.log_every": "5", "data.eval_fraction": "0.02", "data.cache_dir": str(corpus.parent / "cache")}
 
 
 def run(out: Path, cfg: QuickstartConfig, model: Path | None = None, force: bool = False,
@@ -274,7 +196,8 @@ def _train_all(out: Path, cfg: QuickstartConfig, seconds: dict) -> dict[str, Pat
 def _evaluate(out: Path, cfg: QuickstartConfig, models: dict[str, Path], heldout_files: list[str],
               quantize: int | None = None) -> dict:
     from dscoder.infer.engine import Engine
-    from dscoder.quickstart import measure, report
+    from dscoder.evaluate import heldout as measure
+    from dscoder.quickstart import report
 
     cases = measure.fim_cases(heldout_files, cfg.fim_lines, cfg.seed, prefix_chars=cfg.fim_max_chars // 2,
                               suffix_chars=cfg.fim_max_chars // 4)

@@ -1,6 +1,7 @@
-"""The figures the quickstart reports for a model folder: held-out loss, single-line FIM exact
-match on held-out code, the share of completions that parse, and pass@1 on the project's own
-small problems (problems.jsonl, written for dscoder, not taken from a benchmark)."""
+"""Measures of a model on held-out code, shared by the quickstart, the experiments and `adapt`:
+held-out loss, single-line FIM exact match and edit similarity, the share of completions that
+parse, and pass@1 on the project's own small problems (problems.jsonl, written for dscoder, not
+taken from a benchmark)."""
 
 from __future__ import annotations
 
@@ -234,7 +235,7 @@ def completion_parse_rate(engine: Engine, texts: list[str]) -> float:
 
 
 def problems_file() -> Path:
-    return Path(str(resources.files("dscoder.quickstart").joinpath("problems.jsonl")))
+    return Path(str(resources.files("dscoder.evaluate").joinpath("problems.jsonl")))
 
 
 def pass_at_1(engine: Engine, out: Path) -> float:
