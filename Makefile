@@ -5,7 +5,7 @@ PYTHON ?= python3
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.dscoder-installed
 
-.PHONY: demo test install clean
+.PHONY: demo test lint install clean
 
 install: $(STAMP)
 
@@ -18,8 +18,14 @@ $(STAMP): pyproject.toml constraints.txt
 demo: $(STAMP)
 	$(VENV)/bin/dscoder quickstart
 
-test: $(STAMP)
+test: lint
 	$(PY) -m pytest -q
+
+# ruff (lint and format) and the layers contract (.importlinter, docs/design.md): `make test` runs it first
+lint: $(STAMP)
+	$(VENV)/bin/ruff check dscoder tests bench
+	$(VENV)/bin/ruff format --check dscoder tests bench
+	$(VENV)/bin/lint-imports
 
 clean:
 	rm -rf $(VENV) runs/quickstart .pytest_cache
