@@ -1,5 +1,5 @@
 """Typed configuration: frozen dataclasses with defaults in code, a TOML file over them, and
-`--section.key=value` flags over both (DESIGN.md, "One source of truth per convention").
+`--section.key=value` flags over both (docs/design.md#one-source-of-truth-per-convention).
 
 A field's name is its TOML key, its flag and its JSON key. Unknown keys are errors. A number
 field may carry its bounds, `Annotated[int, Range(1)]`: one declaration that TOML values,

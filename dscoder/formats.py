@@ -1,6 +1,6 @@
 """The DeepSeek-Coder text conventions, defined once for every stage.
 
-Special tokens (reference/deepseek-coder.md, "Tokenizer"), fill-in-the-middle layouts (PSM as
+Special tokens (docs/deepseek-coder.md#tokenizer), fill-in-the-middle layouts (PSM as
 released, SPM after Bavarian et al. 2022, "Efficient Training of Language Models to Fill in the
 Middle"), the repository-sample layout (paper section 2.3: files in dependency order, each headed
 by a `#{path}` line) and the released instruct chat template. The data builder, the trainer, the

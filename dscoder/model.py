@@ -1,6 +1,6 @@
 """Model presets and the model folder format.
 
-DeepSeek-Coder ships as `LlamaForCausalLM` (reference/deepseek-coder.md, "Model"): RMSNorm,
+DeepSeek-Coder ships as `LlamaForCausalLM` (docs/deepseek-coder.md#model): RMSNorm,
 SwiGLU, RoPE, untied embeddings, head_dim 128. The released 1.3B/6.7B/33B configs and tiny CPU
 presets live in one table. A model folder is a Hugging Face folder (config.json,
 model.safetensors, generation_config.json, tokenizer files) in the released layout, so our

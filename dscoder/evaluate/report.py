@@ -1,5 +1,5 @@
 """`dscoder eval report`: runs side by side (markdown table, bar chart), with the published
-DeepSeek-Coder scores as reference rows (reference/deepseek-coder.md, "Published results")."""
+DeepSeek-Coder scores as reference rows (docs/deepseek-coder.md#published-results)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
-"""Prompts for the four ways of using the model (reference/deepseek-coder.md, "Inference
-conventions"), built only from the shared formats module, and fitted to the context.
+"""Prompts for the four ways of using the model (docs/deepseek-coder.md#inference-conventions),
+built only from the shared formats module, and fitted to the context.
 
 - completion: the text after BOS; a prompt too long for the context is cut from the left (the
   most recent text matters most for a continuation), and a warning says so;
