@@ -9,7 +9,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 from dscoder import model
 from dscoder.errors import UserError
 
-# reference/deepseek-coder.md, "Model"
+# docs/deepseek-coder.md, "Model"
 RELEASED = {
     "deepseek-coder-1.3b": dict(hidden_size=2048, intermediate_size=5504, num_hidden_layers=24,
                                 num_attention_heads=16, num_key_value_heads=16),
