@@ -875,8 +875,8 @@ def prepare(work: Path, preset: str, dtype: str, folder: str, gguf: str) -> tupl
     """A model folder (random weights; `folder` int8 quantizes the `dtype` model) and its q8_0
     GGUF export, reused when `work` has them."""
     import torch
-
     from bench_generate import make_model
+
     from dscoder import export, quantize
     from dscoder import model as model_lib
 

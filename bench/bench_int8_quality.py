@@ -21,8 +21,8 @@ import numpy as np
 import torch
 
 from dscoder import export, quantize
-from dscoder.infer.engine import Engine
 from dscoder.evaluate.heldout import heldout_windows
+from dscoder.infer.engine import Engine
 from dscoder.texts import read_texts
 
 STDLIB = Path(sysconfig.get_paths()["stdlib"])

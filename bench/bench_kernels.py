@@ -75,7 +75,7 @@ def main() -> None:
     report("int8 weights, one decode step", best_of(args.repeats, ours),
            {"torch._int_mm": best_of(args.repeats, int_mm), "torch _weight_int8pack_mm": best_of(args.repeats, int8pack)},
            nbytes)
-    del layers
+    layers.clear()  # free the weights before the next measure
 
     packed = []
     for _ in range(LAYERS):
@@ -87,14 +87,14 @@ def main() -> None:
            {"torch _weight_int4pack_mm_for_cpu": best_of(args.repeats, lambda: [
                torch.ops.aten._weight_int4pack_mm_for_cpu(inputs[q.shape[1] * 2], *layout) for q, _, layout in packed])},
            sum(q.numel() for q, *_ in packed))
-    del packed
+    packed.clear()
 
     dense = [torch.randn(out, inner, generator=generator).bfloat16() for _ in range(LAYERS) for out, inner in SHAPES]
     report("bfloat16 weights, one decode step",
            best_of(args.repeats, lambda: [kernels.bf16_matvec(inputs[w.shape[1]], w) for w in dense]),
            {"F.linear": best_of(args.repeats, lambda: [F.linear(inputs[w.shape[1]], w) for w in dense])},
            sum(2 * w.numel() for w in dense))
-    del dense
+    dense.clear()
 
     heads, dim, capacity = 16, 128, args.context + 64
     caches = [(torch.randn(heads, capacity, dim, generator=generator).bfloat16(),

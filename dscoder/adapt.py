@@ -217,8 +217,8 @@ def _cases(out: Path, split: dict, cfg: AdaptConfig) -> dict:
 def _evaluate(folder: Path, out: Path, split: dict, cases: dict, cfg: AdaptConfig) -> dict:
     """The held-out figures of one model folder, per item (so differences can be paired)."""
     from dscoder.evaluate import crossfile
-    from dscoder.infer.engine import Engine
     from dscoder.evaluate import heldout as measure
+    from dscoder.infer.engine import Engine
 
     engine = Engine.load(folder, dtype="float32")
     with _counting_cut_prompts() as cut:

@@ -173,7 +173,7 @@ def export(folder: Path, out: Path, kind: str, force: bool = False) -> dict:
     with artifacts.output_path(out, force=True) as tmp:
         writer = gguf.GGUFWriter(str(tmp), "llama")
         _metadata(writer, gguf, folder, hf_cfg, kind, vocab)
-        for ours, theirs, qtype, shape in plan:
+        for _, theirs, qtype, shape in plan:
             if qtype in (q.F32, q.F16):
                 dtype = np.float32 if qtype == q.F32 else np.float16
                 writer.add_tensor_info(theirs, shape, np.dtype(dtype), math.prod(shape) * np.dtype(dtype).itemsize)

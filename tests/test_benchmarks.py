@@ -7,6 +7,7 @@ import json
 
 import pytest
 
+from conftest import SHARED, need_shared
 from dscoder import formats
 from dscoder.cli import main
 from dscoder.errors import UserError
@@ -14,8 +15,6 @@ from dscoder.evaluate import toolchains
 from dscoder.evaluate.benchmarks import instruct_completion, load, new_tokens, tasks
 from dscoder.evaluate.execute import ExecConfig, execute
 from dscoder.infer import prompts
-
-from conftest import SHARED, need_shared
 
 BENCH = SHARED / "benchmarks"
 EIGHT = f"humaneval-8lang:{BENCH}"

@@ -13,14 +13,13 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
 
+from conftest import C_REPO, JAVA_REPO, PYTHON_REPO, SHARED, STDLIB, need_shared, write_tree
 from dscoder.cli import main
 from dscoder.config import apply_overrides
 from dscoder.data import build as build_module
 from dscoder.data.build import build
 from dscoder.data.steps import BuildConfig
 from dscoder.errors import UserError
-
-from conftest import C_REPO, JAVA_REPO, PYTHON_REPO, SHARED, STDLIB, need_shared, write_tree
 
 HUMANEVAL = SHARED / "benchmarks" / "HumanEval.jsonl.gz"
 
@@ -113,7 +112,7 @@ def test_build_outputs(sources, tmp_path, capsys, monkeypatch):
     assert reasons[("demo", "pkg/broken.py")] == ("quality", "syntax_error")
     assert reasons[("leaky", "solutions.py")] == ("decontam", "HumanEval.jsonl.gz")
     assert any(r["step"] == "dedup" and r["repo"] == "demo-fork" for r in rejects)
-    clusters = [json.loads(l) for l in (out / "dedup" / "clusters.jsonl").read_text().splitlines()]
+    clusters = [json.loads(line_) for line_ in (out / "dedup" / "clusters.jsonl").read_text().splitlines()]
     assert any(c["survivor"].startswith("demo/") and any(d["id"].startswith("demo-fork/") for d in c["duplicates"]) for c in clusters)
 
     stats = json.loads((out / "stats.json").read_text())

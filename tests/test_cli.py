@@ -6,9 +6,8 @@ import sys
 
 import pytest
 
-from dscoder.cli import main
-
 from conftest import GGUF, STDLIB, need_shared
+from dscoder.cli import main
 
 
 def run(capsys, *argv):
@@ -19,7 +18,7 @@ def run(capsys, *argv):
 
 def assert_one_line_error(code, err, *needles):
     assert code == 2
-    lines = [l for l in err.strip().splitlines() if l.startswith("dscoder: error:")]
+    lines = [line_ for line_ in err.strip().splitlines() if line_.startswith("dscoder: error:")]
     assert len(lines) == 1, err
     assert "Traceback" not in err
     for needle in needles:

@@ -5,11 +5,10 @@ import json
 
 import pytest
 
+from conftest import SHARED, need_shared
 from dscoder.benchmark_files import contaminating_strings
 from dscoder.data.decontam import DecontamConfig, build_index, load_index, match, save_index
 from dscoder.errors import UserError
-
-from conftest import SHARED, need_shared
 
 
 @pytest.fixture(scope="module")

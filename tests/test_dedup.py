@@ -5,9 +5,10 @@ import random
 import numpy as np
 import pytest
 
+from conftest import STDLIB
 from dscoder.data.dedup import (
-    DedupConfig,
     EMPTY,
+    DedupConfig,
     candidate_pairs,
     cluster,
     clusters,
@@ -17,8 +18,6 @@ from dscoder.data.dedup import (
     text_digest,
 )
 from dscoder.data.ngrams import shingles
-
-from conftest import STDLIB
 
 CFG = DedupConfig()
 

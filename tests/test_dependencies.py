@@ -2,11 +2,10 @@
 
 import random
 
+from conftest import C_REPO, JAVA_REPO, PYTHON_REPO
 from dscoder.repo.dependencies import analyze, components, order_component, order_repository
 from dscoder.repo.imports import CodeFile, dependencies
 from dscoder.repo.parsing import parse
-
-from conftest import C_REPO, JAVA_REPO, PYTHON_REPO
 
 
 def code_files(files: dict[str, str]) -> list[CodeFile]:

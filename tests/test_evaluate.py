@@ -6,12 +6,11 @@ from pathlib import Path
 
 import pytest
 
+from conftest import SHARED, need_shared
 from dscoder.errors import UserError
 from dscoder.evaluate import metrics, sandbox, toolchains
 from dscoder.evaluate.benchmarks import tasks
 from dscoder.evaluate.execute import ExecConfig, execute, read_samples, run_sample
-
-from conftest import SHARED, need_shared
 
 BENCH = SHARED / "benchmarks"
 CFG = ExecConfig(workers=2, timeout=10)
@@ -19,7 +18,7 @@ CFG = ExecConfig(workers=2, timeout=10)
 
 def run_all(task_list, samples, tmp_path):
     summary = execute(task_list, samples, tmp_path, CFG)
-    rows = [json.loads(l) for l in (tmp_path / "results.jsonl").read_text().splitlines()]
+    rows = [json.loads(line_) for line_ in (tmp_path / "results.jsonl").read_text().splitlines()]
     return summary, rows
 
 
@@ -296,7 +295,7 @@ def test_a_sample_leaves_nothing_behind_for_the_next(tmp_path):
     cfg = ExecConfig(workers=1, timeout=10)
     execute(task_list, [{"task_id": "seq/0", "completion": first}, {"task_id": "seq/1", "completion": second}],
             tmp_path, cfg)
-    rows = [json.loads(l) for l in (tmp_path / "results.jsonl").read_text().splitlines()]
+    rows = [json.loads(line_) for line_ in (tmp_path / "results.jsonl").read_text().splitlines()]
     assert [r["status"] for r in rows] == ["passed", "passed"], rows
 
 

@@ -11,13 +11,11 @@ import threading
 import time
 
 import pytest
+from test_build import CFG, corpus_bytes, stdlib_repos
 
-from dscoder.config import apply_overrides
 from dscoder.data.build import build
 from dscoder.data.steps import BuildConfig
 from dscoder.errors import UserError
-
-from test_build import CFG, corpus_bytes, stdlib_repos
 
 pytest.importorskip("ray")
 RAY = shutil.which("ray", path=os.path.dirname(sys.executable)) or shutil.which("ray")

@@ -9,6 +9,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
+from conftest import STDLIB
 from dscoder.cli import main
 from dscoder.config import apply_overrides
 from dscoder.data.build import build
@@ -16,8 +17,6 @@ from dscoder.data.steps import BuildConfig
 from dscoder.errors import UserError
 from dscoder.experiment import common, extend, fim_rate, repo_level
 from dscoder.experiment.common import ExperimentConfig, interval, verdict
-
-from conftest import STDLIB
 
 PACKAGES = ("json", "wsgiref", "xmlrpc", "sqlite3", "concurrent", "dbm", "curses", "zoneinfo", "tomllib", "re",
             "collections", "html")

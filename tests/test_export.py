@@ -10,7 +10,6 @@ import pytest
 import torch
 
 from conftest import GGUF, need_shared
-from dscoder import export
 from dscoder.cli import main
 from dscoder.infer.engine import Engine, Sequence
 from dscoder.infer.sampling import SamplingParams

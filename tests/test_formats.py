@@ -2,9 +2,8 @@
 
 import pytest
 
-from dscoder import formats
-
 from conftest import SHARED, need_shared
+from dscoder import formats
 
 DEFAULT_SYSTEM = (
     "You are an AI programming assistant, utilizing the Deepseek Coder model, developed by Deepseek "

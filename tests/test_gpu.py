@@ -7,11 +7,10 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
+from conftest import QUICK_TRAIN
 from dscoder.cli import main
 from dscoder.infer.engine import Engine, Sequence
 from dscoder.infer.sampling import SamplingParams
-
-from conftest import QUICK_TRAIN
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
 

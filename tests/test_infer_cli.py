@@ -5,10 +5,9 @@ import json
 import shutil
 import sys
 
+from conftest import write_tree
 from dscoder import formats
 from dscoder.cli import main
-
-from conftest import write_tree
 
 
 def run(capsys, *argv):

@@ -8,12 +8,11 @@ import json
 
 import pytest
 
+from conftest import SHARED, need_shared
 from dscoder.errors import UserError
 from dscoder.evaluate import sandbox, toolchains
 from dscoder.evaluate.benchmarks import tasks
 from dscoder.evaluate.execute import ExecConfig, execute
-
-from conftest import SHARED, need_shared
 
 BENCH = SHARED / "benchmarks"
 CFG = ExecConfig(workers=2, timeout=10)

@@ -8,12 +8,11 @@ import sys
 
 import pytest
 
+from conftest import QUICK_TRAIN
 from dscoder import config as config_lib
 from dscoder.cli import main
 from dscoder.errors import UserError
 from dscoder.train import loggers, recipes, settings
-
-from conftest import QUICK_TRAIN
 
 
 def pretrain(run, corpus, tokenizer, *flags):

@@ -1,7 +1,7 @@
 """Quality screening: syntax (ast / tree-sitter) and readability heuristics."""
 
-from dscoder.repo.parsing import parse
 from dscoder.data.quality import QualityConfig, quality_reason
+from dscoder.repo.parsing import parse
 
 CFG = QualityConfig()
 

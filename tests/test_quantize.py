@@ -12,8 +12,7 @@ from conftest import STDLIB
 from dscoder import model as model_lib
 from dscoder import quantize
 from dscoder.cli import main
-from dscoder.infer.engine import Engine, Sequence
-from dscoder.infer.sampling import SamplingParams
+from dscoder.infer.engine import Engine
 
 
 def heldout_windows(engine: Engine) -> list[list[int]]:
@@ -31,8 +30,8 @@ def choices(engine: Engine, windows: list[list[int]]) -> torch.Tensor:
 
 
 def heldout_perplexity(engine: Engine) -> float:
-    from dscoder.texts import read_texts
     from dscoder.evaluate.heldout import heldout_loss
+    from dscoder.texts import read_texts
 
     texts = read_texts([STDLIB / "http", STDLIB / "urllib"], Counter())  # not in the training packages
     return math.exp(heldout_loss(engine, texts, 64, max_windows=48))

@@ -11,10 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from conftest import SHARED, need_shared
 from dscoder.cli import main
 from dscoder.evaluate import sandbox, toolchains
-
-from conftest import SHARED, need_shared
 
 BENCH = SHARED / "benchmarks"
 READABLE = toolchains.readable_roots()

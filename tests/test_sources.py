@@ -46,9 +46,8 @@ import subprocess
 import tarfile
 import zipfile
 
-from dscoder.repo.collect import CollectConfig, read_repository, repository_name
-
 from conftest import PYTHON_REPO, write_tree
+from dscoder.repo.collect import CollectConfig, read_repository, repository_name
 
 CFG = CollectConfig()
 

@@ -2,12 +2,11 @@
 
 from collections import Counter
 
+from conftest import write_tree
 from dscoder import formats
 from dscoder.data.stats import Stats
 from dscoder.data.steps import BuildConfig, process_repository
 from dscoder.repo.collect import read_repository
-
-from conftest import write_tree
 
 DOCS = "Usage\n=====\n\nCall ``scale`` with a number and a factor to get their product back.\n"
 

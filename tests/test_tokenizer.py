@@ -6,10 +6,9 @@ import random
 
 import pytest
 
+from conftest import GGUF, SHARED, STDLIB, need_shared
 from dscoder import formats, tokenizer
 from dscoder.errors import UserError
-
-from conftest import GGUF, SHARED, STDLIB, need_shared
 
 RELEASED_IDS = {
     formats.BOS: 32013, formats.EOS: 32014, formats.FIM_HOLE: 32015, formats.FIM_BEGIN: 32016,

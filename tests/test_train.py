@@ -10,17 +10,16 @@ import pytest
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
+from conftest import QUICK_TRAIN
 from dscoder import formats
 from dscoder.cli import main
 from dscoder.train.instruct import instruct_encoder, trained_spans
-
-from conftest import QUICK_TRAIN
 
 COMPARED = ("step", "loss", "lr", "tokens", "grad_norm", "eval_loss")
 
 
 def metrics(run):
-    rows = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
+    rows = [json.loads(line_) for line_ in (run / "metrics.jsonl").read_text().splitlines()]
     return [{k: r[k] for k in COMPARED if k in r} for r in rows]
 
 
@@ -144,7 +143,7 @@ def test_instruction_pairs_count_lines_as_python_does():
 def test_make_instruct_then_instruct(pretrained, small_corpus, tmp_path):
     pairs = tmp_path / "pairs.jsonl"
     assert main(["train", "make-instruct", str(small_corpus), "--out", str(pairs), "--max-pairs", "200"]) == 0
-    rows = [json.loads(l) for l in pairs.read_text().splitlines()]
+    rows = [json.loads(line_) for line_ in pairs.read_text().splitlines()]
     assert len(rows) > 50 and all(r["instruction"].startswith("Write a Python function `") for r in rows)
     assert all(r["output"].startswith("```python\n") and '"""' not in r["output"].split("\n")[2] for r in rows[:20])
     run = tmp_path / "instruct"

@@ -215,8 +215,8 @@ def _run_crosscodeeval(args: argparse.Namespace) -> int:
     from dscoder import artifacts
     from dscoder import model as model_lib
     from dscoder.evaluate import crosscodeeval, manifest
-    from dscoder.evaluate.execute import file_sha, hold
     from dscoder.evaluate.benchmarks import benchmark_path
+    from dscoder.evaluate.execute import file_sha, hold
     from dscoder.infer.cli import QUANTIZE
     from dscoder.infer.engine import Engine
 

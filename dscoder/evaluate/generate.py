@@ -121,10 +121,8 @@ Emit = Callable[[Task, int, str], None]
 def local_sampler(engine, cfg: GenerateConfig) -> Callable[[list[tuple[Task, int]], Emit], None]:
     """Samples from the local engine, `cfg.batch_size` sequences at a time."""
     from dscoder.infer import prompts
-    from dscoder.infer.engine import Sequence
+    from dscoder.infer.engine import Sequence, is_instruct
     from dscoder.infer.sampling import SamplingParams
-
-    from dscoder.infer.engine import is_instruct
 
     if cfg.chat and not is_instruct(engine.tokenizer):
         log.warning("--chat with %s, whose tokenizer does not end turns with <|EOT|>: a base model is scored without "

@@ -22,13 +22,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
 
-import numpy as np
-
 from dscoder import artifacts
+from dscoder.artifacts import run_stage
 from dscoder.config import AT_LEAST_ONE, Range, Seed
 from dscoder.errors import UserError
 from dscoder.evaluate.intervals import RESAMPLES, fmt, interval  # noqa: F401  (the experiments' figures)
-from dscoder.artifacts import run_stage
 
 log = logging.getLogger("dscoder")
 
@@ -67,7 +65,6 @@ def check(cfg: ExperimentConfig, default_minutes: float) -> ExperimentConfig:
     from dataclasses import replace
 
     from dscoder import model as model_lib
-
     from dscoder.train.plan import train_overrides
     from dscoder.train.recipes import check_length
     from dscoder.train.settings import resolve
@@ -105,8 +102,8 @@ def prepare(out: Path, experiment: str, cfg: ExperimentConfig, corpus: Path | No
         if corpus is None:
             from dscoder.config import apply_overrides
             from dscoder.data.build import build
-            from dscoder.data.steps import BuildConfig
             from dscoder.data.installed import repositories
+            from dscoder.data.steps import BuildConfig
 
             train, held = repositories(cfg.corpus_mb * 1_000_000, HELD_OUT)
             build_cfg = apply_overrides(BuildConfig(), {"order.max_sample_chars": "400000"})

@@ -16,10 +16,10 @@ from pathlib import Path
 import numpy as np
 
 from dscoder import artifacts
-from dscoder.experiment import common
-from dscoder.evaluate.intervals import fmt, interval
-from dscoder.experiment.common import ExperimentConfig, verdict
 from dscoder.artifacts import run_stage
+from dscoder.evaluate.intervals import fmt, interval
+from dscoder.experiment import common
+from dscoder.experiment.common import ExperimentConfig, verdict
 
 log = logging.getLogger("dscoder")
 
@@ -43,7 +43,7 @@ def run(out: Path, cfg: ExperimentConfig, corpus: Path | None = None) -> dict:
         base = common.train(out, short, "base", seed, steps, out / "corpus", {})
         models["as_is", seed] = base
         scaled = out / "runs" / f"scaled-s{seed}"
-        run_stage(out, f"scaled-s{seed}", lambda: {"model": str(_scaled(base, scaled, long))})
+        run_stage(out, f"scaled-s{seed}", lambda base=base, scaled=scaled: {"model": str(_scaled(base, scaled, long))})
         models["scaled", seed] = scaled
         models["extended", seed] = _extended(out, cfg, base, seed, max(10, steps // 5), long)
     scores = run_stage(out, common.evaluation_stage(cfg), lambda: _evaluate(models, windows))
@@ -97,8 +97,8 @@ def _extended(out: Path, cfg: ExperimentConfig, base: Path, seed: int, steps: in
 
 def _evaluate(models: dict, windows: list[list[int]]) -> dict:
     """Per model and seed, each window's mean loss in each position bucket. (W, BUCKETS) lists"""
-    from dscoder.infer.engine import Engine
     from dscoder.evaluate import heldout as measure
+    from dscoder.infer.engine import Engine
 
     scores: dict = {}
     for (name, seed), folder in models.items():

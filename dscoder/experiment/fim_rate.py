@@ -18,10 +18,10 @@ from pathlib import Path
 import numpy as np
 
 from dscoder import artifacts
-from dscoder.experiment import common
-from dscoder.evaluate.intervals import fmt, interval
-from dscoder.experiment.common import ExperimentConfig, verdict
 from dscoder.artifacts import run_stage
+from dscoder.evaluate.intervals import fmt, interval
+from dscoder.experiment import common
+from dscoder.experiment.common import ExperimentConfig, verdict
 
 log = logging.getLogger("dscoder")
 
@@ -64,8 +64,8 @@ def _cases(files: list[str], cfg: ExperimentConfig) -> list[tuple[str, str, str]
 
 def _evaluate(models: dict, files: list[str], cases: list, cfg: ExperimentConfig) -> dict:
     """Per variant and seed, the per-item figures (lists, for the intervals)."""
-    from dscoder.infer.engine import Engine
     from dscoder.evaluate import heldout as measure
+    from dscoder.infer.engine import Engine
 
     scores: dict = {}
     for (name, seed), folder in models.items():

@@ -28,12 +28,19 @@ from pathlib import Path
 import numpy as np
 
 from dscoder import artifacts, formats
-from dscoder.errors import UserError
-from dscoder.experiment import common
 from dscoder.artifacts import run_stage
-from dscoder.evaluate.crossfile import (LINE_METRICS, NAME, complete_lines, cross_file_names, defined_names,
-                                         line_cases, line_prompt)
+from dscoder.errors import UserError
+from dscoder.evaluate.crossfile import (
+    LINE_METRICS,
+    NAME,
+    complete_lines,
+    cross_file_names,
+    defined_names,
+    line_cases,
+    line_prompt,
+)
 from dscoder.evaluate.intervals import fmt, interval
+from dscoder.experiment import common
 from dscoder.experiment.common import ExperimentConfig, verdict
 
 log = logging.getLogger("dscoder")

@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import logging
 import os
-from collections import deque
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable

@@ -26,8 +26,16 @@ from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
 from dscoder import formats
 from dscoder.infer import prompts
 from dscoder.infer.engine import Sequence
-from dscoder.infer.http_common import (APIError, adapter_for, bounded, check_prompt_ms, event_stream, insertion_stop,
-                                       new_tokens, time_limit)
+from dscoder.infer.http_common import (
+    APIError,
+    adapter_for,
+    bounded,
+    check_prompt_ms,
+    event_stream,
+    insertion_stop,
+    new_tokens,
+    time_limit,
+)
 from dscoder.infer.sampling import SamplingParams
 
 INFILL_TOKENS = 64  # an editor's default: a line or a block, not a file

@@ -41,8 +41,17 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from dscoder.errors import UserError
 from dscoder.infer import prompts
 from dscoder.infer.engine import Sequence, is_instruct
-from dscoder.infer.http_common import (APIError, adapter_for, bounded, check_prompt_ms, context_error, event_stream,
-                                       insertion_stop, new_tokens, time_limit)
+from dscoder.infer.http_common import (
+    APIError,
+    adapter_for,
+    bounded,
+    check_prompt_ms,
+    context_error,
+    event_stream,
+    insertion_stop,
+    new_tokens,
+    time_limit,
+)
 from dscoder.infer.sampling import SamplingParams
 
 log = logging.getLogger("dscoder")

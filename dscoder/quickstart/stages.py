@@ -29,7 +29,7 @@ from typing import Annotated
 from dscoder import artifacts
 from dscoder.artifacts import run_stage
 from dscoder.config import AT_LEAST_ONE, Range, Seed
-from dscoder.data.installed import HELD_OUT, repositories
+from dscoder.data.installed import repositories
 from dscoder.errors import UserError
 from dscoder.train.plan import speed_probe, train_overrides
 
@@ -195,8 +195,8 @@ def _train_all(out: Path, cfg: QuickstartConfig, seconds: dict) -> dict[str, Pat
 
 def _evaluate(out: Path, cfg: QuickstartConfig, models: dict[str, Path], heldout_files: list[str],
               quantize: int | None = None) -> dict:
-    from dscoder.infer.engine import Engine
     from dscoder.evaluate import heldout as measure
+    from dscoder.infer.engine import Engine
     from dscoder.quickstart import report
 
     cases = measure.fim_cases(heldout_files, cfg.fim_lines, cfg.seed, prefix_chars=cfg.fim_max_chars // 2,

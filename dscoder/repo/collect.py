@@ -159,7 +159,7 @@ def read_folder(root: Path, cfg: CollectConfig, skips: Counter) -> list[SourceFi
     for path in walk(root, skips, cfg.skip_vendored):
         rel = path.relative_to(root).as_posix()
         try:
-            language = admit(rel, path.stat().st_size, lambda: _first_line(path), cfg, skips)
+            language = admit(rel, path.stat().st_size, lambda path=path: _first_line(path), cfg, skips)
         except OSError:
             skips["unreadable"] += 1
             continue
@@ -199,7 +199,7 @@ def read_git(root: Path, cfg: CollectConfig, skips: Counter) -> list[SourceFile]
     files = []
     for sha, path, size in blobs:
         data = contents[sha]
-        language = admit(path, size, lambda: _line(data), cfg, skips)
+        language = admit(path, size, lambda data=data: _line(data), cfg, skips)
         if language is None:
             continue
         text = decode(data, skips)

@@ -31,9 +31,9 @@ from dataclasses import dataclass
 from typing import Annotated
 
 from dscoder.config import AT_LEAST_ONE, Seed
+from dscoder.repo.imports import BUILD_FILE_LANGUAGES, DEPENDENCY_LANGUAGES, CodeFile, Graph, dependencies
 from dscoder.repo.parsing import parse
 from dscoder.repo.unionfind import UnionFind
-from dscoder.repo.imports import BUILD_FILE_LANGUAGES, DEPENDENCY_LANGUAGES, CodeFile, Graph, dependencies
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,6 @@ RUN/final/   adapter_config.json adapter_model.safetensors tokenizer files dscod
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -104,7 +103,7 @@ def wrap(hf_model, cfg: LoraConfig, precision: str, base_folder: Path):
                                target_modules=modules(cfg), bias="none", task_type="CAUSAL_LM",
                                base_model_name_or_path=str(Path(base_folder).resolve()))
     model = peft.get_peft_model(hf_model, peft_cfg)
-    for name, param in model.named_parameters():
+    for param in model.parameters():
         if param.requires_grad:
             param.data = param.data.float()  # the adapters and their optimizer state stay float32
     if held in ("int8", "int4"):
@@ -179,9 +178,8 @@ def merge(base: Path, adapter: Path, out: Path, force: bool = False) -> Path:
     import torch
     from peft import PeftModel
 
-    from dscoder import adapters, artifacts
+    from dscoder import adapters, artifacts, quantize
     from dscoder import model as model_lib
-    from dscoder import quantize
     from dscoder import tokenizer as tokenizer_lib
     from dscoder.train import checkpoint
 

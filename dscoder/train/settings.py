@@ -12,10 +12,10 @@ from typing import Annotated, Literal
 from dscoder import config as config_lib
 from dscoder.config import AT_LEAST_ONE, NON_NEGATIVE, Range, Seed
 from dscoder.errors import UserError
+from dscoder.train import lora
 from dscoder.train.dataset import DataConfig
 from dscoder.train.distributed import ParallelConfig
 from dscoder.train.fim import FIMConfig
-from dscoder.train import lora
 from dscoder.train.lora import LoraConfig
 from dscoder.train.schedule import OptimConfig
 
