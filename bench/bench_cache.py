@@ -42,7 +42,7 @@ def vocabulary(texts: list[str], deepseek: bool, folder: Path):
 
 def run(label: str, texts: list[str], encode, megabytes: float, batch: int = 256):
     start = time.perf_counter()
-    out = [item for i in range(0, len(texts), batch) for item in encode(texts[i:i + batch])]
+    out = [item for i in range(0, len(texts), batch) for item in encode(texts[i : i + batch])]
     seconds = time.perf_counter() - start
     print(f"  {label:52s} {megabytes / seconds:6.2f} MB/s  ({seconds:.1f} s)")
     return out, seconds
@@ -61,8 +61,10 @@ def main() -> None:
     megabytes = total / 1e6
     with tempfile.TemporaryDirectory() as tmp:
         tok = vocabulary(texts, args.deepseek, Path(tmp))
-    print(f"{len(texts)} files, {megabytes:.1f} MB, windows of {args.seq_len} tokens, "
-          f"{'released' if args.deepseek else 'trained 8,000-token'} vocabulary")
+    print(
+        f"{len(texts)} files, {megabytes:.1f} MB, windows of {args.seq_len} tokens, "
+        f"{'released' if args.deepseek else 'trained 8,000-token'} vocabulary"
+    )
     fim = FIMConfig(rate=0.5, split=args.split, max_chars=1000, fit_windows=True)
 
     def encoder(cfg: FIMConfig):
@@ -75,8 +77,12 @@ def main() -> None:
         again, plain = run("fitted, each piece tokenized again", texts, encoder(fim), megabytes)
     finally:
         dataset._Tokens._at = cut_inside
-    _, end_to_end = run("laid end to end, batched (no fitting)", texts,
-                        encoder(FIMConfig(rate=0.5, split=args.split, max_chars=1000)), megabytes)
+    _, end_to_end = run(
+        "laid end to end, batched (no fitting)",
+        texts,
+        encoder(FIMConfig(rate=0.5, split=args.split, max_chars=1000)),
+        megabytes,
+    )
     print(f"identical tokens: {cut == again}")
     print(f"dscoder vs each piece again: {plain / ours:.2f}x; time vs laid end to end: {ours / end_to_end:.2f}x")
 

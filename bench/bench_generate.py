@@ -41,7 +41,13 @@ from dscoder.infer.engine import Engine, Sequence
 from dscoder.infer.sampling import SamplingParams
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "reference" / "deepseek-coder-vocab" / "ggml-vocab-deepseek-coder.gguf"
+SHARED = (
+    Path(__file__).resolve().parents[2]
+    / "shared"
+    / "reference"
+    / "deepseek-coder-vocab"
+    / "ggml-vocab-deepseek-coder.gguf"
+)
 
 
 def bandwidth_gb_s() -> float:
@@ -94,8 +100,14 @@ def time_transformers(model, ids: list[int], new_tokens: int) -> tuple[float, fl
 
     inputs = torch.tensor([ids], device=DEVICE)
     start = time.perf_counter()
-    out = model.generate(inputs, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
-                         streamer=Clock(None), pad_token_id=0)
+    out = model.generate(
+        inputs,
+        max_new_tokens=new_tokens,
+        min_new_tokens=new_tokens,
+        do_sample=False,
+        streamer=Clock(None),
+        pad_token_id=0,
+    )
     _sync()
     end = time.perf_counter()
     first = marks[1] if len(marks) > 1 else end  # marks[0] is the prompt itself
@@ -114,13 +126,17 @@ def compare(name: str, model, tok, prompt_tokens: int, new_tokens: int, repeats:
     t_ttft, t_tps = np.median([t for t, _ in theirs]), np.median([s for _, s in theirs])
     weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     bound = bandwidth_gb_s() * 1e9 / weight_bytes
-    print(f"\n{name}: {sum(p.numel() for p in model.parameters()) / 1e6:,.0f}M parameters, "
-          f"{next(model.parameters()).dtype} on {DEVICE}, prompt {prompt_tokens} tokens, {new_tokens} greedy tokens")
+    print(
+        f"\n{name}: {sum(p.numel() for p in model.parameters()) / 1e6:,.0f}M parameters, "
+        f"{next(model.parameters()).dtype} on {DEVICE}, prompt {prompt_tokens} tokens, {new_tokens} greedy tokens"
+    )
     print(f"  transformers.generate  first token {t_ttft * 1000:8.1f} ms   decode {t_tps:8.1f} tok/s")
     print(f"  dscoder engine         first token {o_ttft * 1000:8.1f} ms   decode {o_tps:8.1f} tok/s")
     print(f"  ratio (dscoder / transformers): first token {t_ttft / o_ttft:.2f}x faster, decode {o_tps / t_tps:.2f}x")
-    print(f"  memory-bandwidth bound: {bound:,.1f} tok/s ({weight_bytes / 1e9:.2f} GB of weights per token); "
-          f"dscoder reaches {100 * o_tps / bound:.0f}%")
+    print(
+        f"  memory-bandwidth bound: {bound:,.1f} tok/s ({weight_bytes / 1e9:.2f} GB of weights per token); "
+        f"dscoder reaches {100 * o_tps / bound:.0f}%"
+    )
 
 
 def server_throughput(model, tok, clients: int, new_tokens: int) -> None:
@@ -159,13 +175,22 @@ def server_throughput(model, tok, clients: int, new_tokens: int) -> None:
     server.should_exit = True
     print(f"\nserver, tiny model, {clients} requests of {new_tokens} tokens:")
     print(f"  sequential  {sequential / seq_time:8.1f} tok/s ({seq_time:.2f}s)")
-    print(f"  concurrent  {concurrent / con_time:8.1f} tok/s ({con_time:.2f}s)   ratio {seq_time / con_time * concurrent / sequential:.2f}x")
+    print(
+        f"  concurrent  {concurrent / con_time:8.1f} tok/s ({con_time:.2f}s)   ratio {seq_time / con_time * concurrent / sequential:.2f}x"
+    )
 
 
 # --- --quantized: every engine in its own process --------------------------------------------------
 
-RUNS = [("transformers", "bf16"), ("dscoder", "bf16"), ("dscoder", "int8"), ("dscoder", "int4"),
-        ("llama.cpp", "f16"), ("llama.cpp", "q8_0"), ("llama.cpp", "q4_0")]
+RUNS = [
+    ("transformers", "bf16"),
+    ("dscoder", "bf16"),
+    ("dscoder", "int8"),
+    ("dscoder", "int4"),
+    ("llama.cpp", "f16"),
+    ("llama.cpp", "q8_0"),
+    ("llama.cpp", "q4_0"),
+]
 
 
 def prompt_ids(tok, prompt_tokens: int) -> list[int]:
@@ -194,8 +219,13 @@ def one_run(engine: str, kind: str, path: Path, prompt_tokens: int, new_tokens: 
 
         from llama_cpp import Llama
 
-        llm = Llama(model_path=str(path), n_ctx=prompt_tokens + new_tokens + 16, n_batch=prompt_tokens,
-                    n_threads=os.cpu_count(), verbose=False)
+        llm = Llama(
+            model_path=str(path),
+            n_ctx=prompt_tokens + new_tokens + 16,
+            n_batch=prompt_tokens,
+            n_threads=os.cpu_count(),
+            verbose=False,
+        )
         tok = tokenizer_lib.load(path.parent / "bf16")
 
         def timed(n):
@@ -212,12 +242,16 @@ def one_run(engine: str, kind: str, path: Path, prompt_tokens: int, new_tokens: 
 
         def timed(n):
             return time_ours(ours, prompt_ids(tok, prompt_tokens), n)
+
     loaded = time.perf_counter() - start
     timed(4)  # warm-up
     runs = [timed(new_tokens) for _ in range(repeats)]
-    return {"load_s": loaded, "ttft_s": float(np.median([t for t, _ in runs])),
-            "tok_s": float(np.median([r for _, r in runs])),
-            "peak_rss_gb": peak_rss_gb()}
+    return {
+        "load_s": loaded,
+        "ttft_s": float(np.median([t for t, _ in runs])),
+        "tok_s": float(np.median([r for _, r in runs])),
+        "peak_rss_gb": peak_rss_gb(),
+    }
 
 
 def peak_rss_gb() -> float:
@@ -254,13 +288,15 @@ def prepare_quantized(work: Path, preset: str, tok_dir: Path) -> dict[tuple[str,
 def quantized_report(args, tok_dir: Path, work: Path) -> None:
     try:
         import llama_cpp  # noqa: F401
+
         have_llama = True
     except ImportError:
         have_llama = False
         print("llama.cpp: skipped (pip install llama-cpp-python compiles it)")
     if (work / "q4_0.gguf").is_file():  # prepared by an earlier run with this --work
-        paths = {(e, k): work / ("bf16" if e == "transformers" else k if e == "dscoder" else f"{k}.gguf")
-                 for e, k in RUNS}
+        paths = {
+            (e, k): work / ("bf16" if e == "transformers" else k if e == "dscoder" else f"{k}.gguf") for e, k in RUNS
+        }
     else:
         print(f"preparing {args.preset}: bf16 folder, int8 and int4 folders, GGUF f16 / q8_0 / q4_0 ...", flush=True)
         paths = prepare_quantized(work, args.preset, tok_dir)
@@ -278,30 +314,51 @@ def report_length(args, paths: dict, length: int, have_llama: bool) -> None:
     for engine, kind in RUNS:
         if engine == "llama.cpp" and not have_llama or args.only and kind not in args.only:
             continue
-        command = [sys.executable, __file__, "--one", engine, kind, str(paths[engine, kind]),
-                   "--prompt-tokens", str(length), "--new-tokens", str(args.new_tokens),
-                   "--repeats", str(args.repeats)]
+        command = [
+            sys.executable,
+            __file__,
+            "--one",
+            engine,
+            kind,
+            str(paths[engine, kind]),
+            "--prompt-tokens",
+            str(length),
+            "--new-tokens",
+            str(args.new_tokens),
+            "--repeats",
+            str(args.repeats),
+        ]
         done = subprocess.run(command, capture_output=True, text=True)
         if done.returncode != 0:
             print(f"{engine} {kind}: failed\n{done.stderr[-2000:]}")
             continue
         results[engine, kind] = json.loads(done.stdout.strip().splitlines()[-1])
         r = results[engine, kind]
-        print(f"  {engine:12s} {kind:5s}  first token {1000 * r['ttft_s']:8.1f} ms  decode {r['tok_s']:6.2f} tok/s  "
-              f"peak {r['peak_rss_gb']:5.2f} GB  (load {r['load_s']:.1f} s)", flush=True)
+        print(
+            f"  {engine:12s} {kind:5s}  first token {1000 * r['ttft_s']:8.1f} ms  decode {r['tok_s']:6.2f} tok/s  "
+            f"peak {r['peak_rss_gb']:5.2f} GB  (load {r['load_s']:.1f} s)",
+            flush=True,
+        )
     base = results.get(("transformers", "bf16"))
-    print(f"\n{args.preset}, random weights, prompt {length} tokens, {args.new_tokens} greedy tokens, "
-          f"{torch.get_num_threads()} threads")
+    print(
+        f"\n{args.preset}, random weights, prompt {length} tokens, {args.new_tokens} greedy tokens, "
+        f"{torch.get_num_threads()} threads"
+    )
     for key, r in results.items():
         ratio = f"decode {r['tok_s'] / base['tok_s']:.2f}x transformers bf16" if base else ""
         print(f"  {key[0]:12s} {key[1]:5s}  {ratio}")
-    pairs = [(("dscoder", "int8"), ("llama.cpp", "q8_0")), (("dscoder", "int4"), ("llama.cpp", "q4_0")),
-             (("dscoder", "bf16"), ("llama.cpp", "f16"))]
+    pairs = [
+        (("dscoder", "int8"), ("llama.cpp", "q8_0")),
+        (("dscoder", "int4"), ("llama.cpp", "q4_0")),
+        (("dscoder", "bf16"), ("llama.cpp", "f16")),
+    ]
     for ours, theirs in pairs:
         if ours in results and theirs in results:
             a, b = results[ours], results[theirs]
-            print(f"  dscoder {ours[1]} / llama.cpp {theirs[1]}: decode {a['tok_s'] / b['tok_s']:.2f}x, "
-                  f"first token {a['ttft_s'] / b['ttft_s']:.2f}x the time, peak memory {a['peak_rss_gb'] / b['peak_rss_gb']:.2f}x")
+            print(
+                f"  dscoder {ours[1]} / llama.cpp {theirs[1]}: decode {a['tok_s'] / b['tok_s']:.2f}x, "
+                f"first token {a['ttft_s'] / b['ttft_s']:.2f}x the time, peak memory {a['peak_rss_gb'] / b['peak_rss_gb']:.2f}x"
+            )
 
 
 def lengths(text: str) -> list[int]:
@@ -323,8 +380,9 @@ def main() -> None:
     parser.add_argument("--skip-1.3b", dest="skip_big", action="store_true", help="only the tiny preset")
     parser.add_argument("--quantized", action="store_true", help="int8/int4 and llama.cpp on the CPU (see above)")
     parser.add_argument("--preset", default="deepseek-coder-1.3b", help="model size for --quantized")
-    parser.add_argument("--lengths", type=lengths, default=[128, 2000],
-                        help="prompt lengths for --quantized (comma-separated)")
+    parser.add_argument(
+        "--lengths", type=lengths, default=[128, 2000], help="prompt lengths for --quantized (comma-separated)"
+    )
     parser.add_argument("--only", default="", help="kinds to run for --quantized (comma-separated: bf16,int8,q8_0...)")
     parser.add_argument("--work", help="keep the prepared folders here and reuse them (--quantized)")
     parser.add_argument("--one", nargs=3, metavar=("ENGINE", "KIND", "PATH"), help=argparse.SUPPRESS)
@@ -356,8 +414,12 @@ def main() -> None:
 
             tok_dir = Path(work) / "tok"
             tok_dir.mkdir()
-            tokenizer_lib.save(tokenizer_lib.train(read_texts(installed_python_roots()[:1], Counter(), 4_000_000),
-                                                   8000, show_progress=False), tok_dir)
+            tokenizer_lib.save(
+                tokenizer_lib.train(
+                    read_texts(installed_python_roots()[:1], Counter(), 4_000_000), 8000, show_progress=False
+                ),
+                tok_dir,
+            )
         if args.quantized:
             quantized_report(args, tok_dir, Path(work))
             return

@@ -41,8 +41,9 @@ def scores(engine: Engine, wins: list[list[int]]) -> list[torch.Tensor]:
 def summary(logits: list[torch.Tensor], wins: list[list[int]], reference: torch.Tensor) -> tuple[float, float]:
     """(top-1 agreement with the reference choices, perplexity of the windows' next tokens)."""
     top = torch.cat([s.argmax(-1) for s in logits])
-    nll = torch.cat([torch.nn.functional.cross_entropy(s, torch.tensor(w[1:]), reduction="none")
-                     for s, w in zip(logits, wins)])
+    nll = torch.cat(
+        [torch.nn.functional.cross_entropy(s, torch.tensor(w[1:]), reduction="none") for s, w in zip(logits, wins)]
+    )
     return float((top == reference).float().mean()), float(nll.mean().exp())
 
 
@@ -69,11 +70,14 @@ def main() -> None:
             for w in wins:
                 llm.reset()
                 llm.eval(w)
-                theirs.append(torch.from_numpy(np.array(llm.scores[:len(w) - 1])).float())
+                theirs.append(torch.from_numpy(np.array(llm.scores[: len(w) - 1])).float())
         their_agree, their_ppl = summary(theirs, wins, reference)
-        print(f"{folder}: {len(reference)} positions; picks the dense model's token: dscoder int8 {ours_agree:.4f}, "
-              f"llama.cpp q8_0 {their_agree:.4f}; perplexity / dense: {ours_ppl / dense_ppl - 1:+.3%}, "
-              f"{their_ppl / dense_ppl - 1:+.3%}", flush=True)
+        print(
+            f"{folder}: {len(reference)} positions; picks the dense model's token: dscoder int8 {ours_agree:.4f}, "
+            f"llama.cpp q8_0 {their_agree:.4f}; perplexity / dense: {ours_ppl / dense_ppl - 1:+.3%}, "
+            f"{their_ppl / dense_ppl - 1:+.3%}",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -38,7 +38,9 @@ def best_of(repeats: int, run) -> float:
 def report(name: str, ours: float, theirs: dict[str, float], nbytes: int) -> None:
     print(f"{name}: dscoder {1000 * ours:.1f} ms ({nbytes / ours / 1e9:.1f} GB/s)")
     for peer, seconds in theirs.items():
-        print(f"  {peer}: {1000 * seconds:.1f} ms ({nbytes / seconds / 1e9:.1f} GB/s); dscoder is {seconds / ours:.2f}x as fast")
+        print(
+            f"  {peer}: {1000 * seconds:.1f} ms ({nbytes / seconds / 1e9:.1f} GB/s); dscoder is {seconds / ours:.2f}x as fast"
+        )
 
 
 def main() -> None:
@@ -72,9 +74,12 @@ def main() -> None:
         for q, _, _, s16 in layers:
             torch.ops.aten._weight_int8pack_mm(inputs[q.shape[1]], q, s16)
 
-    report("int8 weights, one decode step", best_of(args.repeats, ours),
-           {"torch._int_mm": best_of(args.repeats, int_mm), "torch _weight_int8pack_mm": best_of(args.repeats, int8pack)},
-           nbytes)
+    report(
+        "int8 weights, one decode step",
+        best_of(args.repeats, ours),
+        {"torch._int_mm": best_of(args.repeats, int_mm), "torch _weight_int8pack_mm": best_of(args.repeats, int8pack)},
+        nbytes,
+    )
     layers.clear()  # free the weights before the next measure
 
     packed = []
@@ -82,23 +87,39 @@ def main() -> None:
         for out, inner in SHAPES:
             qweight, scales = quantize.quantize_weight(torch.randn(out, inner, generator=generator), 4, 32)
             packed.append((qweight, scales, quantize._layout(qweight, scales, 4, 32, torch.bfloat16)))
-    report("int4 weights (groups of 32), one decode step",
-           best_of(args.repeats, lambda: [kernels.int4_matvec(inputs[q.shape[1] * 2], q, s, 32) for q, s, _ in packed]),
-           {"torch _weight_int4pack_mm_for_cpu": best_of(args.repeats, lambda: [
-               torch.ops.aten._weight_int4pack_mm_for_cpu(inputs[q.shape[1] * 2], *layout) for q, _, layout in packed])},
-           sum(q.numel() for q, *_ in packed))
+    report(
+        "int4 weights (groups of 32), one decode step",
+        best_of(args.repeats, lambda: [kernels.int4_matvec(inputs[q.shape[1] * 2], q, s, 32) for q, s, _ in packed]),
+        {
+            "torch _weight_int4pack_mm_for_cpu": best_of(
+                args.repeats,
+                lambda: [
+                    torch.ops.aten._weight_int4pack_mm_for_cpu(inputs[q.shape[1] * 2], *layout)
+                    for q, _, layout in packed
+                ],
+            )
+        },
+        sum(q.numel() for q, *_ in packed),
+    )
     packed.clear()
 
     dense = [torch.randn(out, inner, generator=generator).bfloat16() for _ in range(LAYERS) for out, inner in SHAPES]
-    report("bfloat16 weights, one decode step",
-           best_of(args.repeats, lambda: [kernels.bf16_matvec(inputs[w.shape[1]], w) for w in dense]),
-           {"F.linear": best_of(args.repeats, lambda: [F.linear(inputs[w.shape[1]], w) for w in dense])},
-           sum(2 * w.numel() for w in dense))
+    report(
+        "bfloat16 weights, one decode step",
+        best_of(args.repeats, lambda: [kernels.bf16_matvec(inputs[w.shape[1]], w) for w in dense]),
+        {"F.linear": best_of(args.repeats, lambda: [F.linear(inputs[w.shape[1]], w) for w in dense])},
+        sum(2 * w.numel() for w in dense),
+    )
     dense.clear()
 
     heads, dim, capacity = 16, 128, args.context + 64
-    caches = [(torch.randn(heads, capacity, dim, generator=generator).bfloat16(),
-               torch.randn(heads, capacity, dim, generator=generator).bfloat16()) for _ in range(LAYERS)]
+    caches = [
+        (
+            torch.randn(heads, capacity, dim, generator=generator).bfloat16(),
+            torch.randn(heads, capacity, dim, generator=generator).bfloat16(),
+        )
+        for _ in range(LAYERS)
+    ]
     q = torch.randn(heads, dim, generator=generator)
     q16 = q.bfloat16()[None, :, None]
 
@@ -108,11 +129,14 @@ def main() -> None:
 
     def attend_torch():
         for k, v in caches:
-            F.scaled_dot_product_attention(q16, k[None, :, :args.context], v[None, :, :args.context])
+            F.scaled_dot_product_attention(q16, k[None, :, : args.context], v[None, :, : args.context])
 
-    report(f"attention of one token over {args.context} cached tokens, {LAYERS} layers", best_of(args.repeats, attend_ours),
-           {"scaled_dot_product_attention": best_of(args.repeats, attend_torch)},
-           LAYERS * 2 * heads * args.context * dim * 2)
+    report(
+        f"attention of one token over {args.context} cached tokens, {LAYERS} layers",
+        best_of(args.repeats, attend_ours),
+        {"scaled_dot_product_attention": best_of(args.repeats, attend_torch)},
+        LAYERS * 2 * heads * args.context * dim * 2,
+    )
 
 
 if __name__ == "__main__":

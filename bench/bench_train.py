@@ -47,7 +47,10 @@ def prepare(folder: Path, seq_len: int) -> tuple[Path, Path]:
         backend = tok.backend_tokenizer
 
         def encode(batch):
-            return [([tok.bos_token_id, *e.ids, tok.eos_token_id], None) for e in backend.encode_batch(batch, add_special_tokens=False)]
+            return [
+                ([tok.bos_token_id, *e.ids, tok.eos_token_id], None)
+                for e in backend.encode_batch(batch, add_special_tokens=False)
+            ]
 
         build_cache(cache, {"source": "stdlib"}, texts, encode, 256, len(tok))
     return tok_dir, cache
@@ -71,10 +74,16 @@ def run_variant(args) -> dict:
     lr = 3e-4
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.variant == "plain-bf16")
     if args.variant == "dscoder":
-        loop = LoopConfig(max_steps=args.steps + args.warmup, batch_size=args.batch_size, precision="bf16",
-                          compile=args.compile, device=device.type)
-        trainer = Trainer(folder / "run", hf_model, folder / "tokenizer", mixture, loop, OptimConfig(lr=lr),
-                          ParallelConfig(), lr)
+        loop = LoopConfig(
+            max_steps=args.steps + args.warmup,
+            batch_size=args.batch_size,
+            precision="bf16",
+            compile=args.compile,
+            device=device.type,
+        )
+        trainer = Trainer(
+            folder / "run", hf_model, folder / "tokenizer", mixture, loop, OptimConfig(lr=lr), ParallelConfig(), lr
+        )
         step = trainer.train_step
     else:
         model = hf_model.to(device).train()
@@ -101,11 +110,19 @@ def run_variant(args) -> dict:
     if device.type == "cuda":
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start
-    peak = torch.cuda.max_memory_allocated() if device.type == "cuda" else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    peak = (
+        torch.cuda.max_memory_allocated()
+        if device.type == "cuda"
+        else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    )
     c, parameters = hf_model.config, sum(p.numel() for p in hf_model.parameters())
-    return {"tokens_per_s": args.steps * args.batch_size * args.seq_len / seconds, "peak_bytes": peak,
-            "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu", "parameters": parameters,
-            "flops_per_token": 6 * parameters + 12 * c.num_hidden_layers * c.hidden_size * args.seq_len}
+    return {
+        "tokens_per_s": args.steps * args.batch_size * args.seq_len / seconds,
+        "peak_bytes": peak,
+        "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
+        "parameters": parameters,
+        "flops_per_token": 6 * parameters + 12 * c.num_hidden_layers * c.hidden_size * args.seq_len,
+    }
 
 
 def main() -> None:
@@ -131,30 +148,55 @@ def main() -> None:
         else:
             variants.append(("dscoder, glibc malloc defaults", "dscoder", {allocator.DISABLE_ENV: "0"}))
         for name, variant, env in variants:
-            command = [sys.executable, __file__, "--variant", variant, "--work", work, "--preset", args.preset,
-                       "--seq-len", str(args.seq_len), "--batch-size", str(args.batch_size),
-                       "--steps", str(args.steps), "--warmup", str(args.warmup)] + (["--compile"] if args.compile else [])
+            command = [
+                sys.executable,
+                __file__,
+                "--variant",
+                variant,
+                "--work",
+                work,
+                "--preset",
+                args.preset,
+                "--seq-len",
+                str(args.seq_len),
+                "--batch-size",
+                str(args.batch_size),
+                "--steps",
+                str(args.steps),
+                "--warmup",
+                str(args.warmup),
+            ] + (["--compile"] if args.compile else [])
             done = subprocess.run(command, capture_output=True, text=True, env=os.environ | env)
             if done.returncode != 0:
                 sys.exit(f"variant {name!r} failed:\n{done.stderr[-3000:]}")
             results[name] = json.loads(done.stdout.strip().splitlines()[-1])
     plain, ours = results["plain"], results["dscoder"]
-    print(f"preset {args.preset} ({ours['parameters'] / 1e6:.1f}M parameters), seq_len {args.seq_len}, "
-          f"batch {args.batch_size}, {args.steps} timed steps on {ours['device']}")
+    print(
+        f"preset {args.preset} ({ours['parameters'] / 1e6:.1f}M parameters), seq_len {args.seq_len}, "
+        f"batch {args.batch_size}, {args.steps} timed steps on {ours['device']}"
+    )
     for name, r in results.items():
         print(f"  {name:31s} {r['tokens_per_s']:10,.0f} tokens/s   peak memory {r['peak_bytes'] / 2**20:8,.0f} MiB")
-    print(f"  speed ratio dscoder / plain: {ours['tokens_per_s'] / plain['tokens_per_s']:.2f}x; "
-          f"memory ratio: {ours['peak_bytes'] / plain['peak_bytes']:.2f}x")
+    print(
+        f"  speed ratio dscoder / plain: {ours['tokens_per_s'] / plain['tokens_per_s']:.2f}x; "
+        f"memory ratio: {ours['peak_bytes'] / plain['peak_bytes']:.2f}x"
+    )
     if torch.cuda.is_available():
-        print(f"  dscoder model FLOPs utilisation: {100 * ours['tokens_per_s'] * ours['flops_per_token'] / PEAK_BF16:.0f}% "
-              f"of {PEAK_BF16 / 1e12:.0f} TFLOP/s (dense bf16, H100/H200 datasheet)")
+        print(
+            f"  dscoder model FLOPs utilisation: {100 * ours['tokens_per_s'] * ours['flops_per_token'] / PEAK_BF16:.0f}% "
+            f"of {PEAK_BF16 / 1e12:.0f} TFLOP/s (dense bf16, H100/H200 datasheet)"
+        )
     if "plain, bf16 autocast" in results:
         peer = results["plain, bf16 autocast"]
-        print(f"  speed ratio dscoder / plain bf16 autocast: {ours['tokens_per_s'] / peer['tokens_per_s']:.2f}x; "
-              f"memory ratio: {ours['peak_bytes'] / peer['peak_bytes']:.2f}x")
+        print(
+            f"  speed ratio dscoder / plain bf16 autocast: {ours['tokens_per_s'] / peer['tokens_per_s']:.2f}x; "
+            f"memory ratio: {ours['peak_bytes'] / peer['peak_bytes']:.2f}x"
+        )
     if "dscoder, glibc malloc defaults" in results:
         kept = results["dscoder, glibc malloc defaults"]
-        print(f"  speed ratio of keeping freed memory (dscoder.allocator): {ours['tokens_per_s'] / kept['tokens_per_s']:.2f}x")
+        print(
+            f"  speed ratio of keeping freed memory (dscoder.allocator): {ours['tokens_per_s'] / kept['tokens_per_s']:.2f}x"
+        )
 
 
 if __name__ == "__main__":

@@ -30,8 +30,13 @@ from pathlib import Path
 
 import httpx
 
-PROMPTS = ["def add(a, b):\n", "import os\n\n\ndef list_files(path):\n", "class Stack:\n    def __init__(self):\n",
-           "# read a JSON file\nimport json\n\n", "def fibonacci(n):\n    \"\"\"The n-th Fibonacci number.\"\"\"\n"]
+PROMPTS = [
+    "def add(a, b):\n",
+    "import os\n\n\ndef list_files(path):\n",
+    "class Stack:\n    def __init__(self):\n",
+    "# read a JSON file\nimport json\n\n",
+    'def fibonacci(n):\n    """The n-th Fibonacci number."""\n',
+]
 
 
 def tiny_model(work: Path) -> Path:
@@ -56,8 +61,23 @@ def start_server(model: Path, max_batch: int) -> tuple[subprocess.Popen, str]:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    process = subprocess.Popen([sys.executable, "-m", "dscoder", "-q", "serve", "--model", str(model), "--port",
-                                str(port), "--max-batch", str(max_batch), "--max-tokens", "256"])
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "dscoder",
+            "-q",
+            "serve",
+            "--model",
+            str(model),
+            "--port",
+            str(port),
+            "--max-batch",
+            str(max_batch),
+            "--max-tokens",
+            "256",
+        ]
+    )
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 120
     while time.time() < deadline:
@@ -87,22 +107,39 @@ def make_requests(count: int, seed: int) -> list[dict]:
         if kind == "completion":
             body = ("/v1/completions", {"prompt": prompt, "max_tokens": tokens, "temperature": 0})
         elif kind == "fim":
-            body = ("/v1/completions", {"prompt": prompt, "suffix": "\n    return result\n", "max_tokens": tokens,
-                                        "temperature": 0})
+            body = (
+                "/v1/completions",
+                {"prompt": prompt, "suffix": "\n    return result\n", "max_tokens": tokens, "temperature": 0},
+            )
         elif kind in ("chat", "stream_chat"):
-            body = ("/v1/chat/completions", {"messages": [{"role": "user", "content": f"Complete: {prompt}"}],
-                                             "max_tokens": tokens, "temperature": 0, "stream": kind == "stream_chat"})
+            body = (
+                "/v1/chat/completions",
+                {
+                    "messages": [{"role": "user", "content": f"Complete: {prompt}"}],
+                    "max_tokens": tokens,
+                    "temperature": 0,
+                    "stream": kind == "stream_chat",
+                },
+            )
         elif kind in ("stream", "leave"):
-            body = ("/v1/completions", {"prompt": prompt, "max_tokens": 200 if kind == "leave" else tokens,
-                                        "temperature": 0, "stream": True})
+            body = (
+                "/v1/completions",
+                {"prompt": prompt, "max_tokens": 200 if kind == "leave" else tokens, "temperature": 0, "stream": True},
+            )
         elif kind == "n2":
             body = ("/v1/completions", {"prompt": prompt, "max_tokens": tokens, "temperature": 0.8, "n": 2, "seed": i})
         elif kind == "stop":
             body = ("/v1/completions", {"prompt": prompt, "max_tokens": tokens, "temperature": 0, "stop": ["\n\n"]})
         else:
             body = ("/infill", {"input_prefix": prompt, "input_suffix": "\n", "n_predict": tokens, "temperature": 0})
-        requests.append({"kind": kind, "path": body[0], "body": body[1],
-                         "greedy": body[1].get("temperature") == 0 and kind != "leave"})
+        requests.append(
+            {
+                "kind": kind,
+                "path": body[0],
+                "body": body[1],
+                "greedy": body[1].get("temperature") == 0 and kind != "leave",
+            }
+        )
     return requests
 
 
@@ -193,19 +230,27 @@ def main() -> None:
             wall = time.perf_counter() - start
         rss_end = rss_mb(process.pid)
         errors = [(r["kind"], e) for r, (_, _, e) in zip(requests, results) if e]
-        greedy = [(r, text) for r, (text, _, e) in zip(requests, results) if r["greedy"] and not e][:args.greedy_checks]
+        greedy = [(r, text) for r, (text, _, e) in zip(requests, results) if r["greedy"] and not e][
+            : args.greedy_checks
+        ]
         same = sum(send(client, url, r)[0] == text for r, text in greedy)  # one at a time now
         latencies = sorted(seconds for _, seconds, _ in results)
         stop_seconds = sigterm_time(url, process)
     kinds = Counter(r["kind"] for r in requests)
-    print(f"{len(requests)} requests from {args.clients} clients in {wall:.1f} s after {warm} to warm up "
-          f"({', '.join(f'{k} {v}' for k, v in sorted(kinds.items()))})")
+    print(
+        f"{len(requests)} requests from {args.clients} clients in {wall:.1f} s after {warm} to warm up "
+        f"({', '.join(f'{k} {v}' for k, v in sorted(kinds.items()))})"
+    )
     print(f"  errors                 {len(errors)}" + (f"  e.g. {errors[0]}" if errors else "") + "  (goal 0)")
     print(f"  greedy as sent alone   {same}/{len(greedy)} = {100 * same / max(len(greedy), 1):.1f}%  (goal 100%)")
-    print(f"  latency                p50 {1000 * latencies[len(latencies) // 2]:.0f} ms, "
-          f"p95 {1000 * latencies[int(len(latencies) * 0.95)]:.0f} ms")
-    print(f"  server memory          {rss_warm:.0f} MB after warm-up, {rss_end:.0f} MB at the end: "
-          f"{100 * (rss_end - rss_warm) / rss_warm:+.1f}%  (goal under +5%)")
+    print(
+        f"  latency                p50 {1000 * latencies[len(latencies) // 2]:.0f} ms, "
+        f"p95 {1000 * latencies[int(len(latencies) * 0.95)]:.0f} ms"
+    )
+    print(
+        f"  server memory          {rss_warm:.0f} MB after warm-up, {rss_end:.0f} MB at the end: "
+        f"{100 * (rss_end - rss_warm) / rss_warm:+.1f}%  (goal under +5%)"
+    )
     print(f"  stop after SIGTERM     {stop_seconds:.1f} s with 4 streams in flight  (goal under 5 s)")
 
 

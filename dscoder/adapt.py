@@ -75,16 +75,24 @@ class AdaptConfig:
     """Seed of the split, the cases and training."""
 
 
-QUICK = {"steps": 40, "seq_len": 256, "batch_size": 4, "lr": 2e-3, "eval_items": 40, "lora_rank": 8,
-         "lora_alpha": 16.0}
+QUICK = {"steps": 40, "seq_len": 256, "batch_size": 4, "lr": 2e-3, "eval_items": 40, "lora_rank": 8, "lora_alpha": 16.0}
 
 
 def _train_config(cfg: AdaptConfig, corpus: Path, stage: str = "pretrain"):
     from dscoder.train.settings import resolve
 
-    overrides = {"data.seq_len": cfg.seq_len, "loop.batch_size": cfg.batch_size, "loop.max_steps": cfg.steps,
-                 "loop.seed": cfg.seed, "optim.lr": cfg.lr, "lora.rank": cfg.lora_rank, "lora.alpha": cfg.lora_alpha,
-                 "lora.targets": cfg.lora_targets, "loop.eval_every": 0, "loop.save_every": max(cfg.steps // 4, 1)}
+    overrides = {
+        "data.seq_len": cfg.seq_len,
+        "loop.batch_size": cfg.batch_size,
+        "loop.max_steps": cfg.steps,
+        "loop.seed": cfg.seed,
+        "optim.lr": cfg.lr,
+        "lora.rank": cfg.lora_rank,
+        "lora.alpha": cfg.lora_alpha,
+        "lora.targets": cfg.lora_targets,
+        "loop.eval_every": 0,
+        "loop.save_every": max(cfg.steps // 4, 1),
+    }
     if stage == "pretrain":
         overrides |= {"data.sources": str(corpus), "fim.rate": cfg.fim_rate}
     if cfg.minutes:
@@ -132,8 +140,9 @@ def run(model: Path, repos: list[Path], out: Path, cfg: AdaptConfig, resume: boo
         then = {"model": made.get("model"), "repos": made.get("repos"), **(made.get("settings") or {})}
         changed = [f"{k} {then.get(k)!r}, not {v!r}" for k, v in now.items() if then.get(k) != v]
         if changed:
-            raise UserError(f"{out} was made with other settings ({'; '.join(changed)}); resume with the same ones "
-                            "or use --force")
+            raise UserError(
+                f"{out} was made with other settings ({'; '.join(changed)}); resume with the same ones or use --force"
+            )
     elif out.exists():
         shutil.rmtree(out)
     artifacts.make_output_folder(out)
@@ -150,6 +159,7 @@ def run(model: Path, repos: list[Path], out: Path, cfg: AdaptConfig, resume: boo
 
 
 # --- the stages ---------------------------------------------------------------------------------------
+
 
 def _split(repos: list[Path], out: Path, cfg: AdaptConfig) -> dict:
     """Hold out a share of each repository's code files; write the training and evaluation copies."""
@@ -174,8 +184,11 @@ def _split(repos: list[Path], out: Path, cfg: AdaptConfig) -> dict:
             if f.path not in chosen:
                 artifacts.write_text(out / "src" / name / f.path, f.text)
                 trained += bool(f.language)
-        held[name] = {"source": str(path), "files": sorted(chosen),
-                      "python": sorted(p for p in chosen if p.endswith(PYTHON_SUFFIX))}
+        held[name] = {
+            "source": str(path),
+            "files": sorted(chosen),
+            "python": sorted(p for p in chosen if p.endswith(PYTHON_SUFFIX)),
+        }
     if not trained:
         raise UserError("--repos: no code files are left to train on")
     log.info("held out %d files of %d repositories", sum(len(h["files"]) for h in held.values()), len(held))
@@ -194,8 +207,11 @@ def _corpus(out: Path) -> dict:
 
 def _texts(out: Path, split: dict, python_only: bool = False) -> list[str]:
     key = "python" if python_only else "files"
-    return [(out / "eval" / name / path).read_text(encoding="utf-8")
-            for name, repo in sorted(split["repos"].items()) for path in repo[key]]
+    return [
+        (out / "eval" / name / path).read_text(encoding="utf-8")
+        for name, repo in sorted(split["repos"].items())
+        for path in repo[key]
+    ]
 
 
 def _cases(out: Path, split: dict, cfg: AdaptConfig) -> dict:
@@ -207,8 +223,10 @@ def _cases(out: Path, split: dict, cfg: AdaptConfig) -> dict:
     lines = []
     for name, repo in sorted(split["repos"].items()):
         folder = out / "eval" / name
-        defines = {p.relative_to(folder).as_posix(): crossfile.defined_names(p.read_text(encoding="utf-8"))
-                   for p in sorted(folder.rglob(f"*{PYTHON_SUFFIX}"))}
+        defines = {
+            p.relative_to(folder).as_posix(): crossfile.defined_names(p.read_text(encoding="utf-8"))
+            for p in sorted(folder.rglob(f"*{PYTHON_SUFFIX}"))
+        }
         lines += crossfile.line_cases(folder, {"defines": defines}, repo["python"])
     lines = random.Random(cfg.seed).sample(lines, min(cfg.eval_items, len(lines)))
     return {"fim": fim, "lines": lines}
@@ -224,9 +242,11 @@ def _evaluate(folder: Path, out: Path, split: dict, cases: dict, cfg: AdaptConfi
     with _counting_cut_prompts() as cut:
         losses = measure.window_losses(engine, _texts(out, split), cfg.seq_len, max_windows=cfg.eval_items)
         infills = measure.fim_infills(engine, cases["fim"])
-        found = {"loss": losses.tolist(),
-                 "fim_exact_match": measure.exact_matches(infills, cases["fim"]).tolist(),
-                 "fim_edit_similarity": measure.edit_similarities(infills, cases["fim"]).tolist()}
+        found = {
+            "loss": losses.tolist(),
+            "fim_exact_match": measure.exact_matches(infills, cases["fim"]).tolist(),
+            "fim_edit_similarity": measure.edit_similarities(infills, cases["fim"]).tolist(),
+        }
         if cases["lines"]:
             prompts = [crossfile.line_prompt(engine, case) for case in cases["lines"]]
             scored = crossfile.complete_lines(engine, cases["lines"], prompts)
@@ -297,22 +317,29 @@ def _instruct(model: Path, out: Path, cfg: AdaptConfig) -> dict:
 
 # --- the report ---------------------------------------------------------------------------------------
 
-ROWS = (("loss", "held-out loss (nats per token, lower is better)", "{:.3f}"),
-        ("fim_exact_match", "single-line FIM: exact match", "{:.1%}"),
-        ("fim_edit_similarity", "single-line FIM: edit similarity", "{:.1%}"),
-        ("cross_file_exact_match", "cross-file line: exact match", "{:.1%}"),
-        ("cross_file_edit_similarity", "cross-file line: edit similarity", "{:.1%}"),
-        ("cross_file_identifier_match", "cross-file line: every cross-file name produced", "{:.1%}"))
+ROWS = (
+    ("loss", "held-out loss (nats per token, lower is better)", "{:.3f}"),
+    ("fim_exact_match", "single-line FIM: exact match", "{:.1%}"),
+    ("fim_edit_similarity", "single-line FIM: edit similarity", "{:.1%}"),
+    ("cross_file_exact_match", "cross-file line: exact match", "{:.1%}"),
+    ("cross_file_edit_similarity", "cross-file line: edit similarity", "{:.1%}"),
+    ("cross_file_identifier_match", "cross-file line: every cross-file name produced", "{:.1%}"),
+)
 
 
 def _report(out: Path, model: Path, split: dict, before: dict, after: dict, cfg: AdaptConfig) -> dict:
     from dscoder.evaluate.intervals import fmt, interval
 
     files = sum(len(r["files"]) for r in split["repos"].values())
-    lines = ["# Adapted to your repositories", "",
-             f"Base: `{model}`. Adapter: `{out / 'train' / 'final'}` (LoRA rank {cfg.lora_rank}, "
-             f"{cfg.lora_targets}). Held out: {files} files of {len(split['repos'])} repositories, never trained on.", "",
-             "| measure | items | before | after | after - before (95% interval) |", "|---|---|---|---|---|"]
+    lines = [
+        "# Adapted to your repositories",
+        "",
+        f"Base: `{model}`. Adapter: `{out / 'train' / 'final'}` (LoRA rank {cfg.lora_rank}, "
+        f"{cfg.lora_targets}). Held out: {files} files of {len(split['repos'])} repositories, never trained on.",
+        "",
+        "| measure | items | before | after | after - before (95% interval) |",
+        "|---|---|---|---|---|",
+    ]
     figures = {}
     for key, label, spec in ROWS:
         if key not in before or not before[key]:
@@ -321,12 +348,22 @@ def _report(out: Path, model: Path, split: dict, before: dict, after: dict, cfg:
         a, b = np.array(after[key]), np.array(before[key])
         diff = interval(a - b)
         figures[key] = {"items": len(a), "before": float(b.mean()), "after": float(a.mean()), "difference": diff}
-        lines.append(f"| {label} | {len(a)} | {spec.format(b.mean())} | {spec.format(a.mean())} | "
-                     f"{fmt(diff, spec.replace(':', ':+'))} |")
-    lines += ["", "Use it: `dscoder serve --model BASE --lora mine=ADAPTER` (a request's `model` picks it), or "
-              "`dscoder model merge --model BASE --adapter ADAPTER --out MERGED` for a plain model folder."]
+        lines.append(
+            f"| {label} | {len(a)} | {spec.format(b.mean())} | {spec.format(a.mean())} | "
+            f"{fmt(diff, spec.replace(':', ':+'))} |"
+        )
+    lines += [
+        "",
+        "Use it: `dscoder serve --model BASE --lora mine=ADAPTER` (a request's `model` picks it), or "
+        "`dscoder model merge --model BASE --adapter ADAPTER --out MERGED` for a plain model folder.",
+    ]
     artifacts.write_text(out / "report.md", "\n".join(lines) + "\n")
-    data = {"model": str(model), "adapter": str(out / "train" / "final"), "held_out_files": files,
-            "settings": asdict(cfg), "figures": figures}
+    data = {
+        "model": str(model),
+        "adapter": str(out / "train" / "final"),
+        "held_out_files": files,
+        "settings": asdict(cfg),
+        "figures": figures,
+    }
     artifacts.write_json(out / "report.json", data)
     return data

@@ -22,9 +22,14 @@ from dscoder import quantize
 from dscoder.errors import UserError
 
 KEY = re.compile(r"base_model\.model\.(.+)\.(lora_A|lora_B|base_layer)\.weight")  # a weight's name in the file
-UNSUPPORTED = {"use_dora": "DoRA", "alpha_pattern": "a per-module lora_alpha (alpha_pattern)",
-               "layer_replication": "layer replication", "alora_invocation_tokens": "activated LoRA",
-               "use_qalora": "QALoRA", "lora_bias": "a bias on lora_B"}  # peft settings that change the forward
+UNSUPPORTED = {
+    "use_dora": "DoRA",
+    "alpha_pattern": "a per-module lora_alpha (alpha_pattern)",
+    "layer_replication": "layer replication",
+    "alora_invocation_tokens": "activated LoRA",
+    "use_qalora": "QALoRA",
+    "lora_bias": "a bias on lora_B",
+}  # peft settings that change the forward
 
 
 @dataclass(frozen=True)
@@ -61,8 +66,9 @@ def read_folder(name: str, folder: Path, said: str) -> Adapter:
     try:
         import peft
     except ImportError as exc:
-        raise UserError(f"--lora needs peft, which does not import here ({exc}): "
-                        "pip install 'dscoder[train]'") from None
+        raise UserError(
+            f"--lora needs peft, which does not import here ({exc}): pip install 'dscoder[train]'"
+        ) from None
     try:
         config = peft.PeftConfig.from_pretrained(str(folder))
     except Exception as exc:  # peft raises what json, its dataclasses or a missing field raise
@@ -75,8 +81,10 @@ def read_folder(name: str, folder: Path, said: str) -> Adapter:
             raise UserError(f"{said}: uses {what} ({setting} in adapter_config.json), which dscoder does not apply")
     weights = folder / "adapter_model.safetensors"
     if not weights.is_file():
-        raise UserError(f"{said}: no adapter_model.safetensors (save the adapter with peft's save_pretrained, "
-                        "safe_serialization on)")
+        raise UserError(
+            f"{said}: no adapter_model.safetensors (save the adapter with peft's save_pretrained, "
+            "safe_serialization on)"
+        )
     from safetensors.torch import load_file
 
     try:
@@ -87,8 +95,10 @@ def read_folder(name: str, folder: Path, said: str) -> Adapter:
     for key, tensor in tensors.items():
         found = KEY.fullmatch(key)
         if found is None:
-            raise UserError(f"{weights}: holds {key}, which is not a LoRA weight (lora_A, lora_B) of a linear layer; "
-                            "dscoder applies nothing else")
+            raise UserError(
+                f"{weights}: holds {key}, which is not a LoRA weight (lora_A, lora_B) of a linear layer; "
+                "dscoder applies nothing else"
+            )
         parts.setdefault(found[1], {})[found[2]] = tensor
     layers, base_weights = {}, {}
     for layer, found in parts.items():
@@ -117,17 +127,26 @@ def check(adapters: dict[str, Adapter], model, base: str) -> None:
         for name, (a, b, _) in adapter.layers.items():
             layer = layers.get(name)
             if layer is None and name in dict(model.named_modules()):
-                raise UserError(f"{adapter.flag}: adapts {name}, which dscoder does not (it adapts the attention "
-                                "and MLP projections and lm_head)")
+                raise UserError(
+                    f"{adapter.flag}: adapts {name}, which dscoder does not (it adapts the attention "
+                    "and MLP projections and lm_head)"
+                )
             if layer is None:
                 raise UserError(f"{adapter.flag}: {other}: the base {base} has no layer {name}")
             if (a.shape[1], b.shape[0]) != (layer.in_features, layer.out_features):
-                raise UserError(f"{adapter.flag}: {other}: its {name} maps {a.shape[1]} to {b.shape[0]} features, "
-                                f"the base {base}'s maps {layer.in_features} to {layer.out_features}")
+                raise UserError(
+                    f"{adapter.flag}: {other}: its {name} maps {a.shape[1]} to {b.shape[0]} features, "
+                    f"the base {base}'s maps {layer.in_features} to {layer.out_features}"
+                )
         for name, weight in adapter.base_weights.items():  # peft saves lm_head's own weights beside its LoRA
             layer = layers.get(name)
             dense = getattr(layer, "weight", None)
-            if layer is None or tuple(weight.shape) != (layer.out_features, layer.in_features) or (
-                    isinstance(dense, torch.Tensor) and not torch.allclose(weight.float(), dense.float(), rtol=2**-8)):
-                raise UserError(f"{adapter.flag}: holds other weights for {name} than the base {base}'s, which the "
-                                "dscoder does not apply (peft's save_embedding_layers; adapt the base they came from)")
+            if (
+                layer is None
+                or tuple(weight.shape) != (layer.out_features, layer.in_features)
+                or (isinstance(dense, torch.Tensor) and not torch.allclose(weight.float(), dense.float(), rtol=2**-8))
+            ):
+                raise UserError(
+                    f"{adapter.flag}: holds other weights for {name} than the base {base}'s, which the "
+                    "dscoder does not apply (peft's save_embedding_layers; adapt the base they came from)"
+                )

@@ -34,6 +34,10 @@ def keep_freed_memory() -> bool:
         mallopt = getattr(ctypes.CDLL(None), "mallopt", None)  # the process's own C library
     except (OSError, TypeError):  # no dlopen(NULL), as on Windows
         return False
-    took = mallopt is not None and bool(mallopt(M_MMAP_THRESHOLD, KEEP_BYTES)) and bool(mallopt(M_TRIM_THRESHOLD, KEEP_BYTES))
+    took = (
+        mallopt is not None
+        and bool(mallopt(M_MMAP_THRESHOLD, KEEP_BYTES))
+        and bool(mallopt(M_TRIM_THRESHOLD, KEEP_BYTES))
+    )
     log.debug("allocator: keep freed memory %s", "on" if took else "unavailable")
     return took

@@ -69,8 +69,10 @@ def check_replaceable(path: str | os.PathLike) -> None:
     folder = Path(path)
     if not folder.is_dir() or (folder / MARK).exists() or (folder / MANIFEST).exists() or not any(folder.iterdir()):
         return
-    raise UserError(f"{folder} already exists and was not written by dscoder (no {MANIFEST} or {MARK} in it), so "
-                    "dscoder never replaces it, --force or not: choose another output or remove it yourself")
+    raise UserError(
+        f"{folder} already exists and was not written by dscoder (no {MANIFEST} or {MARK} in it), so "
+        "dscoder never replaces it, --force or not: choose another output or remove it yourself"
+    )
 
 
 def _temporary(path: Path, suffix: str = "partial") -> Path:

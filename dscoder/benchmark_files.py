@@ -20,8 +20,16 @@ from dscoder.errors import UserError
 # format -> fields a record must have
 REQUIRED_FIELDS = {
     "crosscodeeval": ("prompt", "crossfile_context", "metadata"),  # its reader checks the rest, row by row
-    "mbpp-plus": ("task_id", "prompt", "entry_point", "canonical_solution", "base_input", "plus_input", "atol",
-                  "assertion"),
+    "mbpp-plus": (
+        "task_id",
+        "prompt",
+        "entry_point",
+        "canonical_solution",
+        "base_input",
+        "plus_input",
+        "atol",
+        "assertion",
+    ),
     "humaneval-plus": ("task_id", "prompt", "entry_point", "canonical_solution", "base_input", "plus_input", "atol"),
     "leetcode": ("task_id", "prompt_sft"),
     "ds-1000": ("prompt", "code_context"),
@@ -91,13 +99,16 @@ def check_rows(records: list[dict[str, Any]], fmt: str, path: str | Path = "") -
         absent = [f for f in fields if f not in record]
         if absent:
             name = record.get("task_id", record.get("name", ""))
-            raise UserError(f"{path}: row {number}{f' ({name})' if name else ''} has no {absent[0]!r} "
-                            f"(a {fmt} row needs {', '.join(fields)})")
+            raise UserError(
+                f"{path}: row {number}{f' ({name})' if name else ''} has no {absent[0]!r} "
+                f"(a {fmt} row needs {', '.join(fields)})"
+            )
     if fmt == "leetcode":
         for number, record in enumerate(records, 1):
             if not isinstance(record["meta"], dict) or record["meta"].get("difficulty") not in DIFFICULTIES:
-                raise UserError(f"{path}: row {number} ({record['task_id']}) has no meta.difficulty "
-                                f"({'/'.join(DIFFICULTIES)})")
+                raise UserError(
+                    f"{path}: row {number} ({record['task_id']}) has no meta.difficulty ({'/'.join(DIFFICULTIES)})"
+                )
 
 
 DIFFICULTIES = ("Easy", "Medium", "Hard")  # LeetCode Contest's `meta.difficulty`

@@ -40,7 +40,9 @@ class Range:
     def describe(self) -> str:
         if self.low is not None and self.high is not None and not self.low_open:
             return f"between {self.low:g} and {self.high:g}"
-        low = None if self.low is None else (f"greater than {self.low:g}" if self.low_open else f"at least {self.low:g}")
+        low = (
+            None if self.low is None else (f"greater than {self.low:g}" if self.low_open else f"at least {self.low:g}")
+        )
         high = None if self.high is None else f"at most {self.high:g}"
         return " and ".join(p for p in (low, high) if p) or "a finite number"
 
@@ -240,10 +242,7 @@ def apply_overrides(cfg: C, overrides: Mapping[str, str], where: str = "") -> C:
 
 
 def load(
-    cfg: C,
-    toml_path: str | Path | None = None,
-    overrides: Mapping[str, str] = {},
-    section: str | None = None,
+    cfg: C, toml_path: str | Path | None = None, overrides: Mapping[str, str] = {}, section: str | None = None
 ) -> C:
     """Defaults (`cfg`), then the TOML file, then flag overrides: the resolved config.
 
@@ -254,7 +253,7 @@ def load(
         for key in overrides:
             if not key.startswith(section + "."):
                 raise UserError(f"unknown setting --{key} (settings here start with --{section}.)")
-        overrides = {key[len(section) + 1:]: value for key, value in overrides.items()}
+        overrides = {key[len(section) + 1 :]: value for key, value in overrides.items()}
     if toml_path is not None:
         values = read_toml(toml_path)
         if section is not None:

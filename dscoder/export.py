@@ -33,16 +33,25 @@ log = logging.getLogger("dscoder")
 TYPES = ("f16", "q8_0", "q4_0")
 BLOCK = 32  # values per q8_0 / q4_0 block
 LAYER_NAMES = {
-    "self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
-    "self_attn.o_proj": "attn_output", "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up",
-    "mlp.down_proj": "ffn_down", "input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm",
+    "self_attn.q_proj": "attn_q",
+    "self_attn.k_proj": "attn_k",
+    "self_attn.v_proj": "attn_v",
+    "self_attn.o_proj": "attn_output",
+    "mlp.gate_proj": "ffn_gate",
+    "mlp.up_proj": "ffn_up",
+    "mlp.down_proj": "ffn_down",
+    "input_layernorm": "attn_norm",
+    "post_attention_layernorm": "ffn_norm",
 }
 
 
 def tensor_names(num_layers: int) -> dict[str, str]:
     """The GGUF name of each weight, by its name in the model folder."""
-    names = {"model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight",
-             "lm_head.weight": "output.weight"}
+    names = {
+        "model.embed_tokens.weight": "token_embd.weight",
+        "model.norm.weight": "output_norm.weight",
+        "lm_head.weight": "output.weight",
+    }
     for i in range(num_layers):
         for ours, theirs in LAYER_NAMES.items():
             names[f"model.layers.{i}.{ours}.weight"] = f"blk.{i}.{theirs}.weight"
@@ -65,10 +74,14 @@ def vocabulary(folder: Path, rows: int) -> dict:
     data = json.loads(path.read_text(encoding="utf-8"))
     model = data.get("model") or {}
     if model.get("type") != "BPE":
-        raise UserError(f"{path}: a {model.get('type')} tokenizer; the export supports the byte-level BPE of DeepSeek-Coder")
+        raise UserError(
+            f"{path}: a {model.get('type')} tokenizer; the export supports the byte-level BPE of DeepSeek-Coder"
+        )
     if data.get("pre_tokenizer") != json.loads(tokenizer_lib.deepseek_pre_tokenizer().__getstate__()):
-        raise UserError(f"{path}: its pre-tokenizer is not DeepSeek-Coder's, and llama.cpp would split text "
-                        "differently (tokenizer.ggml.pre = deepseek-coder)")
+        raise UserError(
+            f"{path}: its pre-tokenizer is not DeepSeek-Coder's, and llama.cpp would split text "
+            "differently (tokenizer.ggml.pre = deepseek-coder)"
+        )
     by_id = {i: t for t, i in model["vocab"].items()}
     types = {i: gguf.TokenType.NORMAL for i in by_id}
     for added in data.get("added_tokens", []):
@@ -80,22 +93,39 @@ def vocabulary(folder: Path, rows: int) -> dict:
     token_types = [int(types.get(i, gguf.TokenType.UNUSED)) for i in range(rows)]
     merges = [m if isinstance(m, str) else " ".join(m) for m in model.get("merges", [])]
     ids = {t: i for i, t in by_id.items()}
-    config = json.loads((folder / "tokenizer_config.json").read_text(encoding="utf-8")) \
-        if (folder / "tokenizer_config.json").is_file() else {}
+    config = (
+        json.loads((folder / "tokenizer_config.json").read_text(encoding="utf-8"))
+        if (folder / "tokenizer_config.json").is_file()
+        else {}
+    )
     eos = config.get("eos_token") or formats.EOS
     eos = eos["content"] if isinstance(eos, dict) else eos
-    special = {"bos": ids.get(formats.BOS), "eos": ids.get(eos), "pad": ids.get(formats.EOS),
-               "fim_pre": ids.get(formats.FIM_BEGIN), "fim_suf": ids.get(formats.FIM_HOLE),
-               "fim_mid": ids.get(formats.FIM_END), "eot": ids.get(formats.EOT)}
+    special = {
+        "bos": ids.get(formats.BOS),
+        "eos": ids.get(eos),
+        "pad": ids.get(formats.EOS),
+        "fim_pre": ids.get(formats.FIM_BEGIN),
+        "fim_suf": ids.get(formats.FIM_HOLE),
+        "fim_mid": ids.get(formats.FIM_END),
+        "eot": ids.get(formats.EOT),
+    }
     warnings = []
     if None in (special["fim_pre"], special["fim_suf"], special["fim_mid"]):
-        warnings.append("the tokenizer lacks the FIM tokens, so the file has none and llama.cpp's /infill will "
-                        "refuse it (completion and chat work)")
+        warnings.append(
+            "the tokenizer lacks the FIM tokens, so the file has none and llama.cpp's /infill will "
+            "refuse it (completion and chat work)"
+        )
     if special["bos"] is None or special["eos"] is None:
         raise UserError(f"{path}: the vocabulary lacks {formats.BOS if special['bos'] is None else eos}")
-    return {"tokens": tokens, "types": token_types, "merges": merges, "special": special,
-            "add_bos": config.get("add_bos_token", True), "chat_template": config.get("chat_template"),
-            "warnings": warnings}
+    return {
+        "tokens": tokens,
+        "types": token_types,
+        "merges": merges,
+        "special": special,
+        "add_bos": config.get("add_bos_token", True),
+        "chat_template": config.get("chat_template"),
+        "warnings": warnings,
+    }
 
 
 def _plan(hf_cfg, kind: str, gguf) -> list[tuple[str, str, int, tuple[int, ...]]]:
@@ -111,8 +141,10 @@ def _plan(hf_cfg, kind: str, gguf) -> list[tuple[str, str, int, tuple[int, ...]]
             continue
         chosen = q.F32 if len(shape) == 1 else head if theirs == "output.weight" else matrix
         if chosen in (q.Q8_0, q.Q4_0) and shape[-1] % BLOCK:
-            raise UserError(f"--type {kind}: {ours} has rows of {shape[-1]} values, not a multiple of the "
-                            f"{BLOCK}-value blocks (use --type f16)")
+            raise UserError(
+                f"--type {kind}: {ours} has rows of {shape[-1]} values, not a multiple of the "
+                f"{BLOCK}-value blocks (use --type f16)"
+            )
         plan.append((ours, theirs, chosen, shape))
     return plan
 
@@ -148,8 +180,10 @@ class _Weights:
         if name in self.where:
             return self.where[name].get_tensor(name).to(torch.float32).numpy()
         base = name.removesuffix(".weight")
-        qweight, scales = self.where[f"{base}.qweight"].get_tensor(f"{base}.qweight"), \
-            self.where[f"{base}.scales"].get_tensor(f"{base}.scales")
+        qweight, scales = (
+            self.where[f"{base}.qweight"].get_tensor(f"{base}.qweight"),
+            self.where[f"{base}.scales"].get_tensor(f"{base}.scales"),
+        )
         bits = quantize.layer_bits(base, self.quantized["bits"])
         return quantize.dequantize(qweight, scales, bits, torch.float32).numpy()
 
@@ -223,8 +257,11 @@ def _metadata(writer, gguf, folder: Path, hf_cfg, kind: str, vocab: dict) -> Non
     if factor != 1.0:
         writer.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
         writer.add_rope_scaling_factor(factor)
-    file_type = {"f16": gguf.LlamaFileType.MOSTLY_F16, "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0,
-                 "q4_0": gguf.LlamaFileType.MOSTLY_Q4_0}[kind]
+    file_type = {
+        "f16": gguf.LlamaFileType.MOSTLY_F16,
+        "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0,
+        "q4_0": gguf.LlamaFileType.MOSTLY_Q4_0,
+    }[kind]
     writer.add_file_type(int(file_type))
     if kind != "f16":
         writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
@@ -251,24 +288,36 @@ def _metadata(writer, gguf, folder: Path, hf_cfg, kind: str, vocab: dict) -> Non
 
 
 READ_BACK = {  # what `dscoder model info FILE.gguf` shows, by GGUF key
-    "general.name": "name", "general.architecture": "architecture", "general.file_type": "file_type",
-    "llama.block_count": "num_hidden_layers", "llama.embedding_length": "hidden_size",
-    "llama.feed_forward_length": "intermediate_size", "llama.attention.head_count": "num_attention_heads",
-    "llama.attention.head_count_kv": "num_key_value_heads", "llama.context_length": "max_position_embeddings",
-    "llama.rope.freq_base": "rope_theta", "llama.rope.scaling.type": "rope_scaling",
-    "llama.rope.scaling.factor": "rope_factor", "llama.vocab_size": "vocab_size",
-    "tokenizer.ggml.model": "tokenizer_model", "tokenizer.ggml.pre": "tokenizer_pre",
-    "tokenizer.ggml.bos_token_id": "bos_token_id", "tokenizer.ggml.eos_token_id": "eos_token_id",
-    "tokenizer.ggml.eot_token_id": "eot_token_id", "tokenizer.ggml.fim_pre_token_id": "fim_prefix_token_id",
-    "tokenizer.ggml.fim_suf_token_id": "fim_suffix_token_id", "tokenizer.ggml.fim_mid_token_id": "fim_middle_token_id",
+    "general.name": "name",
+    "general.architecture": "architecture",
+    "general.file_type": "file_type",
+    "llama.block_count": "num_hidden_layers",
+    "llama.embedding_length": "hidden_size",
+    "llama.feed_forward_length": "intermediate_size",
+    "llama.attention.head_count": "num_attention_heads",
+    "llama.attention.head_count_kv": "num_key_value_heads",
+    "llama.context_length": "max_position_embeddings",
+    "llama.rope.freq_base": "rope_theta",
+    "llama.rope.scaling.type": "rope_scaling",
+    "llama.rope.scaling.factor": "rope_factor",
+    "llama.vocab_size": "vocab_size",
+    "tokenizer.ggml.model": "tokenizer_model",
+    "tokenizer.ggml.pre": "tokenizer_pre",
+    "tokenizer.ggml.bos_token_id": "bos_token_id",
+    "tokenizer.ggml.eos_token_id": "eos_token_id",
+    "tokenizer.ggml.eot_token_id": "eot_token_id",
+    "tokenizer.ggml.fim_pre_token_id": "fim_prefix_token_id",
+    "tokenizer.ggml.fim_suf_token_id": "fim_suffix_token_id",
+    "tokenizer.ggml.fim_mid_token_id": "fim_middle_token_id",
     "tokenizer.ggml.add_bos_token": "add_bos_token",
 }
 
 
 def describe(path: Path) -> dict:
     """The facts a GGUF file carries (ours or any llama.cpp model)."""
-    fields, tensors = tokenizer_lib.read_gguf(path, lambda name: name in READ_BACK or name in (
-        "tokenizer.ggml.tokens", "tokenizer.chat_template"))
+    fields, tensors = tokenizer_lib.read_gguf(
+        path, lambda name: name in READ_BACK or name in ("tokenizer.ggml.tokens", "tokenizer.chat_template")
+    )
     facts: dict = {"file": str(path), "bytes": path.stat().st_size}
     facts.update({label: fields[key] for key, label in READ_BACK.items() if key in fields})
     facts["tokens"] = len(fields.get("tokenizer.ggml.tokens", []))

@@ -124,16 +124,12 @@ def _compiled_chat_template():
 
 
 def render_chat(
-    messages: Sequence[Mapping[str, str]],
-    add_generation_prompt: bool = False,
-    bos_token: str = BOS,
+    messages: Sequence[Mapping[str, str]], add_generation_prompt: bool = False, bos_token: str = BOS
 ) -> str:
     """Render chat `messages` ({role, content}) with the released template."""
     for i, message in enumerate(messages):
         if message.get("role") not in ("system", "user", "assistant"):
-            raise ValueError(
-                f"message {i}: role must be system, user or assistant, got {message.get('role')!r}"
-            )
+            raise ValueError(f"message {i}: role must be system, user or assistant, got {message.get('role')!r}")
         if not isinstance(message.get("content"), str):
             raise ValueError(f"message {i}: content must be a string")
     return _compiled_chat_template().render(

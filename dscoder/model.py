@@ -67,28 +67,67 @@ class Preset:
 
 PRESETS: dict[str, Preset] = {
     "deepseek-coder-1.3b": Preset(
-        ModelConfig(hidden_size=2048, intermediate_size=5504, num_hidden_layers=24,
-                    num_attention_heads=16, num_key_value_heads=16),
-        max_lr=5.3e-4, about="released 1.3B layout"),
+        ModelConfig(
+            hidden_size=2048,
+            intermediate_size=5504,
+            num_hidden_layers=24,
+            num_attention_heads=16,
+            num_key_value_heads=16,
+        ),
+        max_lr=5.3e-4,
+        about="released 1.3B layout",
+    ),
     "deepseek-coder-6.7b": Preset(
-        ModelConfig(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
-                    num_attention_heads=32, num_key_value_heads=32),
-        max_lr=4.2e-4, about="released 6.7B layout"),
+        ModelConfig(
+            hidden_size=4096,
+            intermediate_size=11008,
+            num_hidden_layers=32,
+            num_attention_heads=32,
+            num_key_value_heads=32,
+        ),
+        max_lr=4.2e-4,
+        about="released 6.7B layout",
+    ),
     "deepseek-coder-33b": Preset(
-        ModelConfig(hidden_size=7168, intermediate_size=19200, num_hidden_layers=62,
-                    num_attention_heads=56, num_key_value_heads=8),
-        max_lr=3.5e-4, about="released 33B layout (grouped-query attention)"),
+        ModelConfig(
+            hidden_size=7168,
+            intermediate_size=19200,
+            num_hidden_layers=62,
+            num_attention_heads=56,
+            num_key_value_heads=8,
+        ),
+        max_lr=3.5e-4,
+        about="released 33B layout (grouped-query attention)",
+    ),
     # CPU presets: pretraining-time layouts (no RoPE scaling yet; `train extend` adds it).
     "tiny": Preset(
-        ModelConfig(hidden_size=128, intermediate_size=352, num_hidden_layers=4,
-                    num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=1024,
-                    rope_factor=1.0, dtype="float32"),
-        max_lr=3e-3, about="a few million parameters; trains in minutes on 2 CPU cores"),
+        ModelConfig(
+            hidden_size=128,
+            intermediate_size=352,
+            num_hidden_layers=4,
+            num_attention_heads=4,
+            num_key_value_heads=4,
+            max_position_embeddings=1024,
+            rope_factor=1.0,
+            dtype="float32",
+        ),
+        max_lr=3e-3,
+        about="a few million parameters; trains in minutes on 2 CPU cores",
+    ),
     "small": Preset(
-        ModelConfig(hidden_size=512, intermediate_size=1376, num_hidden_layers=8,
-                    num_attention_heads=8, num_key_value_heads=8, max_position_embeddings=2048,
-                    rope_factor=1.0, dtype="float32"),
-        max_lr=6e-4, about="tens of millions of parameters; a CPU-sized real model"),
+        ModelConfig(
+            hidden_size=512,
+            intermediate_size=1376,
+            num_hidden_layers=8,
+            num_attention_heads=8,
+            num_key_value_heads=8,
+            max_position_embeddings=2048,
+            rope_factor=1.0,
+            dtype="float32",
+        ),
+        max_lr=6e-4,
+        about="tens of millions of parameters; a CPU-sized real model",
+    ),
 }
 
 
@@ -214,21 +253,28 @@ def load_config(folder: str | Path):
     record = artifacts.read_manifest(folder) if folder.is_dir() else None
     if record is not None and record.get("kind") == "run":
         final = folder / "final"
-        where = f"its model is {final}" if final.is_dir() else \
-            f"it has no final model yet (its checkpoints are in {folder / 'checkpoints'})"
+        where = (
+            f"its model is {final}"
+            if final.is_dir()
+            else f"it has no final model yet (its checkpoints are in {folder / 'checkpoints'})"
+        )
         raise UserError(f"{folder}: a training run, not a model folder: {where}")
     if folder.is_file():
         if folder.suffix == ".gguf":
-            raise UserError(f"{folder}: a GGUF file, which llama.cpp, Ollama and LM Studio run; dscoder runs model "
-                            "folders (or, in front of llama.cpp's server, `dscoder serve --upstream URL`)")
+            raise UserError(
+                f"{folder}: a GGUF file, which llama.cpp, Ollama and LM Studio run; dscoder runs model "
+                "folders (or, in front of llama.cpp's server, `dscoder serve --upstream URL`)"
+            )
         raise UserError(f"{folder}: a file, not a model folder")
     if not folder.is_dir():
         raise UserError(f"model folder not found: {folder}")
     if not (folder / "config.json").is_file():
         hint = f"; its model is {folder / 'final'}" if (folder / "final" / "config.json").is_file() else ""
         if (folder / "adapter_config.json").is_file():
-            hint = ("; it is a LoRA adapter: give its base as the model (`serve --lora NAME=DIR` applies it) "
-                    "or fold it in with `dscoder model merge`")
+            hint = (
+                "; it is a LoRA adapter: give its base as the model (`serve --lora NAME=DIR` applies it) "
+                "or fold it in with `dscoder model merge`"
+            )
         raise UserError(f"{folder}: not a model folder (no config.json){hint}")
     try:
         return AutoConfig.from_pretrained(str(folder), local_files_only=True)
@@ -249,8 +295,10 @@ def device_for(name: str, flag: str = "--device"):
         count = torch.cuda.device_count() if torch.cuda.is_available() else 0
         index = int(name.partition(":")[2] or 0)
         if index >= count:
-            raise UserError(f"{flag} {name}: this machine has {count or 'no'} CUDA device{'s' if count != 1 else ''} "
-                            "(use cpu, or auto to take CUDA when there is one)")
+            raise UserError(
+                f"{flag} {name}: this machine has {count or 'no'} CUDA device{'s' if count != 1 else ''} "
+                "(use cpu, or auto to take CUDA when there is one)"
+            )
     return torch.device(name)
 
 
@@ -264,11 +312,19 @@ def expected_shapes(hf_cfg) -> dict[str, tuple[int, ...]]:
         shapes["lm_head.weight"] = (vocab, hidden)
     for i in range(hf_cfg.num_hidden_layers):
         layer = f"model.layers.{i}"
-        shapes.update({f"{layer}.self_attn.q_proj.weight": (q, hidden), f"{layer}.self_attn.k_proj.weight": (kv, hidden),
-                       f"{layer}.self_attn.v_proj.weight": (kv, hidden), f"{layer}.self_attn.o_proj.weight": (hidden, q),
-                       f"{layer}.mlp.gate_proj.weight": (inner, hidden), f"{layer}.mlp.up_proj.weight": (inner, hidden),
-                       f"{layer}.mlp.down_proj.weight": (hidden, inner), f"{layer}.input_layernorm.weight": (hidden,),
-                       f"{layer}.post_attention_layernorm.weight": (hidden,)})
+        shapes.update(
+            {
+                f"{layer}.self_attn.q_proj.weight": (q, hidden),
+                f"{layer}.self_attn.k_proj.weight": (kv, hidden),
+                f"{layer}.self_attn.v_proj.weight": (kv, hidden),
+                f"{layer}.self_attn.o_proj.weight": (hidden, q),
+                f"{layer}.mlp.gate_proj.weight": (inner, hidden),
+                f"{layer}.mlp.up_proj.weight": (inner, hidden),
+                f"{layer}.mlp.down_proj.weight": (hidden, inner),
+                f"{layer}.input_layernorm.weight": (hidden,),
+                f"{layer}.post_attention_layernorm.weight": (hidden,),
+            }
+        )
     if not getattr(hf_cfg, "quantization_config", None):
         return shapes
     from dscoder import quantize as quantize_lib
@@ -288,8 +344,9 @@ def check_weights(folder: str | Path, hf_cfg) -> None:
         if found is None:
             problems.append(f"{name} is missing")
         elif tuple(found) != shape:
-            problems.append(f"{name} is {'x'.join(map(str, found))} in the weights but "
-                            f"{'x'.join(map(str, shape))} by config.json")
+            problems.append(
+                f"{name} is {'x'.join(map(str, found))} in the weights but {'x'.join(map(str, shape))} by config.json"
+            )
     if problems:
         more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
         raise UserError(f"{folder}: the weights do not match config.json: {problems[0]}{more}")

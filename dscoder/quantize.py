@@ -43,14 +43,25 @@ BITS = (8, 4)
 GROUP_SIZES = (32, 64, 128, 256)
 DEFAULT_GROUP_SIZE = 32
 LM_HEAD_BITS = 8
-PROJECTIONS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
-               "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
+PROJECTIONS = (
+    "self_attn.q_proj",
+    "self_attn.k_proj",
+    "self_attn.v_proj",
+    "self_attn.o_proj",
+    "mlp.gate_proj",
+    "mlp.up_proj",
+    "mlp.down_proj",
+)
 
 
 def settings(bits: int, group_size: int | None) -> dict:
     """The `quantization_config` recorded in config.json."""
-    return {"quant_method": METHOD, "bits": bits, "group_size": group_size if bits == 4 else None,
-            "lm_head_bits": LM_HEAD_BITS}
+    return {
+        "quant_method": METHOD,
+        "bits": bits,
+        "group_size": group_size if bits == 4 else None,
+        "lm_head_bits": LM_HEAD_BITS,
+    }
 
 
 def of_config(hf_cfg) -> dict | None:
@@ -61,8 +72,10 @@ def of_config(hf_cfg) -> dict | None:
         return None
     found = found if isinstance(found, dict) else found.to_dict()
     if found.get("quant_method") != METHOD:
-        raise UserError(f"the model is quantized with {found.get('quant_method')!r}, which dscoder cannot load "
-                        "(use the original weights, then `dscoder model quantize`)")
+        raise UserError(
+            f"the model is quantized with {found.get('quant_method')!r}, which dscoder cannot load "
+            "(use the original weights, then `dscoder model quantize`)"
+        )
     return found
 
 
@@ -99,6 +112,7 @@ def layer_bits(name: str, bits: int) -> int:
 
 # --- the arithmetic ---------------------------------------------------------------------------------
 
+
 def quantize_weight(w: torch.Tensor, bits: int, group_size: int | None) -> tuple[torch.Tensor, torch.Tensor]:
     """(qweight, scales) in the stored layout for a weight (out, in)."""
     w = w.detach().float()
@@ -130,6 +144,7 @@ def dequantize(qweight: torch.Tensor, scales: torch.Tensor, bits: int, dtype: to
 
 # --- the layer ------------------------------------------------------------------------------------------
 
+
 class QuantLinear(nn.Module):
     """A bias-free linear layer with int8 or int4 weights, computing on torch's kernels.
 
@@ -142,8 +157,9 @@ class QuantLinear(nn.Module):
     on CUDA: torch's weight-only kernels (faster than dequantizing, for prompts too). Where a
     device has no kernel (checked once), every call dequantizes."""
 
-    def __init__(self, qweight: torch.Tensor, scales: torch.Tensor, bits: int, group_size: int | None,
-                 dtype: torch.dtype):
+    def __init__(
+        self, qweight: torch.Tensor, scales: torch.Tensor, bits: int, group_size: int | None, dtype: torch.dtype
+    ):
         super().__init__()
         self.bits, self.group_size, self.dtype = bits, group_size, dtype
         self.out_features = qweight.shape[0]
@@ -227,8 +243,9 @@ def _int8_product(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor) 
     return torch._int_mm(xq, qweight.t()).float() * x_scales * scales  # int32 (rows, out) -> float
 
 
-def _layout(qweight: torch.Tensor, scales: torch.Tensor, bits: int, group_size: int | None,
-            dtype: torch.dtype) -> tuple:
+def _layout(
+    qweight: torch.Tensor, scales: torch.Tensor, bits: int, group_size: int | None, dtype: torch.dtype
+) -> tuple:
     """The arguments torch's kernel takes after the input, for weights on their device."""
     if bits == 8:
         return qweight, scales.to(dtype)
@@ -288,6 +305,7 @@ def has_kernel(device_type: str, bits: int, dtype: torch.dtype) -> bool:
 
 # --- whole models ----------------------------------------------------------------------------------------
 
+
 def quantize_model(model, bits: int, group_size: int | None):
     """Replace the model's projections and head by quantized layers, in place; records the
     settings in its config. Returns the model."""
@@ -295,8 +313,9 @@ def quantize_model(model, bits: int, group_size: int | None):
     dtype = next(model.parameters()).dtype
     for name, linear in targets(model).items():
         b = layer_bits(name, bits)
-        layer = QuantLinear(*quantize_weight(linear.weight, b, group_size if b == 4 else None), b,
-                            group_size if b == 4 else None, dtype).to(linear.weight.device)
+        layer = QuantLinear(
+            *quantize_weight(linear.weight, b, group_size if b == 4 else None), b, group_size if b == 4 else None, dtype
+        ).to(linear.weight.device)
         parent, _, child = name.rpartition(".")
         setattr(model.get_submodule(parent) if parent else model, child, layer)
     model.config.quantization_config = settings(bits, group_size)
@@ -314,16 +333,20 @@ def load_model(hf_cfg, tensors: dict[str, torch.Tensor], dtype: torch.dtype):
         model = LlamaForCausalLM(hf_cfg)
     for name in targets(model):
         b = layer_bits(name, bits)
-        layer = QuantLinear(tensors.pop(f"{name}.qweight"), tensors.pop(f"{name}.scales"), b,
-                            group_size if b == 4 else None, dtype)
+        layer = QuantLinear(
+            tensors.pop(f"{name}.qweight"), tensors.pop(f"{name}.scales"), b, group_size if b == 4 else None, dtype
+        )
         parent, _, child = name.rpartition(".")
         setattr(model.get_submodule(parent) if parent else model, child, layer)
-    model.load_state_dict({k: v.to(dtype) if v.is_floating_point() else v for k, v in tensors.items()},
-                          strict=False, assign=True)
+    model.load_state_dict(
+        {k: v.to(dtype) if v.is_floating_point() else v for k, v in tensors.items()}, strict=False, assign=True
+    )
     model.model.rotary_emb = LlamaRotaryEmbedding(hf_cfg)  # its buffers are computed, not stored
     meta = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
     if meta:
-        raise UserError(f"the quantized weights lack {meta[0]}" + (f" (and {len(meta) - 1} more)" if len(meta) > 1 else ""))
+        raise UserError(
+            f"the quantized weights lack {meta[0]}" + (f" (and {len(meta) - 1} more)" if len(meta) > 1 else "")
+        )
     return model.eval()
 
 
@@ -348,16 +371,22 @@ def describe(hf_cfg) -> dict | None:
     found = of_config(hf_cfg)
     if found is None:
         return None
-    return {"bits": found["bits"], "group_size": found.get("group_size"), "lm_head_bits": found.get("lm_head_bits"),
-            "kernel_cpu": _cpu_kernel(found["bits"])}
+    return {
+        "bits": found["bits"],
+        "group_size": found.get("group_size"),
+        "lm_head_bits": found.get("lm_head_bits"),
+        "kernel_cpu": _cpu_kernel(found["bits"]),
+    }
 
 
 def _cpu_kernel(bits: int) -> str:
-    decode = "; decode steps on dscoder's kernel" if kernels.library() is not None else \
-        f"; dscoder's decode kernel: {kernels.status()}"
+    decode = (
+        "; decode steps on dscoder's kernel"
+        if kernels.library() is not None
+        else f"; dscoder's decode kernel: {kernels.status()}"
+    )
     if bits == 8 and has_kernel("cpu", 8, torch.float32):
         return "torch's int8 x int8 product (each token's activations quantized to int8)" + decode
     if bits == 4 and has_kernel("cpu", 4, torch.bfloat16):
         return "torch's int4 weight-only kernel"
     return "dequantized weights (no CPU kernel here)"
-

@@ -17,9 +17,7 @@ log = logging.getLogger("dscoder")
 
 
 def iter_files(
-    inputs: Iterable[str | os.PathLike],
-    skips: Counter,
-    max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
+    inputs: Iterable[str | os.PathLike], skips: Counter, max_file_bytes: int = DEFAULT_MAX_FILE_BYTES
 ) -> Iterator[SourceFile]:
     """Text files from files and folders (for tokenizer training). Inside folders only files of
     a known language are read; a file named directly is always read."""

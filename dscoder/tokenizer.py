@@ -11,16 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Iterable
 
-from tokenizers import (
-    AddedToken,
-    Regex,
-    Tokenizer,
-    decoders,
-    models,
-    pre_tokenizers,
-    processors,
-    trainers,
-)
+from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
 from dscoder import artifacts, formats
 from dscoder.errors import UserError
@@ -65,11 +56,7 @@ def _deepseek_added_tokens() -> list[AddedToken]:
 
 
 def train(
-    texts: Iterable[str],
-    vocab_size: int,
-    min_frequency: int = 2,
-    length: int | None = None,
-    show_progress: bool = True,
+    texts: Iterable[str], vocab_size: int, min_frequency: int = 2, length: int | None = None, show_progress: bool = True
 ) -> Tokenizer:
     """Learn a byte-level BPE vocabulary of `vocab_size` tokens (byte alphabet included) on
     `texts`; the DeepSeek added tokens follow it, so they take ids vocab_size..vocab_size+8."""
@@ -120,7 +107,9 @@ def from_gguf(path: str | Path) -> tuple[Tokenizer, dict]:
         if key not in fields:
             raise UserError(f"{path}: GGUF file has no {key} (not a BPE vocabulary)")
     if fields["tokenizer.ggml.model"] != "gpt2":
-        raise UserError(f"{path}: tokenizer model is {fields['tokenizer.ggml.model']!r}, expected byte-level BPE ('gpt2')")
+        raise UserError(
+            f"{path}: tokenizer model is {fields['tokenizer.ggml.model']!r}, expected byte-level BPE ('gpt2')"
+        )
     pre = fields.get("tokenizer.ggml.pre", "default")
     if pre not in SUPPORTED_GGUF_PRE:
         raise UserError(f"{path}: pre-tokenizer {pre!r} is not supported (supported: {', '.join(SUPPORTED_GGUF_PRE)})")
@@ -134,7 +123,7 @@ def from_gguf(path: str | Path) -> tuple[Tokenizer, dict]:
         raise UserError(f"{path}: learned tokens are not the first ids of the vocabulary")
     added = [
         AddedToken(tok, special=(kind == 3), normalized=False)
-        for tok, kind in zip(tokens[len(vocab):], types[len(vocab):])
+        for tok, kind in zip(tokens[len(vocab) :], types[len(vocab) :])
         if not (tok.startswith("[PAD") and tok.endswith("]"))  # llama.cpp's filler up to the embedding size
     ]
     try:
@@ -196,8 +185,10 @@ def load(folder: str | Path):
         raise UserError(f"tokenizer folder not found: {folder}")
     missing = [name for name in artifacts.TOKENIZER_FILES if not (folder / name).is_file()]
     if missing:
-        raise UserError(f"{folder}: no tokenizer files ({' and '.join(missing)} missing; a tokenizer folder is made "
-                        "by `dscoder tokenizer train` or `dscoder tokenizer import-gguf`)")
+        raise UserError(
+            f"{folder}: no tokenizer files ({' and '.join(missing)} missing; a tokenizer folder is made "
+            "by `dscoder tokenizer train` or `dscoder tokenizer import-gguf`)"
+        )
     try:
         return AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
     except Exception as exc:

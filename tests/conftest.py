@@ -57,7 +57,7 @@ def write_tree(root: Path, files: dict[str, str]) -> Path:
 PYTHON_REPO = {
     "pkg/__init__.py": "from .core import Engine\n\n__all__ = ['Engine']\n",
     "pkg/core.py": "from .util import clamp\nfrom . import config\n\n\nclass Engine:\n    def run(self, value):\n        return clamp(value, config.LOW, config.HIGH)\n",
-    "pkg/util.py": "def clamp(value, low, high):\n    \"\"\"Keep value inside [low, high].\"\"\"\n    return max(low, min(value, high))\n",
+    "pkg/util.py": 'def clamp(value, low, high):\n    """Keep value inside [low, high]."""\n    return max(low, min(value, high))\n',
     "pkg/config.py": "import os\n\nLOW = int(os.environ.get('LOW', '0'))\nHIGH = int(os.environ.get('HIGH', '10'))\n",
     "pkg/a.py": "from pkg import b\n\n\ndef ping(n):\n    return b.pong(n - 1) if n else 'done'\n",
     "pkg/b.py": "from pkg import a\n\n\ndef pong(n):\n    return a.ping(n - 1) if n else 'done'\n",
@@ -76,10 +76,10 @@ JAVA_REPO = {
 C_REPO = {
     "CMakeLists.txt": "cmake_minimum_required(VERSION 3.10)\nproject(calc C)\ninclude_directories(lib/inc)\nadd_executable(calc src/main.c src/ops.c lib/vec.c)\n",
     "lib/inc/vec.h": "#ifndef VEC_H\n#define VEC_H\ntypedef struct { double x, y; } vec;\nvec vec_add(vec a, vec b);\n#endif\n",
-    "lib/vec.c": "#include \"vec.h\"\n\nvec vec_add(vec a, vec b) {\n    vec r = { a.x + b.x, a.y + b.y };\n    return r;\n}\n",
+    "lib/vec.c": '#include "vec.h"\n\nvec vec_add(vec a, vec b) {\n    vec r = { a.x + b.x, a.y + b.y };\n    return r;\n}\n',
     "src/ops.h": "#ifndef OPS_H\n#define OPS_H\n#include <vec.h>\ndouble dot(vec a, vec b);\n#endif\n",
-    "src/ops.c": "#include \"ops.h\"\n\ndouble dot(vec a, vec b) {\n    return a.x * b.x + a.y * b.y;\n}\n",
-    "src/main.c": "#include <stdio.h>\n#include \"ops.h\"\n\nint main(void) {\n    vec a = { 1, 2 }, b = { 3, 4 };\n    printf(\"%f\\n\", dot(vec_add(a, b), b));\n    return 0;\n}\n",
+    "src/ops.c": '#include "ops.h"\n\ndouble dot(vec a, vec b) {\n    return a.x * b.x + a.y * b.y;\n}\n',
+    "src/main.c": '#include <stdio.h>\n#include "ops.h"\n\nint main(void) {\n    vec a = { 1, 2 }, b = { 3, 4 };\n    printf("%f\\n", dot(vec_add(a, b), b));\n    return 0;\n}\n',
 }
 
 
@@ -91,14 +91,32 @@ def small_corpus(tmp_path_factory) -> Path:
     from dscoder.data.steps import BuildConfig
 
     out = tmp_path_factory.mktemp("corpus") / "stdlib"
-    build(out, [STDLIB / n for n in ("json", "email", "logging", "asyncio")], [], [],
-          apply_overrides(BuildConfig(), {"run.workers": "1"}))
+    build(
+        out,
+        [STDLIB / n for n in ("json", "email", "logging", "asyncio")],
+        [],
+        [],
+        apply_overrides(BuildConfig(), {"run.workers": "1"}),
+    )
     return out
 
 
 # Small, quick training settings for tests: flags of `dscoder train ...`.
-QUICK_TRAIN = ["--seq-len", "64", "--batch-size", "4", "--max-steps", "12", "--eval-every", "6",
-               "--save-every", "4", "--loop.log_every=1", "--loop.eval_batches=2", "--data.eval_fraction=0.05"]
+QUICK_TRAIN = [
+    "--seq-len",
+    "64",
+    "--batch-size",
+    "4",
+    "--max-steps",
+    "12",
+    "--eval-every",
+    "6",
+    "--save-every",
+    "4",
+    "--loop.log_every=1",
+    "--loop.eval_batches=2",
+    "--data.eval_fraction=0.05",
+]
 
 
 @pytest.fixture(scope="session")
@@ -107,9 +125,30 @@ def tiny_base_model(small_corpus, trained_tokenizer_dir, tmp_path_factory) -> Pa
     from dscoder.cli import main
 
     run = tmp_path_factory.mktemp("models") / "base"
-    assert main(["train", "pretrain", "--data", str(small_corpus), "--tokenizer", str(trained_tokenizer_dir),
-                 "--preset", "tiny", "--out", str(run), *QUICK_TRAIN, "--max-steps", "30", "--lr", "3e-3",
-                 "--save-every", "30"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "pretrain",
+                "--data",
+                str(small_corpus),
+                "--tokenizer",
+                str(trained_tokenizer_dir),
+                "--preset",
+                "tiny",
+                "--out",
+                str(run),
+                *QUICK_TRAIN,
+                "--max-steps",
+                "30",
+                "--lr",
+                "3e-3",
+                "--save-every",
+                "30",
+            ]
+        )
+        == 0
+    )
     return run / "final"
 
 
@@ -121,8 +160,26 @@ def tiny_instruct_model(tiny_base_model, small_corpus, tmp_path_factory) -> Path
     folder = tmp_path_factory.mktemp("models")
     pairs = folder / "pairs.jsonl"
     assert main(["train", "make-instruct", str(small_corpus), "--out", str(pairs), "--max-pairs", "100"]) == 0
-    assert main(["train", "instruct", "--model", str(tiny_base_model), "--data", str(pairs), "--out",
-                 str(folder / "instruct"), *QUICK_TRAIN, "--max-steps", "3", "--save-every", "3"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "instruct",
+                "--model",
+                str(tiny_base_model),
+                "--data",
+                str(pairs),
+                "--out",
+                str(folder / "instruct"),
+                *QUICK_TRAIN,
+                "--max-steps",
+                "3",
+                "--save-every",
+                "3",
+            ]
+        )
+        == 0
+    )
     return folder / "instruct" / "final"
 
 
@@ -135,8 +192,10 @@ def pytest_terminal_summary(terminalreporter):
     modes = {mode: sandbox.problem_with(mode, readable) for mode in ("bwrap", "unshare")}
     usable = [mode for mode, problem in modes.items() if problem is None]
     languages = {language: toolchains.missing(language) for language in toolchains.TOOLCHAINS}
-    line = (f"evaluation: isolation {', '.join(usable) or 'none (programs ran unisolated)'}; languages "
-            f"{', '.join(language for language, problem in languages.items() if problem is None)}")
+    line = (
+        f"evaluation: isolation {', '.join(usable) or 'none (programs ran unisolated)'}; languages "
+        f"{', '.join(language for language, problem in languages.items() if problem is None)}"
+    )
     absent = [problem for problem in list(languages.values()) + [p for p in modes.values()] if problem]
     if absent:
         line += " (not here: " + "; ".join(absent) + ")"

@@ -31,8 +31,13 @@ def adapted(tiny_base_model, repos, tmp_path_factory):
 def test_the_report_compares_the_base_and_the_adapter_on_held_out_files(adapted):
     report = json.loads((adapted / "report.json").read_text())
     figures = report["figures"]
-    assert {"loss", "fim_exact_match", "fim_edit_similarity", "cross_file_exact_match",
-            "cross_file_identifier_match"} <= figures.keys()
+    assert {
+        "loss",
+        "fim_exact_match",
+        "fim_edit_similarity",
+        "cross_file_exact_match",
+        "cross_file_identifier_match",
+    } <= figures.keys()
     assert all(f["items"] > 0 for f in figures.values())
     assert figures["loss"]["after"] != figures["loss"]["before"]  # the adapter changed the model
     assert "| held-out loss" in (adapted / "report.md").read_text()

@@ -26,8 +26,9 @@ print(took, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 
 
 def _page_faults(env: dict) -> tuple[str, int]:
-    out = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True, check=True,
-                         env=os.environ | env).stdout.split()
+    out = subprocess.run(
+        [sys.executable, "-c", PROBE], capture_output=True, text=True, check=True, env=os.environ | env
+    ).stdout.split()
     return out[0], int(out[1])
 
 

@@ -87,6 +87,8 @@ def test_copy_tokenizer_can_end_sequences_with_another_token(tmp_path, trained_t
     artifacts.copy_tokenizer(trained_tokenizer_dir, tmp_path / "copy", eos_token="<|EOT|>")
     config = json.loads((tmp_path / "copy" / "tokenizer_config.json").read_text())
     assert config["eos_token"] == "<|EOT|>"
-    assert (tmp_path / "copy" / "tokenizer.json").read_bytes() == (trained_tokenizer_dir / "tokenizer.json").read_bytes()
+    assert (tmp_path / "copy" / "tokenizer.json").read_bytes() == (
+        trained_tokenizer_dir / "tokenizer.json"
+    ).read_bytes()
     with pytest.raises(UserError, match="cannot read its tokenizer file tokenizer.json"):
         artifacts.copy_tokenizer(tmp_path / "nowhere", tmp_path / "other")

@@ -53,15 +53,34 @@ def sources(tmp_path_factory):
         tar.add(java, arcname="shapes")
     write_tree(root / "calc", C_REPO)
     subprocess.run(["git", "-C", str(root / "calc"), "init", "-q"], check=True)
-    subprocess.run(["git", "-C", str(root / "calc"), "-c", "user.email=t@e.org", "-c", "user.name=t", "add", "."], check=True)
-    subprocess.run(["git", "-C", str(root / "calc"), "-c", "user.email=t@e.org", "-c", "user.name=t", "commit", "-qm", "c"], check=True)
-    leak = "from typing import List\n\n\ndef has_close_elements(numbers: List[float], threshold: float) -> bool:\n" \
-           '    """ Check if in given list of numbers, are any two numbers closer to each other than\n    given threshold.\n    """\n    return False\n'
+    subprocess.run(
+        ["git", "-C", str(root / "calc"), "-c", "user.email=t@e.org", "-c", "user.name=t", "add", "."], check=True
+    )
+    subprocess.run(
+        ["git", "-C", str(root / "calc"), "-c", "user.email=t@e.org", "-c", "user.name=t", "commit", "-qm", "c"],
+        check=True,
+    )
+    leak = (
+        "from typing import List\n\n\ndef has_close_elements(numbers: List[float], threshold: float) -> bool:\n"
+        '    """ Check if in given list of numbers, are any two numbers closer to each other than\n    given threshold.\n    """\n    return False\n'
+    )
     write_tree(root / "leaky", {"solutions.py": leak, "ok.py": "def fine(x):\n    return x * 2\n"})
     rows = [
-        {"max_stars_repo_name": "org/tablelib", "max_stars_repo_path": "tablelib/__init__.py", "content": "from .table import Table\n"},
-        {"max_stars_repo_name": "org/tablelib", "max_stars_repo_path": "tablelib/table.py", "content": "class Table:\n    def __init__(self, rows):\n        self.rows = list(rows)\n"},
-        {"max_stars_repo_name": "org/other", "max_stars_repo_path": "main.py", "content": "print('another repository entirely')\n"},
+        {
+            "max_stars_repo_name": "org/tablelib",
+            "max_stars_repo_path": "tablelib/__init__.py",
+            "content": "from .table import Table\n",
+        },
+        {
+            "max_stars_repo_name": "org/tablelib",
+            "max_stars_repo_path": "tablelib/table.py",
+            "content": "class Table:\n    def __init__(self, rows):\n        self.rows = list(rows)\n",
+        },
+        {
+            "max_stars_repo_name": "org/other",
+            "max_stars_repo_path": "main.py",
+            "content": "print('another repository entirely')\n",
+        },
     ]
     pq.write_table(pa.Table.from_pylist(rows[:2]), root / "stack-python-0.parquet")
     (root / "stack-python-1.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[2:]))
@@ -69,8 +88,15 @@ def sources(tmp_path_factory):
 
 
 def source_args(root):
-    return [root / "demo", root / "demo-fork", root / "shapes.tar.gz", root / "calc", root / "leaky",
-            root / "stack-python-0.parquet", root / "stack-python-1.jsonl"]
+    return [
+        root / "demo",
+        root / "demo-fork",
+        root / "shapes.tar.gz",
+        root / "calc",
+        root / "leaky",
+        root / "stack-python-0.parquet",
+        root / "stack-python-1.jsonl",
+    ]
 
 
 def test_build_outputs(sources, tmp_path, capsys, monkeypatch):
@@ -94,7 +120,12 @@ def test_build_outputs(sources, tmp_path, capsys, monkeypatch):
     demo = {tuple(r["paths"]): r for r in by_repo["demo"]}
     (main_sample,) = [r for r in demo.values() if "main.py" in r["paths"]]
     order = main_sample["paths"]
-    assert order.index("pkg/util.py") < order.index("pkg/core.py") < order.index("pkg/__init__.py") < order.index("main.py")
+    assert (
+        order.index("pkg/util.py")
+        < order.index("pkg/core.py")
+        < order.index("pkg/__init__.py")
+        < order.index("main.py")
+    )
     assert main_sample["text"].startswith(f"#{order[0]}\n")
     assert ("README.md",) in demo and demo[("README.md",)]["text"].startswith("#README.md\n# Demo")
     assert "<KEY>" in main_sample["text"] + "".join(r["text"] for r in demo.values())
@@ -113,7 +144,10 @@ def test_build_outputs(sources, tmp_path, capsys, monkeypatch):
     assert reasons[("leaky", "solutions.py")] == ("decontam", "HumanEval.jsonl.gz")
     assert any(r["step"] == "dedup" and r["repo"] == "demo-fork" for r in rejects)
     clusters = [json.loads(line_) for line_ in (out / "dedup" / "clusters.jsonl").read_text().splitlines()]
-    assert any(c["survivor"].startswith("demo/") and any(d["id"].startswith("demo-fork/") for d in c["duplicates"]) for c in clusters)
+    assert any(
+        c["survivor"].startswith("demo/") and any(d["id"].startswith("demo-fork/") for d in c["duplicates"])
+        for c in clusters
+    )
 
     stats = json.loads((out / "stats.json").read_text())
     assert stats["dropped"]["quality/syntax_error/python"] == 2  # demo and its fork
@@ -130,8 +164,12 @@ def test_build_outputs(sources, tmp_path, capsys, monkeypatch):
     # The shards load with Hugging Face datasets too.
     datasets = pytest.importorskip("datasets")
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
-    loaded = datasets.load_dataset("parquet", data_files=sorted(map(str, (out / "data").glob("*.parquet"))),
-                                   split="train", cache_dir=str(tmp_path / "hf-cache"))
+    loaded = datasets.load_dataset(
+        "parquet",
+        data_files=sorted(map(str, (out / "data").glob("*.parquet"))),
+        split="train",
+        cache_dir=str(tmp_path / "hf-cache"),
+    )
     assert sorted(loaded["id"]) == sorted(samples)
 
     # The corpus is a tokenizer input.
@@ -139,8 +177,23 @@ def test_build_outputs(sources, tmp_path, capsys, monkeypatch):
 
 
 def stdlib_repos():
-    return [STDLIB / name for name in ("json", "email", "logging", "asyncio", "concurrent", "importlib",
-                                       "sqlite3", "urllib", "xml", "http", "unittest", "wsgiref")]
+    return [
+        STDLIB / name
+        for name in (
+            "json",
+            "email",
+            "logging",
+            "asyncio",
+            "concurrent",
+            "importlib",
+            "sqlite3",
+            "urllib",
+            "xml",
+            "http",
+            "unittest",
+            "wsgiref",
+        )
+    ]
 
 
 def uninterrupted(tmp_path, cfg):
@@ -155,8 +208,19 @@ CFG = apply_overrides(BuildConfig(), {"run.repos_per_unit": "1", "run.workers": 
 def test_kill_and_resume_gives_the_uninterrupted_output(tmp_path):
     reference = uninterrupted(tmp_path, CFG)
     out = tmp_path / "killed"
-    command = [sys.executable, "-m", "dscoder", "data", "build", "--out", str(out), "--workers", "1",
-               "--run.repos_per_unit=1", *map(str, stdlib_repos())]
+    command = [
+        sys.executable,
+        "-m",
+        "dscoder",
+        "data",
+        "build",
+        "--out",
+        str(out),
+        "--workers",
+        "1",
+        "--run.repos_per_unit=1",
+        *map(str, stdlib_repos()),
+    ]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
     while time.time() < deadline and len(list((out / "work" / "units").glob("*.stats.json"))) < 3:
@@ -245,8 +309,10 @@ def test_truncated_dataset_shards_are_one_line_and_no_smaller_corpus(tmp_path, c
     """A shard cut short (a copy that stopped mid-way) is never read as a smaller corpus: a parquet
     file without its footer is refused before anything is written; a JSON-lines.gz file cut
     mid-stream stops the build with one line naming it, and no corpus is marked complete."""
-    rows = [{"repo": f"org/r{i}", "path": f"m{i}.py", "content": f"def f{i}(x):\n    return x + {i}\n" * 20}
-            for i in range(300)]
+    rows = [
+        {"repo": f"org/r{i}", "path": f"m{i}.py", "content": f"def f{i}(x):\n    return x + {i}\n" * 20}
+        for i in range(300)
+    ]
     whole = tmp_path / "shard.parquet"
     pq.write_table(pa.Table.from_pylist(rows), whole)
     cut = tmp_path / "cut.parquet"
@@ -283,12 +349,18 @@ def test_a_repository_that_vanishes_during_the_build_is_one_line_then_resumes(tm
 
     monkeypatch.setattr(build_module, "plan_units", plan_then_delete)
     out = tmp_path / "out"
-    assert main(["data", "build", "--out", str(out), "--workers", "1", "--run.repos_per_unit=1", "--repos-in", str(repos)]) == 2
+    assert (
+        main(["data", "build", "--out", str(out), "--workers", "1", "--run.repos_per_unit=1", "--repos-in", str(repos)])
+        == 2
+    )
     err = capsys.readouterr().err
     assert "the repository vanished during the build" in err and "/b:" in err and "Traceback" not in err
     monkeypatch.undo()
     (tmp_path / "b-moved").rename(repos / "b")
-    assert main(["data", "build", "--out", str(out), "--workers", "1", "--run.repos_per_unit=1", "--repos-in", str(repos)]) == 0
+    assert (
+        main(["data", "build", "--out", str(out), "--workers", "1", "--run.repos_per_unit=1", "--repos-in", str(repos)])
+        == 0
+    )
     assert sorted(r["repo"] for r in read_rows(out / "data")) == ["a", "b", "c"]
 
 
@@ -317,8 +389,14 @@ def test_dataset_files_spilled_in_parallel_give_the_same_corpus(tmp_path):
     """Rows of one repository spread over several shards (as The Stack splits by language) are
     spilled by one task per shard, then gathered per bucket: two workers and one give the same
     corpus, and each repository is one sample set."""
-    rows = [{"repo": f"org/r{i % 40}", "path": f"pkg/m{i}.py", "content": f"import pkg.m{max(i - 40, 0)}\n\n"
-             f"def f{i}(x):\n    return x * {i}\n"} for i in range(400)]
+    rows = [
+        {
+            "repo": f"org/r{i % 40}",
+            "path": f"pkg/m{i}.py",
+            "content": f"import pkg.m{max(i - 40, 0)}\n\ndef f{i}(x):\n    return x * {i}\n",
+        }
+        for i in range(400)
+    ]
     shards = []
     for k in range(4):
         shards.append(tmp_path / f"shard-{k}.parquet")
@@ -326,7 +404,9 @@ def test_dataset_files_spilled_in_parallel_give_the_same_corpus(tmp_path):
     cfg = apply_overrides(CFG, {"run.bucket_bytes": "5000"})
     build(tmp_path / "one", shards, [], [], cfg)
     build(tmp_path / "two", shards, [], [], apply_overrides(cfg, {"run.workers": "2"}))
-    assert corpus_bytes(tmp_path / "one").keys() - {"manifest.json"} == corpus_bytes(tmp_path / "two").keys() - {"manifest.json"}
+    assert corpus_bytes(tmp_path / "one").keys() - {"manifest.json"} == corpus_bytes(tmp_path / "two").keys() - {
+        "manifest.json"
+    }
     assert corpus_content(tmp_path / "one") == corpus_content(tmp_path / "two")
     samples = read_rows(tmp_path / "one" / "data")
     assert sorted({s["repo"] for s in samples}) == sorted({r["repo"] for r in rows})
@@ -351,8 +431,10 @@ def test_a_build_that_keeps_nothing_is_an_error_and_writes_nothing(kind, tmp_pat
 
 def test_bad_decontamination_files_are_refused_before_anything_is_written(tmp_path, capsys):
     repo = write_tree(tmp_path / "r", {"clamp.py": PYTHON_REPO["pkg/util.py"]})
-    for bad, needle in ((tmp_path / "missing.jsonl", "benchmark file not found"),
-                        (write_tree(tmp_path, {"bad.jsonl": "{not json\n"}) / "bad.jsonl", "bad.jsonl")):
+    for bad, needle in (
+        (tmp_path / "missing.jsonl", "benchmark file not found"),
+        (write_tree(tmp_path, {"bad.jsonl": "{not json\n"}) / "bad.jsonl", "bad.jsonl"),
+    ):
         code = main(["data", "build", "--out", str(tmp_path / "c"), "--decontaminate", str(bad), "--", str(repo)])
         err = capsys.readouterr().err
         assert code == 2 and needle in err and "Traceback" not in err
@@ -360,8 +442,19 @@ def test_bad_decontamination_files_are_refused_before_anything_is_written(tmp_pa
     built = main(["data", "build", "--out", str(tmp_path / "c"), "--workers", "1", str(repo)])
     assert built == 0  # the corrected command
     capsys.readouterr()
-    code = main(["data", "build", "--out", str(tmp_path / "c"), "--force", "--decontaminate",
-                 str(tmp_path / "missing.jsonl"), "--", str(repo)])
+    code = main(
+        [
+            "data",
+            "build",
+            "--out",
+            str(tmp_path / "c"),
+            "--force",
+            "--decontaminate",
+            str(tmp_path / "missing.jsonl"),
+            "--",
+            str(repo),
+        ]
+    )
     assert code == 2 and (tmp_path / "c" / "stats.json").is_file()  # --force does not drop the corpus first
 
 
@@ -389,8 +482,18 @@ def test_killed_at_ten_points_then_resumed_gives_the_same_bytes(tmp_path):
     written, duplicates found, units finished), resuming after each: the corpus is byte-identical to an uninterrupted one."""
     out = tmp_path / "killed"
     reference = tmp_path / "reference"
-    command = [sys.executable, "-m", "dscoder", "-q", "data", "build", "--workers", "1", "--run.repos_per_unit=1",
-               *map(str, stdlib_repos())]
+    command = [
+        sys.executable,
+        "-m",
+        "dscoder",
+        "-q",
+        "data",
+        "build",
+        "--workers",
+        "1",
+        "--run.repos_per_unit=1",
+        *map(str, stdlib_repos()),
+    ]
     assert subprocess.run([*command, "--out", str(reference)], capture_output=True).returncode == 0
     units = out / "work" / "units"
 
@@ -402,9 +505,12 @@ def test_killed_at_ten_points_then_resumed_gives_the_same_bytes(tmp_path):
 
     points = [lambda n=n: count(units, "*.stats.json") >= n for n in (1, 2, 4, 6, 8, 10)]
     points += [lambda n=n: count(units, "*.keys.npy") >= n for n in (2, 8)]
-    points += [lambda: (out / "work" / "dedup" / "clusters.npy").is_file(),
-               lambda: count(units, "*.finished.json") >= 3, lambda: count(units, "*.finished.json") >= 9,
-               lambda: (out / "stats.json").is_file()]
+    points += [
+        lambda: (out / "work" / "dedup" / "clusters.npy").is_file(),
+        lambda: count(units, "*.finished.json") >= 3,
+        lambda: count(units, "*.finished.json") >= 9,
+        lambda: (out / "stats.json").is_file(),
+    ]
     landed = 0
     for reached in points:
         process = subprocess.Popen([*command, "--out", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -458,9 +564,11 @@ def test_a_finish_killed_at_its_last_steps_resumes_to_a_clean_corpus(tmp_path, m
     with pytest.raises(KeyboardInterrupt):
         build(out, repos, [], [], CFG)
     monkeypatch.undo()
-    for leftover in (out / "data" / ".part-00000.parquet.0123456789ab.partial",
-                     out / "rejects" / ".part-00007.parquet.0123456789ab.partial",
-                     out / ".stats.json.0123456789ab.partial"):
+    for leftover in (
+        out / "data" / ".part-00000.parquet.0123456789ab.partial",
+        out / "rejects" / ".part-00007.parquet.0123456789ab.partial",
+        out / ".stats.json.0123456789ab.partial",
+    ):
         leftover.write_bytes(b"half a file")
     build(out, repos, [], [], CFG)
     assert corpus_bytes(out) == corpus_bytes(reference)
@@ -471,10 +579,25 @@ def test_a_full_disk_is_one_line_and_the_build_resumes(tmp_path):
     room finishes the build with the uninterrupted output."""
     import resource
 
-    command = [sys.executable, "-m", "dscoder", "data", "build", "--workers", "1", "--run.repos_per_unit=1",
-               *map(str, stdlib_repos()[:4]), "--out", str(tmp_path / "out")]
-    full = subprocess.run(command, capture_output=True, text=True,
-                          preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, 100_000)))
+    command = [
+        sys.executable,
+        "-m",
+        "dscoder",
+        "data",
+        "build",
+        "--workers",
+        "1",
+        "--run.repos_per_unit=1",
+        *map(str, stdlib_repos()[:4]),
+        "--out",
+        str(tmp_path / "out"),
+    ]
+    full = subprocess.run(
+        command,
+        capture_output=True,
+        text=True,
+        preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, 100_000)),
+    )
     lines = [line for line in full.stderr.splitlines() if line.startswith("dscoder: error:")]
     assert full.returncode == 2 and len(lines) == 1, full.stderr
     assert "cannot be written" in lines[0] and "File too large" in lines[0], lines

@@ -36,13 +36,16 @@ def test_optional_values_and_lists_from_flags():
     assert config.apply_overrides(cfg, {"limit": "none"}).limit is None
 
 
-@pytest.mark.parametrize("overrides, message", [
-    ({"sed": "1"}, "unknown setting 'sed'"),
-    ({"optim.lrr": "1"}, "unknown setting 'optim.lrr'"),
-    ({"seed": "1.5"}, "seed: expected int"),
-    ({"compile": "maybe"}, "compile: expected true or false"),
-    ({"optim": "1"}, "optim: expected a section"),
-])
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"sed": "1"}, "unknown setting 'sed'"),
+        ({"optim.lrr": "1"}, "unknown setting 'optim.lrr'"),
+        ({"seed": "1.5"}, "seed: expected int"),
+        ({"compile": "maybe"}, "compile: expected true or false"),
+        ({"optim": "1"}, "optim: expected a section"),
+    ],
+)
 def test_bad_settings_name_the_field(overrides, message):
     with pytest.raises(UserError, match=message):
         config.apply_overrides(Root(), overrides)

@@ -10,29 +10,47 @@ from dscoder.errors import UserError
 from dscoder.evaluate import crosscodeeval as cc
 from dscoder.evaluate import metrics
 
-CROSSFILE = ("# Here are some relevant code fragments from other files of the repo:\n"
-             "# the below code fragment can be found in: geo/point.py\n"
-             "# class Point:\n#     def __init__(self, x, y):\n")
+CROSSFILE = (
+    "# Here are some relevant code fragments from other files of the repo:\n"
+    "# the below code fragment can be found in: geo/point.py\n"
+    "# class Point:\n#     def __init__(self, x, y):\n"
+)
 ROWS = [
-    {"prompt": "from geo.point import Point\n\n\ndef shift(p):\n    ", "groundtruth": "return Point(p.x + 1, p.y)",
-     "right_context": "\n\n\ndef other():\n    pass\n",
-     "crossfile_context": {"text": CROSSFILE, "list": [{"retrieved_chunk": "class Point:", "filename": "geo/point.py",
-                                                        "score": 1.0}]},
-     "metadata": {"task_id": "project_cc_python/0", "repository": "demo/geo", "file": "geo/shift.py"}},
-    {"prompt": "import os\n\nCONFIG_DIR = 'conf'\n\n\ndef config_path(name):\n    ",
-     "groundtruth": "return os.path.join(CONFIG_DIR, name)", "right_context": "\n",
-     "crossfile_context": {"text": "", "list": []},
-     "metadata": {"task_id": "project_cc_python/1", "repository": "demo/conf", "file": "conf/paths.py"}},
-    {"prompt": "package demo;\n\npublic class Shop {\n    public int total(Cart cart) {\n        ",
-     "groundtruth": "return cart.sum(Item::price);", "right_context": "\n    }\n}\n",
-     "crossfile_context": {"text": "// the below code fragment can be found in: src/demo/Item.java\n"
-                                   "// public int price() { return price; }\n", "list": []},
-     "metadata": {"task_id": "project_cc_java/0", "repository": "demo/shop", "file": "src/demo/Shop.java"}},
+    {
+        "prompt": "from geo.point import Point\n\n\ndef shift(p):\n    ",
+        "groundtruth": "return Point(p.x + 1, p.y)",
+        "right_context": "\n\n\ndef other():\n    pass\n",
+        "crossfile_context": {
+            "text": CROSSFILE,
+            "list": [{"retrieved_chunk": "class Point:", "filename": "geo/point.py", "score": 1.0}],
+        },
+        "metadata": {"task_id": "project_cc_python/0", "repository": "demo/geo", "file": "geo/shift.py"},
+    },
+    {
+        "prompt": "import os\n\nCONFIG_DIR = 'conf'\n\n\ndef config_path(name):\n    ",
+        "groundtruth": "return os.path.join(CONFIG_DIR, name)",
+        "right_context": "\n",
+        "crossfile_context": {"text": "", "list": []},
+        "metadata": {"task_id": "project_cc_python/1", "repository": "demo/conf", "file": "conf/paths.py"},
+    },
+    {
+        "prompt": "package demo;\n\npublic class Shop {\n    public int total(Cart cart) {\n        ",
+        "groundtruth": "return cart.sum(Item::price);",
+        "right_context": "\n    }\n}\n",
+        "crossfile_context": {
+            "text": "// the below code fragment can be found in: src/demo/Item.java\n"
+            "// public int price() { return price; }\n",
+            "list": [],
+        },
+        "metadata": {"task_id": "project_cc_java/0", "repository": "demo/shop", "file": "src/demo/Shop.java"},
+    },
 ]
 # What a model might generate for each row (before the cut to a statement).
-GENERATIONS = ["return Point(p.x + 1, p.y)\n\n\ndef other():\n    pass\n",
-               "return os.path.join(BASE, name)  # the file\n    x = 1\n",
-               "return cart.sum(Item::cost);\n    }\n}\n"]
+GENERATIONS = [
+    "return Point(p.x + 1, p.y)\n\n\ndef other():\n    pass\n",
+    "return os.path.join(BASE, name)  # the file\n    x = 1\n",
+    "return cart.sum(Item::cost);\n    }\n}\n",
+]
 
 
 def _write(path, rows):
@@ -43,8 +61,11 @@ def _write(path, rows):
 def test_rows_are_read_and_the_format_is_detected():
     assert detect_format(ROWS) == "crosscodeeval"
     rows = cc.read_rows("cceval.jsonl", ROWS)
-    assert [(r.task_id, r.language) for r in rows] == [("project_cc_python/0", "python"),
-                                                       ("project_cc_python/1", "python"), ("project_cc_java/0", "java")]
+    assert [(r.task_id, r.language) for r in rows] == [
+        ("project_cc_python/0", "python"),
+        ("project_cc_python/1", "python"),
+        ("project_cc_java/0", "java"),
+    ]
     assert rows[0].crossfile == CROSSFILE and rows[1].crossfile == ""
 
 
@@ -85,8 +106,13 @@ def test_scores_against_hand_computed_values():
     rows = cc.read_rows("cceval.jsonl", ROWS)
     scored = [cc.score(r, g) for r, g in zip(rows, GENERATIONS)]
     # row 1: the statement is the real line
-    assert scored[0] == {"completion": "return Point(p.x + 1, p.y)", "exact_match": 1.0, "edit_similarity": 1.0,
-                         "identifier_exact_match": 1.0, "identifier_f1": 1.0}
+    assert scored[0] == {
+        "completion": "return Point(p.x + 1, p.y)",
+        "exact_match": 1.0,
+        "edit_similarity": 1.0,
+        "identifier_exact_match": 1.0,
+        "identifier_f1": 1.0,
+    }
     # row 2: cut at the first line end (the comment is scored without); "return os.path.join(" and
     # ", name)" match (27 characters of 31 and 37); identifiers os path join BASE name against
     # os path join CONFIG_DIR name: 4 shared, 1 wrong, 1 missed
@@ -100,9 +126,15 @@ def test_scores_against_hand_computed_values():
     assert scored[2]["edit_similarity"] == pytest.approx(2 * 25 / (28 + 29))
     assert scored[2]["identifier_f1"] == pytest.approx(2 * 3 / (2 * 3 + 1 + 1))
     summary = cc.summarize(rows, scored, crossfile=True)
-    assert summary["overall"] == pytest.approx({"tasks": 3, "exact_match": 1 / 3, "identifier_exact_match": 1 / 3,
-                                                "edit_similarity": (1 + 54 / 68 + 50 / 57) / 3,
-                                                "identifier_f1": (1 + 0.8 + 0.75) / 3})
+    assert summary["overall"] == pytest.approx(
+        {
+            "tasks": 3,
+            "exact_match": 1 / 3,
+            "identifier_exact_match": 1 / 3,
+            "edit_similarity": (1 + 54 / 68 + 50 / 57) / 3,
+            "identifier_f1": (1 + 0.8 + 0.75) / 3,
+        }
+    )
     assert summary["languages"]["java"]["tasks"] == 1 and summary["languages"]["python"]["tasks"] == 2
 
 
@@ -129,8 +161,10 @@ def test_eval_run_on_a_crosscodeeval_file(tiny_base_model, tmp_path, capsys):
     bench = _write(tmp_path / "cceval.jsonl", ROWS)
     for flags, crossfile in (([], True), (["--no-crossfile"], False)):
         out = tmp_path / f"run{len(flags)}"
-        assert main(["eval", "run", "--model", str(tiny_base_model), "--benchmark", str(bench), "--out", str(out),
-                     *flags]) == 0
+        assert (
+            main(["eval", "run", "--model", str(tiny_base_model), "--benchmark", str(bench), "--out", str(out), *flags])
+            == 0
+        )
         summary = json.loads((out / "summary.json").read_text())
         assert summary["crossfile"] is crossfile and summary["overall"]["tasks"] == 3
         assert set(cc.METRICS) <= set(summary["overall"])
@@ -142,7 +176,9 @@ def test_eval_run_on_a_crosscodeeval_file(tiny_base_model, tmp_path, capsys):
     assert "CrossCodeEval (exact match)" in (tmp_path / "report.md").read_text()
 
     bad = _write(tmp_path / "bad.jsonl", [ROWS[0], {k: v for k, v in ROWS[1].items() if k != "groundtruth"}])
-    assert main(["eval", "run", "--model", str(tiny_base_model), "--benchmark", str(bad),
-                 "--out", str(tmp_path / "bad")]) != 0
+    assert (
+        main(["eval", "run", "--model", str(tiny_base_model), "--benchmark", str(bad), "--out", str(tmp_path / "bad")])
+        != 0
+    )
     assert "row 2 (project_cc_python/1): no 'groundtruth'" in capsys.readouterr().err
     assert not (tmp_path / "bad").exists()

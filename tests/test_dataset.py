@@ -24,7 +24,7 @@ def test_documents_are_bos_text_eos_and_the_cache_is_reused(small_corpus, traine
     assert meta["dtype"] == "uint16" and len(tokens) == meta["tokens"]
     assert tokens[0] == tok.bos_token_id
     assert (tokens == tok.bos_token_id).sum() == (tokens == tok.eos_token_id).sum() == meta["documents"]
-    first_doc = tokens[1:int(np.argmax(tokens == tok.eos_token_id))]
+    first_doc = tokens[1 : int(np.argmax(tokens == tok.eos_token_id))]
     from dscoder.data import corpus
 
     texts = list(corpus.iter_texts(small_corpus))
@@ -115,7 +115,7 @@ def test_fitted_pieces_never_cross_a_window_and_padding_is_not_trained(small_cor
     assert 0.3 < np.mean([tokens[s + 1] == fim_begin for s, _ in spans]) < 0.7
     inside = np.zeros(len(tokens), dtype=bool)
     for start, end in spans:
-        inside[start:end + 1] = True
+        inside[start : end + 1] = True
     assert np.array_equal(mask.astype(bool), inside)  # everything else is padding, out of the loss
     assert (tokens[~inside] == tok.eos_token_id).all() and 0 < (~inside).mean() < 0.15
     _, other = fitted_cache(small_corpus, trained_tokenizer_dir, tmp_path, rate=0.5, seq_len=256)
@@ -128,7 +128,7 @@ def test_fitted_pieces_keep_every_document_whole(small_corpus, trained_tokenizer
     tok, folder = fitted_cache(small_corpus, trained_tokenizer_dir, tmp_path, rate=0.0)
     tokens = np.asarray(dataset.TokenFile(folder).tokens)
     texts = list(corpus.iter_texts(small_corpus))
-    text = "".join(tok.decode(tokens[s + 1:e].tolist()) for s, e in pieces_of(tokens, tok))
+    text = "".join(tok.decode(tokens[s + 1 : e].tolist()) for s, e in pieces_of(tokens, tok))
     assert text == "".join(texts)
 
 
@@ -140,16 +140,19 @@ def test_fitted_pieces_need_room_for_a_piece(trained_tokenizer_dir):
         dataset.pretraining_encoder(tok, FIMConfig(fit_windows=True), 0, "x", seq_len=16)
 
 
-TRICKY_SOURCE = "".join([
-    "import os\n\n\n\ndef f(x):\n    return x  \n\n",  # blank lines, trailing spaces
-    "\tif x:\n\t\tpass\n",  # tabs
-    "name = 'é ü 日本語 🙂🙃'\n",  # characters of several bytes
-    "a = 1\r\nb = 2\r\n",  # Windows line ends
-    "n = 1234567890\n",  # digits
-    "s = '" + "z" * 400 + "'\n",  # a line longer than a piece
-    "x  ü  é\n\t\tÄpfel = 1\na  本\n",  # runs of whitespace before letters that do not merge with it
-    "t = '" + "q  ü\t\tÄ  本 " * 60 + "'\n",  # and a line longer than a window made of them
-] * 6)
+TRICKY_SOURCE = "".join(
+    [
+        "import os\n\n\n\ndef f(x):\n    return x  \n\n",  # blank lines, trailing spaces
+        "\tif x:\n\t\tpass\n",  # tabs
+        "name = 'é ü 日本語 🙂🙃'\n",  # characters of several bytes
+        "a = 1\r\nb = 2\r\n",  # Windows line ends
+        "n = 1234567890\n",  # digits
+        "s = '" + "z" * 400 + "'\n",  # a line longer than a piece
+        "x  ü  é\n\t\tÄpfel = 1\na  本\n",  # runs of whitespace before letters that do not merge with it
+        "t = '" + "q  ü\t\tÄ  本 " * 60 + "'\n",  # and a line longer than a window made of them
+    ]
+    * 6
+)
 
 
 @pytest.mark.parametrize("split", ["line", "char"])

@@ -43,8 +43,15 @@ def test_index_round_trip(tmp_path, humaneval_index):
     assert len(loaded) == len(humaneval_index) and loaded.owners == humaneval_index.owners
 
 
-@pytest.mark.parametrize("name", ["mbpp.jsonl", "multipl-e-humaneval-java.jsonl", "humaneval-x-sample-cpp.jsonl",
-                                  "HumanEval-SingleLineInfilling.jsonl.gz"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "mbpp.jsonl",
+        "multipl-e-humaneval-java.jsonl",
+        "humaneval-x-sample-cpp.jsonl",
+        "HumanEval-SingleLineInfilling.jsonl.gz",
+    ],
+)
 def test_every_shared_benchmark_format_is_recognised(name):
     fmt, strings = contaminating_strings(need_shared(SHARED / "benchmarks" / name))
     assert fmt in ("mbpp", "multipl-e", "humaneval-x", "humaneval-infilling") and strings

@@ -63,11 +63,21 @@ def repo_text(files):
 def test_forks_go_unrelated_repositories_sharing_a_vendored_file_stay():
     rng = random.Random(1)
     vendored = ("vendor/six.py", (STDLIB / "json" / "scanner.py").read_text())
-    original = repo_text([("a.py", (STDLIB / "email" / "feedparser.py").read_text()),
-                          ("b.py", (STDLIB / "email" / "generator.py").read_text()), vendored])
+    original = repo_text(
+        [
+            ("a.py", (STDLIB / "email" / "feedparser.py").read_text()),
+            ("b.py", (STDLIB / "email" / "generator.py").read_text()),
+            vendored,
+        ]
+    )
     fork = edit_lines(original, 0.03, rng)
-    unrelated = repo_text([("x.py", (STDLIB / "asyncio" / "locks.py").read_text()),
-                           ("y.py", (STDLIB / "asyncio" / "queues.py").read_text()), vendored])
+    unrelated = repo_text(
+        [
+            ("x.py", (STDLIB / "asyncio" / "locks.py").read_text()),
+            ("y.py", (STDLIB / "asyncio" / "queues.py").read_text()),
+            vendored,
+        ]
+    )
     copy = original
     roots, similarity = run_cluster([original, unrelated, fork, copy, "", "   "])
     assert list(roots[:4]) == [0, 1, 0, 0]  # the fork and the copy go; the first one survives
@@ -98,7 +108,9 @@ def test_pairs_found_by_key_partitions_give_the_same_clusters():
     sigs = np.stack([signature(t, CFG) for t in texts])
     digests = np.frombuffer(b"".join(text_digest(t) for t in texts), dtype=np.uint8).reshape(-1, 16)
     whole = cluster(sigs, digests, CFG)
-    records = np.concatenate([key_records(sigs[i:i + 3], digests[i:i + 3], i, CFG) for i in range(0, len(texts), 3)])
+    records = np.concatenate(
+        [key_records(sigs[i : i + 3], digests[i : i + 3], i, CFG) for i in range(0, len(texts), 3)]
+    )
     for partitions in (1, 3, 7):
         share = records["hi"] % np.uint64(partitions)
         pairs = [candidate_pairs(records[share == p], lambda idx: sigs[idx], CFG) for p in range(partitions)]

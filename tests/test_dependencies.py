@@ -85,15 +85,23 @@ def test_repository_root_that_is_itself_a_package():
 
 
 def test_python_from_import_of_several_submodules_depends_on_each():
-    files = {"pkg/__init__.py": "VERSION = 1\n", "pkg/a.py": "A = 1\n", "pkg/b.py": "B = 2\n",
-             "main.py": "from pkg import a, b\nfrom pkg import b as bee, VERSION\n"}
+    files = {
+        "pkg/__init__.py": "VERSION = 1\n",
+        "pkg/a.py": "A = 1\n",
+        "pkg/b.py": "B = 2\n",
+        "main.py": "from pkg import a, b\nfrom pkg import b as bee, VERSION\n",
+    }
     assert deps_of(files)["main.py"] == {"pkg/a.py", "pkg/b.py", "pkg/__init__.py"}  # VERSION: the package
 
 
 def test_java_imports_wildcards_and_same_package():
     deps = deps_of(JAVA_REPO)
     root = "src/main/java/com/acme/"
-    assert deps[root + "App.java"] == {root + "model/Circle.java", root + "model/Shape.java", root + "util/Geometry.java"}
+    assert deps[root + "App.java"] == {
+        root + "model/Circle.java",
+        root + "model/Shape.java",
+        root + "util/Geometry.java",
+    }
     assert deps[root + "util/Geometry.java"] == {root + "model/Shape.java"}  # wildcard: only what it uses
     assert deps[root + "model/Circle.java"] == {root + "model/Shape.java"}  # same package, no import
 
@@ -126,7 +134,8 @@ def test_imports_are_honoured_when_a_same_package_cycle_is_broken():
     graph = graph_of(CONCURRENT_REPO)
     imports = {("p/locks/Sync.java", "p/Pool.java"), ("p/Queue.java", "p/locks/Lock.java")}
     assert {(a, b) for a, deps in graph.deps.items() for b in deps} - imports == {
-        (a, b) for a, refs in graph.references.items() for b in refs}  # the other edges are references
+        (a, b) for a, refs in graph.references.items() for b in refs
+    }  # the other edges are references
     nodes = sorted(graph.deps)
 
     def broken(order):
@@ -148,7 +157,7 @@ def test_csharp_and_go_same_namespace_dependencies_are_references():
         "go.mod": "module example.com/calc\n",
         "mathx/add.go": "package mathx\n\nfunc Add(a, b int) int { return a + b }\n",
         "mathx/twice.go": "package mathx\n\nfunc Twice(a int) int { return Add(a, a) }\n",
-        "main.go": "package main\n\nimport \"example.com/calc/mathx\"\n\nfunc main() { mathx.Twice(1) }\n",
+        "main.go": 'package main\n\nimport "example.com/calc/mathx"\n\nfunc main() { mathx.Twice(1) }\n',
     }
     graph = graph_of(files)
     assert graph.deps["Shop/Models/Order.cs"] == graph.references["Shop/Models/Order.cs"] == {"Shop/Models/User.cs"}
@@ -158,13 +167,16 @@ def test_csharp_and_go_same_namespace_dependencies_are_references():
 
 
 def test_analyze_groups_every_file_and_parses_what_is_not_parsed():
-    files = [CodeFile(p, t, lang, None) for p, t, lang in [
-        ("README.md", "# Tools\n", "markdown"),
-        ("b.py", "import a\n", "python"),
-        ("a.py", "X = 1\n", "python"),
-        ("CMakeLists.txt", "project(x)\n", "cmake"),
-        ("c.py", "Y = 2\n", "python"),
-    ]]
+    files = [
+        CodeFile(p, t, lang, None)
+        for p, t, lang in [
+            ("README.md", "# Tools\n", "markdown"),
+            ("b.py", "import a\n", "python"),
+            ("a.py", "X = 1\n", "python"),
+            ("CMakeLists.txt", "project(x)\n", "cmake"),
+            ("c.py", "Y = 2\n", "python"),
+        ]
+    ]
     analysis = analyze(files, "tools", 0)
     assert analysis.graph.deps["b.py"] == {"a.py"}
     assert analysis.groups == [["CMakeLists.txt"], ["README.md"], ["a.py", "b.py"], ["c.py"]]
@@ -182,7 +194,7 @@ def test_csharp_usings_and_namespaces():
     files = {
         "Models/User.cs": "namespace Shop.Models\n{\n    public class User { public string Name { get; set; } }\n}\n",
         "Services/UserService.cs": "using Shop.Models;\n\nnamespace Shop.Services\n{\n    public class UserService\n    {\n        public User Find(string name) => new User { Name = name };\n    }\n}\n",
-        "Program.cs": "using Shop.Services;\n\nclass Program { static void Main() { new UserService().Find(\"a\"); } }\n",
+        "Program.cs": 'using Shop.Services;\n\nclass Program { static void Main() { new UserService().Find("a"); } }\n',
     }
     deps = deps_of(files)
     assert deps["Services/UserService.cs"] == {"Models/User.cs"}
@@ -207,7 +219,7 @@ def test_go_module_packages_and_same_folder_identifiers():
         "go.mod": "module example.com/calc\n\ngo 1.21\n",
         "mathx/add.go": "package mathx\n\nfunc Add(a, b int) int { return a + b }\n",
         "mathx/twice.go": "package mathx\n\nfunc Twice(a int) int { return Add(a, a) }\n",
-        "main.go": "package main\n\nimport (\n\t\"fmt\"\n\t\"example.com/calc/mathx\"\n)\n\nfunc main() { fmt.Println(mathx.Twice(2)) }\n",
+        "main.go": 'package main\n\nimport (\n\t"fmt"\n\t"example.com/calc/mathx"\n)\n\nfunc main() { fmt.Println(mathx.Twice(2)) }\n',
     }
     deps = deps_of(files)
     assert deps["mathx/twice.go"] == {"mathx/add.go"}
@@ -216,7 +228,7 @@ def test_go_module_packages_and_same_folder_identifiers():
 
 def test_rust_mod_and_use_paths():
     files = {
-        "src/main.rs": "mod geometry;\nmod util;\nuse crate::geometry::shapes::Circle;\n\nfn main() { println!(\"{}\", Circle { r: 1.0 }.area()); }\n",
+        "src/main.rs": 'mod geometry;\nmod util;\nuse crate::geometry::shapes::Circle;\n\nfn main() { println!("{}", Circle { r: 1.0 }.area()); }\n',
         "src/geometry/mod.rs": "pub mod shapes;\n",
         "src/geometry/shapes.rs": "use crate::util::square;\n\npub struct Circle { pub r: f64 }\nimpl Circle { pub fn area(&self) -> f64 { 3.14 * square(self.r) } }\n",
         "src/util.rs": "pub fn square(x: f64) -> f64 { x * x }\n",

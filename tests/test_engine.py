@@ -22,16 +22,19 @@ def test_greedy_matches_transformers_generate(engine):
     for text in PROMPTS:
         ids = engine.encode(text)
         (s,) = engine.generate([Sequence(ids, SamplingParams(max_new_tokens=24))])
-        reference = engine.model.generate(torch.tensor([ids]), max_new_tokens=24, do_sample=False,
-                                          pad_token_id=engine.pad_id)[0, len(ids):].tolist()
+        reference = engine.model.generate(
+            torch.tensor([ids]), max_new_tokens=24, do_sample=False, pad_token_id=engine.pad_id
+        )[0, len(ids) :].tolist()
         expected = [t for t in reference]
         if engine.tokenizer.eos_token_id in expected:
-            expected = expected[:expected.index(engine.tokenizer.eos_token_id)]
+            expected = expected[: expected.index(engine.tokenizer.eos_token_id)]
         assert s.token_ids == expected
 
 
 def test_a_batch_gives_what_each_prompt_gives_alone(engine):
-    alone = [engine.generate([Sequence(engine.encode(t), SamplingParams(max_new_tokens=16))])[0].token_ids for t in PROMPTS]
+    alone = [
+        engine.generate([Sequence(engine.encode(t), SamplingParams(max_new_tokens=16))])[0].token_ids for t in PROMPTS
+    ]
     together = engine.generate([Sequence(engine.encode(t), SamplingParams(max_new_tokens=16)) for t in PROMPTS])
     assert [s.token_ids for s in together] == alone
 
@@ -40,7 +43,9 @@ def test_seeded_sampling_is_reproducible(engine):
     params = SamplingParams(max_new_tokens=20, temperature=1.0, top_p=0.9, seed=7)
     a = engine.generate([Sequence(engine.encode(PROMPTS[0]), params)])[0]
     b = engine.generate([Sequence(engine.encode(PROMPTS[0]), params)])[0]
-    c = engine.generate([Sequence(engine.encode(PROMPTS[0]), SamplingParams(max_new_tokens=20, temperature=1.0, seed=8))])[0]
+    c = engine.generate(
+        [Sequence(engine.encode(PROMPTS[0]), SamplingParams(max_new_tokens=20, temperature=1.0, seed=8))]
+    )[0]
     assert a.token_ids == b.token_ids != c.token_ids
 
 
@@ -49,9 +54,10 @@ def test_stop_sequences_are_trimmed_and_streamed_text_matches(engine):
     assert len(free.text) > 4
     stop = free.text[2:4]
     deltas = []
-    (s,) = engine.generate([Sequence(engine.encode(PROMPTS[1]), SamplingParams(max_new_tokens=40, stop=(stop,)),
-                                     deltas.append)])
-    assert s.finish_reason == "stop" and s.text == free.text[:free.text.index(stop)]
+    (s,) = engine.generate(
+        [Sequence(engine.encode(PROMPTS[1]), SamplingParams(max_new_tokens=40, stop=(stop,)), deltas.append)]
+    )
+    assert s.finish_reason == "stop" and s.text == free.text[: free.text.index(stop)]
     assert "".join(deltas) == s.text
 
 
@@ -66,7 +72,10 @@ def test_stops_at_eos_and_reports_length(engine):
 def test_instruct_models_stop_at_eot(tiny_instruct_model):
     instruct = Engine.load(tiny_instruct_model)
     eot = instruct.tokenizer.convert_tokens_to_ids(formats.EOT)
-    assert eot in instruct.stop_token_ids and instruct.tokenizer.convert_tokens_to_ids(formats.EOS) in instruct.stop_token_ids
+    assert (
+        eot in instruct.stop_token_ids
+        and instruct.tokenizer.convert_tokens_to_ids(formats.EOS) in instruct.stop_token_ids
+    )
 
 
 def test_prompt_fitting(engine):
@@ -76,7 +85,7 @@ def test_prompt_fitting(engine):
     fitted = prompts.insertion(engine, "# a header line\n" + long_text + "def f(", ")\n" + long_text, 100)
     assert len(fitted.ids) <= engine.context - 100 and fitted.truncated > 0
     assert fitted.text.startswith(formats.FIM_BEGIN) and fitted.text.endswith(formats.FIM_END)
-    before, after = fitted.text[len(formats.FIM_BEGIN):-len(formats.FIM_END)].split(formats.FIM_HOLE)
+    before, after = fitted.text[len(formats.FIM_BEGIN) : -len(formats.FIM_END)].split(formats.FIM_HOLE)
     assert before.endswith("x = 1\ndef f(") and after.startswith(")\nx = 1\n")  # the text at the cursor is kept
     assert "# a header line" not in before  # the farthest text went first
     # its share, less the lines dropped to keep the start where it was (ANCHOR_LINES at most, 4 tokens each here)
@@ -90,11 +99,23 @@ def test_prompt_fitting(engine):
 
 
 def test_an_insertion_with_repository_context_is_laid_out_as_in_training(engine):
-    context = [("pkg/util.py", "def clamp(v, lo, hi):\n    return max(lo, min(v, hi))\n"), ("pkg/config.py", "LOW = 0\n")]
-    p = prompts.insertion(engine, "from pkg.util import clamp\n\nx = clamp(", ")\n", 16, context, path="pkg/main.py",
-                          typed="va")
-    assert p.text == formats.fim_prompt(formats.repo_sample(context) + formats.file_header("pkg/main.py")
-                                        + "from pkg.util import clamp\n\nx = clamp(", ")\n") + "va"
+    context = [
+        ("pkg/util.py", "def clamp(v, lo, hi):\n    return max(lo, min(v, hi))\n"),
+        ("pkg/config.py", "LOW = 0\n"),
+    ]
+    p = prompts.insertion(
+        engine, "from pkg.util import clamp\n\nx = clamp(", ")\n", 16, context, path="pkg/main.py", typed="va"
+    )
+    assert (
+        p.text
+        == formats.fim_prompt(
+            formats.repo_sample(context)
+            + formats.file_header("pkg/main.py")
+            + "from pkg.util import clamp\n\nx = clamp(",
+            ")\n",
+        )
+        + "va"
+    )
     assert p.truncated == 0 and p.ids == engine.encode(p.text)
     big = [("far.py", "y = 2\n" * 150), ("near.py", "z = 3\n" * 20)]  # 600 and 80 tokens
     p = prompts.insertion(engine, "a = 1\n" * 50, "\n", engine.context - 400, big)
@@ -126,8 +147,12 @@ def test_sequences_joining_a_running_batch_give_what_they_give_alone(engine):
         return []
 
     finished = []
-    first = Sequence(engine.encode(texts[0]), SamplingParams(max_new_tokens=12), on_finish=lambda: finished.append(0),
-                     reuse_cache=False)
+    first = Sequence(
+        engine.encode(texts[0]),
+        SamplingParams(max_new_tokens=12),
+        on_finish=lambda: finished.append(0),
+        reuse_cache=False,
+    )
     result = engine.generate([first], admit=admit)
     assert not waiting and len(result) == len(texts) and finished == [0]
     by_prompt = {tuple(s.prompt_ids): s.token_ids for s in result}
@@ -149,8 +174,9 @@ def test_a_batch_that_never_empties_does_not_grow_with_its_age(engine, monkeypat
         return attend(q, k, v, **kwargs)
 
     monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", attention)
-    result = engine.generate([Sequence(engine.encode(texts[0]), params)],
-                             admit=lambda free: [waiting.pop(0)] if waiting and free else [])
+    result = engine.generate(
+        [Sequence(engine.encode(texts[0]), params)], admit=lambda free: [waiting.pop(0)] if waiting and free else []
+    )
     monkeypatch.undo()
     assert [t.data_ptr() for t in engine._runner.cache.keys] == cache  # the cache was never reallocated
     longest = max(len(engine.encode(t)) for t in texts) + params.max_new_tokens
@@ -167,8 +193,10 @@ def test_a_kv_cache_larger_than_the_memory_is_refused_with_its_size(tiny_base_mo
     with pytest.raises(UserError, match=r"KV cache for 8 sequences of 512 tokens needs .* GiB; .* GiB are free"):
         Engine.load(tiny_base_model, context=512)  # refused as it loads, before any request
     lowered = Engine.load(tiny_base_model)  # no --context: lowered to what fits, and it still answers
-    assert lowered.context == 256 and lowered.generate([Sequence(lowered.encode("def f(x):\n"),
-                                                                 SamplingParams(max_new_tokens=3))])[0].token_ids
+    assert (
+        lowered.context == 256
+        and lowered.generate([Sequence(lowered.encode("def f(x):\n"), SamplingParams(max_new_tokens=3))])[0].token_ids
+    )
     with pytest.raises(UserError, match="--context 999999: the model's context is"):
         Engine.load(tiny_base_model, context=999999)
 
@@ -218,8 +246,9 @@ def test_a_greedy_prompt_again_or_typed_along_its_answer_gets_the_answer_without
     with monkeypatch.context() as patch:
         _without_the_model(engine, patch)
         again = engine.generate([Sequence(ids, params)])[0]
-        typed = engine.generate([Sequence(ids + first.token_ids[:3], SamplingParams(max_new_tokens=9,
-                                                                                     stop_token_ids=(-1,)))])[0]
+        typed = engine.generate(
+            [Sequence(ids + first.token_ids[:3], SamplingParams(max_new_tokens=9, stop_token_ids=(-1,)))]
+        )[0]
     assert again.token_ids == first.token_ids and again.text == first.text and again.cached_tokens == len(ids)
     assert typed.token_ids == first.token_ids[3:] and typed.cached_tokens == len(ids) + 3
     # asked for more than the answer has: the row goes on decoding where the answer stopped,
@@ -236,7 +265,9 @@ def test_sampled_requests_and_other_prompts_compute_only_what_no_row_holds(engin
     engine.generate([Sequence(ids, SamplingParams(max_new_tokens=4, stop_token_ids=(-1,)))])
     sampled = engine.generate([Sequence(ids, SamplingParams(max_new_tokens=2, temperature=0.8, seed=1))])[0]
     assert sampled.cached_tokens == len(ids) - 1  # its last token is computed again for its logits
-    other = engine.generate([Sequence(ids + engine.encode("print(area(2, 3))")[1:], SamplingParams(max_new_tokens=2))])[0]
+    other = engine.generate([Sequence(ids + engine.encode("print(area(2, 3))")[1:], SamplingParams(max_new_tokens=2))])[
+        0
+    ]
     assert other.cached_tokens == len(ids)
 
 

@@ -38,9 +38,28 @@ def test_samples_through_the_server_are_those_of_local_generation(served, tiny_b
     generation with the same model, raw text and cleaned completion alike."""
     bench = str(SHARED / benchmark)
     common = ["--benchmark", bench, "--limit", "4", "--max-new-tokens", "24"]
-    assert main(["eval", "generate", "--model", str(tiny_base_model), "--out", str(tmp_path / "local.jsonl"), *common]) == 0
-    assert main(["eval", "generate", "--api-base", served, "--api-key", KEY, "--concurrency", "3",
-                 "--out", str(tmp_path / "api.jsonl"), *common]) == 0
+    assert (
+        main(["eval", "generate", "--model", str(tiny_base_model), "--out", str(tmp_path / "local.jsonl"), *common])
+        == 0
+    )
+    assert (
+        main(
+            [
+                "eval",
+                "generate",
+                "--api-base",
+                served,
+                "--api-key",
+                KEY,
+                "--concurrency",
+                "3",
+                "--out",
+                str(tmp_path / "api.jsonl"),
+                *common,
+            ]
+        )
+        == 0
+    )
     local, api = rows(tmp_path / "local.jsonl"), rows(tmp_path / "api.jsonl")
     assert len(local) == 4 and local.keys() == api.keys()
     for key in local:
@@ -50,8 +69,12 @@ def test_samples_through_the_server_are_those_of_local_generation(served, tiny_b
     else:  # the server takes four stop sequences; the rest are cut here, as the cleaning does locally
         assert any(r["completion"] for r in api.values())
     # resumed: nothing left to do, nothing written twice
-    assert main(["eval", "generate", "--api-base", served, "--api-key", KEY, "--out", str(tmp_path / "api.jsonl"),
-                 *common]) == 0
+    assert (
+        main(
+            ["eval", "generate", "--api-base", served, "--api-key", KEY, "--out", str(tmp_path / "api.jsonl"), *common]
+        )
+        == 0
+    )
     assert len((tmp_path / "api.jsonl").read_text().splitlines()) == 4
 
 
@@ -60,10 +83,12 @@ def test_server_mistakes_are_one_line(served, tmp_path, capsys):
         s.bind(("127.0.0.1", 0))
         free = s.getsockname()[1]
     common = ["--benchmark", str(SHARED / "HumanEval.jsonl.gz"), "--limit", "1", "--out", str(tmp_path / "s.jsonl")]
-    for flags, said in (([f"http://127.0.0.1:{free}/v1"], "cannot reach"),
-                        ([served, "--api-key", "wrong"], "API key"),
-                        ([served, "--api-key", KEY, "--api-model", "nonesuch"], "nonesuch"),
-                        (["127.0.0.1:8000"], "expected http://")):
+    for flags, said in (
+        ([f"http://127.0.0.1:{free}/v1"], "cannot reach"),
+        ([served, "--api-key", "wrong"], "API key"),
+        ([served, "--api-key", KEY, "--api-model", "nonesuch"], "nonesuch"),
+        (["127.0.0.1:8000"], "expected http://"),
+    ):
         assert main(["eval", "generate", "--api-base", *flags, *common]) != 0
         err = capsys.readouterr().err
         assert said in err and "Traceback" not in err, err
@@ -76,17 +101,24 @@ def test_instruct_prompts_are_the_released_ones():
     _, humaneval = tasks(SHARED / "HumanEval.jsonl.gz")
     task = humaneval[0]
     turn = prompts.instruct_messages(task)[0]["content"]
-    assert turn.startswith("Please continue to complete the function. You are not allowed to modify the given code and "
-                           "do the completion only. Please return all completed function in a codeblock. Here is the "
-                           "given code to do completion:\n```python\nfrom typing import List")
+    assert turn.startswith(
+        "Please continue to complete the function. You are not allowed to modify the given code and "
+        "do the completion only. Please return all completed function in a codeblock. Here is the "
+        "given code to do completion:\n```python\nfrom typing import List"
+    )
     assert turn.endswith(task.record["prompt"].strip() + "\n```")
     _, mbpp = tasks(SHARED / "mbpp.jsonl")
     turn = prompts.instruct_messages(mbpp[0])[0]["content"]
-    assert turn.startswith("Please refer the given examples and generate a python function for my problem.\n"
-                           "Examples are listed as follows:\n- Example 1:\n>>> Problem:\n")
+    assert turn.startswith(
+        "Please refer the given examples and generate a python function for my problem.\n"
+        "Examples are listed as follows:\n- Example 1:\n>>> Problem:\n"
+    )
     assert "\n\n- Example 2:\n" in turn and "\n>>> Code:\n```python\n" in turn
-    assert turn.split("Here is my problem:\n")[1] == (f">>> Problem:\n{mbpp[0].record['text'].strip()}\n>>> Test Cases:\n"
-                                                       + "\n".join(mbpp[0].record["test_list"]) + "\n")
+    assert turn.split("Here is my problem:\n")[1] == (
+        f">>> Problem:\n{mbpp[0].record['text'].strip()}\n>>> Test Cases:\n"
+        + "\n".join(mbpp[0].record["test_list"])
+        + "\n"
+    )
     with pytest.raises(Exception, match="--chat"):
         prompts.instruct_messages(tasks(SHARED / "HumanEval-SingleLineInfilling.jsonl.gz")[1][0])
 
@@ -94,8 +126,10 @@ def test_instruct_prompts_are_the_released_ones():
 def test_code_is_taken_from_the_answer_as_the_released_scripts_do():
     _, humaneval = tasks(SHARED / "HumanEval.jsonl.gz", chat=True)
     task = humaneval[0]  # has_close_elements, with `from typing import List` before it
-    answer = ("Sure:\n```python\ndef has_close_elements(numbers, threshold):\n    return any(abs(a - b) < threshold "
-              "for i, a in enumerate(numbers) for b in numbers[i + 1:])\n```\nDone.")
+    answer = (
+        "Sure:\n```python\ndef has_close_elements(numbers, threshold):\n    return any(abs(a - b) < threshold "
+        "for i, a in enumerate(numbers) for b in numbers[i + 1:])\n```\nDone."
+    )
     completion = instruct_completion(task, answer)
     assert completion.startswith("from typing import List\ndef has_close_elements(")
     program = task.program(completion)
@@ -116,10 +150,26 @@ def test_chat_evaluation_of_an_instruct_model_through_the_server(tiny_instruct_m
     server, thread, url = start(engine)
     try:
         common = ["--benchmark", str(SHARED / "HumanEval.jsonl.gz"), "--limit", "2", "--max-new-tokens", "16", "--chat"]
-        assert main(["eval", "generate", "--model", str(tiny_instruct_model), "--out", str(tmp_path / "l.jsonl"),
-                     *common]) == 0
-        assert main(["eval", "generate", "--api-base", url + "/v1", "--api-key", KEY, "--out",
-                     str(tmp_path / "a.jsonl"), *common]) == 0
+        assert (
+            main(["eval", "generate", "--model", str(tiny_instruct_model), "--out", str(tmp_path / "l.jsonl"), *common])
+            == 0
+        )
+        assert (
+            main(
+                [
+                    "eval",
+                    "generate",
+                    "--api-base",
+                    url + "/v1",
+                    "--api-key",
+                    KEY,
+                    "--out",
+                    str(tmp_path / "a.jsonl"),
+                    *common,
+                ]
+            )
+            == 0
+        )
     finally:
         server.should_exit = True
         thread.join(timeout=10)
@@ -134,8 +184,25 @@ def test_run_json_records_every_choice_and_rerun_repeats_it(tiny_base_model, tmp
     records = [json.loads(line) for line in gzip.open(SHARED / "HumanEval.jsonl.gz", "rt")][:2]
     bench.write_text("".join(json.dumps(r) + "\n" for r in records))
     first, again = tmp_path / "first", tmp_path / "again"
-    assert main(["eval", "run", "--model", str(tiny_base_model), "--benchmark", str(bench), "--out", str(first),
-                 "--max-new-tokens", "16", "--timeout", "5"]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "run",
+                "--model",
+                str(tiny_base_model),
+                "--benchmark",
+                str(bench),
+                "--out",
+                str(first),
+                "--max-new-tokens",
+                "16",
+                "--timeout",
+                "5",
+            ]
+        )
+        == 0
+    )
     record = json.loads((first / "run.json").read_text())
     source = record["source"]
     assert source["generation"] == {"temperature": 0.0, "top_p": 0.95, "max_new_tokens": 16, "seed": 0}
@@ -148,16 +215,34 @@ def test_run_json_records_every_choice_and_rerun_repeats_it(tiny_base_model, tmp
     capsys.readouterr()
     assert main(["eval", "rerun", str(first), "--out", str(again)]) == 0
     assert rows(again / "samples.jsonl").keys() == rows(first / "samples.jsonl").keys()
-    assert [r["completion"] for r in rows(again / "samples.jsonl").values()] == \
-        [r["completion"] for r in rows(first / "samples.jsonl").values()]
+    assert [r["completion"] for r in rows(again / "samples.jsonl").values()] == [
+        r["completion"] for r in rows(first / "samples.jsonl").values()
+    ]
     capsys.readouterr()
     assert main(["eval", "report", str(first), str(again)]) == 0
     text = capsys.readouterr().out
     assert "same settings" in text
     # a run with another stop or token limit is flagged as not comparable
     other = tmp_path / "other"
-    assert main(["eval", "run", "--model", str(tiny_base_model), "--benchmark", str(bench), "--out", str(other),
-                 "--max-new-tokens", "8", "--timeout", "5"]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "run",
+                "--model",
+                str(tiny_base_model),
+                "--benchmark",
+                str(bench),
+                "--out",
+                str(other),
+                "--max-new-tokens",
+                "8",
+                "--timeout",
+                "5",
+            ]
+        )
+        == 0
+    )
     capsys.readouterr()
     assert main(["eval", "report", str(first), str(other)]) == 0
     text = capsys.readouterr().out
@@ -172,8 +257,10 @@ def test_contamination_finds_the_leaked_task(small_corpus, tmp_path, capsys):
     records[1]["canonical_solution"] = leaked
     bench = tmp_path / "bench.jsonl"
     bench.write_text("".join(json.dumps(r) + "\n" for r in records))
-    assert main(["eval", "contamination", "--benchmark", str(bench), str(small_corpus), "--out",
-                 str(tmp_path / "c.json")]) == 0
+    assert (
+        main(["eval", "contamination", "--benchmark", str(bench), str(small_corpus), "--out", str(tmp_path / "c.json")])
+        == 0
+    )
     report = json.loads((tmp_path / "c.json").read_text())
     assert report["contaminated_tasks"] == 1 and report["tasks"] == 3
     assert [r["task_id"] for r in report["per_task"] if r["contaminated"]] == ["HumanEval/1"]
@@ -187,8 +274,26 @@ def test_instruct_answers_without_a_code_block_are_counted(tiny_instruct_model, 
     bench = tmp_path / "he.jsonl"
     records = [json.loads(line) for line in gzip.open(SHARED / "HumanEval.jsonl.gz", "rt")][:2]
     bench.write_text("".join(json.dumps(r) + "\n" for r in records))
-    assert main(["eval", "run", "--model", str(tiny_instruct_model), "--chat", "--benchmark", str(bench), "--out",
-                 str(tmp_path / "r"), "--max-new-tokens", "8", "--timeout", "5"]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "run",
+                "--model",
+                str(tiny_instruct_model),
+                "--chat",
+                "--benchmark",
+                str(bench),
+                "--out",
+                str(tmp_path / "r"),
+                "--max-new-tokens",
+                "8",
+                "--timeout",
+                "5",
+            ]
+        )
+        == 0
+    )
     samples = [json.loads(line) for line in (tmp_path / "r" / "samples.jsonl").read_text().splitlines()]
     missing = sum("```python\n" not in s["raw"].lower() for s in samples)
     summary = json.loads((tmp_path / "r" / "summary.json").read_text())
@@ -219,12 +324,16 @@ class Flaky:
             if self.mode == "fail-after-2" and self.calls > 2:
                 return PlainTextResponse('{"error": {"message": "boom"}}', status_code=400)
             if body.get("stream"):
+
                 async def cut():
                     yield 'data: {"choices": [{"text": "par", "finish_reason": null}]}\n\n'
                     raise RuntimeError("connection dropped")
+
                 return StreamingResponse(cut(), media_type="text/event-stream")
-            return {"choices": [{"text": f" answer {self.calls}", "finish_reason": "stop"}],
-                    "usage": {"completion_tokens": 2}}
+            return {
+                "choices": [{"text": f" answer {self.calls}", "finish_reason": "stop"}],
+                "usage": {"completion_tokens": 2},
+            }
 
         self.app = app
 
@@ -277,14 +386,27 @@ def test_a_failed_run_resumes_where_it_stopped(flaky, tmp_path, capsys):
     server, url = flaky
     server.mode = "fail-after-2"
     out = tmp_path / "s.jsonl"
-    common = ["eval", "generate", "--api-base", url, "--benchmark", str(SHARED / "HumanEval.jsonl.gz"), "--limit", "5",
-              "--concurrency", "1", "--out", str(out)]
+    common = [
+        "eval",
+        "generate",
+        "--api-base",
+        url,
+        "--benchmark",
+        str(SHARED / "HumanEval.jsonl.gz"),
+        "--limit",
+        "5",
+        "--concurrency",
+        "1",
+        "--out",
+        str(out),
+    ]
     assert main(common) != 0
     err = capsys.readouterr().err
     assert "boom" in err and "task HumanEval/2" in err and "Traceback" not in err
     assert [r["task_id"] for r in map(json.loads, out.read_text().splitlines())] == ["HumanEval/0", "HumanEval/1"]
     server.mode = "ok"
     assert main(common) == 0
-    assert sorted(r["task_id"] for r in map(json.loads, out.read_text().splitlines())) == \
-        [f"HumanEval/{i}" for i in range(5)]
+    assert sorted(r["task_id"] for r in map(json.loads, out.read_text().splitlines())) == [
+        f"HumanEval/{i}" for i in range(5)
+    ]
     assert server.calls == 3 + 3  # three failed or answered before, only the three missing asked again

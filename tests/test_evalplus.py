@@ -15,37 +15,63 @@ CFG = ExecConfig(workers=2, timeout=10)
 
 # A few tasks of our own in evalplus's HumanEvalPlus schema.
 HUMANEVAL_PLUS = [
-    {"task_id": "HumanEval/900", "entry_point": "is_prime",
-     "prompt": 'def is_prime(n: int) -> bool:\n    """Whether n is a prime number.\n    >>> is_prime(13)\n    True\n    """\n',
-     "canonical_solution": "    if n < 2:\n        return False\n    i = 2\n    while i * i <= n:\n        if n % i == 0:\n"
-                           "            return False\n        i += 1\n    return True\n",
-     "test": "def check(candidate):\n    assert candidate(13)\n    assert not candidate(10)\n",
-     "contract": "\n    assert isinstance(n, int)\n",
-     "base_input": [[2], [3], [10], [13], [21]], "plus_input": [[1], [4], [49], [97], [7919]], "atol": 0},
-    {"task_id": "HumanEval/901", "entry_point": "circle_area",
-     "prompt": 'import math\n\n\ndef circle_area(r: float) -> float:\n    """The area of a circle of radius r."""\n',
-     "canonical_solution": "    return math.pi * r * r\n",
-     "test": "def check(candidate):\n    assert abs(candidate(1.0) - 3.14159) < 1e-3\n",
-     "contract": "", "base_input": [[1.0], [2.5]], "plus_input": [[0.1], [10.0], [123.456]], "atol": 1e-4},
-    {"task_id": "HumanEval/902", "entry_point": "fib",
-     "prompt": 'def fib(n: int) -> int:\n    """The n-th Fibonacci number (fib(0) = 0, fib(1) = 1)."""\n',
-     "canonical_solution": "    a, b = 0, 1\n    for _ in range(n):\n        a, b = b, a + b\n    return a\n",
-     "test": "def check(candidate):\n    assert candidate(10) == 55\n",
-     "contract": "", "base_input": [[0], [1], [10]], "plus_input": [[20], [34], [36]], "atol": 0},
+    {
+        "task_id": "HumanEval/900",
+        "entry_point": "is_prime",
+        "prompt": 'def is_prime(n: int) -> bool:\n    """Whether n is a prime number.\n    >>> is_prime(13)\n    True\n    """\n',
+        "canonical_solution": "    if n < 2:\n        return False\n    i = 2\n    while i * i <= n:\n        if n % i == 0:\n"
+        "            return False\n        i += 1\n    return True\n",
+        "test": "def check(candidate):\n    assert candidate(13)\n    assert not candidate(10)\n",
+        "contract": "\n    assert isinstance(n, int)\n",
+        "base_input": [[2], [3], [10], [13], [21]],
+        "plus_input": [[1], [4], [49], [97], [7919]],
+        "atol": 0,
+    },
+    {
+        "task_id": "HumanEval/901",
+        "entry_point": "circle_area",
+        "prompt": 'import math\n\n\ndef circle_area(r: float) -> float:\n    """The area of a circle of radius r."""\n',
+        "canonical_solution": "    return math.pi * r * r\n",
+        "test": "def check(candidate):\n    assert abs(candidate(1.0) - 3.14159) < 1e-3\n",
+        "contract": "",
+        "base_input": [[1.0], [2.5]],
+        "plus_input": [[0.1], [10.0], [123.456]],
+        "atol": 1e-4,
+    },
+    {
+        "task_id": "HumanEval/902",
+        "entry_point": "fib",
+        "prompt": 'def fib(n: int) -> int:\n    """The n-th Fibonacci number (fib(0) = 0, fib(1) = 1)."""\n',
+        "canonical_solution": "    a, b = 0, 1\n    for _ in range(n):\n        a, b = b, a + b\n    return a\n",
+        "test": "def check(candidate):\n    assert candidate(10) == 55\n",
+        "contract": "",
+        "base_input": [[0], [1], [10]],
+        "plus_input": [[20], [34], [36]],
+        "atol": 0,
+    },
 ]
 # MBPP+ rows: a docstring prompt, `assertion`, and inputs rebuilt as evalplus does (task 2: tuples)
 MBPP_PLUS = [
-    {"task_id": "Mbpp/2", "entry_point": "similar_elements",
-     "prompt": '"""\nWrite a function to find the shared elements from the given two lists.\n'
-               'assert set(similar_elements((3, 4, 5, 6),(5, 7, 4, 10))) == set((4, 5))\n"""\n',
-     "canonical_solution": "\ndef similar_elements(test_tup1, test_tup2):\n  return tuple(set(test_tup1) & set(test_tup2))\n",
-     "assertion": "\nassert set(similar_elements((3, 4, 5, 6),(5, 7, 4, 10))) == set((4, 5))\n",
-     "contract": "", "base_input": [[[3, 4, 5, 6], [5, 7, 4, 10]], [[1, 2, 3, 4, 8], [5, 4, 3, 7]]],
-     "plus_input": [[[1, 2, 3], [3, 9]], [[], [1]]], "atol": 0},
+    {
+        "task_id": "Mbpp/2",
+        "entry_point": "similar_elements",
+        "prompt": '"""\nWrite a function to find the shared elements from the given two lists.\n'
+        'assert set(similar_elements((3, 4, 5, 6),(5, 7, 4, 10))) == set((4, 5))\n"""\n',
+        "canonical_solution": "\ndef similar_elements(test_tup1, test_tup2):\n  return tuple(set(test_tup1) & set(test_tup2))\n",
+        "assertion": "\nassert set(similar_elements((3, 4, 5, 6),(5, 7, 4, 10))) == set((4, 5))\n",
+        "contract": "",
+        "base_input": [[[3, 4, 5, 6], [5, 7, 4, 10]], [[1, 2, 3, 4, 8], [5, 4, 3, 7]]],
+        "plus_input": [[[1, 2, 3], [3, 9]], [[], [1]]],
+        "atol": 0,
+    }
 ]
 RIGHT_ISH = {  # completions (after the row's prompt) and their (base, plus) verdicts
     "HumanEval/900": [
-        ("    if n < 2:\n        return False\n    return all(n % d for d in range(2, int(n ** 0.5) + 1))\n", True, True),
+        (
+            "    if n < 2:\n        return False\n    return all(n % d for d in range(2, int(n ** 0.5) + 1))\n",
+            True,
+            True,
+        ),
         # misses divisors at the square root: right on the base inputs, wrong on 4 and 49
         ("    if n < 2:\n        return False\n    return all(n % d for d in range(2, int(n ** 0.5)))\n", True, False),
         ("    return n > 1\n", False, False),
@@ -126,8 +152,10 @@ def test_base_and_plus_verdicts(tmp_path):
         assert verdicts(rows) == wanted(task_list), rows
         assert summary["base"]["pass@1"] > summary["overall"]["pass@1"]
         assert (out / "expected.jsonl").is_file()
-    by_key = {(r["task_id"], r["completion_id"]): r for r in
-              (json.loads(line) for line in (tmp_path / "he" / "results.jsonl").read_text().splitlines())}
+    by_key = {
+        (r["task_id"], r["completion_id"]): r
+        for r in (json.loads(line) for line in (tmp_path / "he" / "results.jsonl").read_text().splitlines())
+    }
     assert by_key[("HumanEval/902", 1)]["status"] == "timeout"  # the exponential one, on a plus input
     assert by_key[("HumanEval/900", 2)]["status"] == "failed"
     assert by_key[("HumanEval/902", 2)]["status"] == "runtime_error"
@@ -139,15 +167,18 @@ def test_expected_outputs_are_computed_once_and_a_row_may_carry_them(tmp_path):
     samples = [{"task_id": "HumanEval/900", "completion": "    return n in (2, 3, 13, 97, 7919)\n"}]
     execute(task_list, samples, tmp_path / "out", CFG)
     kept = (tmp_path / "out" / "expected.jsonl").read_text()
-    execute(task_list, samples + [{"task_id": "HumanEval/900", "completion": "    return False\n"}],
-            tmp_path / "out", CFG)
+    execute(
+        task_list, samples + [{"task_id": "HumanEval/900", "completion": "    return False\n"}], tmp_path / "out", CFG
+    )
     assert (tmp_path / "out" / "expected.jsonl").read_text() == kept  # not computed again
     # the row's own expected outputs are used: here ones that make the canonical solution wrong on 4
-    row = dict(HUMANEVAL_PLUS[0], base_output=[True, True, False, True, False],
-               plus_output=[False, True, False, True, True])
+    row = dict(
+        HUMANEVAL_PLUS[0], base_output=[True, True, False, True, False], plus_output=[False, True, False, True, True]
+    )
     _, task_list = tasks(write(tmp_path / "carried.jsonl", [row]))
-    summary = execute(task_list, [{"task_id": "HumanEval/900", "completion": row["canonical_solution"]}],
-                      tmp_path / "carried", CFG)
+    summary = execute(
+        task_list, [{"task_id": "HumanEval/900", "completion": row["canonical_solution"]}], tmp_path / "carried", CFG
+    )
     assert summary["base"]["pass@1"] == 1.0 and summary["overall"]["pass@1"] == 0.0
 
 
@@ -185,12 +216,16 @@ def test_evalplus_gives_the_same_verdicts(tmp_path):
             truth = {}
             for phase in ("base", "plus"):
                 truth[phase], truth[f"{phase}_time"] = trusted_exec(
-                    problem["prompt"] + problem["canonical_solution"], problem[f"{phase}_input"],
-                    problem["entry_point"], record_time=True)
+                    problem["prompt"] + problem["canonical_solution"],
+                    problem[f"{phase}_input"],
+                    problem["entry_point"],
+                    record_time=True,
+                )
             own = [s for s in samples if s["task_id"] == row["task_id"]]
             for i, sample in enumerate(own):
-                result = check_correctness(dataset, i, problem, problem["prompt"] + sample["completion"], truth,
-                                           fast_check=True)
+                result = check_correctness(
+                    dataset, i, problem, problem["prompt"] + sample["completion"], truth, fast_check=True
+                )
                 base = result["base"][0] == "pass"
                 theirs[(row["task_id"], i)] = (base, base and result["plus"][0] == "pass")
         assert ours == theirs

@@ -68,10 +68,15 @@ STRLEN = {
     "ts": ("  return string.length;\n}", "  return 2;\n}", "  return string.length * 'a';\n}"),
     "go": ("    return len(myString)\n}", "    return 3\n}", "    return len(myString\n}"),
     "rs": ("    string.len() as isize", "    1", "    string.len("),
-    "sh": ("    echo -n \"$1\" | wc -c", "    echo 5", None),
+    "sh": ('    echo -n "$1" | wc -c', "    echo 5", None),
 }
-BROKEN_STATUS = {"cpp": "compile_error", "java": "compile_error", "ts": "compile_error", "go": "compile_error",
-                 "rs": "compile_error"}
+BROKEN_STATUS = {
+    "cpp": "compile_error",
+    "java": "compile_error",
+    "ts": "compile_error",
+    "go": "compile_error",
+    "rs": "compile_error",
+}
 
 
 @pytest.mark.parametrize("language", sorted(STRLEN))
@@ -92,7 +97,9 @@ def test_mbpp_prompt_and_canonical_code(tmp_path):
     fmt, task_list = tasks(need_shared(BENCH / "mbpp.jsonl"))
     assert fmt == "mbpp" and len(task_list) == 500 and task_list[0].task_id == "11"
     prompt = task_list[0].prompt
-    assert prompt.startswith("You are an expert Python programmer, and here is your task: Write a function to find the similar")
+    assert prompt.startswith(
+        "You are an expert Python programmer, and here is your task: Write a function to find the similar"
+    )
     assert prompt.count("[BEGIN]") == 4 and prompt.count("[DONE]") == 3 and prompt.endswith("[BEGIN]\n")
     samples = [{"task_id": t.task_id, "completion": t.reference} for t in task_list[:40]]
     summary, _ = run_all(task_list, samples, tmp_path)
@@ -120,10 +127,18 @@ def test_ds1000_records_of_our_own(tmp_path):
         "    np.testing.assert_array_equal(scope['result'], a.T)\n"
     )
     records = [
-        {"prompt": "Problem: transpose a.\n<code>\nimport numpy as np\na = ...\n</code>\nresult = ... # put solution in this variable\nBEGIN SOLUTION\n<code>\n",
-         "reference_code": "result = a.T", "code_context": code_context, "metadata": {"problem_id": 0, "library": "Numpy"}},
-        {"prompt": "import numpy as np\na = ...\n[insert]\nprint(result)\n", "reference_code": "result = np.transpose(a)",
-         "code_context": code_context, "metadata": {"problem_id": 1, "library": "Numpy"}},
+        {
+            "prompt": "Problem: transpose a.\n<code>\nimport numpy as np\na = ...\n</code>\nresult = ... # put solution in this variable\nBEGIN SOLUTION\n<code>\n",
+            "reference_code": "result = a.T",
+            "code_context": code_context,
+            "metadata": {"problem_id": 0, "library": "Numpy"},
+        },
+        {
+            "prompt": "import numpy as np\na = ...\n[insert]\nprint(result)\n",
+            "reference_code": "result = np.transpose(a)",
+            "code_context": code_context,
+            "metadata": {"problem_id": 1, "library": "Numpy"},
+        },
     ]
     fmt, task_list = tasks("ds1000.jsonl", records)
     assert fmt == "ds-1000" and task_list[1].suffix == "\nprint(result)\n"
@@ -135,10 +150,20 @@ def test_ds1000_records_of_our_own(tmp_path):
 
 def test_apps_records_of_our_own(tmp_path):
     records = [
-        {"problem_id": 1, "question": "Read two integers and print their sum.", "starter_code": "",
-         "input_output": json.dumps({"inputs": ["1 2\n", "10 -3\n"], "outputs": ["3\n", "7\n"]})},
-        {"problem_id": 2, "question": "Return the largest element.", "starter_code": "class Solution:\n    def largest(self, xs):\n",
-         "input_output": json.dumps({"fn_name": "largest", "inputs": [[[1, 5, 2]], [[-1, -2]]], "outputs": [[5], [-1]]})},
+        {
+            "problem_id": 1,
+            "question": "Read two integers and print their sum.",
+            "starter_code": "",
+            "input_output": json.dumps({"inputs": ["1 2\n", "10 -3\n"], "outputs": ["3\n", "7\n"]}),
+        },
+        {
+            "problem_id": 2,
+            "question": "Return the largest element.",
+            "starter_code": "class Solution:\n    def largest(self, xs):\n",
+            "input_output": json.dumps(
+                {"fn_name": "largest", "inputs": [[[1, 5, 2]], [[-1, -2]]], "outputs": [[5], [-1]]}
+            ),
+        },
     ]
     fmt, task_list = tasks("apps.jsonl", records)
     assert fmt == "apps" and "Use Standard Input format" in task_list[0].prompt and "Call-Based" in task_list[1].prompt
@@ -155,33 +180,51 @@ def test_apps_records_of_our_own(tmp_path):
 ATTACKS = {
     # two samples at once (two workers): the second looks for the first one's file everywhere it could write
     "neighbour_writes": ("import time\nopen({leak!r} + '_neighbour', 'w').write('x')\ntime.sleep(3)\n", "passed"),
-    "neighbour_looks": ("import os, time\ntime.sleep(1)\nfound = [os.path.join(d, f) for top in ('/tmp', '/dev/shm', "
-                        "'/var/tmp', '/run') for d, _, fs in os.walk(top) for f in fs if f.endswith('_neighbour')]\n"
-                        "assert not found, found\n", "passed"),
+    "neighbour_looks": (
+        "import os, time\ntime.sleep(1)\nfound = [os.path.join(d, f) for top in ('/tmp', '/dev/shm', "
+        "'/var/tmp', '/run') for d, _, fs in os.walk(top) for f in fs if f.endswith('_neighbour')]\n"
+        "assert not found, found\n",
+        "passed",
+    ),
     "infinite_loop": ("while True:\n    pass\n", "timeout"),
-    "fork_bomb": ("import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass\n", "timeout"),
+    "fork_bomb": (
+        "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass\n",
+        "timeout",
+    ),
     "memory_bomb": ("x = []\nwhile True:\n    x.append(' ' * 10**7)\n", "runtime_error"),
     "write_outside": ("open({target!r}, 'w').write('pwned')\n", "runtime_error"),
     "delete_outside": ("import shutil\nshutil.rmtree({victim!r})\n", "runtime_error"),
     "network": ("import socket\nsocket.create_connection(('1.1.1.1', 80), timeout=3)\n", "runtime_error"),
-    "kill_parent": ("import os, signal\nos.kill(os.getppid(), signal.SIGKILL)\nos.kill(1, signal.SIGKILL)\nassert False\n", None),
+    "kill_parent": (
+        "import os, signal\nos.kill(os.getppid(), signal.SIGKILL)\nos.kill(1, signal.SIGKILL)\nassert False\n",
+        None,
+    ),
     "flood_output": ("import sys\nwhile True:\n    sys.stdout.write('x' * 100000)\n", "runtime_error"),
     "read_secrets": ("import os\nassert 'DSCODER_TEST_SECRET' not in os.environ, 'leaked'\n", "passed"),
     # the result's error text is read from .stderr: a link there must not make the host read a secret
     "link_output": ("import os, sys\nos.remove('.stderr')\nos.symlink({secret!r}, '.stderr')\nsys.exit(1)\n", None),
     "unmount_tmp": ("import subprocess\nassert subprocess.run(['umount', '-l', '/tmp']).returncode != 0\n", "passed"),
-    "leave_shared_memory": ("from multiprocessing import shared_memory\n"
-                            "shared_memory.SharedMemory(name={leak!r}, create=True, size=1 << 20)\n"
-                            "import os\nos._exit(0)\n", "any"),
+    "leave_shared_memory": (
+        "from multiprocessing import shared_memory\n"
+        "shared_memory.SharedMemory(name={leak!r}, create=True, size=1 << 20)\n"
+        "import os\nos._exit(0)\n",
+        "any",
+    ),
     "leave_files_in_var_tmp": ("open('/var/tmp/' + {leak!r}, 'w').write('x')\n", "any"),
     "write_a_world_writable_folder": ("open({open_folder!r} + '/pwned', 'w').write('x')\n", "runtime_error"),
-    "read_init_environment": ("import glob\nfor path in glob.glob('/proc/[0-9]*/environ'):\n    try:\n"
-                              "        assert b'DSCODER_TEST_SECRET' not in open(path, 'rb').read(), path\n"
-                              "    except OSError:\n        pass\n", "passed"),
+    "read_init_environment": (
+        "import glob\nfor path in glob.glob('/proc/[0-9]*/environ'):\n    try:\n"
+        "        assert b'DSCODER_TEST_SECRET' not in open(path, 'rb').read(), path\n"
+        "    except OSError:\n        pass\n",
+        "passed",
+    ),
     "read_home": ("open({home_secret!r}).read()\n", "runtime_error"),
     "link_out_and_read": ("import os\nos.symlink({secret!r}, 'peek')\nprint(open('peek').read())\n", "runtime_error"),
-    "ptrace_parent": ("import ctypes, os\nlibc = ctypes.CDLL(None, use_errno=True)\n"
-                      "assert libc.ptrace(16, os.getppid(), 0, 0) != 0, 'attached to its parent'\n", "passed"),
+    "ptrace_parent": (
+        "import ctypes, os\nlibc = ctypes.CDLL(None, use_errno=True)\n"
+        "assert libc.ptrace(16, os.getppid(), 0, 0) != 0, 'attached to its parent'\n",
+        "passed",
+    ),
     "huge_output_line": ("import sys\nsys.stderr.write('y' * (200 << 20))\n", "any"),
 }
 
@@ -199,8 +242,16 @@ def test_safety_battery(mode, tmp_path, monkeypatch):
     secret = tmp_path / "secret.txt"
     secret.write_text("the host's secret")
     secret.chmod(0o600)
-    records = [{"task_id": f"attack/{name}", "prompt": "", "canonical_solution": "", "test": "def check(f):\n    pass\n",
-                "entry_point": "print"} for name in ATTACKS]
+    records = [
+        {
+            "task_id": f"attack/{name}",
+            "prompt": "",
+            "canonical_solution": "",
+            "test": "def check(f):\n    pass\n",
+            "entry_point": "print",
+        }
+        for name in ATTACKS
+    ]
     _, task_list = tasks("attacks.jsonl", records)
     leak = f"dscoder_leak_{os.getpid()}_{mode}"
     open_folder = Path(__file__).resolve().parent / f".open-{leak}"  # writable by anyone, outside /tmp
@@ -209,14 +260,26 @@ def test_safety_battery(mode, tmp_path, monkeypatch):
     home_secret = Path.home() / f".{leak}"  # a readable file in the user's home
     home_secret.write_text("the home's secret")
     home_secret.chmod(0o644)
-    samples = [{"task_id": f"attack/{name}", "completion": code.format(target=str(target), victim=str(victim),
-                                                                       secret=str(secret), leak=leak,
-                                                                       open_folder=str(open_folder),
-                                                                       home_secret=str(home_secret))}
-               for name, (code, _) in ATTACKS.items()]
+    samples = [
+        {
+            "task_id": f"attack/{name}",
+            "completion": code.format(
+                target=str(target),
+                victim=str(victim),
+                secret=str(secret),
+                leak=leak,
+                open_folder=str(open_folder),
+                home_secret=str(home_secret),
+            ),
+        }
+        for name, (code, _) in ATTACKS.items()
+    ]
     short = ExecConfig(workers=2, timeout=4, memory_mb=512, sandbox=mode)
     execute(task_list, samples, tmp_path / "out", short)
-    rows = {r["task_id"].split("/")[1]: r for r in map(json.loads, (tmp_path / "out" / "results.jsonl").read_text().splitlines())}
+    rows = {
+        r["task_id"].split("/")[1]: r
+        for r in map(json.loads, (tmp_path / "out" / "results.jsonl").read_text().splitlines())
+    }
     for name, (_, expected) in ATTACKS.items():
         if expected == "any":  # what counts is what is left on the host (below)
             continue
@@ -249,9 +312,13 @@ def test_missing_toolchain_is_a_clear_skip(tmp_path, monkeypatch):
 def test_samples_files_bad_rows_unknown_ids_and_resume(tmp_path, caplog):
     _, task_list = tasks(need_shared(BENCH / "HumanEval.jsonl.gz"))
     path = tmp_path / "samples.jsonl"
-    path.write_bytes(b'{"task_id": "HumanEval/0", "completion": "    return False \\u00e9\\n"}\n'
-                     b'{"task_id": "Nope/1", "completion": "x"}\n'
-                     b'{"task_id": "HumanEval/2", "completion": "    return number % 1.0  # \xff\xfe\\n"}\n'.replace(b'\\u00e9', b'\xc3\xa9'))
+    path.write_bytes(
+        b'{"task_id": "HumanEval/0", "completion": "    return False \\u00e9\\n"}\n'
+        b'{"task_id": "Nope/1", "completion": "x"}\n'
+        b'{"task_id": "HumanEval/2", "completion": "    return number % 1.0  # \xff\xfe\\n"}\n'.replace(
+            b"\\u00e9", b"\xc3\xa9"
+        )
+    )
     samples = read_samples(path)
     summary = execute(task_list, samples, tmp_path / "out", CFG)
     assert "unknown task ids" in caplog.text
@@ -270,8 +337,25 @@ def test_eval_run_and_report(tiny_base_model, tmp_path, capsys):
 
     bench = need_shared(BENCH / "HumanEval.jsonl.gz")
     out = tmp_path / "run"
-    assert main(["eval", "run", "--model", str(tiny_base_model), "--benchmark", str(bench), "--out", str(out),
-                 "--limit", "3", "--max-new-tokens", "16"]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "run",
+                "--model",
+                str(tiny_base_model),
+                "--benchmark",
+                str(bench),
+                "--out",
+                str(out),
+                "--limit",
+                "3",
+                "--max-new-tokens",
+                "16",
+            ]
+        )
+        == 0
+    )
     assert len((out / "samples.jsonl").read_text().splitlines()) == 3
     summary = json.loads((out / "summary.json").read_text())
     assert summary["overall"]["tasks"] == 3 and "pass@1" in summary["overall"]
@@ -283,18 +367,34 @@ def test_eval_run_and_report(tiny_base_model, tmp_path, capsys):
 
 
 def test_a_sample_leaves_nothing_behind_for_the_next(tmp_path):
-    records = [{"task_id": f"seq/{i}", "prompt": "", "canonical_solution": "", "test": "def check(f):\n    pass\n",
-                "entry_point": "print"} for i in range(2)]
+    records = [
+        {
+            "task_id": f"seq/{i}",
+            "prompt": "",
+            "canonical_solution": "",
+            "test": "def check(f):\n    pass\n",
+            "entry_point": "print",
+        }
+        for i in range(2)
+    ]
     _, task_list = tasks("seq.jsonl", records)
-    first = ("import math, subprocess, sys, os\nmath.pi = 3\nopen('/tmp/left.txt', 'w').write('x')\n"
-             "try:\n    open('../left.txt', 'w').write('x')\nexcept OSError:\n    pass\n"
-             "subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'], start_new_session=True)\n")
-    second = ("import math, os\nassert math.pi != 3, 'module state leaked'\nassert not os.path.exists('/tmp/left.txt')\n"
-              "assert not os.path.exists('../left.txt')\n"
-              "others = [p for p in os.listdir('/proc') if p.isdigit()]\nassert len(others) <= 3, others\n")
+    first = (
+        "import math, subprocess, sys, os\nmath.pi = 3\nopen('/tmp/left.txt', 'w').write('x')\n"
+        "try:\n    open('../left.txt', 'w').write('x')\nexcept OSError:\n    pass\n"
+        "subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'], start_new_session=True)\n"
+    )
+    second = (
+        "import math, os\nassert math.pi != 3, 'module state leaked'\nassert not os.path.exists('/tmp/left.txt')\n"
+        "assert not os.path.exists('../left.txt')\n"
+        "others = [p for p in os.listdir('/proc') if p.isdigit()]\nassert len(others) <= 3, others\n"
+    )
     cfg = ExecConfig(workers=1, timeout=10)
-    execute(task_list, [{"task_id": "seq/0", "completion": first}, {"task_id": "seq/1", "completion": second}],
-            tmp_path, cfg)
+    execute(
+        task_list,
+        [{"task_id": "seq/0", "completion": first}, {"task_id": "seq/1", "completion": second}],
+        tmp_path,
+        cfg,
+    )
     rows = [json.loads(line_) for line_ in (tmp_path / "results.jsonl").read_text().splitlines()]
     assert [r["status"] for r in rows] == ["passed", "passed"], rows
 
@@ -307,8 +407,11 @@ def test_resume_reuses_only_results_of_the_same_sample_text(tmp_path, capsys):
     samples = tmp_path / "samples.jsonl"
 
     def write(completions):
-        samples.write_text("".join(json.dumps({"task_id": t.task_id, "completion": c}) + "\n"
-                                   for t, c in zip(task_list[:4], completions)))
+        samples.write_text(
+            "".join(
+                json.dumps({"task_id": t.task_id, "completion": c}) + "\n" for t, c in zip(task_list[:4], completions)
+            )
+        )
 
     def score(out):
         assert main(["eval", "execute", "--benchmark", str(bench), "--samples", str(samples), "--out", str(out)]) == 0
@@ -325,8 +428,23 @@ def test_resume_reuses_only_results_of_the_same_sample_text(tmp_path, capsys):
     code = main(["eval", "execute", "--benchmark", str(bench), "--samples", str(other), "--out", str(tmp_path / "a")])
     err = capsys.readouterr().err
     assert code == 2 and "holds the results of another run" in err and "--force" in err
-    assert main(["eval", "execute", "--benchmark", str(bench), "--samples", str(other), "--out", str(tmp_path / "a"),
-                 "--timeout", "5"]) == 2  # other settings too
+    assert (
+        main(
+            [
+                "eval",
+                "execute",
+                "--benchmark",
+                str(bench),
+                "--samples",
+                str(other),
+                "--out",
+                str(tmp_path / "a"),
+                "--timeout",
+                "5",
+            ]
+        )
+        == 2
+    )  # other settings too
     capsys.readouterr()
 
 
@@ -381,16 +499,33 @@ def test_a_run_that_scored_nothing_is_an_error_and_a_partial_run_is_marked(tmp_p
 
     empty = tmp_path / "empty"
     empty.mkdir()
-    (empty / "summary.json").write_text(json.dumps({"overall": {"tasks": 0, "samples": 0}, "languages": {},
-                                                     "statuses": {"skipped": 3}}))
+    (empty / "summary.json").write_text(
+        json.dumps({"overall": {"tasks": 0, "samples": 0}, "languages": {}, "statuses": {"skipped": 3}})
+    )
     assert main(["eval", "report", str(empty)]) == 2
     assert "scored no task (skipped 3)" in capsys.readouterr().err
 
     _, task_list = tasks(bench)
-    samples.write_text("".join(json.dumps({"task_id": t.task_id, "completion": t.reference}) + "\n"
-                               for t in task_list[:6]))
-    assert main(["eval", "execute", "--benchmark", str(bench), "--samples", str(samples), "--out",
-                 str(tmp_path / "six"), "--name", "six"]) == 0
+    samples.write_text(
+        "".join(json.dumps({"task_id": t.task_id, "completion": t.reference}) + "\n" for t in task_list[:6])
+    )
+    assert (
+        main(
+            [
+                "eval",
+                "execute",
+                "--benchmark",
+                str(bench),
+                "--samples",
+                str(samples),
+                "--out",
+                str(tmp_path / "six"),
+                "--name",
+                "six",
+            ]
+        )
+        == 0
+    )
     assert "6 tasks of the benchmark's 164" in capsys.readouterr().out
     report = tmp_path / "reports" / "r.md"  # a folder that does not exist yet
     assert main(["eval", "report", str(tmp_path / "six"), "--out", str(report)]) == 0
@@ -405,11 +540,15 @@ def test_a_run_whose_languages_are_all_missing_is_refused_before_any_sample(tmp_
 
     fmt, task_list = tasks(need_shared(BENCH / "humaneval-x-sample-cpp.jsonl"))
     real_which = shutil.which
-    monkeypatch.setattr(toolchains.shutil, "which", lambda name, *a, **k: None if name == "g++" else real_which(name, *a, **k))
+    monkeypatch.setattr(
+        toolchains.shutil, "which", lambda name, *a, **k: None if name == "g++" else real_which(name, *a, **k)
+    )
     toolchains.missing.cache_clear()
     try:
         with pytest.raises(UserError, match="no sample can run here: cpp needs g\\+\\+"):
-            execute(task_list, [{"task_id": t.task_id, "completion": t.reference} for t in task_list], tmp_path / "o", CFG)
+            execute(
+                task_list, [{"task_id": t.task_id, "completion": t.reference} for t in task_list], tmp_path / "o", CFG
+            )
     finally:
         toolchains.missing.cache_clear()
     assert not (tmp_path / "o").exists()
@@ -441,7 +580,9 @@ def test_two_commands_never_write_into_one_results_folder(tmp_path, capsys):
     samples = tmp_path / "s.jsonl"
     samples.write_text(json.dumps({"task_id": task_list[0].task_id, "completion": task_list[0].reference}) + "\n")
     with hold(tmp_path / "out"):
-        code = main(["eval", "execute", "--benchmark", str(bench), "--samples", str(samples), "--out", str(tmp_path / "out")])
+        code = main(
+            ["eval", "execute", "--benchmark", str(bench), "--samples", str(samples), "--out", str(tmp_path / "out")]
+        )
     assert code == 2 and "another dscoder command is writing into this folder" in capsys.readouterr().err
     assert not (tmp_path / "out" / "results.jsonl").exists()
 
@@ -451,8 +592,18 @@ def test_a_samples_file_cut_short_by_a_crash_is_resumed_whole(tiny_base_model, t
 
     bench = need_shared(BENCH / "HumanEval.jsonl.gz")
     out = tmp_path / "samples.jsonl"
-    args = ["eval", "generate", "--benchmark", str(bench), "--out", str(out), "--model", str(tiny_base_model),
-            "--max-new-tokens", "4"]
+    args = [
+        "eval",
+        "generate",
+        "--benchmark",
+        str(bench),
+        "--out",
+        str(out),
+        "--model",
+        str(tiny_base_model),
+        "--max-new-tokens",
+        "4",
+    ]
     assert main([*args, "--limit", "2"]) == 0
     lines = out.read_text().splitlines()
     out.write_text(lines[0] + "\n" + lines[1][:20])  # killed while writing the second row
@@ -461,19 +612,31 @@ def test_a_samples_file_cut_short_by_a_crash_is_resumed_whole(tiny_base_model, t
     assert sorted(r["task_id"] for r in rows) == sorted(t.task_id for t in tasks(bench)[1][:3])
 
 
-def test_eval_run_checks_everything_before_it_writes_and_scores_only_n_samples(tiny_base_model, tiny_instruct_model,
-                                                                              tmp_path, capsys):
+def test_eval_run_checks_everything_before_it_writes_and_scores_only_n_samples(
+    tiny_base_model, tiny_instruct_model, tmp_path, capsys
+):
     from dscoder.cli import main
 
     bench = need_shared(BENCH / "HumanEval.jsonl.gz")
     out = tmp_path / "run"
     common = ["--benchmark", str(bench), "--limit", "2", "--max-new-tokens", "4"]
-    assert main(["eval", "generate", "--model", str(tiny_base_model), "--out", str(out / "samples.jsonl"), *common]) == 0
+    assert (
+        main(["eval", "generate", "--model", str(tiny_base_model), "--out", str(out / "samples.jsonl"), *common]) == 0
+    )
     assert main(["eval", "run", "--model", str(tiny_instruct_model), "--out", str(out), *common]) == 2
     assert "holds samples of model" in capsys.readouterr().err and not (out / "run.json").exists()
 
-    sampled = ["eval", "run", "--model", str(tiny_base_model), "--out", str(tmp_path / "n"), *common,
-               "--temperature", "0.8"]
+    sampled = [
+        "eval",
+        "run",
+        "--model",
+        str(tiny_base_model),
+        "--out",
+        str(tmp_path / "n"),
+        *common,
+        "--temperature",
+        "0.8",
+    ]
     assert main([*sampled, "--n", "3"]) == 0
     assert main([*sampled, "--n", "1"]) == 0
     summary = json.loads((tmp_path / "n" / "summary.json").read_text())
@@ -490,9 +653,12 @@ def test_time_limits_hold_on_a_busy_machine(tmp_path):
     samples = [{"task_id": t.task_id, "completion": t.reference} for t in task_list]
     idle = ExecConfig(workers=2, timeout=30, calibrate=False)
     execute(task_list, samples, tmp_path / "idle", idle)
-    slowest = max(json.loads(line)["seconds"] for line in (tmp_path / "idle" / "results.jsonl").read_text().splitlines())
-    idle_factor = sandbox.load_factor(sandbox.choose("auto", toolchains.readable_roots()), toolchains.readable_roots(), 2,
-                                      max_age=0)
+    slowest = max(
+        json.loads(line)["seconds"] for line in (tmp_path / "idle" / "results.jsonl").read_text().splitlines()
+    )
+    idle_factor = sandbox.load_factor(
+        sandbox.choose("auto", toolchains.readable_roots()), toolchains.readable_roots(), 2, max_age=0
+    )
     hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"], start_new_session=True) for _ in range(2)]
     try:
         tight = ExecConfig(workers=2, timeout=max(0.2, 1.5 * slowest / idle_factor))
@@ -520,8 +686,22 @@ def test_execute_killed_at_five_points_then_resumed_runs_each_sample_once(tmp_pa
     samples.write_text("".join(json.dumps(r) + "\n" for r in rows))
 
     def command(out):
-        return [sys.executable, "-m", "dscoder", "-q", "eval", "execute", "--benchmark", str(bench), "--samples",
-                str(samples), "--out", str(out), "--workers", "1"]
+        return [
+            sys.executable,
+            "-m",
+            "dscoder",
+            "-q",
+            "eval",
+            "execute",
+            "--benchmark",
+            str(bench),
+            "--samples",
+            str(samples),
+            "--out",
+            str(out),
+            "--workers",
+            "1",
+        ]
 
     def outcome(out):
         results = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
@@ -558,14 +738,30 @@ def test_a_full_disk_stops_execute_in_one_line_and_it_resumes(tmp_path):
     bench = need_shared(BENCH / "HumanEval.jsonl.gz")
     _, task_list = tasks(bench)
     samples = tmp_path / "samples.jsonl"
-    samples.write_text("".join(json.dumps({"task_id": t.task_id, "completion": t.reference}) + "\n"
-                               for t in task_list[:60]))
+    samples.write_text(
+        "".join(json.dumps({"task_id": t.task_id, "completion": t.reference}) + "\n" for t in task_list[:60])
+    )
     out = tmp_path / "out"
     out.mkdir()
-    command = [sys.executable, "-m", "dscoder", "-q", "eval", "execute", "--benchmark", str(bench), "--samples",
-               str(samples), "--out", str(out)]
-    full = subprocess.run(["unshare", "--mount", "--", "sh", "-c", f'mount -t tmpfs -o size=12k tmpfs {out} && "$@"',
-                           "sh", *command], capture_output=True, text=True)
+    command = [
+        sys.executable,
+        "-m",
+        "dscoder",
+        "-q",
+        "eval",
+        "execute",
+        "--benchmark",
+        str(bench),
+        "--samples",
+        str(samples),
+        "--out",
+        str(out),
+    ]
+    full = subprocess.run(
+        ["unshare", "--mount", "--", "sh", "-c", f'mount -t tmpfs -o size=12k tmpfs {out} && "$@"', "sh", *command],
+        capture_output=True,
+        text=True,
+    )
     lines = [line for line in full.stderr.splitlines() if line.startswith("dscoder: error:")]
     assert full.returncode == 2 and len(lines) == 1 and "cannot be written" in lines[0], full.stderr
     assert "Traceback" not in full.stderr
@@ -590,15 +786,24 @@ def test_report_keeps_every_run_and_compares_like_with_like(tmp_path, capsys):
 
     local = _results_folder(tmp_path / "local", "m", "humaneval", summary(0.25))
     served = _results_folder(tmp_path / "served", "m", "humaneval", summary(0.5))
-    fim = _results_folder(tmp_path / "fim", "fim", "humaneval-infilling",
-                          summary(None, 1033, fim={"line_exact_match": 0.6, "edit_similarity": 0.8}))
-    eight = {"overall": {"tasks": 1280, "pass@1": 0.3}, "tasks_in_benchmark": 1280,
-             "languages": {f"l{i}": {"pass@1": i / 10} for i in range(8)}, "language_mean": {"languages": 8, "pass@1": 0.35}}
+    fim = _results_folder(
+        tmp_path / "fim",
+        "fim",
+        "humaneval-infilling",
+        summary(None, 1033, fim={"line_exact_match": 0.6, "edit_similarity": 0.8}),
+    )
+    eight = {
+        "overall": {"tasks": 1280, "pass@1": 0.3},
+        "tasks_in_benchmark": 1280,
+        "languages": {f"l{i}": {"pass@1": i / 10} for i in range(8)},
+        "language_mean": {"languages": 8, "pass@1": 0.35},
+    }
     he8 = _results_folder(tmp_path / "he8", "i", "humaneval-8lang", eight)
     lc = _results_folder(tmp_path / "lc", "i", "leetcode", summary(0.1, 180), generation={"cot": True})
     assert main(["eval", "report", str(local), str(served), str(fim), str(he8), str(lc)]) == 0
     text = capsys.readouterr().out
     assert f"| m [{local}] | 25.0 |" in text and f"| m [{served}] | 50.0 |" in text  # neither replaces the other
+
     def cells(start):
         line = next(line for line in text.splitlines() if line.startswith(start))
         return [cell.strip() for cell in line.strip().strip("|").split("|")]

@@ -37,10 +37,35 @@ def cluster():
     address = f"127.0.0.1:{port}"
     common = ["--num-cpus=1", "--disable-usage-stats"]
     try:
-        subprocess.run([RAY, "start", "--head", f"--port={port}", "--node-ip-address=127.0.0.1",
-                        "--include-dashboard=false", *common], env=env, check=True, capture_output=True, timeout=120)
-        subprocess.run([RAY, "start", f"--address={address}", "--node-ip-address=127.0.0.1",
-                        '--resources={"second_node": 1}', *common], env=env, check=True, capture_output=True, timeout=120)
+        subprocess.run(
+            [
+                RAY,
+                "start",
+                "--head",
+                f"--port={port}",
+                "--node-ip-address=127.0.0.1",
+                "--include-dashboard=false",
+                *common,
+            ],
+            env=env,
+            check=True,
+            capture_output=True,
+            timeout=120,
+        )
+        subprocess.run(
+            [
+                RAY,
+                "start",
+                f"--address={address}",
+                "--node-ip-address=127.0.0.1",
+                '--resources={"second_node": 1}',
+                *common,
+            ],
+            env=env,
+            check=True,
+            capture_output=True,
+            timeout=120,
+        )
     except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as exc:
         subprocess.run([RAY, "stop", "--force"], env=env, capture_output=True)
         pytest.skip(f"could not start a local two-node Ray cluster: {getattr(exc, 'stderr', b'')[-300:]!r}")
@@ -66,8 +91,9 @@ def test_two_nodes_build_the_same_corpus_as_local_processes(cluster, tmp_path):
     finally:
         ray.shutdown()
     assert corpus_bytes(out).keys() == corpus_bytes(local).keys()
-    assert {k: v for k, v in corpus_bytes(out).items() if k != "manifest.json"} == \
-        {k: v for k, v in corpus_bytes(local).items() if k != "manifest.json"}
+    assert {k: v for k, v in corpus_bytes(out).items() if k != "manifest.json"} == {
+        k: v for k, v in corpus_bytes(local).items() if k != "manifest.json"
+    }
 
 
 def test_a_worker_killed_mid_task_is_retried_and_the_corpus_is_the_same(cluster, tmp_path):
@@ -99,8 +125,9 @@ def test_a_worker_killed_mid_task_is_retried_and_the_corpus_is_the_same(cluster,
         stop.set()
         killer.join()
     assert killed, "no task was running long enough to be killed"
-    assert {k: v for k, v in corpus_bytes(tmp_path / "out").items() if k != "manifest.json"} == \
-        {k: v for k, v in corpus_bytes(reference).items() if k != "manifest.json"}
+    assert {k: v for k, v in corpus_bytes(tmp_path / "out").items() if k != "manifest.json"} == {
+        k: v for k, v in corpus_bytes(reference).items() if k != "manifest.json"
+    }
 
 
 def test_a_node_that_cannot_see_the_build_folder_is_one_line(tmp_path):

@@ -18,8 +18,20 @@ from dscoder.errors import UserError
 from dscoder.experiment import common, extend, fim_rate, repo_level
 from dscoder.experiment.common import ExperimentConfig, interval, verdict
 
-PACKAGES = ("json", "wsgiref", "xmlrpc", "sqlite3", "concurrent", "dbm", "curses", "zoneinfo", "tomllib", "re",
-            "collections", "html")
+PACKAGES = (
+    "json",
+    "wsgiref",
+    "xmlrpc",
+    "sqlite3",
+    "concurrent",
+    "dbm",
+    "curses",
+    "zoneinfo",
+    "tomllib",
+    "re",
+    "collections",
+    "html",
+)
 CFG = ExperimentConfig(minutes=1, vocab_size=400, seq_len=64, batch_size=2, eval_items=50, fim_max_chars=300)
 
 
@@ -28,7 +40,9 @@ def small_corpus(tmp_path_factory):
     root = tmp_path_factory.mktemp("experiment")
     for name in PACKAGES:
         shutil.copytree(STDLIB / name, root / "src" / name, ignore=shutil.ignore_patterns("__pycache__", "test*"))
-    build(root / "corpus", sorted((root / "src").iterdir()), [], [], apply_overrides(BuildConfig(), {"run.workers": "1"}))
+    build(
+        root / "corpus", sorted((root / "src").iterdir()), [], [], apply_overrides(BuildConfig(), {"run.workers": "1"})
+    )
     return root / "corpus"
 
 
@@ -45,8 +59,11 @@ def check_report(out, data, plot):
     for e in data["expectations"]:
         mean, low, high = e["difference"]
         assert low <= mean <= high
-        assert e["verdict"] in ("reproduced", "not reproduced (the opposite direction)",
-                                "not distinguishable from noise at this budget")
+        assert e["verdict"] in (
+            "reproduced",
+            "not reproduced (the opposite direction)",
+            "not distinguishable from noise at this budget",
+        )
         assert e["verdict"] in (out / "report.md").read_text()
 
 
@@ -77,7 +94,9 @@ def test_fim_rate_end_to_end_and_resumed(small_corpus, tmp_path, few_steps, monk
     monkeypatch.setattr(recipes, "pretrain", pretrain)
     monkeypatch.setattr(fim_rate, "_evaluate", evaluate)
     two = fim_rate.run(out, replace(CFG, seeds=2), small_corpus)
-    assert sorted(p.name for p in (out / "runs").iterdir()) == sorted(f"{v}-s{s}" for v in fim_rate.VARIANTS for s in (0, 1))
+    assert sorted(p.name for p in (out / "runs").iterdir()) == sorted(
+        f"{v}-s{s}" for v in fim_rate.VARIANTS for s in (0, 1)
+    )
     assert two["seeds"] == 2 and "over held-out items and seeds" in (out / "report.md").read_text()
 
 
@@ -102,7 +121,9 @@ def test_extend_end_to_end(small_corpus, tmp_path, few_steps):
     data = extend.run(out, cfg, small_corpus)
     check_report(out, data, "extend.png")
     assert data["trained_length"] * extend.FACTOR == data["scored_length"] == 128
-    assert set(data["figures"]) == set(extend.MODELS) and all(len(b) == extend.BUCKETS for b in data["figures"].values())
+    assert set(data["figures"]) == set(extend.MODELS) and all(
+        len(b) == extend.BUCKETS for b in data["figures"].values()
+    )
     scaled = json.loads((out / "runs" / "scaled-s0" / "config.json").read_text())
     assert scaled["rope_scaling"] == {"type": "linear", "factor": 4.0}
 
@@ -122,9 +143,28 @@ def test_bad_input_is_refused_before_any_work(small_corpus, tmp_path, capsys):
 def test_too_few_held_out_repositories_say_how_many(tmp_path, capsys):
     for name in ("json", "wsgiref", "sqlite3"):
         shutil.copytree(STDLIB / name, tmp_path / "src" / name, ignore=shutil.ignore_patterns("__pycache__"))
-    build(tmp_path / "corpus", sorted((tmp_path / "src").iterdir()), [], [], apply_overrides(BuildConfig(), {"run.workers": "1"}))
-    assert main(["experiment", "repo-level", "--out", str(tmp_path / "out"), "--corpus", str(tmp_path / "corpus"),
-                 "--minutes", "2"]) == 2
+    build(
+        tmp_path / "corpus",
+        sorted((tmp_path / "src").iterdir()),
+        [],
+        [],
+        apply_overrides(BuildConfig(), {"run.workers": "1"}),
+    )
+    assert (
+        main(
+            [
+                "experiment",
+                "repo-level",
+                "--out",
+                str(tmp_path / "out"),
+                "--corpus",
+                str(tmp_path / "corpus"),
+                "--minutes",
+                "2",
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert "3 repositories; at least 9 are needed (8 held out and one to train on)" in err and "Traceback" not in err
 
@@ -159,9 +199,13 @@ def test_the_step_plan_is_timed_on_the_variants_preset(tmp_path, monkeypatch):
 
 
 def test_every_setting_is_checked_before_the_corpus_is_built(small_corpus, tmp_path, capsys):
-    for flag, value, needle in (("--seq-len", "100000", "--seq-len 100000 exceeds the model's 1024 positions"),
-                                ("--seq-len", "16", "--seq-len 16: FIM pieces fitted to windows need at least 32")):
-        code = main(["experiment", "fim-rate", "--corpus", str(small_corpus), "--out", str(tmp_path / "x"), flag, value])
+    for flag, value, needle in (
+        ("--seq-len", "100000", "--seq-len 100000 exceeds the model's 1024 positions"),
+        ("--seq-len", "16", "--seq-len 16: FIM pieces fitted to windows need at least 32"),
+    ):
+        code = main(
+            ["experiment", "fim-rate", "--corpus", str(small_corpus), "--out", str(tmp_path / "x"), flag, value]
+        )
         assert code == 2 and needle in capsys.readouterr().err
         assert not (tmp_path / "x").exists()
 

@@ -26,8 +26,21 @@ def fields(path):
 def exports(tiny_base_model, tmp_path_factory):
     folder = tmp_path_factory.mktemp("gguf")
     for kind in ("f16", "q8_0", "q4_0"):
-        assert main(["model", "export-gguf", "--model", str(tiny_base_model), "--type", kind,
-                     "--out", str(folder / f"tiny-{kind}.gguf")]) == 0
+        assert (
+            main(
+                [
+                    "model",
+                    "export-gguf",
+                    "--model",
+                    str(tiny_base_model),
+                    "--type",
+                    kind,
+                    "--out",
+                    str(folder / f"tiny-{kind}.gguf"),
+                ]
+            )
+            == 0
+        )
     return folder
 
 
@@ -55,7 +68,9 @@ def test_model_info_reads_a_gguf_file(exports, capsys):
     assert "pre-tokenizer deepseek-coder" in shown and "Q4_0" in shown and "template included" in shown
     assert main(["model", "info", "--json", str(exports / "tiny-f16.gguf")]) == 0
     facts = json.loads(capsys.readouterr().out)
-    assert facts["num_hidden_layers"] == 4 and facts["tensors"]["F16"] == 7 * 4 + 2  # every matrix, embedding and head included
+    assert (
+        facts["num_hidden_layers"] == 4 and facts["tensors"]["F16"] == 7 * 4 + 2
+    )  # every matrix, embedding and head included
 
 
 @pytest.fixture(scope="module")
@@ -63,17 +78,38 @@ def released_vocab_gguf(deepseek_tokenizer_dir, tmp_path_factory):
     """A one-layer model on the released vocabulary, exported as f16."""
     need_shared(GGUF)
     folder = tmp_path_factory.mktemp("released-vocab")
-    assert main(["model", "init", "--preset", "tiny", "--tokenizer", str(deepseek_tokenizer_dir), "--out",
-                 str(folder / "model"), "--model.num_hidden_layers=1"]) == 0
+    assert (
+        main(
+            [
+                "model",
+                "init",
+                "--preset",
+                "tiny",
+                "--tokenizer",
+                str(deepseek_tokenizer_dir),
+                "--out",
+                str(folder / "model"),
+                "--model.num_hidden_layers=1",
+            ]
+        )
+        == 0
+    )
     assert main(["model", "export-gguf", "--model", str(folder / "model"), "--out", str(folder / "v.gguf")]) == 0
     return folder / "v.gguf"
 
 
 def test_the_released_vocabulary_exports_as_llama_cpp_ships_it(released_vocab_gguf):
     ours, theirs = fields(released_vocab_gguf), fields(GGUF)
-    for key in ("tokenizer.ggml.tokens", "tokenizer.ggml.merges", "tokenizer.ggml.pre", "tokenizer.ggml.bos_token_id",
-                "tokenizer.ggml.eos_token_id", "tokenizer.ggml.padding_token_id", "tokenizer.ggml.add_bos_token",
-                "llama.vocab_size"):
+    for key in (
+        "tokenizer.ggml.tokens",
+        "tokenizer.ggml.merges",
+        "tokenizer.ggml.pre",
+        "tokenizer.ggml.bos_token_id",
+        "tokenizer.ggml.eos_token_id",
+        "tokenizer.ggml.padding_token_id",
+        "tokenizer.ggml.add_bos_token",
+        "llama.vocab_size",
+    ):
         assert ours[key] == theirs[key], key
     # token types as released for every real token; the padding rows are marked unused, as
     # llama.cpp's converter marks them today (the reference file predates that)
@@ -83,8 +119,24 @@ def test_the_released_vocabulary_exports_as_llama_cpp_ships_it(released_vocab_gg
 
 def test_rope_scaling_is_carried(trained_tokenizer_dir, tmp_path):
     folder = tmp_path / "long"
-    assert main(["model", "init", "--preset", "tiny", "--tokenizer", str(trained_tokenizer_dir), "--out", str(folder),
-                 "--model.rope_factor=4", "--model.max_position_embeddings=4096", "--model.num_hidden_layers=1"]) == 0
+    assert (
+        main(
+            [
+                "model",
+                "init",
+                "--preset",
+                "tiny",
+                "--tokenizer",
+                str(trained_tokenizer_dir),
+                "--out",
+                str(folder),
+                "--model.rope_factor=4",
+                "--model.max_position_embeddings=4096",
+                "--model.num_hidden_layers=1",
+            ]
+        )
+        == 0
+    )
     assert main(["model", "export-gguf", "--model", str(folder), "--out", str(tmp_path / "long.gguf")]) == 0
     found = fields(tmp_path / "long.gguf")
     assert found["llama.rope.scaling.type"] == "linear" and found["llama.rope.scaling.factor"] == 4.0
@@ -102,10 +154,13 @@ def test_a_tokenizer_without_fim_tokens_exports_with_a_warning(tiny_base_model, 
     assert "tokenizer.ggml.fim_pre_token_id" not in fields(tmp_path / "x.gguf")
 
 
-@pytest.mark.parametrize("flags, needle", [
-    (["--type", "q5_k"], "--type: invalid choice: 'q5_k'"),
-    (["--out", "model.bin"], "expected a file name ending in .gguf"),
-])
+@pytest.mark.parametrize(
+    "flags, needle",
+    [
+        (["--type", "q5_k"], "--type: invalid choice: 'q5_k'"),
+        (["--out", "model.bin"], "expected a file name ending in .gguf"),
+    ],
+)
 def test_bad_export_flags_are_one_line(tiny_base_model, tmp_path, capsys, monkeypatch, flags, needle):
     monkeypatch.chdir(tmp_path)
     args = ["model", "export-gguf", "--model", str(tiny_base_model), "--out", "m.gguf", *flags]
@@ -115,23 +170,43 @@ def test_bad_export_flags_are_one_line(tiny_base_model, tmp_path, capsys, monkey
     assert list(tmp_path.iterdir()) == []
 
 
-def test_an_existing_file_and_blockless_rows_are_refused(exports, trained_tokenizer_dir, tiny_base_model, tmp_path, capsys):
+def test_an_existing_file_and_blockless_rows_are_refused(
+    exports, trained_tokenizer_dir, tiny_base_model, tmp_path, capsys
+):
     before = (exports / "tiny-f16.gguf").read_bytes()
     assert main(["model", "export-gguf", "--model", str(tiny_base_model), "--out", str(exports / "tiny-f16.gguf")]) == 2
     assert "already exists" in capsys.readouterr().err and (exports / "tiny-f16.gguf").read_bytes() == before
     odd = tmp_path / "odd"
-    assert main(["model", "init", "--preset", "tiny", "--tokenizer", str(trained_tokenizer_dir), "--out", str(odd),
-                 "--model.intermediate_size=200", "--model.num_hidden_layers=1"]) == 0
+    assert (
+        main(
+            [
+                "model",
+                "init",
+                "--preset",
+                "tiny",
+                "--tokenizer",
+                str(trained_tokenizer_dir),
+                "--out",
+                str(odd),
+                "--model.intermediate_size=200",
+                "--model.num_hidden_layers=1",
+            ]
+        )
+        == 0
+    )
     assert main(["model", "export-gguf", "--model", str(odd), "--type", "q8_0", "--out", str(tmp_path / "o.gguf")]) == 2
     assert "rows of 200 values" in capsys.readouterr().err and not (tmp_path / "o.gguf").exists()
 
 
 # --- llama.cpp itself ---------------------------------------------------------------------------------
 
+
 def llama(path, **kwargs):
     llama_cpp = pytest.importorskip(
-        "llama_cpp", reason="llama-cpp-python is not installed (pip install llama-cpp-python; it compiles llama.cpp, "
-        "which takes minutes)")
+        "llama_cpp",
+        reason="llama-cpp-python is not installed (pip install llama-cpp-python; it compiles llama.cpp, "
+        "which takes minutes)",
+    )
     return llama_cpp.Llama(model_path=str(path), verbose=False, n_threads=2, **kwargs)
 
 
@@ -144,9 +219,14 @@ def llama_greedy(llm, ids: list[int], n: int) -> list[int]:
     return out
 
 
-PROMPTS = ["import json\n\n\ndef load(path):\n", "class Handler:\n    def __init__(self, name):\n",
-           "    for key, value in items:\n", "def parse_header(line):\n", "if __name__ == '__main__':\n",
-           "logger = logging.getLogger("]
+PROMPTS = [
+    "import json\n\n\ndef load(path):\n",
+    "class Handler:\n    def __init__(self, name):\n",
+    "    for key, value in items:\n",
+    "def parse_header(line):\n",
+    "if __name__ == '__main__':\n",
+    "logger = logging.getLogger(",
+]
 
 
 def test_llama_cpp_generates_what_dscoder_generates(exports, tiny_base_model):
@@ -170,10 +250,10 @@ def test_llama_cpp_generates_what_dscoder_generates(exports, tiny_base_model):
             theirs = llama_greedy(llm, ids, 12)
             full = ids + ours.token_ids
             with torch.no_grad():
-                our_logits = engine.model(torch.tensor([full])).logits[0, len(ids) - 1:-1].numpy()
+                our_logits = engine.model(torch.tensor([full])).logits[0, len(ids) - 1 : -1].numpy()
             llm.reset()
             llm.eval(full)
-            their_logits = np.array(llm.scores[len(ids) - 1:len(full) - 1])
+            their_logits = np.array(llm.scores[len(ids) - 1 : len(full) - 1])
             diff = float(np.abs(their_logits - our_logits).max())
             assert diff <= tolerance[kind], f"{kind}: logits differ by {diff:.4f} on {prompt!r}"
             if theirs == ours.token_ids:
@@ -183,8 +263,10 @@ def test_llama_cpp_generates_what_dscoder_generates(exports, tiny_base_model):
             top = np.sort(our_logits[at])[-2:]
             margin = float(top[1] - top[0])
             report.append(f"{kind} {prompt!r}: differs at token {at}, dscoder's top-two margin {margin:.4f}")
-            assert margin <= 2 * tolerance[kind], f"{kind} greedy differs on {prompt!r} at token {at} " \
+            assert margin <= 2 * tolerance[kind], (
+                f"{kind} greedy differs on {prompt!r} at token {at} "
                 f"where dscoder's best token leads by {margin:.4f} (logits within {diff:.4f})"
+            )
         report.append(f"{kind}: {same}/{len(PROMPTS)} greedy answers equal to dscoder's")
     print("\n".join(report))
 
@@ -197,8 +279,11 @@ def test_llama_cpp_fim_prompts_stop_at_eos(tiny_base_model, tmp_path):
 
     from dscoder import formats
 
-    cases = [("def f(x):\n    ", "\n    return y\n"), ("import os\n", "\n\nprint(path)\n"),
-             ("class A:\n    def run(self):\n        ", "\n\n    def stop(self):\n        pass\n")]
+    cases = [
+        ("def f(x):\n    ", "\n    return y\n"),
+        ("import os\n", "\n\nprint(path)\n"),
+        ("class A:\n    def run(self):\n        ", "\n\n    def stop(self):\n        pass\n"),
+    ]
     engine = Engine.load(tiny_base_model, dtype="float32")
     first = engine.encode(formats.fim_prompt(*cases[0]))
     (plain,) = engine.generate([Sequence(first, SamplingParams(max_new_tokens=8, stop_token_ids=(-1,)))])
@@ -220,7 +305,10 @@ def test_llama_cpp_fim_prompts_stop_at_eos(tiny_base_model, tmp_path):
         text = formats.fim_prompt(prefix, suffix)
         (ours,) = engine.generate([Sequence(engine.encode(text), SamplingParams(max_new_tokens=60))])
         theirs = llm.create_completion(text, max_tokens=60, temperature=0.0, top_k=1)["choices"][0]
-        assert (theirs["text"], theirs["finish_reason"]) == (ours.text, "stop" if ours.finish_reason == "stop" else "length")
+        assert (theirs["text"], theirs["finish_reason"]) == (
+            ours.text,
+            "stop" if ours.finish_reason == "stop" else "length",
+        )
         stopped += ours.finish_reason == "stop"
     assert stopped >= 1, "no insertion ended at EOS"
 
@@ -229,8 +317,11 @@ def test_llama_cpp_tokenizes_the_released_vocabulary_as_its_reference(released_v
     llm = llama(released_vocab_gguf, vocab_only=True)
     inputs = (GGUF.parent / (GGUF.name + ".inp")).read_text(encoding="utf-8").split("\n__ggml_vocab_test__\n")
     outputs = (GGUF.parent / (GGUF.name + ".out")).read_text(encoding="utf-8").split("\n")
-    wrong = [text for text, ids in zip(inputs, outputs)
-             if llm.tokenize(text.encode(), add_bos=False, special=False) != [int(i) for i in ids.split()]]
+    wrong = [
+        text
+        for text, ids in zip(inputs, outputs)
+        if llm.tokenize(text.encode(), add_bos=False, special=False) != [int(i) for i in ids.split()]
+    ]
     assert len(inputs) == 47 and wrong == []
 
 
@@ -245,8 +336,11 @@ def test_llama_cpp_keeps_the_rope_scaling_beyond_the_original_context(tiny_base_
     folder = tmp_path / "extended"
     shutil.copytree(tiny_base_model, folder)
     config = json.loads((folder / "config.json").read_text())
-    config.update(rope_parameters={"rope_type": "linear", "factor": 4.0, "rope_theta": 100000.0},
-                  rope_scaling={"type": "linear", "factor": 4.0}, max_position_embeddings=4096)
+    config.update(
+        rope_parameters={"rope_type": "linear", "factor": 4.0, "rope_theta": 100000.0},
+        rope_scaling={"type": "linear", "factor": 4.0},
+        max_position_embeddings=4096,
+    )
     (folder / "config.json").write_text(json.dumps(config))
     assert main(["model", "export-gguf", "--model", str(folder), "--out", str(tmp_path / "extended.gguf")]) == 0
     engine = Engine.load(folder, dtype="float32")
@@ -255,7 +349,7 @@ def test_llama_cpp_keeps_the_rope_scaling_beyond_the_original_context(tiny_base_
     ids = engine.encode((Path(sysconfig.get_paths()["stdlib"]) / "http" / "client.py").read_text())[:1500]
     llm = llama(tmp_path / "extended.gguf", n_ctx=2048, n_batch=512, logits_all=True)
     llm.eval(ids)
-    theirs = np.array(llm.scores[1024:len(ids)])
+    theirs = np.array(llm.scores[1024 : len(ids)])
 
     def distance():  # mean absolute logit difference past the original context
         with torch.inference_mode():

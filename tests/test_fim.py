@@ -12,14 +12,14 @@ TEXT = "def add(a, b):\n    return a + b\n\n\nprint(add(1, 2))\n"
 
 def parse_psm(doc):
     assert doc.startswith(formats.FIM_BEGIN)
-    prefix, rest = doc[len(formats.FIM_BEGIN):].split(formats.FIM_HOLE)
+    prefix, rest = doc[len(formats.FIM_BEGIN) :].split(formats.FIM_HOLE)
     suffix, middle = rest.split(formats.FIM_END)
     return prefix, middle, suffix
 
 
 def parse_spm(doc):
     assert doc.startswith(formats.FIM_BEGIN + formats.FIM_HOLE)
-    suffix, prefix_middle = doc[len(formats.FIM_BEGIN + formats.FIM_HOLE):].split(formats.FIM_END)
+    suffix, prefix_middle = doc[len(formats.FIM_BEGIN + formats.FIM_HOLE) :].split(formats.FIM_END)
     return suffix, prefix_middle
 
 

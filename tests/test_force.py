@@ -15,8 +15,18 @@ def test_force_never_deletes_a_folder_dscoder_did_not_write(tiny_base_model, sma
     folder = users_folder(tmp_path)
     commands = [
         ["model", "quantize", "--model", str(tiny_base_model), "--bits", "8", "--out", str(folder), "--force"],
-        ["train", "pretrain", "--model", str(tiny_base_model), "--data", str(small_corpus), "--out", str(folder),
-         *QUICK_TRAIN, "--force"],
+        [
+            "train",
+            "pretrain",
+            "--model",
+            str(tiny_base_model),
+            "--data",
+            str(small_corpus),
+            "--out",
+            str(folder),
+            *QUICK_TRAIN,
+            "--force",
+        ],
         ["data", "build", str(small_corpus.parent), "--out", str(folder), "--force"],
     ]
     for argv in commands:
@@ -29,7 +39,9 @@ def test_force_never_deletes_a_folder_dscoder_did_not_write(tiny_base_model, sma
 def test_force_replaces_what_dscoder_wrote(tiny_base_model, tmp_path):
     out = tmp_path / "q"
     assert main(["model", "quantize", "--model", str(tiny_base_model), "--bits", "8", "--out", str(out)]) == 0
-    assert main(["model", "quantize", "--model", str(tiny_base_model), "--bits", "4", "--out", str(out), "--force"]) == 0
+    assert (
+        main(["model", "quantize", "--model", str(tiny_base_model), "--bits", "4", "--out", str(out), "--force"]) == 0
+    )
     assert '"bits": 4' in (out / "config.json").read_text()
 
 

@@ -26,9 +26,31 @@ def losses(run):
 def cuda_run(small_corpus, trained_tokenizer_dir, tmp_path_factory):
     """40 bf16 steps of the tiny preset on the GPU, a checkpoint every 4 steps, all kept."""
     run = tmp_path_factory.mktemp("gpu") / "pretrain"
-    assert main(["train", "pretrain", "--data", str(small_corpus), "--tokenizer", str(trained_tokenizer_dir),
-                 "--preset", "tiny", "--out", str(run), *QUICK_TRAIN, "--max-steps", "40", "--lr", "3e-3",
-                 "--loop.device=cuda", "--loop.precision=bf16", "--loop.keep_checkpoints=20"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "pretrain",
+                "--data",
+                str(small_corpus),
+                "--tokenizer",
+                str(trained_tokenizer_dir),
+                "--preset",
+                "tiny",
+                "--out",
+                str(run),
+                *QUICK_TRAIN,
+                "--max-steps",
+                "40",
+                "--lr",
+                "3e-3",
+                "--loop.device=cuda",
+                "--loop.precision=bf16",
+                "--loop.keep_checkpoints=20",
+            ]
+        )
+        == 0
+    )
     assert torch.cuda.max_memory_allocated() > 0  # the steps ran on the GPU
     return run
 
@@ -47,9 +69,32 @@ def test_gpu_run_resumes_from_a_checkpoint(device, tolerance, cuda_run, small_co
     for folder in (cut / "checkpoints").iterdir():
         if int(folder.name.split("-")[1]) > 20:
             shutil.rmtree(folder)
-    assert main(["train", "pretrain", "--resume", "--out", str(cut), "--data", str(small_corpus), "--tokenizer",
-                 str(trained_tokenizer_dir), "--preset", "tiny", *QUICK_TRAIN, "--max-steps", "40", "--lr", "3e-3",
-                 f"--loop.device={device}", "--loop.precision=bf16", "--loop.keep_checkpoints=20"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "pretrain",
+                "--resume",
+                "--out",
+                str(cut),
+                "--data",
+                str(small_corpus),
+                "--tokenizer",
+                str(trained_tokenizer_dir),
+                "--preset",
+                "tiny",
+                *QUICK_TRAIN,
+                "--max-steps",
+                "40",
+                "--lr",
+                "3e-3",
+                f"--loop.device={device}",
+                "--loop.precision=bf16",
+                "--loop.keep_checkpoints=20",
+            ]
+        )
+        == 0
+    )
     again, first = losses(cut), losses(cuda_run)
     assert sorted(again) == sorted(first)
     for step in range(21, 41):  # kernels differ across devices and are not all deterministic: agreement
@@ -71,10 +116,11 @@ def test_engine_on_the_gpu_matches_transformers_generate(cuda_run):
     for text in PROMPTS:
         ids = engine.encode(text)
         (s,) = engine.generate([Sequence(ids, SamplingParams(max_new_tokens=24))])
-        reference = engine.model.generate(torch.tensor([ids], device="cuda"), max_new_tokens=24, do_sample=False,
-                                          pad_token_id=engine.pad_id)[0, len(ids):].tolist()
+        reference = engine.model.generate(
+            torch.tensor([ids], device="cuda"), max_new_tokens=24, do_sample=False, pad_token_id=engine.pad_id
+        )[0, len(ids) :].tolist()
         eos = engine.tokenizer.eos_token_id
-        assert s.token_ids == (reference[:reference.index(eos)] if eos in reference else reference)
+        assert s.token_ids == (reference[: reference.index(eos)] if eos in reference else reference)
 
 
 def test_bf16_engine_batches_on_the_gpu(cuda_run):

@@ -18,44 +18,93 @@ def run(capsys, *argv):
 
 def shown_prompt(out):
     assert out.startswith("=== prompt ===\n")
-    return out[len("=== prompt ===\n"):out.index("\n=== completion ===\n")]
+    return out[len("=== prompt ===\n") : out.index("\n=== completion ===\n")]
 
 
 def test_complete_shows_the_exact_prompt(capsys, tiny_base_model):
-    code, out, _ = run(capsys, "complete", "--model", tiny_base_model, "def add(a, b):\n", "--max-new-tokens", "8",
-                       "--show-prompt")
+    code, out, _ = run(
+        capsys, "complete", "--model", tiny_base_model, "def add(a, b):\n", "--max-new-tokens", "8", "--show-prompt"
+    )
     assert code == 0 and shown_prompt(out) == "def add(a, b):\n"
-    code, streamed, _ = run(capsys, "complete", "--model", tiny_base_model, "def add(a, b):\n", "--max-new-tokens", "8",
-                            "--stream")
+    code, streamed, _ = run(
+        capsys, "complete", "--model", tiny_base_model, "def add(a, b):\n", "--max-new-tokens", "8", "--stream"
+    )
     assert streamed == out.split("=== completion ===\n", 1)[1]
 
 
 def test_infill_at_a_cursor_in_a_file(capsys, tiny_base_model, tmp_path):
     source = tmp_path / "calc.py"
     source.write_text("def area(r):\n    pi = 3.14\n    return pi * r * r\n")
-    code, out, _ = run(capsys, "infill", "--model", tiny_base_model, "--file", source, "--line", "2", "--column", "4",
-                       "--max-new-tokens", "6", "--show-prompt")
+    code, out, _ = run(
+        capsys,
+        "infill",
+        "--model",
+        tiny_base_model,
+        "--file",
+        source,
+        "--line",
+        "2",
+        "--column",
+        "4",
+        "--max-new-tokens",
+        "6",
+        "--show-prompt",
+    )
     assert code == 0
-    assert shown_prompt(out) == "<｜fim▁begin｜>def area(r):\n    <｜fim▁hole｜>pi = 3.14\n    return pi * r * r\n<｜fim▁end｜>"
+    assert (
+        shown_prompt(out)
+        == "<｜fim▁begin｜>def area(r):\n    <｜fim▁hole｜>pi = 3.14\n    return pi * r * r\n<｜fim▁end｜>"
+    )
 
 
 def test_repo_complete_puts_dependencies_first(capsys, tiny_base_model, tmp_path):
-    repo = write_tree(tmp_path / "app", {
-        "utils.py": "def load_data():\n    return [1, 2, 3]\n",
-        "model.py": "from utils import load_data\n\n\nclass Model:\n    data = load_data()\n",
-        "unrelated.py": "X = 1\n",
-        "main.py": "from model import Model\n\nm = Model()\n",
-    })
-    code, out, _ = run(capsys, "repo-complete", "--model", tiny_base_model, "--repo", repo, "--file", "main.py",
-                       "--max-new-tokens", "4", "--show-prompt")
+    repo = write_tree(
+        tmp_path / "app",
+        {
+            "utils.py": "def load_data():\n    return [1, 2, 3]\n",
+            "model.py": "from utils import load_data\n\n\nclass Model:\n    data = load_data()\n",
+            "unrelated.py": "X = 1\n",
+            "main.py": "from model import Model\n\nm = Model()\n",
+        },
+    )
+    code, out, _ = run(
+        capsys,
+        "repo-complete",
+        "--model",
+        tiny_base_model,
+        "--repo",
+        repo,
+        "--file",
+        "main.py",
+        "--max-new-tokens",
+        "4",
+        "--show-prompt",
+    )
     assert code == 0
-    assert shown_prompt(out) == ("#utils.py\ndef load_data():\n    return [1, 2, 3]\n"
-                                 "#model.py\nfrom utils import load_data\n\n\nclass Model:\n    data = load_data()\n"
-                                 "#main.py\nfrom model import Model\n\nm = Model()\n")
-    code, out, _ = run(capsys, "repo-complete", "--model", tiny_base_model, "--repo", repo, "--file", repo / "main.py",
-                       "--line", "2", "--max-new-tokens", "4", "--show-prompt")
+    assert shown_prompt(out) == (
+        "#utils.py\ndef load_data():\n    return [1, 2, 3]\n"
+        "#model.py\nfrom utils import load_data\n\n\nclass Model:\n    data = load_data()\n"
+        "#main.py\nfrom model import Model\n\nm = Model()\n"
+    )
+    code, out, _ = run(
+        capsys,
+        "repo-complete",
+        "--model",
+        tiny_base_model,
+        "--repo",
+        repo,
+        "--file",
+        repo / "main.py",
+        "--line",
+        "2",
+        "--max-new-tokens",
+        "4",
+        "--show-prompt",
+    )
     prompt = shown_prompt(out)
-    assert prompt.startswith("<｜fim▁begin｜>#utils.py\n") and prompt.endswith("<｜fim▁hole｜>\nm = Model()\n<｜fim▁end｜>")
+    assert prompt.startswith("<｜fim▁begin｜>#utils.py\n") and prompt.endswith(
+        "<｜fim▁hole｜>\nm = Model()\n<｜fim▁end｜>"
+    )
 
 
 def test_repo_complete_orders_a_package_rooted_repository_as_its_training_sample(capsys, tiny_base_model, tmp_path):
@@ -67,28 +116,59 @@ def test_repo_complete_orders_a_package_rooted_repository_as_its_training_sample
     from dscoder.data.steps import BuildConfig, process_repository
     from dscoder.repo.collect import read_repository
 
-    leaves = {f"{name}.py": f"def {name}(value):\n    return value + {i}\n" for i, name in enumerate(["alpha", "beta", "gamma", "delta", "omega"])}
-    repo = write_tree(tmp_path / "mypkg", leaves | {
-        "__init__.py": "\"\"\"A package collected as its own repository.\"\"\"\n",
-        "core.py": "from mypkg.alpha import alpha\nfrom mypkg.beta import beta\n\n\ndef run(value):\n    return alpha(beta(value))\n",
-        "main.py": "from mypkg.core import run\nfrom mypkg import gamma, delta, omega\n\n"
-                   "print(run(1), gamma.gamma(2), delta.delta(3), omega.omega(4))\n",
-    })
-    code, out, _ = run(capsys, "repo-complete", "--model", tiny_base_model, "--repo", repo, "--file", "main.py",
-                       "--max-new-tokens", "4", "--show-prompt")
+    leaves = {
+        f"{name}.py": f"def {name}(value):\n    return value + {i}\n"
+        for i, name in enumerate(["alpha", "beta", "gamma", "delta", "omega"])
+    }
+    repo = write_tree(
+        tmp_path / "mypkg",
+        leaves
+        | {
+            "__init__.py": '"""A package collected as its own repository."""\n',
+            "core.py": "from mypkg.alpha import alpha\nfrom mypkg.beta import beta\n\n\ndef run(value):\n    return alpha(beta(value))\n",
+            "main.py": "from mypkg.core import run\nfrom mypkg import gamma, delta, omega\n\n"
+            "print(run(1), gamma.gamma(2), delta.delta(3), omega.omega(4))\n",
+        },
+    )
+    code, out, _ = run(
+        capsys,
+        "repo-complete",
+        "--model",
+        tiny_base_model,
+        "--repo",
+        repo,
+        "--file",
+        "main.py",
+        "--max-new-tokens",
+        "4",
+        "--show-prompt",
+    )
     assert code == 0
     prompted = [line[1:] for line in shown_prompt(out).split("\n") if line.startswith("#") and line.endswith(".py")]
     assert prompted[-1] == "main.py" and sorted(prompted[:-1]) == sorted([*leaves, "core.py"])
-    samples, _ = process_repository(read_repository(repo, BuildConfig().collect, Counter()), BuildConfig(), None, Stats())
+    samples, _ = process_repository(
+        read_repository(repo, BuildConfig().collect, Counter()), BuildConfig(), None, Stats()
+    )
     (sample,) = [s for s in samples if "main.py" in s["paths"]]
     assert prompted[:-1] == [p for p in sample["paths"] if p != "main.py"]
 
 
 def test_chat_one_shot_and_interactive(capsys, tiny_instruct_model, monkeypatch):
-    code, out, _ = run(capsys, "chat", "--model", tiny_instruct_model, "--message", "Sort a list.",
-                       "--max-new-tokens", "6", "--show-prompt")
+    code, out, _ = run(
+        capsys,
+        "chat",
+        "--model",
+        tiny_instruct_model,
+        "--message",
+        "Sort a list.",
+        "--max-new-tokens",
+        "6",
+        "--show-prompt",
+    )
     assert code == 0
-    assert shown_prompt(out) == formats.render_chat([{"role": "user", "content": "Sort a list."}], add_generation_prompt=True)
+    assert shown_prompt(out) == formats.render_chat(
+        [{"role": "user", "content": "Sort a list."}], add_generation_prompt=True
+    )
     monkeypatch.setattr("sys.stdin", io.StringIO("Hello\n/reset\nAgain\n"))
     code, out, err = run(capsys, "chat", "--model", tiny_instruct_model, "--max-new-tokens", "4")
     assert code == 0 and "chatting with" in err
@@ -153,8 +233,9 @@ def test_quiet_silences_progress_bars_ours_and_the_libraries(tmp_path):
 
     argv = [sys.executable, "-m", "dscoder", "tokenizer", "train", str(STDLIB / "json"), "--vocab-size", "300"]
     loud = subprocess.run(argv + ["--out", str(tmp_path / "a")], capture_output=True, text=True)
-    quiet = subprocess.run([argv[0], "-m", "dscoder", "-q", *argv[3:], "--out", str(tmp_path / "b")],
-                           capture_output=True, text=True)
+    quiet = subprocess.run(
+        [argv[0], "-m", "dscoder", "-q", *argv[3:], "--out", str(tmp_path / "b")], capture_output=True, text=True
+    )
     assert loud.returncode == quiet.returncode == 0
     assert "reading" in loud.stderr and "training a 300-token" in loud.stderr
     assert quiet.stderr.strip() == "", quiet.stderr

@@ -19,8 +19,10 @@ def test_where_the_compiler_works_the_kernels_build(tmp_path):
     if compiler is None:
         pytest.skip("no C compiler")
     probe = tmp_path / "probe.c"
-    probe.write_text("#include <math.h>\nint f(float *x, int n) { int s = 0;\n#pragma omp parallel for\n"
-                     "for (int i = 0; i < n; i++) x[i] = nearbyintf(x[i]);\nreturn s; }\n")
+    probe.write_text(
+        "#include <math.h>\nint f(float *x, int n) { int s = 0;\n#pragma omp parallel for\n"
+        "for (int i = 0; i < n; i++) x[i] = nearbyintf(x[i]);\nreturn s; }\n"
+    )
     done = subprocess.run([compiler, *kernels.FLAGS, "-o", str(tmp_path / "probe.so"), str(probe)], capture_output=True)
     if done.returncode != 0:
         pytest.skip(f"the C compiler cannot build a shared OpenMP library here: {done.stderr.decode()[-200:]}")
@@ -73,12 +75,14 @@ def test_without_the_kernel_torchs_product_runs_and_says_so(tmp_path, setting):
         env["DSCODER_KERNELS"] = "off"
     else:
         env["PATH"], env["CC"] = str(tmp_path), ""  # no compiler to be found
-    code = ("import torch\nfrom dscoder import kernels, quantize\n"
-            "q, s = quantize.quantize_weight(torch.randn(8, 64), 8, None)\n"
-            "layer = quantize.QuantLinear(q, s, 8, None, torch.float32)\n"
-            "x = torch.randn(1, 64)\n"
-            "assert torch.equal(layer(x), quantize._int8_product(x, q, s))\n"
-            "print(kernels.status(), layer.kernel)")
+    code = (
+        "import torch\nfrom dscoder import kernels, quantize\n"
+        "q, s = quantize.quantize_weight(torch.randn(8, 64), 8, None)\n"
+        "layer = quantize.QuantLinear(q, s, 8, None, torch.float32)\n"
+        "x = torch.randn(1, 64)\n"
+        "assert torch.equal(layer(x), quantize._int8_product(x, q, s))\n"
+        "print(kernels.status(), layer.kernel)"
+    )
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert ("off" if setting == "off" else "no C compiler") in done.stdout and "int8 x int8" in done.stdout
@@ -92,7 +96,9 @@ def test_bf16_products_and_attention_agree_with_torch():
         x = torch.randn(rows, inner, generator=generator).bfloat16()
         w = torch.randn(out, inner, generator=generator).bfloat16()
         expected = x.float() @ w.float().t()
-        assert torch.allclose(kernels.bf16_matvec(x, w).float(), expected, rtol=0.02, atol=0.02 * float(expected.abs().max()))
+        assert torch.allclose(
+            kernels.bf16_matvec(x, w).float(), expected, rtol=0.02, atol=0.02 * float(expected.abs().max())
+        )
     for heads, kv_heads, length, rows in ((4, 4, 1, 1), (8, 2, 37, 1), (2, 1, 300, 1), (4, 2, 70, 40), (2, 2, 33, 33)):
         capacity, dim = length + 10, 32
         k = torch.randn(kv_heads, capacity, dim, generator=generator).bfloat16()
@@ -101,13 +107,16 @@ def test_bf16_products_and_attention_agree_with_torch():
         group, start = heads // kv_heads, length - rows
         mask = torch.arange(length) <= torch.arange(start, length)[:, None]
         expected = torch.nn.functional.scaled_dot_product_attention(
-            q.transpose(0, 1)[None], k[None, :, :length].float().repeat_interleave(group, 1),
-            v[None, :, :length].float().repeat_interleave(group, 1), attn_mask=mask)[0].transpose(0, 1)
+            q.transpose(0, 1)[None],
+            k[None, :, :length].float().repeat_interleave(group, 1),
+            v[None, :, :length].float().repeat_interleave(group, 1),
+            attn_mask=mask,
+        )[0].transpose(0, 1)
         ours = kernels.attend_bf16(q, k, v, start, group)
         assert torch.allclose(ours, expected, atol=1e-4)
         # each token's numbers are the same computed alone, in another chunk, or with the others
         for cut in (0, rows // 3, rows - 1):
-            alone = kernels.attend_bf16(q[cut:cut + 1], k, v, start + cut, group)
+            alone = kernels.attend_bf16(q[cut : cut + 1], k, v, start + cut, group)
             assert torch.equal(alone[0], ours[cut])
             assert torch.equal(kernels.attend_bf16(q[cut:], k, v, start + cut, group), ours[cut:])
 
@@ -116,8 +125,10 @@ def test_bf16_products_and_attention_agree_with_torch():
 def test_a_damaged_cached_library_is_built_again(tmp_path):
     env = {**os.environ, "DSCODER_CACHE": str(tmp_path)}
     code = "from dscoder import kernels\nprint(kernels.status())"
-    assert "built" in subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
-                                     timeout=120).stdout
+    assert (
+        "built"
+        in subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120).stdout
+    )
     [cached] = (tmp_path / "kernels").iterdir()
     cached.write_bytes(b"not a library")
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
@@ -125,8 +136,24 @@ def test_a_damaged_cached_library_is_built_again(tmp_path):
 
 
 def test_a_wrong_kernels_setting_is_one_line(tiny_base_model):
-    done = subprocess.run([sys.executable, "-m", "dscoder", "complete", "--model", str(tiny_base_model),
-                           "--quantize", "int8", "def f", "--max-new-tokens", "2"],
-                          env={**os.environ, "DSCODER_KERNELS": "maybe"}, capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "dscoder",
+            "complete",
+            "--model",
+            str(tiny_base_model),
+            "--quantize",
+            "int8",
+            "def f",
+            "--max-new-tokens",
+            "2",
+        ],
+        env={**os.environ, "DSCODER_KERNELS": "maybe"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 2 and "DSCODER_KERNELS=maybe: expected auto (the default) or off" in done.stderr
     assert "Traceback" not in done.stderr

@@ -20,56 +20,103 @@ TASK_IDS = ("Python/0", "HumanEval_0_has_close_elements")
 
 # language: (benchmark file, [(completion, expected status)])
 CASES = {
-    "python": ("deepseek-humaneval-python.jsonl", [
-        ("    for i, a in enumerate(numbers):\n        for b in numbers[i + 1:]:\n"
-         "            if abs(a - b) < threshold:\n                return True\n    return False\n", "passed"),
-        ("    return False\n", "failed"),
-    ]),
-    "cpp": ("multipl-e-humaneval-cpp.jsonl", [
-        ("    for (size_t i = 0; i < numbers.size(); i++)\n        for (size_t j = i + 1; j < numbers.size(); j++)\n"
-         "            if (std::abs(numbers[i] - numbers[j]) < threshold) return true;\n    return false;", "passed"),
-        ("    return false;", "failed"),
-        ("", "failed"),  # an empty body falls off the end: a test that passed when built with -O1
-    ]),
-    "java": ("multipl-e-humaneval-java.jsonl", [
-        ("        for (int i = 0; i < numbers.size(); i++)\n            for (int j = i + 1; j < numbers.size(); j++)\n"
-         "                if (Math.abs(numbers.get(i) - numbers.get(j)) < threshold) return true;\n"
-         "        return false;", "passed"),
-        ("        return false;", "failed"),
-    ]),
-    "php": ("multipl-e-humaneval-php.jsonl", [
-        ("    for ($i = 0; $i < count($numbers); $i++) {\n        for ($j = $i + 1; $j < count($numbers); $j++) {\n"
-         "            if (abs($numbers[$i] - $numbers[$j]) < $threshold) {\n                return true;\n"
-         "            }\n        }\n    }\n    return false;\n}", "passed"),
-        ("    return false;\n}", "failed"),  # the tests throw Exception("Test failed!")
-        ("    return abs($numbers[0] - );\n}", "compile_error"),
-        ("    return intdiv(1, 0) > $threshold;\n}", "runtime_error"),
-    ]),
-    "typescript": ("multipl-e-humaneval-ts.jsonl", [
-        ("  for (let i = 0; i < numbers.length; i++)\n    for (let j = i + 1; j < numbers.length; j++)\n"
-         "      if (Math.abs(numbers[i] - numbers[j]) < threshold) return true;\n  return false;\n}", "passed"),
-        ("  return false;\n}", "failed"),
-    ]),
-    "csharp": ("multipl-e-humaneval-cs.jsonl", [
-        ("        for (int i = 0; i < numbers.Count; i++)\n            for (int j = i + 1; j < numbers.Count; j++)\n"
-         "                if (Math.Abs(numbers[i] - numbers[j]) < threshold) return true;\n        return false;",
-         "passed"),
-        ("        return false;", "failed"),  # Debug.Assert: mono writes "Fail:" and exits 0
-        ("        return numbers.Count(;", "compile_error"),
-        ("        return numbers[numbers.Count] > threshold;", "runtime_error"),  # the released harness passes it
-    ]),
-    "shell": ("multipl-e-humaneval-sh.jsonl", [
-        ("    echo \"$1\" | tr ' ' '\\n' | awk -v t=\"$2\" '{ a[NR] = $1 } END {\n"
-         "        for (i = 1; i <= NR; i++) for (j = i + 1; j <= NR; j++) {\n"
-         "            d = a[i] - a[j]; if (d < 0) d = -d; if (d < t) { print \"true\"; exit } }\n"
-         "        print \"false\" }'", "passed"),
-        ("    echo false", "failed"),
-    ]),
-    "javascript": ("multipl-e-humaneval-js.jsonl", [
-        ("  for (let i = 0; i < numbers.length; i++)\n    for (let j = i + 1; j < numbers.length; j++)\n"
-         "      if (Math.abs(numbers[i] - numbers[j]) < threshold) return true;\n  return false;\n}", "passed"),
-        ("  return false;\n}", "failed"),
-    ]),
+    "python": (
+        "deepseek-humaneval-python.jsonl",
+        [
+            (
+                "    for i, a in enumerate(numbers):\n        for b in numbers[i + 1:]:\n"
+                "            if abs(a - b) < threshold:\n                return True\n    return False\n",
+                "passed",
+            ),
+            ("    return False\n", "failed"),
+        ],
+    ),
+    "cpp": (
+        "multipl-e-humaneval-cpp.jsonl",
+        [
+            (
+                "    for (size_t i = 0; i < numbers.size(); i++)\n        for (size_t j = i + 1; j < numbers.size(); j++)\n"
+                "            if (std::abs(numbers[i] - numbers[j]) < threshold) return true;\n    return false;",
+                "passed",
+            ),
+            ("    return false;", "failed"),
+            ("", "failed"),  # an empty body falls off the end: a test that passed when built with -O1
+        ],
+    ),
+    "java": (
+        "multipl-e-humaneval-java.jsonl",
+        [
+            (
+                "        for (int i = 0; i < numbers.size(); i++)\n            for (int j = i + 1; j < numbers.size(); j++)\n"
+                "                if (Math.abs(numbers.get(i) - numbers.get(j)) < threshold) return true;\n"
+                "        return false;",
+                "passed",
+            ),
+            ("        return false;", "failed"),
+        ],
+    ),
+    "php": (
+        "multipl-e-humaneval-php.jsonl",
+        [
+            (
+                "    for ($i = 0; $i < count($numbers); $i++) {\n        for ($j = $i + 1; $j < count($numbers); $j++) {\n"
+                "            if (abs($numbers[$i] - $numbers[$j]) < $threshold) {\n                return true;\n"
+                "            }\n        }\n    }\n    return false;\n}",
+                "passed",
+            ),
+            ("    return false;\n}", "failed"),  # the tests throw Exception("Test failed!")
+            ("    return abs($numbers[0] - );\n}", "compile_error"),
+            ("    return intdiv(1, 0) > $threshold;\n}", "runtime_error"),
+        ],
+    ),
+    "typescript": (
+        "multipl-e-humaneval-ts.jsonl",
+        [
+            (
+                "  for (let i = 0; i < numbers.length; i++)\n    for (let j = i + 1; j < numbers.length; j++)\n"
+                "      if (Math.abs(numbers[i] - numbers[j]) < threshold) return true;\n  return false;\n}",
+                "passed",
+            ),
+            ("  return false;\n}", "failed"),
+        ],
+    ),
+    "csharp": (
+        "multipl-e-humaneval-cs.jsonl",
+        [
+            (
+                "        for (int i = 0; i < numbers.Count; i++)\n            for (int j = i + 1; j < numbers.Count; j++)\n"
+                "                if (Math.Abs(numbers[i] - numbers[j]) < threshold) return true;\n        return false;",
+                "passed",
+            ),
+            ("        return false;", "failed"),  # Debug.Assert: mono writes "Fail:" and exits 0
+            ("        return numbers.Count(;", "compile_error"),
+            ("        return numbers[numbers.Count] > threshold;", "runtime_error"),  # the released harness passes it
+        ],
+    ),
+    "shell": (
+        "multipl-e-humaneval-sh.jsonl",
+        [
+            (
+                "    echo \"$1\" | tr ' ' '\\n' | awk -v t=\"$2\" '{ a[NR] = $1 } END {\n"
+                "        for (i = 1; i <= NR; i++) for (j = i + 1; j <= NR; j++) {\n"
+                '            d = a[i] - a[j]; if (d < 0) d = -d; if (d < t) { print "true"; exit } }\n'
+                '        print "false" }\'',
+                "passed",
+            ),
+            ("    echo false", "failed"),
+        ],
+    ),
+    "javascript": (
+        "multipl-e-humaneval-js.jsonl",
+        [
+            (
+                "  for (let i = 0; i < numbers.length; i++)\n    for (let j = i + 1; j < numbers.length; j++)\n"
+                "      if (Math.abs(numbers[i] - numbers[j]) < threshold) return true;\n  return false;\n}",
+                "passed",
+            ),
+            ("  return false;\n}", "failed"),
+        ],
+    ),
 }
 
 
@@ -118,21 +165,35 @@ def test_php_and_csharp_run_in_each_isolating_mode(language, mode, tmp_path):
 def test_php_and_csharp_outcomes_are_read_strictly():
     """Outputs as php 8.2 and mono 6.8 write them: a C# run that exits 0 after a failed
     Debug.Assert has failed; one that exits non-zero without one crashed."""
+
     def status(language, step, returncode, stderr):
         return toolchains.status(language, step, sandbox.Run(returncode, "", stderr, 0.1, False))
 
-    failed_assert = ("Fail: \n  at System.Diagnostics.DefaultTraceListener.Fail (System.String message) [0x00000]\n"
-                     "  at System.Diagnostics.Debug.Assert (System.Boolean condition) [0x00000]\n")
+    failed_assert = (
+        "Fail: \n  at System.Diagnostics.DefaultTraceListener.Fail (System.String message) [0x00000]\n"
+        "  at System.Diagnostics.Debug.Assert (System.Boolean condition) [0x00000]\n"
+    )
     assert status("csharp", "run", 0, failed_assert) == "failed"
     assert status("csharp", "run", 0, "") == "passed"
-    assert status("csharp", "run", 1, "Unhandled Exception:\nSystem.IndexOutOfRangeException: Index was outside "
-                                      "the bounds of the array.\n") == "runtime_error"
+    assert (
+        status(
+            "csharp",
+            "run",
+            1,
+            "Unhandled Exception:\nSystem.IndexOutOfRangeException: Index was outside the bounds of the array.\n",
+        )
+        == "runtime_error"
+    )
     assert status("cs", "build", 1, "") == "compile_error"
     assert status("php", "run", 255, "PHP Fatal error:  Uncaught Exception: Test failed! in main.php:12\n") == "failed"
-    assert status("php", "run", 255, 'PHP Parse error:  syntax error, unexpected token ")" in main.php on line 9\n') \
+    assert (
+        status("php", "run", 255, 'PHP Parse error:  syntax error, unexpected token ")" in main.php on line 9\n')
         == "compile_error"
-    assert status("php", "run", 255, "PHP Fatal error:  Uncaught DivisionByZeroError: Division by zero\n") \
+    )
+    assert (
+        status("php", "run", 255, "PHP Fatal error:  Uncaught DivisionByZeroError: Division by zero\n")
         == "runtime_error"
+    )
 
 
 def test_a_php_program_without_its_opening_tag_is_run_as_php(tmp_path):

@@ -16,8 +16,24 @@ from dscoder.train import loggers, recipes, settings
 
 
 def pretrain(run, corpus, tokenizer, *flags):
-    return main(["train", "pretrain", "--data", str(corpus), "--tokenizer", str(tokenizer), "--preset", "tiny",
-                 "--out", str(run), *QUICK_TRAIN, "--max-steps", "8", *flags])
+    return main(
+        [
+            "train",
+            "pretrain",
+            "--data",
+            str(corpus),
+            "--tokenizer",
+            str(tokenizer),
+            "--preset",
+            "tiny",
+            "--out",
+            str(run),
+            *QUICK_TRAIN,
+            "--max-steps",
+            "8",
+            *flags,
+        ]
+    )
 
 
 def expected_charts(run) -> dict[str, list[tuple[int, float]]]:
@@ -47,12 +63,15 @@ def assert_same_charts(shown, expected, rel):
         assert [value for _, value in shown[tag]] == pytest.approx([value for _, value in points], rel=rel), tag
 
 
-def test_tensorboard_shows_the_metrics_and_a_resume_replaces_the_steps_it_recomputes(small_corpus,
-                                                                                    trained_tokenizer_dir, tmp_path):
+def test_tensorboard_shows_the_metrics_and_a_resume_replaces_the_steps_it_recomputes(
+    small_corpus, trained_tokenizer_dir, tmp_path
+):
     run = tmp_path / "run"
     assert pretrain(run, small_corpus, trained_tokenizer_dir, "--logger", "tensorboard") == 0
     expected = expected_charts(run)
-    assert {"train/loss", "train/lr", "train/tokens_per_s", "train/grad_norm", "train/tokens", "eval/loss"} == set(expected)
+    assert {"train/loss", "train/lr", "train/tokens_per_s", "train/grad_norm", "train/tokens", "eval/loss"} == set(
+        expected
+    )
     assert [step for step, _ in expected["eval/loss"]] == [6, 8]
     assert_same_charts(tensorboard_charts(run / "tensorboard"), expected, rel=1e-6)  # float32 in the event file
 
@@ -77,8 +96,8 @@ def wandb_records(path):
         if block - pos % block < 7:  # a block's tail too short for a header is padding
             pos += block - pos % block
             continue
-        _, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
-        chunk += data[pos + 7:pos + 7 + length]
+        _, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
+        chunk += data[pos + 7 : pos + 7 + length]
         pos += 7 + length
         if kind in (1, 4):  # FULL, LAST
             record = Record()
@@ -91,8 +110,16 @@ def wandb_records(path):
 @pytest.fixture
 def wandb_env(tmp_path, monkeypatch):
     """No W&B settings of the machine's user; W&B's own files in tmp_path."""
-    for name in ("WANDB_MODE", "WANDB_DIR", "WANDB_PROJECT", "WANDB_NAME", "WANDB_RUN_ID", "WANDB_RESUME",
-                 "WANDB_API_KEY", "WANDB_CONSOLE"):
+    for name in (
+        "WANDB_MODE",
+        "WANDB_DIR",
+        "WANDB_PROJECT",
+        "WANDB_NAME",
+        "WANDB_RUN_ID",
+        "WANDB_RESUME",
+        "WANDB_API_KEY",
+        "WANDB_CONSOLE",
+    ):
         monkeypatch.delenv(name, raising=False)
     for name in ("WANDB_CONFIG_DIR", "WANDB_CACHE_DIR", "WANDB_DATA_DIR", "WANDB_ARTIFACT_DIR"):
         monkeypatch.setenv(name, str(tmp_path / name.lower()))
@@ -112,8 +139,9 @@ def offline_run(run):
     return start, history, end
 
 
-def test_wandb_keeps_an_offline_run_with_the_metrics_and_the_settings(small_corpus, trained_tokenizer_dir, tmp_path,
-                                                                     wandb_env):
+def test_wandb_keeps_an_offline_run_with_the_metrics_and_the_settings(
+    small_corpus, trained_tokenizer_dir, tmp_path, wandb_env
+):
     run = tmp_path / "run"
     assert pretrain(run, small_corpus, trained_tokenizer_dir, "--logger", "wandb") == 0
     start, history, end = offline_run(run)
@@ -130,8 +158,9 @@ def test_wandb_keeps_an_offline_run_with_the_metrics_and_the_settings(small_corp
     assert [step for step, _ in shown["eval/loss"]] == [6, 8]
 
 
-def test_a_run_that_stops_on_an_error_ends_its_wandb_run_as_failed(small_corpus, trained_tokenizer_dir, tmp_path,
-                                                                   wandb_env, monkeypatch, capsys):
+def test_a_run_that_stops_on_an_error_ends_its_wandb_run_as_failed(
+    small_corpus, trained_tokenizer_dir, tmp_path, wandb_env, monkeypatch, capsys
+):
     import torch
     import wandb
 
@@ -161,15 +190,21 @@ def test_wandb_mode_set_by_the_user_wins(tmp_path, wandb_env, monkeypatch):
     assert not list(tmp_path.rglob("offline-run-*"))
 
 
-@pytest.mark.parametrize("kind, environ, message", [
-    ("tensorboard", {}, "--logger tensorboard needs the tensorboard package (pip install tensorboard)"),
-    ("wandb", {}, "--logger wandb needs the wandb package (pip install wandb)"),
-    ("wandb", {"WANDB_MODE": "ofline"},
-     "--logger wandb: WANDB_MODE='ofline' is not one of offline, online, disabled, dryrun, run, shared"),
-])
-def test_a_logger_that_cannot_work_is_refused_before_the_run_folder_exists(kind, environ, message, small_corpus,
-                                                                           trained_tokenizer_dir, tmp_path,
-                                                                           monkeypatch, capsys):
+@pytest.mark.parametrize(
+    "kind, environ, message",
+    [
+        ("tensorboard", {}, "--logger tensorboard needs the tensorboard package (pip install tensorboard)"),
+        ("wandb", {}, "--logger wandb needs the wandb package (pip install wandb)"),
+        (
+            "wandb",
+            {"WANDB_MODE": "ofline"},
+            "--logger wandb: WANDB_MODE='ofline' is not one of offline, online, disabled, dryrun, run, shared",
+        ),
+    ],
+)
+def test_a_logger_that_cannot_work_is_refused_before_the_run_folder_exists(
+    kind, environ, message, small_corpus, trained_tokenizer_dir, tmp_path, monkeypatch, capsys
+):
     for name, value in environ.items():
         monkeypatch.setenv(name, value)
     if not environ:

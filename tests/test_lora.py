@@ -17,8 +17,27 @@ LORA = ["--lora-rank", "4", "--lora-alpha", "8", "--lora-dropout", "0", "--lr", 
 @pytest.fixture(scope="module")
 def adapter_run(tiny_base_model, small_corpus, tmp_path_factory):
     run = tmp_path_factory.mktemp("lora") / "run"
-    assert main(["train", "pretrain", "--model", str(tiny_base_model), "--data", str(small_corpus), "--out", str(run),
-                 *QUICK_TRAIN, "--max-steps", "8", "--save-every", "4", *LORA]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "pretrain",
+                "--model",
+                str(tiny_base_model),
+                "--data",
+                str(small_corpus),
+                "--out",
+                str(run),
+                *QUICK_TRAIN,
+                "--max-steps",
+                "8",
+                "--save-every",
+                "4",
+                *LORA,
+            ]
+        )
+        == 0
+    )
     return run
 
 
@@ -30,8 +49,9 @@ def test_only_the_adapters_train_and_the_adapter_is_peft_s_format(adapter_run, t
     final = adapter_run / "final"
     config = json.loads((final / "adapter_config.json").read_text())
     assert config["peft_type"] == "LORA" and config["r"] == 4 and config["lora_alpha"] == 8
-    assert sorted(config["target_modules"]) == sorted(["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj",
-                                                       "up_proj", "down_proj"])
+    assert sorted(config["target_modules"]) == sorted(
+        ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    )
     assert not (final / "model.safetensors").exists()  # the base is not copied
     weights = load_file(str(final / "adapter_model.safetensors"))
     layers = json.loads((tiny_base_model / "config.json").read_text())["num_hidden_layers"]
@@ -56,7 +76,11 @@ def test_the_base_is_frozen_and_only_adapters_get_gradients(tiny_base_model):
     torch.optim.SGD([p for p in wrapped.parameters() if p.requires_grad], lr=0.1).step()
     after = wrapped.get_base_model().state_dict()
     for name, value in before.items():
-        key = name.replace(".weight", ".base_layer.weight") if name.replace(".weight", ".base_layer.weight") in after else name
+        key = (
+            name.replace(".weight", ".base_layer.weight")
+            if name.replace(".weight", ".base_layer.weight") in after
+            else name
+        )
         assert torch.equal(after[key], value), name
 
 
@@ -71,8 +95,21 @@ def test_peft_loads_the_adapter_and_the_merged_model_gives_the_same_logits(adapt
     with torch.no_grad():
         theirs = adapted(input_ids=ids).logits
     assert (theirs - plain).abs().max() > 1e-3  # the adapter changes the model
-    assert main(["model", "merge", "--model", str(tiny_base_model), "--adapter", str(adapter_run / "final"),
-                 "--out", str(tmp_path / "merged")]) == 0
+    assert (
+        main(
+            [
+                "model",
+                "merge",
+                "--model",
+                str(tiny_base_model),
+                "--adapter",
+                str(adapter_run / "final"),
+                "--out",
+                str(tmp_path / "merged"),
+            ]
+        )
+        == 0
+    )
     merged, _ = model_lib.load(tmp_path / "merged", dtype="float32")
     with torch.no_grad():
         ours = merged(input_ids=ids).logits
@@ -87,8 +124,28 @@ def test_a_killed_lora_run_resumes_to_the_same_adapter(adapter_run, tiny_base_mo
     shutil.copytree(adapter_run, run)
     shutil.rmtree(run / "final")
     shutil.rmtree(run / "checkpoints" / "step-0000008")  # killed after the checkpoint of step 4
-    assert main(["train", "pretrain", "--model", str(tiny_base_model), "--data", str(small_corpus), "--out", str(run),
-                 *QUICK_TRAIN, "--max-steps", "8", "--save-every", "4", *LORA, "--resume"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "pretrain",
+                "--model",
+                str(tiny_base_model),
+                "--data",
+                str(small_corpus),
+                "--out",
+                str(run),
+                *QUICK_TRAIN,
+                "--max-steps",
+                "8",
+                "--save-every",
+                "4",
+                *LORA,
+                "--resume",
+            ]
+        )
+        == 0
+    )
     whole = load_file(str(adapter_run / "final" / "adapter_model.safetensors"))
     again = load_file(str(run / "final" / "adapter_model.safetensors"))
     assert whole.keys() == again.keys() and all(torch.equal(whole[k], again[k]) for k in whole)
@@ -98,54 +155,159 @@ def test_instruction_tuning_with_lora_keeps_the_eot_stop(tiny_base_model, small_
     pairs = tmp_path / "pairs.jsonl"
     assert main(["train", "make-instruct", str(small_corpus), "--out", str(pairs), "--max-pairs", "40"]) == 0
     run = tmp_path / "instruct"
-    assert main(["train", "instruct", "--model", str(tiny_base_model), "--data", str(pairs), "--out", str(run),
-                 *QUICK_TRAIN, "--max-steps", "2", "--save-every", "2", *LORA, "--lora-targets", "q,v"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "instruct",
+                "--model",
+                str(tiny_base_model),
+                "--data",
+                str(pairs),
+                "--out",
+                str(run),
+                *QUICK_TRAIN,
+                "--max-steps",
+                "2",
+                "--save-every",
+                "2",
+                *LORA,
+                "--lora-targets",
+                "q,v",
+            ]
+        )
+        == 0
+    )
     config = json.loads((run / "final" / "adapter_config.json").read_text())
     assert sorted(config["target_modules"]) == ["q_proj", "v_proj"]
-    assert main(["model", "merge", "--model", str(tiny_base_model), "--adapter", str(run / "final"),
-                 "--out", str(tmp_path / "merged")]) == 0
+    assert (
+        main(
+            [
+                "model",
+                "merge",
+                "--model",
+                str(tiny_base_model),
+                "--adapter",
+                str(run / "final"),
+                "--out",
+                str(tmp_path / "merged"),
+            ]
+        )
+        == 0
+    )
     merged = json.loads((tmp_path / "merged" / "config.json").read_text())
     eot = json.loads((run / "final" / "tokenizer_config.json").read_text())["eos_token"]
-    assert eot == "<|EOT|>" and merged["eos_token_id"] != json.loads((tiny_base_model / "config.json").read_text())["eos_token_id"]
+    assert (
+        eot == "<|EOT|>"
+        and merged["eos_token_id"] != json.loads((tiny_base_model / "config.json").read_text())["eos_token_id"]
+    )
 
 
 def test_qlora_trains_adapters_on_an_int8_base(tiny_base_model, small_corpus, tmp_path):
     run = tmp_path / "q"
-    assert main(["train", "pretrain", "--model", str(tiny_base_model), "--data", str(small_corpus), "--out", str(run),
-                 *QUICK_TRAIN, "--max-steps", "4", "--save-every", "4", *LORA, "--lora.base=int8"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "pretrain",
+                "--model",
+                str(tiny_base_model),
+                "--data",
+                str(small_corpus),
+                "--out",
+                str(run),
+                *QUICK_TRAIN,
+                "--max-steps",
+                "4",
+                "--save-every",
+                "4",
+                *LORA,
+                "--lora.base=int8",
+            ]
+        )
+        == 0
+    )
     weights = load_file(str(run / "final" / "adapter_model.safetensors"))
     # gradients reach the first block's adapters through every quantized layer above them
     assert all(w.abs().max() > 0 for k, w in weights.items() if "lora_B" in k and ".layers.0." in k)
 
 
-@pytest.mark.parametrize("flags, needle", [
-    (["--lora-rank", "5000"], "--lora-rank 5000 exceeds the"),
-    (["--lora-rank", "4", "--lora-targets", "q,attn"], "--lora-targets 'q,attn': expected some of q,k,v,o"),
-    (["--lora-rank", "4", "--lora-targets", ","], "--lora-targets ',': expected"),
-    (["--lora-rank", "-1"], "--lora-rank"),
-    (["--lora-rank", "0"], "--lora-rank 0: expected a rank of at least 1"),
-    (["--lora-rank", "4", "--lora.base=bfloat16", "--loop.precision=fp32"], "needs --loop.precision bf16"),
-])
-def test_bad_lora_settings_are_one_line_and_write_nothing(tiny_base_model, small_corpus, tmp_path, capsys, flags, needle):
+@pytest.mark.parametrize(
+    "flags, needle",
+    [
+        (["--lora-rank", "5000"], "--lora-rank 5000 exceeds the"),
+        (["--lora-rank", "4", "--lora-targets", "q,attn"], "--lora-targets 'q,attn': expected some of q,k,v,o"),
+        (["--lora-rank", "4", "--lora-targets", ","], "--lora-targets ',': expected"),
+        (["--lora-rank", "-1"], "--lora-rank"),
+        (["--lora-rank", "0"], "--lora-rank 0: expected a rank of at least 1"),
+        (["--lora-rank", "4", "--lora.base=bfloat16", "--loop.precision=fp32"], "needs --loop.precision bf16"),
+    ],
+)
+def test_bad_lora_settings_are_one_line_and_write_nothing(
+    tiny_base_model, small_corpus, tmp_path, capsys, flags, needle
+):
     run = tmp_path / "run"
-    code = main(["train", "pretrain", "--model", str(tiny_base_model), "--data", str(small_corpus), "--out", str(run),
-                 *QUICK_TRAIN, *flags])
+    code = main(
+        [
+            "train",
+            "pretrain",
+            "--model",
+            str(tiny_base_model),
+            "--data",
+            str(small_corpus),
+            "--out",
+            str(run),
+            *QUICK_TRAIN,
+            *flags,
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2 and needle in err and len(err.strip().splitlines()) == 1, err
     assert not run.exists()
 
 
 def test_lora_from_a_preset_is_refused(small_corpus, trained_tokenizer_dir, tmp_path, capsys):
-    code = main(["train", "pretrain", "--preset", "tiny", "--tokenizer", str(trained_tokenizer_dir), "--data",
-                 str(small_corpus), "--out", str(tmp_path / "run"), *QUICK_TRAIN, "--lora-rank", "4"])
+    code = main(
+        [
+            "train",
+            "pretrain",
+            "--preset",
+            "tiny",
+            "--tokenizer",
+            str(trained_tokenizer_dir),
+            "--data",
+            str(small_corpus),
+            "--out",
+            str(tmp_path / "run"),
+            *QUICK_TRAIN,
+            "--lora-rank",
+            "4",
+        ]
+    )
     assert code == 2 and "--lora-rank adapts an existing model" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
 
 
-def test_bad_merges_are_one_line_and_write_nothing(adapter_run, tiny_base_model, trained_tokenizer_dir, tmp_path, capsys):
+def test_bad_merges_are_one_line_and_write_nothing(
+    adapter_run, tiny_base_model, trained_tokenizer_dir, tmp_path, capsys
+):
     other = tmp_path / "other"
-    assert main(["model", "init", "--preset", "tiny", "--tokenizer", str(trained_tokenizer_dir), "--out", str(other),
-                 "--model.intermediate_size=200"]) == 0
+    assert (
+        main(
+            [
+                "model",
+                "init",
+                "--preset",
+                "tiny",
+                "--tokenizer",
+                str(trained_tokenizer_dir),
+                "--out",
+                str(other),
+                "--model.intermediate_size=200",
+            ]
+        )
+        == 0
+    )
     capsys.readouterr()
     quantized = tmp_path / "q8"
     assert main(["model", "quantize", "--model", str(tiny_base_model), "--bits", "8", "--out", str(quantized)]) == 0

@@ -27,9 +27,10 @@ from test_server import KEY, start
 PROMPT = "import os\nimport sys\n\n\ndef main(argv):\n    path = argv[1]\n"  # over 16 tokens: rows reuse it
 OTHER = "class Handler:\n    def __init__(self, name):\n        self.name = name\n\n    def run(self"
 NEW = 12
-ADAPTERS = {"a": {"r": 4, "lora_alpha": 8, "target_modules": ["v_proj", "gate_proj", "down_proj"]},
-            "b": {"r": 4, "lora_alpha": 8, "use_rslora": True,
-                  "target_modules": ["k_proj", "o_proj", "up_proj", "lm_head"]}}
+ADAPTERS = {
+    "a": {"r": 4, "lora_alpha": 8, "target_modules": ["v_proj", "gate_proj", "down_proj"]},
+    "b": {"r": 4, "lora_alpha": 8, "use_rslora": True, "target_modules": ["k_proj", "o_proj", "up_proj", "lm_head"]},
+}
 
 
 def make_adapter(model, folder, config, seed=0):
@@ -119,7 +120,7 @@ def test_rows_and_answers_cached_under_one_adapter_serve_only_that_adapter(engin
     assert other.cached_tokens == 0 and other.token_ids == expected("b", ids)
     typed = ids + first.token_ids[:3]  # a's suggestion typed: its answer goes on for a, not for the base
     (continued,) = engine.generate([run(engine, typed, "a")])
-    assert continued.cached_tokens == len(typed) and continued.token_ids[:NEW - 3] == first.token_ids[3:]
+    assert continued.cached_tokens == len(typed) and continued.token_ids[: NEW - 3] == first.token_ids[3:]
     (base,) = engine.generate([run(engine, typed)])
     assert base.cached_tokens == 0 and base.token_ids == expected(None, typed)
     warmed = engine.encode("import json\n\n\ndef load(name):\n    return json.loads(name)\n" * 3)
@@ -158,11 +159,18 @@ def test_requests_pick_an_adapter_by_model(engine, server, folders):
         assert reply.choices[0].text == local[adapter] and reply.model == model
     with ThreadPoolExecutor(6) as pool:  # concurrent requests for all three: one batch, each its own answer
         asked = [engine.name, "a", "b"] * 2
-        texts = list(pool.map(lambda m: client.completions.create(model=m, prompt=PROMPT, max_tokens=NEW,
-                                                                  temperature=0).choices[0].text, asked))
+        texts = list(
+            pool.map(
+                lambda m: (
+                    client.completions.create(model=m, prompt=PROMPT, max_tokens=NEW, temperature=0).choices[0].text
+                ),
+                asked,
+            )
+        )
     assert texts == [local[None], local["a"], local["b"]] * 2
-    chat = client.chat.completions.create(model="b", messages=[{"role": "user", "content": "hi"}], max_tokens=4,
-                                          temperature=0)
+    chat = client.chat.completions.create(
+        model="b", messages=[{"role": "user", "content": "hi"}], max_tokens=4, temperature=0
+    )
     assert chat.model == "b"
     headers = {"Authorization": f"Bearer {KEY}"}
     for model, adapter in (("a", "a"), (None, None)):  # llama.cpp's routes take `model` too
@@ -180,8 +188,12 @@ def test_an_unknown_model_is_a_404_naming_the_served_ones(engine, server):
     url, _ = server
     headers = {"Authorization": f"Bearer {KEY}"}
     chat = {"messages": [{"role": "user", "content": "x"}]}
-    for path, body in (("/v1/completions", {"prompt": "x"}), ("/v1/chat/completions", chat),
-                       ("/completion", {"prompt": "x"}), ("/infill", {"input_prefix": "x"})):
+    for path, body in (
+        ("/v1/completions", {"prompt": "x"}),
+        ("/v1/chat/completions", chat),
+        ("/completion", {"prompt": "x"}),
+        ("/infill", {"input_prefix": "x"}),
+    ):
         reply = httpx.post(url + path, json=body | {"model": "c", "max_tokens": 2, "n_predict": 2}, headers=headers)
         error = reply.json()["error"]
         assert reply.status_code == 404 and error["code"] == "model_not_found", path
@@ -231,48 +243,74 @@ def test_bad_lora_flags_are_one_line_before_serving(tiny_base_model, folders, tm
     config = model_lib.load_config(tiny_base_model).to_dict()
     width = config["hidden_size"]
     narrow = peft.get_peft_model(  # the same layers, other widths
-        LlamaForCausalLM(LlamaConfig(**(config | {"hidden_size": width // 2, "num_attention_heads": 2,
-                                                   "num_key_value_heads": 2}))),
-        peft.LoraConfig(r=2, target_modules=["q_proj"]))
+        LlamaForCausalLM(
+            LlamaConfig(**(config | {"hidden_size": width // 2, "num_attention_heads": 2, "num_key_value_heads": 2}))
+        ),
+        peft.LoraConfig(r=2, target_modules=["q_proj"]),
+    )
     narrow.save_pretrained(str(tmp_path / "narrow"))
     name_base(tmp_path / "narrow", "other/coder-tiny")
     deeper = config["num_hidden_layers"] + 1
     taller = peft.get_peft_model(  # a layer the base does not have
         LlamaForCausalLM(LlamaConfig(**(config | {"num_hidden_layers": deeper}))),
-        peft.LoraConfig(r=2, target_modules=["q_proj"], layers_to_transform=[deeper - 1]))
+        peft.LoraConfig(r=2, target_modules=["q_proj"], layers_to_transform=[deeper - 1]),
+    )
     taller.save_pretrained(str(tmp_path / "taller"))
     name_base(tmp_path / "taller", "other/coder-deep")
     model, _ = model_lib.load(tiny_base_model)
     peft.get_peft_model(model, peft.IA3Config(target_modules=["q_proj"], feedforward_modules=[])).save_pretrained(
-        str(tmp_path / "ia3"))
+        str(tmp_path / "ia3")
+    )
     model, _ = model_lib.load(tiny_base_model)
     peft.get_peft_model(model, peft.LoraConfig(r=2, target_modules=["q_proj"], use_dora=True)).save_pretrained(
-        str(tmp_path / "dora"))
+        str(tmp_path / "dora")
+    )
     (tmp_path / "empty").mkdir()
     (tmp_path / "garbled").mkdir()
     (tmp_path / "garbled" / "adapter_config.json").write_text("{")
     base = served_name(tiny_base_model)
-    cases = [(["a"], "--lora a: expected NAME=DIR"),
-             ([f"a={a}", f"a={a}"], "the name 'a' is given twice"),
-             ([f"{base}={a}"], f"'{base}' is the base model's name"),
-             ([f"a={tmp_path / 'missing'}"], "no such folder"),
-             ([f"a={tmp_path / 'empty'}"], "not a PEFT adapter folder (no adapter_config.json)"),
-             ([f"a={tmp_path / 'garbled'}"], "adapter_config.json cannot be read"),
-             ([f"a={tmp_path / 'ia3'}"], "its peft_type is IA3; only LORA adapters are served"),
-             ([f"a={tmp_path / 'dora'}"], "uses DoRA (use_dora in adapter_config.json)"),
-             ([f"a={tmp_path / 'narrow'}"],
-              (f"made for another model (other/coder-tiny): its model.layers.0.self_attn.q_proj maps {width // 2} to "
-               f"{width // 2} features, the base {tiny_base_model}'s maps {width} to {width}")),
-             ([f"a={tmp_path / 'taller'}"],
-              (f"made for another model (other/coder-deep): the base {tiny_base_model} has no layer "
-               f"model.layers.{deeper - 1}.self_attn.q_proj"))]
+    cases = [
+        (["a"], "--lora a: expected NAME=DIR"),
+        ([f"a={a}", f"a={a}"], "the name 'a' is given twice"),
+        ([f"{base}={a}"], f"'{base}' is the base model's name"),
+        ([f"a={tmp_path / 'missing'}"], "no such folder"),
+        ([f"a={tmp_path / 'empty'}"], "not a PEFT adapter folder (no adapter_config.json)"),
+        ([f"a={tmp_path / 'garbled'}"], "adapter_config.json cannot be read"),
+        ([f"a={tmp_path / 'ia3'}"], "its peft_type is IA3; only LORA adapters are served"),
+        ([f"a={tmp_path / 'dora'}"], "uses DoRA (use_dora in adapter_config.json)"),
+        (
+            [f"a={tmp_path / 'narrow'}"],
+            (
+                f"made for another model (other/coder-tiny): its model.layers.0.self_attn.q_proj maps {width // 2} to "
+                f"{width // 2} features, the base {tiny_base_model}'s maps {width} to {width}"
+            ),
+        ),
+        (
+            [f"a={tmp_path / 'taller'}"],
+            (
+                f"made for another model (other/coder-deep): the base {tiny_base_model} has no layer "
+                f"model.layers.{deeper - 1}.self_attn.q_proj"
+            ),
+        ),
+    ]
     for values, said in cases:
         flags = [part for value in values for part in ("--lora", value)]
         code = main(["serve", "--model", str(tiny_base_model), "--port", str(port), *flags])
         err = capsys.readouterr().err
         assert code == 2 and said in err and len(err.strip().splitlines()) == 1, (values, err)
         assert "serving" not in err and "Traceback" not in err
-    code = main(["serve", "--upstream", "http://127.0.0.1:1/v1", "--tokenizer", str(tiny_base_model),
-                 "--port", str(port), "--lora", f"a={a}"])
+    code = main(
+        [
+            "serve",
+            "--upstream",
+            "http://127.0.0.1:1/v1",
+            "--tokenizer",
+            str(tiny_base_model),
+            "--port",
+            str(port),
+            "--lora",
+            f"a={a}",
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2 and "--lora applies to a local --model" in err and len(err.strip().splitlines()) == 1

@@ -11,12 +11,15 @@ from dscoder.errors import UserError
 
 # docs/deepseek-coder.md, "Model"
 RELEASED = {
-    "deepseek-coder-1.3b": dict(hidden_size=2048, intermediate_size=5504, num_hidden_layers=24,
-                                num_attention_heads=16, num_key_value_heads=16),
-    "deepseek-coder-6.7b": dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
-                                num_attention_heads=32, num_key_value_heads=32),
-    "deepseek-coder-33b": dict(hidden_size=7168, intermediate_size=19200, num_hidden_layers=62,
-                               num_attention_heads=56, num_key_value_heads=8),
+    "deepseek-coder-1.3b": dict(
+        hidden_size=2048, intermediate_size=5504, num_hidden_layers=24, num_attention_heads=16, num_key_value_heads=16
+    ),
+    "deepseek-coder-6.7b": dict(
+        hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=32
+    ),
+    "deepseek-coder-33b": dict(
+        hidden_size=7168, intermediate_size=19200, num_hidden_layers=62, num_attention_heads=56, num_key_value_heads=8
+    ),
 }
 RELEASED_LR = {"deepseek-coder-1.3b": 5.3e-4, "deepseek-coder-6.7b": 4.2e-4, "deepseek-coder-33b": 3.5e-4}
 
@@ -29,11 +32,21 @@ def test_released_presets_write_the_released_config(name, deepseek_tokenizer_dir
     data = json.loads((tmp_path / "config.json").read_text())
     for field, value in RELEASED[name].items():
         assert data[field] == value, field
-    expected = dict(architectures=["LlamaForCausalLM"], model_type="llama", vocab_size=32256,
-                    rope_theta=100000.0, rope_scaling={"type": "linear", "factor": 4.0},
-                    max_position_embeddings=16384, bos_token_id=32013, eos_token_id=32014,
-                    rms_norm_eps=1e-6, hidden_act="silu", tie_word_embeddings=False, head_dim=128,
-                    torch_dtype="bfloat16")
+    expected = dict(
+        architectures=["LlamaForCausalLM"],
+        model_type="llama",
+        vocab_size=32256,
+        rope_theta=100000.0,
+        rope_scaling={"type": "linear", "factor": 4.0},
+        max_position_embeddings=16384,
+        bos_token_id=32013,
+        eos_token_id=32014,
+        rms_norm_eps=1e-6,
+        hidden_act="silu",
+        tie_word_embeddings=False,
+        head_dim=128,
+        torch_dtype="bfloat16",
+    )
     for field, value in expected.items():
         assert data[field] == value, field
     assert model.get_preset(name).max_lr == RELEASED_LR[name]
@@ -44,8 +57,9 @@ def test_released_presets_write_the_released_config(name, deepseek_tokenizer_dir
 
 def test_parameter_counts_of_released_layouts(deepseek_tokenizer_dir):
     tok = AutoTokenizer.from_pretrained(deepseek_tokenizer_dir)
-    totals = {name: model.count_parameters(model.hf_config(model.get_preset(name).config, tok))["total"]
-              for name in RELEASED}
+    totals = {
+        name: model.count_parameters(model.hf_config(model.get_preset(name).config, tok))["total"] for name in RELEASED
+    }
     # The published sizes: 1.3B, 6.7B and 33B (the hub lists 1.35B, 6.74B, 33.3B).
     assert round(totals["deepseek-coder-1.3b"] / 1e9, 2) == 1.35
     assert round(totals["deepseek-coder-6.7b"] / 1e9, 2) == 6.74
@@ -105,14 +119,28 @@ def test_folder_without_weights_is_refused_by_load(deepseek_tokenizer_dir, tmp_p
 
 
 RELEASED_6_7B_CONFIG = {  # config.json of the released deepseek-coder-6.7b-base, as published
-    "_name_or_path": "deepseek-coder-6.7b-base", "architectures": ["LlamaForCausalLM"],
-    "bos_token_id": 32013, "eos_token_id": 32014, "hidden_act": "silu", "hidden_size": 4096,
-    "initializer_range": 0.02, "intermediate_size": 11008, "max_position_embeddings": 16384,
-    "model_type": "llama", "num_attention_heads": 32, "num_hidden_layers": 32,
-    "num_key_value_heads": 32, "pretraining_tp": 1, "rms_norm_eps": 1e-06,
-    "rope_scaling": {"factor": 4.0, "type": "linear"}, "rope_theta": 100000,
-    "tie_word_embeddings": False, "torch_dtype": "bfloat16", "transformers_version": "4.33.1",
-    "use_cache": True, "vocab_size": 32256,
+    "_name_or_path": "deepseek-coder-6.7b-base",
+    "architectures": ["LlamaForCausalLM"],
+    "bos_token_id": 32013,
+    "eos_token_id": 32014,
+    "hidden_act": "silu",
+    "hidden_size": 4096,
+    "initializer_range": 0.02,
+    "intermediate_size": 11008,
+    "max_position_embeddings": 16384,
+    "model_type": "llama",
+    "num_attention_heads": 32,
+    "num_hidden_layers": 32,
+    "num_key_value_heads": 32,
+    "pretraining_tp": 1,
+    "rms_norm_eps": 1e-06,
+    "rope_scaling": {"factor": 4.0, "type": "linear"},
+    "rope_theta": 100000,
+    "tie_word_embeddings": False,
+    "torch_dtype": "bfloat16",
+    "transformers_version": "4.33.1",
+    "use_cache": True,
+    "vocab_size": 32256,
 }
 
 

@@ -7,25 +7,31 @@ import pytest
 from dscoder.repo.parsing import parse, python_imports, python_syntax_error
 
 
-@pytest.mark.parametrize("text", [
-    "nonlocal x\n",  # the symbol table rejects it, the parser does not
-    "x = 1\nfrom __future__ import annotations\n",
-    "def f():\n    global y\n    y = 1\n",
-    "x = " + "+".join(["a"] * 2000) + "\n",
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "nonlocal x\n",  # the symbol table rejects it, the parser does not
+        "x = 1\nfrom __future__ import annotations\n",
+        "def f():\n    global y\n    y = 1\n",
+        "x = " + "+".join(["a"] * 2000) + "\n",
+    ],
+)
 def test_what_only_the_compiler_rejects_is_valid(text):
     assert python_syntax_error(text) == ""
     assert parse(text, "python").error_fraction == 0.0
 
 
-@pytest.mark.parametrize("text", [
-    "print 'python 2'\n",
-    "def broken(:\n    pass\n",
-    "if x:\n        a\n    b\n",  # unindent to no outer level
-    "x = 1\0\n",
-    "s = 'C:\\Users\\me'\n",  # a truncated \U escape
-    "x = " + "(" * 300 + ")" * 300 + "\n",
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "print 'python 2'\n",
+        "def broken(:\n    pass\n",
+        "if x:\n        a\n    b\n",  # unindent to no outer level
+        "x = 1\0\n",
+        "s = 'C:\\Users\\me'\n",  # a truncated \U escape
+        "x = " + "(" * 300 + ")" * 300 + "\n",
+    ],
+)
 def test_errors_are_the_ones_ast_parse_raises(text):
     with pytest.raises((SyntaxError, ValueError)) as raised:
         ast.parse(text)
@@ -50,8 +56,16 @@ def test_imports_as_ast_reads_them():
     )
     found = python_imports(text)
     assert found == [
-        ("os", 0, []), ("sys", 0, []), ("", 1, ["a", "b"]), ("pkg.sub", 2, ["*"]), ("", 1, ["sibling"]),
-        ("json", 0, []), ("k", 0, ["m"]), ("fast", 0, []), ("slow", 0, []), ("a.importlib", 0, ["x"]),
+        ("os", 0, []),
+        ("sys", 0, []),
+        ("", 1, ["a", "b"]),
+        ("pkg.sub", 2, ["*"]),
+        ("", 1, ["sibling"]),
+        ("json", 0, []),
+        ("k", 0, ["m"]),
+        ("fast", 0, []),
+        ("slow", 0, []),
+        ("a.importlib", 0, ["x"]),
         ("file", 0, []),
     ]
     assert parse(text, "python").python_imports == found

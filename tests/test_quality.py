@@ -22,7 +22,7 @@ def test_tree_sitter_languages():
     assert reason("fn main() { let x = 1; }\n", "rust") is None
     assert reason("fn main() { let x = ; }\n", "rust") == "syntax_error"
     assert reason("const f = (a: number): number => a * 2;\n", "typescript", "f.ts") is None
-    assert reason("const el = <div className=\"x\">hi</div>;\n", "typescript", "f.tsx") is None
+    assert reason('const el = <div className="x">hi</div>;\n', "typescript", "f.tsx") is None
     assert reason("package main\n\nfunc main() {}\n", "go") is None
 
 

@@ -41,8 +41,21 @@ def heldout_perplexity(engine: Engine) -> float:
 def quantized(tiny_base_model, tmp_path_factory):
     folder = tmp_path_factory.mktemp("quantized")
     for bits in (8, 4):
-        assert main(["model", "quantize", "--model", str(tiny_base_model), "--bits", str(bits),
-                     "--out", str(folder / f"int{bits}")]) == 0
+        assert (
+            main(
+                [
+                    "model",
+                    "quantize",
+                    "--model",
+                    str(tiny_base_model),
+                    "--bits",
+                    str(bits),
+                    "--out",
+                    str(folder / f"int{bits}"),
+                ]
+            )
+            == 0
+        )
     return folder
 
 
@@ -80,19 +93,65 @@ def test_a_quantized_folder_is_smaller_and_says_what_it_is(tiny_base_model, quan
 def test_every_command_takes_a_quantized_model(tiny_base_model, quantized, tmp_path, capsys):
     folder = str(quantized / "int8")
     assert main(["complete", "--model", folder, "--max-new-tokens", "4", "def f(x):"]) == 0
-    assert main(["infill", "--model", folder, "--max-new-tokens", "4", "--prefix", "def f(x):\n", "--suffix", "\n"]) == 0
+    assert (
+        main(["infill", "--model", folder, "--max-new-tokens", "4", "--prefix", "def f(x):\n", "--suffix", "\n"]) == 0
+    )
     assert main(["chat", "--model", folder, "--max-new-tokens", "4", "--message", "hi"]) == 0
-    assert main(["complete", "--model", str(tiny_base_model), "--quantize", "int4", "--max-new-tokens", "4", "x = "]) == 0
+    assert (
+        main(["complete", "--model", str(tiny_base_model), "--quantize", "int4", "--max-new-tokens", "4", "x = "]) == 0
+    )
     capsys.readouterr()
     bench = tmp_path / "problems.jsonl"
-    bench.write_text(json.dumps({"task_id": "t/0", "prompt": "def one():\n", "canonical_solution": "    return 1\n",
-                                 "test": "def check(f):\n    assert f() == 1\n", "entry_point": "one"}) + "\n")
+    bench.write_text(
+        json.dumps(
+            {
+                "task_id": "t/0",
+                "prompt": "def one():\n",
+                "canonical_solution": "    return 1\n",
+                "test": "def check(f):\n    assert f() == 1\n",
+                "entry_point": "one",
+            }
+        )
+        + "\n"
+    )
     samples = tmp_path / "samples.jsonl"
-    assert main(["eval", "generate", "--model", str(tiny_base_model), "--quantize", "int8", "--benchmark", str(bench),
-                 "--max-new-tokens", "4", "--out", str(samples)]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "generate",
+                "--model",
+                str(tiny_base_model),
+                "--quantize",
+                "int8",
+                "--benchmark",
+                str(bench),
+                "--max-new-tokens",
+                "4",
+                "--out",
+                str(samples),
+            ]
+        )
+        == 0
+    )
     # the quantized samples are another model's: the same file without the flag is refused
-    assert main(["eval", "generate", "--model", str(tiny_base_model), "--benchmark", str(bench),
-                 "--max-new-tokens", "4", "--out", str(samples)]) == 2
+    assert (
+        main(
+            [
+                "eval",
+                "generate",
+                "--model",
+                str(tiny_base_model),
+                "--benchmark",
+                str(bench),
+                "--max-new-tokens",
+                "4",
+                "--out",
+                str(samples),
+            ]
+        )
+        == 2
+    )
     from dscoder.infer.server import create_app
 
     pytest.importorskip("fastapi")
@@ -113,19 +172,22 @@ def test_decoding_and_prompt_paths_agree():
     for bits, group in ((8, None), (4, 32)):
         layer = quantize.QuantLinear(*quantize.quantize_weight(w, bits, group), bits, group, torch.float32)
         whole = layer(x)
-        rows = torch.cat([layer(x[i:i + 1]) for i in range(len(x))])
+        rows = torch.cat([layer(x[i : i + 1]) for i in range(len(x))])
         assert torch.allclose(whole, rows, atol=1e-4)
         assert torch.allclose(whole, torch.nn.functional.linear(x, w), rtol=0.1, atol=0.1 * float(whole.abs().max()))
         error = (layer.weight() - w).abs().max() / w.abs().max()
         assert error < (0.005 if bits == 8 else 0.08)
 
 
-@pytest.mark.parametrize("flags, needle", [
-    (["--bits", "3"], "--bits: invalid choice: 3"),
-    (["--bits", "4", "--group-size", "48"], "--group-size: invalid choice: 48 (choose from 32, 64, 128, 256)"),
-    (["--bits", "4", "--group-size", "256"], "--group-size 256: does not divide the model's hidden_size 128"),
-    (["--bits", "8", "--group-size", "32"], "--group-size: only for --bits 4"),
-])
+@pytest.mark.parametrize(
+    "flags, needle",
+    [
+        (["--bits", "3"], "--bits: invalid choice: 3"),
+        (["--bits", "4", "--group-size", "48"], "--group-size: invalid choice: 48 (choose from 32, 64, 128, 256)"),
+        (["--bits", "4", "--group-size", "256"], "--group-size 256: does not divide the model's hidden_size 128"),
+        (["--bits", "8", "--group-size", "32"], "--group-size: only for --bits 4"),
+    ],
+)
 def test_bad_quantize_flags_are_one_line(tiny_base_model, tmp_path, capsys, flags, needle):
     out = tmp_path / "q"
     assert main(["model", "quantize", "--model", str(tiny_base_model), *flags, "--out", str(out)]) == 2
@@ -134,10 +196,17 @@ def test_bad_quantize_flags_are_one_line(tiny_base_model, tmp_path, capsys, flag
 
 
 def test_quantizing_twice_or_over_a_folder_is_refused(quantized, tiny_base_model, capsys):
-    assert main(["model", "quantize", "--model", str(quantized / "int8"), "--bits", "4", "--out",
-                 str(quantized / "again")]) == 2
+    assert (
+        main(
+            ["model", "quantize", "--model", str(quantized / "int8"), "--bits", "4", "--out", str(quantized / "again")]
+        )
+        == 2
+    )
     assert "already quantized (int8)" in capsys.readouterr().err
-    assert main(["model", "quantize", "--model", str(tiny_base_model), "--bits", "8", "--out", str(quantized / "int4")]) == 2
+    assert (
+        main(["model", "quantize", "--model", str(tiny_base_model), "--bits", "8", "--out", str(quantized / "int4")])
+        == 2
+    )
     assert "already exists" in capsys.readouterr().err
     assert main(["complete", "--model", str(quantized / "int8"), "--quantize", "int4", "x"]) == 2
     assert "already quantized" in capsys.readouterr().err

@@ -6,8 +6,15 @@ from collections import namedtuple
 
 from dscoder.cli import main
 
-KEYS = ("heldout_loss", "fim_line_exact_match", "fim_line_edit_similarity", "fim_line_loss", "fim_line_loss_prefix_only",
-        "completion_parse_rate", "pass@1")
+KEYS = (
+    "heldout_loss",
+    "fim_line_exact_match",
+    "fim_line_edit_similarity",
+    "fim_line_loss",
+    "fim_line_loss_prefix_only",
+    "completion_parse_rate",
+    "pass@1",
+)
 
 
 def test_quickstart_end_to_end_then_resume_then_existing_model(capsys, tmp_path, monkeypatch):
@@ -19,8 +26,19 @@ def test_quickstart_end_to_end_then_resume_then_existing_model(capsys, tmp_path,
     for key in KEYS:
         assert set(data[key]) == {"untrained", "no_fim", "fim", "instruct"}, key
     assert data["heldout_loss"]["fim"] < data["heldout_loss"]["untrained"] - 1.0  # it learned something
-    assert all(stage in data["seconds"] for stage in ("corpus", "tokenizer", "pretrain-fim", "pretrain-no_fim",
-                                                      "extend", "instruct", "evaluate", "show"))
+    assert all(
+        stage in data["seconds"]
+        for stage in (
+            "corpus",
+            "tokenizer",
+            "pretrain-fim",
+            "pretrain-no_fim",
+            "extend",
+            "instruct",
+            "evaluate",
+            "show",
+        )
+    )
     assert set(data["examples"]) == {"completion", "insertion", "repository", "chat", "server"}
     assert data["examples"]["repository"]["prompt"].startswith("#utils.py\n")
     assert not data["examples"]["server"]["output"].startswith("skipped")
@@ -40,8 +58,10 @@ def test_quickstart_end_to_end_then_resume_then_existing_model(capsys, tmp_path,
     # serve extra, the server example is skipped with the reason and everything else stands.
     monkeypatch.setitem(sys.modules, "fastapi", None)
     given = tmp_path / "given"
-    assert main(["quickstart", "--out", str(given), "--model", str(out / "pretrain-fim" / "final"),
-                 "--corpus-mb", "4"]) == 0
+    assert (
+        main(["quickstart", "--out", str(given), "--model", str(out / "pretrain-fim" / "final"), "--corpus-mb", "4"])
+        == 0
+    )
     data = json.loads((given / "report.json").read_text())
     assert set(data["heldout_loss"]) == {"given"} and not (given / "tokenizer").exists()
     assert data["examples"]["server"]["output"].startswith("skipped: serving needs the 'serve' extra")
@@ -64,8 +84,10 @@ def test_quickstart_refuses_a_budget_that_is_not_positive(capsys, tmp_path):
 def test_fim_cases_hide_whole_code_lines_only():
     from dscoder.evaluate.heldout import fim_cases
 
-    text = ('"""Module docstring\nspanning lines."""\nimport os\n\n\ndef f(x):\n    # a comment line\n'
-            '    total = x + 1\n    return total\n')
+    text = (
+        '"""Module docstring\nspanning lines."""\nimport os\n\n\ndef f(x):\n    # a comment line\n'
+        "    total = x + 1\n    return total\n"
+    )
     cases = fim_cases([text], 10, 0)
     assert {line for _, _, line in cases} == {"import os", "def f(x):", "    total = x + 1", "    return total"}
     for prefix, suffix, line in cases:
@@ -109,25 +131,32 @@ def test_function_prompts_take_functions_and_methods_out_to_column_0():
 
     from dscoder.evaluate.heldout import function_prompts
 
-    source = ('import os\n\n\ndef top(a):\n    """Top."""\n    return a\n\n\nclass Box:\n'
-              '    @property\n    def size(self):\n        """The size,\n        in bytes."""\n        return 1\n\n'
-              '    async def fetch(self,\n                    url):\n        await url\n\n'
-              '    def flush(self) -> object: ...\n\n'  # a whole one-line function: nothing to complete
-              '    def wrap(self, func):\n        @wraps(func)\n        def inner():\n            pass\n\n'
-              'def one(): return 1\n\n'
-              'class Tabbed:\n\tdef go(self):\n\t\treturn 1\n')
+    source = (
+        'import os\n\n\ndef top(a):\n    """Top."""\n    return a\n\n\nclass Box:\n'
+        '    @property\n    def size(self):\n        """The size,\n        in bytes."""\n        return 1\n\n'
+        "    async def fetch(self,\n                    url):\n        await url\n\n"
+        "    def flush(self) -> object: ...\n\n"  # a whole one-line function: nothing to complete
+        "    def wrap(self, func):\n        @wraps(func)\n        def inner():\n            pass\n\n"
+        "def one(): return 1\n\n"
+        "class Tabbed:\n\tdef go(self):\n\t\treturn 1\n"
+    )
     prompts = function_prompts([source, "def broken(:\n"], 20, seed=0)
-    assert sorted(prompts) == sorted(['def top(a):\n    """Top."""\n',
-                                      'def size(self):\n    """The size,\n    in bytes."""\n',
-                                      'async def fetch(self,\n                url):\n',
-                                      'def wrap(self, func):\n', 'def inner():\n', 'def go(self):\n'])
+    assert sorted(prompts) == sorted(
+        [
+            'def top(a):\n    """Top."""\n',
+            'def size(self):\n    """The size,\n    in bytes."""\n',
+            "async def fetch(self,\n                url):\n",
+            "def wrap(self, func):\n",
+            "def inner():\n",
+            "def go(self):\n",
+        ]
+    )
     for prompt in prompts:  # each is a function header that a body completes
         ast.parse(prompt + ("\t" if "go" in prompt else "    ") + "pass\n")
     assert len(function_prompts([source], 2, seed=0)) == 2
 
 
-def test_the_training_budget_survives_load_present_only_during_the_probe(small_corpus, trained_tokenizer_dir,
-                                                                         tmp_path):
+def test_the_training_budget_survives_load_present_only_during_the_probe(small_corpus, trained_tokenizer_dir, tmp_path):
     """Two CPU hogs while the speed probe runs make it plan too few steps; the FIM run then
     re-plans from the speed it measures and uses its budget, instead of stopping early."""
     import subprocess

@@ -42,8 +42,20 @@ def working_modes():
 @pytest.mark.parametrize("mode", ["bwrap", "unshare", "none"])
 def test_each_mode_runs_python_or_is_refused_before_any_sample(mode, tmp_path, capsys):
     samples = canonical_samples(need_shared(BENCH / "HumanEval.jsonl.gz"), tmp_path / "s.jsonl", 3)
-    code = main(["eval", "execute", "--benchmark", str(BENCH / "HumanEval.jsonl.gz"), "--samples", str(samples),
-                 "--out", str(tmp_path / "out"), "--sandbox", mode])
+    code = main(
+        [
+            "eval",
+            "execute",
+            "--benchmark",
+            str(BENCH / "HumanEval.jsonl.gz"),
+            "--samples",
+            str(samples),
+            "--out",
+            str(tmp_path / "out"),
+            "--sandbox",
+            mode,
+        ]
+    )
     err = capsys.readouterr().err
     problem = sandbox.problem_with(mode, READABLE)
     if problem:  # refused in one line, with what is missing, and nothing written
@@ -65,8 +77,20 @@ def test_auto_takes_the_strongest_mode_that_works():
 
 
 def test_an_unknown_mode_is_an_argument_error(capsys, tmp_path):
-    code = main(["eval", "execute", "--benchmark", "b.jsonl", "--samples", "s.jsonl", "--out", str(tmp_path / "o"),
-                 "--sandbox", "docker"])
+    code = main(
+        [
+            "eval",
+            "execute",
+            "--benchmark",
+            "b.jsonl",
+            "--samples",
+            "s.jsonl",
+            "--out",
+            str(tmp_path / "o"),
+            "--sandbox",
+            "docker",
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2 and "--sandbox: invalid choice: 'docker'" in err and not (tmp_path / "o").exists()
 
@@ -76,8 +100,13 @@ def test_a_toolchain_under_a_private_home_runs_in_every_isolating_mode(tmp_path)
     user cannot enter /root, so each mode shows just those folders."""
     for mode in working_modes():
         with sandbox.Workdir() as work:
-            result = sandbox.run([sys.executable, "-c", "import os, sys; print(os.getuid(), sys.prefix)"], work,
-                                 sandbox.Limits(), mode, readable=READABLE)
+            result = sandbox.run(
+                [sys.executable, "-c", "import os, sys; print(os.getuid(), sys.prefix)"],
+                work,
+                sandbox.Limits(),
+                mode,
+                readable=READABLE,
+            )
             assert result.returncode == 0, (mode, result.stderr)
             if os.getuid() == 0:
                 assert result.stdout.split()[0] == str(sandbox.BASE_UID)  # not root
@@ -89,8 +118,9 @@ def fake_bwrap(folder):
     """A `bwrap` that fails as it does in many containers."""
     folder.mkdir()
     script = folder / "bwrap"
-    script.write_text("#!/bin/sh\necho 'bwrap: Creating new user namespace failed: Operation not permitted' >&2\n"
-                      "exit 1\n")
+    script.write_text(
+        "#!/bin/sh\necho 'bwrap: Creating new user namespace failed: Operation not permitted' >&2\nexit 1\n"
+    )
     script.chmod(0o755)
     return folder
 
@@ -141,8 +171,9 @@ def test_a_private_temporary_folder_does_not_hide_the_samples(tmp_path, monkeypa
     monkeypatch.setattr(tempfile, "tempdir", str(private))
     for mode in working_modes():
         with sandbox.Workdir() as work:
-            result = sandbox.run([sys.executable, "-c", "open('x', 'w').write('ok')"], work, sandbox.Limits(), mode,
-                                 readable=READABLE)
+            result = sandbox.run(
+                [sys.executable, "-c", "open('x', 'w').write('ok')"], work, sandbox.Limits(), mode, readable=READABLE
+            )
             assert result.returncode == 0 and (work / "x").read_text() == "ok", (mode, result.stderr)
 
 
@@ -154,14 +185,19 @@ def test_a_killed_evaluation_leaves_no_program_running(mode, tmp_path):
     if sandbox.problem_with(mode, READABLE):
         pytest.skip(f"--sandbox {mode}: {sandbox.problem_with(mode, READABLE)}")
     marker = f"59.{os.getpid():07d}{len(mode)}"  # a sleep of about a minute that no other process has
-    script = ("import os\nfrom dscoder.evaluate import sandbox, toolchains\nwith sandbox.Workdir() as w:\n"
-              "    sandbox.run(['sleep', os.environ['MARKER']], w, "
-              f"sandbox.Limits(timeout=60), {mode!r}, readable=toolchains.readable_roots())\n")
+    script = (
+        "import os\nfrom dscoder.evaluate import sandbox, toolchains\nwith sandbox.Workdir() as w:\n"
+        "    sandbox.run(['sleep', os.environ['MARKER']], w, "
+        f"sandbox.Limits(timeout=60), {mode!r}, readable=toolchains.readable_roots())\n"
+    )
     host = subprocess.Popen([sys.executable, "-c", script], env={**os.environ, "MARKER": marker})
 
     def running(program_only=False):
-        return [p for p in Path("/proc").glob("[0-9]*/cmdline") if marker.encode() in _read(p)
-                and (not program_only or _read(p).startswith(b"sleep\0"))]
+        return [
+            p
+            for p in Path("/proc").glob("[0-9]*/cmdline")
+            if marker.encode() in _read(p) and (not program_only or _read(p).startswith(b"sleep\0"))
+        ]
 
     deadline = time.time() + 30
     while not running(program_only=True) and time.time() < deadline:

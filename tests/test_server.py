@@ -24,8 +24,9 @@ def start(engine, api_key=KEY, **app_settings):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(create_app(engine, api_key, **app_settings), host="127.0.0.1", port=port,
-                                           log_level="warning"))
+    server = uvicorn.Server(
+        uvicorn.Config(create_app(engine, api_key, **app_settings), host="127.0.0.1", port=port, log_level="warning")
+    )
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.time() + 30
@@ -80,8 +81,9 @@ def ruled(engine, prefix, suffix, n):
 def test_suffix_is_rendered_as_fim(base):
     engine, _, client = base
     prefix, suffix = "def f(x):\n    ", "\n    return y\n"
-    raw = client.completions.create(model=engine.name, prompt=prefix, suffix=suffix, max_tokens=8, temperature=0,
-                                    extra_body={"editor_rules": False})
+    raw = client.completions.create(
+        model=engine.name, prompt=prefix, suffix=suffix, max_tokens=8, temperature=0, extra_body={"editor_rules": False}
+    )
     assert raw.choices[0].text == greedy(engine, formats.fim_prompt(prefix, suffix), 8).text
     r = client.completions.create(model=engine.name, prompt=prefix, suffix=suffix, max_tokens=8, temperature=0)
     assert r.choices[0].text == ruled(engine, prefix, suffix, 8).text
@@ -109,19 +111,23 @@ def test_an_insertion_mid_line_is_one_line_unless_the_client_opts_out(base):
 
 def test_prompt_lists_n_seeds_stop_echo_and_logprobs(base):
     engine, _, client = base
-    r = client.completions.create(model=engine.name, prompt=["import os\n", "class A:\n"], max_tokens=6,
-                                  temperature=1.0, n=2, seed=3)
+    r = client.completions.create(
+        model=engine.name, prompt=["import os\n", "class A:\n"], max_tokens=6, temperature=1.0, n=2, seed=3
+    )
     assert [c.index for c in r.choices] == [0, 1, 2, 3]
-    again = client.completions.create(model=engine.name, prompt=["import os\n", "class A:\n"], max_tokens=6,
-                                      temperature=1.0, n=2, seed=3)
+    again = client.completions.create(
+        model=engine.name, prompt=["import os\n", "class A:\n"], max_tokens=6, temperature=1.0, n=2, seed=3
+    )
     assert [c.text for c in r.choices] == [c.text for c in again.choices]
     full = greedy(engine, "import os\n", 20).text
     if len(full) > 3:
-        r = client.completions.create(model=engine.name, prompt="import os\n", max_tokens=20, temperature=0,
-                                      stop=[full[1:3]])
-        assert r.choices[0].text == full[:full.index(full[1:3])] and r.choices[0].finish_reason == "stop"
-    r = client.completions.create(model=engine.name, prompt="import os\n", max_tokens=4, temperature=0, echo=True,
-                                  logprobs=2)
+        r = client.completions.create(
+            model=engine.name, prompt="import os\n", max_tokens=20, temperature=0, stop=[full[1:3]]
+        )
+        assert r.choices[0].text == full[: full.index(full[1:3])] and r.choices[0].finish_reason == "stop"
+    r = client.completions.create(
+        model=engine.name, prompt="import os\n", max_tokens=4, temperature=0, echo=True, logprobs=2
+    )
     assert r.choices[0].text.startswith("import os\n")
     lp = r.choices[0].logprobs
     assert len(lp.tokens) == len(lp.token_logprobs) == len(lp.top_logprobs) <= 4
@@ -130,8 +136,14 @@ def test_prompt_lists_n_seeds_stop_echo_and_logprobs(base):
 
 def test_streaming_completion_with_usage(base):
     engine, _, client = base
-    stream = client.completions.create(model=engine.name, prompt="def main():\n", max_tokens=12, temperature=0,
-                                       stream=True, stream_options={"include_usage": True})
+    stream = client.completions.create(
+        model=engine.name,
+        prompt="def main():\n",
+        max_tokens=12,
+        temperature=0,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
     chunks = list(stream)
     text = "".join(c.choices[0].text for c in chunks if c.choices)
     assert text == greedy(engine, "def main():\n").text
@@ -146,8 +158,9 @@ def test_chat_and_streamed_chat(instruct):
     prompt = formats.render_chat(messages, add_generation_prompt=True)
     expected = greedy(engine, prompt, 16)
     assert r.choices[0].message.role == "assistant" and r.choices[0].message.content == expected.text
-    stream = client.chat.completions.create(model=engine.name, messages=messages, max_tokens=16, temperature=0,
-                                            stream=True)
+    stream = client.chat.completions.create(
+        model=engine.name, messages=messages, max_tokens=16, temperature=0, stream=True
+    )
     chunks = list(stream)
     assert chunks[0].choices[0].delta.role == "assistant"
     assert "".join(c.choices[0].delta.content or "" for c in chunks) == expected.text
@@ -175,8 +188,11 @@ def test_errors_keep_the_server_serving(base):
     with pytest.raises(openai.BadRequestError) as exc:
         client.completions.create(model=engine.name, prompt="x " * 3000, max_tokens=4)
     assert exc.value.body["code"] == "context_length_exceeded"
-    bad = httpx.post(url + "/v1/completions", content=b"{not json", headers={"Authorization": f"Bearer {KEY}",
-                                                                           "Content-Type": "application/json"})
+    bad = httpx.post(
+        url + "/v1/completions",
+        content=b"{not json",
+        headers={"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"},
+    )
     assert bad.status_code == 400 and "error" in bad.json()
     assert client.completions.create(model=engine.name, prompt="x", max_tokens=2).choices
 
@@ -184,16 +200,28 @@ def test_errors_keep_the_server_serving(base):
 def test_llama_cpp_infill_shape(base):
     engine, url, _ = base
     headers = {"Authorization": f"Bearer {KEY}"}
-    body = {"input_prefix": "def f(x):\n    ", "input_suffix": "\n    return y\n", "n_predict": 8,
-            "input_extra": [{"filename": "util.py", "text": "def helper():\n    pass\n"}]}
+    body = {
+        "input_prefix": "def f(x):\n    ",
+        "input_suffix": "\n    return y\n",
+        "n_predict": 8,
+        "input_extra": [{"filename": "util.py", "text": "def helper():\n    pass\n"}],
+    }
     r = httpx.post(url + "/infill", json=body, headers=headers).json()
     context = formats.repo_sample([("util.py", "def helper():\n    pass\n")])
-    expected = engine.generate([Sequence(engine.encode(formats.fim_prompt(context + body["input_prefix"], body["input_suffix"])),
-                                         SamplingParams(max_new_tokens=8),
-                                         editor=prompts.EditorStop.at(body["input_prefix"], body["input_suffix"]))])[0]
+    expected = engine.generate(
+        [
+            Sequence(
+                engine.encode(formats.fim_prompt(context + body["input_prefix"], body["input_suffix"])),
+                SamplingParams(max_new_tokens=8),
+                editor=prompts.EditorStop.at(body["input_prefix"], body["input_suffix"]),
+            )
+        ]
+    )[0]
     assert r["stop"] is True and r["content"] == expected.text
     with httpx.stream("POST", url + "/infill", json=body | {"stream": True}, headers=headers) as stream:
-        events = [json.loads(line[6:]) for line in stream.iter_lines() if line.startswith("data: ") and line != "data: [DONE]"]
+        events = [
+            json.loads(line[6:]) for line in stream.iter_lines() if line.startswith("data: ") and line != "data: [DONE]"
+        ]
     assert "".join(e["content"] for e in events) == r["content"] and events[-1]["stop"] is True
 
 
@@ -211,9 +239,19 @@ def test_concurrent_requests_are_correct(base):
 
 def test_a_client_leaving_mid_stream_frees_the_server(base):
     engine, url, client = base
-    with httpx.stream("POST", url + "/v1/completions", headers={"Authorization": f"Bearer {KEY}"},
-                      json={"model": engine.name, "prompt": "def f():\n", "max_tokens": 900, "stream": True,
-                            "temperature": 1.0, "seed": 1}) as stream:
+    with httpx.stream(
+        "POST",
+        url + "/v1/completions",
+        headers={"Authorization": f"Bearer {KEY}"},
+        json={
+            "model": engine.name,
+            "prompt": "def f():\n",
+            "max_tokens": 900,
+            "stream": True,
+            "temperature": 1.0,
+            "seed": 1,
+        },
+    ) as stream:
         for line in stream.iter_lines():
             if line.startswith("data: "):
                 break
@@ -231,8 +269,11 @@ def test_every_endpoint_reports_an_over_long_prompt_the_same_way(base):
     assert body["code"] == "context_length_exceeded" and f"context length is {engine.context} tokens" in body["message"]
     assert "max_new_tokens" not in body["message"] and "--" not in body["message"]
     # an insertion is fitted instead, as editors need (the text nearest the cursor is kept)
-    infill = httpx.post(url + "/infill", json={"input_prefix": long, "input_suffix": "", "n_predict": 4},
-                        headers={"Authorization": f"Bearer {KEY}"})
+    infill = httpx.post(
+        url + "/infill",
+        json={"input_prefix": long, "input_suffix": "", "n_predict": 4},
+        headers={"Authorization": f"Bearer {KEY}"},
+    )
     assert infill.status_code == 200 and infill.json()["truncated"] is True
     assert infill.json()["tokens_evaluated"] <= engine.context - 4
     suffixed = client.completions.create(model=engine.name, prompt=long, suffix="\n", max_tokens=4)
@@ -245,15 +286,25 @@ def test_bad_values_are_400s_that_name_the_parameter(base):
     bad = httpx.post(url + "/v1/completions", content=b'{"prompt": "x", "max_tokens": 2,', headers=headers)
     assert bad.status_code == 400 and bad.json()["error"]["param"] is None  # not a character offset
     assert bad.json()["error"]["code"] == "invalid_json"
-    for field, value in (("top_p", 0), ("top_p", 2), ("temperature", -1), ("top_k", -3), ("seed", -1),
-                         ("max_tokens", 0)):
-        response = httpx.post(url + "/v1/completions", json={"prompt": "x", "max_tokens": 2, field: value},
-                              headers=headers)
+    for field, value in (
+        ("top_p", 0),
+        ("top_p", 2),
+        ("temperature", -1),
+        ("top_k", -3),
+        ("seed", -1),
+        ("max_tokens", 0),
+    ):
+        response = httpx.post(
+            url + "/v1/completions", json={"prompt": "x", "max_tokens": 2, field: value}, headers=headers
+        )
         assert response.status_code == 400, (field, value)
         assert response.json()["error"]["param"] == field, response.json()
     for value in ("NaN", "Infinity"):
-        response = httpx.post(url + "/v1/completions", headers=headers,
-                              content=f'{{"prompt": "x", "max_tokens": 2, "temperature": {value}}}'.encode())
+        response = httpx.post(
+            url + "/v1/completions",
+            headers=headers,
+            content=f'{{"prompt": "x", "max_tokens": 2, "temperature": {value}}}'.encode(),
+        )
         assert response.status_code == 400, value
     tiny = client.completions.create(model=engine.name, prompt="x", max_tokens=3, temperature=1.0, top_p=5e-324, seed=1)
     assert tiny.choices[0].finish_reason in ("stop", "length")  # keeps the most likely token
@@ -317,15 +368,23 @@ def test_what_one_request_may_ask_is_limited(base):
     engine, url, client = base
     server, thread, small = start(engine, api_key=None, limits=ServeLimits(max_tokens=8, max_body_bytes=2000))
     try:
+
         def post(path, body=None, **kw):
             return httpx.post(small + path, json=body, timeout=60, **kw)
 
-        too_big = post("/v1/completions", content=b'{"prompt": "' + b"x" * 3000 + b'"}',
-                       headers={"Content-Type": "application/json"})
+        too_big = post(
+            "/v1/completions",
+            content=b'{"prompt": "' + b"x" * 3000 + b'"}',
+            headers={"Content-Type": "application/json"},
+        )
         assert too_big.status_code == 413 and too_big.json()["error"]["code"] == "request_too_large"
-        for body, param in (({"prompt": "x", "max_tokens": 9}, "max_tokens"), ({"prompt": "x", "n": 17}, "n"),
-                            ({"prompt": ["x"] * 65}, "prompt"), ({"prompt": "x", "logprobs": 6}, "logprobs"),
-                            ({"prompt": "x", "stop": ["a", "b", "c", "d", "e"]}, "stop")):
+        for body, param in (
+            ({"prompt": "x", "max_tokens": 9}, "max_tokens"),
+            ({"prompt": "x", "n": 17}, "n"),
+            ({"prompt": ["x"] * 65}, "prompt"),
+            ({"prompt": "x", "logprobs": 6}, "logprobs"),
+            ({"prompt": "x", "stop": ["a", "b", "c", "d", "e"]}, "stop"),
+        ):
             response = post("/v1/completions", body)
             assert response.status_code == 400 and response.json()["error"]["param"] == param, (body, response.json())
         # a request that gives no limit gets the server's, not the rest of the context
@@ -348,8 +407,23 @@ def test_sigterm_stops_a_busy_server_within_seconds(tiny_base_model):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    process = subprocess.Popen([sys.executable, "-m", "dscoder", "-q", "serve", "--model", str(tiny_base_model),
-                                "--port", str(port), "--max-tokens", "1000"], stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "dscoder",
+            "-q",
+            "serve",
+            "--model",
+            str(tiny_base_model),
+            "--port",
+            str(port),
+            "--max-tokens",
+            "1000",
+        ],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.time() + 60

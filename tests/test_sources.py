@@ -37,8 +37,9 @@ def test_walk_counts_every_skip(tmp_path):
     assert sorted(files) == ["inside.py", "pkg/a.py", "pkg/b.py", "script"]
     assert files["pkg/b.py"].text == "x = 'olé'\n"
     assert files["script"].language == "shell"
-    assert skips == Counter(binary=1, too_large=1, symlink_outside=1, unknown_language=1,
-                            non_utf8_decoded_latin1=1, vendored_dir=1)
+    assert skips == Counter(
+        binary=1, too_large=1, symlink_outside=1, unknown_language=1, non_utf8_decoded_latin1=1, vendored_dir=1
+    )
 
 
 import io

@@ -12,12 +12,17 @@ DOCS = "Usage\n=====\n\nCall ``scale`` with a number and a factor to get their p
 
 
 def test_every_sample_heads_its_files_with_their_paths(tmp_path):
-    repo = write_tree(tmp_path / "tool", {
-        "docs/x.rst": DOCS,
-        "tool/scale.py": "def scale(value, factor):\n    return value * factor\n",
-        "tool/cli.py": "from tool.scale import scale\n\n\ndef main():\n    print(scale(2, 3))\n",
-    })
-    samples, rejects = process_repository(read_repository(repo, BuildConfig().collect, Counter()), BuildConfig(), None, Stats())
+    repo = write_tree(
+        tmp_path / "tool",
+        {
+            "docs/x.rst": DOCS,
+            "tool/scale.py": "def scale(value, factor):\n    return value * factor\n",
+            "tool/cli.py": "from tool.scale import scale\n\n\ndef main():\n    print(scale(2, 3))\n",
+        },
+    )
+    samples, rejects = process_repository(
+        read_repository(repo, BuildConfig().collect, Counter()), BuildConfig(), None, Stats()
+    )
     assert rejects == []
     texts = {tuple(s["paths"]): s["text"] for s in samples}
     assert texts[("docs/x.rst",)] == formats.file_header("docs/x.rst") + DOCS == "#docs/x.rst\n" + DOCS

@@ -11,8 +11,14 @@ from dscoder import formats, tokenizer
 from dscoder.errors import UserError
 
 RELEASED_IDS = {
-    formats.BOS: 32013, formats.EOS: 32014, formats.FIM_HOLE: 32015, formats.FIM_BEGIN: 32016,
-    formats.FIM_END: 32017, formats.PAD: 32018, formats.USER: 32019, formats.ASSISTANT: 32020,
+    formats.BOS: 32013,
+    formats.EOS: 32014,
+    formats.FIM_HOLE: 32015,
+    formats.FIM_BEGIN: 32016,
+    formats.FIM_END: 32017,
+    formats.PAD: 32018,
+    formats.USER: 32019,
+    formats.ASSISTANT: 32020,
     formats.EOT: 32021,
 }
 

@@ -22,20 +22,36 @@ from fastapi.testclient import TestClient  # noqa: E402
 from dscoder.infer.server import create_app  # noqa: E402
 
 LINES = [f"value_{i} = compute({i})\n" for i in range(40)]
-EXTRA = [{"filename": "a.py", "text": "def compute(x, scale):\n    return x * scale\n"},
-         {"filename": "b.py", "text": "LIMIT = 10\nNAMES = ['a', 'b', 'c']\n"}]
+EXTRA = [
+    {"filename": "a.py", "text": "def compute(x, scale):\n    return x * scale\n"},
+    {"filename": "b.py", "text": "LIMIT = 10\nNAMES = ['a', 'b', 'c']\n"},
+]
 
 
 def keystroke(line: int, typed: str, **more) -> dict:
     """An /infill body as llama.vim sends it, the cursor after `typed` on a new line `line`."""
-    return {"input_prefix": "".join(LINES[:line]), "prompt": typed, "input_suffix": "\n" + "".join(LINES[line:]),
-            "input_extra": EXTRA, "n_predict": 4, "temperature": 0, "cache_prompt": True} | more
+    return {
+        "input_prefix": "".join(LINES[:line]),
+        "prompt": typed,
+        "input_suffix": "\n" + "".join(LINES[line:]),
+        "input_extra": EXTRA,
+        "n_predict": 4,
+        "temperature": 0,
+        "cache_prompt": True,
+    } | more
 
 
 def whole_prompt(engine, body: dict) -> list[int]:
-    return prompts.insertion(engine, body["input_prefix"], body["input_suffix"], body["n_predict"],
-                             [(c["filename"], c["text"]) for c in body["input_extra"]], path="untitled",
-                             typed=body["prompt"], window=2048).ids
+    return prompts.insertion(
+        engine,
+        body["input_prefix"],
+        body["input_suffix"],
+        body["n_predict"],
+        [(c["filename"], c["text"]) for c in body["input_extra"]],
+        path="untitled",
+        typed=body["prompt"],
+        window=2048,
+    ).ids
 
 
 def wait_until(condition, seconds: float = 60) -> None:
@@ -49,8 +65,9 @@ def wait_until(condition, seconds: float = 60) -> None:
 def typing(tiny_base_model, monkeypatch):
     """A server whose prompts cost 1 ms per token not in its cache (its measured speed, made exact)."""
     engine = Engine.load(tiny_base_model)
-    monkeypatch.setattr(engine, "prefill_ms",
-                        lambda ids, adapter=None: float(len(ids) - engine._rows.shared(ids, adapter)))
+    monkeypatch.setattr(
+        engine, "prefill_ms", lambda ids, adapter=None: float(len(ids) - engine._rows.shared(ids, adapter))
+    )
     with TestClient(create_app(engine)) as client:
         yield engine, client
 
@@ -78,14 +95,24 @@ def test_a_prompt_is_fitted_to_its_time_and_completed_while_the_server_is_idle(t
 def test_a_prompt_within_its_time_is_not_shortened(typing):
     engine, client = typing
     reply = client.post("/infill", json=keystroke(20, "value_", t_max_prompt_ms=100_000)).json()
-    assert reply["truncated"] is False and reply["tokens_evaluated"] == len(whole_prompt(engine, keystroke(20, "value_")))
+    assert reply["truncated"] is False and reply["tokens_evaluated"] == len(
+        whole_prompt(engine, keystroke(20, "value_"))
+    )
 
 
 def test_the_context_an_editor_sends_ahead_is_computed_while_idle(typing):
     engine, client = typing
     chunks = EXTRA + [{"filename": "c.py", "text": "class Cache:\n    size = 3\n"}]
-    ahead = {"input_prefix": "", "input_suffix": "", "prompt": "", "input_extra": chunks, "n_predict": 0,
-             "t_max_prompt_ms": 1, "t_max_predict_ms": 1, "cache_prompt": True}  # llama.vim's ring update
+    ahead = {
+        "input_prefix": "",
+        "input_suffix": "",
+        "prompt": "",
+        "input_extra": chunks,
+        "n_predict": 0,
+        "t_max_prompt_ms": 1,
+        "t_max_predict_ms": 1,
+        "cache_prompt": True,
+    }  # llama.vim's ring update
     reply = client.post("/infill", json=ahead | {"response_fields": [""]})  # as llama.vim sends it: no fields
     assert reply.status_code == 200 and reply.json() == {}
     reply = client.post("/infill", json=ahead)
@@ -143,14 +170,23 @@ def test_insertion_ids_built_from_lines_equal_the_whole_text_tokenized(deepseek_
         for _ in range(3):
             cursor = rng.randrange(len(text) + 1)
             extra = [("util.py", rng.choice(sources).read_text(errors="replace")[:2000])] if rng.random() < 0.5 else []
-            prompt = prompts.insertion(engine, text[:cursor], text[cursor:], 64, extra, path=rng.choice([None, path.name]),
-                                       typed=rng.choice(["", "    ", "x = fo", "é😀"]), window=rng.choice([None, 1024, 200]))
+            prompt = prompts.insertion(
+                engine,
+                text[:cursor],
+                text[cursor:],
+                64,
+                extra,
+                path=rng.choice([None, path.name]),
+                typed=rng.choice(["", "    ", "x = fo", "é😀"]),
+                window=rng.choice([None, 1024, 200]),
+            )
             assert prompt.ids == engine.encode(prompt.text), (path.name, cursor)
 
 
 def test_a_time_limit_leaves_out_the_far_suffix_then_the_first_context_files():
     """What a time limit keeps, nearest the cursor first: the prefix, the suffix's first lines,
     the context files given last."""
+
     class Characters:  # a tokenizer of one token per character, enough for the fitting's arithmetic
         bos_token_id, unk_token_id = 0, 1
 
@@ -169,10 +205,16 @@ def test_a_time_limit_leaves_out_the_far_suffix_then_the_first_context_files():
     full = len(prompts.insertion(engine, prefix, suffix, 8, files).ids)
     far = full - len(prompts.insertion(engine, prefix, suffix, 8, files[1:]).ids)
     near = full - far - len(prompts.insertion(engine, prefix, suffix, 8).ids)
-    for ms, kept_lines, kept_files in ((full, 20, 2), (full - 30, 17, 2), (full - 200 - far, 0, 1),
-                                       (full - 200 - far - near + 25, 2, 0), (5, 0, 0)):
-        fitted = prompts.insertion(engine, prefix, suffix, 8, files,
-                                   time_limit=prompts.TimeLimit(lambda ids: float(len(ids)), ms))
+    for ms, kept_lines, kept_files in (
+        (full, 20, 2),
+        (full - 30, 17, 2),
+        (full - 200 - far, 0, 1),
+        (full - 200 - far - near + 25, 2, 0),
+        (5, 0, 0),
+    ):
+        fitted = prompts.insertion(
+            engine, prefix, suffix, 8, files, time_limit=prompts.TimeLimit(lambda ids: float(len(ids)), ms)
+        )
         assert fitted.text.count("s" * 6) == kept_lines, ms
         assert ("near.py" in fitted.text, "far.py" in fitted.text) == (kept_files >= 1, kept_files == 2), ms
         assert prefix in fitted.text and fitted.late == full - len(fitted.ids) == fitted.truncated
@@ -202,8 +244,8 @@ def test_a_cut_prefix_keeps_its_start_while_the_editor_window_slides(deepseek_to
     lines = (Path(sysconfig.get_paths()["stdlib"]) / "argparse.py").read_text().splitlines(keepends=True)
     starts = []
     for cursor in range(600, 664):  # Enter pressed 64 times
-        prefix = "".join(lines[cursor - 256:cursor])
-        prompt = prompts.insertion(engine, prefix, "".join(lines[cursor:cursor + 64]), 64, window=1024)
+        prefix = "".join(lines[cursor - 256 : cursor])
+        prompt = prompts.insertion(engine, prefix, "".join(lines[cursor : cursor + 64]), 64, window=1024)
         assert prompt.truncated
         starts.append(prompt.text.split("\n", 1)[0])
     changes = sum(a != b for a, b in zip(starts, starts[1:]))
@@ -217,8 +259,18 @@ def test_new_context_sent_ahead_brings_the_next_line_guess_up_to_date(typing):
     body = keystroke(30, "value_30 = 1", id_slot=0)
     client.post("/infill", json=body)
     chunks = EXTRA + [{"filename": "c.py", "text": "class Cache:\n    size = 3\n"}]
-    ring = client.post("/infill", json={"input_prefix": "", "input_suffix": "", "prompt": "", "input_extra": chunks,
-                                        "n_predict": 0, "id_slot": 0, "response_fields": [""]})
+    ring = client.post(
+        "/infill",
+        json={
+            "input_prefix": "",
+            "input_suffix": "",
+            "prompt": "",
+            "input_extra": chunks,
+            "n_predict": 0,
+            "id_slot": 0,
+            "response_fields": [""],
+        },
+    )
     assert ring.status_code == 200, ring.text
     next_line = keystroke(30, "", input_prefix=body["input_prefix"] + "value_30 = 1\n", input_extra=chunks)
     guess = whole_prompt(engine, next_line)

@@ -39,14 +39,17 @@ def test_fim_through_the_front_is_the_upstream_with_a_hand_built_prompt(fronted)
     front = openai.OpenAI(base_url=front_url + "/v1", api_key=KEY, max_retries=0)
     direct = openai.OpenAI(base_url=up_url + "/v1", api_key="upstream-key", max_retries=0)
     raw = {"editor_rules": False}  # the FIM output as the upstream gives it, not ended as an editor wants
-    via = front.completions.create(model=engine.name, prompt=prefix, suffix=suffix, max_tokens=12, temperature=0,
-                                   extra_body=raw)
-    hand = direct.completions.create(model=engine.name, prompt=formats.fim_prompt(prefix, suffix), max_tokens=12,
-                                     temperature=0)
+    via = front.completions.create(
+        model=engine.name, prompt=prefix, suffix=suffix, max_tokens=12, temperature=0, extra_body=raw
+    )
+    hand = direct.completions.create(
+        model=engine.name, prompt=formats.fim_prompt(prefix, suffix), max_tokens=12, temperature=0
+    )
     assert via.choices[0].text == hand.choices[0].text
     # streamed, the same text
-    chunks = front.completions.create(model=engine.name, prompt=prefix, suffix=suffix, max_tokens=12, temperature=0,
-                                      stream=True, extra_body=raw)
+    chunks = front.completions.create(
+        model=engine.name, prompt=prefix, suffix=suffix, max_tokens=12, temperature=0, stream=True, extra_body=raw
+    )
     assert "".join(c.choices[0].text for c in chunks) == hand.choices[0].text
     # plain completion and chat
     via = front.completions.create(model=engine.name, prompt="import os\n", max_tokens=10, temperature=0)
@@ -54,8 +57,9 @@ def test_fim_through_the_front_is_the_upstream_with_a_hand_built_prompt(fronted)
     assert via.choices[0].text == hand.choices[0].text
     messages = [{"role": "user", "content": "Write a function."}]
     via = front.chat.completions.create(model=engine.name, messages=messages, max_tokens=8, temperature=0)
-    hand = direct.completions.create(model=engine.name, prompt=formats.render_chat(messages, add_generation_prompt=True),
-                                     max_tokens=8, temperature=0)
+    hand = direct.completions.create(
+        model=engine.name, prompt=formats.render_chat(messages, add_generation_prompt=True), max_tokens=8, temperature=0
+    )
     assert via.choices[0].message.content == hand.choices[0].text
 
 
@@ -100,23 +104,42 @@ def test_the_front_streams_only_what_the_rules_keep():
         for delta in ("y = x + 1\n", "    return y\n", "\n", "print(f(1))\n"):
             yield delta, None
 
-    engine = SimpleNamespace(instruct=False, endpoint=SimpleNamespace(stream=stream), text_of=lambda ids: "",
-                             tokenizer=lambda text, add_special_tokens: {"input_ids": text.split()})
+    engine = SimpleNamespace(
+        instruct=False,
+        endpoint=SimpleNamespace(stream=stream),
+        text_of=lambda ids: "",
+        tokenizer=lambda text, add_special_tokens: {"input_ids": text.split()},
+    )
     deltas = []
-    s = Sequence([1], SamplingParams(max_new_tokens=64), on_delta=deltas.append,
-                 editor=prompts.EditorStop.at("def f(x):\n    ", "\n"))
+    s = Sequence(
+        [1],
+        SamplingParams(max_new_tokens=64),
+        on_delta=deltas.append,
+        editor=prompts.EditorStop.at("def f(x):\n    ", "\n"),
+    )
     asyncio.run(UpstreamBatcher(engine).run([s]))
     assert s.text == "y = x + 1\n    return y" and "".join(deltas) == s.text and s.finish_reason == "stop"
 
 
 def test_infill_with_context_through_the_front(fronted):
     engine, up_url, front_url = fronted
-    ask = {"input_prefix": "x = ", "input_suffix": "\n", "filename": "main.py", "n_predict": 8, "temperature": 0,
-           "input_extra": [{"filename": "util.py", "text": "def helper():\n    return 1\n"}]}
+    ask = {
+        "input_prefix": "x = ",
+        "input_suffix": "\n",
+        "filename": "main.py",
+        "n_predict": 8,
+        "temperature": 0,
+        "input_extra": [{"filename": "util.py", "text": "def helper():\n    return 1\n"}],
+    }
     reply = httpx.post(front_url + "/infill", json=ask, headers={"Authorization": f"Bearer {KEY}"}).json()
-    text = formats.fim_prompt(formats.repo_sample([("util.py", "def helper():\n    return 1\n")]) + "#main.py\nx = ", "\n")
-    hand = httpx.post(up_url + "/v1/completions", json={"prompt": text, "max_tokens": 8, "temperature": 0},
-                      headers={"Authorization": "Bearer upstream-key"}).json()["choices"][0]["text"]
+    text = formats.fim_prompt(
+        formats.repo_sample([("util.py", "def helper():\n    return 1\n")]) + "#main.py\nx = ", "\n"
+    )
+    hand = httpx.post(
+        up_url + "/v1/completions",
+        json={"prompt": text, "max_tokens": 8, "temperature": 0},
+        headers={"Authorization": "Bearer upstream-key"},
+    ).json()["choices"][0]["text"]
     first_line = hand.split("\n")[0]  # /infill stops an insertion typed at a line's end at the block's end
     assert reply["content"].split("\n")[0] == first_line.rstrip() or reply["content"] == first_line
     assert reply["tokens_evaluated"] > 10
@@ -148,11 +171,12 @@ def test_serve_upstream_flags_are_checked(tiny_base_model, capsys):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    for argv, said in ((["--upstream", f"http://127.0.0.1:{port}/v1"], "--tokenizer"),
-                       (["--upstream", f"http://127.0.0.1:{port}/v1", "--tokenizer", str(tiny_base_model)],
-                        "cannot reach"),
-                       (["--model", str(tiny_base_model), "--upstream", "http://x/v1"], "either --model"),
-                       ([], "either --model")):
+    for argv, said in (
+        (["--upstream", f"http://127.0.0.1:{port}/v1"], "--tokenizer"),
+        (["--upstream", f"http://127.0.0.1:{port}/v1", "--tokenizer", str(tiny_base_model)], "cannot reach"),
+        (["--model", str(tiny_base_model), "--upstream", "http://x/v1"], "either --model"),
+        ([], "either --model"),
+    ):
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             free = s.getsockname()[1]
@@ -169,10 +193,15 @@ def test_in_front_of_llama_cpp_python_server(tiny_base_model, tmp_path):
     import sys
     import time
 
-    pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (pip install "
-                        "'llama-cpp-python[server]'; it compiles llama.cpp, minutes)")
-    pytest.importorskip("llama_cpp.server.app", reason="llama-cpp-python's server extras are not installed "
-                        "(pip install 'llama-cpp-python[server]')")
+    pytest.importorskip(
+        "llama_cpp",
+        reason="llama-cpp-python is not installed (pip install "
+        "'llama-cpp-python[server]'; it compiles llama.cpp, minutes)",
+    )
+    pytest.importorskip(
+        "llama_cpp.server.app",
+        reason="llama-cpp-python's server extras are not installed (pip install 'llama-cpp-python[server]')",
+    )
     from dscoder.infer.remote import Endpoint
     from dscoder.infer.upstream import UpstreamEngine
 
@@ -181,9 +210,25 @@ def test_in_front_of_llama_cpp_python_server(tiny_base_model, tmp_path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    process = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--model", str(gguf_file), "--host",
-                                "127.0.0.1", "--port", str(port), "--n_ctx", "512", "--model_alias", "tiny"],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "llama_cpp.server",
+            "--model",
+            str(gguf_file),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--n_ctx",
+            "512",
+            "--model_alias",
+            "tiny",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     up_url = f"http://127.0.0.1:{port}/v1"
     front = thread = None
     try:
@@ -198,10 +243,13 @@ def test_in_front_of_llama_cpp_python_server(tiny_base_model, tmp_path):
         front, thread, front_url = start(front_engine)
         prefix, suffix = "import json\n\ndef load(path):\n    ", "\n    return data\n"
         via = openai.OpenAI(base_url=front_url + "/v1", api_key=KEY, max_retries=0).completions.create(
-            model="tiny", prompt=prefix, suffix=suffix, max_tokens=12, temperature=0,
-            extra_body={"editor_rules": False})  # the raw FIM output
-        hand = httpx.post(up_url + "/completions", json={"prompt": formats.fim_prompt(prefix, suffix), "max_tokens": 12,
-                                                         "temperature": 0}, timeout=60).json()
+            model="tiny", prompt=prefix, suffix=suffix, max_tokens=12, temperature=0, extra_body={"editor_rules": False}
+        )  # the raw FIM output
+        hand = httpx.post(
+            up_url + "/completions",
+            json={"prompt": formats.fim_prompt(prefix, suffix), "max_tokens": 12, "temperature": 0},
+            timeout=60,
+        ).json()
         assert via.choices[0].text == hand["choices"][0]["text"]
         assert hand["usage"]["prompt_tokens"] == len(front_engine.encode(formats.fim_prompt(prefix, suffix)))
     finally:
@@ -224,9 +272,25 @@ def test_the_front_stops_on_sigterm_as_serve_does(fronted, tiny_base_model, tmp_
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    process = subprocess.Popen([sys.executable, "-m", "dscoder", "serve", "--upstream", up_url + "/v1",
-                                "--upstream-key", "upstream-key", "--tokenizer", str(tiny_base_model),
-                                "--port", str(port)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "dscoder",
+            "serve",
+            "--upstream",
+            up_url + "/v1",
+            "--upstream-key",
+            "upstream-key",
+            "--tokenizer",
+            str(tiny_base_model),
+            "--port",
+            str(port),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
@@ -274,11 +338,20 @@ def small_upstream(tokenizer_dir, says: str):
     async def completions(body: dict):
         tokens = len(tokenizer(body["prompt"])["input_ids"])
         if tokens + body["max_tokens"] > SMALL:
-            return JSONResponse({"error": {"message": f"This model's maximum context length is {SMALL} tokens; "
-                                           f"the request has {tokens} + {body['max_tokens']}", "code": 400}}, 400)
+            return JSONResponse(
+                {
+                    "error": {
+                        "message": f"This model's maximum context length is {SMALL} tokens; "
+                        f"the request has {tokens} + {body['max_tokens']}",
+                        "code": 400,
+                    }
+                },
+                400,
+            )
         chunk = {"choices": [{"text": " pass", "index": 0, "finish_reason": "stop"}]}
-        return StreamingResponse(iter([f"data: {json.dumps(chunk)}\n\n", "data: [DONE]\n\n"]),
-                                 media_type="text/event-stream")
+        return StreamingResponse(
+            iter([f"data: {json.dumps(chunk)}\n\n", "data: [DONE]\n\n"]), media_type="text/event-stream"
+        )
 
     return app
 
@@ -301,8 +374,9 @@ def test_the_front_takes_the_context_the_upstream_says(tiny_base_model, says):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    upstream = uvicorn.Server(uvicorn.Config(small_upstream(tiny_base_model, says), host="127.0.0.1", port=port,
-                                             log_level="critical"))
+    upstream = uvicorn.Server(
+        uvicorn.Config(small_upstream(tiny_base_model, says), host="127.0.0.1", port=port, log_level="critical")
+    )
     up_thread = threading.Thread(target=upstream.run, daemon=True)
     up_thread.start()
     while not upstream.started:
@@ -321,8 +395,11 @@ def test_the_front_takes_the_context_the_upstream_says(tiny_base_model, says):
             said_locally = local.post("/v1/completions", json={"prompt": long, "max_tokens": 4})
         assert said_locally.status_code == 400 and exc.value.body == said_locally.json()["error"]
         assert exc.value.body["code"] == "context_length_exceeded" and f"is {SMALL} tokens" in exc.value.body["message"]
-        infill = httpx.post(front_url + "/infill", json={"input_prefix": long, "input_suffix": "\n", "n_predict": 4},
-                            headers={"Authorization": f"Bearer {KEY}"})
+        infill = httpx.post(
+            front_url + "/infill",
+            json={"input_prefix": long, "input_suffix": "\n", "n_predict": 4},
+            headers={"Authorization": f"Bearer {KEY}"},
+        )
         assert infill.status_code == 200 and infill.json()["truncated"] is True, infill.text
         assert client.completions.create(model="small", prompt="x = ", max_tokens=4).choices[0].text == " pass"
     finally:

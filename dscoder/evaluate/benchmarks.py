@@ -23,10 +23,28 @@ from dscoder.evaluate import plus
 HUMANEVAL_STOPS = ("\nclass", "\ndef", "\n#", "\n@", "\nprint", "\nif", "\n```")
 MBPP_TEST_IDS = range(11, 511)  # DeepSeek-Coder's MBPP test split
 MBPP_SHOT_IDS = (2, 3, 4)
-HUMANEVAL_X_LANGUAGES = {"python": "python", "cpp": "cpp", "java": "java", "javascript": "javascript",
-                         "js": "javascript", "go": "go", "rust": "rust"}
-MULTIPL_E_LANGUAGES = {"cpp": "cpp", "java": "java", "js": "javascript", "ts": "typescript", "go": "go",
-                       "go_test.go": "go", "rs": "rust", "sh": "shell", "py": "python", "php": "php", "cs": "csharp"}
+HUMANEVAL_X_LANGUAGES = {
+    "python": "python",
+    "cpp": "cpp",
+    "java": "java",
+    "javascript": "javascript",
+    "js": "javascript",
+    "go": "go",
+    "rust": "rust",
+}
+MULTIPL_E_LANGUAGES = {
+    "cpp": "cpp",
+    "java": "java",
+    "js": "javascript",
+    "ts": "typescript",
+    "go": "go",
+    "go_test.go": "go",
+    "rs": "rust",
+    "sh": "shell",
+    "py": "python",
+    "php": "php",
+    "cs": "csharp",
+}
 APPS_STOPS = ("\nQUESTION:", "\n---", "\n```\n")
 # MBPP+: evalplus's stops for a base model continuing the task's docstring prompt
 MBPP_PLUS_STOPS = ("\nif __name__", "\ndef main(", "\nprint(", '\n"""', "\nassert")
@@ -59,25 +77,54 @@ class Task:
         if self.base is None:
             return generated
         full = self.prompt + generated
-        return full[len(self.base):] if full.startswith(self.base) else generated
+        return full[len(self.base) :] if full.startswith(self.base) else generated
 
 
 def _strip_stops(completion: str, stops: tuple[str, ...]) -> str:
     cut = [i for s in stops if (i := completion.find(s)) >= 0]
-    return completion[:min(cut)] if cut else completion
+    return completion[: min(cut)] if cut else completion
 
 
 # what the released harness puts before a program (`IMPORT_HELPER` of human_eval/evaluation.py)
-PYTHON_IMPORTS = ("import math", "import re", "import sys", "import copy", "import datetime", "import itertools",
-                  "import collections", "import heapq", "import functools", "import hashlib", "import numpy",
-                  "import numpy as np", "import string", "from typing import *", "from collections import *")
+PYTHON_IMPORTS = (
+    "import math",
+    "import re",
+    "import sys",
+    "import copy",
+    "import datetime",
+    "import itertools",
+    "import collections",
+    "import heapq",
+    "import functools",
+    "import hashlib",
+    "import numpy",
+    "import numpy as np",
+    "import string",
+    "from typing import *",
+    "from collections import *",
+)
 LEETCODE_IMPORTS = PYTHON_IMPORTS + ("from functools import *",)  # Evaluation/LeetCode's copy adds one line
-CPP_INCLUDES = ("#include<stdlib.h>", "#include<algorithm>", "#include<math.h>", "#include<stdio.h>",
-                "#include<vector>", "#include<string>", "#include<climits>", "#include<cstring>", "#include<iostream>",
-                "#include<cassert>")
-CSHARP_USINGS = ("using System.Numerics;", "using System.Diagnostics;", "using System.Collections.Generic;",
-                 "using System.Linq;", "using System.Text;", "using System.Security.Cryptography;",
-                 "using System.Collections.Generic;")
+CPP_INCLUDES = (
+    "#include<stdlib.h>",
+    "#include<algorithm>",
+    "#include<math.h>",
+    "#include<stdio.h>",
+    "#include<vector>",
+    "#include<string>",
+    "#include<climits>",
+    "#include<cstring>",
+    "#include<iostream>",
+    "#include<cassert>",
+)
+CSHARP_USINGS = (
+    "using System.Numerics;",
+    "using System.Diagnostics;",
+    "using System.Collections.Generic;",
+    "using System.Linq;",
+    "using System.Text;",
+    "using System.Security.Cryptography;",
+    "using System.Collections.Generic;",
+)
 
 
 def _released_program(task: Task, code: str) -> str:
@@ -127,8 +174,11 @@ def assemble(task: Task, completion: str) -> str:
             checks += f"test_string({completion!r})\n"
         return f"{r['code_context']}\n{checks}"
     if fmt == "apps":
-        return APPS_HARNESS.replace("{SOLUTION}", repr(completion)).replace("{IO}", repr(r["input_output"])) \
+        return (
+            APPS_HARNESS.replace("{SOLUTION}", repr(completion))
+            .replace("{IO}", repr(r["input_output"]))
             .replace("{STARTER}", repr(r.get("starter_code") or ""))
+        )
     raise ValueError(fmt)
 
 
@@ -195,10 +245,12 @@ def suite_files(spec: str) -> list[Path] | None:
     folder, or `multipl-e-humaneval-{code}.jsonl`; Python also `deepseek-humaneval-python.jsonl`);
     a folder: every benchmark file in it."""
     if spec.startswith(SUITE_8LANG):
-        folder = Path(spec[len(SUITE_8LANG):])
+        folder = Path(spec[len(SUITE_8LANG) :])
         if not folder.is_dir():
-            raise UserError(f"--benchmark {spec}: {folder} is not a folder (give the folder holding the eight "
-                            "humaneval-<language>.jsonl files)")
+            raise UserError(
+                f"--benchmark {spec}: {folder} is not a folder (give the folder holding the eight "
+                "humaneval-<language>.jsonl files)"
+            )
         files = []
         for code in HUMANEVAL_8LANG:
             names = [f"humaneval-{code}.jsonl", f"multipl-e-humaneval-{code}.jsonl"]
@@ -245,8 +297,10 @@ def load(spec: str, chat: bool = False) -> Benchmark:
         task_list += part
     languages = sorted({t.language for t in task_list})
     if spec.startswith(SUITE_8LANG) and len(languages) != len(HUMANEVAL_8LANG):
-        raise UserError(f"--benchmark {spec}: its files hold {len(languages)} languages ({', '.join(languages)}), "
-                        "not the eight of the published rows")
+        raise UserError(
+            f"--benchmark {spec}: its files hold {len(languages)} languages ({', '.join(languages)}), "
+            "not the eight of the published rows"
+        )
     name = "humaneval-8lang" if spec.startswith(SUITE_8LANG) else (formats.pop() if len(formats) == 1 else "suite")
     return Benchmark(spec, files, name, task_list, suite=True)
 
@@ -255,24 +309,56 @@ def _tasks(fmt: str, records: list[dict], path: str | Path) -> list[Task]:
     out: list[Task] = []
     if fmt == "humaneval":
         for r in records:
-            out.append(Task(r["task_id"], "python", r["prompt"].strip(), HUMANEVAL_STOPS,
-                            reference=r["canonical_solution"], record=r, format=fmt, base=r["prompt"]))
+            out.append(
+                Task(
+                    r["task_id"],
+                    "python",
+                    r["prompt"].strip(),
+                    HUMANEVAL_STOPS,
+                    reference=r["canonical_solution"],
+                    record=r,
+                    format=fmt,
+                    base=r["prompt"],
+                )
+            )
     elif fmt in plus.FORMATS:  # the prompt as evalplus gives a base model; completions follow the row's prompt
         stops = HUMANEVAL_STOPS if fmt == "humaneval-plus" else MBPP_PLUS_STOPS
         for r in records:
             plus.check_record(r, path)
-            out.append(Task(str(r["task_id"]), "python", r["prompt"].strip() + ("\n" if fmt == "mbpp-plus" else ""),
-                            stops, reference=r["canonical_solution"], record=r, format=fmt, base=r["prompt"]))
+            out.append(
+                Task(
+                    str(r["task_id"]),
+                    "python",
+                    r["prompt"].strip() + ("\n" if fmt == "mbpp-plus" else ""),
+                    stops,
+                    reference=r["canonical_solution"],
+                    record=r,
+                    format=fmt,
+                    base=r["prompt"],
+                )
+            )
     elif fmt == "humaneval-infilling":
         for r in records:
-            out.append(Task(r["task_id"], "python", r["prompt"], ("\n",), suffix=r["suffix"],
-                            reference=r["canonical_solution"], record=r, format=fmt))
+            out.append(
+                Task(
+                    r["task_id"],
+                    "python",
+                    r["prompt"],
+                    ("\n",),
+                    suffix=r["suffix"],
+                    reference=r["canonical_solution"],
+                    record=r,
+                    format=fmt,
+                )
+            )
     elif fmt == "humaneval-x":
         for r in records:
             language = _humaneval_x_language(r["task_id"])
             prompt = r["prompt"] + r["declaration"] if language == "rust" else r["prompt"]
             stops = HUMANEVAL_STOPS if language == "python" else ("\n}\n\n", "\n\n\n")
-            out.append(Task(r["task_id"], language, prompt, stops, reference=r["canonical_solution"], record=r, format=fmt))
+            out.append(
+                Task(r["task_id"], language, prompt, stops, reference=r["canonical_solution"], record=r, format=fmt)
+            )
     elif fmt == "multipl-e":
         for r in records:
             language = MULTIPL_E_LANGUAGES.get(r["language"], r["language"])
@@ -282,21 +368,52 @@ def _tasks(fmt: str, records: list[dict], path: str | Path) -> list[Task]:
         shots = [by_id[i] for i in MBPP_SHOT_IDS if i in by_id]
         for r in records:
             if int(r["task_id"]) in MBPP_TEST_IDS:
-                out.append(Task(str(r["task_id"]), "python", _mbpp_prompt(r, shots), ("[DONE]", "\n[DONE]"),
-                                reference=r["code"], record=r, format=fmt, shots=shots))
+                out.append(
+                    Task(
+                        str(r["task_id"]),
+                        "python",
+                        _mbpp_prompt(r, shots),
+                        ("[DONE]", "\n[DONE]"),
+                        reference=r["code"],
+                        record=r,
+                        format=fmt,
+                        shots=shots,
+                    )
+                )
     elif fmt == "ds-1000":
         for r in records:
             problem = str(r.get("metadata", {}).get("problem_id", len(out)))
             if "[insert]" in r["prompt"]:
                 prefix, suffix = r["prompt"].split("[insert]", 1)
-                out.append(Task(problem, "python", prefix, ("</code>", "# SOLUTION END"), suffix=suffix,
-                                reference=r.get("reference_code"), record=r, format=fmt))
+                out.append(
+                    Task(
+                        problem,
+                        "python",
+                        prefix,
+                        ("</code>", "# SOLUTION END"),
+                        suffix=suffix,
+                        reference=r.get("reference_code"),
+                        record=r,
+                        format=fmt,
+                    )
+                )
             else:
-                out.append(Task(problem, "python", r["prompt"], ("</code>", "# SOLUTION END", "\n```"),
-                                reference=r.get("reference_code"), record=r, format=fmt))
+                out.append(
+                    Task(
+                        problem,
+                        "python",
+                        r["prompt"],
+                        ("</code>", "# SOLUTION END", "\n```"),
+                        reference=r.get("reference_code"),
+                        record=r,
+                        format=fmt,
+                    )
+                )
     elif fmt == "crosscodeeval":
-        raise UserError(f"{path}: a CrossCodeEval file is scored by matching, not by running programs: "
-                        "use `dscoder eval run` (docs/evaluation.md, \"CrossCodeEval\")")
+        raise UserError(
+            f"{path}: a CrossCodeEval file is scored by matching, not by running programs: "
+            'use `dscoder eval run` (docs/evaluation.md, "CrossCodeEval")'
+        )
     elif fmt == "apps":
         for r in records:
             io = json.loads(r["input_output"]) if r.get("input_output") else {}
@@ -367,13 +484,13 @@ def instruct_completion(task: Task, answer: str) -> str:
         return task.record["prompt"] + "\n" + answer
     main = RELEASED_MAIN.get(task.language)
     if main and main in block:
-        block = block[:block.index(main)]
+        block = block[: block.index(main)]
     lines = [line for line in task.record["prompt"].strip().split("\n") if line.strip()]
     if task.language == "python":
         signature = [i for i, line in enumerate(lines) if line.startswith("def ")]
         if not signature:  # the released script fails here and scores the prompt plus the answer
             return task.record["prompt"] + "\n" + answer
-        name, before = lines[signature[-1]].split("(")[0].strip(), "\n".join(lines[:signature[-1]])
+        name, before = lines[signature[-1]].split("(")[0].strip(), "\n".join(lines[: signature[-1]])
     else:
         name, before = lines[-1].split("{")[0].strip(), "\n".join(lines[:-1])
     start = block.lower().find(name.lower())
@@ -384,7 +501,7 @@ def instruct_completion(task: Task, answer: str) -> str:
     else:
         start, indent = 0, RELEASED_INDENT.get(task.language, 0)
     end = block.rfind("\n" + " " * indent + "}")
-    body = block[start:end if end >= 0 else len(block)]
+    body = block[start : end if end >= 0 else len(block)]
     if task.language in BRACE_PUT_BACK:
         body += "\n" + " " * indent + "}"
     return before + "\n" + body + "\n"
@@ -393,7 +510,7 @@ def instruct_completion(task: Task, answer: str) -> str:
 # APPS: standard-input problems run the solution once per test with that input and compare the
 # printed lines; call-based problems call `fn_name` (a Solution method when the starter code has
 # one) and compare the result. Based on the published APPS testing procedure.
-APPS_HARNESS = r'''
+APPS_HARNESS = r"""
 import contextlib, io, json, sys
 solution = {SOLUTION}
 tests = json.loads({IO})
@@ -422,4 +539,4 @@ for inputs, expected in zip(tests["inputs"], tests["outputs"]):
                 pass
         assert normal(out.getvalue()) == normal(expected if isinstance(expected, str) else "\n".join(map(str, expected))), \
             (inputs, out.getvalue(), expected)
-'''
+"""

@@ -41,17 +41,30 @@ def contamination(benchmark: Path, corpus: Path, n: int = 10) -> dict:
         tasks.setdefault(task, {})[field] = count
     per_task = [{"task_id": t, "contaminated": t in tasks, "fields": tasks.get(t, {})} for t in ids]
     hit = sum(row["contaminated"] for row in per_task)
-    return {"benchmark": str(benchmark), "format": fmt, "corpus": str(corpus), "ngram": n, "samples_scanned": scanned,
-            "tasks": len(ids), "contaminated_tasks": hit, "share": hit / len(ids), "per_task": per_task}
+    return {
+        "benchmark": str(benchmark),
+        "format": fmt,
+        "corpus": str(corpus),
+        "ngram": n,
+        "samples_scanned": scanned,
+        "tasks": len(ids),
+        "contaminated_tasks": hit,
+        "share": hit / len(ids),
+        "per_task": per_task,
+    }
 
 
 def markdown(report: dict) -> str:
-    lines = [f"{report['contaminated_tasks']} of {report['tasks']} tasks ({100 * report['share']:.1f}%) of "
-             f"{report['benchmark']} share {report['ngram']}-grams with {report['corpus']} "
-             f"({report['samples_scanned']} samples scanned)"]
+    lines = [
+        f"{report['contaminated_tasks']} of {report['tasks']} tasks ({100 * report['share']:.1f}%) of "
+        f"{report['benchmark']} share {report['ngram']}-grams with {report['corpus']} "
+        f"({report['samples_scanned']} samples scanned)"
+    ]
     rows = [r for r in report["per_task"] if r["contaminated"]]
     if rows:
         lines += ["", "| task | fields found (samples) |", "|---|---|"]
-        lines += [f"| {r['task_id']} | " + ", ".join(f"{f} ({c})" for f, c in sorted(r["fields"].items())) + " |"
-                  for r in rows]
+        lines += [
+            f"| {r['task_id']} | " + ", ".join(f"{f} ({c})" for f, c in sorted(r["fields"].items())) + " |"
+            for r in rows
+        ]
     return "\n".join(lines)

@@ -41,17 +41,20 @@ KEYWORDS = {
         "abstract assert boolean break byte case catch char class continue default do double else enum extends final "
         "finally float for if implements import instanceof int interface long native new package private protected "
         "public return short static strictfp super switch synchronized this throw throws transient try void volatile "
-        "while var const goto".split()),
+        "while var const goto".split()
+    ),
     "typescript": frozenset(
         "break case catch class const continue debugger default delete do else export extends finally for function if "
         "import in instanceof new return super switch this throw try typeof var void while with yield enum implements "
-        "interface let package private protected public static".split()),
+        "interface let package private protected public static".split()
+    ),
     "csharp": frozenset(
         "abstract as base bool break byte case catch char checked class const continue decimal default delegate do "
         "double else enum event explicit extern finally fixed float for foreach goto if implicit in int interface "
         "internal is lock long namespace new null object operator out override params private protected public "
         "readonly ref return sbyte sealed short sizeof stackalloc static string struct switch this throw try typeof "
-        "uint ulong unchecked unsafe ushort using virtual void volatile while".split()),
+        "uint ulong unchecked unsafe ushort using virtual void volatile while".split()
+    ),
 }
 _STRING = re.compile(r'"([^"\\]*(\\.[^"\\]*)*)"|\'([^\'\\]*(\\.[^\'\\]*)*)\'')
 _WORD = re.compile(r"\w+")
@@ -69,6 +72,7 @@ class Row:
 
 # --- reading ---------------------------------------------------------------------------------------
 
+
 def read_rows(path: str | Path, records: list[dict[str, Any]] | None = None) -> list[Row]:
     """The rows of a CrossCodeEval file (its `records` when already read); a row lacking a field
     is an error naming the row and the field, raised before anything is generated."""
@@ -80,8 +84,10 @@ def read_rows(path: str | Path, records: list[dict[str, Any]] | None = None) -> 
         where = f"{path}: row {number}" + (f" ({task_id})" if task_id else "")
         for field in ("prompt", "groundtruth"):
             if not isinstance(r.get(field), str):
-                raise UserError(f"{where}: no '{field}' text (CrossCodeEval rows have prompt, groundtruth, "
-                                "crossfile_context and metadata)")
+                raise UserError(
+                    f"{where}: no '{field}' text (CrossCodeEval rows have prompt, groundtruth, "
+                    "crossfile_context and metadata)"
+                )
         if not isinstance(task_id, str) or not task_id:
             raise UserError(f"{where}: no 'metadata.task_id'")
         if task_id in seen:
@@ -89,8 +95,10 @@ def read_rows(path: str | Path, records: list[dict[str, Any]] | None = None) -> 
         seen.add(task_id)
         language = EXTENSIONS.get(Path(str(meta.get("file", ""))).suffix)
         if language is None:
-            raise UserError(f"{where}: 'metadata.file' {meta.get('file')!r} is not a "
-                            f"{', '.join(EXTENSIONS)} file (CrossCodeEval's languages)")
+            raise UserError(
+                f"{where}: 'metadata.file' {meta.get('file')!r} is not a "
+                f"{', '.join(EXTENSIONS)} file (CrossCodeEval's languages)"
+            )
         context = r.get("crossfile_context") or {}
         if not isinstance(context, dict) or not isinstance(context.get("text", ""), str):
             raise UserError(f"{where}: 'crossfile_context' must be an object with a 'text' string")
@@ -99,6 +107,7 @@ def read_rows(path: str | Path, records: list[dict[str, Any]] | None = None) -> 
 
 
 # --- post-processing -------------------------------------------------------------------------------
+
 
 def statement(prompt: str, completion: str, language: str) -> str:
     """The completion cut at the end of its first statement (eval_utils.py,
@@ -112,7 +121,7 @@ def statement(prompt: str, completion: str, language: str) -> str:
         return completion
     end = next((i for i, char in enumerate(completion) if char in ";{}"), None)
     # a completion opening with one of them is kept whole: the scripts test the index for truth
-    return completion[:end + 1] if end else completion
+    return completion[: end + 1] if end else completion
 
 
 def _parses(code: str) -> bool:
@@ -130,6 +139,7 @@ def remove_comments(code: str) -> str:
 
 
 # --- metrics ---------------------------------------------------------------------------------------
+
 
 def identifiers(code: str, language: str) -> list[str]:
     """The identifiers of `code` in order, repeats kept (eval_utils.py, `extract_identifiers`):
@@ -153,29 +163,45 @@ def score(row: Row, generation: str) -> dict:
     completion = statement(row.prompt, generation, row.language)
     got, want = remove_comments(completion), remove_comments(row.groundtruth)
     got_ids, want_ids = identifiers(got, row.language), identifiers(want, row.language)
-    return {"completion": completion,
-            "exact_match": float(metrics.exact_match(got, want)),
-            "edit_similarity": metrics.edit_similarity(got, want),
-            "identifier_exact_match": float(got_ids == want_ids),
-            "identifier_f1": identifier_f1(got_ids, want_ids)}
+    return {
+        "completion": completion,
+        "exact_match": float(metrics.exact_match(got, want)),
+        "edit_similarity": metrics.edit_similarity(got, want),
+        "identifier_exact_match": float(got_ids == want_ids),
+        "identifier_f1": identifier_f1(got_ids, want_ids),
+    }
 
 
 def summarize(rows: list[Row], scored: list[dict], crossfile: bool) -> dict:
     """The mean of each metric (fractions, 0 to 1), overall and per language."""
+
     def means(items: list[dict]) -> dict:
         return {"tasks": len(items), **{m: sum(s[m] for s in items) / len(items) for m in METRICS}}
 
     by_language: dict[str, list[dict]] = {}
     for row, s in zip(rows, scored):
         by_language.setdefault(row.language, []).append(s)
-    return {"format": FORMAT, "crossfile": crossfile, "overall": means(scored),
-            "languages": {lang: means(items) for lang, items in sorted(by_language.items())}}
+    return {
+        "format": FORMAT,
+        "crossfile": crossfile,
+        "overall": means(scored),
+        "languages": {lang: means(items) for lang, items in sorted(by_language.items())},
+    }
 
 
 # --- generation ------------------------------------------------------------------------------------
 
-def generate(engine, rows: list[Row], crossfile: bool, new_tokens: int = NEW_TOKENS, batch_size: int = 8,
-             temperature: float = 0.0, top_p: float = 0.95, seed: int = 0) -> list[str]:
+
+def generate(
+    engine,
+    rows: list[Row],
+    crossfile: bool,
+    new_tokens: int = NEW_TOKENS,
+    batch_size: int = 8,
+    temperature: float = 0.0,
+    top_p: float = 0.95,
+    seed: int = 0,
+) -> list[str]:
     """Each row's continuation, left to right (no FIM), from its prompt fitted to `SEQ_LEN`
     tokens (or the model's shorter context): with the cross-file context when `crossfile`."""
     from tqdm import tqdm
@@ -188,12 +214,16 @@ def generate(engine, rows: list[Row], crossfile: bool, new_tokens: int = NEW_TOK
     texts = []
     with tqdm(total=len(rows), desc="crosscodeeval", unit="task") as progress:
         for start in range(0, len(rows), batch_size):
-            chunk = rows[start:start + batch_size]
-            sequences = [Sequence(prompts.cross_file(engine, row.prompt, row.crossfile if crossfile else "", new_tokens,
-                                                     CROSSFILE_TOKENS).ids,
-                                  SamplingParams(max_new_tokens=new_tokens, temperature=temperature, top_p=top_p,
-                                                 seed=seed))
-                         for row in chunk]
+            chunk = rows[start : start + batch_size]
+            sequences = [
+                Sequence(
+                    prompts.cross_file(
+                        engine, row.prompt, row.crossfile if crossfile else "", new_tokens, CROSSFILE_TOKENS
+                    ).ids,
+                    SamplingParams(max_new_tokens=new_tokens, temperature=temperature, top_p=top_p, seed=seed),
+                )
+                for row in chunk
+            ]
             engine.generate(sequences)
             texts += [s.text for s in sequences]
             progress.update(len(chunk))

@@ -30,7 +30,9 @@ def defined_names(text: str) -> set[str]:
         return set()
     names = {n.name for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))}
     for node in tree.body:
-        targets = node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(node, ast.AnnAssign) else []
+        targets = (
+            node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(node, ast.AnnAssign) else []
+        )
         names |= {t.id for t in targets if isinstance(t, ast.Name)}
     return {n for n in names if not n.startswith("__") and n not in COMMON_NAMES}
 
@@ -64,9 +66,11 @@ def line_prompt(engine, case: dict) -> list[int]:
     from dscoder.infer import repo_context
 
     text = (Path(case["repo"]) / case["path"]).read_text(encoding="utf-8")
-    before = "".join(line + "\n" for line in text.split("\n")[:case["line"]])
-    indent = case["text"][:len(case["text"]) - len(case["text"].lstrip())]
-    return repo_context.build(engine, Path(case["repo"]), case["path"], None, None, LINE_TOKENS, text=before + indent).ids
+    before = "".join(line + "\n" for line in text.split("\n")[: case["line"]])
+    indent = case["text"][: len(case["text"]) - len(case["text"].lstrip())]
+    return repo_context.build(
+        engine, Path(case["repo"]), case["path"], None, None, LINE_TOKENS, text=before + indent
+    ).ids
 
 
 def complete_lines(engine, cases: list[dict], prompts: list[list[int]]) -> dict[str, list[float]]:
@@ -78,7 +82,7 @@ def complete_lines(engine, cases: list[dict], prompts: list[list[int]]) -> dict[
 
     sequences = [Sequence(ids, SamplingParams(max_new_tokens=LINE_TOKENS, stop=("\n",))) for ids in prompts]
     for start in range(0, len(sequences), 8):
-        engine.generate(sequences[start:start + 8])
+        engine.generate(sequences[start : start + 8])
     found: dict[str, list[float]] = {k: [] for k in LINE_METRICS}
     for case, seq in zip(cases, sequences):
         got = seq.text.split("\n")[0]

@@ -99,8 +99,15 @@ def sample_sha(completion: str) -> str:
     return hashlib.sha256(completion.encode("utf-8", "surrogatepass")).hexdigest()[:16]
 
 
-def run_sample(task: Task, completion: str, cfg: ExecConfig, mode: str, slot: int, cache_dir: Path,
-               worker: sandbox.PythonWorker | None = None) -> dict:
+def run_sample(
+    task: Task,
+    completion: str,
+    cfg: ExecConfig,
+    mode: str,
+    slot: int,
+    cache_dir: Path,
+    worker: sandbox.PythonWorker | None = None,
+) -> dict:
     """Build and run one sample in sandbox `mode`; the row written to results.jsonl. Python
     samples go through the slot's fork server when there is one."""
     problem = toolchains.missing(task.language)
@@ -109,8 +116,9 @@ def run_sample(task: Task, completion: str, cfg: ExecConfig, mode: str, slot: in
     chain = toolchains.TOOLCHAINS[toolchains.canonical(task.language)]
     program = task.program(completion)
     timeout = max(cfg.timeout, plus.program_seconds(task)) if task.format in plus.FORMATS else cfg.timeout
-    limits = sandbox.Limits(timeout=timeout, cpu_seconds=int(timeout * 2) + 1,
-                            memory_bytes=chain.memory_bytes and cfg.memory_mb * 2**20)
+    limits = sandbox.Limits(
+        timeout=timeout, cpu_seconds=int(timeout * 2) + 1, memory_bytes=chain.memory_bytes and cfg.memory_mb * 2**20
+    )
     if worker is not None and chain.name == "python":
         folder = worker.folder()
         try:
@@ -121,8 +129,12 @@ def run_sample(task: Task, completion: str, cfg: ExecConfig, mode: str, slot: in
         if task.format in plus.FORMATS:
             return plus.outcome(result)
         status = toolchains.status(chain.name, "run", result)
-        return {"status": status, "passed": status == "passed", "seconds": round(result.seconds, 3),
-                "error": "" if status == "passed" else (result.stderr or result.stdout)[-2000:]}
+        return {
+            "status": status,
+            "passed": status == "passed",
+            "seconds": round(result.seconds, 3),
+            "error": "" if status == "passed" else (result.stderr or result.stdout)[-2000:],
+        }
     key = hashlib.sha256(f"{chain.name}\0{program}".encode("utf-8", "surrogatepass")).hexdigest()
     seconds = 0.0
     with sandbox.Workdir() as work:
@@ -130,16 +142,23 @@ def run_sample(task: Task, completion: str, cfg: ExecConfig, mode: str, slot: in
         for step, command in toolchains.steps(chain.name, program):
             if step == "build" and _reuse_build(cache_dir / key, work):
                 continue
-            step_limits = limits if step == "run" else sandbox.Limits(
-                timeout=cfg.timeout * 3, cpu_seconds=int(cfg.timeout * 6), memory_bytes=0)
+            step_limits = (
+                limits
+                if step == "run"
+                else sandbox.Limits(timeout=cfg.timeout * 3, cpu_seconds=int(cfg.timeout * 6), memory_bytes=0)
+            )
             result = sandbox.run(command, work, step_limits, mode, slot=slot, readable=toolchains.readable_roots())
             seconds += result.seconds
             if task.format in plus.FORMATS:
                 return plus.outcome(result)
             status = toolchains.status(chain.name, step, result)
             if status != "passed":
-                return {"status": status, "passed": False, "seconds": round(seconds, 3),
-                        "error": (result.stderr or result.stdout)[-2000:]}
+                return {
+                    "status": status,
+                    "passed": False,
+                    "seconds": round(seconds, 3),
+                    "error": (result.stderr or result.stdout)[-2000:],
+                }
             if step == "build":
                 _keep_build(work, cache_dir / key)
     return {"status": "passed", "passed": True, "seconds": round(seconds, 3), "error": ""}
@@ -165,6 +184,7 @@ def _keep_build(work: Path, target: Path) -> None:
 
 # --- the run a results folder belongs to ---------------------------------------------------------
 
+
 def file_sha(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
@@ -188,7 +208,7 @@ def benchmark_record(bench) -> dict:
     if not bench.suite:
         path = str(bench.files[0].resolve())
     elif bench.name.startswith(SUITE_8LANG):
-        path = SUITE_8LANG + str(Path(bench.name[len(SUITE_8LANG):]).resolve())
+        path = SUITE_8LANG + str(Path(bench.name[len(SUITE_8LANG) :]).resolve())
     else:
         path = str(Path(bench.name).resolve())
     record = {"path": path, "format": bench.format, "sha256": benchmark_sha(bench.files)}
@@ -199,16 +219,32 @@ def run_record(bench, source: dict, cfg: ExecConfig, name: str | None = None) ->
     """What run.json says of a run of `bench` (benchmarks.Benchmark). `source` is where the
     samples come from: {"model": folder, "generation": settings} or {"samples": file}. The
     isolation is `cfg.sandbox` until `execute` puts the mode it chose in its place."""
-    execution = {"timeout": cfg.timeout, "memory_mb": cfg.memory_mb, "isolation": cfg.sandbox, "calibrate": cfg.calibrate}
-    return {"kind": "eval", "name": name, "benchmark": benchmark_record(bench), "source": source, "execution": execution,
-            "software": manifest.software(), "machine": manifest.machine(), "started": manifest.now()}
+    execution = {
+        "timeout": cfg.timeout,
+        "memory_mb": cfg.memory_mb,
+        "isolation": cfg.sandbox,
+        "calibrate": cfg.calibrate,
+    }
+    return {
+        "kind": "eval",
+        "name": name,
+        "benchmark": benchmark_record(bench),
+        "source": source,
+        "execution": execution,
+        "software": manifest.software(),
+        "machine": manifest.machine(),
+        "started": manifest.now(),
+    }
 
 
 def _identity(record: dict) -> dict:
     """The parts of a run record that decide its results (the name and file paths do not)."""
     bench = record.get("benchmark") or {}
-    return {"benchmark": {"format": bench.get("format"), "sha256": bench.get("sha256")},
-            "source": record.get("source"), "execution": record.get("execution")}
+    return {
+        "benchmark": {"format": bench.get("format"), "sha256": bench.get("sha256")},
+        "source": record.get("source"),
+        "execution": record.get("execution"),
+    }
 
 
 def _first_difference(old, new, where: str = "") -> str:
@@ -234,14 +270,18 @@ def examine(out: Path, record: dict, force: bool = False) -> tuple[dict, bool]:
             raise UserError(f"{path}: unreadable ({exc})") from None
         if _identity(old) != _identity(record):
             if not force:
-                raise UserError(f"{out} holds the results of another run ({_first_difference(_identity(old), _identity(record))}); "
-                                "use --force to replace them, or another --out")
+                raise UserError(
+                    f"{out} holds the results of another run ({_first_difference(_identity(old), _identity(record))}); "
+                    "use --force to replace them, or another --out"
+                )
             return record, True
         return ({**record, "name": old.get("name")} if record["name"] is None else record), False
     if (out / RESULTS).exists():
         if not force:
-            raise UserError(f"{out} holds results of a run it does not describe (no {RUN}); "
-                            "use --force to replace them, or another --out")
+            raise UserError(
+                f"{out} holds results of a run it does not describe (no {RUN}); "
+                "use --force to replace them, or another --out"
+            )
         return record, True
     return record, False
 
@@ -273,6 +313,7 @@ def _default_name(source: dict) -> str:
 
 # --- running ---------------------------------------------------------------------------------------
 
+
 def known_samples(task_list: list[Task], samples: list[dict], where: str) -> list[dict]:
     """The samples of tasks in the benchmark (the rest skipped with a warning); a UserError when
     none are."""
@@ -283,11 +324,17 @@ def known_samples(task_list: list[Task], samples: list[dict], where: str) -> lis
     if not samples:
         raise UserError(f"{where}: no samples")
     if not known:
-        raise UserError(f"{where}: none of its {len(samples)} samples belong to the benchmark (task ids like "
-                        f"{next(iter(unknown))!r}; the benchmark's are like {task_list[0].task_id!r})")
+        raise UserError(
+            f"{where}: none of its {len(samples)} samples belong to the benchmark (task ids like "
+            f"{next(iter(unknown))!r}; the benchmark's are like {task_list[0].task_id!r})"
+        )
     if unknown:
-        log.warning("skipped %d samples of %d unknown task ids (not in the benchmark, e.g. %s)", sum(unknown.values()),
-                    len(unknown), next(iter(unknown)))
+        log.warning(
+            "skipped %d samples of %d unknown task ids (not in the benchmark, e.g. %s)",
+            sum(unknown.values()),
+            len(unknown),
+            next(iter(unknown)),
+        )
     return known
 
 
@@ -312,8 +359,14 @@ def check_toolchains(languages: set[str], mode: str) -> None:
                 raise UserError(f"--sandbox {mode}: {failure}")
 
 
-def execute(task_list: list[Task], samples: list[dict], out: Path, cfg: ExecConfig, record: dict | None = None,
-            force: bool = False) -> dict:
+def execute(
+    task_list: list[Task],
+    samples: list[dict],
+    out: Path,
+    cfg: ExecConfig,
+    record: dict | None = None,
+    force: bool = False,
+) -> dict:
     """Run every sample of this run not yet in `out/results.jsonl`, then write the summary.
     `record` (from `run_record`; built from the samples when None) names the run the folder
     belongs to (see `claim`); everything is checked before anything is written."""
@@ -322,8 +375,13 @@ def execute(task_list: list[Task], samples: list[dict], out: Path, cfg: ExecConf
     mode = sandbox.choose(cfg.sandbox, toolchains.readable_roots())
     check_toolchains({by_id[s["task_id"]].language for s in samples}, mode)
     if record is None:
-        record = {"kind": "eval", "name": None, "benchmark": {"format": task_list[0].format},
-                  "source": {"samples": "in memory"}, "execution": {"timeout": cfg.timeout, "memory_mb": cfg.memory_mb}}
+        record = {
+            "kind": "eval",
+            "name": None,
+            "benchmark": {"format": task_list[0].format},
+            "source": {"samples": "in memory"},
+            "execution": {"timeout": cfg.timeout, "memory_mb": cfg.memory_mb},
+        }
     with hold(out):
         claim(out, {**record, "execution": {**record["execution"], "isolation": mode}}, force)
         return run_claimed(task_list, samples, out, cfg, mode)
@@ -353,8 +411,11 @@ def run_claimed(task_list: list[Task], samples: list[dict], out: Path, cfg: Exec
     (out / SUMMARY).unlink(missing_ok=True)  # until this run's is written, there is none
     results_path = out / RESULTS
     wanted = {(s["task_id"], s["completion_id"], sample_sha(s["completion"])) for s in samples}
-    kept = [r for r in _read_results(results_path)
-            if (r.get("task_id"), r.get("completion_id"), r.get("sample_sha")) in wanted]
+    kept = [
+        r
+        for r in _read_results(results_path)
+        if (r.get("task_id"), r.get("completion_id"), r.get("sample_sha")) in wanted
+    ]
     artifacts.write_text(results_path, "".join(json.dumps(r) + "\n" for r in kept))
     done = {(r["task_id"], r["completion_id"]) for r in kept}
     todo = [s for s in samples if (s["task_id"], s["completion_id"]) not in done]
@@ -389,8 +450,13 @@ def run_claimed(task_list: list[Task], samples: list[dict], out: Path, cfg: Exec
                 outcome = run_sample(task, sample["completion"], run_cfg, mode, slot, cache_dir)
         finally:
             slots.put(slot)
-        return {"task_id": sample["task_id"], "completion_id": sample["completion_id"],
-                "sample_sha": sample_sha(sample["completion"]), "language": task.language, **outcome}
+        return {
+            "task_id": sample["task_id"],
+            "completion_id": sample["completion_id"],
+            "sample_sha": sample_sha(sample["completion"]),
+            "language": task.language,
+            **outcome,
+        }
 
     factor = _load_factor(cfg, mode, workers, fresh=False) if todo else 1.0
 
@@ -398,31 +464,50 @@ def run_claimed(task_list: list[Task], samples: list[dict], out: Path, cfg: Exec
 
     try:
         # unbuffered: a row is on disk once written, and a full disk fails that write, not a later flush
-        with open(results_path, "ab", buffering=0) as f, ThreadPoolExecutor(workers) as pool, \
-                progress(total=len(todo), desc="executing", unit=" samples") as bar:
+        with (
+            open(results_path, "ab", buffering=0) as f,
+            ThreadPoolExecutor(workers) as pool,
+            progress(total=len(todo), desc="executing", unit=" samples") as bar,
+        ):
             for row in pool.map(lambda sample: one(sample, replace(cfg, timeout=cfg.timeout * factor)), todo):
                 try:
                     f.write((json.dumps(row) + "\n").encode())
                 except OSError as exc:  # a full disk: what was written stays, and the same command resumes
-                    raise UserError(f"{results_path}: cannot be written ({exc.strerror or exc}); the results "
-                                    "so far are kept: make room and run the same command again") from None
+                    raise UserError(
+                        f"{results_path}: cannot be written ({exc.strerror or exc}); the results "
+                        "so far are kept: make room and run the same command again"
+                    ) from None
                 bar.update()
             # load that came during the run: timeouts run again if the machine has become slower
             keys = {(s["task_id"], s["completion_id"]) for s in todo}
-            timed_out = [r for r in _read_results(results_path)
-                         if r["status"] == "timeout" and (r["task_id"], r["completion_id"]) in keys]
+            timed_out = [
+                r
+                for r in _read_results(results_path)
+                if r["status"] == "timeout" and (r["task_id"], r["completion_id"]) in keys
+            ]
             later = _load_factor(cfg, mode, workers, fresh=True) if timed_out else factor
             if later > factor * 1.25:
-                log.info("this machine became slower during the run (load factor %.2f, was %.2f): running the %d "
-                         "samples that timed out again", later, factor, len(timed_out))
+                log.info(
+                    "this machine became slower during the run (load factor %.2f, was %.2f): running the %d "
+                    "samples that timed out again",
+                    later,
+                    factor,
+                    len(timed_out),
+                )
                 factor = later
                 retry = {(r["task_id"], r["completion_id"]) for r in timed_out}
                 again = [s for s in todo if (s["task_id"], s["completion_id"]) in retry]
-                rows = {(r["task_id"], r["completion_id"]): r for r in
-                        pool.map(lambda sample: one(sample, replace(cfg, timeout=cfg.timeout * factor)), again)}
-                artifacts.write_text(results_path, "".join(
-                    json.dumps(rows.get((r["task_id"], r["completion_id"]), r)) + "\n"
-                    for r in _read_results(results_path)))
+                rows = {
+                    (r["task_id"], r["completion_id"]): r
+                    for r in pool.map(lambda sample: one(sample, replace(cfg, timeout=cfg.timeout * factor)), again)
+                }
+                artifacts.write_text(
+                    results_path,
+                    "".join(
+                        json.dumps(rows.get((r["task_id"], r["completion_id"]), r)) + "\n"
+                        for r in _read_results(results_path)
+                    ),
+                )
     finally:
         for worker in workers_by_slot.values():
             worker.close()
@@ -442,8 +527,12 @@ def _load_factor(cfg: ExecConfig, mode: str, workers: int, fresh: bool) -> float
         return 1.0
     factor = sandbox.load_factor(mode, toolchains.readable_roots(), workers, max_age=0 if fresh else 60)
     if not fresh:
-        log.info("load factor %.2f: each program may run %.1f s (--timeout %g on the reference machine)", factor,
-                 cfg.timeout * factor, cfg.timeout)
+        log.info(
+            "load factor %.2f: each program may run %.1f s (--timeout %g on the reference machine)",
+            factor,
+            cfg.timeout * factor,
+            cfg.timeout,
+        )
     return factor
 
 
@@ -485,10 +574,13 @@ def summarize(task_list: list[Task], samples: list[dict], results: list[dict], i
                 row[f"pass@{k}"] = value
         return row
 
-    summary = {"overall": scores([c for counts in by_language.values() for c in counts]),
-               "languages": {lang: scores(counts) for lang, counts in sorted(by_language.items())},
-               "statuses": dict(statuses), "isolation": isolation,
-               "tasks_in_benchmark": len(task_list)}
+    summary = {
+        "overall": scores([c for counts in by_language.values() for c in counts]),
+        "languages": {lang: scores(counts) for lang, counts in sorted(by_language.items())},
+        "statuses": dict(statuses),
+        "isolation": isolation,
+        "tasks_in_benchmark": len(task_list),
+    }
     if len(by_language) > 1:  # the published multilingual rows average the languages' scores
         firsts = [row.get("pass@1") for row in summary["languages"].values()]
         if None not in firsts:
@@ -504,10 +596,16 @@ def summarize(task_list: list[Task], samples: list[dict], results: list[dict], i
     missing_blocks = sum(bool(s.get("no_code_block")) for s in samples)
     if missing_blocks:  # instruct answers without a code block (scored as the prompt plus the answer)
         summary["answers_without_code_block"] = missing_blocks
-    references = [(s, by_id[s["task_id"]]) for s in samples if s["task_id"] in by_id and by_id[s["task_id"]].suffix is not None
-                  and by_id[s["task_id"]].reference]
+    references = [
+        (s, by_id[s["task_id"]])
+        for s in samples
+        if s["task_id"] in by_id and by_id[s["task_id"]].suffix is not None and by_id[s["task_id"]].reference
+    ]
     if references:
         lines = [metrics.line_scores(s["completion"], t.reference) for s, t in references]
-        summary["fim"] = {"line_exact_match": sum(e for e, _ in lines) / len(lines),
-                          "edit_similarity": sum(v for _, v in lines) / len(lines), "samples": len(lines)}
+        summary["fim"] = {
+            "line_exact_match": sum(e for e, _ in lines) / len(lines),
+            "edit_similarity": sum(v for _, v in lines) / len(lines),
+            "samples": len(lines),
+        }
     return summary

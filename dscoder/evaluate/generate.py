@@ -57,7 +57,12 @@ class GenerateConfig:
 def settings(cfg: GenerateConfig) -> dict:
     """The settings that decide a sample's text (sample j of a task does not depend on n, the
     batch size, the concurrency or how many tasks are generated)."""
-    chosen = {"temperature": cfg.temperature, "top_p": cfg.top_p, "max_new_tokens": cfg.max_new_tokens, "seed": cfg.seed}
+    chosen = {
+        "temperature": cfg.temperature,
+        "top_p": cfg.top_p,
+        "max_new_tokens": cfg.max_new_tokens,
+        "seed": cfg.seed,
+    }
     if cfg.quantize != "none":
         chosen["quantize"] = cfg.quantize
     if cfg.cot:
@@ -79,9 +84,14 @@ def postprocess(task: Task, raw: str, chat: bool) -> str:
     return instruct_completion(task, raw) if chat else task.completion_from(clean_completion(task, raw))
 
 
-POSTPROCESSING = {False: ["cut at the task's stop sequences", "as a completion of the benchmark's own prompt"],
-                  True: ["the answer's code as DeepSeek-Coder's released evaluation scripts extract it "
-                         "(extract_generation_code, extract_python_code)", "run with the released harness's imports"]}
+POSTPROCESSING = {
+    False: ["cut at the task's stop sequences", "as a completion of the benchmark's own prompt"],
+    True: [
+        "the answer's code as DeepSeek-Coder's released evaluation scripts extract it "
+        "(extract_generation_code, extract_python_code)",
+        "run with the released harness's imports",
+    ],
+}
 
 
 def _read(out: Path, made_by: dict) -> tuple[list[str], dict | None]:
@@ -110,8 +120,15 @@ def check_file(out: Path, made_by: dict, force: bool) -> None:
     writes nothing."""
     _, other = _read(out, made_by)
     if other is not None and not force:
-        how = (f"of model {other.get('model')}" if other.get("model") != made_by.get("model")
-               else "made with other settings or another benchmark") if other.get("model") else "made elsewhere"
+        how = (
+            (
+                f"of model {other.get('model')}"
+                if other.get("model") != made_by.get("model")
+                else "made with other settings or another benchmark"
+            )
+            if other.get("model")
+            else "made elsewhere"
+        )
         raise UserError(f"{out} holds samples {how}; use --force to replace them, or another --out")
 
 
@@ -125,18 +142,26 @@ def local_sampler(engine, cfg: GenerateConfig) -> Callable[[list[tuple[Task, int
     from dscoder.infer.sampling import SamplingParams
 
     if cfg.chat and not is_instruct(engine.tokenizer):
-        log.warning("--chat with %s, whose tokenizer does not end turns with <|EOT|>: a base model is scored without "
-                    "--chat", engine.name)
+        log.warning(
+            "--chat with %s, whose tokenizer does not end turns with <|EOT|>: a base model is scored without --chat",
+            engine.name,
+        )
 
     def sample(todo: list[tuple[Task, int]], emit: Emit) -> None:
         for start in range(0, len(todo), cfg.batch_size):
-            chunk = todo[start:start + cfg.batch_size]
+            chunk = todo[start : start + cfg.batch_size]
             sequences = []
             for task, j in chunk:
-                prompt, new_tokens = prompts.task_prompt(engine, task, cfg.max_new_tokens, instruct=cfg.chat,
-                                                          cot=cfg.cot)
-                params = SamplingParams(max_new_tokens=new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
-                                        seed=cfg.seed + j, stop=() if cfg.chat else task.stop)
+                prompt, new_tokens = prompts.task_prompt(
+                    engine, task, cfg.max_new_tokens, instruct=cfg.chat, cot=cfg.cot
+                )
+                params = SamplingParams(
+                    max_new_tokens=new_tokens,
+                    temperature=cfg.temperature,
+                    top_p=cfg.top_p,
+                    seed=cfg.seed + j,
+                    stop=() if cfg.chat else task.stop,
+                )
                 sequences.append(Sequence(prompt.ids, params))
             engine.generate(sequences)
             for (task, j), s in zip(chunk, sequences):
@@ -171,16 +196,23 @@ def api_sampler(endpoint_args: dict, cfg: GenerateConfig) -> Callable[[list[tupl
         endpoint = Endpoint(**endpoint_args)
         gate, rendered = asyncio.Semaphore(cfg.concurrency), {"fim": False}
         try:
+
             async def one(task: Task, j: int) -> None:
                 async with gate:
-                    common = {"max_tokens": cfg.max_new_tokens, "temperature": cfg.temperature, "top_p": cfg.top_p,
-                              "seed": cfg.seed + j}
+                    common = {
+                        "max_tokens": cfg.max_new_tokens,
+                        "temperature": cfg.temperature,
+                        "top_p": cfg.top_p,
+                        "seed": cfg.seed + j,
+                    }
                     try:
                         if cfg.chat:
                             reply = await endpoint.chat(prompts.instruct_messages(task, cfg.cot), **common)
                         elif task.suffix is not None and not rendered["fim"]:
                             try:
-                                reply = await endpoint.complete(task.prompt, suffix=task.suffix, stop=task.stop, **common)
+                                reply = await endpoint.complete(
+                                    task.prompt, suffix=task.suffix, stop=task.stop, **common
+                                )
                             except RemoteError as exc:
                                 if exc.status != 400 or "suffix" not in str(exc).lower():
                                     raise
@@ -205,8 +237,15 @@ def api_sampler(endpoint_args: dict, cfg: GenerateConfig) -> Callable[[list[tupl
     return lambda todo, emit: asyncio.run(run(todo, emit))
 
 
-def generate(sampler, task_list: list[Task], out: Path, cfg: GenerateConfig, limit: int | None = None,
-             made_by: dict | None = None, force: bool = False) -> int:
+def generate(
+    sampler,
+    task_list: list[Task],
+    out: Path,
+    cfg: GenerateConfig,
+    limit: int | None = None,
+    made_by: dict | None = None,
+    force: bool = False,
+) -> int:
     """Append missing samples to `out` from `sampler` (local_sampler or api_sampler); returns
     how many were written. `made_by` (from `origin`) is recorded in each row and decides which
     rows already there can be kept. Each row is written as it comes, so an interrupted run
@@ -223,10 +262,16 @@ def generate(sampler, task_list: list[Task], out: Path, cfg: GenerateConfig, lim
     todo = [(t, j) for t in task_list[:limit] for j in range(cfg.n) if (t.task_id, j) not in done]
     written = 0
     with open(out, "a", encoding="utf-8") as f, progress(total=len(todo), desc="generating", unit=" samples") as bar:
+
         def emit(task: Task, j: int, raw: str) -> None:
             nonlocal written
-            row = {"task_id": task.task_id, "completion_id": j, "completion": postprocess(task, raw, cfg.chat),
-                   "raw": raw, **made_by}
+            row = {
+                "task_id": task.task_id,
+                "completion_id": j,
+                "completion": postprocess(task, raw, cfg.chat),
+                "raw": raw,
+                **made_by,
+            }
             if cfg.chat and code_block(task, raw) is None:  # scored as it is, and counted in the summary
                 row["no_code_block"] = True
             f.write(json.dumps(row) + "\n")

@@ -32,15 +32,20 @@ def heldout_windows(engine: Engine, texts: list[str], seq_len: int, max_windows:
         ids += engine.encode(text) + [engine.tokenizer.eos_token_id]
         if len(ids) > (seq_len + 1) * max_windows:
             break
-    return [ids[i:i + seq_len + 1] for i in range(0, len(ids) - seq_len - 1, seq_len)][:max_windows]
+    return [ids[i : i + seq_len + 1] for i in range(0, len(ids) - seq_len - 1, seq_len)][:max_windows]
 
 
 def window_losses(engine: Engine, texts: list[str], seq_len: int, max_windows: int = 64) -> np.ndarray:
     """Next-token loss (nats per token) of each of the first windows of `seq_len` tokens of
     the held-out texts, no FIM. (W,)"""
     windows = heldout_windows(engine, texts, seq_len, max_windows)
-    return np.concatenate([position_losses(engine, windows[start:start + 8]).mean(axis=1)
-                           for start in range(0, len(windows), 8)]) if windows else np.empty(0)
+    return (
+        np.concatenate(
+            [position_losses(engine, windows[start : start + 8]).mean(axis=1) for start in range(0, len(windows), 8)]
+        )
+        if windows
+        else np.empty(0)
+    )
 
 
 def position_losses(engine: Engine, windows: list[list[int]]) -> np.ndarray:
@@ -75,8 +80,9 @@ def code_lines(text: str) -> list[int]:
     return [row - 1 for row, kind in sorted(first.items()) if kind not in (tokenize.STRING, tokenize.COMMENT)]
 
 
-def fim_cases(files: list[str], count: int, seed: int, prefix_chars: int = 1200,
-              suffix_chars: int = 400) -> list[tuple[str, str, str]]:
+def fim_cases(
+    files: list[str], count: int, seed: int, prefix_chars: int = 1200, suffix_chars: int = 400
+) -> list[tuple[str, str, str]]:
     """(prefix, suffix, line) for random code lines of held-out files. As in HumanEval's
     single-line infilling, the hole is the whole line with its indentation: the prefix ends with
     the previous line's newline and the suffix starts with the next line. The windows hold whole
@@ -94,13 +100,13 @@ def fim_cases(files: list[str], count: int, seed: int, prefix_chars: int = 1200,
     for f_index, i in chosen:
         lines = files[f_index].split("\n")
         prefix = "".join(line + "\n" for line in lines[:i])
-        suffix = "\n".join(lines[i + 1:])
+        suffix = "\n".join(lines[i + 1 :])
         if len(prefix) > prefix_chars:
             prefix = prefix[-prefix_chars:]
-            prefix = prefix[prefix.find("\n") + 1:]
+            prefix = prefix[prefix.find("\n") + 1 :]
         if len(suffix) > suffix_chars:
             suffix = suffix[:suffix_chars]
-            suffix = suffix[:suffix.rfind("\n") + 1]
+            suffix = suffix[: suffix.rfind("\n") + 1]
         cases.append((prefix, suffix, lines[i].rstrip()))
     return cases
 
@@ -109,9 +115,11 @@ def fim_infills(engine: Engine, cases: list[tuple[str, str, str]]) -> list[str]:
     """The first line each hole is filled with (greedy, PSM prompt), indentation included."""
     infills = []
     for start in range(0, len(cases), 8):
-        chunk = cases[start:start + 8]
-        sequences = [Sequence(prompts.insertion(engine, p, s, 40).ids, SamplingParams(max_new_tokens=40, stop=("\n",)))
-                     for p, s, _ in chunk]
+        chunk = cases[start : start + 8]
+        sequences = [
+            Sequence(prompts.insertion(engine, p, s, 40).ids, SamplingParams(max_new_tokens=40, stop=("\n",)))
+            for p, s, _ in chunk
+        ]
         engine.generate(sequences)
         infills += [seq.text.split("\n")[0].rstrip() for seq in sequences]
     return infills
@@ -146,12 +154,16 @@ def fim_line_losses(engine: Engine, cases: list[tuple[str, str, str]], with_suff
     with torch.inference_mode():
         for prefix, suffix, line in cases:
             middle = engine.tokenizer(line + "\n", add_special_tokens=False)["input_ids"]
-            context = (prompts.insertion(engine, prefix, suffix, len(middle)) if with_suffix
-                       else prompts.completion(engine, prefix, len(middle))).ids
+            context = (
+                prompts.insertion(engine, prefix, suffix, len(middle))
+                if with_suffix
+                else prompts.completion(engine, prefix, len(middle))
+            ).ids
             ids = torch.tensor([context + middle], device=engine.device)
-            logits = engine.model(input_ids=ids).logits[0, len(context) - 1:-1].float()
-            found.append((float(torch.nn.functional.cross_entropy(logits, ids[0, len(context):], reduction="sum")),
-                          len(middle)))
+            logits = engine.model(input_ids=ids).logits[0, len(context) - 1 : -1].float()
+            found.append(
+                (float(torch.nn.functional.cross_entropy(logits, ids[0, len(context) :], reduction="sum")), len(middle))
+            )
     return np.array(found, dtype=np.float64).reshape(-1, 2)
 
 
@@ -191,14 +203,16 @@ def _function_header(lines: list[str], node: ast.FunctionDef | ast.AsyncFunction
     first = node.body[0]
     if first.lineno == node.lineno:  # `def f(): ...`, a whole function already
         return None
-    has_doc = isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant) and isinstance(first.value.value, str)
+    has_doc = (
+        isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant) and isinstance(first.value.value, str)
+    )
     body_start = min([first.lineno, *(d.lineno for d in getattr(first, "decorator_list", []))])
-    chunk = lines[node.lineno - 1:first.end_lineno if has_doc else body_start - 1]
-    indent = lines[node.lineno - 1][:node.col_offset]
+    chunk = lines[node.lineno - 1 : first.end_lineno if has_doc else body_start - 1]
+    indent = lines[node.lineno - 1][: node.col_offset]
     if not all(line.startswith(indent) or not line.strip() for line in chunk):
         return None
-    prompt = "\n".join(line[len(indent):] for line in chunk) + "\n"
-    body_indent = lines[first.lineno - 1][len(indent):][:first.col_offset - node.col_offset]
+    prompt = "\n".join(line[len(indent) :] for line in chunk) + "\n"
+    body_indent = lines[first.lineno - 1][len(indent) :][: first.col_offset - node.col_offset]
     try:
         ast.parse(prompt + body_indent + "pass\n")
     except SyntaxError:
@@ -212,7 +226,7 @@ def parses(prompt: str, completion: str, finished: bool = False) -> bool:
     if finished:
         body = completion + "\n"
     else:
-        body = completion[:completion.rfind("\n") + 1] if "\n" in completion else ""
+        body = completion[: completion.rfind("\n") + 1] if "\n" in completion else ""
     text = prompt + body
     if not body.strip():
         return False
@@ -226,9 +240,11 @@ def parses(prompt: str, completion: str, finished: bool = False) -> bool:
 def completion_parse_rate(engine: Engine, texts: list[str]) -> float:
     ok = 0
     for start in range(0, len(texts), 8):
-        chunk = texts[start:start + 8]
-        sequences = [Sequence(prompts.completion(engine, p, 96).ids, SamplingParams(max_new_tokens=96, stop=FUNCTION_STOPS))
-                     for p in chunk]
+        chunk = texts[start : start + 8]
+        sequences = [
+            Sequence(prompts.completion(engine, p, 96).ids, SamplingParams(max_new_tokens=96, stop=FUNCTION_STOPS))
+            for p in chunk
+        ]
         engine.generate(sequences)
         ok += sum(parses(p, s.text, s.finish_reason == "stop") for p, s in zip(chunk, sequences))
     return ok / max(len(texts), 1)

@@ -35,10 +35,15 @@ def software() -> dict:
     root = Path(dscoder.__file__).resolve().parents[1]
     if (root / ".git").exists():
         try:
-            commit = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
-                                    timeout=10).stdout.strip()
-            dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
-                                   capture_output=True, text=True, timeout=10).stdout.strip()
+            commit = subprocess.run(
+                ["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10
+            ).stdout.strip()
+            dirty = subprocess.run(
+                ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                capture_output=True,
+                text=True,
+                timeout=10,
+            ).stdout.strip()
             info["commit"] = commit + ("+changes" if dirty else "") if commit else None
         except (OSError, subprocess.SubprocessError):
             pass
@@ -87,21 +92,35 @@ def prompt_template(fmt: str, chat: bool, cot: bool = False) -> dict:
 
     if chat:
         turn = {"mbpp": prompts.MBPP_INSTRUCT, "leetcode": "{prompt_sft}" + (prompts.LEETCODE_COT if cot else "")}.get(
-            fmt, prompts.HUMANEVAL_INSTRUCT)
+            fmt, prompts.HUMANEVAL_INSTRUCT
+        )
         return {"kind": "instruct", "user_turn": turn, "chat_template": formats.chat_template()}
     if fmt in ("humaneval-infilling", "ds-1000"):
         return {"kind": "base", "text": "{prompt}", "insertion": formats.fim_prompt("{prefix}", "{suffix}")}
     return {"kind": "base", "text": "{prompt}"}
 
 
-def generation_source(model: str, fingerprint: str | None, settings: dict, fmt: str, chat: bool, tasks,
-                      postprocessing: list[str], api_base: str | None = None) -> dict:
+def generation_source(
+    model: str,
+    fingerprint: str | None,
+    settings: dict,
+    fmt: str,
+    chat: bool,
+    tasks,
+    postprocessing: list[str],
+    api_base: str | None = None,
+) -> dict:
     """run.json's `source` for samples generated in this run: every choice that decides them."""
     stops = sorted({s for t in tasks for s in t.stop}) if not chat else ["<|EOT|> (the instruct model's end of turn)"]
     fmt = tasks[0].format if tasks else fmt  # a suite's tasks share their format's template
-    source = {"model": model, "generation": settings, "prompt": prompt_template(fmt, chat, settings.get("cot", False)),
-              "stop": stops,
-              "max_new_tokens": settings.get("max_new_tokens"), "postprocessing": postprocessing}
+    source = {
+        "model": model,
+        "generation": settings,
+        "prompt": prompt_template(fmt, chat, settings.get("cot", False)),
+        "stop": stops,
+        "max_new_tokens": settings.get("max_new_tokens"),
+        "postprocessing": postprocessing,
+    }
     if fingerprint:
         source["fingerprint"] = fingerprint
     if api_base:

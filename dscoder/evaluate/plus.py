@@ -45,8 +45,30 @@ MARK = "@@dscoder-plus@@ "  # starts the result lines of the harness
 MBPP_OUTPUT_NOT_NONE = ("check_str", "text_match_three", "text_starta_endb")
 # MBPP+ inputs are JSON: evalplus (data/mbpp.py) rebuilds tuples, sets and complex numbers for these
 # task numbers; the same groups here, by how each input is rebuilt
-_TUPLE_ARGS = {2, 116, 132, 143, 222, 261, 273, 394, 399, 421, 424, 429, 470, 560, 579, 596, 616, 630, 726, 740,
-               744, 809}
+_TUPLE_ARGS = {
+    2,
+    116,
+    132,
+    143,
+    222,
+    261,
+    273,
+    394,
+    399,
+    421,
+    424,
+    429,
+    470,
+    560,
+    579,
+    596,
+    616,
+    630,
+    726,
+    740,
+    744,
+    809,
+}
 _TUPLE_ITEMS_OF_ARGS = {63, 64, 70, 94, 120, 237, 272, 299, 400, 409, 417, 438, 473, 614, 780}
 _TUPLE_ITEMS_OF_FIRST = {75, 413, 444, 753}
 _TUPLE_SECOND = {106, 750}
@@ -65,8 +87,9 @@ def check_record(record: dict, path: str | Path) -> None:
         outputs = record.get(f"{phase}_output")
         if outputs is not None and (not isinstance(outputs, list) or len(outputs) != len(inputs)):
             count = len(outputs) if isinstance(outputs, list) else "no list of"
-            raise UserError(f"{where}: {phase}_input has {len(inputs)} inputs but {phase}_output has {count} "
-                            "expected outputs")
+            raise UserError(
+                f"{where}: {phase}_input has {len(inputs)} inputs but {phase}_output has {count} expected outputs"
+            )
     if not isinstance(record.get("atol"), (int, float)):
         raise UserError(f"{where}: atol must be a number")
 
@@ -121,8 +144,18 @@ def _blob(value) -> str:
 def _key(task: Task) -> str:
     """What the canonical outputs of a task depend on."""
     r = task.record
-    text = json.dumps([task.format, r["prompt"], r["canonical_solution"], r["entry_point"], r["base_input"],
-                       r["plus_input"], sys.version], sort_keys=True)
+    text = json.dumps(
+        [
+            task.format,
+            r["prompt"],
+            r["canonical_solution"],
+            r["entry_point"],
+            r["base_input"],
+            r["plus_input"],
+            sys.version,
+        ],
+        sort_keys=True,
+    )
     return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:20]
 
 
@@ -131,9 +164,12 @@ def truth_program(task: Task) -> str:
     its outputs (pickled, read back only by sample programs) and its seconds per input."""
     r = task.record
     not_none = task.format == "mbpp-plus" and r["entry_point"] in MBPP_OUTPUT_NOT_NONE
-    return (TRUTH_HARNESS.replace("{CODE}", repr(r["prompt"] + r["canonical_solution"]))
-            .replace("{ENTRY}", repr(r["entry_point"])).replace("{NOT_NONE}", repr(not_none))
-            .replace("{INPUTS}", repr(_blob(_inputs(task)))))
+    return (
+        TRUTH_HARNESS.replace("{CODE}", repr(r["prompt"] + r["canonical_solution"]))
+        .replace("{ENTRY}", repr(r["entry_point"]))
+        .replace("{NOT_NONE}", repr(not_none))
+        .replace("{INPUTS}", repr(_blob(_inputs(task))))
+    )
 
 
 def _read_back(path: Path) -> bytes | None:
@@ -149,9 +185,14 @@ def _read_back(path: Path) -> bytes | None:
 def _truth(task: Task, mode: str, slot: int, memory_mb: int) -> dict:
     with sandbox.Workdir() as work:
         (work / "truth.py").write_text(truth_program(task), encoding="utf-8", errors="surrogatepass")
-        result = sandbox.run([sys.executable, "truth.py"], work, sandbox.Limits(
-            timeout=TRUTH_SECONDS, cpu_seconds=int(TRUTH_SECONDS) * 2, memory_bytes=memory_mb * 2**20), mode,
-            slot=slot, readable=toolchains.readable_roots())
+        result = sandbox.run(
+            [sys.executable, "truth.py"],
+            work,
+            sandbox.Limits(timeout=TRUTH_SECONDS, cpu_seconds=int(TRUTH_SECONDS) * 2, memory_bytes=memory_mb * 2**20),
+            mode,
+            slot=slot,
+            readable=toolchains.readable_roots(),
+        )
         raw = _read_back(work / "truth.json") if result.returncode == 0 else None
     try:
         truth = json.loads(raw)
@@ -182,8 +223,11 @@ def prepare(task_list: list[Task], wanted: set[str], out: Path, mode: str, worke
     todo = [t for t in chosen if (t.task_id, _key(t)) not in kept]
     if todo:
         slots = list(range(max(1, workers)))
-        with ThreadPoolExecutor(len(slots)) as pool, open(path, "a", encoding="utf-8") as f, \
-                progress(total=len(todo), desc="canonical outputs", unit=" tasks") as bar:
+        with (
+            ThreadPoolExecutor(len(slots)) as pool,
+            open(path, "a", encoding="utf-8") as f,
+            progress(total=len(todo), desc="canonical outputs", unit=" tasks") as bar,
+        ):
             for row in pool.map(lambda it: _truth(it[1], mode, it[0] % len(slots), memory_mb), enumerate(todo)):
                 f.write(json.dumps(row) + "\n")
                 f.flush()
@@ -216,10 +260,17 @@ def program(task: Task, completion: str) -> str:
         raise ValueError(f"{task.task_id}: expected outputs not prepared (plus.prepare)")
     r = task.record
     dataset = "mbpp" if task.format == "mbpp-plus" else "humaneval"
-    fields = {"{CODE}": repr(r["prompt"] + completion), "{ENTRY}": repr(r["entry_point"]),
-              "{DATASET}": repr(dataset), "{ATOL}": repr(r["atol"]), "{INPUTS}": repr(_blob(_inputs(task))),
-              "{EXPECTED}": repr(task.oracle["expected"]), "{LIMITS}": repr(task.oracle["limits"]),
-              "{PHASE_CAP}": repr(PHASE_CAP), "{MARK}": repr(MARK)}
+    fields = {
+        "{CODE}": repr(r["prompt"] + completion),
+        "{ENTRY}": repr(r["entry_point"]),
+        "{DATASET}": repr(dataset),
+        "{ATOL}": repr(r["atol"]),
+        "{INPUTS}": repr(_blob(_inputs(task))),
+        "{EXPECTED}": repr(task.oracle["expected"]),
+        "{LIMITS}": repr(task.oracle["limits"]),
+        "{PHASE_CAP}": repr(PHASE_CAP),
+        "{MARK}": repr(MARK),
+    }
     text = HARNESS
     for key, value in fields.items():
         text = text.replace(key, value)
@@ -233,7 +284,7 @@ def outcome(result: sandbox.Run) -> dict:
     for line in result.stdout.splitlines():
         if line.startswith(MARK):
             try:
-                row = json.loads(line[len(MARK):])
+                row = json.loads(line[len(MARK) :])
                 phases[row["phase"]] = row
             except (ValueError, KeyError, TypeError):
                 continue
@@ -246,15 +297,25 @@ def outcome(result: sandbox.Run) -> dict:
     if failing is None:  # the program died or was killed before its result line
         status = "timeout" if result.timed_out else toolchains.status("python", "run", result)
         status = "runtime_error" if status == "passed" else status
-        return {"status": status, "passed": False, "base_passed": base_ok, "seconds": seconds,
-                "error": (result.stderr or result.stdout)[-2000:]}
-    return {"status": failing["status"], "passed": False, "base_passed": base_ok, "seconds": seconds,
-            "error": f"{failing['phase']} input {failing['input']}: {failing['error']}"[-2000:]}
+        return {
+            "status": status,
+            "passed": False,
+            "base_passed": base_ok,
+            "seconds": seconds,
+            "error": (result.stderr or result.stdout)[-2000:],
+        }
+    return {
+        "status": failing["status"],
+        "passed": False,
+        "base_passed": base_ok,
+        "seconds": seconds,
+        "error": f"{failing['phase']} input {failing['input']}: {failing['error']}"[-2000:],
+    }
 
 
 # The canonical solution on every input: evalplus's trusted_exec (a copy of each input, time.time
 # around each call), outputs pickled for the sample programs.
-TRUTH_HARNESS = r'''
+TRUTH_HARNESS = r"""
 import base64, copy, json, pickle, sys, time
 if hasattr(sys, "set_int_max_str_digits"):
     sys.set_int_max_str_digits(0)
@@ -274,13 +335,13 @@ for phase in ("base", "plus"):
         outputs[phase] = [o is not None for o in outputs[phase]]
 with open("truth.json", "w") as f:
     json.dump({**times, "expected": base64.b64encode(pickle.dumps(outputs)).decode()}, f)
-'''
+"""
 
 # A sample on the inputs of one phase after the other, each in a fresh namespace, as evalplus's
 # unsafe_execute (fast check: the first wrong input ends the phase): stdin, stdout and stderr
 # swallowed, a timer per input, the same functions disabled (reliability_guard), the same
 # comparison and special oracles. Result lines go to the real stdout.
-HARNESS = r'''
+HARNESS = r"""
 import base64, contextlib, faulthandler, io, json, math, os, pickle, signal, sys, time
 if hasattr(sys, "set_int_max_str_digits"):
     sys.set_int_max_str_digits(0)
@@ -443,4 +504,4 @@ guard()
 run("base")
 run("plus")
 _exit(0)
-'''
+"""

@@ -22,8 +22,25 @@ import traceback
 # Standard-library modules benchmark programs commonly import, loaded once here so that forked
 # children find them in sys.modules instead of importing them again (it does not change what a
 # program can do: it could import them itself).
-PRELOAD = ("typing", "math", "re", "collections", "itertools", "functools", "string", "heapq", "bisect",
-           "hashlib", "random", "statistics", "fractions", "decimal", "copy", "operator", "unittest")
+PRELOAD = (
+    "typing",
+    "math",
+    "re",
+    "collections",
+    "itertools",
+    "functools",
+    "string",
+    "heapq",
+    "bisect",
+    "hashlib",
+    "random",
+    "statistics",
+    "fractions",
+    "decimal",
+    "copy",
+    "operator",
+    "unittest",
+)
 for _name in PRELOAD:
     try:
         __import__(_name)
@@ -34,8 +51,11 @@ for _name in PRELOAD:
 def _child(request):
     os.setsid()
     os.chdir(request["dir"])
-    limits = ((resource.RLIMIT_CPU, request["cpu"]), (resource.RLIMIT_FSIZE, request["fsize"]),
-              (resource.RLIMIT_CORE, 0))
+    limits = (
+        (resource.RLIMIT_CPU, request["cpu"]),
+        (resource.RLIMIT_FSIZE, request["fsize"]),
+        (resource.RLIMIT_CORE, 0),
+    )
     for kind, value in limits:
         resource.setrlimit(kind, (value, value))
     if request["memory"]:
@@ -133,8 +153,11 @@ def serve(keep):
         _, status = os.waitpid(pid, 0)
         os.close(fd)
         _sweep(keep, tmp_device)
-        reply = {"returncode": None if timed_out else os.waitstatus_to_exitcode(status), "timed_out": timed_out,
-                 "seconds": time.monotonic() - start}
+        reply = {
+            "returncode": None if timed_out else os.waitstatus_to_exitcode(status),
+            "timed_out": timed_out,
+            "seconds": time.monotonic() - start,
+        }
         sys.stdout.write(json.dumps(reply) + "\n")
         sys.stdout.flush()
 

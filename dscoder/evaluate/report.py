@@ -14,21 +14,56 @@ from dscoder.errors import UserError
 # figure (Table 6) is its "Mean" of single-line infilling in Python, Java and JavaScript; the Python
 # column is what a run of HumanEval single-line infilling (Python only) compares with.
 PUBLISHED = {
-    "DeepSeek-Coder-1.3B-base": {"HumanEval": 34.8, "MBPP": 46.2, "HumanEval 8-lang": 28.3, "DS-1000": 16.2,
-                                 "FIM line EM, Python": 57.4, "FIM line EM, 3-language mean": 70.4},
-    "DeepSeek-Coder-6.7B-base": {"HumanEval": 49.4, "MBPP": 60.6, "HumanEval 8-lang": 44.7, "DS-1000": 30.5,
-                                 "FIM line EM, Python": 66.6, "FIM line EM, 3-language mean": 80.7},
-    "DeepSeek-Coder-33B-base": {"HumanEval": 56.1, "MBPP": 66.0, "HumanEval 8-lang": 50.3, "DS-1000": 40.2,
-                                "FIM line EM, Python": 65.4, "FIM line EM, 3-language mean": 81.2},
+    "DeepSeek-Coder-1.3B-base": {
+        "HumanEval": 34.8,
+        "MBPP": 46.2,
+        "HumanEval 8-lang": 28.3,
+        "DS-1000": 16.2,
+        "FIM line EM, Python": 57.4,
+        "FIM line EM, 3-language mean": 70.4,
+    },
+    "DeepSeek-Coder-6.7B-base": {
+        "HumanEval": 49.4,
+        "MBPP": 60.6,
+        "HumanEval 8-lang": 44.7,
+        "DS-1000": 30.5,
+        "FIM line EM, Python": 66.6,
+        "FIM line EM, 3-language mean": 80.7,
+    },
+    "DeepSeek-Coder-33B-base": {
+        "HumanEval": 56.1,
+        "MBPP": 66.0,
+        "HumanEval 8-lang": 50.3,
+        "DS-1000": 40.2,
+        "FIM line EM, Python": 65.4,
+        "FIM line EM, 3-language mean": 81.2,
+    },
     "DeepSeek-Coder-1.3B-instruct": {"LeetCode": 7.2, "LeetCode CoT": 7.2},
-    "DeepSeek-Coder-6.7B-instruct": {"HumanEval": 78.6, "MBPP": 65.4, "HumanEval 8-lang": 66.1, "LeetCode": 19.4,
-                                     "LeetCode CoT": 21.1},
-    "DeepSeek-Coder-33B-instruct": {"HumanEval": 79.3, "MBPP": 70.0, "HumanEval 8-lang": 69.2, "LeetCode": 27.8,
-                                    "LeetCode CoT": 28.9},
+    "DeepSeek-Coder-6.7B-instruct": {
+        "HumanEval": 78.6,
+        "MBPP": 65.4,
+        "HumanEval 8-lang": 66.1,
+        "LeetCode": 19.4,
+        "LeetCode CoT": 21.1,
+    },
+    "DeepSeek-Coder-33B-instruct": {
+        "HumanEval": 79.3,
+        "MBPP": 70.0,
+        "HumanEval 8-lang": 69.2,
+        "LeetCode": 27.8,
+        "LeetCode CoT": 28.9,
+    },
 }
-COLUMNS = {"humaneval": "HumanEval", "mbpp": "MBPP", "humaneval-plus": "HumanEval+", "mbpp-plus": "MBPP+",
-           "ds-1000": "DS-1000", "humaneval-infilling": "FIM line EM, Python", "humaneval-8lang": "HumanEval 8-lang",
-           "leetcode": "LeetCode"}
+COLUMNS = {
+    "humaneval": "HumanEval",
+    "mbpp": "MBPP",
+    "humaneval-plus": "HumanEval+",
+    "mbpp-plus": "MBPP+",
+    "ds-1000": "DS-1000",
+    "humaneval-infilling": "FIM line EM, Python",
+    "humaneval-8lang": "HumanEval 8-lang",
+    "leetcode": "LeetCode",
+}
 EIGHT_LANGUAGES = 8
 
 
@@ -52,8 +87,14 @@ def load_run(folder: Path) -> dict:
     if tasks < total:  # a part of the benchmark: never shown as if it were the whole
         name = f"{name} ({tasks}/{total} tasks)"
     fmt = (meta.get("benchmark") or {}).get("format") or meta.get("format")
-    return {"name": name, "format": fmt, "summary": summary, "partial": tasks < total, "record": meta,
-            "folder": str(folder)}
+    return {
+        "name": name,
+        "format": fmt,
+        "summary": summary,
+        "partial": tasks < total,
+        "record": meta,
+        "folder": str(folder),
+    }
 
 
 def apart(runs: list[dict]) -> list[dict]:
@@ -113,12 +154,16 @@ def markdown(runs: list[dict]) -> str:
     lines = ["| model | " + " | ".join(columns) + " |", "|---|" + "---|" * len(columns)]
     for name, scores in list(rows.items()) + [(f"{n} (published)", s) for n, s in published.items() if s]:
         lines.append(f"| {name} | " + " | ".join(f"{scores[c]:.1f}" if c in scores else "" for c in columns) + " |")
-    note = ("\n\npass@1 in percent (FIM: line exact match); published rows from the DeepSeek-Coder paper (its FIM "
-            "figure per language, here Python's, and LeetCode Contest from its repository's table). HumanEval 8-lang "
-            "is the mean of the eight languages' scores, shown only for a run of all eight.\n")
+    note = (
+        "\n\npass@1 in percent (FIM: line exact match); published rows from the DeepSeek-Coder paper (its FIM "
+        "figure per language, here Python's, and LeetCode Contest from its repository's table). HumanEval 8-lang "
+        "is the mean of the eight languages' scores, shown only for a run of all eight.\n"
+    )
     if any(run["partial"] for run in runs):
-        note += ("Rows marked (k/N tasks) cover only part of the benchmark: their scores cannot be compared with "
-                 "the published full-benchmark rows.\n")
+        note += (
+            "Rows marked (k/N tasks) cover only part of the benchmark: their scores cannot be compared with "
+            "the published full-benchmark rows.\n"
+        )
     text = "\n".join(lines) + note
     return text + ("\n" + settings(runs) if len(runs) > 1 else "")
 
@@ -151,8 +196,11 @@ def settings(runs: list[dict]) -> str:
     for key in deciding + [k for k in differing if k not in deciding]:
         values = [f.get(key, "").replace("|", "\\|") for f in flat]
         lines.append(f"| {key} | " + " | ".join(values) + f" | {'changes scores' if key in deciding else ''} |")
-    head = (f"Settings: {len(deciding)} difference(s) that change scores; these runs' scores are not comparable."
-            if deciding else "Settings: the same settings that decide scores (only the software or machine differ).")
+    head = (
+        f"Settings: {len(deciding)} difference(s) that change scores; these runs' scores are not comparable."
+        if deciding
+        else "Settings: the same settings that decide scores (only the software or machine differ)."
+    )
     return head + "\n\n" + "\n".join(lines) + "\n"
 
 

@@ -88,8 +88,11 @@ def choose(requested: str, readable: tuple[str, ...]) -> str:
         if problem is None:
             _announced.add((requested, mode))
             if mode == "none":
-                log.warning("sandbox: none%s: untrusted programs run WITHOUT isolation (only the time and resource "
-                            "limits hold)", f" ({'; '.join(passed_over)})" if passed_over else "")
+                log.warning(
+                    "sandbox: none%s: untrusted programs run WITHOUT isolation (only the time and resource "
+                    "limits hold)",
+                    f" ({'; '.join(passed_over)})" if passed_over else "",
+                )
             elif requested == "auto":
                 log.info("sandbox: %s%s", mode, f" ({'; '.join(passed_over)})" if passed_over else "")
             return mode
@@ -107,8 +110,9 @@ def problem_with(mode: str, readable: tuple[str, ...]) -> str | None:
     if mode != "none" and os.getuid() == 0 and shutil.which("setpriv") is None:
         return f"setpriv is not installed (Debian/Ubuntu: {INSTALL['unshare']})"
     with Workdir() as folder:
-        result = run([sys.executable, "-c", "pass"], folder, Limits(timeout=30, cpu_seconds=30), mode,
-                     readable=readable)
+        result = run(
+            [sys.executable, "-c", "pass"], folder, Limits(timeout=30, cpu_seconds=30), mode, readable=readable
+        )
     if result.returncode == 0:
         return None
     detail = (result.stderr.strip().splitlines() or [f"exit status {result.returncode}"])[-1][:200]
@@ -132,10 +136,17 @@ def exposures(readable: tuple[str, ...], workdir: Path | None) -> dict[str, list
     hidden: dict[str, list[tuple[str, bool]]] = {"/tmp": []}
     if workdir is not None and Path(workdir).resolve().is_relative_to("/tmp"):
         hidden["/tmp"].append((str(Path(workdir).resolve()), True))
-    for home in {Path(os.path.expanduser("~")).resolve(), Path("/root")} if os.getuid() == 0 else \
-            {Path(os.path.expanduser("~")).resolve()}:
-        if home.is_dir() and len(home.parts) > 1 and not Path("/tmp").is_relative_to(home) \
-                and not home.is_relative_to("/tmp"):
+    for home in (
+        {Path(os.path.expanduser("~")).resolve(), Path("/root")}
+        if os.getuid() == 0
+        else {Path(os.path.expanduser("~")).resolve()}
+    ):
+        if (
+            home.is_dir()
+            and len(home.parts) > 1
+            and not Path("/tmp").is_relative_to(home)
+            and not home.is_relative_to("/tmp")
+        ):
             hidden.setdefault(str(home), [])
     for path in readable:
         path = Path(path).resolve()
@@ -152,8 +163,22 @@ def _bwrap(workdir: Path, readable: tuple[str, ...], env: dict[str, str], uid: i
     """The bubblewrap command line. As root, bwrap sets up the namespaces and mounts with its
     privileges (so toolchains under /root can be shown) and `setpriv` then drops to `uid`;
     otherwise bwrap runs unprivileged in a user namespace."""
-    command = [_tool("bwrap"), "--unshare-net", "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--die-with-parent",
-               "--new-session", "--ro-bind", "/", "/", "--perms", "1777", "--tmpfs", "/tmp"]
+    command = [
+        _tool("bwrap"),
+        "--unshare-net",
+        "--unshare-pid",
+        "--unshare-ipc",
+        "--unshare-uts",
+        "--die-with-parent",
+        "--new-session",
+        "--ro-bind",
+        "/",
+        "/",
+        "--perms",
+        "1777",
+        "--tmpfs",
+        "/tmp",
+    ]
     if os.getuid() != 0:
         command += ["--unshare-user"]
     hidden = exposures(readable, None)
@@ -165,8 +190,18 @@ def _bwrap(workdir: Path, readable: tuple[str, ...], env: dict[str, str], uid: i
                 if parent.is_relative_to(folder) and parent != Path(folder):
                     command += ["--perms", "0755", "--dir", str(parent)]  # bwrap would create them 0700
             command += ["--ro-bind", path, path]
-    command += ["--bind", str(workdir), str(workdir), "--proc", "/proc", "--dev", "/dev", "--chdir", str(workdir),
-                "--clearenv"]
+    command += [
+        "--bind",
+        str(workdir),
+        str(workdir),
+        "--proc",
+        "/proc",
+        "--dev",
+        "/dev",
+        "--chdir",
+        str(workdir),
+        "--clearenv",
+    ]
     for key, value in env.items():
         command += ["--setenv", key, value]
     if os.getuid() == 0:
@@ -183,7 +218,15 @@ def _setpriv(uid: int) -> list[str]:
     """Run the rest of the command line without any capability (as root: as user id `uid`)."""
     user = [f"--reuid={uid}", f"--regid={uid}", "--clear-groups"] if os.getuid() == 0 else []
     # --pdeathsig again: a change of user clears the parent-death signal unshare's --kill-child set
-    return [_tool("setpriv"), *user, "--inh-caps=-all", "--bounding-set=-all", "--no-new-privs", "--pdeathsig=KILL", "--"]
+    return [
+        _tool("setpriv"),
+        *user,
+        "--inh-caps=-all",
+        "--bounding-set=-all",
+        "--no-new-privs",
+        "--pdeathsig=KILL",
+        "--",
+    ]
 
 
 @lru_cache(maxsize=1)
@@ -206,9 +249,11 @@ def _unshare(workdir: Path, readable: tuple[str, ...], uid: int) -> list[str]:
     if os.getuid() != 0:
         namespaces = ["--user", "--map-root-user", *namespaces]
     stage, q = _stage(), shlex.quote
-    script = ["set -e",  # the filesystem read-only first, then the program's own writable places
-              "awk '$4 ~ /^rw/ {print $2}' /proc/self/mounts | while read -r m; do "
-              'mount -o remount,bind,ro "$m" 2>/dev/null || true; done']
+    script = [
+        "set -e",  # the filesystem read-only first, then the program's own writable places
+        "awk '$4 ~ /^rw/ {print $2}' /proc/self/mounts | while read -r m; do "
+        'mount -o remount,bind,ro "$m" 2>/dev/null || true; done',
+    ]
     for scratch in SCRATCH:
         if os.path.isdir(scratch) and not os.path.islink(scratch):
             script.append(f"mount -t tmpfs -o mode=1777,size=64m dscoder {scratch}")
@@ -217,8 +262,11 @@ def _unshare(workdir: Path, readable: tuple[str, ...], uid: int) -> list[str]:
         script.append(f"mount -t tmpfs -o mode={mode} dscoder {q(stage)}")
         for path, writable in shown:
             inside = q(str(Path(stage) / Path(path).relative_to(folder)))
-            script += [f"mkdir -p {inside}", f"mount --bind {q(path)} {inside}",
-                       f"mount -o remount,bind,{'rw' if writable else 'ro'} {inside}"]
+            script += [
+                f"mkdir -p {inside}",
+                f"mount --bind {q(path)} {inside}",
+                f"mount -o remount,bind,{'rw' if writable else 'ro'} {inside}",
+            ]
         script.append(f"mount --rbind {q(stage)} {q(folder)}")
     script.append(f"cd {q(str(workdir))}")
     script.append("exec " + " ".join(q(a) for a in _setpriv(uid)) + ' "$@"')
@@ -247,14 +295,30 @@ def _wait_until_gone(uid: int, seconds: float = 10.0) -> None:
 
 def environment(workdir: Path) -> dict[str, str]:
     """The only variables a program sees (nothing of the caller's, so no secrets)."""
-    return {"PATH": "/usr/local/bin:/usr/bin:/bin:" + os.path.dirname(shutil.which("rustc") or "/usr/bin"),
-            "HOME": str(workdir), "LANG": "C.UTF-8", "TMPDIR": str(workdir / ".tmp"), "GOCACHE": str(workdir / ".gocache"),
-            "GOPATH": str(workdir / ".gopath"), "GOFLAGS": "-mod=mod", "GOPROXY": "off", "GO111MODULE": "on",
-            "MONO_TRACE_LISTENER": "Console.Error"}  # mono reports a failed Debug.Assert there (else nowhere)
+    return {
+        "PATH": "/usr/local/bin:/usr/bin:/bin:" + os.path.dirname(shutil.which("rustc") or "/usr/bin"),
+        "HOME": str(workdir),
+        "LANG": "C.UTF-8",
+        "TMPDIR": str(workdir / ".tmp"),
+        "GOCACHE": str(workdir / ".gocache"),
+        "GOPATH": str(workdir / ".gopath"),
+        "GOFLAGS": "-mod=mod",
+        "GOPROXY": "off",
+        "GO111MODULE": "on",
+        "MONO_TRACE_LISTENER": "Console.Error",
+    }  # mono reports a failed Debug.Assert there (else nowhere)
 
 
-def run(command: list[str], workdir: Path, limits: Limits, mode: str, stdin: str | None = None,
-        env: dict[str, str] | None = None, slot: int = 0, readable: tuple[str, ...] = ()) -> Run:
+def run(
+    command: list[str],
+    workdir: Path,
+    limits: Limits,
+    mode: str,
+    stdin: str | None = None,
+    env: dict[str, str] | None = None,
+    slot: int = 0,
+    readable: tuple[str, ...] = (),
+) -> Run:
     """Run `command` in `workdir` in sandbox `mode` (see `choose`), as the user id of worker
     `slot`; `readable` are the folders the program needs (interpreters, toolchains)."""
     uid = BASE_UID + slot
@@ -271,8 +335,11 @@ def run(command: list[str], workdir: Path, limits: Limits, mode: str, stdin: str
     def prepare() -> None:
         os.setsid()  # a process group of its own, killed whole at the timeout
         _die_with_parent()
-        for kind, value in ((resource.RLIMIT_CPU, limits.cpu_seconds), (resource.RLIMIT_FSIZE, limits.file_bytes),
-                            (resource.RLIMIT_CORE, 0)):
+        for kind, value in (
+            (resource.RLIMIT_CPU, limits.cpu_seconds),
+            (resource.RLIMIT_FSIZE, limits.file_bytes),
+            (resource.RLIMIT_CORE, 0),
+        ):
             resource.setrlimit(kind, (value, value))
         if os.getuid() == 0:
             resource.setrlimit(resource.RLIMIT_NPROC, (limits.processes, limits.processes))
@@ -286,8 +353,15 @@ def run(command: list[str], workdir: Path, limits: Limits, mode: str, stdin: str
     # read back through these handles, not the names: the program could replace the files
     with open(workdir / ".stdout", "w+b") as out, open(workdir / ".stderr", "w+b") as err:
         try:
-            process = subprocess.Popen(full, cwd=workdir, env=child_env, stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
-                                       stdout=out, stderr=err, preexec_fn=prepare)
+            process = subprocess.Popen(
+                full,
+                cwd=workdir,
+                env=child_env,
+                stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
+                stdout=out,
+                stderr=err,
+                preexec_fn=prepare,
+            )
         except OSError as exc:
             return Run(127, "", f"cannot start {command[0]}: {exc}", 0.0, False)
         timed_out = False
@@ -298,8 +372,9 @@ def run(command: list[str], workdir: Path, limits: Limits, mode: str, stdin: str
             _kill_group(process)
             process.wait()
             _wait_until_gone(uid)
-        return Run(None if timed_out else process.returncode, _tail_of(out), _tail_of(err),
-                   time.monotonic() - start, timed_out)
+        return Run(
+            None if timed_out else process.returncode, _tail_of(out), _tail_of(err), time.monotonic() - start, timed_out
+        )
 
 
 def _die_with_parent() -> None:
@@ -357,8 +432,9 @@ def load_factor(mode: str, readable: tuple[str, ...], parallel: int = 1, max_age
     def once(_) -> float | None:
         with Workdir() as folder:
             (folder / "reference.py").write_text(REFERENCE)
-            result = run([sys.executable, "reference.py"], folder, Limits(timeout=120, cpu_seconds=120), mode,
-                         readable=readable)
+            result = run(
+                [sys.executable, "reference.py"], folder, Limits(timeout=120, cpu_seconds=120), mode, readable=readable
+            )
         try:
             return float(result.stdout.strip())
         except ValueError:
@@ -414,8 +490,15 @@ class PythonWorker:
             if os.getuid() == 0:
                 resource.setrlimit(resource.RLIMIT_NPROC, (256, 256))
 
-        self.process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=child_env,
-                                        stderr=subprocess.DEVNULL, text=True, preexec_fn=prepare)
+        self.process = subprocess.Popen(
+            command,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            env=child_env,
+            stderr=subprocess.DEVNULL,
+            text=True,
+            preexec_fn=prepare,
+        )
         self.uid = uid
 
     def folder(self) -> Path:
@@ -427,8 +510,15 @@ class PythonWorker:
     def run(self, folder: Path, file: str, limits: Limits) -> Run:
         import json
 
-        request = {"dir": str(folder), "file": file, "timeout": limits.timeout, "cpu": limits.cpu_seconds,
-                   "memory": limits.memory_bytes, "fsize": limits.file_bytes, "env": environment(folder)}
+        request = {
+            "dir": str(folder),
+            "file": file,
+            "timeout": limits.timeout,
+            "cpu": limits.cpu_seconds,
+            "memory": limits.memory_bytes,
+            "fsize": limits.file_bytes,
+            "env": environment(folder),
+        }
         try:
             self.process.stdin.write(json.dumps(request) + "\n")
             self.process.stdin.flush()
@@ -440,8 +530,13 @@ class PythonWorker:
             reply = json.loads(self.process.stdout.readline())
         except (OSError, ValueError):
             raise RuntimeError("the Python worker stopped") from None
-        return Run(reply["returncode"], _tail(folder / ".stdout"), _tail(folder / ".stderr"), reply["seconds"],
-                   reply["timed_out"])
+        return Run(
+            reply["returncode"],
+            _tail(folder / ".stdout"),
+            _tail(folder / ".stderr"),
+            reply["seconds"],
+            reply["timed_out"],
+        )
 
     def alive(self) -> bool:
         return self.process.poll() is None

@@ -43,7 +43,7 @@ from pathlib import Path
 
 from dscoder.evaluate import sandbox
 
-TESTIFY_SHIM = '''package assert
+TESTIFY_SHIM = """package assert
 
 import (
 \t"reflect"
@@ -91,7 +91,7 @@ func (a *Assertions) Nil(value interface{}, msg ...interface{}) bool {
 func Equal(t *testing.T, expected, actual interface{}, msg ...interface{}) bool { return New(t).Equal(expected, actual) }
 func True(t *testing.T, value bool, msg ...interface{}) bool                     { return New(t).True(value) }
 func False(t *testing.T, value bool, msg ...interface{}) bool                    { return New(t).False(value) }
-'''
+"""
 
 
 @dataclass(frozen=True)
@@ -108,8 +108,9 @@ class Toolchain:
 TOOLCHAINS = {
     "python": Toolchain("python", "main.py", (), "python3"),
     "javascript": Toolchain("javascript", "main.js", ("node",), "Debian package nodejs", memory_bytes=0),
-    "typescript": Toolchain("typescript", "main.ts", ("node", "tsc"), "nodejs, then: npm install -g typescript",
-                            memory_bytes=0),
+    "typescript": Toolchain(
+        "typescript", "main.ts", ("node", "tsc"), "nodejs, then: npm install -g typescript", memory_bytes=0
+    ),
     "cpp": Toolchain("cpp", "main.cpp", ("g++",), "Debian package g++"),
     "java": Toolchain("java", "Main.java", ("javac", "java"), "Debian package default-jdk-headless", memory_bytes=0),
     "go": Toolchain("go", "main_test.go", ("go",), "Debian package golang-go", memory_bytes=0),
@@ -118,10 +119,26 @@ TOOLCHAINS = {
     "php": Toolchain("php", "main.php", ("php",), "Debian package php-cli"),
     "csharp": Toolchain("csharp", "main.cs", ("mcs", "mono"), "Debian packages mono-mcs and mono-runtime"),
 }
-ALIASES = {"py": "python", "js": "javascript", "ts": "typescript", "c++": "cpp", "rs": "rust", "sh": "shell",
-           "bash": "shell", "golang": "go", "cs": "csharp", "c#": "csharp"}
-JVM_FLAGS = ["-Xmx512m", "-Xss16m", "-XX:MaxMetaspaceSize=256m", "-XX:ReservedCodeCacheSize=64m",
-             "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1"]
+ALIASES = {
+    "py": "python",
+    "js": "javascript",
+    "ts": "typescript",
+    "c++": "cpp",
+    "rs": "rust",
+    "sh": "shell",
+    "bash": "shell",
+    "golang": "go",
+    "cs": "csharp",
+    "c#": "csharp",
+}
+JVM_FLAGS = [
+    "-Xmx512m",
+    "-Xss16m",
+    "-XX:MaxMetaspaceSize=256m",
+    "-XX:ReservedCodeCacheSize=64m",
+    "-XX:+UseSerialGC",
+    "-XX:TieredStopAtLevel=1",
+]
 
 
 def canonical(language: str) -> str:
@@ -144,7 +161,9 @@ def rustc() -> str:
     """The real rustc binary (not a rustup proxy, which wants a writable home)."""
     proxy = shutil.which("rustc") or "rustc"
     try:
-        sysroot = subprocess.run([proxy, "--print", "sysroot"], capture_output=True, text=True, timeout=60).stdout.strip()
+        sysroot = subprocess.run(
+            [proxy, "--print", "sysroot"], capture_output=True, text=True, timeout=60
+        ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return proxy
     real = Path(sysroot) / "bin" / "rustc"
@@ -166,13 +185,22 @@ def readable_roots() -> tuple[str, ...]:
 def probe(language: str, mode: str) -> str | None:
     """None when the language's tools start inside sandbox `mode`, else what went wrong."""
     language = canonical(language)
-    command = {"python": [sys.executable, "-c", "pass"], "javascript": ["node", "--version"],
-               "typescript": ["tsc", "--version"], "cpp": ["g++", "--version"], "java": ["javac", "--version"],
-               "go": ["go", "version"], "rust": [rustc(), "--version"], "shell": ["bash", "-c", "true"],
-               "php": ["php", "--version"], "csharp": ["mcs", "--version"]}[language]
+    command = {
+        "python": [sys.executable, "-c", "pass"],
+        "javascript": ["node", "--version"],
+        "typescript": ["tsc", "--version"],
+        "cpp": ["g++", "--version"],
+        "java": ["javac", "--version"],
+        "go": ["go", "version"],
+        "rust": [rustc(), "--version"],
+        "shell": ["bash", "-c", "true"],
+        "php": ["php", "--version"],
+        "csharp": ["mcs", "--version"],
+    }[language]
     with sandbox.Workdir() as folder:
-        result = sandbox.run(command, folder, sandbox.Limits(timeout=60, cpu_seconds=60, memory_bytes=0), mode,
-                             readable=readable_roots())
+        result = sandbox.run(
+            command, folder, sandbox.Limits(timeout=60, cpu_seconds=60, memory_bytes=0), mode, readable=readable_roots()
+        )
     if result.returncode == 0:
         return None
     detail = (result.stderr.strip().splitlines() or [f"exit status {result.returncode}"])[-1][:200]
@@ -212,7 +240,8 @@ def write_program(language: str, program: str, folder: Path) -> None:
     if language == "go":
         (folder / "go.mod").write_text(
             "module sample\n\ngo 1.18\n\n"
-            "require github.com/stretchr/testify v1.8.0\n\nreplace github.com/stretchr/testify => ./testify\n")
+            "require github.com/stretchr/testify v1.8.0\n\nreplace github.com/stretchr/testify => ./testify\n"
+        )
         shim = folder / "testify" / "assert"
         shim.mkdir(parents=True)
         (folder / "testify" / "go.mod").write_text("module github.com/stretchr/testify\n\ngo 1.18\n")
@@ -227,17 +256,34 @@ def steps(language: str, program: str) -> list[tuple[str, list[str]]]:
     if language == "javascript":
         return [("run", ["node", "--max-old-space-size=512", "main.js"])]
     if language == "typescript":
-        return [("build", ["tsc", "--target", "es2020", "--module", "commonjs", "--lib", "es2020,dom",
-                           "--noEmitOnError", "--skipLibCheck", "main.ts"]),
-                ("run", ["node", "--max-old-space-size=512", "main.js"])]
+        return [
+            (
+                "build",
+                [
+                    "tsc",
+                    "--target",
+                    "es2020",
+                    "--module",
+                    "commonjs",
+                    "--lib",
+                    "es2020,dom",
+                    "--noEmitOnError",
+                    "--skipLibCheck",
+                    "main.ts",
+                ],
+            ),
+            ("run", ["node", "--max-old-space-size=512", "main.js"]),
+        ]
     if language == "cpp":
         # unoptimized, as the released harness builds: at -O1 a function that falls off its end without
         # returning (an empty completion) is undefined behaviour that g++ turns into a test that passes
         return [("build", ["g++", "-std=c++17", "-o", "main", "main.cpp"]), ("run", ["./main"])]
     if language == "java":
         source, runner = java_files(program)
-        return [("build", ["javac", *[f"-J{f}" for f in JVM_FLAGS], "-encoding", "UTF-8", source]),
-                ("run", ["java", *JVM_FLAGS, "-ea", "-cp", ".", runner])]
+        return [
+            ("build", ["javac", *[f"-J{f}" for f in JVM_FLAGS], "-encoding", "UTF-8", source]),
+            ("run", ["java", *JVM_FLAGS, "-ea", "-cp", ".", runner]),
+        ]
     if language == "go":
         return [("run", ["go", "test", "-count=1", "./..."])]
     if language == "rust":
@@ -249,13 +295,18 @@ def steps(language: str, program: str) -> list[tuple[str, list[str]]]:
     if language == "php":
         return [("run", ["php", "-d", "display_errors=stderr", "-d", "log_errors=0", "-f", "main.php"])]
     if language == "csharp":
-        return [("build", ["mcs", "-d:DEBUG", "-r:System.Numerics.dll", "-out:main.exe", "main.cs"]),
-                ("run", ["mono", "main.exe"])]
+        return [
+            ("build", ["mcs", "-d:DEBUG", "-r:System.Numerics.dll", "-out:main.exe", "main.cs"]),
+            ("run", ["mono", "main.exe"]),
+        ]
     raise ValueError(language)
 
 
-_ASSERTION = re.compile(r"AssertionError|Assertion failed|assertion failed|assertion `|panicked at|--- FAIL|"
-                        r"assert_eq|test result: FAILED|Assertion .* failed|AssertionError", re.I)
+_ASSERTION = re.compile(
+    r"AssertionError|Assertion failed|assertion failed|assertion `|panicked at|--- FAIL|"
+    r"assert_eq|test result: FAILED|Assertion .* failed|AssertionError",
+    re.I,
+)
 _PHP_TEST_FAILED = "Uncaught Exception: Test failed!"  # what MultiPL-E's PHP tests throw
 _CSHARP_ASSERT = re.compile(r"^Fail: |DefaultTraceListener\.Fail", re.M)  # mono on a failed Debug.Assert
 
@@ -272,8 +323,11 @@ def status(language: str, step: str, run: sandbox.Run) -> str:
         failed_assertion = failed_assertion or _PHP_TEST_FAILED in run.stderr
     if language == "csharp" and _CSHARP_ASSERT.search(run.stderr):
         return "failed"  # a failed Debug.Assert neither stops the program nor changes its exit status
-    if language == "go" and run.returncode != 0 and ("[build failed]" in run.stdout + run.stderr
-                                                     or "[setup failed]" in run.stdout + run.stderr):
+    if (
+        language == "go"
+        and run.returncode != 0
+        and ("[build failed]" in run.stdout + run.stderr or "[setup failed]" in run.stdout + run.stderr)
+    ):
         return "compile_error"
     if run.returncode == 0:
         # console.assert only prints: a JavaScript program that "fails" still exits 0

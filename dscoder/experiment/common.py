@@ -32,8 +32,22 @@ log = logging.getLogger("dscoder")
 
 # Standard-library packages held out by default: many modules importing one another, so the
 # repository-level measures have cross-file references to score.
-HELD_OUT = ("json", "wsgiref", "xmlrpc", "sqlite3", "email", "concurrent", "importlib", "logging", "http",
-            "urllib", "xml", "asyncio", "multiprocessing", "unittest")
+HELD_OUT = (
+    "json",
+    "wsgiref",
+    "xmlrpc",
+    "sqlite3",
+    "email",
+    "concurrent",
+    "importlib",
+    "logging",
+    "http",
+    "urllib",
+    "xml",
+    "asyncio",
+    "multiprocessing",
+    "unittest",
+)
 MIN_MINUTES = 1.0
 
 
@@ -72,15 +86,19 @@ def check(cfg: ExperimentConfig, default_minutes: float) -> ExperimentConfig:
     preset = model_lib.get_preset(cfg.preset)
     minutes = default_minutes if cfg.minutes is None else cfg.minutes
     if minutes < MIN_MINUTES:
-        raise UserError(f"--minutes {minutes:g}: at least {MIN_MINUTES:g} minute per variant is needed to train "
-                        "anything worth comparing")
+        raise UserError(
+            f"--minutes {minutes:g}: at least {MIN_MINUTES:g} minute per variant is needed to train "
+            "anything worth comparing"
+        )
     # every variant's training settings, checked now rather than after the corpus and tokenizer are built
-    check_length(resolve("pretrain", None, train_overrides(cfg, Path("corpus"), 20, 0.5)),
-                 preset.config.max_position_embeddings)
+    check_length(
+        resolve("pretrain", None, train_overrides(cfg, Path("corpus"), 20, 0.5)), preset.config.max_position_embeddings
+    )
     return replace(cfg, minutes=minutes)
 
 
 # --- corpus and tokenizer -------------------------------------------------------------------------
+
 
 def prepare(out: Path, experiment: str, cfg: ExperimentConfig, corpus: Path | None, min_held_out: int) -> None:
     """OUT/corpus and OUT/heldout: built from the installed Python packages (the HELD_OUT
@@ -135,8 +153,13 @@ def prepare(out: Path, experiment: str, cfg: ExperimentConfig, corpus: Path | No
 def _same_settings(out: Path, experiment: str, cfg: ExperimentConfig, corpus: Path | None) -> dict:
     """The settings that decide an experiment's figures, checked against those OUT was made with
     (more seeds may be added later; nothing else may change, or the report would mix runs)."""
-    settings = {"experiment": experiment, "minutes": cfg.minutes, "preset": cfg.preset, "seq_len": cfg.seq_len,
-                "corpus": None if corpus is None else str(corpus.resolve())}
+    settings = {
+        "experiment": experiment,
+        "minutes": cfg.minutes,
+        "preset": cfg.preset,
+        "seq_len": cfg.seq_len,
+        "corpus": None if corpus is None else str(corpus.resolve()),
+    }
     path = out / "settings.json"
     if not path.is_file():
         return settings
@@ -146,8 +169,11 @@ def _same_settings(out: Path, experiment: str, cfg: ExperimentConfig, corpus: Pa
         # nothing trained yet (e.g. a run refused after its corpus was built): take the new settings,
         # keeping the corpus and tokenizer unless the corpus changed
         log.info("%s: settings changed before any variant trained: planning again", out)
-        stale = ("stages", "corpus", "heldout", "tokenizer", "runs", "cache") if made.get("corpus") != settings["corpus"] \
+        stale = (
+            ("stages", "corpus", "heldout", "tokenizer", "runs", "cache")
+            if made.get("corpus") != settings["corpus"]
             else ("stages/plan.json", "runs")
+        )
         for name in stale:
             target = out / name
             shutil.rmtree(target, ignore_errors=True) if target.is_dir() else target.unlink(missing_ok=True)
@@ -155,8 +181,10 @@ def _same_settings(out: Path, experiment: str, cfg: ExperimentConfig, corpus: Pa
     for key, value in settings.items():
         if made.get(key) != value:
             shown = {"experiment": "experiment", "corpus": "--corpus"}.get(key, "--" + key.replace("_", "-"))
-            raise UserError(f"--out {out}: made with {shown} {_show(made.get(key))}, not {_show(value)}; give the "
-                            "same settings to resume it, or another --out")
+            raise UserError(
+                f"--out {out}: made with {shown} {_show(made.get(key))}, not {_show(value)}; give the "
+                "same settings to resume it, or another --out"
+            )
     return settings
 
 
@@ -174,9 +202,11 @@ def split_corpus(source: Path, train: Path, held: Path, min_held_out: int) -> di
     least `min_held_out`) is held out. Both halves are written as corpus folders."""
     from dscoder.data import corpus as corpus_lib
 
-    rows = list(corpus_lib.iter_rows(source, ("id", "repo", "paths", "languages", "text", "n_chars", "n_files", "source")))
+    rows = list(
+        corpus_lib.iter_rows(source, ("id", "repo", "paths", "languages", "text", "n_chars", "n_files", "source"))
+    )
     repos = sorted({r["repo"] for r in rows}, key=lambda name: hashlib.blake2b(name.encode(), digest_size=8).digest())
-    held_out = set(repos[:held_out_count(source, min_held_out)])
+    held_out = set(repos[: held_out_count(source, min_held_out)])
     for folder, keep in ((train, lambda r: r["repo"] not in held_out), (held, lambda r: r["repo"] in held_out)):
         corpus_lib.write_corpus(folder, [r for r in rows if keep(r)], {"split_from": str(source)})
     return {"source": str(source), "train": len(repos) - len(held_out), "held_out": sorted(held_out)}
@@ -189,8 +219,10 @@ def held_out_count(corpus: Path, min_held_out: int) -> int:
     repos = {row["repo"] for row in corpus_lib.iter_rows(corpus, ("repo",))}
     count = max(min_held_out, len(repos) // 10)
     if len(repos) < count + 1:
-        raise UserError(f"--corpus {corpus}: {len(repos)} repositories; at least {count + 1} are needed "
-                        f"({count} held out and one to train on)")
+        raise UserError(
+            f"--corpus {corpus}: {len(repos)} repositories; at least {count + 1} are needed "
+            f"({count} held out and one to train on)"
+        )
     return count
 
 
@@ -199,11 +231,16 @@ def heldout_files(out: Path) -> list[tuple[str, str, str]]:
     from dscoder import formats
     from dscoder.data import corpus as corpus_lib
 
-    return [(row["repo"], path, text) for row in corpus_lib.iter_rows(out / "heldout", ("repo", "text", "paths"))
-            for path, text in formats.split_repo_sample(row["text"], row["paths"]) if text.strip()]
+    return [
+        (row["repo"], path, text)
+        for row in corpus_lib.iter_rows(out / "heldout", ("repo", "text", "paths"))
+        for path, text in formats.split_repo_sample(row["text"], row["paths"])
+        if text.strip()
+    ]
 
 
 # --- training ---------------------------------------------------------------------------------------
+
 
 def plan_steps(out: Path, cfg: ExperimentConfig, corpus: Path) -> int:
     """Optimizer steps that fill `cfg.minutes` for one variant here (a timed probe, once)."""
@@ -216,8 +253,9 @@ def plan_steps(out: Path, cfg: ExperimentConfig, corpus: Path) -> int:
     return run_stage(out, "plan", plan)["steps"]
 
 
-def train(out: Path, cfg: ExperimentConfig, name: str, seed: int, steps: int, corpus: Path,
-          overrides: dict[str, str]) -> Path:
+def train(
+    out: Path, cfg: ExperimentConfig, name: str, seed: int, steps: int, corpus: Path, overrides: dict[str, str]
+) -> Path:
     """Pretrain one variant for `steps` steps; its final model folder (kept across runs)."""
     from dataclasses import replace
 
@@ -228,12 +266,16 @@ def train(out: Path, cfg: ExperimentConfig, name: str, seed: int, steps: int, co
     run = out / "runs" / f"{name}-s{seed}"
     settings = train_overrides(replace(cfg, seed=seed), corpus, steps, float(overrides.pop("fim.rate", 0.5)))
     settings |= {"loop.max_minutes": str(cfg.minutes * 2), "loop.save_every": str(max(steps // 2, 1))} | overrides
-    run_stage(out, f"train-{name}-s{seed}", lambda: pretrain(run, resolve("pretrain", None, settings), out / "tokenizer",
-                                                          cfg.preset, None, resume=True))
+    run_stage(
+        out,
+        f"train-{name}-s{seed}",
+        lambda: pretrain(run, resolve("pretrain", None, settings), out / "tokenizer", cfg.preset, None, resume=True),
+    )
     return run / "final"
 
 
 # --- intervals and verdicts ----------------------------------------------------------------------------
+
 
 def verdict(difference: tuple[float, float, float]) -> str:
     """Whether an expected difference (oriented so that the paper expects it above zero) was
@@ -248,8 +290,15 @@ def verdict(difference: tuple[float, float, float]) -> str:
     return "not distinguishable from noise at this budget"
 
 
-def write_report(out: Path, title: str, intro: list[str], tables: list[tuple[str, list[str], list[list[str]]]],
-                 expectations: list[dict], plots: list[str], data: dict) -> None:
+def write_report(
+    out: Path,
+    title: str,
+    intro: list[str],
+    tables: list[tuple[str, list[str], list[list[str]]]],
+    expectations: list[dict],
+    plots: list[str],
+    data: dict,
+) -> None:
     """report.md (intro, tables, the expected directions with their verdicts, plots) and
     report.json (everything)."""
     lines = [f"# {title}", "", *intro, ""]
@@ -257,14 +306,25 @@ def write_report(out: Path, title: str, intro: list[str], tables: list[tuple[str
         lines += [f"### {caption}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         lines += ["| " + " | ".join(row) + " |" for row in rows]
         lines.append("")
-    lines += ["## The paper's expectations", "", "| expected | measured difference (95% interval) | verdict | paper |",
-              "|---|---|---|---|"]
+    lines += [
+        "## The paper's expectations",
+        "",
+        "| expected | measured difference (95% interval) | verdict | paper |",
+        "|---|---|---|---|",
+    ]
     for e in expectations:
-        lines.append(f"| {e['expected']} | {fmt(e['difference'], e.get('spec', '{:.3f}'))} | {e['verdict']} | {e['paper']} |")
-    lines += ["", "Intervals: 95%, bootstrap over held-out items" + (" and seeds" if data.get("seeds", 1) > 1 else "")
-              + f" ({RESAMPLES} resamples). A direction is *reproduced* when its whole interval is on the expected side. "
-              "Differences are paired (both variants scored on the same items, item by item), so they can be decided "
-              "while the variants' own intervals, which include the spread between items, overlap.", ""]
+        lines.append(
+            f"| {e['expected']} | {fmt(e['difference'], e.get('spec', '{:.3f}'))} | {e['verdict']} | {e['paper']} |"
+        )
+    lines += [
+        "",
+        "Intervals: 95%, bootstrap over held-out items"
+        + (" and seeds" if data.get("seeds", 1) > 1 else "")
+        + f" ({RESAMPLES} resamples). A direction is *reproduced* when its whole interval is on the expected side. "
+        "Differences are paired (both variants scored on the same items, item by item), so they can be decided "
+        "while the variants' own intervals, which include the spread between items, overlap.",
+        "",
+    ]
     lines += [f"![{p}]({p})" for p in plots]
     artifacts.write_text(out / "report.md", "\n".join(lines) + "\n")
     artifacts.write_json(out / "report.json", {**data, "expectations": expectations})

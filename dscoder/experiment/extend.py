@@ -32,8 +32,12 @@ MODELS = ("as_is", "scaled", "extended")
 
 def run(out: Path, cfg: ExperimentConfig, corpus: Path | None = None) -> dict:
     cfg = common.check(cfg, DEFAULT_MINUTES)
-    short = replace(cfg, seq_len=cfg.seq_len // FACTOR, batch_size=cfg.batch_size * FACTOR,
-                    fim_max_chars=cfg.fim_max_chars // FACTOR)
+    short = replace(
+        cfg,
+        seq_len=cfg.seq_len // FACTOR,
+        batch_size=cfg.batch_size * FACTOR,
+        fim_max_chars=cfg.fim_max_chars // FACTOR,
+    )
     long = cfg.seq_len
     common.prepare(out, "extend", cfg, corpus, min_held_out=1)
     windows = _windows(out, long)
@@ -58,12 +62,14 @@ def _windows(out: Path, length: int) -> list[list[int]]:
     windows: list[list[int]] = []
     for _, _, text in common.heldout_files(out):
         ids = tok(text, add_special_tokens=False)["input_ids"]
-        windows += [ids[i:i + length + 1] for i in range(0, len(ids) - length - 1, length + 1)]
+        windows += [ids[i : i + length + 1] for i in range(0, len(ids) - length - 1, length + 1)]
         if len(windows) >= 64:
             break
     if len(windows) < MIN_WINDOWS:
-        raise UserError(f"the held-out files have {len(windows)} stretches of {length + 1} tokens in one file; "
-                        f"at least {MIN_WINDOWS} are needed to score positions up to {length}")
+        raise UserError(
+            f"the held-out files have {len(windows)} stretches of {length + 1} tokens in one file; "
+            f"at least {MIN_WINDOWS} are needed to score positions up to {length}"
+        )
     return windows[:64]
 
 
@@ -89,8 +95,11 @@ def _extended(out: Path, cfg: ExperimentConfig, base: Path, seed: int, steps: in
 
     run = out / "runs" / f"extended-s{seed}"
     overrides = train_overrides(replace(cfg, seed=seed), out / "corpus", steps, 0.5) | {
-        "extend.rope_factor": str(FACTOR), "extend.max_position_embeddings": str(length),
-        "optim.lr": "3e-4", "loop.save_every": str(max(steps // 2, 1))}
+        "extend.rope_factor": str(FACTOR),
+        "extend.max_position_embeddings": str(length),
+        "optim.lr": "3e-4",
+        "loop.save_every": str(max(steps // 2, 1)),
+    }
     run_stage(out, f"extend-s{seed}", lambda: extend(run, resolve("extend", None, overrides), base, resume=True))
     return run / "final"
 
@@ -104,7 +113,9 @@ def _evaluate(models: dict, windows: list[list[int]]) -> dict:
     for (name, seed), folder in models.items():
         log.info("scoring %s (seed %d) by position", name, seed)
         engine = Engine.load(folder, dtype="float32")
-        losses = np.concatenate([measure.position_losses(engine, windows[i:i + 4]) for i in range(0, len(windows), 4)])
+        losses = np.concatenate(
+            [measure.position_losses(engine, windows[i : i + 4]) for i in range(0, len(windows), 4)]
+        )
         buckets = losses.reshape(len(windows), BUCKETS, -1).mean(axis=2)  # (W, BUCKETS)
         scores.setdefault(name, []).append(buckets.tolist())
     return {"scores": scores, "windows": len(windows)}
@@ -113,19 +124,27 @@ def _evaluate(models: dict, windows: list[list[int]]) -> dict:
 def _past(scores: dict, name: str) -> np.ndarray:
     """(seeds, windows): mean loss past the trained length minus within it."""
     values = np.array(scores[name])  # (S, W, BUCKETS)
-    return values[:, :, BUCKETS // FACTOR:].mean(axis=2) - values[:, :, :BUCKETS // FACTOR].mean(axis=2)
+    return values[:, :, BUCKETS // FACTOR :].mean(axis=2) - values[:, :, : BUCKETS // FACTOR].mean(axis=2)
 
 
 def expectations(scores: dict) -> list[dict]:
-    late = lambda n: np.array(scores[n])[:, :, BUCKETS // FACTOR:].mean(axis=2)  # noqa: E731
+    late = lambda n: np.array(scores[n])[:, :, BUCKETS // FACTOR :].mean(axis=2)  # noqa: E731
     rows = [
         ("as is, the loss past the trained length rises (past minus within)", interval(_past(scores, "as_is"))),
-        ("extended, the loss past the trained length rises less than as is", interval(_past(scores, "as_is") - _past(scores, "extended"))),
-        ("past the trained length, extended is better than as is (as is minus extended)", interval(late("as_is") - late("extended"))),
+        (
+            "extended, the loss past the trained length rises less than as is",
+            interval(_past(scores, "as_is") - _past(scores, "extended")),
+        ),
+        (
+            "past the trained length, extended is better than as is (as is minus extended)",
+            interval(late("as_is") - late("extended")),
+        ),
     ]
     paper = "RoPE scaling x4 and 1000 steps at 16K make a 4x longer context usable (section 3.3)"
-    return [{"expected": text, "difference": diff, "verdict": verdict(diff), "paper": paper, "spec": "{:+.3f}"}
-            for text, diff in rows]
+    return [
+        {"expected": text, "difference": diff, "verdict": verdict(diff), "paper": paper, "spec": "{:+.3f}"}
+        for text, diff in rows
+    ]
 
 
 def _report(out: Path, cfg: ExperimentConfig, short: int, long: int, steps: int, evaluated: dict) -> dict:
@@ -137,15 +156,34 @@ def _report(out: Path, cfg: ExperimentConfig, short: int, long: int, steps: int,
     perplexity = [[name, *[fmt(tuple(np.exp(f)), "{:.1f}") for f in figures[name]]] for name in MODELS]
     found = expectations(scores)
     plots = [_plot(out, figures, short, width)]
-    intro = [f"A `{cfg.preset}` model pretrained at {short} tokens for {steps} steps ({cfg.minutes:g} minutes planned), "
-             f"scored at {long} tokens on {evaluated['windows']} held-out windows: as it is, with linear RoPE scaling "
-             f"x{FACTOR} and no training, and after `train extend` ({max(10, steps // 5)} steps at {long}).",
-             "", f"Reproduce: `dscoder experiment extend --out {out} --minutes {cfg.minutes:g} --seeds {cfg.seeds}`"]
-    data = {"experiment": "extend", "config": asdict(cfg), "steps": steps, "seeds": cfg.seeds, "trained_length": short,
-            "scored_length": long, "figures": figures}
-    common.write_report(out, "Context extension: loss by position", intro,
-                        [("Loss (nats/token) by position bucket, mean [95% interval]", header, table),
-                         ("Perplexity (e to the loss) by position bucket", header, perplexity)], found, plots, data)
+    intro = [
+        f"A `{cfg.preset}` model pretrained at {short} tokens for {steps} steps ({cfg.minutes:g} minutes planned), "
+        f"scored at {long} tokens on {evaluated['windows']} held-out windows: as it is, with linear RoPE scaling "
+        f"x{FACTOR} and no training, and after `train extend` ({max(10, steps // 5)} steps at {long}).",
+        "",
+        f"Reproduce: `dscoder experiment extend --out {out} --minutes {cfg.minutes:g} --seeds {cfg.seeds}`",
+    ]
+    data = {
+        "experiment": "extend",
+        "config": asdict(cfg),
+        "steps": steps,
+        "seeds": cfg.seeds,
+        "trained_length": short,
+        "scored_length": long,
+        "figures": figures,
+    }
+    common.write_report(
+        out,
+        "Context extension: loss by position",
+        intro,
+        [
+            ("Loss (nats/token) by position bucket, mean [95% interval]", header, table),
+            ("Perplexity (e to the loss) by position bucket", header, perplexity),
+        ],
+        found,
+        plots,
+        data,
+    )
     return {**data, "expectations": found}
 
 
@@ -159,8 +197,14 @@ def _plot(out: Path, figures: dict, short: int, width: int) -> str:
     centres = [(b + 0.5) * width for b in range(BUCKETS)]
     for name, buckets in figures.items():
         means = [f[0] for f in buckets]
-        ax.errorbar(centres, means, yerr=[[f[0] - f[1] for f in buckets], [f[2] - f[0] for f in buckets]],
-                    fmt="o-", capsize=3, label=name)
+        ax.errorbar(
+            centres,
+            means,
+            yerr=[[f[0] - f[1] for f in buckets], [f[2] - f[0] for f in buckets]],
+            fmt="o-",
+            capsize=3,
+            label=name,
+        )
     ax.axvline(short, color="grey", linestyle="--", label="trained length")
     ax.set_xlabel("token position")
     ax.set_ylabel("loss (nats/token)")

@@ -41,11 +41,20 @@ def run(out: Path, cfg: ExperimentConfig, corpus: Path | None = None) -> dict:
     files = [text for _, _, text in common.heldout_files(out)]
     cases = _cases(files, cfg)
     steps = common.plan_steps(out, cfg, out / "corpus")
-    log.info("fim-rate: %d variants x %d seed(s), %d steps each (about %.1f minutes)", len(VARIANTS), cfg.seeds,
-             steps, cfg.minutes)
-    models = {(name, seed): common.train(out, cfg, name, seed, steps, out / "corpus",
-                                         {"fim.rate": str(rate), "fim.spm_rate": str(spm)})
-              for seed in range(cfg.seed, cfg.seed + cfg.seeds) for name, (rate, spm) in VARIANTS.items()}
+    log.info(
+        "fim-rate: %d variants x %d seed(s), %d steps each (about %.1f minutes)",
+        len(VARIANTS),
+        cfg.seeds,
+        steps,
+        cfg.minutes,
+    )
+    models = {
+        (name, seed): common.train(
+            out, cfg, name, seed, steps, out / "corpus", {"fim.rate": str(rate), "fim.spm_rate": str(spm)}
+        )
+        for seed in range(cfg.seed, cfg.seed + cfg.seeds)
+        for name, (rate, spm) in VARIANTS.items()
+    }
     scores = run_stage(out, common.evaluation_stage(cfg), lambda: _evaluate(models, files, cases, cfg))
     return _report(out, cfg, scores, steps)
 
@@ -54,11 +63,14 @@ def _cases(files: list[str], cfg: ExperimentConfig) -> list[tuple[str, str, str]
     from dscoder.errors import UserError
     from dscoder.evaluate import heldout as measure
 
-    cases = measure.fim_cases(files, cfg.eval_items, cfg.seed, prefix_chars=cfg.fim_max_chars // 2,
-                              suffix_chars=cfg.fim_max_chars // 4)
+    cases = measure.fim_cases(
+        files, cfg.eval_items, cfg.seed, prefix_chars=cfg.fim_max_chars // 2, suffix_chars=cfg.fim_max_chars // 4
+    )
     if len(cases) < MIN_FIM_CASES:
-        raise UserError(f"the held-out repositories have {len(cases)} code lines to make FIM holes from; "
-                        f"at least {MIN_FIM_CASES} are needed")
+        raise UserError(
+            f"the held-out repositories have {len(cases)} code lines to make FIM holes from; "
+            f"at least {MIN_FIM_CASES} are needed"
+        )
     return cases
 
 
@@ -73,12 +85,15 @@ def _evaluate(models: dict, files: list[str], cases: list, cfg: ExperimentConfig
         engine = Engine.load(folder, dtype="float32")
         infills = measure.fim_infills(engine, cases)
         hole = measure.fim_line_losses(engine, cases)
-        scores.setdefault(name, []).append({
-            "completion_loss": measure.window_losses(engine, files, cfg.seq_len).tolist(),
-            "hole_nats": hole[:, 0].tolist(), "hole_tokens": hole[:, 1].tolist(),
-            "exact_match": measure.exact_matches(infills, cases).tolist(),
-            "edit_similarity": measure.edit_similarities(infills, cases).tolist(),
-        })
+        scores.setdefault(name, []).append(
+            {
+                "completion_loss": measure.window_losses(engine, files, cfg.seq_len).tolist(),
+                "hole_nats": hole[:, 0].tolist(),
+                "hole_tokens": hole[:, 1].tolist(),
+                "exact_match": measure.exact_matches(infills, cases).tolist(),
+                "edit_similarity": measure.edit_similarities(infills, cases).tolist(),
+            }
+        )
     return {"scores": scores, "fim_cases": len(cases)}
 
 
@@ -105,42 +120,90 @@ def _difference(scores: dict, key: str, a: str, b: str) -> tuple[float, float, f
 def expectations(scores: dict) -> list[dict]:
     """The paper's directions, each as a difference expected above zero."""
     rows = [
-        ("rate 1.0 infills better than 0.5 (exact match)", _difference(scores, "exact_match", "psm_1.0", "psm_0.5"), "{:+.1%}",
-         "100% FIM gave the best infilling (Figure 3)"),
-        ("rate 1.0 infills better than 0.5 (hole loss, 0.5 minus 1.0)", _difference(scores, "hole_loss", "psm_0.5", "psm_1.0"),
-         "{:+.3f}", "100% FIM gave the best infilling (Figure 3)"),
-        ("rate 1.0 completes worse than 0 (plain loss, 1.0 minus 0)", _difference(scores, "completion_loss", "psm_1.0", "fim_0"),
-         "{:+.3f}", "100% FIM gave the worst completion (Figure 3)"),
-        ("rate 0.5 completes better than 1.0 (plain loss, 1.0 minus 0.5)", _difference(scores, "completion_loss", "psm_1.0", "psm_0.5"),
-         "{:+.3f}", "50% PSM stays close to no FIM in completion, 100% does not (Figure 3)"),
-        ("rate 0 cannot infill (exact match, 0.5 minus 0)", _difference(scores, "exact_match", "psm_0.5", "fim_0"), "{:+.1%}",
-         "a model trained without FIM does not infill"),
-        ("rate 0 cannot infill (hole loss, 0 minus 0.5)", _difference(scores, "hole_loss", "fim_0", "psm_0.5"), "{:+.3f}",
-         "a model trained without FIM does not infill"),
+        (
+            "rate 1.0 infills better than 0.5 (exact match)",
+            _difference(scores, "exact_match", "psm_1.0", "psm_0.5"),
+            "{:+.1%}",
+            "100% FIM gave the best infilling (Figure 3)",
+        ),
+        (
+            "rate 1.0 infills better than 0.5 (hole loss, 0.5 minus 1.0)",
+            _difference(scores, "hole_loss", "psm_0.5", "psm_1.0"),
+            "{:+.3f}",
+            "100% FIM gave the best infilling (Figure 3)",
+        ),
+        (
+            "rate 1.0 completes worse than 0 (plain loss, 1.0 minus 0)",
+            _difference(scores, "completion_loss", "psm_1.0", "fim_0"),
+            "{:+.3f}",
+            "100% FIM gave the worst completion (Figure 3)",
+        ),
+        (
+            "rate 0.5 completes better than 1.0 (plain loss, 1.0 minus 0.5)",
+            _difference(scores, "completion_loss", "psm_1.0", "psm_0.5"),
+            "{:+.3f}",
+            "50% PSM stays close to no FIM in completion, 100% does not (Figure 3)",
+        ),
+        (
+            "rate 0 cannot infill (exact match, 0.5 minus 0)",
+            _difference(scores, "exact_match", "psm_0.5", "fim_0"),
+            "{:+.1%}",
+            "a model trained without FIM does not infill",
+        ),
+        (
+            "rate 0 cannot infill (hole loss, 0 minus 0.5)",
+            _difference(scores, "hole_loss", "fim_0", "psm_0.5"),
+            "{:+.3f}",
+            "a model trained without FIM does not infill",
+        ),
     ]
-    return [{"expected": text, "difference": diff, "verdict": verdict(diff), "paper": paper, "spec": spec}
-            for text, diff, spec, paper in rows]
+    return [
+        {"expected": text, "difference": diff, "verdict": verdict(diff), "paper": paper, "spec": spec}
+        for text, diff, spec, paper in rows
+    ]
 
 
 def _report(out: Path, cfg: ExperimentConfig, evaluated: dict, steps: int) -> dict:
     scores = evaluated["scores"]
     names = list(VARIANTS)
-    keys = [("completion_loss", "plain-text loss (nats/token)", "{:.3f}"), ("hole_loss", "FIM hole loss (nats/token)", "{:.3f}"),
-            ("exact_match", "FIM exact match", "{:.1%}"), ("edit_similarity", "FIM edit similarity", "{:.1%}")]
+    keys = [
+        ("completion_loss", "plain-text loss (nats/token)", "{:.3f}"),
+        ("hole_loss", "FIM hole loss (nats/token)", "{:.3f}"),
+        ("exact_match", "FIM exact match", "{:.1%}"),
+        ("edit_similarity", "FIM edit similarity", "{:.1%}"),
+    ]
     figures = {name: {key: _figure(scores, name, key) for key, _, _ in keys} for name in names}
-    table = [[name, f"{VARIANTS[name][0]:g}", f"{VARIANTS[name][1]:g}"] + [fmt(figures[name][key], spec) for key, _, spec in keys]
-             for name in names]
+    table = [
+        [name, f"{VARIANTS[name][0]:g}", f"{VARIANTS[name][1]:g}"]
+        + [fmt(figures[name][key], spec) for key, _, spec in keys]
+        for name in names
+    ]
     found = expectations(scores)
     plots = [_plot(out, figures)]
-    intro = [f"Four tiny models (`{cfg.preset}` preset), {steps} steps each ({cfg.minutes:g} minutes planned), "
-             f"{cfg.seeds} seed(s), the same corpus and data order; FIM holes from {evaluated['fim_cases']} held-out code "
-             f"lines; plain-text loss over up to 64 held-out windows of {cfg.seq_len} tokens.",
-             "", f"Reproduce: `dscoder experiment fim-rate --out {out} --minutes {cfg.minutes:g} --seeds {cfg.seeds}`"]
-    data = {"experiment": "fim-rate", "config": asdict(cfg), "steps": steps, "seeds": cfg.seeds,
-            "figures": figures, "fim_cases": evaluated["fim_cases"]}
-    common.write_report(out, "FIM rate: completion against infilling", intro,
-                        [("Figures (mean [95% interval])", ["variant", "FIM rate", "SPM share", *[k[1] for k in keys]], table)],
-                        found, plots, data)
+    intro = [
+        f"Four tiny models (`{cfg.preset}` preset), {steps} steps each ({cfg.minutes:g} minutes planned), "
+        f"{cfg.seeds} seed(s), the same corpus and data order; FIM holes from {evaluated['fim_cases']} held-out code "
+        f"lines; plain-text loss over up to 64 held-out windows of {cfg.seq_len} tokens.",
+        "",
+        f"Reproduce: `dscoder experiment fim-rate --out {out} --minutes {cfg.minutes:g} --seeds {cfg.seeds}`",
+    ]
+    data = {
+        "experiment": "fim-rate",
+        "config": asdict(cfg),
+        "steps": steps,
+        "seeds": cfg.seeds,
+        "figures": figures,
+        "fim_cases": evaluated["fim_cases"],
+    }
+    common.write_report(
+        out,
+        "FIM rate: completion against infilling",
+        intro,
+        [("Figures (mean [95% interval])", ["variant", "FIM rate", "SPM share", *[k[1] for k in keys]], table)],
+        found,
+        plots,
+        data,
+    )
     return {**data, "expectations": found}
 
 
@@ -151,12 +214,21 @@ def _plot(out: Path, figures: dict) -> str:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for ax, key, label in ((axes[0], "edit_similarity", "FIM edit similarity (higher: better infilling)"),
-                           (axes[1], "hole_loss", "FIM hole loss (lower: better infilling)")):
+    for ax, key, label in (
+        (axes[0], "edit_similarity", "FIM edit similarity (higher: better infilling)"),
+        (axes[1], "hole_loss", "FIM hole loss (lower: better infilling)"),
+    ):
         for name, figure in figures.items():
             x, y = figure["completion_loss"], figure[key]
-            ax.errorbar(x[0], y[0], xerr=[[x[0] - x[1]], [x[2] - x[0]]], yerr=[[y[0] - y[1]], [y[2] - y[0]]],
-                        fmt="o", capsize=3, label=name)
+            ax.errorbar(
+                x[0],
+                y[0],
+                xerr=[[x[0] - x[1]], [x[2] - x[0]]],
+                yerr=[[y[0] - y[1]], [y[2] - y[0]]],
+                fmt="o",
+                capsize=3,
+                label=name,
+            )
         ax.set_xlabel("plain-text loss (lower: better completion)")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)

@@ -60,14 +60,18 @@ def run(out: Path, cfg: ExperimentConfig, corpus: Path | None = None) -> dict:
     run_stage(out, "variants", lambda: _variants(out, cfg.seed))
     steps = common.plan_steps(out, cfg, out / "corpus")
     log.info("repo-level: %d variants x %d seed(s), %d steps each", len(VARIANTS), cfg.seeds, steps)
-    models = {(name, seed): common.train(out, cfg, name, seed, steps, _corpus(out, name), {"fim.rate": "0"})
-              for seed in range(cfg.seed, cfg.seed + cfg.seeds) for name in VARIANTS}
+    models = {
+        (name, seed): common.train(out, cfg, name, seed, steps, _corpus(out, name), {"fim.rate": "0"})
+        for seed in range(cfg.seed, cfg.seed + cfg.seeds)
+        for name in VARIANTS
+    }
     # "-cceval": lines scored by CrossCodeEval's metrics (folders scored before that are scored again)
     scores = run_stage(out, common.evaluation_stage(cfg) + "-cceval", lambda: _evaluate(out, models, repos, cases, cfg))
     return _report(out, cfg, steps, scores, len(repos))
 
 
 # --- the variants' corpora -------------------------------------------------------------------------
+
 
 def _corpus(out: Path, name: str) -> Path:
     return out / "corpus" if name == "ordered" else out / f"corpus-{name}"
@@ -80,7 +84,9 @@ def _variants(out: Path, seed: int) -> dict:
 
     rng = random.Random(seed)
     shuffled, files = [], []
-    for row in corpus_lib.iter_rows(out / "corpus", ("id", "repo", "paths", "languages", "text", "n_chars", "n_files", "source")):
+    for row in corpus_lib.iter_rows(
+        out / "corpus", ("id", "repo", "paths", "languages", "text", "n_chars", "n_files", "source")
+    ):
         pairs = formats.split_repo_sample(row["text"], row["paths"])
         mixed = pairs[:]
         rng.shuffle(mixed)
@@ -88,13 +94,16 @@ def _variants(out: Path, seed: int) -> dict:
         shuffled.append({**row, "paths": [p for p, _ in mixed], "text": text, "n_chars": len(text)})
         for k, (path, body) in enumerate(pairs):
             text = formats.repo_sample([(path, body)])
-            files.append({**row, "id": f"{row['id']}/{k}", "paths": [path], "text": text, "n_chars": len(text), "n_files": 1})
+            files.append(
+                {**row, "id": f"{row['id']}/{k}", "paths": [path], "text": text, "n_chars": len(text), "n_files": 1}
+            )
     corpus_lib.write_corpus(out / "corpus-shuffled", shuffled, {"variant": "files shuffled within each sample"})
     corpus_lib.write_corpus(out / "corpus-files", files, {"variant": "one sample per file"})
     return {"samples": len(shuffled), "files": len(files)}
 
 
 # --- held-out repositories and the cross-file task ---------------------------------------------------
+
 
 def _heldout_repositories(out: Path) -> list[dict]:
     """Each held-out repository: its samples' files in dependency order, and the names each
@@ -111,8 +120,10 @@ def _heldout_repositories(out: Path) -> list[dict]:
                 repo["defines"][path] = defined_names(text)
     found = [r for r in repos.values() if len(r["defines"]) >= 2]
     if len(found) < MIN_REPOSITORIES:
-        raise UserError(f"the held-out corpus has {len(found)} repositories with two or more Python files; "
-                        f"this experiment needs at least {MIN_REPOSITORIES} (use a --corpus with more repositories)")
+        raise UserError(
+            f"the held-out corpus has {len(found)} repositories with two or more Python files; "
+            f"this experiment needs at least {MIN_REPOSITORIES} (use a --corpus with more repositories)"
+        )
     return found
 
 
@@ -130,12 +141,15 @@ def _cases(out: Path, repos: list[dict], cfg: ExperimentConfig) -> list[dict]:
                     artifacts.write_text(target, text)
         found += line_cases(folder, repo, sorted(repo["defines"]))
     if len(found) < MIN_CASES:
-        raise UserError(f"the held-out repositories have {len(found)} lines using a name defined in another file; "
-                        f"at least {MIN_CASES} are needed to build the cross-file completion task")
+        raise UserError(
+            f"the held-out repositories have {len(found)} lines using a name defined in another file; "
+            f"at least {MIN_CASES} are needed to build the cross-file completion task"
+        )
     return rng.sample(found, min(cfg.eval_items, len(found)))
 
 
 # --- evaluation ---------------------------------------------------------------------------------------
+
 
 def _evaluate(out: Path, models: dict, repos: list[dict], cases: list[dict], cfg: ExperimentConfig) -> dict:
     from dscoder.infer.engine import Engine
@@ -149,13 +163,21 @@ def _evaluate(out: Path, models: dict, repos: list[dict], cases: list[dict], cfg
         prompts = prompts or [line_prompt(engine, case) for case in cases]
         cross, rest = _file_losses(engine, repos, cfg.seq_len)
         lines = complete_lines(engine, cases, prompts)
-        scores.setdefault(name, []).append({"cross_nats": cross[:, 0].tolist(), "cross_tokens": cross[:, 1].tolist(),
-                                            "rest_nats": rest[:, 0].tolist(), "rest_tokens": rest[:, 1].tolist(),
-                                            **lines})
+        scores.setdefault(name, []).append(
+            {
+                "cross_nats": cross[:, 0].tolist(),
+                "cross_tokens": cross[:, 1].tolist(),
+                "rest_nats": rest[:, 0].tolist(),
+                "rest_tokens": rest[:, 1].tolist(),
+                **lines,
+            }
+        )
     return {"scores": scores, "cases": len(cases)}
 
 
-def _file_losses(engine, repos: list[dict], seq_len: int, max_windows: int = MAX_WINDOWS) -> tuple[np.ndarray, np.ndarray]:
+def _file_losses(
+    engine, repos: list[dict], seq_len: int, max_windows: int = MAX_WINDOWS
+) -> tuple[np.ndarray, np.ndarray]:
     """Per held-out Python file: (nats, tokens) of its cross-file identifier tokens and of its
     other tokens, each token scored with the sample's earlier text before it in its window
     (windows of `seq_len`, as in training; at most `max_windows` of them, taken from the
@@ -170,15 +192,15 @@ def _file_losses(engine, repos: list[dict], seq_len: int, max_windows: int = MAX
             break
         text = formats.repo_sample(pairs)
         encoded = engine.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-        ids, offsets = encoded["input_ids"][:budget * seq_len + 1], encoded["offset_mapping"][:budget * seq_len + 1]
-        full = [ids[i:i + seq_len + 1] for i in range(0, len(ids) - seq_len, seq_len)]  # equal lengths, batched
+        ids, offsets = encoded["input_ids"][: budget * seq_len + 1], encoded["offset_mapping"][: budget * seq_len + 1]
+        full = [ids[i : i + seq_len + 1] for i in range(0, len(ids) - seq_len, seq_len)]  # equal lengths, batched
         budget -= max(len(full), 1)
         losses = np.full(len(ids), np.nan)
         for start in range(0, len(full), 8):
-            batch = measure.position_losses(engine, full[start:start + 8])
+            batch = measure.position_losses(engine, full[start : start + 8])
             for k, row in enumerate(batch):
                 at = (start + k) * seq_len
-                losses[at + 1:at + seq_len + 1] = row
+                losses[at + 1 : at + seq_len + 1] = row
         starts = np.array([start for start, _ in offsets])
         position = 0
         for path, body in pairs:
@@ -208,6 +230,7 @@ def _round_robin(lists: list[list]) -> list:
 
 # --- report -----------------------------------------------------------------------------------------------
 
+
 def _loss(scores: dict, name: str, kind: str) -> tuple[np.ndarray, np.ndarray]:
     nats = np.array([r[f"{kind}_nats"] for r in scores[name]])
     tokens = np.array([r[f"{kind}_tokens"] for r in scores[name]])
@@ -224,17 +247,31 @@ def _difference(scores: dict, key: str, a: str, b: str) -> tuple[float, float, f
 def expectations(scores: dict) -> list[dict]:
     paper = "repository-level pretraining improved cross-file completion (CrossCodeEval, Table 7)"
     rows = [
-        ("cross-file identifiers: ordered samples better than files alone (loss, files minus ordered)",
-         _difference(scores, "cross", "files", "ordered"), "{:+.3f}"),
-        ("cross-file identifiers: ordered samples better than shuffled ones (loss, shuffled minus ordered)",
-         _difference(scores, "cross", "shuffled", "ordered"), "{:+.3f}"),
-        ("cross-file line completion: ordered better than files alone (identifier match)",
-         _difference(scores, "identifier_match", "ordered", "files"), "{:+.1%}"),
-        ("cross-file line completion: ordered better than files alone (exact match)",
-         _difference(scores, "exact_match", "ordered", "files"), "{:+.1%}"),
+        (
+            "cross-file identifiers: ordered samples better than files alone (loss, files minus ordered)",
+            _difference(scores, "cross", "files", "ordered"),
+            "{:+.3f}",
+        ),
+        (
+            "cross-file identifiers: ordered samples better than shuffled ones (loss, shuffled minus ordered)",
+            _difference(scores, "cross", "shuffled", "ordered"),
+            "{:+.3f}",
+        ),
+        (
+            "cross-file line completion: ordered better than files alone (identifier match)",
+            _difference(scores, "identifier_match", "ordered", "files"),
+            "{:+.1%}",
+        ),
+        (
+            "cross-file line completion: ordered better than files alone (exact match)",
+            _difference(scores, "exact_match", "ordered", "files"),
+            "{:+.1%}",
+        ),
     ]
-    return [{"expected": text, "difference": diff, "verdict": verdict(diff), "paper": paper, "spec": spec}
-            for text, diff, spec in rows]
+    return [
+        {"expected": text, "difference": diff, "verdict": verdict(diff), "paper": paper, "spec": spec}
+        for text, diff, spec in rows
+    ]
 
 
 def _report(out: Path, cfg: ExperimentConfig, steps: int, evaluated: dict, repositories: int) -> dict:
@@ -243,23 +280,48 @@ def _report(out: Path, cfg: ExperimentConfig, steps: int, evaluated: dict, repos
     for name in VARIANTS:
         cross, cross_w = _loss(scores, name, "cross")
         rest, rest_w = _loss(scores, name, "rest")
-        figures[name] = {"cross_file_loss": interval(cross, weights=cross_w), "other_loss": interval(rest, weights=rest_w),
-                         **{k: interval(np.array([r[k] for r in scores[name]])) for k in LINE_METRICS}}
-    keys = [("cross_file_loss", "cross-file identifier loss", "{:.3f}"), ("other_loss", "other tokens' loss", "{:.3f}"),
-            ("exact_match", "cross-file line exact match", "{:.1%}"), ("edit_similarity", "edit similarity", "{:.1%}"),
-            ("identifier_f1", "identifier F1", "{:.1%}"), ("identifier_match", "identifier match", "{:.1%}")]
+        figures[name] = {
+            "cross_file_loss": interval(cross, weights=cross_w),
+            "other_loss": interval(rest, weights=rest_w),
+            **{k: interval(np.array([r[k] for r in scores[name]])) for k in LINE_METRICS},
+        }
+    keys = [
+        ("cross_file_loss", "cross-file identifier loss", "{:.3f}"),
+        ("other_loss", "other tokens' loss", "{:.3f}"),
+        ("exact_match", "cross-file line exact match", "{:.1%}"),
+        ("edit_similarity", "edit similarity", "{:.1%}"),
+        ("identifier_f1", "identifier F1", "{:.1%}"),
+        ("identifier_match", "identifier match", "{:.1%}"),
+    ]
     table = [[name, *[fmt(figures[name][k], spec) for k, _, spec in keys]] for name in VARIANTS]
     found = expectations(scores)
     plots = [_plot(out, figures)]
-    intro = [f"Three `{cfg.preset}` models, {steps} steps each ({cfg.minutes:g} minutes planned), {cfg.seeds} seed(s), "
-             f"FIM off, windows of {cfg.seq_len} tokens: (a) `ordered`, the build's dependency-ordered samples; "
-             "(b) `shuffled`, the same samples with their files in random order; (c) `files`, one sample per file. "
-             f"Scored on {repositories} held-out repositories; the completion task has {evaluated['cases']} lines.",
-             "", f"Reproduce: `dscoder experiment repo-level --out {out} --minutes {cfg.minutes:g} --seeds {cfg.seeds}`"]
-    data = {"experiment": "repo-level", "config": asdict(cfg), "steps": steps, "seeds": cfg.seeds, "figures": figures,
-            "repositories": repositories, "cases": evaluated["cases"]}
-    common.write_report(out, "Repository-level data: cross-file completion", intro,
-                        [("Figures (mean [95% interval])", ["variant", *[k[1] for k in keys]], table)], found, plots, data)
+    intro = [
+        f"Three `{cfg.preset}` models, {steps} steps each ({cfg.minutes:g} minutes planned), {cfg.seeds} seed(s), "
+        f"FIM off, windows of {cfg.seq_len} tokens: (a) `ordered`, the build's dependency-ordered samples; "
+        "(b) `shuffled`, the same samples with their files in random order; (c) `files`, one sample per file. "
+        f"Scored on {repositories} held-out repositories; the completion task has {evaluated['cases']} lines.",
+        "",
+        f"Reproduce: `dscoder experiment repo-level --out {out} --minutes {cfg.minutes:g} --seeds {cfg.seeds}`",
+    ]
+    data = {
+        "experiment": "repo-level",
+        "config": asdict(cfg),
+        "steps": steps,
+        "seeds": cfg.seeds,
+        "figures": figures,
+        "repositories": repositories,
+        "cases": evaluated["cases"],
+    }
+    common.write_report(
+        out,
+        "Repository-level data: cross-file completion",
+        intro,
+        [("Figures (mean [95% interval])", ["variant", *[k[1] for k in keys]], table)],
+        found,
+        plots,
+        data,
+    )
     return {**data, "expectations": found}
 
 
@@ -270,11 +332,19 @@ def _plot(out: Path, figures: dict) -> str:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
-    for ax, key, title in ((axes[0], "cross_file_loss", "cross-file identifier loss"),
-                           (axes[1], "other_loss", "other tokens' loss"), (axes[2], "identifier_match", "identifier match")):
+    for ax, key, title in (
+        (axes[0], "cross_file_loss", "cross-file identifier loss"),
+        (axes[1], "other_loss", "other tokens' loss"),
+        (axes[2], "identifier_match", "identifier match"),
+    ):
         values = [figures[name][key] for name in VARIANTS]
-        ax.bar(VARIANTS, [v[0] for v in values], yerr=[[v[0] - v[1] for v in values], [v[2] - v[0] for v in values]],
-               capsize=4, color=["#369", "#6a9", "#c63"])
+        ax.bar(
+            VARIANTS,
+            [v[0] for v in values],
+            yerr=[[v[0] - v[1] for v in values], [v[2] - v[0] for v in values]],
+            capsize=4,
+            color=["#369", "#6a9", "#c63"],
+        )
         ax.set_title(title, fontsize=10)
         ax.grid(alpha=0.3, axis="y")
     fig.tight_layout()

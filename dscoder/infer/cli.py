@@ -18,15 +18,26 @@ log = logging.getLogger("dscoder")
 def _engine(args: argparse.Namespace, adapters=None):
     from dscoder.infer.engine import Engine
 
-    return Engine.load(args.model, dtype=args.dtype, device=args.device, quantize=QUANTIZE[args.quantize],
-                       context=getattr(args, "context", None),
-                       rows=getattr(args, "max_batch", 1),  # one answer at a time, except for serve
-                       adapters=adapters)
+    return Engine.load(
+        args.model,
+        dtype=args.dtype,
+        device=args.device,
+        quantize=QUANTIZE[args.quantize],
+        context=getattr(args, "context", None),
+        rows=getattr(args, "max_batch", 1),  # one answer at a time, except for serve
+        adapters=adapters,
+    )
 
 
 def _params(args: argparse.Namespace, engine):
-    return SamplingParams(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
-                          top_k=args.top_k, seed=args.seed, stop=tuple(args.stop or ()))
+    return SamplingParams(
+        max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        top_k=args.top_k,
+        seed=args.seed,
+        stop=tuple(args.stop or ()),
+    )
 
 
 def _generate(args: argparse.Namespace, engine, prompt) -> str:
@@ -37,9 +48,11 @@ def _generate(args: argparse.Namespace, engine, prompt) -> str:
         sys.stdout.write(f"=== prompt ===\n{prompt.text}\n=== completion ===\n")
     on_delta = None
     if args.stream:
+
         def on_delta(delta: str) -> None:
             sys.stdout.write(delta)
             sys.stdout.flush()
+
     (sequence,) = engine.generate([Sequence(prompt.ids, _params(args, engine), on_delta)])
     if not args.stream:
         sys.stdout.write(sequence.text)
@@ -101,8 +114,10 @@ def cmd_chat(args: argparse.Namespace) -> int:
         messages.append({"role": "user", "content": args.message})
         _generate(args, engine, prompts.chat(engine, messages, args.max_new_tokens))
         return 0
-    print(f"chatting with {engine.name} (empty line: nothing; /reset: new conversation; /exit or Ctrl-D: quit)",
-          file=sys.stderr)
+    print(
+        f"chatting with {engine.name} (empty line: nothing; /reset: new conversation; /exit or Ctrl-D: quit)",
+        file=sys.stderr,
+    )
     while True:
         try:
             line = input(">>> ")
@@ -135,13 +150,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.upstream is None and (args.tokenizer or args.upstream_key or args.upstream_model):
         raise UserError("--tokenizer, --upstream-key and --upstream-model go with --upstream")
     if args.upstream is not None and args.tokenizer is None:
-        raise UserError("--upstream needs --tokenizer DIR (the model's tokenizer or model folder): the prompts are "
-                        "built here")
+        raise UserError(
+            "--upstream needs --tokenizer DIR (the model's tokenizer or model folder): the prompts are built here"
+        )
     if args.upstream is not None and args.quantize != "none":
         raise UserError("--quantize applies to a local --model, not to an upstream server")
     if args.upstream is not None and args.lora:
-        raise UserError("--lora applies to a local --model; an upstream server serves its own adapters (vLLM's "
-                        "--lora-modules): choose one with --upstream-model")
+        raise UserError(
+            "--lora applies to a local --model; an upstream server serves its own adapters (vLLM's "
+            "--lora-modules): choose one with --upstream-model"
+        )
     adapters = None
     if args.lora:  # read and checked before the port is taken and the model loads (against it, as it loads)
         from dscoder.infer import lora
@@ -152,16 +170,23 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.upstream is not None:  # reached, and asked its model and context, before serving
         from dscoder.infer.upstream import UpstreamEngine
 
-        engine = UpstreamEngine.connect(args.upstream, args.upstream_key, args.upstream_model, args.tokenizer,
-                                        args.context)
+        engine = UpstreamEngine.connect(
+            args.upstream, args.upstream_key, args.upstream_model, args.tokenizer, args.context
+        )
     else:
         engine = _engine(args, adapters)  # its KV cache allocated: one that cannot fit is refused before serving
         log.info("KV cache: %d sequences of up to %d tokens", engine.max_rows, engine.context)
         for adapter in engine.adapters.values():
             log.info("LoRA adapter %s: %s (%d layers)", adapter.name, adapter.folder, len(adapter.layers))
-    serve(engine, listener, api_key=args.api_key, max_batch=args.max_batch,
-          limits=ServeLimits(max_tokens=args.max_tokens, infill_window=args.infill_window,
-                             max_prompt_ms=args.max_prompt_ms))
+    serve(
+        engine,
+        listener,
+        api_key=args.api_key,
+        max_batch=args.max_batch,
+        limits=ServeLimits(
+            max_tokens=args.max_tokens, infill_window=args.infill_window, max_prompt_ms=args.max_prompt_ms
+        ),
+    )
     return 0
 
 
@@ -172,53 +197,78 @@ def _lora_flag(value: str) -> tuple[str, Path]:
     """`--lora NAME=DIR` as (name, folder)."""
     name, sep, folder = value.partition("=")
     if not sep or not name.strip() or not folder.strip():
-        raise UserError(f"--lora {value}: expected NAME=DIR (a name for requests' `model` and a PEFT LoRA adapter "
-                        "folder)")
+        raise UserError(
+            f"--lora {value}: expected NAME=DIR (a name for requests' `model` and a PEFT LoRA adapter folder)"
+        )
     return name.strip(), Path(folder.strip())
 
 
 def quantize_flag(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--quantize", default="none", choices=list(QUANTIZE),
-                   help="quantize the weights as the model loads (a folder from `dscoder model quantize` "
-                   "needs no flag)")
+    p.add_argument(
+        "--quantize",
+        default="none",
+        choices=list(QUANTIZE),
+        help="quantize the weights as the model loads (a folder from `dscoder model quantize` needs no flag)",
+    )
 
 
 def _model_flags(p: argparse.ArgumentParser, required: bool = True) -> None:
     p.add_argument("--model", type=Path, required=required, help="model folder (ours or a released DeepSeek-Coder one)")
-    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
-                   help="weights dtype (auto: as saved)")
+    p.add_argument(
+        "--dtype",
+        default="auto",
+        choices=["auto", "float32", "bfloat16", "float16"],
+        help="weights dtype (auto: as saved)",
+    )
     p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N")
     quantize_flag(p)
 
 
 def _generation_flags(p: argparse.ArgumentParser) -> None:
     _model_flags(p)
-    p.add_argument("--max-new-tokens", type=setting(SamplingParams, "max_new_tokens"), default=128,
-                   help="most tokens generated")
-    p.add_argument("--temperature", type=setting(SamplingParams, "temperature"), default=0.0,
-                   help="sampling temperature (0: greedy)")
+    p.add_argument(
+        "--max-new-tokens", type=setting(SamplingParams, "max_new_tokens"), default=128, help="most tokens generated"
+    )
+    p.add_argument(
+        "--temperature",
+        type=setting(SamplingParams, "temperature"),
+        default=0.0,
+        help="sampling temperature (0: greedy)",
+    )
     p.add_argument("--top-p", type=setting(SamplingParams, "top_p"), default=1.0, help="nucleus sampling mass")
-    p.add_argument("--top-k", type=setting(SamplingParams, "top_k"), default=0,
-                   help="sample among the k most likely tokens (0: all)")
+    p.add_argument(
+        "--top-k",
+        type=setting(SamplingParams, "top_k"),
+        default=0,
+        help="sample among the k most likely tokens (0: all)",
+    )
     p.add_argument("--seed", type=setting(SamplingParams, "seed"), help="sampling seed")
-    p.add_argument("--stop", action="append", metavar="TEXT", help="stop sequence, trimmed from the output (repeatable)")
+    p.add_argument(
+        "--stop", action="append", metavar="TEXT", help="stop sequence, trimmed from the output (repeatable)"
+    )
     p.add_argument("--stream", action="store_true", help="print tokens as they are generated")
     p.add_argument("--show-prompt", action="store_true", help="print the exact prompt text first")
 
 
 def add_commands(groups) -> None:
-    p = groups.add_parser("complete", help="continue a prompt (base models stop at EOS)",
-                          description="Plain completion: the prompt after BOS. A prompt longer than the "
-                          "context is cut from the left, with a warning.",
-                          example='dscoder complete --model runs/pretrain/final "def quick_sort(arr):"')
+    p = groups.add_parser(
+        "complete",
+        help="continue a prompt (base models stop at EOS)",
+        description="Plain completion: the prompt after BOS. A prompt longer than the "
+        "context is cut from the left, with a warning.",
+        example='dscoder complete --model runs/pretrain/final "def quick_sort(arr):"',
+    )
     p.add_argument("prompt", metavar="PROMPT", help="text to continue ('-' reads standard input)")
     _generation_flags(p)
     p.set_defaults(func=cmd_complete)
 
-    p = groups.add_parser("infill", help="fill in the middle between a prefix and a suffix",
-                          description="Insertion with the released FIM layout: --prefix/--suffix, or "
-                          "--file PATH --line N [--column C] to insert at a cursor in a real file.",
-                          example="dscoder infill --model runs/pretrain/final --file app.py --line 12")
+    p = groups.add_parser(
+        "infill",
+        help="fill in the middle between a prefix and a suffix",
+        description="Insertion with the released FIM layout: --prefix/--suffix, or "
+        "--file PATH --line N [--column C] to insert at a cursor in a real file.",
+        example="dscoder infill --model runs/pretrain/final --file app.py --line 12",
+    )
     p.add_argument("--prefix", help="text before the hole")
     p.add_argument("--suffix", help="text after the hole")
     p.add_argument("--file", type=Path, help="file to insert into")
@@ -227,11 +277,14 @@ def add_commands(groups) -> None:
     _generation_flags(p)
     p.set_defaults(func=cmd_infill)
 
-    p = groups.add_parser("repo-complete", help="complete a file with its repository's dependencies as context",
-                          description="Repository-level completion: the target file's dependencies in "
-                          "dependency order with #path headers, fitted to the context, then the file up to the "
-                          "cursor (as FIM when text follows the cursor).",
-                          example="dscoder repo-complete --model runs/pretrain/final --repo ~/src/app --file app/main.py --line 20")
+    p = groups.add_parser(
+        "repo-complete",
+        help="complete a file with its repository's dependencies as context",
+        description="Repository-level completion: the target file's dependencies in "
+        "dependency order with #path headers, fitted to the context, then the file up to the "
+        "cursor (as FIM when text follows the cursor).",
+        example="dscoder repo-complete --model runs/pretrain/final --repo ~/src/app --file app/main.py --line 20",
+    )
     p.add_argument("--repo", type=Path, required=True, help="repository folder")
     p.add_argument("--file", required=True, help="file to complete (inside the repository)")
     p.add_argument("--line", type=number(int, AT_LEAST_ONE), help="cursor line (default: the end of the file)")
@@ -239,48 +292,74 @@ def add_commands(groups) -> None:
     _generation_flags(p)
     p.set_defaults(func=cmd_repo_complete)
 
-    p = groups.add_parser("chat", help="chat with an instruct model in the terminal",
-                          description="Multi-turn chat with the released template (instruct models stop "
-                          "at <|EOT|>); --message for one exchange.",
-                          example='dscoder chat --model runs/instruct/final --message "Write a function that reverses a list."')
+    p = groups.add_parser(
+        "chat",
+        help="chat with an instruct model in the terminal",
+        description="Multi-turn chat with the released template (instruct models stop "
+        "at <|EOT|>); --message for one exchange.",
+        example='dscoder chat --model runs/instruct/final --message "Write a function that reverses a list."',
+    )
     p.add_argument("--message", help="one message to answer, then exit")
     p.add_argument("--system", help="system message (default: the released default system prompt)")
     _generation_flags(p)
     p.set_defaults(func=cmd_chat)
 
-    p = groups.add_parser("serve", help="OpenAI-compatible HTTP server (completions with suffix, chat, /infill)",
-                          description="Serve a model folder over HTTP: /v1/models, /v1/completions (suffix "
-                          "rendered as FIM), /v1/chat/completions, llama.cpp's /completion, /infill, /tokenize, "
-                          "/detokenize, /props, /health. With --upstream, another OpenAI-compatible server (vLLM, "
-                          "llama.cpp) generates and dscoder builds the prompts (docs/serving.md).",
-                          example="dscoder serve --model runs/instruct/final --port 8000\n"
-                          "dscoder serve --model runs/instruct/final --lora sql=runs/sql-lora --lora py=runs/py-lora\n"
-                          "dscoder serve --upstream http://127.0.0.1:8001/v1 --tokenizer MODEL_DIR --port 8000")
+    p = groups.add_parser(
+        "serve",
+        help="OpenAI-compatible HTTP server (completions with suffix, chat, /infill)",
+        description="Serve a model folder over HTTP: /v1/models, /v1/completions (suffix "
+        "rendered as FIM), /v1/chat/completions, llama.cpp's /completion, /infill, /tokenize, "
+        "/detokenize, /props, /health. With --upstream, another OpenAI-compatible server (vLLM, "
+        "llama.cpp) generates and dscoder builds the prompts (docs/serving.md).",
+        example="dscoder serve --model runs/instruct/final --port 8000\n"
+        "dscoder serve --model runs/instruct/final --lora sql=runs/sql-lora --lora py=runs/py-lora\n"
+        "dscoder serve --upstream http://127.0.0.1:8001/v1 --tokenizer MODEL_DIR --port 8000",
+    )
     _model_flags(p, required=False)
-    p.add_argument("--lora", action="append", metavar="NAME=DIR",
-                   help="serve a PEFT LoRA adapter of --model under NAME (repeatable): a request's `model` picks it, "
-                   "and requests for different adapters share one batch (docs/inference.md)")
-    p.add_argument("--upstream", help="an OpenAI-compatible server's base URL (e.g. http://127.0.0.1:8001/v1) that "
-                   "generates, instead of --model")
+    p.add_argument(
+        "--lora",
+        action="append",
+        metavar="NAME=DIR",
+        help="serve a PEFT LoRA adapter of --model under NAME (repeatable): a request's `model` picks it, "
+        "and requests for different adapters share one batch (docs/inference.md)",
+    )
+    p.add_argument(
+        "--upstream",
+        help="an OpenAI-compatible server's base URL (e.g. http://127.0.0.1:8001/v1) that "
+        "generates, instead of --model",
+    )
     p.add_argument("--upstream-key", help="the upstream server's API key")
     p.add_argument("--upstream-model", help="the model name to ask the upstream for (default: its only model)")
     p.add_argument("--tokenizer", type=Path, help="with --upstream: the model's tokenizer or model folder")
-    p.add_argument("--context", type=number(int, AT_LEAST_ONE),
-                   help="tokens of one sequence, prompt and answer (default: the model's context, lowered to what "
-                   "--max-batch sequences' keys and values fit in memory; with --upstream: what the upstream says, "
-                   "else --tokenizer's config.json)")
+    p.add_argument(
+        "--context",
+        type=number(int, AT_LEAST_ONE),
+        help="tokens of one sequence, prompt and answer (default: the model's context, lowered to what "
+        "--max-batch sequences' keys and values fit in memory; with --upstream: what the upstream says, "
+        "else --tokenizer's config.json)",
+    )
     p.add_argument("--host", default="127.0.0.1", help="address to listen on")
     p.add_argument("--port", type=PORT, default=8000, help="port")
     p.add_argument("--api-key", help="require this key as 'Authorization: Bearer KEY'")
     p.add_argument("--max-batch", type=number(int, AT_LEAST_ONE), default=8, help="most sequences generated together")
-    p.add_argument("--max-tokens", type=number(int, AT_LEAST_ONE), default=1024,
-                   help="most new tokens one request may ask for; chat and /infill requests that give no limit get "
-                   "this many")
-    p.add_argument("--infill-window", type=number(int, AT_LEAST_ONE), default=2048,
-                   help="most tokens of the current file an insertion keeps around the cursor (llama.cpp's n_batch; "
-                   "three quarters before it); repository context fills the rest of the context")
-    p.add_argument("--max-prompt-ms", type=number(int, AT_LEAST_ONE),
-                   help="for insertions that give no t_max_prompt_ms: milliseconds their prompt may take to compute "
-                   "at the measured speed; the suffix's far lines and uncached context files are left out to meet it "
-                   "(default: no limit; llama.vim sends 500)")
+    p.add_argument(
+        "--max-tokens",
+        type=number(int, AT_LEAST_ONE),
+        default=1024,
+        help="most new tokens one request may ask for; chat and /infill requests that give no limit get this many",
+    )
+    p.add_argument(
+        "--infill-window",
+        type=number(int, AT_LEAST_ONE),
+        default=2048,
+        help="most tokens of the current file an insertion keeps around the cursor (llama.cpp's n_batch; "
+        "three quarters before it); repository context fills the rest of the context",
+    )
+    p.add_argument(
+        "--max-prompt-ms",
+        type=number(int, AT_LEAST_ONE),
+        help="for insertions that give no t_max_prompt_ms: milliseconds their prompt may take to compute "
+        "at the measured speed; the suffix's far lines and uncached context files are left out to meet it "
+        "(default: no limit; llama.vim sends 500)",
+    )
     p.set_defaults(func=cmd_serve)

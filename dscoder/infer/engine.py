@@ -66,7 +66,7 @@ class Sequence:
     def emit(self, end: int) -> None:
         if end > self._emitted:
             if self.on_delta is not None:
-                self.on_delta(self.text[self._emitted:end])
+                self.on_delta(self.text[self._emitted : end])
             self._emitted = end
 
 
@@ -99,8 +99,15 @@ class Engine:
 
     max_rows = 8  # sequences decoded together; the KV cache's rows
 
-    def __init__(self, model, tokenizer, name: str = "model", prompt_cache: int = 1, context: int | None = None,
-                 adapters: dict[str, lora.Adapter] | None = None):
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        name: str = "model",
+        prompt_cache: int = 1,
+        context: int | None = None,
+        adapters: dict[str, lora.Adapter] | None = None,
+    ):
         self.model, self.tokenizer, self.name = model.eval(), tokenizer, name
         self.adapters = adapters or {}
         self.device = next(model.parameters()).device
@@ -126,9 +133,16 @@ class Engine:
         self.token_ms: float | None = None  # measured: each further prompt token of a prefill
 
     @classmethod
-    def load(cls, folder: str | Path, dtype: str = "auto", device: str = "auto", quantize: int | None = None,
-             context: int | None = None, rows: int | None = None,
-             adapters: dict[str, lora.Adapter] | None = None) -> "Engine":
+    def load(
+        cls,
+        folder: str | Path,
+        dtype: str = "auto",
+        device: str = "auto",
+        quantize: int | None = None,
+        context: int | None = None,
+        rows: int | None = None,
+        adapters: dict[str, lora.Adapter] | None = None,
+    ) -> "Engine":
         """An engine for a model folder (ours or a released DeepSeek-Coder download), its KV cache
         allocated for `rows` sequences (default max_rows); `quantize` (8 or 4 bits) quantizes its
         weights as it loads (quantize.py); `adapters` (lora.read) are checked against it."""
@@ -138,8 +152,9 @@ class Engine:
         device = model_lib.device_for(device)
         if device.type == "cpu":
             allocator.keep_freed_memory()
-        model, tokenizer = model_lib.load(folder, dtype=None if dtype == "auto" else dtype, device=device,
-                                          quantize=quantize)
+        model, tokenizer = model_lib.load(
+            folder, dtype=None if dtype == "auto" else dtype, device=device, quantize=quantize
+        )
         lora.check(adapters or {}, model, str(folder))
         engine = cls(model, tokenizer, served_name(folder), context=context, adapters=adapters)
         if rows is not None:
@@ -215,10 +230,11 @@ class Engine:
                 if source is not None and not self._runner.copy(source, row, cached, stop=stop):
                     cached = 0  # stopped while copying: the row holds nothing whole
                 elif cached < len(ids):
-                    _, done = self._runner.prefill(row, ids[cached:], cached, stop=stop, chunk=WARM_CHUNK,
-                                                   adapter=adapter)
+                    _, done = self._runner.prefill(
+                        row, ids[cached:], cached, stop=stop, chunk=WARM_CHUNK, adapter=adapter
+                    )
             finally:
-                self._rows.hold(row, ids[:cached + done], guessed=guess)
+                self._rows.hold(row, ids[: cached + done], guessed=guess)
                 self._rows.release(row)
             return cached + done
 
@@ -232,13 +248,20 @@ class Engine:
         rows = self.max_rows
         if not self._context_given:  # the model's context, or what `rows` sequences of it fit in
             free = runner_lib.free_bytes(self.device)
-            fits = self.model_context if free is None else \
-                int(0.75 * free) // (rows * runner_lib.bytes_per_token(self.model.config, self.dtype)) // 256 * 256
+            fits = (
+                self.model_context
+                if free is None
+                else int(0.75 * free) // (rows * runner_lib.bytes_per_token(self.model.config, self.dtype)) // 256 * 256
+            )
             self.context = min(self.model_context, max(256, fits))
             self.tokenizer.model_max_length = self.context
             if self.context < self.model_context:
-                log.warning("context lowered to %d tokens so that %d sequences' keys and values fit in memory "
-                            "(--context sets it)", self.context, rows)
+                log.warning(
+                    "context lowered to %d tokens so that %d sequences' keys and values fit in memory "
+                    "(--context sets it)",
+                    self.context,
+                    rows,
+                )
         runner_lib.check_fits(self.model.config, self.dtype, rows, self.context, self.device)
         cache = runner_lib.KVCache(self.model.config, rows, self.context, self.dtype, self.device)
         self._runner, self._rows = runner_lib.ModelRunner(self.model, cache, self.adapters), Rows(rows)
@@ -253,7 +276,9 @@ class Engine:
                 raise UserError(f"no LoRA adapter {s.adapter!r} (this engine has {', '.join(self.adapters) or 'none'})")
 
     @torch.inference_mode()
-    def generate(self, sequences: list[Sequence], admit: Callable[[int], list[Sequence]] | None = None) -> list[Sequence]:
+    def generate(
+        self, sequences: list[Sequence], admit: Callable[[int], list[Sequence]] | None = None
+    ) -> list[Sequence]:
         """Run every sequence to its end; results are written into the sequences.
 
         At most `max_rows` run at once; the others wait for a free row. With `admit`, new
@@ -274,8 +299,12 @@ class Engine:
                         waiting.extend(newcomers)
                         sequences = sequences + newcomers
                     if running:
-                        logits = self._runner.decode([r.row for r in running], [r.last for r in running],
-                                                     [r.position for r in running], [r.s.adapter for r in running])
+                        logits = self._runner.decode(
+                            [r.row for r in running],
+                            [r.last for r in running],
+                            [r.position for r in running],
+                            [r.s.adapter for r in running],
+                        )
                         running = [r for i, r in enumerate(running) if self._advance(r, logits[i])]
             finally:
                 for r in running:
@@ -290,14 +319,15 @@ class Engine:
         row, cached, _ = self._rows.take(s.prompt_ids, self.reuse and s.reuse_cache, adapter=s.adapter)
         try:
             began = time.perf_counter()
-            logits, done = self._runner.prefill(row, s.prompt_ids[cached:], cached, stop=s.cancelled.is_set,
-                                                adapter=s.adapter)
+            logits, done = self._runner.prefill(
+                row, s.prompt_ids[cached:], cached, stop=s.cancelled.is_set, adapter=s.adapter
+            )
             if logits is not None:
                 self._measured(done, time.perf_counter() - began)
         except BaseException:
             self._rows.release(row)
             raise
-        self._rows.hold(row, s.prompt_ids[:cached + done])
+        self._rows.hold(row, s.prompt_ids[: cached + done])
         s.cached_tokens = cached
         live = _Live(s, row, len(s.prompt_ids), self)
         if logits is None:  # cancelled while its prompt was computed: what was computed is kept
@@ -338,8 +368,9 @@ class Engine:
         if live.output.push(live.last):
             prompt, params = tuple(live.s.prompt_ids), live.s.params
             greedy = params.temperature < GREEDY_BELOW
-            self._rows.hold(live.row, prompt + tuple(live.chosen[:-1]),
-                            Answer(prompt, tuple(live.chosen)) if greedy else None)
+            self._rows.hold(
+                live.row, prompt + tuple(live.chosen[:-1]), Answer(prompt, tuple(live.chosen)) if greedy else None
+            )
             self._rows.release(live.row)
             return False
         return True
@@ -358,12 +389,16 @@ class _Live:
         self.generator = None
         if params.temperature > 0:
             self.generator = torch.Generator(device=engine.device)
-            self.generator.manual_seed(params.seed if params.seed is not None else int.from_bytes(os.urandom(8), "little") >> 1)
+            self.generator.manual_seed(
+                params.seed if params.seed is not None else int.from_bytes(os.urandom(8), "little") >> 1
+            )
 
     def choose(self, logits: torch.Tensor) -> int:
         params = self.s.params
         token = next_token(logits, params, self.generator)
         if params.logprobs is not None:
             chosen, top = top_logprobs(logits, token, params.logprobs)
-            self.s.logprobs.append({"token_id": token, "logprob": chosen, "top": [(self.convert(i), v) for i, v in top]})
+            self.s.logprobs.append(
+                {"token_id": token, "logprob": chosen, "top": [(self.convert(i), v) for i, v in top]}
+            )
         return token

@@ -34,20 +34,28 @@ MIN_PROMPT = 8  # tokens an answer leaves at least for a prompt that is fitted t
 class APIError(Exception):
     """A request the server refuses: an HTTP status (4xx) and OpenAI's error fields."""
 
-    def __init__(self, status: int, message: str, code: str | None = None, param: str | None = None,
-                 kind: str = "invalid_request_error"):
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        code: str | None = None,
+        param: str | None = None,
+        kind: str = "invalid_request_error",
+    ):
         super().__init__(message)
         self.status, self.message, self.code, self.param, self.kind = status, message, code, param, kind
 
 
-def error_body(message: str, kind: str = "invalid_request_error", code: str | None = None,
-               param: str | None = None) -> dict:
+def error_body(
+    message: str, kind: str = "invalid_request_error", code: str | None = None, param: str | None = None
+) -> dict:
     """OpenAI's error body, which both dialects answer with."""
     return {"error": {"message": message, "type": kind, "param": param, "code": code}}
 
 
-def _reply(status: int, message: str, kind: str = "invalid_request_error", code: str | None = None,
-           param: str | None = None) -> JSONResponse:
+def _reply(
+    status: int, message: str, kind: str = "invalid_request_error", code: str | None = None, param: str | None = None
+) -> JSONResponse:
     return JSONResponse(error_body(message, kind, code, param), status_code=status)
 
 
@@ -80,14 +88,22 @@ async def _invalid(request: Request, exc: RequestValidationError) -> JSONRespons
     loc = [str(p) for p in chosen.get("loc", ())[1:]]
     where = loc[0] if loc else None
     detail = ".".join(p for p in loc[1:] if not p.startswith(("str", "list[", "int", "float", "function")))
-    message = f"{where}{'.' + detail if detail else ''}: {chosen.get('msg', 'invalid value')}" if where \
+    message = (
+        f"{where}{'.' + detail if detail else ''}: {chosen.get('msg', 'invalid value')}"
+        if where
         else chosen.get("msg", "invalid request body")
+    )
     return _reply(400, message, code="invalid_value", param=where)
 
 
 # FastAPI's exception_handlers: a handler is found along the exception's classes (RemoteError is a UserError)
-ERROR_HANDLERS = {APIError: _refused, Closing: _closing, RemoteError: _upstream_failed, UserError: _user_error,
-                  RequestValidationError: _invalid}
+ERROR_HANDLERS = {
+    APIError: _refused,
+    Closing: _closing,
+    RemoteError: _upstream_failed,
+    UserError: _user_error,
+    RequestValidationError: _invalid,
+}
 
 
 async def guard(request: Request, call_next):
@@ -101,8 +117,9 @@ async def guard(request: Request, call_next):
     size = int(length) if length and length.isdigit() else len(await request.body()) if request.method == "POST" else 0
     most = state.limits.max_body_bytes
     if size > most:
-        return _reply(413, f"the request body has {size} bytes; this server takes at most {most}",
-                      code="request_too_large")
+        return _reply(
+            413, f"the request body has {size} bytes; this server takes at most {most}", code="request_too_large"
+        )
     return await call_next(request)
 
 
@@ -125,14 +142,25 @@ def bounded(default: Any, name: str, **extra: Any) -> Any:
 
 def context_error(engine, param: str, prompt_tokens: int | None = None, asked: int | None = None) -> APIError:
     """The one answer to a request that does not fit the model's context, from every route."""
-    said = ([f"the prompt has {prompt_tokens}"] if prompt_tokens is not None else []) + \
-        ([f"{asked} new tokens were requested"] if asked is not None else [])
-    return APIError(400, f"this model's maximum context length is {engine.context} tokens; {' and '.join(said)}",
-                    "context_length_exceeded", param)
+    said = ([f"the prompt has {prompt_tokens}"] if prompt_tokens is not None else []) + (
+        [f"{asked} new tokens were requested"] if asked is not None else []
+    )
+    return APIError(
+        400,
+        f"this model's maximum context length is {engine.context} tokens; {' and '.join(said)}",
+        "context_length_exceeded",
+        param,
+    )
 
 
-def new_tokens(engine, asked: int | None, most: int, param: str = "max_tokens", prompt_tokens: int | None = None,
-               default: int | None = None) -> int:
+def new_tokens(
+    engine,
+    asked: int | None,
+    most: int,
+    param: str = "max_tokens",
+    prompt_tokens: int | None = None,
+    default: int | None = None,
+) -> int:
     """How long an answer may be: the new tokens a request gets, on every route of both dialects.
 
     `asked` is the request's own limit (`max_tokens`, `n_predict`; None when it gives none) and
@@ -150,13 +178,13 @@ def new_tokens(engine, asked: int | None, most: int, param: str = "max_tokens", 
     if engine.budget(MIN_PROMPT if prompt_tokens is None else prompt_tokens, asked) < asked:
         raise context_error(engine, param, prompt_tokens, asked)
     if asked > most:
-        raise APIError(400, f"{param} is {asked}; this server gives at most {most} new tokens per request",
-                       "invalid_value", param)
+        raise APIError(
+            400, f"{param} is {asked}; this server gives at most {most} new tokens per request", "invalid_value", param
+        )
     return asked
 
 
-def insertion_stop(prefix: str, suffix: str | None, editor_rules: bool,
-                   n_indent: int = 0) -> prompts.EditorStop | None:
+def insertion_stop(prefix: str, suffix: str | None, editor_rules: bool, n_indent: int = 0) -> prompts.EditorStop | None:
     """Where an answer ends, on the routes of both dialects: an insertion (`suffix` given: /infill,
     /v1/completions with `suffix`) where an editor wants it (prompts.EditorStop, the cursor after
     `prefix`), unless the request asks for the raw FIM output (`"editor_rules": false`, a dscoder
@@ -191,13 +219,20 @@ def sse(data: dict | str) -> str:
     return f"data: {data if isinstance(data, str) else json.dumps(data)}\n\n"
 
 
-def event_stream(batcher, sequences: list[Sequence], chunk: Callable[[int, str], dict],
-                 finals: Callable[[], Iterable[dict]], usage: Callable[[], dict] | None = None,
-                 done: bool = True, slot=None) -> StreamingResponse:
+def event_stream(
+    batcher,
+    sequences: list[Sequence],
+    chunk: Callable[[int, str], dict],
+    finals: Callable[[], Iterable[dict]],
+    usage: Callable[[], dict] | None = None,
+    done: bool = True,
+    slot=None,
+) -> StreamingResponse:
     """Generate `sequences` as server-sent events: `chunk(index, delta)` per text delta, then
     `finals()`, `usage()` where given, and `[DONE]` (OpenAI's streams; llama.cpp's end with their
     final chunk). A client that goes away cancels its sequences, which frees their rows; `slot`
     as in batching.Batcher.run."""
+
     async def events():
         out, start = batcher.stream(sequences, slot)
         task = asyncio.create_task(start())

@@ -43,7 +43,6 @@ UNNAMED = "untitled"  # the path of a file sent without one
 SEEDS = 2**63  # llama.cpp's seeds are unsigned 64-bit; the engine's are below this
 
 
-
 class AnyContentType(APIRoute):
     """A route that reads its body as JSON whatever the request's Content-Type says."""
 
@@ -82,8 +81,9 @@ class _Sampling(BaseModel):
     @classmethod
     def _n_predict(cls, value: int | None) -> int | None:
         if value is not None and value < -1:
-            raise ValueError("must be -1 (as many as the server gives), 0 (compute the prompt only) or a "
-                             "positive number of tokens")
+            raise ValueError(
+                "must be -1 (as many as the server gives), 0 (compute the prompt only) or a positive number of tokens"
+            )
         return value
 
     _t_max_prompt_ms = field_validator("t_max_prompt_ms")(check_prompt_ms)
@@ -127,11 +127,35 @@ class DetokenizeBody(BaseModel):
     tokens: list[int]
 
 
-RESPONSE_FIELDS = {"content", "stop", "stop_type", "stopping_word", "model", "tokens_predicted", "tokens_evaluated",
-                   "tokens_cached", "truncated", "timings", "stopped_eos", "stopped_limit", "stopped_word",
-                   "generation_settings"}
-TIMINGS = {"prompt_n", "prompt_ms", "prompt_per_token_ms", "prompt_per_second", "predicted_n", "predicted_ms",
-           "predicted_per_token_ms", "predicted_per_second", "cache_n", "left_out_n", "left_out_for_time_n"}
+RESPONSE_FIELDS = {
+    "content",
+    "stop",
+    "stop_type",
+    "stopping_word",
+    "model",
+    "tokens_predicted",
+    "tokens_evaluated",
+    "tokens_cached",
+    "truncated",
+    "timings",
+    "stopped_eos",
+    "stopped_limit",
+    "stopped_word",
+    "generation_settings",
+}
+TIMINGS = {
+    "prompt_n",
+    "prompt_ms",
+    "prompt_per_token_ms",
+    "prompt_per_second",
+    "predicted_n",
+    "predicted_ms",
+    "predicted_per_token_ms",
+    "predicted_per_second",
+    "cache_n",
+    "left_out_n",
+    "left_out_for_time_n",
+}
 
 
 def _check_fields(fields: list[str] | None) -> None:
@@ -139,8 +163,9 @@ def _check_fields(fields: list[str] | None) -> None:
         if not path:
             continue
         head, _, rest = path.partition("/")
-        if head not in RESPONSE_FIELDS or (rest and (head != "timings" or rest not in TIMINGS)
-                                           and head != "generation_settings"):
+        if head not in RESPONSE_FIELDS or (
+            rest and (head != "timings" or rest not in TIMINGS) and head != "generation_settings"
+        ):
             raise APIError(400, f"response_fields: unknown field {path!r}", "invalid_value", "response_fields")
 
 
@@ -150,15 +175,22 @@ def _asked(n_predict: int | None) -> int | None:
 
 
 def _params(body: _Sampling, new_tokens: int) -> SamplingParams:
-    return SamplingParams(max_new_tokens=new_tokens, temperature=body.temperature, top_p=body.top_p,
-                          top_k=body.top_k, seed=None if body.seed < 0 else body.seed % SEEDS, stop=tuple(body.stop))
+    return SamplingParams(
+        max_new_tokens=new_tokens,
+        temperature=body.temperature,
+        top_p=body.top_p,
+        top_k=body.top_k,
+        seed=None if body.seed < 0 else body.seed % SEEDS,
+        stop=tuple(body.stop),
+    )
 
 
 def _in_vocabulary(tokenizer, ids: list[int], param: str) -> None:
     bad = next((t for t in ids if not 0 <= t < len(tokenizer)), None)
     if bad is not None:
-        raise APIError(400, f"{param}: token id {bad} is not in the vocabulary (0..{len(tokenizer) - 1})",
-                       "invalid_value", param)
+        raise APIError(
+            400, f"{param}: token id {bad} is not in the vocabulary (0..{len(tokenizer) - 1})", "invalid_value", param
+        )
 
 
 def _result(engine, s: Sequence, prompt: prompts.Prompt, started: float, body: _Sampling) -> dict:
@@ -175,25 +207,43 @@ def _result(engine, s: Sequence, prompt: prompts.Prompt, started: float, body: _
     ids = prompt.ids
     predicted, evaluated = len(s.token_ids), len(ids) - s.cached_tokens
     body_out = {
-        "content": s.text, "stop": True, "stop_type": stop_type, "stopping_word": word,
+        "content": s.text,
+        "stop": True,
+        "stop_type": stop_type,
+        "stopping_word": word,
         "model": s.adapter or engine.name,
-        "tokens_predicted": predicted, "tokens_evaluated": len(ids), "tokens_cached": s.cached_tokens,
-        "truncated": prompt.truncated > 0, "stopped_eos": stop_type == "eos", "stopped_limit": stop_type == "limit",
+        "tokens_predicted": predicted,
+        "tokens_evaluated": len(ids),
+        "tokens_cached": s.cached_tokens,
+        "truncated": prompt.truncated > 0,
+        "stopped_eos": stop_type == "eos",
+        "stopped_limit": stop_type == "limit",
         "stopped_word": stop_type == "word",
-        "generation_settings": {"n_predict": s.params.max_new_tokens if body.n_predict != 0 else 0,
-                                "temperature": body.temperature,
-                                "top_k": body.top_k, "top_p": body.top_p, "n_ctx": engine.context},
-        "timings": {"prompt_n": evaluated, "prompt_ms": prompt_ms,
-                    "prompt_per_token_ms": prompt_ms / max(evaluated, 1),
-                    "prompt_per_second": 1000 * evaluated / max(prompt_ms, 1e-9),
-                    "predicted_n": predicted, "predicted_ms": predicted_ms,
-                    "predicted_per_token_ms": predicted_ms / max(predicted, 1),
-                    "predicted_per_second": 1000 * predicted / max(predicted_ms, 1e-9),
-                    "cache_n": s.cached_tokens, "left_out_n": prompt.truncated, "left_out_for_time_n": prompt.late},
+        "generation_settings": {
+            "n_predict": s.params.max_new_tokens if body.n_predict != 0 else 0,
+            "temperature": body.temperature,
+            "top_k": body.top_k,
+            "top_p": body.top_p,
+            "n_ctx": engine.context,
+        },
+        "timings": {
+            "prompt_n": evaluated,
+            "prompt_ms": prompt_ms,
+            "prompt_per_token_ms": prompt_ms / max(evaluated, 1),
+            "prompt_per_second": 1000 * evaluated / max(prompt_ms, 1e-9),
+            "predicted_n": predicted,
+            "predicted_ms": predicted_ms,
+            "predicted_per_token_ms": predicted_ms / max(predicted, 1),
+            "predicted_per_second": 1000 * predicted / max(predicted_ms, 1e-9),
+            "cache_n": s.cached_tokens,
+            "left_out_n": prompt.truncated,
+            "left_out_for_time_n": prompt.late,
+        },
     }
     if body.response_fields:
-        return {path: _get(body_out, path) for path in body.response_fields
-                if path and _get(body_out, path) is not None}
+        return {
+            path: _get(body_out, path) for path in body.response_fields if path and _get(body_out, path) is not None
+        }
     return body_out
 
 
@@ -202,9 +252,14 @@ async def _answer(request: Request, s: Sequence, prompt: prompts.Prompt, body: _
     engine, batcher = request.app.state.engine, request.app.state.batcher
     started = time.perf_counter()
     if body.stream:
-        return event_stream(batcher, [s], lambda i, d: {"content": d, "stop": False},
-                            lambda: [_result(engine, s, prompt, started, body) | {"content": ""}],
-                            done=False, slot=slot)
+        return event_stream(
+            batcher,
+            [s],
+            lambda i, d: {"content": d, "stop": False},
+            lambda: [_result(engine, s, prompt, started, body) | {"content": ""}],
+            done=False,
+            slot=slot,
+        )
     await batcher.run([s], slot)
     return _result(engine, s, prompt, started, body)
 
@@ -224,8 +279,12 @@ def _slot(request: Request, body: _Sampling, *more) -> tuple | None:
     ahead for it: its `id_slot`, else its address and `more` (None: no one in particular)."""
     engine = request.app.state.engine
     if body.id_slot >= max(engine.max_rows, 1):
-        raise APIError(400, f"id_slot: {body.id_slot} is not a slot of this server (-1, or 0..{engine.max_rows - 1})",
-                       "invalid_value", "id_slot")
+        raise APIError(
+            400,
+            f"id_slot: {body.id_slot} is not a slot of this server (-1, or 0..{engine.max_rows - 1})",
+            "invalid_value",
+            "id_slot",
+        )
     if body.id_slot >= 0:
         return ("slot", body.id_slot)
     return ("client", request.client.host if request.client else None, *more) if more else None
@@ -249,17 +308,22 @@ async def completion(body: CompletionBody, request: Request):
     adapter = adapter_for(engine, body.model, checked=False)
     slot = _slot(request, body)
     if body.n_predict == 0:
-        prompt = _token_prompt(engine, body.prompt, None, most)[0] if isinstance(body.prompt, list) else \
-            prompts.completion(engine, body.prompt, 1)
-        return _ahead(request, slot or ("client", request.client and request.client.host, adapter), prompt, body,
-                      adapter)
+        prompt = (
+            _token_prompt(engine, body.prompt, None, most)[0]
+            if isinstance(body.prompt, list)
+            else prompts.completion(engine, body.prompt, 1)
+        )
+        return _ahead(
+            request, slot or ("client", request.client and request.client.host, adapter), prompt, body, adapter
+        )
     if isinstance(body.prompt, list):
         prompt, limit = _token_prompt(engine, body.prompt, body.n_predict, most)
     else:  # cut from the left to what the answer leaves
         limit = new_tokens(engine, _asked(body.n_predict), most, "n_predict")
         prompt = prompts.completion(engine, body.prompt, limit)
-    s = Sequence(prompt.ids, _params(body, limit), max_ms=body.t_max_predict_ms, reuse_cache=body.cache_prompt,
-                 adapter=adapter)
+    s = Sequence(
+        prompt.ids, _params(body, limit), max_ms=body.t_max_predict_ms, reuse_cache=body.cache_prompt, adapter=adapter
+    )
     return await _answer(request, s, prompt, body, slot)
 
 
@@ -270,16 +334,41 @@ async def infill(body: InfillBody, request: Request):
     adapter = adapter_for(engine, body.model, checked=False)
     editor = _slot(request, body, body.filename, adapter)  # this editor: what is asked ahead for it
     slot = editor if body.id_slot >= 0 else (*editor, body.input_prefix)  # a keystroke on the same line
-    limit = 1 if body.n_predict == 0 else new_tokens(engine, _asked(body.n_predict), limits.max_tokens, "n_predict",
-                                                     default=INFILL_TOKENS if body.n_predict is None else None)
+    limit = (
+        1
+        if body.n_predict == 0
+        else new_tokens(
+            engine,
+            _asked(body.n_predict),
+            limits.max_tokens,
+            "n_predict",
+            default=INFILL_TOKENS if body.n_predict is None else None,
+        )
+    )
     extra = [(c.filename or UNNAMED, c.text) for c in body.input_extra]
 
-    def fit(prefix: str, typed: str, time_limit: prompts.TimeLimit | None = None, chunks=extra,
-            suffix: str = body.input_suffix, filename: str | None = body.filename, limit: int = limit) -> prompts.Prompt:
+    def fit(
+        prefix: str,
+        typed: str,
+        time_limit: prompts.TimeLimit | None = None,
+        chunks=extra,
+        suffix: str = body.input_suffix,
+        filename: str | None = body.filename,
+        limit: int = limit,
+    ) -> prompts.Prompt:
         # the current file heads its text as in training; with context files before it and no
         # name given, a placeholder keeps it from reading as the end of the last one
-        return prompts.insertion(engine, prefix, suffix, limit, chunks, path=filename or (UNNAMED if chunks else None),
-                                 typed=typed, window=limits.infill_window, time_limit=time_limit)
+        return prompts.insertion(
+            engine,
+            prefix,
+            suffix,
+            limit,
+            chunks,
+            path=filename or (UNNAMED if chunks else None),
+            typed=typed,
+            window=limits.infill_window,
+            time_limit=time_limit,
+        )
 
     next_lines = request.app.state.next_lines  # (prefix, suffix, filename, new tokens) per editor
     if body.n_predict == 0:  # work ahead: no time limit
@@ -289,9 +378,14 @@ async def infill(body: InfillBody, request: Request):
             batcher.ahead(editor, [fit(prefix, "", suffix=suffix, filename=filename, limit=asked).ids], adapter)
         return answer
     prompt = fit(body.input_prefix, body.prompt, time_limit(request, body.t_max_prompt_ms, adapter))
-    s = Sequence(prompt.ids, _params(body, limit), max_ms=body.t_max_predict_ms, reuse_cache=body.cache_prompt,
-                 editor=insertion_stop(body.input_prefix + body.prompt, body.input_suffix, body.editor_rules,
-                                       body.n_indent), adapter=adapter)
+    s = Sequence(
+        prompt.ids,
+        _params(body, limit),
+        max_ms=body.t_max_predict_ms,
+        reuse_cache=body.cache_prompt,
+        editor=insertion_stop(body.input_prefix + body.prompt, body.input_suffix, body.editor_rules, body.n_indent),
+        adapter=adapter,
+    )
     if body.cache_prompt:  # the next keystrokes' prompts, computed while the server is idle: this one
         # whole where it was shortened to be on time, and the next line's, as if Enter were pressed
         # now (the text after the cursor, the suffix, stays the same)
@@ -304,8 +398,11 @@ async def infill(body: InfillBody, request: Request):
 @router.post("/tokenize")
 async def tokenize(body: TokenizeBody, request: Request):
     engine = request.app.state.engine
-    ids = engine.encode(body.content) if body.add_special else \
-        engine.tokenizer(body.content, add_special_tokens=False)["input_ids"]
+    ids = (
+        engine.encode(body.content)
+        if body.add_special
+        else engine.tokenizer(body.content, add_special_tokens=False)["input_ids"]
+    )
     if body.with_pieces:
         return {"tokens": [{"id": i, "piece": engine.tokenizer.decode([i])} for i in ids]}
     return {"tokens": ids}
@@ -322,17 +419,26 @@ async def detokenize(body: DetokenizeBody, request: Request):
 async def props(request: Request):
     engine = request.app.state.engine
     tokenizer = engine.tokenizer
-    fim = {name: tokenizer.convert_tokens_to_ids(token) for name, token in
-           (("prefix", formats.FIM_BEGIN), ("suffix", formats.FIM_HOLE), ("middle", formats.FIM_END))}
-    return {"default_generation_settings": {"n_ctx": engine.context, "params": {"n_predict": -1}},
-            "total_slots": engine.max_rows, "model_path": engine.name, "chat_template": formats.chat_template(),
-            "bos_token": tokenizer.bos_token, "eos_token": tokenizer.eos_token, "fim_tokens": fim,
-            "build_info": "dscoder"}
+    fim = {
+        name: tokenizer.convert_tokens_to_ids(token)
+        for name, token in (("prefix", formats.FIM_BEGIN), ("suffix", formats.FIM_HOLE), ("middle", formats.FIM_END))
+    }
+    return {
+        "default_generation_settings": {"n_ctx": engine.context, "params": {"n_predict": -1}},
+        "total_slots": engine.max_rows,
+        "model_path": engine.name,
+        "chat_template": formats.chat_template(),
+        "bos_token": tokenizer.bos_token,
+        "eos_token": tokenizer.eos_token,
+        "fim_tokens": fim,
+        "build_info": "dscoder",
+    }
 
 
 @router.get("/health")
 async def health(request: Request):
     return {"status": "ok", "model": request.app.state.engine.name}
+
 
 def _get(data: dict, path: str):
     for part in path.split("/"):

@@ -32,16 +32,19 @@ class Deltas:
         for adapter in adapters.values():
             for name, (a, b, scale) in adapter.layers.items():
                 self.by_layer.setdefault(layers[name], {})[adapter.name] = (
-                    a.to(param.device, param.dtype), b.to(param.device, param.dtype), scale)
+                    a.to(param.device, param.dtype),
+                    b.to(param.device, param.dtype),
+                    scale,
+                )
 
     def groups(self, adapters: list[str | None], device: torch.device) -> list[tuple[str, torch.Tensor]]:
         """(adapter, the indices of the rows that use it) for each adapter of a batch's rows."""
         names = dict.fromkeys(a for a in adapters if a is not None)
-        return [(name, torch.tensor([i for i, a in enumerate(adapters) if a == name], device=device))
-                for name in names]
+        return [(name, torch.tensor([i for i, a in enumerate(adapters) if a == name], device=device)) for name in names]
 
-    def add(self, layer: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
-            groups: list[tuple[str, torch.Tensor]]) -> torch.Tensor:
+    def add(
+        self, layer: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, groups: list[tuple[str, torch.Tensor]]
+    ) -> torch.Tensor:
         """y (B, T, out) = layer(x (B, T, in)), plus scale * B (A x) in the rows of each adapter
         of `groups` that adapts `layer`."""
         found = self.by_layer.get(layer)

@@ -89,8 +89,15 @@ class _Common(BaseModel):
         return stops
 
     def params(self, max_new_tokens: int, seed: int | None, logprobs: int | None) -> SamplingParams:
-        return SamplingParams(max_new_tokens=max_new_tokens, temperature=self.temperature, top_p=self.top_p,
-                              top_k=self.top_k, seed=seed, stop=tuple(self.stop or ()), logprobs=logprobs)
+        return SamplingParams(
+            max_new_tokens=max_new_tokens,
+            temperature=self.temperature,
+            top_p=self.top_p,
+            top_k=self.top_k,
+            seed=seed,
+            stop=tuple(self.stop or ()),
+            logprobs=logprobs,
+        )
 
     def seeds(self) -> list[int | None]:
         """One seed per choice: choice i samples with seed + i."""
@@ -159,15 +166,27 @@ def _completion_logprobs(engine, s: Sequence, offset: int) -> dict:
     for item in s.logprobs:
         offsets.append(position)
         position += len(engine.tokenizer.decode([item["token_id"]], skip_special_tokens=True))
-    return {"tokens": tokens, "token_logprobs": [item["logprob"] for item in s.logprobs],
-            "top_logprobs": [dict(item["top"]) for item in s.logprobs], "text_offset": offsets}
+    return {
+        "tokens": tokens,
+        "token_logprobs": [item["logprob"] for item in s.logprobs],
+        "top_logprobs": [dict(item["top"]) for item in s.logprobs],
+        "text_offset": offsets,
+    }
 
 
 def _chat_logprobs(engine, s: Sequence) -> dict:
     convert = engine.tokenizer.convert_ids_to_tokens
-    return {"content": [{"token": convert(item["token_id"]), "logprob": item["logprob"], "bytes": None,
-                         "top_logprobs": [{"token": t, "logprob": v, "bytes": None} for t, v in item["top"]]}
-                        for item in s.logprobs]}
+    return {
+        "content": [
+            {
+                "token": convert(item["token_id"]),
+                "logprob": item["logprob"],
+                "bytes": None,
+                "top_logprobs": [{"token": t, "logprob": v, "bytes": None} for t, v in item["top"]],
+            }
+            for item in s.logprobs
+        ]
+    }
 
 
 def _head(model: str, prefix: str, kind: str) -> dict:
@@ -183,8 +202,9 @@ async def models(request: Request):
     return {"object": "list", "data": [{"id": engine.name, **entry}, *adapters]}
 
 
-def _completion_prompt(engine, text: str, body: CompletionRequest, request: Request,
-                       adapter: str | None) -> tuple[list[int], int]:
+def _completion_prompt(
+    engine, text: str, body: CompletionRequest, request: Request, adapter: str | None
+) -> tuple[list[int], int]:
     """A completions prompt's ids and its new tokens. With `suffix` it is an insertion, fitted
     like /infill (the text nearest the hole is kept, and what can be computed in the time the
     request or the server gives); without, the prompt must fit as it is."""
@@ -193,11 +213,18 @@ def _completion_prompt(engine, text: str, body: CompletionRequest, request: Requ
         ids = engine.encode(text)
         return ids, new_tokens(engine, body.max_tokens, limits.max_tokens, prompt_tokens=len(ids))
     if is_instruct(engine.tokenizer):
-        _warn_once(request, "FIM request to an instruct model: rendered as asked, though insertion is a "
-                   "base-model skill")
+        _warn_once(
+            request, "FIM request to an instruct model: rendered as asked, though insertion is a base-model skill"
+        )
     limit = new_tokens(engine, body.max_tokens, limits.max_tokens)
-    return prompts.insertion(engine, text, body.suffix, limit, window=limits.infill_window,
-                             time_limit=time_limit(request, body.t_max_prompt_ms, adapter)).ids, limit
+    return prompts.insertion(
+        engine,
+        text,
+        body.suffix,
+        limit,
+        window=limits.infill_window,
+        time_limit=time_limit(request, body.t_max_prompt_ms, adapter),
+    ).ids, limit
 
 
 def _editor_work(request: Request, body: CompletionRequest, texts: list[str], limit: int, adapter: str | None):
@@ -208,12 +235,15 @@ def _editor_work(request: Request, body: CompletionRequest, texts: list[str], li
     if body.suffix is None or len(texts) != 1 or not body.editor_rules:
         return None
     text, client = texts[0], ("client", request.client.host if request.client else None, "v1", adapter)
-    line = text[text.rfind("\n") + 1:]
-    guess = text + "\n" + line[:len(line) - len(line.lstrip(" \t"))]
+    line = text[text.rfind("\n") + 1 :]
+    guess = text + "\n" + line[: len(line) - len(line.lstrip(" \t"))]
     limits = request.app.state.limits
-    request.app.state.batcher.ahead(client, [prompts.insertion(request.app.state.engine, guess, body.suffix, limit,
-                                                                window=limits.infill_window).ids], adapter)
-    return (*client, text[:len(text) - len(line)])
+    request.app.state.batcher.ahead(
+        client,
+        [prompts.insertion(request.app.state.engine, guess, body.suffix, limit, window=limits.infill_window).ids],
+        adapter,
+    )
+    return (*client, text[: len(text) - len(line)])
 
 
 @router.post("/v1/completions")
@@ -227,22 +257,31 @@ async def completions(body: CompletionRequest, request: Request):
         ids, limit = _completion_prompt(engine, text, body, request, adapter)
         prompt_tokens += len(ids)
         editor = insertion_stop(text, body.suffix, body.editor_rules)
-        sequences += [Sequence(ids, body.params(limit, seed, body.logprobs), editor=editor, adapter=adapter)
-                      for seed in body.seeds()]
+        sequences += [
+            Sequence(ids, body.params(limit, seed, body.logprobs), editor=editor, adapter=adapter)
+            for seed in body.seeds()
+        ]
         echoes += [text if body.echo else ""] * body.n
     head = _head(adapter or engine.name, "cmpl", "text_completion")
     batcher, slot = request.app.state.batcher, _editor_work(request, body, texts, limit, adapter)
     if body.stream:
         return _completion_events(batcher, head, sequences, echoes, prompt_tokens, body.with_usage(), slot)
     await batcher.run(sequences, slot)
-    choices = [{"text": echoes[i] + s.text, "index": i, "finish_reason": _finish(s),
-                "logprobs": _completion_logprobs(engine, s, len(echoes[i])) if body.logprobs is not None else None}
-               for i, s in enumerate(sequences)]
+    choices = [
+        {
+            "text": echoes[i] + s.text,
+            "index": i,
+            "finish_reason": _finish(s),
+            "logprobs": _completion_logprobs(engine, s, len(echoes[i])) if body.logprobs is not None else None,
+        }
+        for i, s in enumerate(sequences)
+    ]
     return head | {"choices": choices, "usage": _usage(sequences, prompt_tokens)}
 
 
-def _completion_events(batcher, head: dict, sequences: list[Sequence], echoes: list[str], prompt_tokens: int,
-                       with_usage: bool, slot=None):
+def _completion_events(
+    batcher, head: dict, sequences: list[Sequence], echoes: list[str], prompt_tokens: int, with_usage: bool, slot=None
+):
     """A completions stream: each choice's echoed prompt leads its first chunk."""
     started: set[int] = set()
 
@@ -254,8 +293,16 @@ def _completion_events(batcher, head: dict, sequences: list[Sequence], echoes: l
 
     def finals():
         for i, s in enumerate(sequences):
-            yield head | {"choices": [{"text": "" if i in started else echoes[i], "index": i, "logprobs": None,
-                                       "finish_reason": _finish(s)}]}
+            yield head | {
+                "choices": [
+                    {
+                        "text": "" if i in started else echoes[i],
+                        "index": i,
+                        "logprobs": None,
+                        "finish_reason": _finish(s),
+                    }
+                ]
+            }
 
     def usage() -> dict:
         return head | {"choices": [], "usage": _usage(sequences, prompt_tokens)}
@@ -279,18 +326,30 @@ async def chat(body: ChatRequest, request: Request):
     if not is_instruct(engine.tokenizer):
         _warn_once(request, "chat request to a base model: rendered with the chat template, answers may ramble")
     prompt_ids = _chat_prompt(engine, body)
-    limit = new_tokens(engine, body.max_completion_tokens or body.max_tokens, request.app.state.limits.max_tokens,
-                       prompt_tokens=len(prompt_ids))
+    limit = new_tokens(
+        engine,
+        body.max_completion_tokens or body.max_tokens,
+        request.app.state.limits.max_tokens,
+        prompt_tokens=len(prompt_ids),
+    )
     top = (body.top_logprobs or 0) if body.logprobs else None
     sequences = [Sequence(prompt_ids, body.params(limit, seed, top), adapter=adapter) for seed in body.seeds()]
     head = _head(adapter or engine.name, "chatcmpl", "chat.completion")
     batcher = request.app.state.batcher
     if body.stream:
-        return _chat_events(batcher, head | {"object": "chat.completion.chunk"}, sequences, len(prompt_ids),
-                            body.with_usage())
+        return _chat_events(
+            batcher, head | {"object": "chat.completion.chunk"}, sequences, len(prompt_ids), body.with_usage()
+        )
     await batcher.run(sequences)
-    choices = [{"index": i, "message": {"role": "assistant", "content": s.text}, "finish_reason": _finish(s),
-                "logprobs": _chat_logprobs(engine, s) if body.logprobs else None} for i, s in enumerate(sequences)]
+    choices = [
+        {
+            "index": i,
+            "message": {"role": "assistant", "content": s.text},
+            "finish_reason": _finish(s),
+            "logprobs": _chat_logprobs(engine, s) if body.logprobs else None,
+        }
+        for i, s in enumerate(sequences)
+    ]
     return head | {"choices": choices, "usage": _usage(sequences, len(prompt_ids))}
 
 

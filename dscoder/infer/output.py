@@ -46,8 +46,9 @@ class OutputProcessor:
                 s.text = s.text[:cut]
                 self._done("stop")
                 return True
-        timed_out = s.max_ms is not None and "\n" in s.text and \
-            1000 * (time.perf_counter() - s.first_token_at) >= s.max_ms
+        timed_out = (
+            s.max_ms is not None and "\n" in s.text and 1000 * (time.perf_counter() - s.first_token_at) >= s.max_ms
+        )
         if len(s.token_ids) >= self.limit or s.cancelled.is_set() or timed_out:
             self._finish("cancelled" if s.cancelled.is_set() else "length")
             return True

@@ -42,7 +42,9 @@ class Prompt:
 def _budget(engine, max_new_tokens: int) -> int:
     room = engine.context - max_new_tokens
     if room < 2:
-        raise UserError(f"max_new_tokens {max_new_tokens} leaves no room for a prompt in the {engine.context}-token context")
+        raise UserError(
+            f"max_new_tokens {max_new_tokens} leaves no room for a prompt in the {engine.context}-token context"
+        )
     return room
 
 
@@ -52,9 +54,8 @@ def completion(engine, text: str, max_new_tokens: int) -> Prompt:
     if len(ids) <= room:
         return Prompt(text, ids)
     cut = len(ids) - room
-    kept = ids[:1] + ids[1 + cut:]  # keep BOS, drop the oldest text
-    log.warning("the prompt has %d tokens, more than the %d that fit: the first %d were dropped",
-                len(ids), room, cut)
+    kept = ids[:1] + ids[1 + cut :]  # keep BOS, drop the oldest text
+    log.warning("the prompt has %d tokens, more than the %d that fit: the first %d were dropped", len(ids), room, cut)
     return Prompt(engine.tokenizer.decode(kept), kept, cut)
 
 
@@ -70,8 +71,12 @@ def _whole(engine, text: str, max_new_tokens: int, what: str) -> Prompt:
     ids = engine.encode(text)
     room = _budget(engine, max_new_tokens)
     if len(ids) > room:
-        raise TooLong(f"the {what} prompt has {len(ids)} tokens but only {room} fit in the context with "
-                        f"{max_new_tokens} new tokens (shorten it or lower max_new_tokens)", len(ids), room)
+        raise TooLong(
+            f"the {what} prompt has {len(ids)} tokens but only {room} fit in the context with "
+            f"{max_new_tokens} new tokens (shorten it or lower max_new_tokens)",
+            len(ids),
+            room,
+        )
     return Prompt(text, ids)
 
 
@@ -96,9 +101,17 @@ class TimeLimit:
     ms: float
 
 
-def insertion(engine, prefix: str, suffix: str, max_new_tokens: int, context: list[tuple[str, str]] = (),
-              path: str | None = None, typed: str = "", window: int | None = None,
-              time_limit: TimeLimit | None = None) -> Prompt:
+def insertion(
+    engine,
+    prefix: str,
+    suffix: str,
+    max_new_tokens: int,
+    context: list[tuple[str, str]] = (),
+    path: str | None = None,
+    typed: str = "",
+    window: int | None = None,
+    time_limit: TimeLimit | None = None,
+) -> Prompt:
     """The released FIM prompt for a hole between `prefix` and `suffix`, with repository
     `context` files `(path, text)` before it (each under its `#path` line, the current file's
     `path` heading the prefix as in training samples) and `typed`, text already typed after the
@@ -107,30 +120,42 @@ def insertion(engine, prefix: str, suffix: str, max_new_tokens: int, context: li
     with `time_limit`, the suffix's far lines, then the context files given first, are left out
     until the prompt can be computed in time (the prefix is kept). `truncated` counts the tokens
     left out, `late` those left out for time."""
-    missing = [t for t in (formats.FIM_BEGIN, formats.FIM_HOLE, formats.FIM_END)
-               if engine.tokenizer.convert_tokens_to_ids(t) in (None, engine.tokenizer.unk_token_id)]
+    missing = [
+        t
+        for t in (formats.FIM_BEGIN, formats.FIM_HOLE, formats.FIM_END)
+        if engine.tokenizer.convert_tokens_to_ids(t) in (None, engine.tokenizer.unk_token_id)
+    ]
     if missing:
-        raise UserError(f"this model's tokenizer has no {missing[0]} token, so it cannot fill in the middle "
-                        "(use completion)")
+        raise UserError(
+            f"this model's tokenizer has no {missing[0]} token, so it cannot fill in the middle (use completion)"
+        )
     room = _budget(engine, max_new_tokens)
     header = formats.file_header(path) if path else ""
     typed_ids = engine.tokenizer(typed, add_special_tokens=False)["input_ids"] if typed else []
     fixed = len(engine.encode(formats.fim_prompt(header, ""))) + len(typed_ids)  # BOS, FIM tokens, header, typed
     if fixed > room:
-        raise UserError(f"the text typed after the cursor has {fixed} tokens but only {room} fit in the context "
-                        f"with {max_new_tokens} new tokens")
+        raise UserError(
+            f"the text typed after the cursor has {fixed} tokens but only {room} fit in the context "
+            f"with {max_new_tokens} new tokens"
+        )
     left = room - fixed
     local = left if window is None else min(left, window)  # for the file's own text
     prefix_lines, suffix_lines = _line_ids(engine, prefix), _line_ids(engine, suffix)
-    kept_prefix = _keep(engine, prefix_lines, max(int(PREFIX_SHARE * local), local - _cost(suffix_lines)), from_end=True)
+    kept_prefix = _keep(
+        engine, prefix_lines, max(int(PREFIX_SHARE * local), local - _cost(suffix_lines)), from_end=True
+    )
     if len(kept_prefix) < len(prefix_lines) and len(kept_prefix) > 1:
         # start at a line chosen by its content, not by its distance from the cursor or from the
         # text's start (llama.vim sends the 256 lines before the cursor: a window that slides
         # one line per Enter), so that the prompt keeps its start while the user types on and
         # the prompt cache can reuse it
         first = len(prefix_lines) - len(kept_prefix)
-        kept_prefix = prefix_lines[min(range(first, first + min(ANCHOR_LINES, len(kept_prefix) // 2)),
-                                       key=lambda i: (_rank(prefix_lines[i][0]), i)):]
+        kept_prefix = prefix_lines[
+            min(
+                range(first, first + min(ANCHOR_LINES, len(kept_prefix) // 2)),
+                key=lambda i: (_rank(prefix_lines[i][0]), i),
+            ) :
+        ]
     local -= _cost(kept_prefix)
     kept_suffix = _keep(engine, suffix_lines, local, from_end=False)
     left -= _cost(kept_prefix + kept_suffix)
@@ -163,15 +188,23 @@ def insertion(engine, prefix: str, suffix: str, max_new_tokens: int, context: li
         files, kept_suffix, ids = _in_time(assemble, files, kept_suffix, time_limit)
         files_late = files_before - sum(_cost(f) for f in files)
         late = suffix_before - _cost(kept_suffix) + files_late
-    text = formats.fim_prompt("".join(t for f in files + [head] for t, _ in f), "".join(t for t, _ in kept_suffix)) + typed
+    text = (
+        formats.fim_prompt("".join(t for f in files + [head] for t, _ in f), "".join(t for t, _ in kept_suffix)) + typed
+    )
     if len(ids) > room:  # a cut inside a line can tokenize a little longer than its parts
-        raise UserError(f"the insertion prompt has {len(ids)} tokens after fitting; only {room} fit in the context "
-                        f"with {max_new_tokens} new tokens")
+        raise UserError(
+            f"the insertion prompt has {len(ids)} tokens after fitting; only {room} fit in the context "
+            f"with {max_new_tokens} new tokens"
+        )
     dropped = _cost(prefix_lines) + _cost(suffix_lines) - _cost(kept_prefix + kept_suffix) + left_out + files_late
     if dropped:
         # a server's window cuts on most keystrokes: there `truncated` says so, not the log
-        log.log(logging.INFO if window else logging.WARNING, "the insertion prompt did not fit in %d tokens: %d "
-                "tokens were left out (kept the text nearest the cursor)", min(room, window or room), dropped)
+        log.log(
+            logging.INFO if window else logging.WARNING,
+            "the insertion prompt did not fit in %d tokens: %d tokens were left out (kept the text nearest the cursor)",
+            min(room, window or room),
+            dropped,
+        )
     return Prompt(text, ids, dropped, late)
 
 
@@ -179,6 +212,7 @@ def _in_time(assemble, files: list, suffix: list, limit: TimeLimit) -> tuple[lis
     """(files, suffix lines, ids) of the fullest prompt computed within `limit`: the most suffix
     lines nearest the cursor that fit, else fewer context files (the first given go first)
     under the most suffix lines that then fit; the cheapest where none fits."""
+
     def most_suffix(files: list) -> tuple[int, list[int]]:
         low, high = 0, len(suffix)  # the cost grows with the lines kept
         while low < high:
@@ -271,7 +305,7 @@ def cross_file(engine, prompt: str, context: str, max_new_tokens: int, context_t
     if len(ids) > room + 1:  # a cut inside a line can tokenize a little longer than its parts
         cut = len(ids) - room - 1
         dropped += cut
-        ids = ids[:1] + ids[1 + cut:]
+        ids = ids[:1] + ids[1 + cut :]
         text = engine.tokenizer.decode(ids[1:])
     return Prompt(text, ids, dropped)
 
@@ -318,7 +352,7 @@ class EditorStop:
             return text.find("\n")
         if text.endswith("\n\n") and text[:-2].strip():  # a blank line after some code
             return len(text) - 2
-        last = text[newline + 1:]
+        last = text[newline + 1 :]
         body = last.lstrip(" \t")
         if body and len(last) - len(body) < self.min_indent:  # the new line dedents
             return newline
@@ -326,7 +360,7 @@ class EditorStop:
 
     def final(self, text: str) -> str:
         if self.rest_of_line and text.rstrip().endswith(self.rest_of_line):
-            text = text.rstrip()[:-len(self.rest_of_line)]
+            text = text.rstrip()[: -len(self.rest_of_line)]
         return text.rstrip() if not self.single_line and text.endswith("\n") else text
 
     def streamable(self, text: str) -> int:
@@ -344,7 +378,7 @@ def split_at_cursor(text: str, line: int, column: int | None) -> tuple[str, str]
     column = len(current) if column is None else column
     if not 0 <= column <= len(current):
         raise UserError(f"--column {column} is outside line {line} (0..{len(current)})")
-    before = "\n".join(lines[:line - 1] + [current[:column]])
+    before = "\n".join(lines[: line - 1] + [current[:column]])
     after = "\n".join([current[column:]] + lines[line:])
     return before, after
 
@@ -355,17 +389,29 @@ def split_at_cursor(text: str, line: int, column: int | None) -> tuple[str, str]
 # the script versions they match). HumanEval in every language: `Evaluation/HumanEval/
 # eval_instruct.py`, `build_deepseekcoder_instruction`, as it reads since 9 November 2023 (the
 # template is stripped, then filled with the language's name in lower case and the stripped prompt).
-HUMANEVAL_INSTRUCT = ("Please continue to complete the function. You are not allowed to modify the given code and do "
-                      "the completion only. Please return all completed function in a codeblock. Here is the given "
-                      "code to do completion:\n```{lang}\n{prompt}\n```")
-MBPP_INSTRUCT = ("Please refer the given examples and generate a python function for my problem.\n"
-                 "Examples are listed as follows:\n{shots}\n\nHere is my problem:\n{problem}")
+HUMANEVAL_INSTRUCT = (
+    "Please continue to complete the function. You are not allowed to modify the given code and do "
+    "the completion only. Please return all completed function in a codeblock. Here is the given "
+    "code to do completion:\n```{lang}\n{prompt}\n```"
+)
+MBPP_INSTRUCT = (
+    "Please refer the given examples and generate a python function for my problem.\n"
+    "Examples are listed as follows:\n{shots}\n\nHere is my problem:\n{problem}"
+)
 # `Evaluation/LeetCode/vllm_inference.py`: the row's `prompt_sft`, with this line appended for --cot
 LEETCODE_COT = "\nYou need first write a step-by-step outline and then write the code."
 # the languages of the released HumanEval script, by dscoder's language name: the name its prompt
 # and code block use (`languge_settings[...]["full_name"]`)
-INSTRUCT_LANGUAGES = {"python": "Python", "cpp": "cpp", "java": "Java", "csharp": "csharp", "php": "PHP",
-                      "typescript": "TypeScript", "javascript": "JavaScript", "shell": "Bash"}
+INSTRUCT_LANGUAGES = {
+    "python": "Python",
+    "cpp": "cpp",
+    "java": "Java",
+    "csharp": "csharp",
+    "php": "PHP",
+    "typescript": "TypeScript",
+    "javascript": "JavaScript",
+    "shell": "Bash",
+}
 CHAT_FORMATS = ("humaneval", "humaneval-x", "multipl-e", "mbpp", "leetcode")  # those with a released instruct turn
 
 
@@ -386,8 +432,10 @@ def instruct_messages(task, cot: bool = False) -> list[dict]:
     if task.format in ("humaneval", "humaneval-x", "multipl-e"):
         name = INSTRUCT_LANGUAGES.get(task.language)
         if name is None:
-            raise UserError(f"--chat: DeepSeek-Coder's instruct evaluation covers {', '.join(INSTRUCT_LANGUAGES)}; "
-                            f"task {task.task_id} is {task.language} (score a base model without --chat)")
+            raise UserError(
+                f"--chat: DeepSeek-Coder's instruct evaluation covers {', '.join(INSTRUCT_LANGUAGES)}; "
+                f"task {task.task_id} is {task.language} (score a base model without --chat)"
+            )
         content = HUMANEVAL_INSTRUCT.format(lang=name.lower(), prompt=task.record["prompt"].strip())
     elif task.format == "mbpp":
         shots = "\n\n".join(f"- Example {i}:\n{_mbpp_problem(shot, True)}" for i, shot in enumerate(task.shots, 1))
@@ -395,8 +443,10 @@ def instruct_messages(task, cot: bool = False) -> list[dict]:
     elif task.format == "leetcode":
         content = task.record["prompt_sft"] + (LEETCODE_COT if cot else "")
     else:
-        raise UserError(f"--chat: the instruct evaluation prompt is defined for {', '.join(CHAT_FORMATS)} "
-                        f"benchmarks; this one is {task.format} (score a base model without --chat)")
+        raise UserError(
+            f"--chat: the instruct evaluation prompt is defined for {', '.join(CHAT_FORMATS)} "
+            f"benchmarks; this one is {task.format} (score a base model without --chat)"
+        )
     return [{"role": "user", "content": content}]
 
 

@@ -60,8 +60,15 @@ class Endpoint:
     """An OpenAI-compatible API at `base_url` (as an OpenAI client takes it, e.g.
     `http://127.0.0.1:8000/v1`)."""
 
-    def __init__(self, base_url: str, api_key: str | None = None, model: str | None = None,
-                 timeout: float = 600.0, retries: int = 4, backoff: float = 1.0):
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str | None = None,
+        model: str | None = None,
+        timeout: float = 600.0,
+        retries: int = 4,
+        backoff: float = 1.0,
+    ):
         import httpx
 
         if not base_url.startswith(("http://", "https://")):
@@ -105,29 +112,53 @@ class Endpoint:
         names = await self.models(retry=False)  # a wrong URL is said at once, not after the retries
         if self.model is None:
             if len(names) != 1:
-                raise UserError(f"{self.base_url} serves {len(names)} models ({', '.join(map(str, names)) or 'none'}); "
-                                "name one with --api-model")
+                raise UserError(
+                    f"{self.base_url} serves {len(names)} models ({', '.join(map(str, names)) or 'none'}); "
+                    "name one with --api-model"
+                )
             self.model = names[0]
         elif names and self.model not in names:
             raise UserError(f"{self.base_url} has no model {self.model!r} (it serves {', '.join(map(str, names))})")
         return self.model
 
-    async def complete(self, prompt: str, max_tokens: int, temperature: float = 0.0, top_p: float = 1.0,
-                       seed: int | None = None, stop: tuple[str, ...] = (), suffix: str | None = None) -> Reply:
+    async def complete(
+        self,
+        prompt: str,
+        max_tokens: int,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        seed: int | None = None,
+        stop: tuple[str, ...] = (),
+        suffix: str | None = None,
+    ) -> Reply:
         body = self._body(max_tokens, temperature, top_p, seed, stop) | {"prompt": prompt}
         if suffix is not None:  # the raw FIM output, which a dscoder server would end as an editor wants
             body |= {"suffix": suffix, "editor_rules": False}  # (servers that do not know the field ignore it)
         data = await self._request("POST", "/completions", body)
         return self._reply(data, lambda choice: choice.get("text"))
 
-    async def chat(self, messages: list[dict], max_tokens: int, temperature: float = 0.0, top_p: float = 1.0,
-                   seed: int | None = None, stop: tuple[str, ...] = ()) -> Reply:
+    async def chat(
+        self,
+        messages: list[dict],
+        max_tokens: int,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        seed: int | None = None,
+        stop: tuple[str, ...] = (),
+    ) -> Reply:
         body = self._body(max_tokens, temperature, top_p, seed, stop) | {"messages": messages}
         data = await self._request("POST", "/chat/completions", body)
         return self._reply(data, lambda choice: (choice.get("message") or {}).get("content"))
 
-    async def stream(self, prompt: str, max_tokens: int, temperature: float = 0.0, top_p: float = 1.0,
-                     seed: int | None = None, stop: tuple[str, ...] = ()) -> AsyncIterator[tuple[str, str | None]]:
+    async def stream(
+        self,
+        prompt: str,
+        max_tokens: int,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        seed: int | None = None,
+        stop: tuple[str, ...] = (),
+    ) -> AsyncIterator[tuple[str, str | None]]:
         """(text delta, finish reason or None) as the server streams a completion. Only the
         connection is retried; a stream cut after its first text is a RemoteError."""
         body = self._body(max_tokens, temperature, top_p, seed, stop) | {"prompt": prompt, "stream": True}
@@ -176,8 +207,9 @@ class Endpoint:
             if not isinstance(text, str):
                 raise TypeError
         except (KeyError, IndexError, TypeError):
-            raise RemoteError(f"{self.base_url}: the answer has no choices[0] text ({json.dumps(data)[:200]})",
-                              502, retryable=True) from None
+            raise RemoteError(
+                f"{self.base_url}: the answer has no choices[0] text ({json.dumps(data)[:200]})", 502, retryable=True
+            ) from None
         return Reply(text, choice.get("finish_reason"))
 
     async def _request(self, method: str, path: str, body: dict | None, retry: bool = True) -> dict:
@@ -192,8 +224,9 @@ class Endpoint:
                 try:
                     data = response.json()
                 except ValueError:
-                    raise RemoteError(f"{url}: the answer is not JSON ({response.text[:100]!r})", 502,
-                                      retryable=True) from None
+                    raise RemoteError(
+                        f"{url}: the answer is not JSON ({response.text[:100]!r})", 502, retryable=True
+                    ) from None
                 if not isinstance(data, dict):
                     raise RemoteError(f"{url}: the answer is not a JSON object", 502, retryable=True)
                 return data
@@ -211,11 +244,16 @@ class Endpoint:
     def _raise(self, response) -> None:
         status, message = response.status_code, _message(response)
         if status == 401 or status == 403:
-            raise RemoteError(f"{self.base_url}: the server refused the API key ({status}: {message}); "
-                              "give the right one with --api-key", status)
+            raise RemoteError(
+                f"{self.base_url}: the server refused the API key ({status}: {message}); "
+                "give the right one with --api-key",
+                status,
+            )
         if status == 404:
-            raise RemoteError(f"{self.base_url}: not found ({status}: {message}); check the URL (it ends in /v1) "
-                              "and the model name", status)
+            raise RemoteError(
+                f"{self.base_url}: not found ({status}: {message}); check the URL (it ends in /v1) and the model name",
+                status,
+            )
         raise RemoteError(f"{self.base_url}: {status} {message}", status, retryable=status == 429 or status >= 500)
 
     def _transport(self, exc: Exception) -> RemoteError:
@@ -224,11 +262,12 @@ class Endpoint:
         if isinstance(exc, httpx.TimeoutException):
             return RemoteError(f"{self.base_url}: no answer within {self.timeout:g} s", 504, retryable=True)
         if isinstance(exc, (httpx.TransportError, httpx.StreamError)):
-            return RemoteError(f"{self.base_url}: cannot reach the server ({type(exc).__name__}: {exc})", 502,
-                               retryable=True)
+            return RemoteError(
+                f"{self.base_url}: cannot reach the server ({type(exc).__name__}: {exc})", 502, retryable=True
+            )
         raise exc
 
     async def _wait(self, attempt: int, error: RemoteError) -> None:
-        delay = self.backoff * 2 ** attempt * (0.5 + random.random())
+        delay = self.backoff * 2**attempt * (0.5 + random.random())
         log.info("%s; trying again in %.1f s", error, delay)
         await asyncio.sleep(delay)

@@ -41,8 +41,9 @@ def context_files(sources: list[SourceFile], repo_name: str, target: str) -> tup
     return ordered, distance
 
 
-def build(engine, repo: Path, target: str, line: int | None, column: int | None, max_new_tokens: int,
-          text: str | None = None) -> prompts.Prompt:
+def build(
+    engine, repo: Path, target: str, line: int | None, column: int | None, max_new_tokens: int, text: str | None = None
+) -> prompts.Prompt:
     """The prompt for completing `target` (a path inside `repo`) at the cursor; `text` is the
     target's text as an editor holds it (unsaved), else the file as it is on disk."""
     repo = Path(repo)
@@ -78,8 +79,10 @@ def build(engine, repo: Path, target: str, line: int | None, column: int | None,
         return formats.repo_prompt(pairs, rel, prefix)
 
     room = engine.context - max_new_tokens
-    cost = {p: len(engine.tokenizer(formats.file_header(p) + files[p], add_special_tokens=False)["input_ids"])
-            for p in ordered}
+    cost = {
+        p: len(engine.tokenizer(formats.file_header(p) + files[p], add_special_tokens=False)["input_ids"])
+        for p in ordered
+    }
     base = len(engine.encode(render([])))
     keep = list(ordered)
     for path in sorted(ordered, key=lambda p: (-distance[p], -cost[p], p)):

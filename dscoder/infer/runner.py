@@ -54,8 +54,10 @@ def check_fits(config, dtype: torch.dtype, rows: int, length: int, device: torch
     need = rows * length * bytes_per_token(config, dtype)
     free = free_bytes(device)
     if free is not None and need > free:
-        raise UserError(f"the KV cache for {rows} sequences of {length} tokens needs {need / 2**30:.1f} GiB; "
-                        f"{free / 2**30:.1f} GiB are free (lower --context or --max-batch)")
+        raise UserError(
+            f"the KV cache for {rows} sequences of {length} tokens needs {need / 2**30:.1f} GiB; "
+            f"{free / 2**30:.1f} GiB are free (lower --context or --max-batch)"
+        )
 
 
 class KVCache:
@@ -83,8 +85,9 @@ class ModelRunner:
         self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
         self.device = next(model.parameters()).device
         # one query over a bfloat16 cache on a CPU: our kernel (torch's attention is slow for one query)
-        self.attend = self.device.type == "cpu" and cache.keys[0].dtype == torch.bfloat16 and \
-            kernels.library() is not None
+        self.attend = (
+            self.device.type == "cpu" and cache.keys[0].dtype == torch.bfloat16 and kernels.library() is not None
+        )
         self.dense_rows = kernels.max_rows() if self.attend else 0  # bfloat16 decode products on our kernel
         # the rotary embedding of every position, computed once: computed per call, a position's
         # cos and sin would depend on where it falls in the call's vectors (and cost time per step)
@@ -98,15 +101,21 @@ class ModelRunner:
         """A linear layer of the model on x (B, T, in), plus the LoRA terms of the rows in `groups`
         (lora.Deltas.groups); a few rows of bfloat16 on our kernel."""
         rows = x.shape[0] * x.shape[1]
-        if rows <= self.dense_rows and type(linear) is torch.nn.Linear and linear.bias is None and \
-                linear.weight.dtype == torch.bfloat16 and linear.weight.is_contiguous():
+        if (
+            rows <= self.dense_rows
+            and type(linear) is torch.nn.Linear
+            and linear.bias is None
+            and linear.weight.dtype == torch.bfloat16
+            and linear.weight.is_contiguous()
+        ):
             y = kernels.bf16_matvec(x.reshape(rows, -1).contiguous(), linear.weight).view(*x.shape[:2], -1)
         else:
             y = linear(x)
         return self.lora.add(linear, x, y, groups) if groups else y
 
-    def prefill(self, row: int, ids: list[int], start: int, stop=None, chunk: int = PREFILL_CHUNK,
-                adapter: str | None = None) -> tuple[torch.Tensor | None, int]:
+    def prefill(
+        self, row: int, ids: list[int], start: int, stop=None, chunk: int = PREFILL_CHUNK, adapter: str | None = None
+    ) -> tuple[torch.Tensor | None, int]:
         """Compute the keys and values of `ids` at positions start.. in `row` (positions before
         `start` must already hold this prompt's tokens, computed under the same `adapter`), in
         forwards of at most `chunk` tokens. Returns the last token's logits (V,) float32 and how
@@ -120,7 +129,7 @@ class ModelRunner:
             at = index * len(ids) // count
             if index and stop is not None and stop():
                 return None, at
-            chunk_ids = ids[at:(index + 1) * len(ids) // count]
+            chunk_ids = ids[at : (index + 1) * len(ids) // count]
             logits = self._forward(torch.tensor([chunk_ids], device=self.device), [row], [start + at], [adapter])
         return logits[0], len(ids)
 
@@ -135,17 +144,20 @@ class ModelRunner:
             values[row, :, :length] = values[source, :, :length]
         return True
 
-    def decode(self, rows: list[int], ids: list[int], positions: list[int],
-               adapters: list[str | None] | None = None) -> torch.Tensor:
+    def decode(
+        self, rows: list[int], ids: list[int], positions: list[int], adapters: list[str | None] | None = None
+    ) -> torch.Tensor:
         """One token per row, at `positions` (each row's length so far), each row under its
         adapter in `adapters` (None: the base): logits (len(rows), V)."""
         if max(positions) >= self.cache.length:
             raise UserError(f"a sequence reached the context of {self.cache.length} tokens")
-        return self._forward(torch.tensor(ids, device=self.device).unsqueeze(1), rows, positions,
-                             adapters or [None] * len(rows))
+        return self._forward(
+            torch.tensor(ids, device=self.device).unsqueeze(1), rows, positions, adapters or [None] * len(rows)
+        )
 
-    def _forward(self, ids: torch.Tensor, rows: list[int], starts: list[int],
-                 adapters: list[str | None]) -> torch.Tensor:
+    def _forward(
+        self, ids: torch.Tensor, rows: list[int], starts: list[int], adapters: list[str | None]
+    ) -> torch.Tensor:
         """ids (B, T): T new tokens for each of B rows, the b-th starting at starts[b] under
         adapters[b] (T > 1 only for a single row). Returns the logits of each row's last token (B, V)."""
         inner = self.model.model
@@ -171,16 +183,24 @@ class ModelRunner:
             q, k = apply_rotary_pos_emb(q, k, cos, sin)
             outputs = []
             for b, (row, start) in enumerate(zip(rows, starts)):
-                keys[row, :, start:start + width] = k[b]
-                values[row, :, start:start + width] = v[b]
+                keys[row, :, start : start + width] = k[b]
+                values[row, :, start : start + width] = v[b]
                 if self.attend:  # a token's numbers the same however its prompt was split or cached
-                    out = kernels.attend_bf16(q[b].transpose(0, 1).float(), keys[row], values[row], start,
-                                              self.heads // self.kv_heads)
+                    out = kernels.attend_bf16(
+                        q[b].transpose(0, 1).float(), keys[row], values[row], start, self.heads // self.kv_heads
+                    )
                     outputs.append(out.to(q.dtype).transpose(0, 1)[None])
                     continue
-                outputs.append(F.scaled_dot_product_attention(
-                    q[b:b + 1], keys[row:row + 1, :, :start + width], values[row:row + 1, :, :start + width],
-                    attn_mask=mask, is_causal=width > 1 and mask is None, enable_gqa=self.kv_heads != self.heads))
+                outputs.append(
+                    F.scaled_dot_product_attention(
+                        q[b : b + 1],
+                        keys[row : row + 1, :, : start + width],
+                        values[row : row + 1, :, : start + width],
+                        attn_mask=mask,
+                        is_causal=width > 1 and mask is None,
+                        enable_gqa=self.kv_heads != self.heads,
+                    )
+                )
             out = outputs[0] if batch == 1 else torch.cat(outputs)
             x = x + project(attention.o_proj, out.transpose(1, 2).reshape(batch, width, self.heads * self.head_dim))
             mlp, h = layer.mlp, layer.post_attention_layernorm(x)

@@ -103,17 +103,17 @@ class IncrementalDecoder:
     def push(self, token: int) -> str:
         self.ids.append(token)
         decode = self.tokenizer.decode
-        prefix = decode(self.ids[self.prefix_offset:self.read_offset], skip_special_tokens=True)
-        full = decode(self.ids[self.prefix_offset:], skip_special_tokens=True)
+        prefix = decode(self.ids[self.prefix_offset : self.read_offset], skip_special_tokens=True)
+        full = decode(self.ids[self.prefix_offset :], skip_special_tokens=True)
         if full.endswith("\ufffd") or len(full) <= len(prefix):
             return ""
         self.prefix_offset, self.read_offset = self.read_offset, len(self.ids)
-        return full[len(prefix):]
+        return full[len(prefix) :]
 
     def flush(self) -> str:
         """Whatever is left at the end (an incomplete character decodes as U+FFFD)."""
         decode = self.tokenizer.decode
-        prefix = decode(self.ids[self.prefix_offset:self.read_offset], skip_special_tokens=True)
-        full = decode(self.ids[self.prefix_offset:], skip_special_tokens=True)
+        prefix = decode(self.ids[self.prefix_offset : self.read_offset], skip_special_tokens=True)
+        full = decode(self.ids[self.prefix_offset :], skip_special_tokens=True)
         self.prefix_offset = self.read_offset = len(self.ids)
-        return full[len(prefix):]
+        return full[len(prefix) :]

@@ -64,11 +64,14 @@ class Rows:
     def shared(self, ids: list[int] | tuple[int, ...], adapter: str | None = None) -> int:
         """The most leading tokens of `ids` that any row of `adapter` holds (busy or not)."""
         key = tuple(ids)
-        return max((len(os.path.commonprefix([held, key])) for held, made in zip(self.held, self.adapter)
-                    if made == adapter), default=0)
+        return max(
+            (len(os.path.commonprefix([held, key])) for held, made in zip(self.held, self.adapter) if made == adapter),
+            default=0,
+        )
 
-    def take(self, ids: list[int], reuse: bool, left: int = 1, fork: int = 0,
-             adapter: str | None = None) -> tuple[int, int, int | None]:
+    def take(
+        self, ids: list[int], reuse: bool, left: int = 1, fork: int = 0, adapter: str | None = None
+    ) -> tuple[int, int, int | None]:
         """(row, cached, source): a free row for the prompt `ids` under `adapter` and how many of
         its first tokens are already there (at least `left` tokens are always left to compute).
         With `fork` (a guess's number), a row holding more than the shared start is not
@@ -101,12 +104,16 @@ class Rows:
         none does."""
         key = tuple(ids)
         for row, answer in enumerate(self.answers):
-            if answer is None or self.busy[row] or self.adapter[row] != adapter or \
-                    key[:len(answer.prompt)] != answer.prompt:
+            if (
+                answer is None
+                or self.busy[row]
+                or self.adapter[row] != adapter
+                or key[: len(answer.prompt)] != answer.prompt
+            ):
                 continue
-            typed = key[len(answer.prompt):]
-            if len(typed) < len(answer.tokens) and answer.tokens[:len(typed)] == typed:
-                return row, answer.tokens[len(typed):]
+            typed = key[len(answer.prompt) :]
+            if len(typed) < len(answer.tokens) and answer.tokens[: len(typed)] == typed:
+                return row, answer.tokens[len(typed) :]
         return None
 
     def claim(self, row: int) -> None:
@@ -114,8 +121,7 @@ class Rows:
         self._clock += 1
         self.busy[row], self.used[row] = True, self._clock
 
-    def hold(self, row: int, ids: list[int] | tuple[int, ...], answer: Answer | None = None,
-             guessed: int = 0) -> None:
+    def hold(self, row: int, ids: list[int] | tuple[int, ...], answer: Answer | None = None, guessed: int = 0) -> None:
         """`row` now holds the keys and values of the tokens `ids` (and `answer`, if greedy;
         `guessed`: the number of the guess that computed them ahead of any request)."""
         self.held[row], self.answers[row], self.guessed[row] = tuple(ids), answer, guessed

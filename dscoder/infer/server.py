@@ -80,8 +80,10 @@ def require_serve_stack():
         import fastapi  # noqa: F401
         import uvicorn
     except ImportError as exc:
-        raise UserError(f"serving needs the 'serve' extra (FastAPI, uvicorn), which does not import here "
-                        f"({exc}): pip install 'dscoder[serve]'") from None
+        raise UserError(
+            f"serving needs the 'serve' extra (FastAPI, uvicorn), which does not import here "
+            f"({exc}): pip install 'dscoder[serve]'"
+        ) from None
     return uvicorn
 
 
@@ -98,14 +100,16 @@ def bind(host: str, port: int) -> socket.socket:
         raise UserError(f"--host {host}: not an address of this machine ({exc.strerror})") from None
     except OSError as exc:
         if exc.errno == errno.EADDRINUSE:
-            raise UserError(f"--port {port}: {host}:{port} is already in use (another server?); "
-                            "choose another port") from None
+            raise UserError(
+                f"--port {port}: {host}:{port} is already in use (another server?); choose another port"
+            ) from None
         raise UserError(f"cannot listen on {host}:{port} ({exc.strerror})") from None
     return sock
 
 
-def serve(engine, listener: socket.socket, api_key: str | None = None, max_batch: int = 8,
-          limits: ServeLimits = ServeLimits()) -> None:
+def serve(
+    engine, listener: socket.socket, api_key: str | None = None, max_batch: int = 8, limits: ServeLimits = ServeLimits()
+) -> None:
     """Serve on the bound `listener` until interrupted."""
     uvicorn = require_serve_stack()
     host, port = listener.getsockname()[:2]

@@ -51,8 +51,10 @@ def _context(folder: Path, tokenizer, given: int | None) -> int:
     if isinstance(length, int) and 0 < length < 10**7:
         log.info("context: %d tokens, from the tokenizer in %s (model_max_length)", length, folder)
         return length
-    raise UserError(f"--tokenizer {folder}: no config.json with max_position_embeddings and no model_max_length; "
-                    "give the upstream model's context with --context")
+    raise UserError(
+        f"--tokenizer {folder}: no config.json with max_position_embeddings and no model_max_length; "
+        "give the upstream model's context with --context"
+    )
 
 
 class UpstreamEngine:
@@ -77,11 +79,13 @@ class UpstreamEngine:
         self.instruct = is_instruct(self.tokenizer)
 
     @classmethod
-    def connect(cls, url: str, api_key: str | None, model: str | None, tokenizer_dir: str | Path,
-                context: int | None = None) -> "UpstreamEngine":
+    def connect(
+        cls, url: str, api_key: str | None, model: str | None, tokenizer_dir: str | Path, context: int | None = None
+    ) -> "UpstreamEngine":
         """The server at `url` as an engine, once it answers: its model (the one named, or its
         only one) and, unless `context` is given, the context the server says it has (else the
         tokenizer folder's)."""
+
         async def ask() -> tuple[str, tuple[int, str] | None]:
             probe = Endpoint(url, api_key, model)  # its connections belong to this event loop only
             try:
@@ -158,8 +162,9 @@ class UpstreamBatcher:
         engine, p = self.engine, s.params
         stops = tuple(p.stop) + ((formats.EOT,) if engine.instruct else ())  # spelled out by some servers
         async with self.gate:
-            async for delta, finish in engine.endpoint.stream(engine.text_of(s.prompt_ids), p.max_new_tokens,
-                                                              p.temperature, p.top_p, p.seed, stops):
+            async for delta, finish in engine.endpoint.stream(
+                engine.text_of(s.prompt_ids), p.max_new_tokens, p.temperature, p.top_p, p.seed, stops
+            ):
                 if delta:
                     s.first_token_at = s.first_token_at or time.perf_counter()
                     s.text += delta
@@ -170,9 +175,12 @@ class UpstreamBatcher:
                     s.emit(len(s.text) if s.editor is None else s.editor.streamable(s.text))
                 if finish:
                     s.finish_reason = "length" if finish == "length" else "stop"
-                if s.cancelled.is_set() or (s.max_ms and s.first_token_at
-                                            and 1000 * (time.perf_counter() - s.first_token_at) > s.max_ms
-                                            and s.text.endswith("\n")):
+                if s.cancelled.is_set() or (
+                    s.max_ms
+                    and s.first_token_at
+                    and 1000 * (time.perf_counter() - s.first_token_at) > s.max_ms
+                    and s.text.endswith("\n")
+                ):
                     s.finish_reason = s.finish_reason or "length"
                     break
             if s.editor is not None:

@@ -67,8 +67,9 @@ def _build(compiler: str, flags: list[str] = FLAGS) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
         built = Path(tmp) / target.name
-        result = subprocess.run([compiler, *flags, "-o", str(built), str(SOURCE)], capture_output=True, text=True,
-                                timeout=120)
+        result = subprocess.run(
+            [compiler, *flags, "-o", str(built), str(SOURCE)], capture_output=True, text=True, timeout=120
+        )
         if result.returncode != 0:
             raise OSError(result.stderr.strip().splitlines()[-1] if result.stderr.strip() else "compiler failed")
         os.replace(built, target)  # atomic: a concurrent build of the same key writes the same bytes
@@ -107,13 +108,35 @@ def library() -> ctypes.CDLL | None:
 def bind(lib: ctypes.CDLL) -> ctypes.CDLL:
     """Declare the library's functions' arguments to ctypes."""
     pointer, size = ctypes.c_void_p, ctypes.c_int64
-    lib.dscoder_int8_matvec.argtypes = [pointer, ctypes.c_int, size, pointer, pointer, pointer, size, size,
-                                        pointer, ctypes.c_int]
+    lib.dscoder_int8_matvec.argtypes = [
+        pointer,
+        ctypes.c_int,
+        size,
+        pointer,
+        pointer,
+        pointer,
+        size,
+        size,
+        pointer,
+        ctypes.c_int,
+    ]
     lib.dscoder_int8_matvec.restype = None
     lib.dscoder_row_sums.argtypes = [pointer, size, size, pointer]
     lib.dscoder_row_sums.restype = None
-    lib.dscoder_attend_bf16.argtypes = [pointer, pointer, pointer, size, size, size, size, size, size, ctypes.c_float,
-                                        pointer, ctypes.c_int]
+    lib.dscoder_attend_bf16.argtypes = [
+        pointer,
+        pointer,
+        pointer,
+        size,
+        size,
+        size,
+        size,
+        size,
+        size,
+        ctypes.c_float,
+        pointer,
+        ctypes.c_int,
+    ]
     lib.dscoder_attend_bf16.restype = None
     lib.dscoder_bf16_matvec.argtypes = [pointer, size, pointer, size, size, pointer, ctypes.c_int]
     lib.dscoder_bf16_matvec.restype = None
@@ -138,21 +161,32 @@ def row_sums(qweight: torch.Tensor, lib: ctypes.CDLL | None = None) -> torch.Ten
     return sums
 
 
-def int8_matvec(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, sums: torch.Tensor,
-                lib: ctypes.CDLL | None = None) -> torch.Tensor:
+def int8_matvec(
+    x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, sums: torch.Tensor, lib: ctypes.CDLL | None = None
+) -> torch.Tensor:
     """x (rows <= max_rows(), in) float32 or bfloat16, contiguous, times the int8 weight (out, in)
     with `scales` (out,) float32: (rows, out) in x's dtype, equal to quantize._int8_product."""
     rows, inner = x.shape
     out = qweight.shape[0]
     y = torch.empty((rows, out), dtype=x.dtype)
-    (lib or library()).dscoder_int8_matvec(x.data_ptr(), int(x.dtype == torch.bfloat16), rows, qweight.data_ptr(),
-                                  scales.data_ptr(), sums.data_ptr(), out, inner, y.data_ptr(),
-                                  torch.get_num_threads())
+    (lib or library()).dscoder_int8_matvec(
+        x.data_ptr(),
+        int(x.dtype == torch.bfloat16),
+        rows,
+        qweight.data_ptr(),
+        scales.data_ptr(),
+        sums.data_ptr(),
+        out,
+        inner,
+        y.data_ptr(),
+        torch.get_num_threads(),
+    )
     return y
 
 
-def attend_bf16(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, start: int, group: int,
-                lib: ctypes.CDLL | None = None) -> torch.Tensor:
+def attend_bf16(
+    q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, start: int, group: int, lib: ctypes.CDLL | None = None
+) -> torch.Tensor:
     """Causal attention of new tokens at positions start.., q (rows, heads, dim) float32, over one
     sequence's cache, keys and values (kv_heads, capacity, dim) bfloat16 and contiguous, whose
     first start + rows positions are written (the new tokens' own included); `group` query heads
@@ -161,9 +195,20 @@ def attend_bf16(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, start
     rows, heads, dim = q.shape
     q = q.contiguous()
     out = torch.empty((rows, heads, dim), dtype=torch.float32)
-    (lib or library()).dscoder_attend_bf16(q.data_ptr(), keys.data_ptr(), values.data_ptr(), keys.shape[1] * dim,
-                                           heads, group, rows, start, dim, dim ** -0.5, out.data_ptr(),
-                                           torch.get_num_threads())
+    (lib or library()).dscoder_attend_bf16(
+        q.data_ptr(),
+        keys.data_ptr(),
+        values.data_ptr(),
+        keys.shape[1] * dim,
+        heads,
+        group,
+        rows,
+        start,
+        dim,
+        dim**-0.5,
+        out.data_ptr(),
+        torch.get_num_threads(),
+    )
     return out
 
 
@@ -172,7 +217,7 @@ def bf16_matvec(x: torch.Tensor, weight: torch.Tensor, lib: ctypes.CDLL | None =
     rows, inner = x.shape
     out = weight.shape[0]
     y = torch.empty((rows, out), dtype=torch.bfloat16)
-    (lib or library()).dscoder_bf16_matvec(x.data_ptr(), rows, weight.data_ptr(), out, inner, y.data_ptr(),
-                                           torch.get_num_threads())
+    (lib or library()).dscoder_bf16_matvec(
+        x.data_ptr(), rows, weight.data_ptr(), out, inner, y.data_ptr(), torch.get_num_threads()
+    )
     return y
-

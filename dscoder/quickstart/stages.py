@@ -66,8 +66,9 @@ class QuickstartConfig:
     seed: Seed = 0
 
 
-def run(out: Path, cfg: QuickstartConfig, model: Path | None = None, force: bool = False,
-        quantize: int | None = None) -> dict:
+def run(
+    out: Path, cfg: QuickstartConfig, model: Path | None = None, force: bool = False, quantize: int | None = None
+) -> dict:
     """Run (or resume) the quickstart into `out`; returns report.json's content. `quantize`
     (bits) applies to a given `model` as it loads."""
     from dscoder.config import apply_overrides
@@ -107,13 +108,23 @@ def run(out: Path, cfg: QuickstartConfig, model: Path | None = None, force: bool
     else:
         models["given"] = model
 
-    results = run_stage(out, "evaluate", lambda: _evaluate(out, cfg, models, heldout_files, quantize), seconds,
-                     force_rerun=model is not None)
+    results = run_stage(
+        out,
+        "evaluate",
+        lambda: _evaluate(out, cfg, models, heldout_files, quantize),
+        seconds,
+        force_rerun=model is not None,
+    )
     examples = run_stage(out, "show", lambda: _show(models, quantize), seconds, force_rerun=model is not None)
     seconds["total"] = round(sum(seconds.values()), 1)
-    data = {"config": asdict(cfg), "corpus": corpus, "models": {k: str(v) for k, v in models.items()},
-            **{k: v for k, v in results.items() if k != "seconds"}, "examples": examples.get("examples", {}),
-            "seconds": seconds}
+    data = {
+        "config": asdict(cfg),
+        "corpus": corpus,
+        "models": {k: str(v) for k, v in models.items()},
+        **{k: v for k, v in results.items() if k != "seconds"},
+        "examples": examples.get("examples", {}),
+        "seconds": seconds,
+    }
     report.write(out, data)
     return data
 
@@ -123,8 +134,12 @@ def _heldout_files(folder: Path) -> list[str]:
     from dscoder import formats
     from dscoder.data import corpus
 
-    return [text for row in corpus.iter_rows(folder, ("text", "paths"))
-            for _, text in formats.split_repo_sample(row["text"], row["paths"]) if text.strip()]
+    return [
+        text
+        for row in corpus.iter_rows(folder, ("text", "paths"))
+        for _, text in formats.split_repo_sample(row["text"], row["paths"])
+        if text.strip()
+    ]
 
 
 def _train_all(out: Path, cfg: QuickstartConfig, seconds: dict) -> dict[str, Path]:
@@ -152,30 +167,59 @@ def _train_all(out: Path, cfg: QuickstartConfig, seconds: dict) -> dict[str, Pat
 
     def untrained_stage():
         tok = tokenizer_lib.load(tokenizer)
-        hf_cfg = model_lib.hf_config(config_lib.apply_overrides(model_lib.get_preset("tiny").config, {"dtype": "float32"}), tok)
+        hf_cfg = model_lib.hf_config(
+            config_lib.apply_overrides(model_lib.get_preset("tiny").config, {"dtype": "float32"}), tok
+        )
         shutil.rmtree(out / "untrained", ignore_errors=True)
         (out / "untrained").mkdir()
         model_lib.save(out / "untrained", hf_cfg, tokenizer, model_lib.build(hf_cfg, seed=cfg.seed))
 
     run_stage(out, "untrained", untrained_stage, seconds)
-    steps = run_stage(out, "plan", lambda: {"steps": max(20, int(cfg.minutes * 60 / speed_probe(cfg, corpus, tokenizer, out)))},
-                   seconds)["steps"]
+    steps = run_stage(
+        out,
+        "plan",
+        lambda: {"steps": max(20, int(cfg.minutes * 60 / speed_probe(cfg, corpus, tokenizer, out)))},
+        seconds,
+    )["steps"]
     log.info("pretraining about %d steps per model (about %.1f minutes each)", steps, cfg.minutes)
     # The FIM model trains for the budget: its plan follows the measured speed, so load during the
     # probe or the run changes the step count, not the time. The control then takes as many steps.
     overrides = train_overrides(cfg, corpus, steps, 0.5) | {"loop.budget_minutes": str(cfg.minutes)}
-    steps = run_stage(out, "pretrain-fim", lambda: pretrain(out / "pretrain-fim", resolve("pretrain", None, overrides),
-                                                         tokenizer, "tiny", None, resume=True), seconds)["step"]
+    steps = run_stage(
+        out,
+        "pretrain-fim",
+        lambda: pretrain(
+            out / "pretrain-fim", resolve("pretrain", None, overrides), tokenizer, "tiny", None, resume=True
+        ),
+        seconds,
+    )["step"]
     overrides = train_overrides(cfg, corpus, steps, 0.0) | {"loop.max_minutes": str(cfg.minutes * 1.25)}
-    run_stage(out, "pretrain-no_fim", lambda: pretrain(out / "pretrain-no_fim", resolve("pretrain", None, overrides),
-                                                    tokenizer, "tiny", None, resume=True), seconds)
+    run_stage(
+        out,
+        "pretrain-no_fim",
+        lambda: pretrain(
+            out / "pretrain-no_fim", resolve("pretrain", None, overrides), tokenizer, "tiny", None, resume=True
+        ),
+        seconds,
+    )
 
     extend_steps = max(10, steps // 10)
     extend_overrides = train_overrides(cfg, corpus, extend_steps, 0.5) | {
-        "data.seq_len": str(cfg.seq_len * 4), "loop.batch_size": "1", "fim.max_chars": str(cfg.fim_max_chars * 4),
-        "extend.rope_factor": "4", "extend.max_position_embeddings": str(1024 * 4), "optim.lr": "3e-4"}
-    run_stage(out, "extend", lambda: extend(out / "extend", resolve("extend", None, extend_overrides),
-                                         out / "pretrain-fim" / "final", resume=True), seconds)
+        "data.seq_len": str(cfg.seq_len * 4),
+        "loop.batch_size": "1",
+        "fim.max_chars": str(cfg.fim_max_chars * 4),
+        "extend.rope_factor": "4",
+        "extend.max_position_embeddings": str(1024 * 4),
+        "optim.lr": "3e-4",
+    }
+    run_stage(
+        out,
+        "extend",
+        lambda: extend(
+            out / "extend", resolve("extend", None, extend_overrides), out / "pretrain-fim" / "final", resume=True
+        ),
+        seconds,
+    )
 
     def instruct_stage():
         pairs = out / "instruct-pairs.jsonl"
@@ -183,24 +227,33 @@ def _train_all(out: Path, cfg: QuickstartConfig, seconds: dict) -> dict[str, Pat
             for pair in make_pairs(corpus_lib.iter_texts(corpus), 4000):
                 f.write(json.dumps(pair) + "\n")
         overrides = train_overrides(cfg, corpus, max(20, steps // 6), 0.0) | {
-            "data.seq_len": str(cfg.seq_len), "loop.batch_size": str(cfg.batch_size), "optim.lr": "5e-4",
-            "optim.warmup_steps": "5"}
+            "data.seq_len": str(cfg.seq_len),
+            "loop.batch_size": str(cfg.batch_size),
+            "optim.lr": "5e-4",
+            "optim.warmup_steps": "5",
+        }
         overrides.pop("data.sources")
         instruct(out / "instruct", resolve("instruct", None, overrides), out / "extend" / "final", pairs, resume=True)
 
     run_stage(out, "instruct", instruct_stage, seconds)
-    return {"untrained": out / "untrained", "no_fim": out / "pretrain-no_fim" / "final",
-            "fim": out / "pretrain-fim" / "final", "instruct": out / "instruct" / "final"}
+    return {
+        "untrained": out / "untrained",
+        "no_fim": out / "pretrain-no_fim" / "final",
+        "fim": out / "pretrain-fim" / "final",
+        "instruct": out / "instruct" / "final",
+    }
 
 
-def _evaluate(out: Path, cfg: QuickstartConfig, models: dict[str, Path], heldout_files: list[str],
-              quantize: int | None = None) -> dict:
+def _evaluate(
+    out: Path, cfg: QuickstartConfig, models: dict[str, Path], heldout_files: list[str], quantize: int | None = None
+) -> dict:
     from dscoder.evaluate import heldout as measure
     from dscoder.infer.engine import Engine
     from dscoder.quickstart import report
 
-    cases = measure.fim_cases(heldout_files, cfg.fim_lines, cfg.seed, prefix_chars=cfg.fim_max_chars // 2,
-                              suffix_chars=cfg.fim_max_chars // 4)
+    cases = measure.fim_cases(
+        heldout_files, cfg.fim_lines, cfg.seed, prefix_chars=cfg.fim_max_chars // 2, suffix_chars=cfg.fim_max_chars // 4
+    )
     prompts = measure.function_prompts(heldout_files, cfg.parse_prompts, cfg.seed)
     texts = heldout_files[:200]
     results: dict[str, dict] = {key: {} for key, _, _ in report.FIGURES}
@@ -241,14 +294,19 @@ def _show(models: dict[str, Path], quantize: int | None = None) -> dict:
 
     repo = Path(str(resources.files("dscoder.quickstart").joinpath("example_repo")))
     examples = {
-        "completion": answer(prompts.completion(engine, "def fibonacci(n):\n    \"\"\"Return the n-th Fibonacci number.\"\"\"\n", 48)),
-        "insertion": answer(prompts.insertion(engine, "def average(values):\n    total = sum(values)\n",
-                                              "    return result\n", 48)),
+        "completion": answer(
+            prompts.completion(engine, 'def fibonacci(n):\n    """Return the n-th Fibonacci number."""\n', 48)
+        ),
+        "insertion": answer(
+            prompts.insertion(engine, "def average(values):\n    total = sum(values)\n", "    return result\n", 48)
+        ),
         "repository": answer(repo_context.build(engine, repo, "main.py", None, None, 48)),
     }
     chat_engine = engine if chat_model == base else Engine.load(chat_model, quantize=quantize)
     message = [{"role": "user", "content": "Write a Python function that reverses a string."}]
-    (s,) = chat_engine.generate([Sequence(prompts.chat(chat_engine, message, 64).ids, SamplingParams(max_new_tokens=64))])
+    (s,) = chat_engine.generate(
+        [Sequence(prompts.chat(chat_engine, message, 64).ids, SamplingParams(max_new_tokens=64))]
+    )
     examples["chat"] = {"prompt": message[0]["content"], "output": s.text}
     try:
         examples["server"] = _server_request(engine)
@@ -280,12 +338,19 @@ def _server_request(engine) -> dict:
     deadline = time.time() + 30
     while not server.started and time.time() < deadline:
         time.sleep(0.05)
-    body = {"model": engine.name, "prompt": "import os\n\n\ndef list_python_files(folder):\n", "max_tokens": 32,
-            "temperature": 0}
+    body = {
+        "model": engine.name,
+        "prompt": "import os\n\n\ndef list_python_files(folder):\n",
+        "max_tokens": 32,
+        "temperature": 0,
+    }
     try:
         response = httpx.post(f"http://127.0.0.1:{port}/v1/completions", json=body, timeout=120).json()
     finally:
         server.should_exit = True
         thread.join(timeout=10)
-    return {"request": f"POST http://127.0.0.1:{port}/v1/completions", "prompt": body["prompt"],
-            "output": response["choices"][0]["text"]}
+    return {
+        "request": f"POST http://127.0.0.1:{port}/v1/completions",
+        "prompt": body["prompt"],
+        "output": response["choices"][0]["text"],
+    }

@@ -25,21 +25,55 @@ from dscoder.repo.languages import detect_language
 
 # Folders that hold tool state, caches or installed environments, never a repository's own code.
 SKIPPED_DIRS = frozenset(
-    {".git", ".hg", ".svn", "__pycache__", ".venv", "venv", ".tox", ".mypy_cache",
-     ".pytest_cache", ".idea", ".vscode", "site-packages", "dist-packages"}
+    {
+        ".git",
+        ".hg",
+        ".svn",
+        "__pycache__",
+        ".venv",
+        "venv",
+        ".tox",
+        ".mypy_cache",
+        ".pytest_cache",
+        ".idea",
+        ".vscode",
+        "site-packages",
+        "dist-packages",
+    }
 )
 # Well-known markers of code a repository carries but did not write.
 VENDORED_DIRS = frozenset(
-    {"node_modules", "bower_components", "jspm_packages", "vendor", "vendors", "third_party",
-     "third-party", "thirdparty", "3rdparty", "Pods", "Carthage"}
+    {
+        "node_modules",
+        "bower_components",
+        "jspm_packages",
+        "vendor",
+        "vendors",
+        "third_party",
+        "third-party",
+        "thirdparty",
+        "3rdparty",
+        "Pods",
+        "Carthage",
+    }
 )
 MINIFIED = re.compile(r"(\.min\.(js|css)|-min\.js|\.bundle\.js|\.packed\.js)$", re.I)
 GENERATED_NAME = re.compile(
     r"(_pb2(_grpc)?\.pyi?|\.pb\.(go|cc|h)|\.g\.(cs|dart)|\.designer\.cs|[._]generated\.\w+)$", re.I
 )
 LOCK_FILES = frozenset(
-    {"package-lock.json", "yarn.lock", "pnpm-lock.yaml", "Cargo.lock", "poetry.lock", "Pipfile.lock",
-     "composer.lock", "Gemfile.lock", "go.sum", "uv.lock"}
+    {
+        "package-lock.json",
+        "yarn.lock",
+        "pnpm-lock.yaml",
+        "Cargo.lock",
+        "poetry.lock",
+        "Pipfile.lock",
+        "composer.lock",
+        "Gemfile.lock",
+        "go.sum",
+        "uv.lock",
+    }
 )
 ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar.bz2", ".tar.xz", ".tar", ".zip")
 DEFAULT_MAX_FILE_BYTES = 1_000_000
@@ -215,7 +249,7 @@ def _cat_blobs(root: Path, shas: list[str]) -> dict[str, bytes]:
         header_end = out.index(b"\n", pos)
         sha, _, size = out[pos:header_end].split()
         start = header_end + 1
-        contents[sha.decode()] = out[start:start + int(size)]
+        contents[sha.decode()] = out[start : start + int(size)]
         pos = start + int(size) + 1
     return contents
 

@@ -64,8 +64,11 @@ def analyze(files: list[CodeFile], repo_name: str, seed: int | str) -> Analysis:
     """The dependency graph and sample groups of a repository's files. `repo_name` is the
     repository's folder or archive name (the import name of a root that is itself a package);
     `seed` seeds Algorithm 1's ties. Files not yet parsed are parsed here."""
-    code = [f if f.parsed is not None else CodeFile(f.path, f.text, f.language, parse(f.text, f.language, f.path))
-            for f in files if f.language in DEPENDENCY_LANGUAGES]
+    code = [
+        f if f.parsed is not None else CodeFile(f.path, f.text, f.language, parse(f.text, f.language, f.path))
+        for f in files
+        if f.language in DEPENDENCY_LANGUAGES
+    ]
     graph = dependencies(code, [f for f in files if f.language in BUILD_FILE_LANGUAGES], repo_name)
     groups = order_repository([f.path for f in code], graph.deps, seed, graph.references)
     ordered = {path for group in groups for path in group}
@@ -89,8 +92,9 @@ def components(nodes: list[str], deps: dict[str, set[str]]) -> list[list[str]]:
     return list(groups.values())
 
 
-def order_component(nodes: list[str], deps: dict[str, set[str]], rng: random.Random,
-                    references: dict[str, set[str]] | None = None) -> list[str]:
+def order_component(
+    nodes: list[str], deps: dict[str, set[str]], rng: random.Random, references: dict[str, set[str]] | None = None
+) -> list[str]:
     """Algorithm 1 on one component: repeatedly take the file with the smallest in-degree,
     counting the dependencies it imports before those it only references (`references`, a part
     of `deps`)."""
@@ -124,10 +128,13 @@ def order_component(nodes: list[str], deps: dict[str, set[str]], rng: random.Ran
     return order
 
 
-def order_repository(nodes: list[str], deps: dict[str, set[str]], seed: int | str,
-                     references: dict[str, set[str]] | None = None) -> list[list[str]]:
+def order_repository(
+    nodes: list[str], deps: dict[str, set[str]], seed: int | str, references: dict[str, set[str]] | None = None
+) -> list[list[str]]:
     """Every component of a repository's files, each in Algorithm 1 order. Ties are broken by a
     generator seeded with `seed` and the component's paths: reproducible on any worker, and the
     same for a fork that keeps the files, so forks stay recognisable to deduplication."""
-    return [order_component(group, deps, random.Random(f"{seed}:{'|'.join(group)}"), references)
-            for group in components(nodes, deps)]
+    return [
+        order_component(group, deps, random.Random(f"{seed}:{'|'.join(group)}"), references)
+        for group in components(nodes, deps)
+    ]

@@ -137,6 +137,7 @@ def _unquote(text: str) -> str:
 
 # --- resolution helpers --------------------------------------------------------------------------
 
+
 class PathIndex:
     """Lookups over a repository's file paths."""
 
@@ -158,6 +159,7 @@ class PathIndex:
 
 # --- Python ------------------------------------------------------------------------------------
 
+
 def _python_module_files(base: str, dotted: str) -> list[str]:
     stem = posixpath.join(base, *dotted.split(".")) if dotted else base
     return [stem + ".py", stem + ".pyi", posixpath.join(stem, "__init__.py")]
@@ -173,7 +175,7 @@ def resolve_python(dotted: str, level: int, here: str, index: PathIndex, root_pa
             base = posixpath.dirname(base)
         return index.first(_python_module_files(base, dotted))
     if root_package and (dotted + ".").startswith(root_package + "."):
-        return index.first(_python_module_files("", dotted[len(root_package) + 1:]))
+        return index.first(_python_module_files("", dotted[len(root_package) + 1 :]))
     hit = index.first(_python_module_files(here, dotted)) or index.first(_python_module_files("", dotted))
     if hit is None and "." in dotted:
         for candidate in _python_module_files("", dotted):
@@ -195,8 +197,11 @@ def python_dependencies(files: list[CodeFile], index: PathIndex, root_package: s
         for module, level, names in f.parsed.python_imports:
             # `from a import b, c`: each submodule a.b, a.c that is a file, and the package a
             # for any name that is not one (`import a.b`: the module a.b)
-            hits = [resolve_python(f"{module}.{n}" if module else n, level, here, index, root_package)
-                    for n in names if n != "*"]
+            hits = [
+                resolve_python(f"{module}.{n}" if module else n, level, here, index, root_package)
+                for n in names
+                if n != "*"
+            ]
             if not hits or not all(hits):
                 hits.append(resolve_python(module, level, here, index, root_package))
             found.update(hit for hit in hits if hit)
@@ -206,6 +211,7 @@ def python_dependencies(files: list[CodeFile], index: PathIndex, root_package: s
 
 
 # --- Java and C# ----------------------------------------------------------------------------------
+
 
 def java_dependencies(files: list[CodeFile]) -> tuple[dict[str, set[str]], dict[str, set[str]]]:
     """(imports, same-package references) of each file."""
@@ -252,8 +258,12 @@ def csharp_dependencies(files: list[CodeFile]) -> tuple[dict[str, set[str]], dic
     for path, caps in info.items():
         own = {""} | _with_parents(caps.get("namespace", []))
         visible = own | _with_parents(caps.get("using", []))
-        found = {(ns, p) for name in set(caps.get("use", [])) for ns, p in declared.get(name, [])
-                 if ns in visible and p != path}
+        found = {
+            (ns, p)
+            for name in set(caps.get("use", []))
+            for ns, p in declared.get(name, [])
+            if ns in visible and p != path
+        }
         imports[path] = {p for ns, p in found if ns not in own}
         references[path] = {p for ns, p in found if ns in own} - imports[path]
     return imports, references
@@ -273,9 +283,17 @@ def include_folders(paths: Iterable[str], build_files: Iterable[CodeFile]) -> li
         base = posixpath.dirname(f.path)
         names = _INCLUDE_FLAG.findall(f.text)
         for args in _CMAKE_INCLUDE.findall(f.text):
-            names += [a for a in args.split() if a.upper() not in ("PUBLIC", "PRIVATE", "INTERFACE", "SYSTEM", "BEFORE", "AFTER")]
+            names += [
+                a
+                for a in args.split()
+                if a.upper() not in ("PUBLIC", "PRIVATE", "INTERFACE", "SYSTEM", "BEFORE", "AFTER")
+            ]
         for name in names:
-            name = name.replace("${CMAKE_CURRENT_SOURCE_DIR}", "").replace("${PROJECT_SOURCE_DIR}", "").replace("$(srcdir)", "")
+            name = (
+                name.replace("${CMAKE_CURRENT_SOURCE_DIR}", "")
+                .replace("${PROJECT_SOURCE_DIR}", "")
+                .replace("$(srcdir)", "")
+            )
             folder = posixpath.normpath(posixpath.join(base, name.lstrip("/")))
             if not folder.startswith("..") and folder not in folders:
                 folders.append(folder)
@@ -330,7 +348,11 @@ def js_dependencies(files: list[CodeFile], index: PathIndex) -> dict[str, set[st
                 continue  # a package, not a file of this repository
             stem = posixpath.join(posixpath.dirname(f.path), spec)
             bare = re.sub(r"\.(m|c)?jsx?$", "", stem)
-            candidates = [stem] + [bare + ext for ext in JS_EXTENSIONS] + [posixpath.join(stem, "index" + ext) for ext in JS_EXTENSIONS]
+            candidates = (
+                [stem]
+                + [bare + ext for ext in JS_EXTENSIONS]
+                + [posixpath.join(stem, "index" + ext) for ext in JS_EXTENSIONS]
+            )
             hit = index.first(candidates)
             if hit and hit != f.path:
                 found.add(hit)
@@ -345,8 +367,10 @@ _GO_MODULE = re.compile(r"^module\s+(\S+)", re.M)
 
 def go_dependencies(files: list[CodeFile], go_mods: list[CodeFile]) -> tuple[dict[str, set[str]], dict[str, set[str]]]:
     """(files of imported packages, files of the same package declaring what it uses) of each file."""
-    modules = sorted(((posixpath.dirname(m.path), match.group(1)) for m in go_mods
-                      if (match := _GO_MODULE.search(m.text))), key=lambda x: -len(x[1]))
+    modules = sorted(
+        ((posixpath.dirname(m.path), match.group(1)) for m in go_mods if (match := _GO_MODULE.search(m.text))),
+        key=lambda x: -len(x[1]),
+    )
     info = {f.path: captures(f.parsed) for f in files if f.parsed is not None}
     by_folder: dict[str, list[str]] = defaultdict(list)
     for path in sorted(info):
@@ -360,18 +384,20 @@ def go_dependencies(files: list[CodeFile], go_mods: list[CodeFile]) -> tuple[dic
             spec = _unquote(raw)
             for root, module in modules:
                 if spec == module or spec.startswith(module + "/"):
-                    target = posixpath.normpath(posixpath.join(root, spec[len(module) + 1:]))
+                    target = posixpath.normpath(posixpath.join(root, spec[len(module) + 1 :]))
                     found.update(by_folder.get("" if target == "." else target, []))
                     break
         found.discard(path)
         used = set(caps.get("use", []))
         imports[path] = found
-        references[path] = {other for other in by_folder.get(folder, [])
-                            if other != path and used & set(info[other].get("declare", []))} - found
+        references[path] = {
+            other for other in by_folder.get(folder, []) if other != path and used & set(info[other].get("declare", []))
+        } - found
     return imports, references
 
 
 # --- Rust ----------------------------------------------------------------------------------------------
+
 
 def _rust_module_dir(path: str) -> str:
     """The folder holding a module's submodules: `src/` for lib.rs/main.rs/mod.rs, else `a/b/` for a/b.rs."""
@@ -412,6 +438,7 @@ def rust_dependencies(files: list[CodeFile], index: PathIndex) -> dict[str, set[
 
 # --- all languages ---------------------------------------------------------------------------------------
 
+
 def dependencies(files: list[CodeFile], build_files: list[CodeFile], repo_name: str = "") -> Graph:
     """For each file of a dependency language, the repository files it depends on.
     `build_files` are the repository's Makefiles, CMakeLists and go.mod files (read, not ordered);
@@ -430,8 +457,11 @@ def dependencies(files: list[CodeFile], build_files: list[CodeFile], repo_name: 
     graph.deps.update(js_dependencies(by_language["javascript"] + by_language["typescript"], index))
     graph.deps.update(rust_dependencies(by_language["rust"], index))
     go_mods = [b for b in build_files if b.path.endswith("go.mod")]
-    for imports, references in (java_dependencies(by_language["java"]), csharp_dependencies(by_language["csharp"]),
-                                go_dependencies(by_language["go"], go_mods)):
+    for imports, references in (
+        java_dependencies(by_language["java"]),
+        csharp_dependencies(by_language["csharp"]),
+        go_dependencies(by_language["go"], go_mods),
+    ):
         for path, found in imports.items():
             graph.deps[path] = found | references[path]
             if references[path]:

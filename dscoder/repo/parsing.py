@@ -74,8 +74,7 @@ def grammar(language: str):
         module = importlib.import_module(module_name)
     except ImportError:
         raise UserError(
-            f"parsing {language} needs the {module_name.replace('_', '-')} grammar: "
-            "pip install 'dscoder[data]'"
+            f"parsing {language} needs the {module_name.replace('_', '-')} grammar: pip install 'dscoder[data]'"
         ) from None
     return Language(getattr(module, function)())
 
@@ -127,7 +126,8 @@ def python_syntax_error(text: str) -> str:
 
 # A left-to-right scan of valid Python 3 that sees what its tokenizer sees: strings and comments
 # (which may hold the word `import`), `from ... import` and `import` keywords.
-_PYTHON_SCAN = re.compile(r"""
+_PYTHON_SCAN = re.compile(
+    r"""
     '''[^'\\]*(?:(?:\\.|'(?!''))[^'\\]*)*'''
   | \"\"\"[^"\\]*(?:(?:\\.|"(?!""))[^"\\]*)*\"\"\"
   | '[^'\\\n]*(?:\\.[^'\\\n]*)*'
@@ -135,7 +135,9 @@ _PYTHON_SCAN = re.compile(r"""
   | \#[^\n]*
   | from(?P<module>(?:[^\n;\#'"()\\]|\\\n)*?)(?<=[\s.])import(?=[\s(*\\])
   | import(?=[\s\\])
-""", re.S | re.X)
+""",
+    re.S | re.X,
+)
 _STATEMENT_START = frozenset(" \t\f\n;:")  # what may precede `from` or `import` starting a statement
 # The imported names: up to the end of the statement, or a parenthesised list.
 _NAMES = re.compile(r"\s*(?:\\\n\s*)*(?:\((?:[^)#]|\#[^\n]*)*\)|(?:[^\n;#\\]|\\\n)*)")

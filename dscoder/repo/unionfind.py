@@ -32,7 +32,7 @@ class UnionFind:
         """Join every (a, b) row of an (k, 2) integer array (read in slices, so that a large
         array is never copied whole into Python objects)."""
         for start in range(0, len(pairs), 65536):
-            for a, b in pairs[start:start + 65536].tolist():
+            for a, b in pairs[start : start + 65536].tolist():
                 self.union(a, b)
 
     def roots(self) -> np.ndarray:

@@ -15,11 +15,22 @@ from dscoder.errors import UserError
 
 # Common flags and the setting each one sets (with that setting's bounds and stage default).
 TRAIN_FLAGS = {
-    "max_steps": "loop.max_steps", "seq_len": "data.seq_len", "batch_size": "loop.batch_size",
-    "grad_accum": "loop.grad_accum", "lr": "optim.lr", "fim_rate": "fim.rate", "seed": "loop.seed",
-    "eval_every": "loop.eval_every", "save_every": "loop.save_every", "rope_factor": "extend.rope_factor",
-    "rope_theta": "extend.rope_theta", "lora_rank": "lora.rank", "lora_alpha": "lora.alpha",
-    "lora_targets": "lora.targets", "lora_dropout": "lora.dropout", "logger": "loop.logger",
+    "max_steps": "loop.max_steps",
+    "seq_len": "data.seq_len",
+    "batch_size": "loop.batch_size",
+    "grad_accum": "loop.grad_accum",
+    "lr": "optim.lr",
+    "fim_rate": "fim.rate",
+    "seed": "loop.seed",
+    "eval_every": "loop.eval_every",
+    "save_every": "loop.save_every",
+    "rope_factor": "extend.rope_factor",
+    "rope_theta": "extend.rope_theta",
+    "lora_rank": "lora.rank",
+    "lora_alpha": "lora.alpha",
+    "lora_targets": "lora.targets",
+    "lora_dropout": "lora.dropout",
+    "logger": "loop.logger",
 }
 
 
@@ -80,7 +91,9 @@ def cmd_train_make_instruct(args: argparse.Namespace) -> int:
     check_output(args.out, args.force, folder=False)
     if not args.corpus.exists():
         raise UserError(f"{args.corpus}: not found (give a corpus folder or a code folder)")
-    texts = corpus.iter_texts(args.corpus) if corpus.is_corpus(args.corpus) else iter(read_texts([args.corpus], Counter()))
+    texts = (
+        corpus.iter_texts(args.corpus) if corpus.is_corpus(args.corpus) else iter(read_texts([args.corpus], Counter()))
+    )
     count = 0
     with output_file(args.out, args.force) as f:
         for pair in make_pairs(texts, args.max_pairs):
@@ -101,14 +114,21 @@ def cmd_train_report(args: argparse.Namespace) -> int:
 
 
 FLAG_HELP = {
-    "max_steps": "optimizer steps", "seq_len": "tokens per sequence",
-    "batch_size": "sequences per micro-batch per process", "grad_accum": "micro-batches per step",
-    "lr": "peak learning rate", "fim_rate": "share of documents turned into FIM",
-    "seed": "seed of data order, FIM and initialisation", "eval_every": "steps between held-out losses (0: at the end)",
-    "save_every": "steps between checkpoints (0: at the end)", "rope_factor": "linear RoPE scaling factor",
-    "rope_theta": "RoPE base", "lora_rank": "train LoRA adapters of this rank on the frozen --model (0: every weight)",
+    "max_steps": "optimizer steps",
+    "seq_len": "tokens per sequence",
+    "batch_size": "sequences per micro-batch per process",
+    "grad_accum": "micro-batches per step",
+    "lr": "peak learning rate",
+    "fim_rate": "share of documents turned into FIM",
+    "seed": "seed of data order, FIM and initialisation",
+    "eval_every": "steps between held-out losses (0: at the end)",
+    "save_every": "steps between checkpoints (0: at the end)",
+    "rope_factor": "linear RoPE scaling factor",
+    "rope_theta": "RoPE base",
+    "lora_rank": "train LoRA adapters of this rank on the frozen --model (0: every weight)",
     "lora_alpha": "adapter scale numerator, updates x alpha/rank (0: 2 x rank)",
-    "lora_targets": "projections with adapters: q,k,v,o,gate,up,down", "lora_dropout": "dropout on the adapters' inputs",
+    "lora_targets": "projections with adapters: q,k,v,o,gate,up,down",
+    "lora_dropout": "dropout on the adapters' inputs",
     "logger": "also send the metrics to TensorBoard (RUN/tensorboard) or W&B (RUN/wandb)",
 }
 DEFAULT_LR = {"pretrain": "the preset's peak rate, 3e-4 from --model", "extend": "1e-4", "instruct": "1e-5"}
@@ -129,8 +149,12 @@ def _add_train_flags(p: argparse.ArgumentParser, stage: str) -> None:
         shown = DEFAULT_LR[stage] if flag == "lr" else f"{value:g}" if isinstance(value, float) else value
         annotation = field_annotation(cls, name)
         choices = typing.get_args(annotation) if typing.get_origin(annotation) is typing.Literal else None
-        p.add_argument("--" + flag.replace("_", "-"), type=setting(cls, name), choices=choices,
-                       help=f"{FLAG_HELP[flag]} (default: {shown})")
+        p.add_argument(
+            "--" + flag.replace("_", "-"),
+            type=setting(cls, name),
+            choices=choices,
+            help=f"{FLAG_HELP[flag]} (default: {shown})",
+        )
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its newest checkpoint")
     p.add_argument("--force", action="store_true", help="replace --out if it exists")
     p.set_defaults(overrides=True)
@@ -140,12 +164,16 @@ def add_commands(groups) -> None:
     train = groups.add_parser("train", help="pretrain with FIM, extend the context, instruction-tune")
     train_cmds = train.add_subparsers(dest="command", metavar="SUBCOMMAND", required=True)
     p = train_cmds.add_parser(
-        "pretrain", help="next-token prediction with FIM on packed corpora",
+        "pretrain",
+        help="next-token prediction with FIM on packed corpora",
         description="Pretrain from a preset (with --tokenizer) or continue a model folder, on one or "
         "more corpora from `dscoder data build`. Any setting can be changed with "
         "--SECTION.KEY=VALUE (see docs/training.md). Works under torchrun for DDP/FSDP2.",
-        example="dscoder train pretrain --data runs/corpus --tokenizer runs/tok --preset tiny --out runs/pretrain --max-steps 2000")
-    p.add_argument("--data", action="append", metavar="DIR[:WEIGHT]", help="corpus folder with a mixing weight (repeatable)")
+        example="dscoder train pretrain --data runs/corpus --tokenizer runs/tok --preset tiny --out runs/pretrain --max-steps 2000",
+    )
+    p.add_argument(
+        "--data", action="append", metavar="DIR[:WEIGHT]", help="corpus folder with a mixing weight (repeatable)"
+    )
     p.add_argument("--tokenizer", type=Path, help="tokenizer folder (with --preset)")
     p.add_argument("--preset", help="model preset to start from (see `dscoder model presets`)")
     p.add_argument("--model", type=Path, help="model folder to continue from")
@@ -153,38 +181,49 @@ def add_commands(groups) -> None:
     p.set_defaults(func=cmd_train_pretrain)
 
     p = train_cmds.add_parser(
-        "extend", help="long-context extension: linear RoPE scaling at a longer sequence length",
+        "extend",
+        help="long-context extension: linear RoPE scaling at a longer sequence length",
         description="Continue a model at a longer --seq-len with linear RoPE scaling (factor, base); the "
         "saved config loads in transformers with that scaling.",
-        example="dscoder train extend --model runs/pretrain/final --data runs/corpus --seq-len 2048 --out runs/extend")
+        example="dscoder train extend --model runs/pretrain/final --data runs/corpus --seq-len 2048 --out runs/extend",
+    )
     p.add_argument("--model", type=Path, required=True, help="model folder to extend")
-    p.add_argument("--data", action="append", metavar="DIR[:WEIGHT]", help="corpus folder with a mixing weight (repeatable)")
+    p.add_argument(
+        "--data", action="append", metavar="DIR[:WEIGHT]", help="corpus folder with a mixing weight (repeatable)"
+    )
     _add_train_flags(p, "extend")
     p.set_defaults(func=cmd_train_extend)
 
     p = train_cmds.add_parser(
-        "instruct", help="instruction tuning with the chat template, loss on responses only",
+        "instruct",
+        help="instruction tuning with the chat template, loss on responses only",
         description="Fine-tune on {instruction, output} or {messages} JSON lines rendered with the "
         "released chat template; only responses and <|EOT|> are trained; the saved model stops at <|EOT|>.",
-        example="dscoder train instruct --model runs/extend/final --data runs/pairs.jsonl --out runs/instruct")
+        example="dscoder train instruct --model runs/extend/final --data runs/pairs.jsonl --out runs/instruct",
+    )
     p.add_argument("--model", type=Path, required=True, help="model folder to tune")
     p.add_argument("--data", dest="data_file", type=Path, required=True, metavar="FILE.jsonl", help="instruction data")
     _add_train_flags(p, "instruct")
     p.set_defaults(func=cmd_train_instruct)
 
     p = train_cmds.add_parser(
-        "make-instruct", help="derive instruction pairs from a corpus (documented Python functions)",
+        "make-instruct",
+        help="derive instruction pairs from a corpus (documented Python functions)",
         description="Turn documented Python functions of a corpus (or a code folder) into "
         "{instruction, output} pairs: the docstring asks, the function answers.",
-        example="dscoder train make-instruct runs/corpus --out runs/pairs.jsonl")
+        example="dscoder train make-instruct runs/corpus --out runs/pairs.jsonl",
+    )
     p.add_argument("corpus", type=Path, metavar="CORPUS", help="corpus folder or code folder")
     p.add_argument("--out", type=Path, required=True, help="JSON-lines file to write")
     p.add_argument("--max-pairs", type=number(int, AT_LEAST_ONE), default=20000, help="most pairs written")
     p.add_argument("--force", action="store_true", help="replace --out if it exists")
     p.set_defaults(func=cmd_train_make_instruct)
 
-    p = train_cmds.add_parser("report", help="summarise a run and redraw its loss.png",
-                              description="Summarise a training run and redraw its loss.png.",
-                              example="dscoder train report runs/pretrain")
+    p = train_cmds.add_parser(
+        "report",
+        help="summarise a run and redraw its loss.png",
+        description="Summarise a training run and redraw its loss.png.",
+        example="dscoder train report runs/pretrain",
+    )
     p.add_argument("run", type=Path, metavar="RUN", help="run folder")
     p.set_defaults(func=cmd_train_report)

@@ -86,7 +86,9 @@ class TokenFile:
     def __init__(self, folder: Path):
         meta = json.loads((folder / "meta.json").read_text())
         self.tokens = np.memmap(folder / "tokens.bin", dtype=meta["dtype"], mode="r")
-        self.mask = np.memmap(folder / "mask.bin", dtype=np.uint8, mode="r") if (folder / "mask.bin").is_file() else None
+        self.mask = (
+            np.memmap(folder / "mask.bin", dtype=np.uint8, mode="r") if (folder / "mask.bin").is_file() else None
+        )
 
     def windows(self, seq_len: int, eval_fraction: float, split: str) -> np.ndarray:
         """Indices of the windows of `split` ("train" or "eval")."""
@@ -96,8 +98,8 @@ class TokenFile:
 
     def window(self, k: int, seq_len: int) -> tuple[np.ndarray, np.ndarray | None]:
         start = k * seq_len
-        tokens = np.asarray(self.tokens[start:start + seq_len + 1], dtype=np.int64)
-        mask = None if self.mask is None else np.asarray(self.mask[start:start + seq_len + 1], dtype=np.bool_)
+        tokens = np.asarray(self.tokens[start : start + seq_len + 1], dtype=np.int64)
+        mask = None if self.mask is None else np.asarray(self.mask[start : start + seq_len + 1], dtype=np.bool_)
         return tokens, mask
 
 
@@ -123,8 +125,14 @@ def _damage(folder: Path, key: dict) -> str | None:
     return None
 
 
-def build_cache(folder: Path, key: dict, documents: Iterable[str], encode: Callable[[list[str]], list[Encoded]],
-                batch: int, vocab_size: int) -> Path:
+def build_cache(
+    folder: Path,
+    key: dict,
+    documents: Iterable[str],
+    encode: Callable[[list[str]], list[Encoded]],
+    batch: int,
+    vocab_size: int,
+) -> Path:
     """Tokenize `documents` into `folder` unless an intact cache with the same key is there; a
     damaged one (cut short, unreadable) is built again."""
     if (folder / "meta.json").is_file():
@@ -139,13 +147,17 @@ def build_cache(folder: Path, key: dict, documents: Iterable[str], encode: Calla
     return folder
 
 
-def _write_cache(tmp: Path, key: dict, documents: Iterable[str], encode: Callable[[list[str]], list[Encoded]],
-                 batch: int, dtype: str) -> None:
+def _write_cache(
+    tmp: Path, key: dict, documents: Iterable[str], encode: Callable[[list[str]], list[Encoded]], batch: int, dtype: str
+) -> None:
     from dscoder.console import progress
 
     has_mask, documents_done, tokens_done = False, 0, 0
-    with open(tmp / "tokens.bin", "wb") as out, open(tmp / "mask.bin", "wb") as masks, \
-            progress(desc=f"tokenizing {Path(key.get('source', '')).name}", unit=" docs") as bar:
+    with (
+        open(tmp / "tokens.bin", "wb") as out,
+        open(tmp / "mask.bin", "wb") as masks,
+        progress(desc=f"tokenizing {Path(key.get('source', '')).name}", unit=" docs") as bar,
+    ):
         pending: list[str] = []
 
         def flush():
@@ -170,12 +182,14 @@ def _write_cache(tmp: Path, key: dict, documents: Iterable[str], encode: Callabl
         (tmp / "mask.bin").unlink()
     if tokens_done == 0:
         raise UserError(f"{key.get('source')}: no tokens (an empty corpus?)")
-    artifacts.write_json(tmp / "meta.json", {"key": key, "dtype": dtype, "documents": documents_done,
-                                             "tokens": tokens_done})
+    artifacts.write_json(
+        tmp / "meta.json", {"key": key, "dtype": dtype, "documents": documents_done, "tokens": tokens_done}
+    )
 
 
-def pretraining_encoder(tokenizer, fim: FIMConfig, seed: int, source: str,
-                        seq_len: int = 0) -> Callable[[list[str]], list[Encoded]]:
+def pretraining_encoder(
+    tokenizer, fim: FIMConfig, seed: int, source: str, seq_len: int = 0
+) -> Callable[[list[str]], list[Encoded]]:
     """FIM per document (seeded by its position), then `BOS ids EOS`; with `fim.fit_windows`,
     per piece cut to fit the training window of `seq_len` tokens it starts in."""
     backend = tokenizer.backend_tokenizer
@@ -205,8 +219,9 @@ def pretraining_encoder(tokenizer, fim: FIMConfig, seed: int, source: str,
         # is tokenized once, in a batch, and its pieces are cut from that encoding.
         out = []
         for text, encoding in zip(texts, backend.encode_batch(texts, add_special_tokens=False)):
-            ids, mask = _fitted_pieces(text, _Tokens(text, encoding, backend, sentinels), fim, rng(),
-                                       state["offset"], seq_len, bos, eos)
+            ids, mask = _fitted_pieces(
+                text, _Tokens(text, encoding, backend, sentinels), fim, rng(), state["offset"], seq_len, bos, eos
+            )
             state["offset"] += len(ids)
             out.append((ids, mask))
         return out
@@ -259,7 +274,7 @@ class _Tokens:
         if None in at:
             return self.backend.encode(rewrite(self.text[begin:end], decision), add_special_tokens=False).ids
         if decision is None:
-            return self.ids[at[0]:at[1]]
+            return self.ids[at[0] : at[1]]
         fim_begin, hole, fim_end = self.sentinels
         if decision[2] == "psm":
             p, a, b, s = at
@@ -268,8 +283,9 @@ class _Tokens:
         return [fim_begin, hole, *self.ids[b:s], fim_end, *self.ids[p:b]]
 
 
-def _fitted_pieces(text: str, tokens: _Tokens, fim: FIMConfig, rng: random.Random, offset: int, seq_len: int,
-                   bos: int, eos: int) -> tuple[list[int], list[int]]:
+def _fitted_pieces(
+    text: str, tokens: _Tokens, fim: FIMConfig, rng: random.Random, offset: int, seq_len: int, bos: int, eos: int
+) -> tuple[list[int], list[int]]:
     """`text` as pieces `BOS (FIM'd piece) EOS`, each cut at a line end to fit the room left in
     the window of `seq_len` tokens where it starts, given the stream's `offset`; padding (EOS,
     mask 0) fills a window's end too short for a piece. Returns ids and loss mask."""
@@ -317,15 +333,22 @@ def corpus_cache(source: str, tokenizer, fim: FIMConfig, seed: int, cfg: DataCon
     if not corpus.is_corpus(path):
         raise UserError(f"--data {source}: not a corpus folder (make one with `dscoder data build`)")
     manifest = json.loads((path / corpus.MANIFEST).read_text(encoding="utf-8"))
-    key = {"source": str(path.resolve()), "corpus_created": (path / "stats.json").stat().st_mtime_ns,
-           "corpus_inputs": hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()[:16],
-           "tokenizer": _tokenizer_fingerprint(tokenizer), "fim": asdict(fim), "seed": seed, "format": 3}
+    key = {
+        "source": str(path.resolve()),
+        "corpus_created": (path / "stats.json").stat().st_mtime_ns,
+        "corpus_inputs": hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()[:16],
+        "tokenizer": _tokenizer_fingerprint(tokenizer),
+        "fim": asdict(fim),
+        "seed": seed,
+        "format": 3,
+    }
     if fim.fit_windows:
         key["seq_len"] = cfg.seq_len
     name = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
     encode = pretraining_encoder(tokenizer, fim, seed, str(path.resolve()), cfg.seq_len)
-    return build_cache(cache_root / f"{path.name}-{name}", key, corpus.iter_texts(path), encode,
-                       cfg.tokenize_batch, len(tokenizer))
+    return build_cache(
+        cache_root / f"{path.name}-{name}", key, corpus.iter_texts(path), encode, cfg.tokenize_batch, len(tokenizer)
+    )
 
 
 class Mixture:
@@ -337,13 +360,17 @@ class Mixture:
     samples r*B .. r*B+B-1 of every global batch of W*B, so the stream does not depend on W.
     """
 
-    def __init__(self, files: list[TokenFile], weights: list[float], seq_len: int, seed: int, eval_fraction: float = 0.0):
+    def __init__(
+        self, files: list[TokenFile], weights: list[float], seq_len: int, seed: int, eval_fraction: float = 0.0
+    ):
         self.files, self.seq_len, self.seed, self.eval_fraction = files, seq_len, seed, eval_fraction
         self.train_windows = [f.windows(seq_len, eval_fraction, "train") for f in files]
         self.counts = [len(w) for w in self.train_windows]
         usable = [w if n else 0.0 for w, n in zip(weights, self.counts)]
         if not any(usable):
-            raise UserError(f"no training sequence of {seq_len + 1} tokens in the data (a tiny corpus, or --seq-len too long)")
+            raise UserError(
+                f"no training sequence of {seq_len + 1} tokens in the data (a tiny corpus, or --seq-len too long)"
+            )
         self.cumulative = np.cumsum(usable) / sum(usable)
         self.state = {"drawn": 0, "per_source": [0] * len(files)}
         self._perms: dict[tuple[int, int], np.ndarray] = {}
@@ -351,7 +378,9 @@ class Mixture:
     def _permutation(self, source: int, epoch: int) -> np.ndarray:
         if (source, epoch) not in self._perms:
             self._perms = {k: v for k, v in self._perms.items() if k[0] != source}
-            self._perms[(source, epoch)] = np.random.default_rng([self.seed, source, epoch]).permutation(self.counts[source])
+            self._perms[(source, epoch)] = np.random.default_rng([self.seed, source, epoch]).permutation(
+                self.counts[source]
+            )
         return self._perms[(source, epoch)]
 
     def _draw(self) -> tuple[int, int]:
@@ -365,7 +394,7 @@ class Mixture:
 
     def next_batch(self, batch_size: int, rank: int = 0, world: int = 1) -> tuple[np.ndarray, np.ndarray]:
         """This rank's (batch_size, L+1) tokens and loss mask of the next global batch."""
-        picks = [self._draw() for _ in range(batch_size * world)][rank * batch_size:(rank + 1) * batch_size]
+        picks = [self._draw() for _ in range(batch_size * world)][rank * batch_size : (rank + 1) * batch_size]
         return _stack([self.files[s].window(k, self.seq_len) for s, k in picks], self.seq_len)
 
 
@@ -383,4 +412,4 @@ def eval_batches(mixture: Mixture, batch_size: int, batches: int) -> Iterator[tu
     picks = [(i, k) for i, ws in enumerate(per_source) for k in ws[: max(1, want // max(len(files), 1))]]
     windows = [files[i].window(int(k), seq_len) for i, k in picks][:want]
     for start in range(0, len(windows) - batch_size + 1, batch_size):
-        yield _stack(windows[start:start + batch_size], seq_len)
+        yield _stack(windows[start : start + batch_size], seq_len)

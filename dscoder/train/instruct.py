@@ -36,8 +36,10 @@ def read_conversations(path: str | Path) -> Iterator[list[dict]]:
             except json.JSONDecodeError as exc:
                 raise UserError(f"{path}:{number}: not valid JSON ({exc.msg})") from None
             if isinstance(row, dict) and isinstance(row.get("instruction"), str) and isinstance(row.get("output"), str):
-                messages = [{"role": "user", "content": row["instruction"]},
-                            {"role": "assistant", "content": row["output"]}]
+                messages = [
+                    {"role": "user", "content": row["instruction"]},
+                    {"role": "assistant", "content": row["output"]},
+                ]
             elif isinstance(row, dict) and isinstance(row.get("messages"), list):
                 messages = row["messages"]
             else:
@@ -83,6 +85,7 @@ def instruct_encoder(tokenizer) -> Callable[[list[str]], list]:
 
 # --- instruction pairs from a corpus -------------------------------------------------------------
 
+
 def _summary(docstring: str) -> str:
     return " ".join(docstring.strip().split("\n\n")[0].split())
 
@@ -106,12 +109,14 @@ def function_pairs(source: str, min_doc_chars: int = 20, max_lines: int = 60) ->
         if node.end_lineno - first + 1 > max_lines:
             continue
         doc_node = node.body[0]
-        kept = lines[first - 1:doc_node.lineno - 1] + lines[doc_node.end_lineno:node.end_lineno]
+        kept = lines[first - 1 : doc_node.lineno - 1] + lines[doc_node.end_lineno : node.end_lineno]
         code = textwrap.dedent("\n".join(kept)).strip("\n")
         returns = f" -> {ast.unparse(node.returns)}" if node.returns else ""
         signature = f"{node.name}({ast.unparse(node.args)}){returns}"
-        yield {"instruction": f"Write a Python function `{signature}`: {_summary(doc)}",
-               "output": f"```python\n{code}\n```"}
+        yield {
+            "instruction": f"Write a Python function `{signature}`: {_summary(doc)}",
+            "output": f"```python\n{code}\n```",
+        }
 
 
 def make_pairs(texts: Iterator[str], max_pairs: int) -> Iterator[dict]:

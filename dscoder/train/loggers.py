@@ -16,8 +16,14 @@ from dscoder.console import quiet
 from dscoder.errors import UserError
 
 # metrics.jsonl key -> chart (TensorBoard tag, W&B key); a key not listed is drawn as train/KEY
-TAGS = {"loss": "train/loss", "lr": "train/lr", "tokens": "train/tokens", "tokens_per_s": "train/tokens_per_s",
-        "grad_norm": "train/grad_norm", "eval_loss": "eval/loss"}
+TAGS = {
+    "loss": "train/loss",
+    "lr": "train/lr",
+    "tokens": "train/tokens",
+    "tokens_per_s": "train/tokens_per_s",
+    "grad_norm": "train/grad_norm",
+    "eval_loss": "eval/loss",
+}
 WANDB_MODES = ("offline", "online", "disabled", "dryrun", "run", "shared")  # what wandb accepts in WANDB_MODE
 
 
@@ -80,10 +86,15 @@ class WandB(Logger):
         import wandb
 
         try:
-            self.run = wandb.init(project="dscoder", name=run.resolve().name, dir=run, config=config,
-                                  mode=os.environ.get("WANDB_MODE", "offline"),
-                                  # the progress bar stays out of W&B's logs; `dscoder -q` silences W&B too
-                                  settings=wandb.Settings(console="off", silent=quiet()))
+            self.run = wandb.init(
+                project="dscoder",
+                name=run.resolve().name,
+                dir=run,
+                config=config,
+                mode=os.environ.get("WANDB_MODE", "offline"),
+                # the progress bar stays out of W&B's logs; `dscoder -q` silences W&B too
+                settings=wandb.Settings(console="off", silent=quiet()),
+            )
         except wandb.errors.Error as exc:
             raise UserError(f"--logger wandb: W&B did not start: {exc}") from None
 

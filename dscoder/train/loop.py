@@ -58,8 +58,18 @@ def _batch(tokens: np.ndarray, mask: np.ndarray, device) -> tuple[torch.Tensor, 
 class Trainer:
     """Runs `cfg` on a model and data, writing metrics and checkpoints into `run`."""
 
-    def __init__(self, run: Path, hf_model, tokenizer_dir: Path, mixture: Mixture, loop: LoopConfig, optim: OptimConfig, parallel: distributed.ParallelConfig, lr: float,
-                 extra_state: dict | None = None):
+    def __init__(
+        self,
+        run: Path,
+        hf_model,
+        tokenizer_dir: Path,
+        mixture: Mixture,
+        loop: LoopConfig,
+        optim: OptimConfig,
+        parallel: distributed.ParallelConfig,
+        lr: float,
+        extra_state: dict | None = None,
+    ):
         self.run, self.loop, self.optim_cfg, self.lr = run, loop, optim, lr
         self.tokenizer_dir, self.mixture = tokenizer_dir, mixture
         self.device = pick_device(loop.device, distributed.World())
@@ -70,7 +80,10 @@ class Trainer:
         self.hf_model = hf_model.to(self.device)
         self.lora = hasattr(hf_model, "peft_config")  # adapters on a frozen base (lora.py): only they are saved
         if loop.activation_checkpointing:
-            enable = getattr(self.hf_model, "activation_checkpointing_enable", None) or self.hf_model.gradient_checkpointing_enable
+            enable = (
+                getattr(self.hf_model, "activation_checkpointing_enable", None)
+                or self.hf_model.gradient_checkpointing_enable
+            )
             enable()
             if self.lora:
                 self.hf_model.enable_input_require_grads()  # the frozen embeddings give no gradient to recompute
@@ -86,10 +99,7 @@ class Trainer:
     # --- state ---------------------------------------------------------------------------------
 
     def _full_state(self) -> tuple[dict, dict]:
-        from torch.distributed.checkpoint.state_dict import (
-            StateDictOptions,
-            get_state_dict,
-        )
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
 
         options = StateDictOptions(full_state_dict=True, cpu_offload=True, ignore_frozen_params=self.lora)
         return get_state_dict(self.model, self.optimizer, options=options)
@@ -98,18 +108,28 @@ class Trainer:
         model_state, optim_state = self._full_state()
         folder = None
         if self.world.main:
-            state = {"step": self.step, "tokens": self.tokens, "optimizer": optim_state,
-                     "scheduler": self.scheduler.state_dict(), "rng": checkpoint.rng_state(),
-                     "data": self.mixture.state, "world_size": self.world.size, "planned": self.planned,
-                     "elapsed": self.elapsed_now(), **self.extra_state}
+            state = {
+                "step": self.step,
+                "tokens": self.tokens,
+                "optimizer": optim_state,
+                "scheduler": self.scheduler.state_dict(),
+                "rng": checkpoint.rng_state(),
+                "data": self.mixture.state,
+                "world_size": self.world.size,
+                "planned": self.planned,
+                "elapsed": self.elapsed_now(),
+                **self.extra_state,
+            }
             if self.lora:
                 from dscoder.train import lora
 
                 def write(tmp):
                     lora.save(tmp, self.hf_model, model_state, self.tokenizer_dir, lora.counts(self.hf_model))
             else:
+
                 def write(tmp):
                     checkpoint.write_model(tmp, self.hf_model, model_state, self.tokenizer_dir)
+
             folder = checkpoint.save(self.run, self.step, write, state, self.loop.keep_checkpoints)
         distributed.barrier(self.world)
         return folder
@@ -117,15 +137,15 @@ class Trainer:
     def resume(self, folder: Path) -> None:
         """Continue from `folder`: weights, optimizer, schedule, RNG and data position."""
         from safetensors.torch import load_file
-        from torch.distributed.checkpoint.state_dict import (
-            StateDictOptions,
-            set_state_dict,
-        )
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
 
         state = checkpoint.load_state(folder)
         if state.get("world_size", 1) != self.world.size:
-            log.warning("resuming a run saved with %d processes on %d: the data stream is the same, "
-                        "the reduction order is not", state.get("world_size", 1), self.world.size)
+            log.warning(
+                "resuming a run saved with %d processes on %d: the data stream is the same, the reduction order is not",
+                state.get("world_size", 1),
+                self.world.size,
+            )
         if self.lora:
             from dscoder.train import lora
 
@@ -136,8 +156,9 @@ class Trainer:
             for file in sorted(folder.glob("*.safetensors")):
                 weights.update(load_file(file))
         options = StateDictOptions(full_state_dict=True, strict=False, ignore_frozen_params=self.lora)
-        set_state_dict(self.model, self.optimizer, model_state_dict=weights, optim_state_dict=state["optimizer"],
-                       options=options)
+        set_state_dict(
+            self.model, self.optimizer, model_state_dict=weights, optim_state_dict=state["optimizer"], options=options
+        )
         self.scheduler.load_state_dict(state["scheduler"])
         checkpoint.set_rng_state(state["rng"])
         self.mixture.state = state["data"]
@@ -232,18 +253,21 @@ class Trainer:
         self._started = time.perf_counter()
         window_start, window_tokens = time.perf_counter(), self.tokens
         plan_mark: tuple[int, float] | None = None  # (step, time) the speed is measured from
-        bar = progress(total=self.planned, initial=self.step, desc="train", unit=" steps",
-                       disable=not self.world.main)
+        bar = progress(total=self.planned, initial=self.step, desc="train", unit=" steps", disable=not self.world.main)
         last: dict = {}
         try:
             while self.step < self.planned:
                 try:
                     loss, norm, lr = self.train_step()
                 except torch.OutOfMemoryError:
-                    raise UserError("out of memory: lower --batch-size (and raise --grad-accum to keep the batch)") from None
+                    raise UserError(
+                        "out of memory: lower --batch-size (and raise --grad-accum to keep the batch)"
+                    ) from None
                 except RuntimeError as exc:
                     if "alloc" in str(exc).lower() or "out of memory" in str(exc).lower():
-                        raise UserError("out of memory: lower --batch-size (and raise --grad-accum to keep the batch)") from None
+                        raise UserError(
+                            "out of memory: lower --batch-size (and raise --grad-accum to keep the batch)"
+                        ) from None
                     raise
                 if not math.isfinite(loss):
                     raise UserError(f"the loss became {loss} at step {self.step}: lower --lr")
@@ -255,9 +279,14 @@ class Trainer:
                 record = None
                 if self.step % self.loop.log_every == 0 or done:
                     elapsed = time.perf_counter() - window_start
-                    record = {"step": self.step, "loss": loss, "lr": lr,
-                              "tokens": self.tokens, "tokens_per_s": (self.tokens - window_tokens) / max(elapsed, 1e-9),
-                              "grad_norm": norm}
+                    record = {
+                        "step": self.step,
+                        "loss": loss,
+                        "lr": lr,
+                        "tokens": self.tokens,
+                        "tokens_per_s": (self.tokens - window_tokens) / max(elapsed, 1e-9),
+                        "grad_norm": norm,
+                    }
                     window_start, window_tokens = time.perf_counter(), self.tokens
                     bar.set_postfix(loss=f"{loss:.3f}", lr=f"{record['lr']:.2e}", tok_s=f"{record['tokens_per_s']:.0f}")
                 if (self.loop.eval_every and self.step % self.loop.eval_every == 0) or done:
@@ -291,5 +320,9 @@ def _truncate_metrics(path: Path, step: int) -> None:
     """Drop metrics logged after `step` (they are recomputed when a run resumes)."""
     if not path.is_file():
         return
-    kept = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip() and json.loads(line)["step"] <= step]
+    kept = [
+        line
+        for line in path.read_text(encoding="utf-8").splitlines()
+        if line.strip() and json.loads(line)["step"] <= step
+    ]
     artifacts.write_text(path, "".join(line + "\n" for line in kept))

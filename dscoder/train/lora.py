@@ -26,8 +26,15 @@ from dscoder.errors import UserError
 log = logging.getLogger("dscoder")
 
 # --lora-targets names and the projection each one is in a LLaMA block
-TARGETS = {"q": "q_proj", "k": "k_proj", "v": "v_proj", "o": "o_proj",
-           "gate": "gate_proj", "up": "up_proj", "down": "down_proj"}
+TARGETS = {
+    "q": "q_proj",
+    "k": "k_proj",
+    "v": "v_proj",
+    "o": "o_proj",
+    "gate": "gate_proj",
+    "up": "up_proj",
+    "down": "down_proj",
+}
 WEIGHTS = "adapter_model.safetensors"
 
 
@@ -69,8 +76,10 @@ def check(cfg: LoraConfig, hf_cfg, precision: str, strategy: str = "auto") -> No
     for name in modules(cfg):
         smallest = min(shapes[name])
         if cfg.rank > smallest:
-            raise UserError(f"--lora-rank {cfg.rank} exceeds the {name} layer ({shapes[name][0]} x "
-                            f"{shapes[name][1]}): at most {smallest}")
+            raise UserError(
+                f"--lora-rank {cfg.rank} exceeds the {name} layer ({shapes[name][0]} x "
+                f"{shapes[name][1]}): at most {smallest}"
+            )
     if cfg.base == "bfloat16" and precision != "bf16":
         raise UserError("--lora.base bfloat16 needs --loop.precision bf16 (the frozen base computes in bf16)")
     if strategy == "fsdp":
@@ -81,9 +90,15 @@ def layer_shapes(hf_cfg) -> dict[str, tuple[int, int]]:
     """(out, in) of each projection of a LLaMA block."""
     hidden, inner, head = hf_cfg.hidden_size, hf_cfg.intermediate_size, hf_cfg.hidden_size // hf_cfg.num_attention_heads
     kv = getattr(hf_cfg, "num_key_value_heads", None) or hf_cfg.num_attention_heads
-    return {"q_proj": (hidden, hidden), "k_proj": (kv * head, hidden), "v_proj": (kv * head, hidden),
-            "o_proj": (hidden, hidden), "gate_proj": (inner, hidden), "up_proj": (inner, hidden),
-            "down_proj": (hidden, inner)}
+    return {
+        "q_proj": (hidden, hidden),
+        "k_proj": (kv * head, hidden),
+        "v_proj": (kv * head, hidden),
+        "o_proj": (hidden, hidden),
+        "gate_proj": (inner, hidden),
+        "up_proj": (inner, hidden),
+        "down_proj": (hidden, inner),
+    }
 
 
 def base_dtype(cfg: LoraConfig, precision: str) -> str:
@@ -99,9 +114,15 @@ def wrap(hf_model, cfg: LoraConfig, precision: str, base_folder: Path):
 
     held = base_dtype(cfg, precision)
     hf_model.to(torch.bfloat16 if held in ("bfloat16", "int8", "int4") and precision == "bf16" else torch.float32)
-    peft_cfg = peft.LoraConfig(r=cfg.rank, lora_alpha=cfg.alpha or 2 * cfg.rank, lora_dropout=cfg.dropout,
-                               target_modules=modules(cfg), bias="none", task_type="CAUSAL_LM",
-                               base_model_name_or_path=str(Path(base_folder).resolve()))
+    peft_cfg = peft.LoraConfig(
+        r=cfg.rank,
+        lora_alpha=cfg.alpha or 2 * cfg.rank,
+        lora_dropout=cfg.dropout,
+        target_modules=modules(cfg),
+        bias="none",
+        task_type="CAUSAL_LM",
+        base_model_name_or_path=str(Path(base_folder).resolve()),
+    )
     model = peft.get_peft_model(hf_model, peft_cfg)
     for param in model.parameters():
         if param.requires_grad:
@@ -110,8 +131,15 @@ def wrap(hf_model, cfg: LoraConfig, precision: str, base_folder: Path):
         _quantize_base(model, 8 if held == "int8" else 4)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
-    log.info("LoRA rank %d on %s (base %s): %s trainable parameters of %s (%.2f%%)", cfg.rank,
-             ",".join(modules(cfg)), held, f"{trainable:,}", f"{total:,}", 100 * trainable / total)
+    log.info(
+        "LoRA rank %d on %s (base %s): %s trainable parameters of %s (%.2f%%)",
+        cfg.rank,
+        ",".join(modules(cfg)),
+        held,
+        f"{trainable:,}",
+        f"{total:,}",
+        100 * trainable / total,
+    )
     return model
 
 
@@ -127,19 +155,26 @@ def _quantize_base(model, bits: int) -> None:
         if not isinstance(module, nn.Linear) or ".lora_" in name:
             continue
         b = quantize.layer_bits("lm_head" if name.endswith("lm_head") else name, bits)
-        layer = quantize.QuantLinear(*quantize.quantize_weight(module.weight.detach(), b, group if b == 4 else None),
-                                     b, group if b == 4 else None, module.weight.dtype).to(module.weight.device)
+        layer = quantize.QuantLinear(
+            *quantize.quantize_weight(module.weight.detach(), b, group if b == 4 else None),
+            b,
+            group if b == 4 else None,
+            module.weight.dtype,
+        ).to(module.weight.device)
         parent, _, child = name.rpartition(".")
         setattr(model.get_submodule(parent), child, layer)
 
 
 def counts(model) -> dict[str, int]:
     """Trainable and total parameters (for the run's record and report)."""
-    return {"trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
-            "parameters": sum(p.numel() for p in model.parameters())}
+    return {
+        "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
+        "parameters": sum(p.numel() for p in model.parameters()),
+    }
 
 
 # --- adapter folders ---------------------------------------------------------------------------------
+
 
 def save(folder: Path, model, state: dict, tokenizer_dir: Path, record: dict) -> None:
     """Write the adapter (from the trainable `state`, keyed as `model.named_parameters`) in PEFT's
@@ -153,8 +188,11 @@ def save(folder: Path, model, state: dict, tokenizer_dir: Path, record: dict) ->
     config.save_pretrained(str(folder))
     named = dict(model.named_parameters())
     weights = get_peft_model_state_dict(model, state_dict={k: state.get(k, named[k]) for k in named})
-    save_file({k: v.detach().to("cpu").contiguous() for k, v in weights.items()}, str(folder / WEIGHTS),
-              metadata={"format": "pt"})
+    save_file(
+        {k: v.detach().to("cpu").contiguous() for k, v in weights.items()},
+        str(folder / WEIGHTS),
+        metadata={"format": "pt"},
+    )
     artifacts.copy_tokenizer(tokenizer_dir, folder)
     artifacts.write_manifest(folder, "adapter", base=config.base_model_name_or_path, **record)
 
@@ -172,6 +210,7 @@ def load_weights(model, folder: Path) -> None:
 
 # --- merging ---------------------------------------------------------------------------------------
 
+
 def merge(base: Path, adapter: Path, out: Path, force: bool = False) -> Path:
     """Fold `adapter` into the dense model `base` and write a plain model folder `out` (the
     adapter read and checked against the base by dscoder/adapters.py first)."""
@@ -186,8 +225,10 @@ def merge(base: Path, adapter: Path, out: Path, force: bool = False) -> Path:
     found = adapters.read_folder("adapter", adapter, f"--adapter {adapter}")
     hf_cfg = model_lib.load_config(base)
     if quantize.of_config(hf_cfg) is not None:
-        raise UserError(f"{base} is quantized: merge into the dense base it was made from, then quantize "
-                        "the merged model (`dscoder model quantize`)")
+        raise UserError(
+            f"{base} is quantized: merge into the dense base it was made from, then quantize "
+            "the merged model (`dscoder model quantize`)"
+        )
     artifacts.check_output(out, force, folder=True)
     model, _ = model_lib.load(base, dtype="float32")
     adapters.check({"adapter": found}, model, str(base))

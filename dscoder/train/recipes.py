@@ -50,8 +50,10 @@ def check_run(run: Path, cfg: TrainConfig, resume: bool, force: bool) -> None:
             now["loop"].pop(volatile, None)
         changed = _changed_settings(previous, json.loads(json.dumps(now)), cfg.stage)
         if changed:
-            raise UserError(f"{run} was started with other settings ({'; '.join(changed[:3])}"
-                            f"{f'; {len(changed) - 3} more' if len(changed) > 3 else ''}); resume with the same ones")
+            raise UserError(
+                f"{run} was started with other settings ({'; '.join(changed[:3])}"
+                f"{f'; {len(changed) - 3} more' if len(changed) > 3 else ''}); resume with the same ones"
+            )
     model_lib.device_for(cfg.loop.device, "--loop.device")
     loggers.check(cfg.loop.logger)
     if cfg.stage != "instruct":
@@ -70,13 +72,20 @@ def _changed_settings(previous: dict, now: dict, stage: str) -> list[str]:
     from dscoder.train.settings import resolve
 
     def flat(tree: dict) -> dict:
-        return {f"{section}.{key}": value for section, values in tree.items() if isinstance(values, dict)
-                for key, value in values.items()} | {k: v for k, v in tree.items() if not isinstance(v, dict)}
+        return {
+            f"{section}.{key}": value
+            for section, values in tree.items()
+            if isinstance(values, dict)
+            for key, value in values.items()
+        } | {k: v for k, v in tree.items() if not isinstance(v, dict)}
 
     before, after = flat(previous), flat(now)
     defaults = flat(json.loads(json.dumps(config_lib.to_dict(resolve(stage, None, {})))))
-    return [f"{key} was {before.get(key, defaults.get(key))!r}, now {after.get(key)!r}"
-            for key in sorted(before.keys() | after.keys()) if before.get(key, defaults.get(key)) != after.get(key)]
+    return [
+        f"{key} was {before.get(key, defaults.get(key))!r}, now {after.get(key)!r}"
+        for key in sorted(before.keys() | after.keys())
+        if before.get(key, defaults.get(key)) != after.get(key)
+    ]
 
 
 def prepare_run(run: Path, cfg: TrainConfig, resume: bool, force: bool) -> Path | None:
@@ -95,8 +104,10 @@ def _setup(run: Path, cfg: TrainConfig, resume: bool, force: bool):
     """Join the process group (under torchrun); the main process prepares the run folder."""
     wants_cuda = model_lib.device_for(cfg.loop.device, "--loop.device").type == "cuda"
     world = distributed.init("cuda" if wants_cuda else "cpu")
-    found = _main_first(world, lambda: prepare_run(run, cfg, resume, force) if world.main
-                        else (checkpoint.latest(run) if resume else None))
+    found = _main_first(
+        world,
+        lambda: prepare_run(run, cfg, resume, force) if world.main else (checkpoint.latest(run) if resume else None),
+    )
     return world, found
 
 
@@ -111,11 +122,15 @@ def check_length(cfg: TrainConfig, positions: int) -> None:
     """The sequence length against the model's positions and what FIM needs, before any work
     (experiments call it with a preset's positions before building anything)."""
     if cfg.data.seq_len > positions and cfg.stage != "extend":
-        raise UserError(f"--seq-len {cfg.data.seq_len} exceeds the model's {positions} positions: extend the "
-                        "context first with `dscoder train extend`")
+        raise UserError(
+            f"--seq-len {cfg.data.seq_len} exceeds the model's {positions} positions: extend the "
+            "context first with `dscoder train extend`"
+        )
     if cfg.fim.fit_windows and cfg.data.seq_len < dataset.MIN_FITTED_LENGTH:
-        raise UserError(f"--seq-len {cfg.data.seq_len}: FIM pieces fitted to windows need at least "
-                        f"{dataset.MIN_FITTED_LENGTH} tokens")
+        raise UserError(
+            f"--seq-len {cfg.data.seq_len}: FIM pieces fitted to windows need at least "
+            f"{dataset.MIN_FITTED_LENGTH} tokens"
+        )
 
 
 def _check_fit(hf_model, tokenizer) -> None:
@@ -124,8 +139,10 @@ def _check_fit(hf_model, tokenizer) -> None:
         raise UserError(f"the tokenizer has {len(tokenizer):,} tokens but the model only {rows:,} embedding rows")
     for name in ("bos_token_id",):
         if getattr(hf_model.config, name) not in (None, getattr(tokenizer, name)):
-            raise UserError(f"the tokenizer's {name} ({getattr(tokenizer, name)}) differs from the model's "
-                            f"({getattr(hf_model.config, name)}): they do not belong together")
+            raise UserError(
+                f"the tokenizer's {name} ({getattr(tokenizer, name)}) differs from the model's "
+                f"({getattr(hf_model.config, name)}): they do not belong together"
+            )
 
 
 def _adapt(hf_model, cfg: TrainConfig, model_dir: Path | None):
@@ -155,15 +172,31 @@ def _corpus_data(cfg: TrainConfig, tokenizer, run: Path):
     return folders, weights
 
 
-def _run(run: Path, cfg: TrainConfig, world, hf_model, tokenizer_dir: Path, folders, weights,
-         resume_from: Path | None, lr: float, record: dict) -> dict:
-    mixture = dataset.Mixture([dataset.TokenFile(f) for f in folders], weights, cfg.data.seq_len, cfg.loop.seed,
-                              cfg.data.eval_fraction)
+def _run(
+    run: Path,
+    cfg: TrainConfig,
+    world,
+    hf_model,
+    tokenizer_dir: Path,
+    folders,
+    weights,
+    resume_from: Path | None,
+    lr: float,
+    record: dict,
+) -> dict:
+    mixture = dataset.Mixture(
+        [dataset.TokenFile(f) for f in folders], weights, cfg.data.seq_len, cfg.loop.seed, cfg.data.eval_fraction
+    )
     held = sum(len(f.windows(cfg.data.seq_len, cfg.data.eval_fraction, "eval")) for f in mixture.files)
     if held < cfg.loop.batch_size and world.main:
-        log.warning("no held-out loss will be recorded: data.eval_fraction %g of this data is %d windows of %d tokens, "
-                    "fewer than one batch of %d (raise --data.eval_fraction or give more data)",
-                    cfg.data.eval_fraction, held, cfg.data.seq_len, cfg.loop.batch_size)
+        log.warning(
+            "no held-out loss will be recorded: data.eval_fraction %g of this data is %d windows of %d tokens, "
+            "fewer than one batch of %d (raise --data.eval_fraction or give more data)",
+            cfg.data.eval_fraction,
+            held,
+            cfg.data.seq_len,
+            cfg.loop.batch_size,
+        )
     if world.main:
         counts = lora.counts(hf_model) if cfg.lora.rank else {}
         artifacts.write_manifest(run, "run", stage=cfg.stage, config=config_lib.to_dict(cfg), **record, **counts)
@@ -177,8 +210,15 @@ def _run(run: Path, cfg: TrainConfig, world, hf_model, tokenizer_dir: Path, fold
     return result
 
 
-def pretrain(run: Path, cfg: TrainConfig, tokenizer_dir: Path | None, preset: str | None, model_dir: Path | None,
-             resume: bool = False, force: bool = False) -> dict:
+def pretrain(
+    run: Path,
+    cfg: TrainConfig,
+    tokenizer_dir: Path | None,
+    preset: str | None,
+    model_dir: Path | None,
+    resume: bool = False,
+    force: bool = False,
+) -> dict:
     """Next-token prediction with FIM on packed corpora, from a preset or a model folder."""
     if (preset is None) == (model_dir is None):
         raise UserError("give exactly one of --preset NAME or --model DIR")
@@ -201,9 +241,18 @@ def pretrain(run: Path, cfg: TrainConfig, tokenizer_dir: Path | None, preset: st
     world, resume_from = _setup(run, cfg, resume, force)
     local_tokenizer = _main_first(world, lambda: artifacts.copy_tokenizer(tokenizer_dir, run / "tokenizer"))
     folders, weights = _main_first(world, lambda: _corpus_data(cfg, tokenizer, run))
-    return _run(run, cfg, world, hf_model, local_tokenizer, folders, weights, resume_from,
-                cfg.optim.lr or default_lr,
-                {"preset": preset, "model": str(model_dir) if model_dir else None, "tokenizer": str(tokenizer_dir)})
+    return _run(
+        run,
+        cfg,
+        world,
+        hf_model,
+        local_tokenizer,
+        folders,
+        weights,
+        resume_from,
+        cfg.optim.lr or default_lr,
+        {"preset": preset, "model": str(model_dir) if model_dir else None, "tokenizer": str(tokenizer_dir)},
+    )
 
 
 def extend(run: Path, cfg: TrainConfig, model_dir: Path, resume: bool = False, force: bool = False) -> dict:
@@ -220,12 +269,23 @@ def extend(run: Path, cfg: TrainConfig, model_dir: Path, resume: bool = False, f
     world, resume_from = _setup(run, cfg, resume, force)
     local_tokenizer = _main_first(world, lambda: artifacts.copy_tokenizer(model_dir, run / "tokenizer"))
     folders, weights = _main_first(world, lambda: _corpus_data(cfg, tokenizer, run))
-    return _run(run, cfg, world, hf_model, local_tokenizer, folders, weights, resume_from,
-                cfg.optim.lr or 1e-4, {"model": str(model_dir)})
+    return _run(
+        run,
+        cfg,
+        world,
+        hf_model,
+        local_tokenizer,
+        folders,
+        weights,
+        resume_from,
+        cfg.optim.lr or 1e-4,
+        {"model": str(model_dir)},
+    )
 
 
-def instruct(run: Path, cfg: TrainConfig, model_dir: Path, data_file: Path, resume: bool = False,
-             force: bool = False) -> dict:
+def instruct(
+    run: Path, cfg: TrainConfig, model_dir: Path, data_file: Path, resume: bool = False, force: bool = False
+) -> dict:
     """Instruction tuning: responses and `<|EOT|>` are trained; EOS becomes `<|EOT|>`."""
     check_run(run, cfg, resume, force)
     if sum(1 for _ in read_conversations(data_file)) == 0:  # every row is checked before anything is written
@@ -240,14 +300,37 @@ def instruct(run: Path, cfg: TrainConfig, model_dir: Path, data_file: Path, resu
     hf_model.generation_config.eos_token_id = eot
     hf_model = _adapt(hf_model, cfg, model_dir)
     world, resume_from = _setup(run, cfg, resume, force)
-    local_tokenizer = _main_first(world, lambda: artifacts.copy_tokenizer(model_dir, run / "tokenizer",
-                                                                          eos_token=formats.EOT))
-    key = {"source": str(Path(data_file).resolve()), "mtime": Path(data_file).stat().st_mtime_ns if Path(data_file).exists() else 0,
-           "tokenizer": dataset._tokenizer_fingerprint(tokenizer), "format": 2}
+    local_tokenizer = _main_first(
+        world, lambda: artifacts.copy_tokenizer(model_dir, run / "tokenizer", eos_token=formats.EOT)
+    )
+    key = {
+        "source": str(Path(data_file).resolve()),
+        "mtime": Path(data_file).stat().st_mtime_ns if Path(data_file).exists() else 0,
+        "tokenizer": dataset._tokenizer_fingerprint(tokenizer),
+        "format": 2,
+    }
     documents = (json.dumps(messages) for messages in read_conversations(data_file))
     cache_root = Path(cfg.data.cache_dir) if cfg.data.cache_dir else run / "cache"
-    folder = _main_first(world, lambda: dataset.build_cache(
-        cache_root / f"instruct-{Path(data_file).stem}", key, documents, instruct_encoder(tokenizer),
-        cfg.data.tokenize_batch, len(tokenizer)))
-    return _run(run, cfg, world, hf_model, local_tokenizer, [folder], [1.0], resume_from,
-                cfg.optim.lr or 1e-5, {"model": str(model_dir), "data": str(data_file)})
+    folder = _main_first(
+        world,
+        lambda: dataset.build_cache(
+            cache_root / f"instruct-{Path(data_file).stem}",
+            key,
+            documents,
+            instruct_encoder(tokenizer),
+            cfg.data.tokenize_batch,
+            len(tokenizer),
+        ),
+    )
+    return _run(
+        run,
+        cfg,
+        world,
+        hf_model,
+        local_tokenizer,
+        [folder],
+        [1.0],
+        resume_from,
+        cfg.optim.lr or 1e-5,
+        {"model": str(model_dir), "data": str(data_file)},
+    )

@@ -72,11 +72,13 @@ def text(run: Path) -> str:
     def fmt(value, spec):
         return "-" if value is None else format(value, spec)
 
-    return "\n".join([
-        f"run          {run} ({s['stage'] or 'unknown stage'})",
-        f"steps        {s['steps']:,}   tokens {s['tokens']:,}   median {fmt(s['median_tokens_per_s'], ',.0f')} tokens/s",
-        f"train loss   {fmt(s['first_loss'], '.4f')} -> {fmt(s['last_loss'], '.4f')}",
-        f"eval loss    last {fmt(s['last_eval_loss'], '.4f')}   best {fmt(s['best_eval_loss'], '.4f')}",
-        f"checkpoints  {', '.join(s['checkpoints']) or '-'}",
-        f"model        {s['final'] or 'not finished'}",
-    ])
+    return "\n".join(
+        [
+            f"run          {run} ({s['stage'] or 'unknown stage'})",
+            f"steps        {s['steps']:,}   tokens {s['tokens']:,}   median {fmt(s['median_tokens_per_s'], ',.0f')} tokens/s",
+            f"train loss   {fmt(s['first_loss'], '.4f')} -> {fmt(s['last_loss'], '.4f')}",
+            f"eval loss    last {fmt(s['last_eval_loss'], '.4f')}   best {fmt(s['best_eval_loss'], '.4f')}",
+            f"checkpoints  {', '.join(s['checkpoints']) or '-'}",
+            f"model        {s['final'] or 'not finished'}",
+        ]
+    )

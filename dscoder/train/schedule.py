@@ -58,7 +58,7 @@ def lr_factor(step: int, cfg: OptimConfig, max_steps: int) -> float:
         progress = (step - warm) / max(1, max_steps - warm)
         return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
     drops = sum(1 for f in cfg.stage_fractions if step >= f * max_steps)
-    return cfg.stage_factor ** drops
+    return cfg.stage_factor**drops
 
 
 def make_optimizer(model, cfg: OptimConfig, lr: float, device_type: str):

@@ -94,8 +94,13 @@ class TrainConfig:
 STAGE_DEFAULTS: dict[str, dict[str, str]] = {
     "pretrain": {},
     "extend": {"optim.schedule": "constant", "optim.warmup_steps": "10", "loop.max_steps": "200"},
-    "instruct": {"optim.schedule": "cosine", "optim.warmup_steps": "100", "optim.weight_decay": "0.0",
-                 "fim.rate": "0.0", "loop.max_steps": "500"},
+    "instruct": {
+        "optim.schedule": "cosine",
+        "optim.warmup_steps": "100",
+        "optim.weight_decay": "0.0",
+        "fim.rate": "0.0",
+        "loop.max_steps": "500",
+    },
 }
 
 
@@ -109,5 +114,3 @@ def resolve(stage: Stage, toml: Path | None, overrides: dict[str, object]) -> Tr
     if not re.fullmatch(r"auto|cpu|cuda(:[0-9]+)?", cfg.loop.device):
         raise UserError(f"--loop.device {cfg.loop.device!r}: expected auto, cpu, cuda or cuda:N")
     return cfg
-
-
