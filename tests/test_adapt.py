@@ -98,3 +98,32 @@ def test_bad_input_is_one_line_and_writes_nothing(tiny_base_model, repos, tmp_pa
         assert code == 2 and needle in err and len(err.strip().splitlines()) == 1, (needle, err)
         assert not out.exists()
     assert (theirs / "notes.txt").read_text() == "keep me"
+
+
+def test_instruct_adds_an_instruction_adapter_on_the_merged_model(tiny_base_model, repos, tmp_path):
+    out = tmp_path / "out"
+    assert (
+        main(
+            [
+                "adapt",
+                "--model",
+                str(tiny_base_model),
+                "--repos",
+                *map(str, repos),
+                "--out",
+                str(out),
+                *QUICK,
+                "--instruct",
+                "--steps",
+                "2",
+            ]
+        )
+        == 0
+    )
+    record = json.loads((out / "stages" / "instruct.json").read_text())
+    assert record["pairs"] > 0 and record["steps"] == 2
+    assert (out / "merged" / "config.json").is_file()
+    config = json.loads((out / "instruct" / "final" / "adapter_config.json").read_text())
+    assert config["base_model_name_or_path"] == str((out / "merged").resolve())
+    eot = json.loads((out / "instruct" / "final" / "tokenizer_config.json").read_text())["eos_token"]
+    assert eot == "<|EOT|>"

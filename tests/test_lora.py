@@ -203,7 +203,8 @@ def test_instruction_tuning_with_lora_keeps_the_eot_stop(tiny_base_model, small_
     )
 
 
-def test_qlora_trains_adapters_on_an_int8_base(tiny_base_model, small_corpus, tmp_path):
+@pytest.mark.parametrize("base", ["int8", "int4"])
+def test_qlora_trains_adapters_on_a_quantized_base(tiny_base_model, small_corpus, tmp_path, base):
     run = tmp_path / "q"
     assert (
         main(
@@ -222,7 +223,7 @@ def test_qlora_trains_adapters_on_an_int8_base(tiny_base_model, small_corpus, tm
                 "--save-every",
                 "4",
                 *LORA,
-                "--lora.base=int8",
+                f"--lora.base={base}",
             ]
         )
         == 0
