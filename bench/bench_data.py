@@ -7,10 +7,12 @@ On the Python code installed on this machine (standard library, then site-packag
    speed work, 6d7e02b);
 2. our MinHash signatures against datasketch's on the same samples (BigCode-style word 5-gram
    shingles, 256 permutations), ratio printed;
-3. dedup precision/recall/F1 on a constructed set of forks (copies with a few lines edited) and
-   distinct files, for our LSH and datasketch's MinHashLSH at the same threshold.
+3. dedup precision/recall/F1 on constructed sets of forks (copies with a few lines edited) and
+   distinct files, for ours and datasketch's MinHashLSH at the same threshold (with the bands
+   datasketch chooses for it: 25 x 10 for 0.7, BigCode's), pooled over `--sets` sets drawn with
+   seeds 0, 1, ...; `--quality-only` runs this part alone.
 
-    python bench/bench_data.py [--mb 37] [--pairs 300] [--baseline 6d7e02b --repeat 3]
+    python bench/bench_data.py [--mb 37] [--pairs 200] [--sets 5] [--quality-only] [--baseline 6d7e02b --repeat 3]
 """
 
 from __future__ import annotations
@@ -134,13 +136,6 @@ def file_fork_set(texts, pairs, rng):
     return items, truth
 
 
-def scores(predicted: set, truth: set):
-    tp = len(predicted & truth)
-    precision = tp / len(predicted) if predicted else 1.0
-    recall = tp / len(truth) if truth else 1.0
-    return precision, recall, 2 * precision * recall / max(precision + recall, 1e-9)
-
-
 def our_pairs(items, cfg):
     sigs = np.stack([dedup.signature(t, cfg) for t in items])
     digests = np.frombuffer(b"".join(dedup.text_digest(t) for t in items), dtype=np.uint8).reshape(-1, 16)
@@ -148,10 +143,15 @@ def our_pairs(items, cfg):
     return {(int(r), i) for i, r in enumerate(roots) if r != i}
 
 
-def datasketch_pairs(items, cfg):
+def datasketch_lsh(cfg):
+    """datasketch's MinHashLSH for our threshold, with the bands and rows it chooses for it."""
     from datasketch import MinHashLSH
 
-    lsh = MinHashLSH(threshold=cfg.threshold, num_perm=cfg.num_perm, params=(cfg.bands, cfg.rows))
+    return MinHashLSH(threshold=cfg.threshold, num_perm=cfg.num_perm)
+
+
+def datasketch_pairs(items, cfg):
+    lsh = datasketch_lsh(cfg)
     found = set()
     for i, text in enumerate(items):
         m = datasketch_signature(text, cfg.num_perm, cfg.ngram)
@@ -215,11 +215,38 @@ def whole_build(roots: list[Path], baseline: str | None, repeat: int) -> None:
                            capture_output=True)
         shutil.rmtree(scratch, ignore_errors=True)
 
+def dedup_quality(texts, pairs: int, sets: int) -> None:
+    """Dedup precision, recall and F1 of ours and datasketch's, pooled over `sets` sets."""
+    cfg = dedup.DedupConfig()
+    lsh = datasketch_lsh(cfg)
+    print(f"\ndedup quality at threshold {cfg.threshold}, {cfg.num_perm} permutations, pooled over {sets} set(s): "
+          "dscoder {0} x {1} bands (candidates checked), datasketch {2} x {3} (candidates kept)".format(
+              *dedup.banding(cfg), lsh.b, lsh.r))
+    kinds = [
+        (f"{pairs} repository-like samples (3-6 files): half forked with 1-5% of lines edited, "
+         "half paired with an unrelated repository vendoring one of their files", fork_set),
+        (f"{pairs} single files of 40+ lines, half forked with 2-10% of lines edited", file_fork_set),
+    ]
+    for title, make in kinds:
+        print(f"  {title}")
+        made = [make(texts, pairs, random.Random(seed)) for seed in range(sets)]
+        for name, fn in (("dscoder", our_pairs), ("datasketch", datasketch_pairs)):
+            start = time.perf_counter()
+            hits = found = planted = 0
+            for items, truth in made:
+                predicted = fn(items, cfg)
+                hits, found, planted = hits + len(predicted & truth), found + len(predicted), planted + len(truth)
+            p, r = hits / found if found else 1.0, hits / planted if planted else 1.0
+            print(f"    {name:10s} precision {p:.3f} recall {r:.3f} F1 {2 * p * r / max(p + r, 1e-9):.3f}  "
+                  f"({time.perf_counter() - start:.1f}s)")
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--mb", type=float, default=37.0, help="megabytes of installed Python code")
-    parser.add_argument("--pairs", type=int, default=200, help="originals in the fork set")
+    parser.add_argument("--pairs", type=int, default=200, help="originals in each fork set")
+    parser.add_argument("--sets", type=int, default=5, help="fork sets of each kind, pooled (seeds 0, 1, ...)")
+    parser.add_argument("--quality-only", action="store_true", help="only the dedup quality")
     parser.add_argument("--baseline", metavar="REV", help="also build with this git revision, in alternation")
     parser.add_argument("--repeat", type=int, default=1, help="whole builds per tree (the fastest counts)")
     args = parser.parse_args()
@@ -228,6 +255,8 @@ def main() -> None:
     texts = [f.text for _, f in files]
     mb = total / 1e6
     print(f"corpus: {len(texts):,} Python files, {mb:.1f} MB from {len({str(r) for r, _ in files})} packages")
+    if args.quality_only:
+        return dedup_quality(texts, args.pairs, args.sets)
 
     print("\nper step, one core")
     cfg_filter, cfg_quality, cfg_pii, cfg_dedup = filters.FilterConfig(), quality.QualityConfig(), pii.PIIConfig(), dedup.DedupConfig()
@@ -262,19 +291,7 @@ def main() -> None:
         print("  (rensa not installed: pip install rensa to compare)")
 
     whole_build(sorted({r for r, _ in files}), args.baseline, args.repeat)
-
-    sets = [
-        (f"{args.pairs} repository-like samples (3-6 files): half forked with 1-5% of lines edited, "
-         "half paired with an unrelated repository vendoring one of their files", fork_set),
-        (f"{args.pairs} single files of 40+ lines, half forked with 2-10% of lines edited", file_fork_set),
-    ]
-    for title, make in sets:
-        print(f"\ndedup quality: {title}")
-        items, truth = make(texts, args.pairs, random.Random(0))
-        for name, fn in (("dscoder", our_pairs), ("datasketch", datasketch_pairs)):
-            start = time.perf_counter()
-            p, r, f1 = scores(fn(items, cfg_dedup), truth)
-            print(f"  {name:10s} precision {p:.3f} recall {r:.3f} F1 {f1:.3f}  ({time.perf_counter() - start:.1f}s)")
+    dedup_quality(texts, args.pairs, args.sets)
 
 
 if __name__ == "__main__":

@@ -3,12 +3,13 @@
 import random
 
 import numpy as np
-import pytest
 
 from conftest import STDLIB
 from dscoder.data.dedup import (
     EMPTY,
+    PAIR,
     DedupConfig,
+    banding,
     candidate_pairs,
     cluster,
     clusters,
@@ -91,12 +92,36 @@ def test_survivor_is_the_earliest_in_input_order():
     assert list(roots) == [0, 1, 1]
 
 
-def test_bands_must_fit_the_signature():
-    from dscoder.data.dedup import check
-    from dscoder.errors import UserError
+def test_the_bands_follow_the_threshold():
+    """LSH only proposes the pairs to check, so its bands must propose nearly every pair at the
+    threshold, whatever the threshold and the signature length."""
+    assert banding(CFG) == (42, 6)
+    for threshold in (0.5, 0.7, 0.8, 0.9, 1.0):
+        for num_perm in (64, 128, 256):
+            bands, rows = banding(DedupConfig(threshold=threshold, num_perm=num_perm))
+            assert bands * rows <= num_perm
+            assert 1 - (1 - threshold ** rows) ** bands >= 0.99
 
-    with pytest.raises(UserError, match="exceeds num_perm"):
-        check(DedupConfig(num_perm=64, bands=10, rows=10))
+
+def test_forks_just_above_the_threshold_are_found():
+    """Pairs whose true Jaccard similarity is 0.72-0.80, above the 0.7 threshold: BigCode's
+    25 x 10 bands proposed only three in four of them as candidates."""
+    rng = random.Random(4)
+    texts, wanted = [], []
+    for path in sorted((STDLIB / "email").glob("*.py")) + sorted((STDLIB / "json").glob("*.py")):
+        base = path.read_text()
+        if base.count("\n") < 60:
+            continue
+        for fraction in (0.03, 0.04, 0.05, 0.06, 0.07, 0.08):
+            fork = edit_lines(base, fraction, rng)
+            if 0.72 <= true_jaccard(base, fork) <= 0.80:
+                texts += [base, fork]
+                wanted.append(len(texts) - 2)
+                break
+    assert len(wanted) >= 12
+    roots, _ = run_cluster(texts)
+    found = sum(roots[i + 1] == i for i in wanted)
+    assert found >= 0.9 * len(wanted), (found, len(wanted))
 
 
 def test_pairs_found_by_key_partitions_give_the_same_clusters():
@@ -118,3 +143,12 @@ def test_pairs_found_by_key_partitions_give_the_same_clusters():
         assert np.array_equal(roots, whole[0]) and np.array_equal(similarity, whole[1])
     assert len(set(whole[0].tolist())) < len(texts) - 4  # forks and copies were found
     assert whole[0][9] == 9 and whole[0][10] == 9  # the two empty texts: exact copies of each other
+
+
+def test_a_sample_joined_through_a_later_one_has_its_similarity():
+    """1 matches 2 and 0 matches 2, but 1 does not match 0: 1 is dropped with the similarity of
+    the match that joined it, never 0."""
+    pairs = np.array([(0, 2, 0.8), (1, 2, 0.75)], dtype=PAIR)
+    roots, similarity = clusters(3, [pairs])
+    assert list(roots) == [0, 0, 0]
+    assert similarity[1] == np.float32(0.75) and similarity[2] == np.float32(0.8)

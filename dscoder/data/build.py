@@ -239,25 +239,34 @@ def key_unit(unit: dict, cfg: DedupConfig, work: str, partitions: int) -> float:
 
 
 def pair_partition(partition: int, cfg: DedupConfig, work: str, units: list[int], offsets: list[int]) -> float:
-    """The duplicate pairs among the records of one key range, from every unit."""
+    """The duplicate pairs among the records of one key range, from every unit. The records are
+    read into one array made to size (no list of parts joined into a copy), and sorted by
+    `dedup.candidate_pairs` without another copy of them."""
     work = Path(work)
     _check_visible(work)
     target = work / "dedup" / f"pairs-{partition:05d}.npy"
     if target.is_file():
         return peak_memory_mb()
-    parts = []
-    for index in units:
-        lo, hi = np.load(unit_path(work, index, "bounds.npy"))[partition:partition + 2]
+    ranges = [np.load(unit_path(work, index, "bounds.npy"))[partition:partition + 2] for index in units]
+    records = np.empty(int(sum(hi - lo for lo, hi in ranges)), dtype=dedup.KEY)
+    filled = 0
+    for index, (lo, hi) in zip(units, ranges):
         if hi > lo:
-            parts.append(np.array(np.load(unit_path(work, index, "keys.npy"), mmap_mode="r")[lo:hi]))
-    records = np.concatenate(parts) if parts else np.empty(0, dtype=dedup.KEY)
+            records[filled:filled + hi - lo] = np.load(unit_path(work, index, "keys.npy"), mmap_mode="r")[lo:hi]
+            filled += hi - lo
+    starts = np.asarray(offsets, dtype=np.int64)
     signatures = {}
 
     def rows(indices: np.ndarray) -> np.ndarray:
-        owner = np.searchsorted(offsets, indices, side="right") - 1
-        for u in set(owner.tolist()) - signatures.keys():
-            signatures[u] = np.load(unit_path(work, units[u], "sig.npy"), mmap_mode="r")
-        return np.stack([signatures[u][i - offsets[u]] for u, i in zip(owner.tolist(), indices.tolist())])
+        """The signatures of samples `indices`, read unit by unit. (k,) -> (k, num_perm)"""
+        owner = np.searchsorted(starts, indices, side="right") - 1
+        out = np.empty((len(indices), cfg.num_perm), dtype=np.uint32)
+        for u in np.unique(owner).tolist():
+            if u not in signatures:
+                signatures[u] = np.load(unit_path(work, units[u], "sig.npy"), mmap_mode="r")
+            mine = owner == u
+            out[mine] = signatures[u][indices[mine] - starts[u]]
+        return out
 
     artifacts.write_array(target, dedup.candidate_pairs(records, rows, cfg))
     return peak_memory_mb()
@@ -275,11 +284,11 @@ def deduplicate(work: Path, units: list[dict], cfg: BuildConfig, execute, offset
     if n and cfg.dedup.enabled:
         plan = folder / "partitions.json"  # fixed once chosen: the unit key files depend on it
         if not plan.is_file():
-            records = n * (cfg.dedup.bands + 1)
+            records = n * (dedup.banding(cfg.dedup)[0] + 1)
             artifacts.write_json(plan, {"partitions": max(1, math.ceil(records * dedup.KEY.itemsize / cfg.run.shuffle_bytes))})
         partitions = json.loads(plan.read_text())["partitions"]
         log.info("deduplicating %d samples (%d bands x %d rows, threshold %.2f) in %d key range(s)", n,
-                 cfg.dedup.bands, cfg.dedup.rows, cfg.dedup.threshold, partitions)
+                 *dedup.banding(cfg.dedup), cfg.dedup.threshold, partitions)
         execute("dedup keys", key_unit, [dict(u, offset=int(o)) for u, o in zip(units, offsets)],
                 (cfg.dedup, str(work), partitions))
         execute("dedup pairs", pair_partition, list(range(partitions)),

@@ -3,10 +3,14 @@
 dropped whole").
 
 Signatures use `num_perm` multiply-shift hash functions over 5-gram word shingles (BigCode's
-setting); banding follows the classic LSH scheme of `bands` x `rows`; candidate pairs are kept
-only when their estimated Jaccard similarity reaches `threshold`, which keeps unrelated samples
-that merely collide in one band apart. The survivor of a cluster is its earliest sample in input
-order, so the result does not depend on how the work was split.
+setting). Two samples are duplicates when their estimated Jaccard similarity (the share of equal
+signature values) reaches `threshold`. LSH banding only proposes the candidate pairs to check, so
+its bands x rows are derived from the threshold to propose nearly every pair at or above it
+(`banding`): BigCode's 25 x 10 for 0.7 balances false candidates against missed ones, as if the
+candidates were the answer, and proposes only half the pairs at 0.7 and three quarters at 0.75.
+The check then keeps unrelated samples that merely collide in one band apart. The survivor of a
+cluster is its earliest sample in input order, so the result does not depend on how the work was
+split.
 """
 
 from __future__ import annotations
@@ -35,12 +39,9 @@ class DedupConfig:
     """Words per shingle."""
     num_perm: Annotated[int, AT_LEAST_ONE] = 256
     """Hash functions per signature."""
-    bands: Annotated[int, AT_LEAST_ONE] = 25
-    """LSH bands."""
-    rows: Annotated[int, AT_LEAST_ONE] = 10
-    """Signature values per band (bands * rows <= num_perm)."""
     threshold: Annotated[float, FRACTION] = 0.7
-    """Estimated Jaccard similarity from which two samples are duplicates."""
+    """Estimated Jaccard similarity from which two samples are duplicates (the LSH bands follow
+    from it and num_perm)."""
     lowercase: bool = False
     """Lowercase words before shingling."""
     seed: Seed = 42
@@ -50,10 +51,25 @@ class DedupConfig:
 def check(cfg: DedupConfig) -> None:
     from dscoder.errors import UserError
 
-    if cfg.bands * cfg.rows > cfg.num_perm:
-        raise UserError(f"dedup: bands x rows ({cfg.bands} x {cfg.rows}) exceeds num_perm {cfg.num_perm}")
     if not 0 < cfg.threshold <= 1 or cfg.ngram < 1:
         raise UserError("dedup: threshold must be in (0, 1] and ngram at least 1")
+
+
+# The chance that a pair of samples exactly at the threshold shares at least one band, so that
+# its similarity is checked at all; pairs above the threshold are proposed more surely still.
+CANDIDATE_RECALL = 0.99
+
+
+@lru_cache(maxsize=16)
+def banding(cfg: DedupConfig) -> tuple[int, int]:
+    """(bands, rows) of the LSH: the most rows per band (the fewest chance candidates to check)
+    with which a pair at the threshold still becomes a candidate with probability
+    CANDIDATE_RECALL, using as many of the num_perm values as fit (0.7 and 256: 42 x 6)."""
+    for rows in range(cfg.num_perm, 0, -1):
+        bands = cfg.num_perm // rows
+        if 1 - (1 - cfg.threshold ** rows) ** bands >= CANDIDATE_RECALL:
+            return bands, rows
+    return cfg.num_perm, 1
 
 
 @lru_cache(maxsize=8)
@@ -82,9 +98,9 @@ def text_digest(text: str) -> bytes:
     return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).digest()
 
 
-def band_keys(signatures: np.ndarray, cfg: DedupConfig, band: int) -> np.ndarray:
-    """One 64-bit key per signature for `band`. (N, num_perm) -> (N,)."""
-    cols = signatures[:, band * cfg.rows:(band + 1) * cfg.rows].astype(np.uint64)
+def band_keys(signatures: np.ndarray, band: int, rows: int) -> np.ndarray:
+    """One 64-bit key per signature for `band` of `rows` values. (N, num_perm) -> (N,)."""
+    cols = signatures[:, band * rows:(band + 1) * rows].astype(np.uint64)
     key = np.full(cols.shape[0], np.uint64(band + 1), dtype=np.uint64)
     with np.errstate(over="ignore"):
         for j in range(cols.shape[1]):
@@ -94,7 +110,7 @@ def band_keys(signatures: np.ndarray, cfg: DedupConfig, band: int) -> np.ndarray
 
 
 # Candidate records: one per (sample, band) for the LSH bands of samples with words, and one per
-# sample in an extra band (`cfg.bands`) keyed by its digest, for exact copies. `hi`/`lo` is the
+# sample in an extra band (number `bands`, after the LSH's) keyed by its digest, for exact copies. `hi`/`lo` is the
 # key (a band key in `hi`; the 16-byte digest in both); `index` the sample's place in input order.
 KEY = np.dtype([("band", "<u2"), ("hi", "<u8"), ("lo", "<u8"), ("index", "<i8")])
 # A duplicate pair: `b` matched to `a` (a < b) with estimated Jaccard `sim` (1.0 for exact copies).
@@ -105,57 +121,84 @@ def key_records(signatures: np.ndarray, digests: np.ndarray, first_index: int, c
     """The candidate records of consecutive samples numbered from `first_index`.
     (N, num_perm) uint32, (N, 16) uint8 -> (R,) KEY."""
     n = len(signatures)
+    bands, rows = banding(cfg)
     index = np.arange(first_index, first_index + n, dtype=np.int64)
     exact = np.empty(n, dtype=KEY)
-    exact["band"] = cfg.bands
+    exact["band"] = bands
     halves = np.ascontiguousarray(digests).view("<u8").reshape(n, 2)
     exact["hi"], exact["lo"], exact["index"] = halves[:, 0], halves[:, 1], index
     worded = signatures[:, 0] != EMPTY if n else np.zeros(0, dtype=bool)
     parts = [exact]
-    for band in range(cfg.bands):
+    for band in range(bands):
         part = np.zeros(int(worded.sum()), dtype=KEY)
-        part["band"], part["hi"], part["index"] = band, band_keys(signatures[worded], cfg, band), index[worded]
+        part["band"], part["hi"], part["index"] = band, band_keys(signatures[worded], band, rows), index[worded]
         parts.append(part)
     return np.concatenate(parts)
 
 
 def candidate_pairs(records: np.ndarray, rows_fn: Callable[[np.ndarray], np.ndarray], cfg: DedupConfig) -> np.ndarray:
     """The duplicate pairs among `records` (KEY; all records of a key must be present): in each
-    run of samples sharing a key, every member is compared with the run's first sample, and
-    kept when their estimated Jaccard reaches the threshold (digest runs are exact copies).
-    `rows_fn(indices)` gives those samples' signatures. -> (k,) PAIR."""
-    records = records[np.lexsort((records["index"], records["lo"], records["hi"], records["band"]))]
-    same = np.zeros(len(records), dtype=bool)
-    if len(records) > 1:
-        same[1:] = ((records["band"][1:] == records["band"][:-1]) & (records["hi"][1:] == records["hi"][:-1])
-                    & (records["lo"][1:] == records["lo"][:-1]))
-    starts = np.flatnonzero(~same)
-    ends = np.append(starts[1:], len(records))
-    found = []
-    for start, end in zip(starts[ends - starts > 1], ends[ends - starts > 1]):
-        run = records["index"][start:end]
-        leader, members = run[0], run[1:]
-        if records["band"][start] == cfg.bands:
-            sims = np.ones(len(members), dtype=np.float32)
-        else:
-            sims = estimated_jaccard(rows_fn(run[:1]), rows_fn(members)).astype(np.float32)
-        keep = sims >= cfg.threshold
-        pairs = np.empty(int(keep.sum()), dtype=PAIR)
-        pairs["a"], pairs["b"], pairs["sim"] = leader, members[keep], sims[keep]
-        found.append(pairs)
-    return np.concatenate(found) if found else np.empty(0, dtype=PAIR)
+    run of samples sharing a key, every member is paired with the run's earliest sample; a pair
+    found in several bands is checked once, and kept when its estimated Jaccard reaches the
+    threshold (digest runs are exact copies, kept unchecked). `rows_fn(indices)` gives those
+    samples' signatures. -> (k,) PAIR, by (a, b).
+
+    Memory: beside the records (26 bytes each), their sort order (8 bytes each) and, one at a
+    time, one field in that order: the records are never copied whole."""
+    exact_band = banding(cfg)[0]
+    n = len(records)
+    order = np.lexsort((records["lo"], records["hi"], records["band"]))  # (R,) by key
+    repeat = np.zeros(n, dtype=bool)  # (R,) the record at this place has the key of the one before
+    repeat[1:] = True
+    for name in ("band", "hi", "lo"):
+        field = records[name][order]
+        repeat[1:] &= field[1:] == field[:-1]
+        del field
+    in_run = repeat.copy()
+    in_run[:-1] |= repeat[1:]  # a member of a run of two or more
+    places = np.flatnonzero(in_run)  # (M,) the runs' records, in key order
+    del in_run
+    picked = order[places]
+    del order
+    index, band = records["index"][picked], records["band"][picked]
+    starts = np.flatnonzero(~repeat[places])  # (runs,) where each run starts among the M
+    if not len(starts):
+        return np.empty(0, dtype=PAIR)
+    lengths = np.diff(np.append(starts, len(places)))
+    leader = np.repeat(np.minimum.reduceat(index, starts), lengths)
+    exact = np.repeat(band[starts] == exact_band, lengths)
+    member = index != leader
+    a, b, exact = leader[member], index[member], exact[member]
+    by_pair = np.lexsort((~exact, b, a))  # each pair once: as an exact copy when it is one
+    a, b, exact = a[by_pair], b[by_pair], exact[by_pair]
+    first = np.ones(len(a), dtype=bool)
+    first[1:] = (a[1:] != a[:-1]) | (b[1:] != b[:-1])
+    a, b, exact = a[first], b[first], exact[first]
+    sims = np.ones(len(a), dtype=np.float32)
+    near = np.flatnonzero(~exact)
+    for start in range(0, len(near), 4096):  # (4096, num_perm) signatures of each side at a time
+        part = near[start:start + 4096]
+        sims[part] = estimated_jaccard(rows_fn(a[part]), rows_fn(b[part]))
+    keep = sims >= cfg.threshold
+    pairs = np.empty(int(keep.sum()), dtype=PAIR)
+    pairs["a"], pairs["b"], pairs["sim"] = a[keep], b[keep], sims[keep]
+    return pairs
 
 
 def clusters(n: int, pair_sets: Iterable[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     """(roots, similarity) of samples 0..n-1 from their duplicate pairs: each sample's cluster
     survivor (its earliest member) and, for a dropped sample, its best similarity to a member it
-    was matched with. The order of the pairs does not matter."""
+    was matched with: an earlier one, or for a sample joined to its cluster only through later
+    ones (b matches a and c, a does not match c), a later one. The order of the pairs does not
+    matter."""
     uf = UnionFind(n)
-    similarity = np.zeros(n, dtype=np.float32)
+    to_earlier = np.zeros(n, dtype=np.float32)
+    to_later = np.zeros(n, dtype=np.float32)
     for pairs in pair_sets:
         uf.union_pairs(np.stack([pairs["a"], pairs["b"]], axis=1))
-        np.maximum.at(similarity, pairs["b"], pairs["sim"])
-    return uf.roots(), similarity
+        np.maximum.at(to_earlier, pairs["b"], pairs["sim"])
+        np.maximum.at(to_later, pairs["a"], pairs["sim"])
+    return uf.roots(), np.where(to_earlier > 0, to_earlier, to_later)
 
 
 def estimated_jaccard(a: np.ndarray, b: np.ndarray) -> np.ndarray:
