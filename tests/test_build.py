@@ -385,22 +385,24 @@ def test_files_that_vanish_while_a_repository_is_read_are_read_again(tmp_path, m
     assert [r["paths"] for r in read_rows(tmp_path / "out" / "data")] == [["keep.py"]]
 
 
+DATASET_ROWS = [{"repo": f"org/r{i % 40}", "path": f"pkg/m{i}.py", "content": f"import pkg.m{max(i - 40, 0)}\n\n"
+                 f"def f{i}(x):\n    return x * {i}\n"} for i in range(400)]
+
+
+def dataset_shards(folder):
+    """The rows of 40 repositories spread over 4 parquet shards."""
+    shards = []
+    for k in range(4):
+        shards.append(folder / f"shard-{k}.parquet")
+        pq.write_table(pa.Table.from_pylist(DATASET_ROWS[k::4]), shards[-1])
+    return shards
+
+
 def test_dataset_files_spilled_in_parallel_give_the_same_corpus(tmp_path):
     """Rows of one repository spread over several shards (as The Stack splits by language) are
     spilled by one task per shard, then gathered per bucket: two workers and one give the same
     corpus, and each repository is one sample set."""
-    rows = [
-        {
-            "repo": f"org/r{i % 40}",
-            "path": f"pkg/m{i}.py",
-            "content": f"import pkg.m{max(i - 40, 0)}\n\ndef f{i}(x):\n    return x * {i}\n",
-        }
-        for i in range(400)
-    ]
-    shards = []
-    for k in range(4):
-        shards.append(tmp_path / f"shard-{k}.parquet")
-        pq.write_table(pa.Table.from_pylist(rows[k::4]), shards[-1])
+    rows, shards = DATASET_ROWS, dataset_shards(tmp_path)
     cfg = apply_overrides(CFG, {"run.bucket_bytes": "5000"})
     build(tmp_path / "one", shards, [], [], cfg)
     build(tmp_path / "two", shards, [], [], apply_overrides(cfg, {"run.workers": "2"}))
@@ -411,6 +413,32 @@ def test_dataset_files_spilled_in_parallel_give_the_same_corpus(tmp_path):
     samples = read_rows(tmp_path / "one" / "data")
     assert sorted({s["repo"] for s in samples}) == sorted({r["repo"] for r in rows})
     assert sum(s["n_files"] for s in samples) == 400
+
+
+def test_a_spill_file_cut_short_by_a_crash_is_spilled_again_on_resume(tmp_path, monkeypatch):
+    """Each dataset file is spilled into one file; a crash that leaves one cut short (a power cut
+    after its rename) makes the resumed build spill that file again, and only that one."""
+    shards = dataset_shards(tmp_path)
+    cfg = apply_overrides(CFG, {"run.bucket_bytes": "5000"})
+    build(tmp_path / "reference", shards, [], [], cfg)
+    real_spill = build_module.spill
+
+    def spill_then_crash(path, number, target, buckets):
+        real_spill(path, number, target, buckets)
+        if number == 2:
+            target.write_bytes(target.read_bytes()[:-100])
+            raise KeyboardInterrupt  # stands in for the kill: nothing after this line runs
+
+    monkeypatch.setattr(build_module, "spill", spill_then_crash)
+    out = tmp_path / "out"
+    with pytest.raises(KeyboardInterrupt):
+        build(out, shards, [], [], cfg)
+    assert sorted(p.name for p in (out / "work" / "spill").glob("*.spill")) == [f"file-{k:05d}.spill" for k in range(3)]
+    spilled = []
+    monkeypatch.setattr(build_module, "spill", lambda path, number, *args: spilled.append(number) or real_spill(path, number, *args))
+    build(out, shards, [], [], cfg)
+    assert spilled == [2, 3]
+    assert corpus_bytes(out) == corpus_bytes(tmp_path / "reference")
 
 
 @pytest.mark.parametrize("kind", ["empty folder", "binaries", "one 5 MB line"])

@@ -2,7 +2,7 @@
 
 ```
 DIR/work/plan.json                 inputs, resolved config and the units of work
-DIR/work/buckets/file-NNNNN/       dataset rows spilled by repository, per dataset file
+DIR/work/spill/file-NNNNN.spill    one dataset file's rows by bucket (by repository), indexed
 DIR/work/decontam.{npz,json}       the benchmark n-gram index
 DIR/work/units/unit-NNNNN.*        per unit: samples, rejects, signatures, digests; stats last
 DIR/work/units/unit-NNNNN.keys.npy dedup candidate records of a unit, by key range (bounds.npy)
@@ -36,7 +36,7 @@ from dscoder import __version__, artifacts
 from dscoder.config import to_dict
 from dscoder.console import progress
 from dscoder.data import corpus, dedup
-from dscoder.data.dataset_files import check_dataset_file, dataset_bytes, is_dataset_file, read_bucket, spill
+from dscoder.data.dataset_files import check_dataset_file, dataset_bytes, is_dataset_file, read_bucket, spill, spill_skips
 from dscoder.data.decontam import build_index, load_index, save_index
 from dscoder.data.dedup import DedupConfig
 from dscoder.data.executors import Executor, default_workers, peak_memory_mb
@@ -105,18 +105,18 @@ def prepare(out: Path, identity: dict) -> bool:
     return False
 
 
+def spill_path(work: Path, number: int) -> Path:
+    return work / "spill" / f"file-{number:05d}.spill"
+
+
 def spill_dataset(item: dict, work: str, buckets: int) -> float:
-    """Spill one dataset file into buckets by repository, in a folder of its own; a file whose
-    spill did not finish is spilled again from the start."""
-    folder = Path(work) / "buckets"
-    _check_visible(Path(work))
-    done = folder / f"file-{item['number']:05d}.done"
-    if not done.is_file():
-        target = folder / f"file-{item['number']:05d}"
-        shutil.rmtree(target, ignore_errors=True)
-        skips: Counter = Counter()
-        spill(Path(item["path"]), item["number"], target, buckets, skips)
-        artifacts.write_json(done, {"skipped": dict(skips)})
+    """Spill one dataset file into buckets by repository, in one file of its own; a spill file
+    that is missing or cut short is spilled again from the start."""
+    work = Path(work)
+    _check_visible(work)
+    target = spill_path(work, item["number"])
+    if spill_skips(target) is None:
+        spill(Path(item["path"]), item["number"], target, buckets)
     return peak_memory_mb()
 
 
@@ -130,7 +130,7 @@ def plan_units(work: Path, cfg: BuildConfig, repos, datasets, skips: Counter, ex
         execute("spilling datasets", spill_dataset, [{"path": d, "number": k} for k, d in enumerate(datasets)],
                 (str(work), count))
         for k in range(len(datasets)):
-            skips.update(json.loads((work / "buckets" / f"file-{k:05d}.done").read_text())["skipped"])
+            skips.update(spill_skips(spill_path(work, k)))
         units += [{"kind": "bucket", "bucket": b, "files": len(datasets)} for b in range(count)]
     for index, unit in enumerate(units):
         unit["index"] = index
@@ -173,8 +173,7 @@ def run_unit(unit: dict, cfg: BuildConfig, work: str, bench_path: str | None) ->
     if unit["kind"] == "repos":
         repos = [_read_source(Path(path), name, cfg, skips) for path, name in unit["items"]]
     else:
-        folders = [work / "buckets" / f"file-{k:05d}" for k in range(unit["files"])]
-        repos = read_bucket(folders, unit["bucket"], cfg.collect, skips)
+        repos = read_bucket([spill_path(work, k) for k in range(unit["files"])], unit["bucket"], cfg.collect, skips)
     stats.skipped.update(skips)
     samples, rejects = [], []
     for repo in repos:

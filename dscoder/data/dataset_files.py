@@ -3,8 +3,11 @@ content column, as The Stack ships them (`max_stars_repo_name`, `max_stars_repo_
 `content`).
 
 A repository's files may be spread over many files (The Stack splits by language), so rows are
-first spilled to bucket files by a hash of the repository name; each bucket then holds whole
-repositories and is processed on its own, with memory bounded by the bucket size.
+first spilled into buckets by a hash of the repository name; each bucket then holds whole
+repositories and is processed on its own, with memory bounded by the bucket size. Each dataset
+file is spilled into one file of its own, its rows grouped by bucket behind an index of offsets,
+so that a bucket is read from every spill with a seek and one read each, and a crawl of 1,000
+dataset files in 16,000 buckets makes 1,000 spill files, not 16 million.
 """
 
 from __future__ import annotations
@@ -13,10 +16,16 @@ import gzip
 import hashlib
 import json
 import logging
+import struct
+import tempfile
+from array import array
 from collections import Counter, defaultdict
 from pathlib import Path
-from typing import Iterator
+from typing import BinaryIO, Iterator
 
+import numpy as np
+
+from dscoder import artifacts
 from dscoder.repo.collect import CollectConfig, Repository, SourceFile, admit
 from dscoder.errors import UserError
 
@@ -109,47 +118,118 @@ def bucket_of(repo: str, buckets: int) -> int:
     return int.from_bytes(hashlib.blake2b(repo.encode("utf-8", "surrogatepass"), digest_size=8).digest(), "big") % buckets
 
 
-def spill(path: Path, number: int, folder: Path, buckets: int, skips: Counter, flush_bytes: int = 32_000_000) -> None:
-    """Spread the rows of the dataset file `path` (the `number`th of the build) over `buckets`
-    JSON-lines files in `folder` by repository. Rows are held until `flush_bytes` of them are
-    waiting, then appended to their buckets as one gzip member each, so memory stays bounded
-    and no more than one file is open at a time."""
-    folder.mkdir(parents=True, exist_ok=True)
+# A spill file: the rows of one dataset file as JSON lines, grouped by bucket, then the index
+# and a trailer:
+#   [bucket 0's rows][bucket 1's rows]...[offsets: (buckets + 1) int64][skipped rows: JSON][trailer]
+# A bucket's rows are one or more whole gzip members (read as one stream), at bytes
+# offsets[b]:offsets[b + 1]. The trailer holds where the index starts and the JSON's length
+# (uint64 each), then SPILL_MAGIC: a file without it, or of another length than it implies, was
+# cut short.
+SPILL_MAGIC = b"dsspill1"
+_TRAILER = struct.Struct("<QQ8s")
+
+
+def spill(path: Path, number: int, target: Path, buckets: int, flush_bytes: int = 32_000_000) -> None:
+    """Spill the rows of the dataset file `path` (the `number`th of the build) by repository into
+    `buckets` buckets of one spill file, `target`, written whole or not at all. Rows are held
+    until `flush_bytes` of them are waiting, then written as one gzip member per bucket to an
+    unnamed scratch file beside `target` (gone with the process, even a killed one); at the end
+    the members are copied into `target` bucket by bucket. Memory stays bounded by
+    `flush_bytes` and 24 bytes per member."""
+    skips: Counter = Counter()
     waiting: dict[int, list[str]] = defaultdict(list)
-    size = 0
+    members = array("q")  # (bucket, offset in the scratch file, length) per gzip member
+    with artifacts.output_path(target, force=True) as partial, \
+            tempfile.TemporaryFile(dir=target.parent) as scratch:
 
-    def flush() -> None:
-        for bucket in sorted(waiting):
-            with gzip.open(folder / f"bucket-{bucket:05d}.jsonl.gz", "at", encoding="utf-8", compresslevel=1) as out:
-                out.writelines(waiting[bucket])
-        waiting.clear()
+        def flush() -> None:
+            for bucket in sorted(waiting):
+                member = gzip.compress("".join(waiting[bucket]).encode("utf-8"), compresslevel=1, mtime=0)
+                members.extend((bucket, scratch.tell(), len(member)))
+                scratch.write(member)
+            waiting.clear()
 
-    for row_number, (repo, file_path, content) in enumerate(iter_rows(path)):
-        if not isinstance(repo, str) or not isinstance(file_path, str) or not isinstance(content, str):
-            skips["dataset_row_missing_field"] += 1
-            continue
-        record = json.dumps({"r": repo, "p": file_path, "c": content, "o": [number, row_number], "s": str(path)},
-                            ensure_ascii=False) + "\n"
-        waiting[bucket_of(repo, buckets)].append(record)
-        size += len(record)
-        if size >= flush_bytes:
-            flush()
-            size = 0
-    flush()
+        size = 0
+        for row_number, (repo, file_path, content) in enumerate(iter_rows(path)):
+            if not isinstance(repo, str) or not isinstance(file_path, str) or not isinstance(content, str):
+                skips["dataset_row_missing_field"] += 1
+                continue
+            record = json.dumps({"r": repo, "p": file_path, "c": content, "o": [number, row_number], "s": str(path)},
+                                ensure_ascii=False) + "\n"
+            waiting[bucket_of(repo, buckets)].append(record)
+            size += len(record)
+            if size >= flush_bytes:
+                flush()
+                size = 0
+        flush()
+        table = np.frombuffer(members, dtype=np.int64).reshape(-1, 3)  # (members, 3)
+        offsets = np.zeros(buckets + 1, dtype="<i8")
+        np.cumsum(np.bincount(table[:, 0], weights=table[:, 2], minlength=buckets).astype(np.int64), out=offsets[1:])
+        skipped = json.dumps(dict(skips)).encode()
+        with open(partial, "wb") as out:
+            for bucket, offset, length in table[np.argsort(table[:, 0], kind="stable")].tolist():
+                scratch.seek(offset)
+                out.write(scratch.read(length))
+            out.write(offsets.tobytes())
+            out.write(skipped)
+            out.write(_TRAILER.pack(int(offsets[-1]), len(skipped), SPILL_MAGIC))
 
 
-def read_bucket(folders: list[Path], bucket: int, cfg: CollectConfig, skips: Counter) -> list[Repository]:
-    """The repositories of one bucket (its rows from every dataset file, spilled into
-    `folders`), sorted by name, their files sorted by path."""
+def _spill_layout(f: BinaryIO) -> tuple[int, int, int] | None:
+    """(index offset, buckets, JSON length) of an open spill file; None when it was cut short."""
+    size = f.seek(0, 2)
+    if size < _TRAILER.size:
+        return None
+    f.seek(size - _TRAILER.size)
+    index_at, json_length, magic = _TRAILER.unpack(f.read(_TRAILER.size))
+    entries, rest = divmod(size - _TRAILER.size - json_length - index_at, 8)
+    if magic != SPILL_MAGIC or rest or entries < 2:
+        return None
+    return index_at, entries - 1, json_length
+
+
+def spill_skips(target: Path) -> dict | None:
+    """The rows a finished spill file skipped, by reason; None when it is missing or cut short
+    (to be spilled again)."""
+    try:
+        with open(target, "rb") as f:
+            layout = _spill_layout(f)
+            if layout is None:
+                return None
+            index_at, buckets, json_length = layout
+            f.seek(index_at + 8 * (buckets + 1))
+            return json.loads(f.read(json_length))
+    except FileNotFoundError:
+        return None
+
+
+def _spilled_rows(path: Path, bucket: int) -> Iterator[dict]:
+    """The rows of `bucket` in the spill file `path`."""
+    try:
+        with open(path, "rb") as f:
+            layout = _spill_layout(f)
+            if layout is None:
+                raise UserError(f"{path}: spill file cut short after the build spilled it (the build folder was "
+                                "damaged); start the build over with --force")
+            f.seek(layout[0] + 8 * bucket)
+            start, end = struct.unpack("<qq", f.read(16))
+            f.seek(start)
+            data = f.read(end - start)
+    except FileNotFoundError:
+        raise UserError(f"{path}: spill file missing (the build folder was damaged); start the build over "
+                        "with --force") from None
+    if data:
+        for line in gzip.decompress(data).decode("utf-8").split("\n")[:-1]:
+            yield json.loads(line)
+
+
+def read_bucket(spills: list[Path], bucket: int, cfg: CollectConfig, skips: Counter) -> list[Repository]:
+    """The repositories of one bucket (its rows from every dataset file's spill file), sorted by
+    name, their files sorted by path."""
     grouped: dict[str, list[dict]] = defaultdict(list)
-    for folder in folders:
-        path = folder / f"bucket-{bucket:05d}.jsonl.gz"
-        if not path.is_file():
-            continue
-        with gzip.open(path, "rt", encoding="utf-8") as f:
-            for line in f:
-                row = json.loads(line)
-                grouped[row["r"]].append(row)
+    for path in spills:
+        for row in _spilled_rows(path, bucket):
+            grouped[row["r"]].append(row)
     repos = []
     for name in sorted(grouped):
         rows = sorted(grouped[name], key=lambda r: (r["p"], r["o"]))
