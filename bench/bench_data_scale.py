@@ -13,16 +13,20 @@ of function templates with the repository's own identifiers. Planted among them:
   not duplicates, to be kept (precision).
 
 Printed per stage and scale: wall seconds, peak resident memory of the driver and of the largest
-task; then the driver's growth from a tenth of the crawl to all of it (goal: under 2x for 10x the
-input), and pairwise precision/recall of the duplicate clusters against the planted truth.
+task; the number of files the spill stage wrote; then the driver's growth from a tenth of the
+crawl to all of it (goal: under 2x for 10x the input), and pairwise precision/recall of the
+duplicate clusters against the planted truth. With `--baseline REV`, the same crawl is also built
+by a git worktree of REV, and the spill files and the peak memory of the largest tasks are
+printed side by side.
 
-    python bench/bench_data_scale.py [--repos 200000] [--workers 2] [--dir /tmp/dscoder-scale]
+    python bench/bench_data_scale.py [--repos 200000] [--workers 2] [--dir /tmp/dscoder-scale] [--baseline REV]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import shutil
 import subprocess
@@ -30,6 +34,8 @@ import sys
 import time
 from itertools import combinations
 from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
 
 TEMPLATES = [
     '''def {P}_{a}({x}, {y}):
@@ -178,22 +184,58 @@ def found_clusters(corpus: Path) -> list[list[str]]:
     return found
 
 
-def run_build(shards: Path, out: Path, workers: int) -> list[dict]:
-    """Build in a child process (so the driver's memory is the build's alone); its stage report."""
-    code = ("import json, sys; from pathlib import Path; from dscoder.config import apply_overrides; "
-            "from dscoder.data.build import build; from dscoder.data.steps import BuildConfig; report = []; "
-            f"cfg = apply_overrides(BuildConfig(), {{'run.workers': '{workers}'}}); "
-            f"build(Path({str(out)!r}), sorted(Path({str(shards)!r}).glob('*.parquet')), [], [], cfg, report=report); "
-            "print('REPORT ' + json.dumps(report))")
+# Builds in a child process (so the driver's memory is the build's alone) with the code of the
+# current folder; counts the files of the work folder once the spill stage is done and the bytes
+# of dedup keys once the duplicates are found (the build removes its work folder at the end);
+# prints its stage report.
+BUILD = """
+import json, sys
+from pathlib import Path
+from dscoder.config import apply_overrides
+from dscoder.data import build as build_module
+from dscoder.data.steps import BuildConfig
+plan_units = build_module.plan_units
+
+def counted(work, *args):
+    units = plan_units(work, *args)
+    print("SPILL " + str(sum(1 for p in work.rglob("*") if p.is_file())), flush=True)
+    return units
+
+deduplicate = build_module.deduplicate
+
+def measured(work, *args):
+    n = deduplicate(work, *args)
+    print("KEYS " + str(sum(p.stat().st_size for p in (work / "units").glob("*.keys.npy"))), flush=True)
+    return n
+
+build_module.plan_units, build_module.deduplicate = counted, measured
+shards, out, workers = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
+report = []
+cfg = apply_overrides(BuildConfig(), {"run.workers": workers})
+build_module.build(out, sorted(shards.glob("*.parquet")), [], [], cfg, report=report)
+print("REPORT " + json.dumps(report))
+"""
+
+
+def run_build(shards: Path, out: Path, workers: int, tree: Path) -> tuple[list[dict], int, int]:
+    """Build with the code in `tree`: its stage report, the files the spill stage wrote and the
+    bytes of dedup keys."""
     start = time.perf_counter()
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    done = subprocess.run([sys.executable, "-c", BUILD, str(shards), str(out), str(workers)], capture_output=True,
+                          text=True, cwd=tree, env={**os.environ, "PYTHONPATH": str(tree)})
     if done.returncode:
-        sys.exit(f"build failed:\n{done.stderr[-3000:]}")
-    report = json.loads(next(line for line in done.stdout.splitlines() if line.startswith("REPORT "))[7:])
+        sys.exit(f"build with {tree} failed:\n{done.stderr[-3000:]}")
+    lines = done.stdout.splitlines()
+    report = json.loads(next(line for line in lines if line.startswith("REPORT "))[7:])
     report.append({"stage": "whole build", "seconds": round(time.perf_counter() - start, 1),
                    "driver_peak_mb": max(s["driver_peak_mb"] for s in report),
                    "task_peak_mb": max(s["task_peak_mb"] for s in report), "tasks": sum(s["tasks"] for s in report)})
-    return report
+    found = {line.split()[0]: int(line.split()[1]) for line in lines if line.startswith(("SPILL ", "KEYS "))}
+    return report, found["SPILL"], found["KEYS"]
+
+
+def stage_peak(report: list[dict], stage: str) -> float:
+    return next((s["task_peak_mb"] for s in report if s["stage"] == stage), 0.0)
 
 
 def main() -> None:
@@ -202,45 +244,73 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2, help="worker processes of the build")
     parser.add_argument("--dir", type=Path, default=Path("/tmp/dscoder-scale"), help="where the crawl and corpora go")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--baseline", metavar="REV", help="also build with this git revision (a worktree of it)")
     parser.add_argument("--keep", action="store_true", help="keep the crawl and corpora afterwards")
     args = parser.parse_args()
     if args.repos < 100:
         sys.exit("--repos: at least 100")
 
+    trees = {"current": REPO}
+    if args.baseline:
+        trees[args.baseline] = args.dir / "baseline"
+        shutil.rmtree(trees[args.baseline], ignore_errors=True)
+        subprocess.run(["git", "-C", str(REPO), "worktree", "prune"], check=True)
+        subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", str(trees[args.baseline]), args.baseline],
+                       check=True, capture_output=True)
     results = {}
-    for label, repos in (("1/10", args.repos // 10), ("all", args.repos)):
-        shards = args.dir / f"crawl-{repos}-seed{args.seed}"
-        if not (shards / "truth.json").is_file():
-            start = time.perf_counter()
-            shutil.rmtree(shards, ignore_errors=True)
-            make_crawl(shards, repos, shard_repos=max(1, repos // 10), seed=args.seed)
-            print(f"made {repos:,} repositories in {time.perf_counter() - start:.0f} s", flush=True)
-        truth = json.loads((shards / "truth.json").read_text())
-        out = args.dir / f"corpus-{repos}"
-        shutil.rmtree(out, ignore_errors=True)
-        report = run_build(shards, out, args.workers)
-        expected, found = pairwise(truth["clusters"]), pairwise(found_clusters(out))
-        hits = len(expected & found)
-        results[label] = {"repos": repos, "mb": truth["bytes"] / 1e6, "report": report,
-                          "precision": hits / len(found) if found else 1.0, "recall": hits / len(expected) if expected else 1.0,
-                          "pairs": (len(expected), len(found))}
-        print(f"\n{label} of the crawl: {repos:,} repositories, {truth['bytes'] / 1e6:,.0f} MB of code, "
-              f"{args.workers} workers")
-        print(f"  {'stage':20s} {'tasks':>7s} {'seconds':>9s} {'driver MB':>10s} {'largest task MB':>16s}")
-        for s in report:
-            print(f"  {s['stage']:20s} {s['tasks']:7d} {s['seconds']:9.1f} {s['driver_peak_mb']:10.0f} {s['task_peak_mb']:16.0f}")
-        whole = report[-1]["seconds"]
-        print(f"  throughput: {truth['bytes'] / 1e6 / whole:.1f} MB/s ({truth['bytes'] / 1e6 / whole / args.workers:.1f} MB/s per worker)")
-        print(f"  dedup against the planted duplicates: precision {results[label]['precision']:.4f}, recall "
-              f"{results[label]['recall']:.4f} ({len(expected):,} planted pairs, {len(found):,} found)")
-        if not args.keep:
-            shutil.rmtree(out, ignore_errors=True)
-    small, large = results["1/10"]["report"][-1]["driver_peak_mb"], results["all"]["report"][-1]["driver_peak_mb"]
-    print(f"\ndriver peak memory: {small:.0f} MB for a tenth, {large:.0f} MB for all: {large / small:.2f}x for "
-          f"{results['all']['mb'] / results['1/10']['mb']:.1f}x the input (goal: under 2x)")
+    try:
+        for label, repos in (("1/10", args.repos // 10), ("all", args.repos)):
+            shards = args.dir / f"crawl-{repos}-seed{args.seed}"
+            if not (shards / "truth.json").is_file():
+                start = time.perf_counter()
+                shutil.rmtree(shards, ignore_errors=True)
+                make_crawl(shards, repos, shard_repos=max(1, repos // 10), seed=args.seed)
+                print(f"made {repos:,} repositories in {time.perf_counter() - start:.0f} s", flush=True)
+            truth = json.loads((shards / "truth.json").read_text())
+            for name, tree in trees.items():
+                out = args.dir / f"corpus-{repos}-{name}"
+                shutil.rmtree(out, ignore_errors=True)
+                report, spill_files, key_bytes = run_build(shards, out, args.workers, tree)
+                expected, found = pairwise(truth["clusters"]), pairwise(found_clusters(out))
+                hits = len(expected & found)
+                pair_tasks = next(s["tasks"] for s in report if s["stage"] == "dedup pairs")
+                results[label, name] = {"mb": truth["bytes"] / 1e6, "report": report, "spill_files": spill_files,
+                                        "keys_mb": key_bytes / 1e6 / pair_tasks}
+                print(f"\n{label} of the crawl: {repos:,} repositories in {len(list(shards.glob('*.parquet')))} shards, "
+                      f"{truth['bytes'] / 1e6:,.0f} MB of code, {args.workers} workers, code: {name}")
+                print(f"  {'stage':20s} {'tasks':>7s} {'seconds':>9s} {'driver MB':>10s} {'largest task MB':>16s}")
+                for s in report:
+                    print(f"  {s['stage']:20s} {s['tasks']:7d} {s['seconds']:9.1f} {s['driver_peak_mb']:10.0f} "
+                          f"{s['task_peak_mb']:16.0f}")
+                whole = report[-1]["seconds"]
+                print(f"  spill files: {spill_files:,}; dedup keys: {key_bytes / 1e6:,.0f} MB in {pair_tasks} key range(s)")
+                print(f"  throughput: {truth['bytes'] / 1e6 / whole:.1f} MB/s "
+                      f"({truth['bytes'] / 1e6 / whole / args.workers:.1f} MB/s per worker)")
+                print(f"  dedup against the planted duplicates: precision {hits / len(found) if found else 1.0:.4f}, "
+                      f"recall {hits / len(expected) if expected else 1.0:.4f} ({len(expected):,} planted pairs, "
+                      f"{len(found):,} found)", flush=True)
+                if not args.keep:
+                    shutil.rmtree(out, ignore_errors=True)
+    finally:
+        if args.baseline:
+            subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(trees[args.baseline])],
+                           capture_output=True)
+    for name in trees:
+        small, large = results["1/10", name]["report"][-1]["driver_peak_mb"], results["all", name]["report"][-1]["driver_peak_mb"]
+        print(f"\n{name}: driver peak memory: {small:.0f} MB for a tenth, {large:.0f} MB for all: {large / small:.2f}x for "
+              f"{results['all', name]['mb'] / results['1/10', name]['mb']:.1f}x the input (goal: under 2x)")
+    if args.baseline:
+        print(f"\nbefore ({args.baseline}) and now, all of the crawl:")
+        before, now = results["all", args.baseline], results["all", "current"]
+        rows = [("spill files", before["spill_files"], now["spill_files"]),
+                ("dedup keys of a pair task, MB", before["keys_mb"], now["keys_mb"])]
+        rows += [(f"largest {stage} task, MB", stage_peak(before["report"], stage), stage_peak(now["report"], stage))
+                 for stage in ("spilling datasets", "dedup keys", "dedup pairs")]
+        rows.append(("largest task of the build, MB", before["report"][-1]["task_peak_mb"], now["report"][-1]["task_peak_mb"]))
+        for what, old, new in rows:
+            print(f"  {what:34s} {old:10,.0f} {new:10,.0f}  ({new / old if old else float('nan'):.2f}x)")
     if not args.keep:
         shutil.rmtree(args.dir, ignore_errors=True)
-
 
 if __name__ == "__main__":
     main()
