@@ -7,6 +7,7 @@ import numpy as np
 from conftest import STDLIB
 from dscoder.data.dedup import (
     EMPTY,
+    KEY,
     PAIR,
     DedupConfig,
     banding,
@@ -152,3 +153,15 @@ def test_a_sample_joined_through_a_later_one_has_its_similarity():
     roots, similarity = clusters(3, [pairs])
     assert list(roots) == [0, 0, 0]
     assert similarity[1] == np.float32(0.75) and similarity[2] == np.float32(0.8)
+
+
+def test_records_whose_keys_share_their_high_half_are_told_apart():
+    """Keys of two bands, or two digests, that share their 64-bit high half (a chance of 2**-64)
+    are separate runs, whatever order the records come in."""
+    exact = banding(CFG)[0]
+    keys = [(0, 5, 0), (1, 5, 0), (exact, 5, 7), (0, 5, 0), (exact, 5, 8), (1, 5, 0), (exact, 5, 7), (2, 9, 0)]
+    records = np.zeros(len(keys), dtype=KEY)
+    for i, (band, hi, lo) in enumerate(keys):
+        records[i] = (band, hi, lo, 7 - i)
+    pairs = candidate_pairs(records, lambda idx: np.zeros((len(idx), CFG.num_perm), dtype=np.uint32), CFG)
+    assert [(int(a), int(b), float(s)) for a, b, s in pairs] == [(1, 5, 1.0), (2, 6, 1.0), (4, 7, 1.0)]
