@@ -34,11 +34,11 @@ import numpy as np
 
 from dscoder.data import dedup, filters, pii, quality
 from dscoder.data.decontam import DecontamConfig, build_index, match
-from dscoder.repo.parsing import parse
 from dscoder.data.installed import installed_python_roots
 from dscoder.repo.collect import SKIPPED_DIRS, CollectConfig, read_folder
 from dscoder.repo.dependencies import analyze
 from dscoder.repo.imports import CodeFile
+from dscoder.repo.parsing import parse
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "benchmarks"
@@ -52,8 +52,11 @@ def load_corpus(megabytes: float):
     """(root, files) with up to `megabytes` of Python code, package by package."""
     files, total = [], 0
     for root in installed_python_roots():
-        for folder in sorted(p for p in root.iterdir()
-                             if p.is_dir() and not p.name.startswith((".", "__")) and p.name not in SKIPPED_DIRS):
+        for folder in sorted(
+            p
+            for p in root.iterdir()
+            if p.is_dir() and not p.name.startswith((".", "__")) and p.name not in SKIPPED_DIRS
+        ):
             for f in read_folder(folder, CollectConfig(), Counter()):
                 if f.language == "python":
                     files.append((folder, f))
@@ -75,7 +78,7 @@ def datasketch_signature(text, num_perm=256, ngram=5):
     from datasketch import MinHash
 
     tokens = [t for t in NON_ALPHA.split(text) if t]
-    grams = {" ".join(tokens[i:i + ngram]) for i in range(max(len(tokens) - ngram + 1, 1))}
+    grams = {" ".join(tokens[i : i + ngram]) for i in range(max(len(tokens) - ngram + 1, 1))}
     m = MinHash(num_perm=num_perm)
     m.update_batch([g.encode("utf-8") for g in grams])
     return m
@@ -85,7 +88,7 @@ def rensa_signature(text, num_perm=256, ngram=5):
     from rensa import RMinHash
 
     tokens = [t for t in NON_ALPHA.split(text) if t]
-    grams = [" ".join(tokens[i:i + ngram]) for i in range(max(len(tokens) - ngram + 1, 1))]
+    grams = [" ".join(tokens[i : i + ngram]) for i in range(max(len(tokens) - ngram + 1, 1))]
     m = RMinHash(num_perm=num_perm, seed=42)
     m.update(grams)
     return m
@@ -173,7 +176,18 @@ print(json.dumps({"seconds": time.perf_counter() - start}))
 
 def build_seconds(tree: Path, roots: list[Path], out: Path) -> tuple[float, float]:
     """(seconds, MB read) of `dscoder data build --workers 1` over `roots` with the code in `tree`."""
-    command = [sys.executable, "-c", BUILD_TIMER, "data", "build", *map(str, roots), "--out", str(out), "--workers", "1"]
+    command = [
+        sys.executable,
+        "-c",
+        BUILD_TIMER,
+        "data",
+        "build",
+        *map(str, roots),
+        "--out",
+        str(out),
+        "--workers",
+        "1",
+    ]
     env = {**os.environ, "PYTHONPATH": str(tree)}
     result = subprocess.run(command, cwd=tree, env=env, capture_output=True, text=True)
     if result.returncode:
@@ -192,39 +206,55 @@ def whole_build(roots: list[Path], baseline: str | None, repeat: int) -> None:
     try:
         if baseline:
             trees[baseline] = scratch / "baseline"
-            subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", str(trees[baseline]), baseline],
-                           check=True, capture_output=True)
+            subprocess.run(
+                ["git", "-C", str(REPO), "worktree", "add", "--detach", str(trees[baseline]), baseline],
+                check=True,
+                capture_output=True,
+            )
         best: dict[str, float] = {}
         for _ in range(repeat):
             for name, tree in trees.items():
                 seconds, read_mb = build_seconds(tree, roots, scratch / "corpus")
                 best[name] = min(best.get(name, seconds), seconds)
-                print(f"  {name:10s} {read_mb:.1f} MB of {len(roots)} repositories (all languages) in {seconds:.1f}s: "
-                      f"{read_mb / seconds:.1f} MB/s per core", flush=True)
+                print(
+                    f"  {name:10s} {read_mb:.1f} MB of {len(roots)} repositories (all languages) in {seconds:.1f}s: "
+                    f"{read_mb / seconds:.1f} MB/s per core",
+                    flush=True,
+                )
         rate = read_mb / best["current"]
         print(f"  current code: {rate:.1f} MB/s per core (goal {GOAL_MB_S:.0f}: {rate / GOAL_MB_S:.0%} of it)")
         if baseline:
             speedup = best[baseline] / best["current"]
-            print(f"  {baseline}: {read_mb / best[baseline]:.1f} MB/s per core; speed-up {speedup:.2f}x "
-                  f"(goal {GOAL_SPEEDUP:.0f}x over {BEFORE_SPEED_WORK}, the code before the speed work)")
+            print(
+                f"  {baseline}: {read_mb / best[baseline]:.1f} MB/s per core; speed-up {speedup:.2f}x "
+                f"(goal {GOAL_SPEEDUP:.0f}x over {BEFORE_SPEED_WORK}, the code before the speed work)"
+            )
         else:
             print(f"  (--baseline REV builds the same input with another revision for the {GOAL_SPEEDUP:.0f}x goal)")
     finally:
         if baseline:
-            subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(trees[baseline])],
-                           capture_output=True)
+            subprocess.run(
+                ["git", "-C", str(REPO), "worktree", "remove", "--force", str(trees[baseline])], capture_output=True
+            )
         shutil.rmtree(scratch, ignore_errors=True)
+
 
 def dedup_quality(texts, pairs: int, sets: int) -> None:
     """Dedup precision, recall and F1 of ours and datasketch's, pooled over `sets` sets."""
     cfg = dedup.DedupConfig()
     lsh = datasketch_lsh(cfg)
-    print(f"\ndedup quality at threshold {cfg.threshold}, {cfg.num_perm} permutations, pooled over {sets} set(s): "
-          "dscoder {0} x {1} bands (candidates checked), datasketch {2} x {3} (candidates kept)".format(
-              *dedup.banding(cfg), lsh.b, lsh.r))
+    print(
+        f"\ndedup quality at threshold {cfg.threshold}, {cfg.num_perm} permutations, pooled over {sets} set(s): "
+        "dscoder {0} x {1} bands (candidates checked), datasketch {2} x {3} (candidates kept)".format(
+            *dedup.banding(cfg), lsh.b, lsh.r
+        )
+    )
     kinds = [
-        (f"{pairs} repository-like samples (3-6 files): half forked with 1-5% of lines edited, "
-         "half paired with an unrelated repository vendoring one of their files", fork_set),
+        (
+            f"{pairs} repository-like samples (3-6 files): half forked with 1-5% of lines edited, "
+            "half paired with an unrelated repository vendoring one of their files",
+            fork_set,
+        ),
         (f"{pairs} single files of 40+ lines, half forked with 2-10% of lines edited", file_fork_set),
     ]
     for title, make in kinds:
@@ -237,8 +267,10 @@ def dedup_quality(texts, pairs: int, sets: int) -> None:
                 predicted = fn(items, cfg)
                 hits, found, planted = hits + len(predicted & truth), found + len(predicted), planted + len(truth)
             p, r = hits / found if found else 1.0, hits / planted if planted else 1.0
-            print(f"    {name:10s} precision {p:.3f} recall {r:.3f} F1 {2 * p * r / max(p + r, 1e-9):.3f}  "
-                  f"({time.perf_counter() - start:.1f}s)")
+            print(
+                f"    {name:10s} precision {p:.3f} recall {r:.3f} F1 {2 * p * r / max(p + r, 1e-9):.3f}  "
+                f"({time.perf_counter() - start:.1f}s)"
+            )
 
 
 def main() -> None:
@@ -259,10 +291,22 @@ def main() -> None:
         return dedup_quality(texts, args.pairs, args.sets)
 
     print("\nper step, one core")
-    cfg_filter, cfg_quality, cfg_pii, cfg_dedup = filters.FilterConfig(), quality.QualityConfig(), pii.PIIConfig(), dedup.DedupConfig()
+    cfg_filter, cfg_quality, cfg_pii, cfg_dedup = (
+        filters.FilterConfig(),
+        quality.QualityConfig(),
+        pii.PIIConfig(),
+        dedup.DedupConfig(),
+    )
     timed("rule filters", mb, lambda: [filters.rule_reason(t, "python", cfg_filter) for t in texts])
     parsed = {}
-    timed("parse + readability", mb, lambda: [parsed.__setitem__(i, parse(t, "python")) or quality.quality_reason(t, parsed[i], cfg_quality) for i, t in enumerate(texts)])
+    timed(
+        "parse + readability",
+        mb,
+        lambda: [
+            parsed.__setitem__(i, parse(t, "python")) or quality.quality_reason(t, parsed[i], cfg_quality)
+            for i, t in enumerate(texts)
+        ],
+    )
     if (SHARED / "HumanEval.jsonl.gz").is_file():
         from dscoder.benchmark_files import contaminating_strings
 

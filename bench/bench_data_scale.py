@@ -101,9 +101,23 @@ def module(rng: random.Random, prefix: str, package: str, imports: list[str], bl
     lines.append("\n")
     for _ in range(blocks):
         template = rng.choice(TEMPLATES)
-        lines.append("\n" + template.format(
-            P=prefix, C=prefix.capitalize(), a=word(rng, 2), b=word(rng, 2), x=word(rng, 2), y=word(rng, 2),
-            z=word(rng, 2), w=word(rng), v=word(rng), n=rng.randint(2, 9), m=rng.randint(10, 999)) + "\n")
+        lines.append(
+            "\n"
+            + template.format(
+                P=prefix,
+                C=prefix.capitalize(),
+                a=word(rng, 2),
+                b=word(rng, 2),
+                x=word(rng, 2),
+                y=word(rng, 2),
+                z=word(rng, 2),
+                w=word(rng),
+                v=word(rng),
+                n=rng.randint(2, 9),
+                m=rng.randint(10, 999),
+            )
+            + "\n"
+        )
     return "".join(lines)
 
 
@@ -221,15 +235,26 @@ def run_build(shards: Path, out: Path, workers: int, tree: Path) -> tuple[list[d
     """Build with the code in `tree`: its stage report, the files the spill stage wrote and the
     bytes of dedup keys."""
     start = time.perf_counter()
-    done = subprocess.run([sys.executable, "-c", BUILD, str(shards), str(out), str(workers)], capture_output=True,
-                          text=True, cwd=tree, env={**os.environ, "PYTHONPATH": str(tree)})
+    done = subprocess.run(
+        [sys.executable, "-c", BUILD, str(shards), str(out), str(workers)],
+        capture_output=True,
+        text=True,
+        cwd=tree,
+        env={**os.environ, "PYTHONPATH": str(tree)},
+    )
     if done.returncode:
         sys.exit(f"build with {tree} failed:\n{done.stderr[-3000:]}")
     lines = done.stdout.splitlines()
     report = json.loads(next(line for line in lines if line.startswith("REPORT "))[7:])
-    report.append({"stage": "whole build", "seconds": round(time.perf_counter() - start, 1),
-                   "driver_peak_mb": max(s["driver_peak_mb"] for s in report),
-                   "task_peak_mb": max(s["task_peak_mb"] for s in report), "tasks": sum(s["tasks"] for s in report)})
+    report.append(
+        {
+            "stage": "whole build",
+            "seconds": round(time.perf_counter() - start, 1),
+            "driver_peak_mb": max(s["driver_peak_mb"] for s in report),
+            "task_peak_mb": max(s["task_peak_mb"] for s in report),
+            "tasks": sum(s["tasks"] for s in report),
+        }
+    )
     found = {line.split()[0]: int(line.split()[1]) for line in lines if line.startswith(("SPILL ", "KEYS "))}
     return report, found["SPILL"], found["KEYS"]
 
@@ -255,8 +280,11 @@ def main() -> None:
         trees[args.baseline] = args.dir / "baseline"
         shutil.rmtree(trees[args.baseline], ignore_errors=True)
         subprocess.run(["git", "-C", str(REPO), "worktree", "prune"], check=True)
-        subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", str(trees[args.baseline]), args.baseline],
-                       check=True, capture_output=True)
+        subprocess.run(
+            ["git", "-C", str(REPO), "worktree", "add", "--detach", str(trees[args.baseline]), args.baseline],
+            check=True,
+            capture_output=True,
+        )
     results = {}
     try:
         for label, repos in (("1/10", args.repos // 10), ("all", args.repos)):
@@ -274,43 +302,72 @@ def main() -> None:
                 expected, found = pairwise(truth["clusters"]), pairwise(found_clusters(out))
                 hits = len(expected & found)
                 pair_tasks = next(s["tasks"] for s in report if s["stage"] == "dedup pairs")
-                results[label, name] = {"mb": truth["bytes"] / 1e6, "report": report, "spill_files": spill_files,
-                                        "keys_mb": key_bytes / 1e6 / pair_tasks}
-                print(f"\n{label} of the crawl: {repos:,} repositories in {len(list(shards.glob('*.parquet')))} shards, "
-                      f"{truth['bytes'] / 1e6:,.0f} MB of code, {args.workers} workers, code: {name}")
+                results[label, name] = {
+                    "mb": truth["bytes"] / 1e6,
+                    "report": report,
+                    "spill_files": spill_files,
+                    "keys_mb": key_bytes / 1e6 / pair_tasks,
+                }
+                print(
+                    f"\n{label} of the crawl: {repos:,} repositories in {len(list(shards.glob('*.parquet')))} shards, "
+                    f"{truth['bytes'] / 1e6:,.0f} MB of code, {args.workers} workers, code: {name}"
+                )
                 print(f"  {'stage':20s} {'tasks':>7s} {'seconds':>9s} {'driver MB':>10s} {'largest task MB':>16s}")
                 for s in report:
-                    print(f"  {s['stage']:20s} {s['tasks']:7d} {s['seconds']:9.1f} {s['driver_peak_mb']:10.0f} "
-                          f"{s['task_peak_mb']:16.0f}")
+                    print(
+                        f"  {s['stage']:20s} {s['tasks']:7d} {s['seconds']:9.1f} {s['driver_peak_mb']:10.0f} "
+                        f"{s['task_peak_mb']:16.0f}"
+                    )
                 whole = report[-1]["seconds"]
-                print(f"  spill files: {spill_files:,}; dedup keys: {key_bytes / 1e6:,.0f} MB in {pair_tasks} key range(s)")
-                print(f"  throughput: {truth['bytes'] / 1e6 / whole:.1f} MB/s "
-                      f"({truth['bytes'] / 1e6 / whole / args.workers:.1f} MB/s per worker)")
-                print(f"  dedup against the planted duplicates: precision {hits / len(found) if found else 1.0:.4f}, "
-                      f"recall {hits / len(expected) if expected else 1.0:.4f} ({len(expected):,} planted pairs, "
-                      f"{len(found):,} found)", flush=True)
+                print(
+                    f"  spill files: {spill_files:,}; dedup keys: {key_bytes / 1e6:,.0f} MB in {pair_tasks} key range(s)"
+                )
+                print(
+                    f"  throughput: {truth['bytes'] / 1e6 / whole:.1f} MB/s "
+                    f"({truth['bytes'] / 1e6 / whole / args.workers:.1f} MB/s per worker)"
+                )
+                print(
+                    f"  dedup against the planted duplicates: precision {hits / len(found) if found else 1.0:.4f}, "
+                    f"recall {hits / len(expected) if expected else 1.0:.4f} ({len(expected):,} planted pairs, "
+                    f"{len(found):,} found)",
+                    flush=True,
+                )
                 if not args.keep:
                     shutil.rmtree(out, ignore_errors=True)
     finally:
         if args.baseline:
-            subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(trees[args.baseline])],
-                           capture_output=True)
+            subprocess.run(
+                ["git", "-C", str(REPO), "worktree", "remove", "--force", str(trees[args.baseline])],
+                capture_output=True,
+            )
     for name in trees:
-        small, large = results["1/10", name]["report"][-1]["driver_peak_mb"], results["all", name]["report"][-1]["driver_peak_mb"]
-        print(f"\n{name}: driver peak memory: {small:.0f} MB for a tenth, {large:.0f} MB for all: {large / small:.2f}x for "
-              f"{results['all', name]['mb'] / results['1/10', name]['mb']:.1f}x the input (goal: under 2x)")
+        small, large = (
+            results["1/10", name]["report"][-1]["driver_peak_mb"],
+            results["all", name]["report"][-1]["driver_peak_mb"],
+        )
+        print(
+            f"\n{name}: driver peak memory: {small:.0f} MB for a tenth, {large:.0f} MB for all: {large / small:.2f}x for "
+            f"{results['all', name]['mb'] / results['1/10', name]['mb']:.1f}x the input (goal: under 2x)"
+        )
     if args.baseline:
         print(f"\nbefore ({args.baseline}) and now, all of the crawl:")
         before, now = results["all", args.baseline], results["all", "current"]
-        rows = [("spill files", before["spill_files"], now["spill_files"]),
-                ("dedup keys of a pair task, MB", before["keys_mb"], now["keys_mb"])]
-        rows += [(f"largest {stage} task, MB", stage_peak(before["report"], stage), stage_peak(now["report"], stage))
-                 for stage in ("spilling datasets", "dedup keys", "dedup pairs")]
-        rows.append(("largest task of the build, MB", before["report"][-1]["task_peak_mb"], now["report"][-1]["task_peak_mb"]))
+        rows = [
+            ("spill files", before["spill_files"], now["spill_files"]),
+            ("dedup keys of a pair task, MB", before["keys_mb"], now["keys_mb"]),
+        ]
+        rows += [
+            (f"largest {stage} task, MB", stage_peak(before["report"], stage), stage_peak(now["report"], stage))
+            for stage in ("spilling datasets", "dedup keys", "dedup pairs")
+        ]
+        rows.append(
+            ("largest task of the build, MB", before["report"][-1]["task_peak_mb"], now["report"][-1]["task_peak_mb"])
+        )
         for what, old, new in rows:
             print(f"  {what:34s} {old:10,.0f} {new:10,.0f}  ({new / old if old else float('nan'):.2f}x)")
     if not args.keep:
         shutil.rmtree(args.dir, ignore_errors=True)
+
 
 if __name__ == "__main__":
     main()

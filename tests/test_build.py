@@ -385,8 +385,14 @@ def test_files_that_vanish_while_a_repository_is_read_are_read_again(tmp_path, m
     assert [r["paths"] for r in read_rows(tmp_path / "out" / "data")] == [["keep.py"]]
 
 
-DATASET_ROWS = [{"repo": f"org/r{i % 40}", "path": f"pkg/m{i}.py", "content": f"import pkg.m{max(i - 40, 0)}\n\n"
-                 f"def f{i}(x):\n    return x * {i}\n"} for i in range(400)]
+DATASET_ROWS = [
+    {
+        "repo": f"org/r{i % 40}",
+        "path": f"pkg/m{i}.py",
+        "content": f"import pkg.m{max(i - 40, 0)}\n\ndef f{i}(x):\n    return x * {i}\n",
+    }
+    for i in range(400)
+]
 
 
 def dataset_shards(folder):
@@ -435,7 +441,9 @@ def test_a_spill_file_cut_short_by_a_crash_is_spilled_again_on_resume(tmp_path, 
         build(out, shards, [], [], cfg)
     assert sorted(p.name for p in (out / "work" / "spill").glob("*.spill")) == [f"file-{k:05d}.spill" for k in range(3)]
     spilled = []
-    monkeypatch.setattr(build_module, "spill", lambda path, number, *args: spilled.append(number) or real_spill(path, number, *args))
+    monkeypatch.setattr(
+        build_module, "spill", lambda path, number, *args: spilled.append(number) or real_spill(path, number, *args)
+    )
     build(out, shards, [], [], cfg)
     assert spilled == [2, 3]
     assert corpus_bytes(out) == corpus_bytes(tmp_path / "reference")

@@ -13,8 +13,10 @@ from dscoder.data.dataset_files import bucket_of, read_bucket, spill, spill_skip
 from dscoder.errors import UserError
 from dscoder.repo.collect import CollectConfig
 
-ROWS = [{"repository": f"org/r{i % 37}", "path": f"pkg/m{i}.py", "content": f"def f{i}(x):\n    return x * {i}  # é\n"}
-        for i in range(600)]
+ROWS = [
+    {"repository": f"org/r{i % 37}", "path": f"pkg/m{i}.py", "content": f"def f{i}(x):\n    return x * {i}  # é\n"}
+    for i in range(600)
+]
 BUCKETS = 16
 
 
@@ -44,7 +46,9 @@ def test_one_file_per_dataset_file_and_every_row_comes_back_in_its_repositorys_b
 
 def test_skipped_rows_are_counted_in_the_spill_file(tmp_path):
     shard = tmp_path / "rows.jsonl"
-    shard.write_text("".join(json.dumps(r) + "\n" for r in [*ROWS[:5], {"repository": "org/x", "path": None, "content": "x"}]))
+    shard.write_text(
+        "".join(json.dumps(r) + "\n" for r in [*ROWS[:5], {"repository": "org/x", "path": None, "content": "x"}])
+    )
     target = tmp_path / "file-00000.spill"
     spill(shard, 0, target, 4)
     assert spill_skips(target) == {"dataset_row_missing_field": 1}

@@ -101,7 +101,7 @@ def test_the_bands_follow_the_threshold():
         for num_perm in (64, 128, 256):
             bands, rows = banding(DedupConfig(threshold=threshold, num_perm=num_perm))
             assert bands * rows <= num_perm
-            assert 1 - (1 - threshold ** rows) ** bands >= 0.99
+            assert 1 - (1 - threshold**rows) ** bands >= 0.99
 
 
 def test_forks_just_above_the_threshold_are_found():

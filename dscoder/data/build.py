@@ -34,9 +34,15 @@ import pyarrow.parquet as pq
 
 from dscoder import __version__, artifacts
 from dscoder.config import to_dict
-from dscoder.console import progress
 from dscoder.data import corpus, dedup
-from dscoder.data.dataset_files import check_dataset_file, dataset_bytes, is_dataset_file, read_bucket, spill, spill_skips
+from dscoder.data.dataset_files import (
+    check_dataset_file,
+    dataset_bytes,
+    is_dataset_file,
+    read_bucket,
+    spill,
+    spill_skips,
+)
 from dscoder.data.decontam import build_index, load_index, save_index
 from dscoder.data.dedup import DedupConfig
 from dscoder.data.executors import Executor, default_workers, peak_memory_mb
@@ -51,6 +57,7 @@ log = logging.getLogger("dscoder")
 
 
 # --- planning ------------------------------------------------------------------------------------
+
 
 def resolve_sources(sources: list[Path], repos_in: list[Path]) -> tuple[list[tuple[str, str]], list[str]]:
     """([(path, name)] repositories, [dataset files]) in a stable order; names made unique."""
@@ -69,7 +76,9 @@ def resolve_sources(sources: list[Path], repos_in: list[Path]) -> tuple[list[tup
         elif source.is_dir() or is_archive(source):
             repos.append(source)
         else:
-            raise UserError(f"{source}: not a folder, git repository, archive (.tar, .tar.gz, .zip) or dataset file (.parquet, .jsonl)")
+            raise UserError(
+                f"{source}: not a folder, git repository, archive (.tar, .tar.gz, .zip) or dataset file (.parquet, .jsonl)"
+            )
     named, seen = [], Counter()
     for path in repos:
         name = repository_name(path)
@@ -97,7 +106,9 @@ def prepare(out: Path, identity: dict) -> bool:
             raise UserError(f"{out} already holds a finished corpus (use --force to rebuild it)")
         plan = out / "work" / "plan.json"
         if plan.is_file() and json.loads(plan.read_text(encoding="utf-8"))["identity"] != identity:
-            raise UserError(f"{out} holds an unfinished build with other inputs or settings (use --force to start over)")
+            raise UserError(
+                f"{out} holds an unfinished build with other inputs or settings (use --force to start over)"
+            )
         return True
     if any(out.iterdir()):
         artifacts.check_replaceable(out)
@@ -121,14 +132,20 @@ def spill_dataset(item: dict, work: str, buckets: int) -> float:
 
 
 def plan_units(work: Path, cfg: BuildConfig, repos, datasets, skips: Counter, execute) -> list[dict]:
-    units = [{"kind": "repos", "items": repos[i:i + cfg.run.repos_per_unit]}
-             for i in range(0, len(repos), cfg.run.repos_per_unit)]
+    units = [
+        {"kind": "repos", "items": repos[i : i + cfg.run.repos_per_unit]}
+        for i in range(0, len(repos), cfg.run.repos_per_unit)
+    ]
     if datasets:
         size = sum(dataset_bytes(Path(d)) for d in datasets)
         count = max(1, math.ceil(size / cfg.run.bucket_bytes))
         log.info("spilling %d dataset file(s) into %d bucket(s) by repository", len(datasets), count)
-        execute("spilling datasets", spill_dataset, [{"path": d, "number": k} for k, d in enumerate(datasets)],
-                (str(work), count))
+        execute(
+            "spilling datasets",
+            spill_dataset,
+            [{"path": d, "number": k} for k, d in enumerate(datasets)],
+            (str(work), count),
+        )
         for k in range(len(datasets)):
             skips.update(spill_skips(spill_path(work, k)))
         units += [{"kind": "bucket", "bucket": b, "files": len(datasets)} for b in range(count)]
@@ -138,6 +155,7 @@ def plan_units(work: Path, cfg: BuildConfig, repos, datasets, skips: Counter, ex
 
 
 # --- one unit --------------------------------------------------------------------------------------
+
 
 @lru_cache(maxsize=2)
 def _bench(path: str | None):
@@ -153,8 +171,10 @@ def _read_source(path: Path, name: str, cfg: BuildConfig, skips: Counter):
     one that is gone altogether stops the build rather than leave a smaller corpus."""
     for attempt in range(3):
         if not path.exists():
-            raise UserError(f"{path}: the repository vanished during the build (it was there when the build "
-                            "started); restore it and run the same command again")
+            raise UserError(
+                f"{path}: the repository vanished during the build (it was there when the build "
+                "started); restore it and run the same command again"
+            )
         found: Counter = Counter()
         repo = read_repository(path, cfg.collect, found, name)
         if not found["unreadable"] or attempt == 2:
@@ -185,8 +205,11 @@ def run_unit(unit: dict, cfg: BuildConfig, work: str, bench_path: str | None) ->
             repo_samples, repo_rejects = [], failed_repository(repo, exc, stats)
         samples += repo_samples
         rejects += repo_rejects
-    signatures = np.stack([dedup.signature(s["text"], cfg.dedup) for s in samples]) if samples \
+    signatures = (
+        np.stack([dedup.signature(s["text"], cfg.dedup) for s in samples])
+        if samples
         else np.empty((0, cfg.dedup.num_perm), dtype=np.uint32)
+    )
     digests = np.frombuffer(b"".join(dedup.text_digest(s["text"]) for s in samples), dtype=np.uint8).reshape(-1, 16)
     corpus.write_table(samples, corpus.SAMPLES, unit_path(work, unit["index"], "samples.parquet"))
     corpus.write_table(rejects, corpus.REJECTS, unit_path(work, unit["index"], "rejects.parquet"))
@@ -203,14 +226,17 @@ def run_unit(unit: dict, cfg: BuildConfig, work: str, bench_path: str | None) ->
 # dropped samples and the clusters for the finishing tasks. Nothing in the driver grows with the
 # size of a sample, its signature or its band keys.
 
+
 def _check_visible(work: Path) -> None:
     """A task on a machine that cannot see the build folder stops with one line (a Ray node
     without the shared filesystem), never writes elsewhere."""
     if not work.is_dir():
         import socket
 
-        raise UserError(f"{socket.gethostname()}: cannot see the build folder {work} (every node of a "
-                        "cluster needs it on a shared filesystem at the same path)")
+        raise UserError(
+            f"{socket.gethostname()}: cannot see the build folder {work} (every node of a "
+            "cluster needs it on a shared filesystem at the same path)"
+        )
 
 
 def unit_offsets(work: Path, units: list[dict]) -> np.ndarray:
@@ -246,12 +272,12 @@ def pair_partition(partition: int, cfg: DedupConfig, work: str, units: list[int]
     target = work / "dedup" / f"pairs-{partition:05d}.npy"
     if target.is_file():
         return peak_memory_mb()
-    ranges = [np.load(unit_path(work, index, "bounds.npy"))[partition:partition + 2] for index in units]
+    ranges = [np.load(unit_path(work, index, "bounds.npy"))[partition : partition + 2] for index in units]
     records = np.empty(int(sum(hi - lo for lo, hi in ranges)), dtype=dedup.KEY)
     filled = 0
     for index, (lo, hi) in zip(units, ranges):
         if hi > lo:
-            records[filled:filled + hi - lo] = np.load(unit_path(work, index, "keys.npy"), mmap_mode="r")[lo:hi]
+            records[filled : filled + hi - lo] = np.load(unit_path(work, index, "keys.npy"), mmap_mode="r")[lo:hi]
             filled += hi - lo
     starts = np.asarray(offsets, dtype=np.int64)
     signatures = {}
@@ -284,14 +310,29 @@ def deduplicate(work: Path, units: list[dict], cfg: BuildConfig, execute, offset
         plan = folder / "partitions.json"  # fixed once chosen: the unit key files depend on it
         if not plan.is_file():
             records = n * (dedup.banding(cfg.dedup)[0] + 1)
-            artifacts.write_json(plan, {"partitions": max(1, math.ceil(records * dedup.KEY.itemsize / cfg.run.shuffle_bytes))})
+            artifacts.write_json(
+                plan, {"partitions": max(1, math.ceil(records * dedup.KEY.itemsize / cfg.run.shuffle_bytes))}
+            )
         partitions = json.loads(plan.read_text())["partitions"]
-        log.info("deduplicating %d samples (%d bands x %d rows, threshold %.2f) in %d key range(s)", n,
-                 *dedup.banding(cfg.dedup), cfg.dedup.threshold, partitions)
-        execute("dedup keys", key_unit, [dict(u, offset=int(o)) for u, o in zip(units, offsets)],
-                (cfg.dedup, str(work), partitions))
-        execute("dedup pairs", pair_partition, list(range(partitions)),
-                (cfg.dedup, str(work), [u["index"] for u in units], offsets.tolist()))
+        log.info(
+            "deduplicating %d samples (%d bands x %d rows, threshold %.2f) in %d key range(s)",
+            n,
+            *dedup.banding(cfg.dedup),
+            cfg.dedup.threshold,
+            partitions,
+        )
+        execute(
+            "dedup keys",
+            key_unit,
+            [dict(u, offset=int(o)) for u, o in zip(units, offsets)],
+            (cfg.dedup, str(work), partitions),
+        )
+        execute(
+            "dedup pairs",
+            pair_partition,
+            list(range(partitions)),
+            (cfg.dedup, str(work), [u["index"] for u in units], offsets.tolist()),
+        )
         roots, similarity = dedup.clusters(n, (np.load(folder / f"pairs-{p:05d}.npy") for p in range(partitions)))
     else:
         roots, similarity = np.arange(n), np.zeros(n, dtype=np.float32)
@@ -307,6 +348,7 @@ DROPPED = np.dtype([("member", "<i8"), ("root", "<i8"), ("sim", "<f4")])
 
 
 # --- finish: one task per unit ----------------------------------------------------------------------
+
 
 @lru_cache(maxsize=64)
 def _unit_ids(work: str, index: int) -> list[str]:
@@ -328,7 +370,7 @@ def finish_unit(unit: dict, work: str, out: str, indices: list[int], offsets: li
         return _unit_ids(str(work), indices[u])[g - offsets[u]]
 
     dropped = np.load(work / "dedup" / "dropped.npy", mmap_mode="r")
-    mine = dropped[np.searchsorted(dropped["member"], first):np.searchsorted(dropped["member"], last)]
+    mine = dropped[np.searchsorted(dropped["member"], first) : np.searchsorted(dropped["member"], last)]
     gone = {int(m): (int(r), float(s)) for m, r, s in zip(mine["member"], mine["root"], mine["sim"])}
     stats = Stats()
     rows = pq.read_table(unit_path(work, i, "samples.parquet")).to_pylist()
@@ -344,17 +386,30 @@ def finish_unit(unit: dict, work: str, out: str, indices: list[int], offsets: li
         reason = "exact_duplicate" if sim >= 1.0 else "near_duplicate"
         for language in row["languages"]:
             stats.drop("dedup", reason, language, row["n_chars"] // len(row["languages"]), files=row["n_files"])
-        rejects.append({"repo": row["repo"], "path": ",".join(row["paths"]), "language": ",".join(row["languages"]),
-                        "step": "dedup", "reason": reason, "detail": f"duplicate of {sample_id(root)}", "text": row["text"],
-                        "n_chars": row["n_chars"], "source": row["source"]})
+        rejects.append(
+            {
+                "repo": row["repo"],
+                "path": ",".join(row["paths"]),
+                "language": ",".join(row["languages"]),
+                "step": "dedup",
+                "reason": reason,
+                "detail": f"duplicate of {sample_id(root)}",
+                "text": row["text"],
+                "n_chars": row["n_chars"],
+                "source": row["source"],
+            }
+        )
     if rejects:
         corpus.write_table(rejects, corpus.REJECTS, out / "rejects" / f"part-{i:05d}.parquet")
     grouped = np.load(work / "dedup" / "clusters.npy", mmap_mode="r")
-    rooted = grouped[np.searchsorted(grouped["root"], first):np.searchsorted(grouped["root"], last)]
+    rooted = grouped[np.searchsorted(grouped["root"], first) : np.searchsorted(grouped["root"], last)]
     lines = []
     for root in np.unique(rooted["root"]).tolist():
         members = rooted[rooted["root"] == root]
-        listed = [{"id": sample_id(int(m)), "similarity": round(float(s), 4)} for m, s in zip(members["member"], members["sim"])]
+        listed = [
+            {"id": sample_id(int(m)), "similarity": round(float(s), 4)}
+            for m, s in zip(members["member"], members["sim"])
+        ]
         lines.append(json.dumps({"survivor": sample_id(root), "duplicates": listed}) + "\n")
     stats.counts["duplicate_clusters"] += len(lines)
     artifacts.write_text(unit_path(work, i, "clusters.jsonl"), "".join(lines))
@@ -369,8 +424,12 @@ def finalize(out: Path, work: Path, units: list[dict], skips: Counter, execute, 
         artifacts.make_folder(out / folder)
         artifacts.remove_partials(out / folder)  # what a killed finish left half-written
     indices = [u["index"] for u in units]
-    execute("writing shards", finish_unit, [dict(u, number=k) for k, u in enumerate(units)],
-            (str(work), str(out), indices, offsets))
+    execute(
+        "writing shards",
+        finish_unit,
+        [dict(u, number=k) for k, u in enumerate(units)],
+        (str(work), str(out), indices, offsets),
+    )
     total = Stats()
     total.skipped.update(skips)
     for u in units:
@@ -398,9 +457,17 @@ def _benchmark_strings(files: list[Path]) -> list[tuple[str, str]]:
     return strings
 
 
-def build(out: Path, sources: list[Path], repos_in: list[Path], decontaminate: list[Path], cfg: BuildConfig,
-          engine: str = "local", ray_address: str | None = None, force: bool = False,
-          report: list | None = None) -> Stats:
+def build(
+    out: Path,
+    sources: list[Path],
+    repos_in: list[Path],
+    decontaminate: list[Path],
+    cfg: BuildConfig,
+    engine: str = "local",
+    ray_address: str | None = None,
+    force: bool = False,
+    report: list | None = None,
+) -> Stats:
     """Build (or resume building) the corpus `out` from the sources. `report`, when given,
     receives one dict per stage: its wall time and the peak memory of the driver and of the
     largest task."""
@@ -423,8 +490,14 @@ def build(out: Path, sources: list[Path], repos_in: list[Path], decontaminate: l
             artifacts.publish_dir(out, final)
         return Stats.from_json(json.loads((out / "stats.json").read_text(encoding="utf-8")))
     artifacts.make_folder(work / "units")
-    manifest = {"kind": "corpus", "dscoder_version": __version__, "complete": False, **identity,
-                "engine": engine, "workers": cfg.run.workers or default_workers()}
+    manifest = {
+        "kind": "corpus",
+        "dscoder_version": __version__,
+        "complete": False,
+        **identity,
+        "engine": engine,
+        "workers": cfg.run.workers or default_workers(),
+    }
     artifacts.write_json(out / corpus.MANIFEST, manifest)
 
     bench_path = None
@@ -444,8 +517,14 @@ def build(out: Path, sources: list[Path], repos_in: list[Path], decontaminate: l
         units = plan_units(work, cfg, repos, datasets, skips, execute)
         artifacts.write_json(plan, {"identity": identity, "units": units, "skipped": dict(skips)})
     pending = [u for u in units if not unit_path(work, u["index"], "stats.json").is_file()]
-    log.info("%s: %d repositories, %d dataset file(s), %d units (%d to do)", "resuming" if resuming else "building",
-             len(repos), len(datasets), len(units), len(pending))
+    log.info(
+        "%s: %d repositories, %d dataset file(s), %d units (%d to do)",
+        "resuming" if resuming else "building",
+        len(repos),
+        len(datasets),
+        len(units),
+        len(pending),
+    )
     execute("units", run_unit, pending, (cfg, str(work), bench_path))
 
     offsets = unit_offsets(work, units)

@@ -23,27 +23,31 @@ import pyarrow.parquet as pq
 from dscoder import artifacts
 from dscoder.errors import UserError
 
-SAMPLES = pa.schema([
-    ("id", pa.string()),
-    ("repo", pa.string()),
-    ("paths", pa.list_(pa.string())),
-    ("languages", pa.list_(pa.string())),
-    ("text", pa.string()),
-    ("n_chars", pa.int64()),
-    ("n_files", pa.int32()),
-    ("source", pa.string()),
-])
-REJECTS = pa.schema([
-    ("repo", pa.string()),
-    ("path", pa.string()),
-    ("language", pa.string()),
-    ("step", pa.string()),
-    ("reason", pa.string()),
-    ("detail", pa.string()),
-    ("text", pa.string()),
-    ("n_chars", pa.int64()),
-    ("source", pa.string()),
-])
+SAMPLES = pa.schema(
+    [
+        ("id", pa.string()),
+        ("repo", pa.string()),
+        ("paths", pa.list_(pa.string())),
+        ("languages", pa.list_(pa.string())),
+        ("text", pa.string()),
+        ("n_chars", pa.int64()),
+        ("n_files", pa.int32()),
+        ("source", pa.string()),
+    ]
+)
+REJECTS = pa.schema(
+    [
+        ("repo", pa.string()),
+        ("path", pa.string()),
+        ("language", pa.string()),
+        ("step", pa.string()),
+        ("reason", pa.string()),
+        ("detail", pa.string()),
+        ("text", pa.string()),
+        ("n_chars", pa.int64()),
+        ("source", pa.string()),
+    ]
+)
 MANIFEST = "manifest.json"
 COMPRESSION = "zstd"
 

@@ -26,8 +26,8 @@ from typing import BinaryIO, Iterator
 import numpy as np
 
 from dscoder import artifacts
-from dscoder.repo.collect import CollectConfig, Repository, SourceFile, admit
 from dscoder.errors import UserError
+from dscoder.repo.collect import CollectConfig, Repository, SourceFile, admit
 
 log = logging.getLogger("dscoder")
 
@@ -87,8 +87,11 @@ def iter_rows(path: Path, batch_rows: int = 1024) -> Iterator[tuple[str, str, st
         try:
             reader = pq.ParquetFile(path)
             names = reader.schema_arrow.names
-            columns = [_pick(names, REPO_COLUMNS, "repository", path), _pick(names, PATH_COLUMNS, "path", path),
-                       _pick(names, CONTENT_COLUMNS, "content", path)]
+            columns = [
+                _pick(names, REPO_COLUMNS, "repository", path),
+                _pick(names, PATH_COLUMNS, "path", path),
+                _pick(names, CONTENT_COLUMNS, "content", path),
+            ]
             for batch in reader.iter_batches(batch_size=batch_rows, columns=columns):
                 yield from zip(*(batch.column(c).to_pylist() for c in columns))
         except (OSError, pa.ArrowException) as exc:
@@ -107,15 +110,20 @@ def iter_rows(path: Path, batch_rows: int = 1024) -> Iterator[tuple[str, str, st
                     raise UserError(f"{path}:{number}: not a JSON object") from None
                 if columns is None:
                     names = list(row)
-                    columns = [_pick(names, REPO_COLUMNS, "repository", path), _pick(names, PATH_COLUMNS, "path", path),
-                               _pick(names, CONTENT_COLUMNS, "content", path)]
+                    columns = [
+                        _pick(names, REPO_COLUMNS, "repository", path),
+                        _pick(names, PATH_COLUMNS, "path", path),
+                        _pick(names, CONTENT_COLUMNS, "content", path),
+                    ]
                 yield tuple(row.get(c) for c in columns)
     except (OSError, UnicodeDecodeError, EOFError) as exc:
         raise UserError(f"{path}: unreadable dataset file ({exc})") from None
 
 
 def bucket_of(repo: str, buckets: int) -> int:
-    return int.from_bytes(hashlib.blake2b(repo.encode("utf-8", "surrogatepass"), digest_size=8).digest(), "big") % buckets
+    return (
+        int.from_bytes(hashlib.blake2b(repo.encode("utf-8", "surrogatepass"), digest_size=8).digest(), "big") % buckets
+    )
 
 
 # A spill file: the rows of one dataset file as JSON lines, grouped by bucket, then the index
@@ -139,8 +147,7 @@ def spill(path: Path, number: int, target: Path, buckets: int, flush_bytes: int 
     skips: Counter = Counter()
     waiting: dict[int, list[str]] = defaultdict(list)
     members = array("q")  # (bucket, offset in the scratch file, length) per gzip member
-    with artifacts.output_path(target, force=True) as partial, \
-            tempfile.TemporaryFile(dir=target.parent) as scratch:
+    with artifacts.output_path(target, force=True) as partial, tempfile.TemporaryFile(dir=target.parent) as scratch:
 
         def flush() -> None:
             for bucket in sorted(waiting):
@@ -154,8 +161,13 @@ def spill(path: Path, number: int, target: Path, buckets: int, flush_bytes: int 
             if not isinstance(repo, str) or not isinstance(file_path, str) or not isinstance(content, str):
                 skips["dataset_row_missing_field"] += 1
                 continue
-            record = json.dumps({"r": repo, "p": file_path, "c": content, "o": [number, row_number], "s": str(path)},
-                                ensure_ascii=False) + "\n"
+            record = (
+                json.dumps(
+                    {"r": repo, "p": file_path, "c": content, "o": [number, row_number], "s": str(path)},
+                    ensure_ascii=False,
+                )
+                + "\n"
+            )
             waiting[bucket_of(repo, buckets)].append(record)
             size += len(record)
             if size >= flush_bytes:
@@ -167,7 +179,7 @@ def spill(path: Path, number: int, target: Path, buckets: int, flush_bytes: int 
         np.cumsum(np.bincount(table[:, 0], weights=table[:, 2], minlength=buckets).astype(np.int64), out=offsets[1:])
         skipped = json.dumps(dict(skips)).encode()
         with open(partial, "wb") as out:
-            for bucket, offset, length in table[np.argsort(table[:, 0], kind="stable")].tolist():
+            for _bucket, offset, length in table[np.argsort(table[:, 0], kind="stable")].tolist():
                 scratch.seek(offset)
                 out.write(scratch.read(length))
             out.write(offsets.tobytes())
@@ -209,15 +221,18 @@ def _spilled_rows(path: Path, bucket: int) -> Iterator[dict]:
         with open(path, "rb") as f:
             layout = _spill_layout(f)
             if layout is None:
-                raise UserError(f"{path}: spill file cut short after the build spilled it (the build folder was "
-                                "damaged); start the build over with --force")
+                raise UserError(
+                    f"{path}: spill file cut short after the build spilled it (the build folder was "
+                    "damaged); start the build over with --force"
+                )
             f.seek(layout[0] + 8 * bucket)
             start, end = struct.unpack("<qq", f.read(16))
             f.seek(start)
             data = f.read(end - start)
     except FileNotFoundError:
-        raise UserError(f"{path}: spill file missing (the build folder was damaged); start the build over "
-                        "with --force") from None
+        raise UserError(
+            f"{path}: spill file missing (the build folder was damaged); start the build over with --force"
+        ) from None
     if data:
         for line in gzip.decompress(data).decode("utf-8").split("\n")[:-1]:
             yield json.loads(line)
@@ -241,7 +256,13 @@ def read_bucket(spills: list[Path], bucket: int, cfg: CollectConfig, skips: Coun
                 continue
             seen.add(rel)
             text = row["c"]
-            language = admit(rel, len(text.encode("utf-8", "surrogatepass")), lambda: text[:200].split("\n", 1)[0], cfg, skips)
+            language = admit(
+                rel,
+                len(text.encode("utf-8", "surrogatepass")),
+                lambda text=text: text[:200].split("\n", 1)[0],
+                cfg,
+                skips,
+            )
             if language is None:
                 continue
             if "\x00" in text[:8192]:

@@ -67,7 +67,7 @@ def banding(cfg: DedupConfig) -> tuple[int, int]:
     CANDIDATE_RECALL, using as many of the num_perm values as fit (0.7 and 256: 42 x 6)."""
     for rows in range(cfg.num_perm, 0, -1):
         bands = cfg.num_perm // rows
-        if 1 - (1 - cfg.threshold ** rows) ** bands >= CANDIDATE_RECALL:
+        if 1 - (1 - cfg.threshold**rows) ** bands >= CANDIDATE_RECALL:
             return bands, rows
     return cfg.num_perm, 1
 
@@ -88,7 +88,7 @@ def signature(text: str, cfg: DedupConfig) -> np.ndarray:
     multipliers = _multipliers(cfg.num_perm, cfg.seed)
     with np.errstate(over="ignore"):
         for start in range(0, values.size, 512):  # (512, num_perm) blocks stay in cache
-            block = values[start:start + 512, None] * multipliers[None, :]
+            block = values[start : start + 512, None] * multipliers[None, :]
             np.minimum(out, block.min(axis=0), out=out)
     return (out >> np.uint64(32)).astype(np.uint32)
 
@@ -100,7 +100,7 @@ def text_digest(text: str) -> bytes:
 
 def band_keys(signatures: np.ndarray, band: int, rows: int) -> np.ndarray:
     """One 64-bit key per signature for `band` of `rows` values. (N, num_perm) -> (N,)."""
-    cols = signatures[:, band * rows:(band + 1) * rows].astype(np.uint64)
+    cols = signatures[:, band * rows : (band + 1) * rows].astype(np.uint64)
     key = np.full(cols.shape[0], np.uint64(band + 1), dtype=np.uint64)
     with np.errstate(over="ignore"):
         for j in range(cols.shape[1]):
@@ -177,7 +177,7 @@ def candidate_pairs(records: np.ndarray, rows_fn: Callable[[np.ndarray], np.ndar
     sims = np.ones(len(a), dtype=np.float32)
     near = np.flatnonzero(~exact)
     for start in range(0, len(near), 4096):  # (4096, num_perm) signatures of each side at a time
-        part = near[start:start + 4096]
+        part = near[start : start + 4096]
         sims[part] = estimated_jaccard(rows_fn(a[part]), rows_fn(b[part]))
     keep = sims >= cfg.threshold
     pairs = np.empty(int(keep.sum()), dtype=PAIR)

@@ -38,8 +38,10 @@ def run_local(fn: Callable, units: Sequence, args: tuple, workers: int, desc: st
                 try:
                     results[futures[future]] = future.result()  # re-raises a worker's error
                 except BrokenProcessPool:
-                    raise UserError(f"{desc}: a worker process died (killed, or out of memory); the finished "
-                                    "tasks are kept: run the same command again to resume") from None
+                    raise UserError(
+                        f"{desc}: a worker process died (killed, or out of memory); the finished "
+                        "tasks are kept: run the same command again to resume"
+                    ) from None
                 bar.update()
         return results
     finally:
@@ -78,8 +80,10 @@ def run_ray(fn: Callable, units: Sequence, args: tuple, workers: int, desc: str,
                     raise
                 except ray.exceptions.RayError as exc:  # a worker or node lost more often than retried
                     first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-                    raise UserError(f"{desc}: a task failed 4 times ({first}); the finished tasks are kept: "
-                                    "run the same command again to resume") from None
+                    raise UserError(
+                        f"{desc}: a task failed 4 times ({first}); the finished tasks are kept: "
+                        "run the same command again to resume"
+                    ) from None
                 bar.update(len(done))
         return results
     finally:
@@ -122,8 +126,16 @@ class Executor:
             peaks = run_ray(fn, items, args, self.workers, stage, self.address)
         else:
             peaks = run_local(fn, items, args, self.workers, stage)
-        figures = {"stage": stage, "tasks": len(items), "seconds": round(time.perf_counter() - start, 2),
-                   "driver_peak_mb": round(peak_memory_mb(), 1), "task_peak_mb": round(max(peaks, default=0.0), 1)}
+        figures = {
+            "stage": stage,
+            "tasks": len(items),
+            "seconds": round(time.perf_counter() - start, 2),
+            "driver_peak_mb": round(peak_memory_mb(), 1),
+            "task_peak_mb": round(max(peaks, default=0.0), 1),
+        }
         self.report.append(figures)
-        logging.getLogger("dscoder").info("%(stage)s: %(tasks)d tasks in %(seconds).1f s; peak memory: driver "
-                                          "%(driver_peak_mb).0f MB, largest task %(task_peak_mb).0f MB", figures)
+        logging.getLogger("dscoder").info(
+            "%(stage)s: %(tasks)d tasks in %(seconds).1f s; peak memory: driver "
+            "%(driver_peak_mb).0f MB, largest task %(task_peak_mb).0f MB",
+            figures,
+        )

@@ -62,8 +62,24 @@ _COMMENTS = {
 }
 COMMENT_STYLE = {
     **dict.fromkeys(["python", "shell", "ruby", "perl", "r", "makefile", "dockerfile", "cmake", "julia"], "hash"),
-    **dict.fromkeys(["c", "cpp", "java", "csharp", "javascript", "typescript", "go", "rust",
-                     "kotlin", "scala", "swift", "php", "css"], "c"),
+    **dict.fromkeys(
+        [
+            "c",
+            "cpp",
+            "java",
+            "csharp",
+            "javascript",
+            "typescript",
+            "go",
+            "rust",
+            "kotlin",
+            "scala",
+            "swift",
+            "php",
+            "css",
+        ],
+        "c",
+    ),
     **dict.fromkeys(["sql", "lua", "haskell"], "dash"),
 }
 
@@ -141,7 +157,7 @@ def rule_reason(text: str, language: str | None, cfg: FilterConfig) -> str | Non
             return "html_visible_text"
     if language in ("json", "yaml") and not cfg.min_data_file_chars <= len(text) <= cfg.max_data_file_chars:
         return "json_yaml_size"
-    head = "\n".join(text.split("\n", cfg.generated_marker_lines)[:cfg.generated_marker_lines])
+    head = "\n".join(text.split("\n", cfg.generated_marker_lines)[: cfg.generated_marker_lines])
     if _GENERATED.search(head):
         return "auto_generated"
     share = comment_fraction(text, language)

@@ -31,8 +31,14 @@ def repositories(budget_bytes: int, held_out: tuple[str, ...] = HELD_OUT) -> tup
     train, held, total = [], [], 0
     roots = installed_python_roots()
     for root in roots:
-        for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith((".", "_"))
-                             and p.name not in SKIPPED_DIRS and not p.name.endswith((".dist-info", ".egg-info"))):
+        for folder in sorted(
+            p
+            for p in root.iterdir()
+            if p.is_dir()
+            and not p.name.startswith((".", "_"))
+            and p.name not in SKIPPED_DIRS
+            and not p.name.endswith((".dist-info", ".egg-info"))
+        ):
             if folder.name in held_out and root == roots[0]:
                 held.append(folder)
                 continue

@@ -33,7 +33,7 @@ def _powers(base: np.uint64, n: int) -> np.ndarray:
     with np.errstate(over="ignore"):
         while done < n:
             step = min(done, n - done)
-            np.multiply(out[:step], out[done - 1] * base, out=out[done:done + step])
+            np.multiply(out[:step], out[done - 1] * base, out=out[done : done + step])
             done += step
     return out
 
@@ -71,7 +71,7 @@ def ngram_hashes(words: np.ndarray, n: int) -> np.ndarray:
     with np.errstate(over="ignore"):
         out = words[:count] * _SEED
         for k in range(1, n):
-            out = out * _GRAM_BASE + words[k:k + count]
+            out = out * _GRAM_BASE + words[k : k + count]
         return mix64(out)
 
 

@@ -35,7 +35,10 @@ IPV4 = re.compile(r"(?<![\w.])(?:\d{1,3}\.){3}\d{1,3}(?![\w.])")
 IPV6 = re.compile(r"(?<![\w:.])(?:[0-9A-Fa-f]{0,4}:){2,7}[0-9A-Fa-f]{0,4}(?![\w:.])")
 # Well-known credential formats, each with a literal every match contains (a cheap pre-check).
 KEY_PATTERNS = [
-    ("PRIVATE KEY-----", re.compile(r"-----BEGIN (?:[A-Z]+ )?PRIVATE KEY-----.*?-----END (?:[A-Z]+ )?PRIVATE KEY-----", re.S)),
+    (
+        "PRIVATE KEY-----",
+        re.compile(r"-----BEGIN (?:[A-Z]+ )?PRIVATE KEY-----.*?-----END (?:[A-Z]+ )?PRIVATE KEY-----", re.S),
+    ),
     ("AKIA", re.compile(r"\bAKIA[0-9A-Z]{16}\b")),  # AWS access key id
     ("ASIA", re.compile(r"\bASIA[0-9A-Z]{16}\b")),
     ("gh", re.compile(r"\bgh[pousr]_[A-Za-z0-9]{36,}\b")),  # GitHub token
@@ -97,7 +100,7 @@ def redact(text: str, cfg: PIIConfig, counts: Counter) -> str:
         text = _redact_emails(text, counts)
 
     def replace_ip(match: re.Match) -> str:
-        before = match.string[max(0, match.start() - 20):match.start()].lower()
+        before = match.string[max(0, match.start() - 20) : match.start()].lower()
         if not _public_ip(match.group(0)) or "version" in before or before.endswith("v"):
             return match.group(0)
         counts["ip_address"] += 1
@@ -123,7 +126,7 @@ def _redact_emails(text: str, counts: Counter) -> str:
         match = EMAIL.search(text, start, end + 1)  # + 1: the character after the domain is looked at
         if match:
             counts["email"] += 1
-            pieces += [text[last:match.start()], "<EMAIL>"]
+            pieces += [text[last : match.start()], "<EMAIL>"]
             last = match.end()
         at = text.find("@", max(at + 1, last))
     return "".join(pieces) + text[last:] if pieces else text
@@ -149,12 +152,13 @@ def _redact_assigned(text: str, cfg: PIIConfig, counts: Counter) -> str:
         kind = "password" if re.search(r"passw|pwd", hit.group(0), re.I) else "key"
         looks_secret = (
             len(value) >= (8 if kind == "password" else 16)
-            and re.search(r"\d", value) and re.search(r"[A-Za-z]", value)
+            and re.search(r"\d", value)
+            and re.search(r"[A-Za-z]", value)
             and entropy(value) >= cfg.min_secret_entropy
         )
         if not looks_secret or value.startswith("<"):
             continue
         counts[kind] += 1
-        pieces += [text[last:assigned.start(2)], "<PASSWORD>" if kind == "password" else "<KEY>"]
+        pieces += [text[last : assigned.start(2)], "<PASSWORD>" if kind == "password" else "<KEY>"]
         last = pos = assigned.end(2)
     return "".join(pieces) + text[last:] if pieces else text

@@ -69,13 +69,17 @@ def readability_reason(text: str, cfg: QualityConfig) -> str | None:
         count = len(lines)
     # A data line has at least three commas: most files have too few for a literal table.
     if count >= 20 and text.count(",") // 3 > cfg.max_data_line_fraction * count:
-        data_lines = sum(1 for line in (text.split("\n") if plain else lines)
-                         if line.count(",") >= 3 and is_data_line(line))
+        data_lines = sum(
+            1 for line in (text.split("\n") if plain else lines) if line.count(",") >= 3 and is_data_line(line)
+        )
         if data_lines > cfg.max_data_line_fraction * count:
             return "literal_table"
     if count:  # an encoded line has at least 60 characters: most files have too few such lines
-        long = _long_lines(text, data, cfg.max_encoded_line_fraction * count) if plain \
+        long = (
+            _long_lines(text, data, cfg.max_encoded_line_fraction * count)
+            if plain
             else [line for line in lines if len(line) >= 60]
+        )
         encoded = sum(1 for line in long if _ENCODED_LINE.match(line))
         if encoded > cfg.max_encoded_line_fraction * count:
             return "encoded_data"
@@ -104,7 +108,7 @@ def _long_lines(text: str, data: bytes, at_most: float) -> list[str]:
     long = np.flatnonzero(np.diff(bounds) > 60)
     if long.size <= at_most:
         return []
-    return [text[bounds[i] + 1:bounds[i + 1]] for i in long.tolist()]
+    return [text[bounds[i] + 1 : bounds[i + 1]] for i in long.tolist()]
 
 
 def quality_reason(text: str, parsed: Parsed | None, cfg: QualityConfig) -> str | None:

@@ -53,8 +53,10 @@ def nothing_kept(data: dict) -> str:
     read = sum(data["files_in"].values())
     parts = [f"{data.get('counts', {}).get('repositories', 0):,} repositories, {read:,} files read"]
     if data.get("skipped"):
-        parts.append("not read: " + ", ".join(f"{reason} {n:,}" for reason, n in
-                                               sorted(data["skipped"].items(), key=lambda x: -x[1])))
+        parts.append(
+            "not read: "
+            + ", ".join(f"{reason} {n:,}" for reason, n in sorted(data["skipped"].items(), key=lambda x: -x[1]))
+        )
     by_reason: Counter = Counter()
     for key, files in data["dropped"].items():
         step, reason, _ = key.split("/", 2)
@@ -82,10 +84,14 @@ def report(data: dict) -> str:
     counts = data.get("counts", {})
     files_in, chars_in = sum(data["files_in"].values()), sum(data["chars_in"].values())
     kept_files, kept_chars = sum(data["kept_files"].values()), sum(data["kept_chars"].values())
-    lines.append(f"repositories {counts.get('repositories', 0):,}   samples kept {counts.get('samples_kept', 0):,} "
-                 f"of {counts.get('samples', 0):,}")
-    lines.append(f"files        {files_in:,} read -> {kept_files:,} kept   "
-                 f"({_mb(chars_in)} -> {_mb(kept_chars)} M chars, {100 * kept_chars / max(chars_in, 1):.1f}% kept)")
+    lines.append(
+        f"repositories {counts.get('repositories', 0):,}   samples kept {counts.get('samples_kept', 0):,} "
+        f"of {counts.get('samples', 0):,}"
+    )
+    lines.append(
+        f"files        {files_in:,} read -> {kept_files:,} kept   "
+        f"({_mb(chars_in)} -> {_mb(kept_chars)} M chars, {100 * kept_chars / max(chars_in, 1):.1f}% kept)"
+    )
     if data.get("skipped"):
         lines.append("\nnot read (collect)")
         lines += [f"  {reason:28s} {n:>10,}" for reason, n in sorted(data["skipped"].items(), key=lambda x: -x[1])]
@@ -100,7 +106,7 @@ def report(data: dict) -> str:
         total = sum(r[2] for r in rows)
         lines.append(f"\ndropped at {step}: {total:,} files")
         lines.append(f"  {'rule':24s} {'language':14s} {'files':>10s} {'M chars':>10s}")
-        lines += [f"  {r:24s} {l:14s} {f:>10,} {_mb(c):>10s}" for r, l, f, c in rows]
+        lines += [f"  {r:24s} {lang:14s} {f:>10,} {_mb(c):>10s}" for r, lang, f, c in rows]
     lines.append("\nkept by language")
     lines.append(f"  {'language':14s} {'files':>10s} {'M chars':>10s}")
     for language, files in sorted(data["kept_files"].items(), key=lambda x: -data["kept_chars"].get(x[0], 0)):

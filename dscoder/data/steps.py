@@ -17,15 +17,16 @@ from dscoder.config import AT_LEAST_ONE, NON_NEGATIVE
 from dscoder.data.decontam import BenchmarkIndex, DecontamConfig, match
 from dscoder.data.dedup import DedupConfig
 from dscoder.data.filters import FilterConfig, rule_reason
-from dscoder.repo.parsing import PARSED_LANGUAGES, parse
 from dscoder.data.pii import PIIConfig, redact
 from dscoder.data.quality import QualityConfig, quality_reason
 from dscoder.data.stats import Stats
 from dscoder.repo.collect import CollectConfig, Repository
 from dscoder.repo.dependencies import OrderConfig, analyze
 from dscoder.repo.imports import CodeFile
+from dscoder.repo.parsing import PARSED_LANGUAGES, parse
 
 log = logging.getLogger("dscoder")
+
 
 @dataclass(frozen=True)
 class RunConfig:
@@ -57,8 +58,17 @@ class BuildConfig:
 
 
 def _reject(repo: Repository, f, step: str, reason: str, detail: str = "") -> dict:
-    return {"repo": repo.name, "path": f.path, "language": f.language, "step": step, "reason": reason,
-            "detail": detail, "text": f.text, "n_chars": len(f.text), "source": repo.source}
+    return {
+        "repo": repo.name,
+        "path": f.path,
+        "language": f.language,
+        "step": step,
+        "reason": reason,
+        "detail": detail,
+        "text": f.text,
+        "n_chars": len(f.text),
+        "source": repo.source,
+    }
 
 
 def screen_file(f, cfg: BuildConfig, bench: BenchmarkIndex | None) -> tuple[str, str, str, object]:
@@ -77,8 +87,9 @@ def screen_file(f, cfg: BuildConfig, bench: BenchmarkIndex | None) -> tuple[str,
     return "", "", "", parsed
 
 
-def process_repository(repo: Repository, cfg: BuildConfig, bench: BenchmarkIndex | None,
-                       stats: Stats) -> tuple[list[dict], list[dict]]:
+def process_repository(
+    repo: Repository, cfg: BuildConfig, bench: BenchmarkIndex | None, stats: Stats
+) -> tuple[list[dict], list[dict]]:
     """A repository's samples (dependency-ordered components and file-level samples) and the
     rejects of its files."""
     stats.counts["repositories"] += 1
@@ -109,16 +120,18 @@ def process_repository(repo: Repository, cfg: BuildConfig, bench: BenchmarkIndex
     for number, group in enumerate(groups):
         files = [by_path[p] for p in group]
         text = formats.repo_sample((f.path, f.text) for f in files)  # every file headed by its path
-        samples.append({
-            "id": f"{repo.name}/{number:05d}",
-            "repo": repo.name,
-            "paths": group,
-            "languages": sorted({f.language for f in files}),
-            "text": text,
-            "n_chars": len(text),
-            "n_files": len(files),
-            "source": repo.source,
-        })
+        samples.append(
+            {
+                "id": f"{repo.name}/{number:05d}",
+                "repo": repo.name,
+                "paths": group,
+                "languages": sorted({f.language for f in files}),
+                "text": text,
+                "n_chars": len(text),
+                "n_files": len(files),
+                "source": repo.source,
+            }
+        )
     stats.counts["samples"] += len(samples)
     return samples, rejects
 
