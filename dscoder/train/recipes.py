@@ -155,11 +155,15 @@ def _adapt(hf_model, cfg: TrainConfig, model_dir: Path | None):
     return lora.wrap(hf_model, cfg.lora, cfg.loop.precision, model_dir)
 
 
-def _load_model(folder: Path):
+def _load_model(folder: Path, cfg: TrainConfig | None = None):
+    """The model to train, in float32; a LoRA run's frozen base is read in bf16 when it is held
+    in bf16 or quantized from it (never a float32 copy of every weight first)."""
     import torch
 
-    hf_model, tokenizer = model_lib.load(folder, dtype="float32")
-    return hf_model.to(torch.float32), tokenizer
+    low = cfg is not None and cfg.lora.rank and lora.base_dtype(cfg.lora, cfg.loop.precision) != "float32"
+    dtype = "bfloat16" if low else "float32"
+    hf_model, tokenizer = model_lib.load(folder, dtype=dtype)
+    return hf_model.to(getattr(torch, dtype)), tokenizer
 
 
 def _corpus_data(cfg: TrainConfig, tokenizer, run: Path):
@@ -226,7 +230,7 @@ def pretrain(
         raise UserError("--preset needs --tokenizer DIR")
     check_run(run, cfg, resume, force)
     if model_dir is not None:
-        hf_model, tokenizer = _load_model(model_dir)
+        hf_model, tokenizer = _load_model(model_dir, cfg)
         tokenizer_dir = model_dir
         default_lr = 3e-4
     else:
@@ -290,7 +294,7 @@ def instruct(
     check_run(run, cfg, resume, force)
     if sum(1 for _ in read_conversations(data_file)) == 0:  # every row is checked before anything is written
         raise UserError(f"{data_file}: no conversations")
-    hf_model, tokenizer = _load_model(model_dir)
+    hf_model, tokenizer = _load_model(model_dir, cfg)
     _check_fit(hf_model, tokenizer)
     check_length(cfg, hf_model.config.max_position_embeddings)
     eot = tokenizer.convert_tokens_to_ids(formats.EOT)
