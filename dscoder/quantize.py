@@ -234,13 +234,16 @@ def _integer_path(bits: int, device_type: str) -> bool:
     return bits == 8 and device_type == "cpu"
 
 
+# torch offers its int8 and int4 matrix kernels (CPU and CUDA) only as private aten ops: the
+# `noqa: SLF001` below mark those uses.
 def _int8_product(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
     """x (rows, in) times the int8 weight (out, in), each row's activations quantized on their
     own: (rows, out) float32."""
     x = x.float()
     x_scales = x.abs().amax(dim=-1, keepdim=True).clamp(min=1e-12) / 127  # (rows, 1)
     xq = torch.round(x / x_scales).to(torch.int8)
-    return torch._int_mm(xq, qweight.t()).float() * x_scales * scales  # int32 (rows, out) -> float
+    # int32 (rows, out) -> float
+    return torch._int_mm(xq, qweight.t()).float() * x_scales * scales  # noqa: SLF001
 
 
 def _layout(
@@ -251,19 +254,19 @@ def _layout(
         return qweight, scales.to(dtype)
     q = unpack_int4(qweight)
     if qweight.device.type == "cpu":
-        packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q.to(torch.int32), 1)
+        packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q.to(torch.int32), 1)  # noqa: SLF001
     else:
-        packed = torch.ops.aten._convert_weight_to_int4pack(q[:, 0::2] << 4 | q[:, 1::2], 8)
+        packed = torch.ops.aten._convert_weight_to_int4pack(q[:, 0::2] << 4 | q[:, 1::2], 8)  # noqa: SLF001
     scales_and_zeros = torch.stack([scales.t(), torch.zeros_like(scales).t()], dim=-1)  # (in/G, out, 2)
     return packed, group_size, scales_and_zeros.to(dtype).contiguous()
 
 
 def _kernel(x: torch.Tensor, bits: int, device_type: str, args: tuple) -> torch.Tensor:
     if bits == 8:
-        return torch.ops.aten._weight_int8pack_mm(x, *args)
+        return torch.ops.aten._weight_int8pack_mm(x, *args)  # noqa: SLF001
     if device_type == "cpu":
-        return torch.ops.aten._weight_int4pack_mm_for_cpu(x, *args)
-    return torch.ops.aten._weight_int4pack_mm(x, *args)
+        return torch.ops.aten._weight_int4pack_mm_for_cpu(x, *args)  # noqa: SLF001
+    return torch.ops.aten._weight_int4pack_mm(x, *args)  # noqa: SLF001
 
 
 @functools.cache

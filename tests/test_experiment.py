@@ -9,7 +9,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from conftest import STDLIB
+from conftest import STDLIB, write_tree
 from dscoder.cli import main
 from dscoder.config import apply_overrides
 from dscoder.data.build import build
@@ -208,6 +208,30 @@ def test_every_setting_is_checked_before_the_corpus_is_built(small_corpus, tmp_p
         )
         assert code == 2 and needle in capsys.readouterr().err
         assert not (tmp_path / "x").exists()
+
+
+def test_held_out_data_too_small_for_the_experiment_is_refused_before_any_work(tmp_path, capsys):
+    """A corpus whose held-out repositories cannot give the experiment its cases (FIM holes,
+    repositories with two Python files) is refused before the corpus split and tokenizer are made."""
+    for k in range(9):
+        body = "".join(f"def scale_{k}_{i}(value):\n    return value * {i} + {k}\n\n\n" for i in range(3))
+        write_tree(tmp_path / "src" / f"r{k}", {"only.py": body})
+    build(
+        tmp_path / "corpus",
+        sorted((tmp_path / "src").iterdir()),
+        [],
+        [],
+        apply_overrides(BuildConfig(), {"run.workers": "1"}),
+    )
+    for experiment, needle in (
+        ("fim-rate", "code lines to make FIM holes from; at least 50 are needed"),
+        ("repo-level", "repositories with two or more Python files; this experiment needs at least 8"),
+    ):
+        out = tmp_path / experiment
+        code = main(["experiment", experiment, "--corpus", str(tmp_path / "corpus"), "--out", str(out)])
+        err = capsys.readouterr().err
+        assert code == 2 and needle in err and "Traceback" not in err, err
+        assert not out.exists()
 
 
 def test_a_folder_refused_before_training_takes_the_corrected_command(small_corpus, tmp_path):

@@ -44,3 +44,24 @@ def test_a_file_the_formatter_would_change_is_named(tmp_path):
     assert found.returncode == 1 and "bad.py" in found.stdout
     subprocess.run([ruff, "format", str(bad)], cwd=tmp_path, check=True, capture_output=True)
     assert bad.read_text() == 'x = {"a": 1}\n'
+
+
+def test_a_private_name_used_from_another_module_is_named(tmp_path):
+    """`module._name` (SLF001) and `from module import _name` (PLC2701) are refused outside tests."""
+    ruff = tool("ruff")
+    shutil.copy(ROOT / "pyproject.toml", tmp_path / "pyproject.toml")
+    package = tmp_path / "dscoder"
+    package.mkdir()
+    (package / "a.py").write_text("def _helper():\n    return 1\n\n\ndef public():\n    return _helper()\n")
+    (package / "b.py").write_text("from dscoder import a\n\n\ndef use():\n    return a.public()\n")
+    (package / "c.py").write_text("from dscoder.a import public\n\n\ndef use():\n    return public()\n")
+    clean = subprocess.run([ruff, "check", "dscoder"], cwd=tmp_path, capture_output=True, text=True)
+    assert clean.returncode == 0, clean.stdout
+    (package / "b.py").write_text("from dscoder import a\n\n\ndef use():\n    return a._helper()\n")
+    (package / "c.py").write_text("from dscoder.a import _helper\n\n\ndef use():\n    return _helper()\n")
+    found = subprocess.run(
+        [ruff, "check", "--output-format", "concise", "dscoder"], cwd=tmp_path, capture_output=True, text=True
+    )
+    assert found.returncode == 1
+    assert "b.py:5:12: private-member-access: Private member accessed: `_helper`" in found.stdout, found.stdout
+    assert "c.py:1:23: import-private-name: Private name import `_helper`" in found.stdout, found.stdout

@@ -112,17 +112,14 @@ def fim_cases(
 
 
 def fim_infills(engine: Engine, cases: list[tuple[str, str, str]]) -> list[str]:
-    """The first line each hole is filled with (greedy, PSM prompt), indentation included."""
-    infills = []
-    for start in range(0, len(cases), 8):
-        chunk = cases[start : start + 8]
-        sequences = [
-            Sequence(prompts.insertion(engine, p, s, 40).ids, SamplingParams(max_new_tokens=40, stop=("\n",)))
-            for p, s, _ in chunk
-        ]
-        engine.generate(sequences)
-        infills += [seq.text.split("\n")[0].rstrip() for seq in sequences]
-    return infills
+    """The first line each hole is filled with (greedy, PSM prompt), indentation included. All
+    holes go to the engine at once: its rows are kept full (continuous batching)."""
+    sequences = [
+        Sequence(prompts.insertion(engine, p, s, 40).ids, SamplingParams(max_new_tokens=40, stop=("\n",)))
+        for p, s, _ in cases
+    ]
+    engine.generate(sequences)
+    return [seq.text.split("\n")[0].rstrip() for seq in sequences]
 
 
 def exact_matches(infills: list[str], cases: list[tuple[str, str, str]]) -> np.ndarray:
@@ -150,21 +147,36 @@ def edit_similarity(infills: list[str], cases: list[tuple[str, str, str]]) -> fl
 def fim_line_losses(engine: Engine, cases: list[tuple[str, str, str]], with_suffix: bool = True) -> np.ndarray:
     """(nats, tokens) of each real hole line given its PSM prompt; with `with_suffix=False`,
     given the prefix alone as plain text. (N, 2)"""
-    found = []
+    lengths: list[tuple[int, int]] = []  # (context, middle) tokens of each case
+    rows: list[list[int]] = []
+    for prefix, suffix, line in cases:
+        middle = engine.tokenizer(line + "\n", add_special_tokens=False)["input_ids"]
+        context = (
+            prompts.insertion(engine, prefix, suffix, len(middle))
+            if with_suffix
+            else prompts.completion(engine, prefix, len(middle))
+        ).ids
+        rows.append(context + middle)
+        lengths.append((len(context), len(middle)))
+    # Cases of similar length run together, padded on the right (a causal model's hidden state at
+    # a position never sees the padding after it); the head runs on the hole's positions only.
+    order = sorted(range(len(rows)), key=lambda i: len(rows[i]))
+    losses = [0.0] * len(rows)
+    pad = engine.tokenizer.eos_token_id
+    decoder, head = engine.model.get_decoder(), engine.model.get_output_embeddings()
     with torch.inference_mode():
-        for prefix, suffix, line in cases:
-            middle = engine.tokenizer(line + "\n", add_special_tokens=False)["input_ids"]
-            context = (
-                prompts.insertion(engine, prefix, suffix, len(middle))
-                if with_suffix
-                else prompts.completion(engine, prefix, len(middle))
-            ).ids
-            ids = torch.tensor([context + middle], device=engine.device)
-            logits = engine.model(input_ids=ids).logits[0, len(context) - 1 : -1].float()
-            found.append(
-                (float(torch.nn.functional.cross_entropy(logits, ids[0, len(context) :], reduction="sum")), len(middle))
-            )
-    return np.array(found, dtype=np.float64).reshape(-1, 2)
+        for start in range(0, len(order), 16):
+            chunk = order[start : start + 16]
+            width = len(rows[chunk[-1]])
+            ids = torch.tensor([rows[i] + [pad] * (width - len(rows[i])) for i in chunk], device=engine.device)
+            hidden = decoder(input_ids=ids).last_hidden_state
+            for k, i in enumerate(chunk):
+                context, middle = lengths[i]
+                logits = head(hidden[k, context - 1 : context + middle - 1]).float()
+                losses[i] = float(
+                    torch.nn.functional.cross_entropy(logits, ids[k, context : context + middle], reduction="sum")
+                )
+    return np.array([(loss, middle) for loss, (_, middle) in zip(losses, lengths)], dtype=np.float64).reshape(-1, 2)
 
 
 def fim_line_loss(engine: Engine, cases: list[tuple[str, str, str]], with_suffix: bool = True) -> float:
@@ -238,15 +250,12 @@ def parses(prompt: str, completion: str, finished: bool = False) -> bool:
 
 
 def completion_parse_rate(engine: Engine, texts: list[str]) -> float:
-    ok = 0
-    for start in range(0, len(texts), 8):
-        chunk = texts[start : start + 8]
-        sequences = [
-            Sequence(prompts.completion(engine, p, 96).ids, SamplingParams(max_new_tokens=96, stop=FUNCTION_STOPS))
-            for p in chunk
-        ]
-        engine.generate(sequences)
-        ok += sum(parses(p, s.text, s.finish_reason == "stop") for p, s in zip(chunk, sequences))
+    sequences = [
+        Sequence(prompts.completion(engine, p, 96).ids, SamplingParams(max_new_tokens=96, stop=FUNCTION_STOPS))
+        for p in texts
+    ]
+    engine.generate(sequences)
+    ok = sum(parses(p, s.text, s.finish_reason == "stop") for p, s in zip(texts, sequences))
     return ok / max(len(texts), 1)
 
 

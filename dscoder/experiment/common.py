@@ -18,6 +18,7 @@ import json
 import logging
 import math
 import shutil
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
@@ -100,16 +101,29 @@ def check(cfg: ExperimentConfig, default_minutes: float) -> ExperimentConfig:
 # --- corpus and tokenizer -------------------------------------------------------------------------
 
 
-def prepare(out: Path, experiment: str, cfg: ExperimentConfig, corpus: Path | None, min_held_out: int) -> None:
+def prepare(
+    out: Path,
+    experiment: str,
+    cfg: ExperimentConfig,
+    corpus: Path | None,
+    min_held_out: int,
+    check_held_out: Callable[[list[dict]], object] | None = None,
+) -> None:
     """OUT/corpus and OUT/heldout: built from the installed Python packages (the HELD_OUT
     standard-library packages kept apart), or split by repository from a built `corpus`.
-    OUT/settings.json keeps what decides the figures; a run resuming OUT must give the same."""
+    OUT/settings.json keeps what decides the figures; a run resuming OUT must give the same.
+    `check_held_out` (the experiment's own test of its held-out data: enough FIM holes, enough
+    repositories) sees a given corpus's held-out rows before anything is written."""
     from dscoder.data import corpus as corpus_lib
 
     if corpus is not None and not corpus_lib.is_corpus(corpus):
         raise UserError(f"--corpus {corpus}: not a corpus folder (build one with `dscoder data build`)")
     if corpus is not None and not (out / "stages" / "corpus.json").is_file():
-        held_out_count(corpus, min_held_out)  # refused before anything is written
+        # refused before anything is written
+        rows = _corpus_rows(corpus)
+        held = held_out_repositories(corpus, rows, min_held_out)
+        if check_held_out is not None:
+            check_held_out([r for r in rows if r["repo"] in held])
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out}: exists and is not a folder")
     settings = _same_settings(out, experiment, cfg, corpus)
@@ -202,38 +216,52 @@ def split_corpus(source: Path, train: Path, held: Path, min_held_out: int) -> di
     least `min_held_out`) is held out. Both halves are written as corpus folders."""
     from dscoder.data import corpus as corpus_lib
 
-    rows = list(
-        corpus_lib.iter_rows(source, ("id", "repo", "paths", "languages", "text", "n_chars", "n_files", "source"))
-    )
-    repos = sorted({r["repo"] for r in rows}, key=lambda name: hashlib.blake2b(name.encode(), digest_size=8).digest())
-    held_out = set(repos[: held_out_count(source, min_held_out)])
+    rows = _corpus_rows(source)
+    held_out = held_out_repositories(source, rows, min_held_out)
     for folder, keep in ((train, lambda r: r["repo"] not in held_out), (held, lambda r: r["repo"] in held_out)):
         corpus_lib.write_corpus(folder, [r for r in rows if keep(r)], {"split_from": str(source)})
-    return {"source": str(source), "train": len(repos) - len(held_out), "held_out": sorted(held_out)}
+    return {
+        "source": str(source),
+        "train": len({r["repo"] for r in rows}) - len(held_out),
+        "held_out": sorted(held_out),
+    }
 
 
-def held_out_count(corpus: Path, min_held_out: int) -> int:
-    """How many of the corpus's repositories to hold out; refused when too few are left to train on."""
+def _corpus_rows(corpus: Path) -> list[dict]:
     from dscoder.data import corpus as corpus_lib
 
-    repos = {row["repo"] for row in corpus_lib.iter_rows(corpus, ("repo",))}
+    return list(
+        corpus_lib.iter_rows(corpus, ("id", "repo", "paths", "languages", "text", "n_chars", "n_files", "source"))
+    )
+
+
+def held_out_repositories(corpus: Path, rows: list[dict], min_held_out: int) -> set[str]:
+    """The repositories of `corpus` (its `rows`) held out: every tenth by a hash of its name, at
+    least `min_held_out`; refused when too few are left to train on."""
+    repos = sorted({r["repo"] for r in rows}, key=lambda name: hashlib.blake2b(name.encode(), digest_size=8).digest())
     count = max(min_held_out, len(repos) // 10)
     if len(repos) < count + 1:
         raise UserError(
             f"--corpus {corpus}: {len(repos)} repositories; at least {count + 1} are needed "
             f"({count} held out and one to train on)"
         )
-    return count
+    return set(repos[:count])
 
 
 def heldout_files(out: Path) -> list[tuple[str, str, str]]:
     """(repository, path, text) of every held-out file, in repository order."""
-    from dscoder import formats
     from dscoder.data import corpus as corpus_lib
+
+    return files_of(corpus_lib.iter_rows(out / "heldout", ("repo", "text", "paths")))
+
+
+def files_of(rows: Iterable[dict]) -> list[tuple[str, str, str]]:
+    """(repository, path, text) of every non-blank file of corpus rows, in their order."""
+    from dscoder import formats
 
     return [
         (row["repo"], path, text)
-        for row in corpus_lib.iter_rows(out / "heldout", ("repo", "text", "paths"))
+        for row in rows
         for path, text in formats.split_repo_sample(row["text"], row["paths"])
         if text.strip()
     ]

@@ -37,8 +37,15 @@ MIN_FIM_CASES = 50
 
 def run(out: Path, cfg: ExperimentConfig, corpus: Path | None = None) -> dict:
     cfg = common.check(cfg, DEFAULT_MINUTES)
-    common.prepare(out, "fim-rate", cfg, corpus, min_held_out=1)
-    files = [text for _, _, text in common.heldout_files(out)]
+    common.prepare(
+        out,
+        "fim-rate",
+        cfg,
+        corpus,
+        min_held_out=1,
+        check_held_out=lambda rows: _cases(_texts(common.files_of(rows)), cfg),
+    )
+    files = _texts(common.heldout_files(out))
     cases = _cases(files, cfg)
     steps = common.plan_steps(out, cfg, out / "corpus")
     log.info(
@@ -57,6 +64,10 @@ def run(out: Path, cfg: ExperimentConfig, corpus: Path | None = None) -> dict:
     }
     scores = run_stage(out, common.evaluation_stage(cfg), lambda: _evaluate(models, files, cases, cfg))
     return _report(out, cfg, scores, steps)
+
+
+def _texts(files: list[tuple[str, str, str]]) -> list[str]:
+    return [text for _, _, text in files]
 
 
 def _cases(files: list[str], cfg: ExperimentConfig) -> list[tuple[str, str, str]]:
@@ -82,7 +93,7 @@ def _evaluate(models: dict, files: list[str], cases: list, cfg: ExperimentConfig
     scores: dict = {}
     for (name, seed), folder in models.items():
         log.info("evaluating %s (seed %d)", name, seed)
-        engine = Engine.load(folder, dtype="float32")
+        engine = Engine.load(folder, dtype="float32", rows=32)  # a small preset: 32 rows at once
         infills = measure.fim_infills(engine, cases)
         hole = measure.fim_line_losses(engine, cases)
         scores.setdefault(name, []).append(

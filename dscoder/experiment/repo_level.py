@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import random
+from collections.abc import Iterable
 from dataclasses import asdict
 from pathlib import Path
 
@@ -54,7 +55,7 @@ MAX_WINDOWS = 256  # training-length windows scored per model for the per-token 
 
 def run(out: Path, cfg: ExperimentConfig, corpus: Path | None = None) -> dict:
     cfg = common.check(cfg, DEFAULT_MINUTES)
-    common.prepare(out, "repo-level", cfg, corpus, min_held_out=MIN_REPOSITORIES)
+    common.prepare(out, "repo-level", cfg, corpus, min_held_out=MIN_REPOSITORIES, check_held_out=_repositories)
     repos = _heldout_repositories(out)
     cases = _cases(out, repos, cfg)
     run_stage(out, "variants", lambda: _variants(out, cfg.seed))
@@ -106,12 +107,16 @@ def _variants(out: Path, seed: int) -> dict:
 
 
 def _heldout_repositories(out: Path) -> list[dict]:
-    """Each held-out repository: its samples' files in dependency order, and the names each
-    Python file defines."""
     from dscoder.data import corpus as corpus_lib
 
+    return _repositories(corpus_lib.iter_rows(out / "heldout", ("repo", "text", "paths")))
+
+
+def _repositories(rows: Iterable[dict]) -> list[dict]:
+    """Each held-out repository of corpus rows: its samples' files in dependency order, and the
+    names each Python file defines; refused when fewer than MIN_REPOSITORIES have two Python files."""
     repos: dict[str, dict] = {}
-    for row in corpus_lib.iter_rows(out / "heldout", ("repo", "text", "paths")):
+    for row in rows:
         repo = repos.setdefault(row["repo"], {"name": row["repo"], "samples": [], "defines": {}})
         pairs = formats.split_repo_sample(row["text"], row["paths"])
         repo["samples"].append(pairs)
@@ -158,7 +163,7 @@ def _evaluate(out: Path, models: dict, repos: list[dict], cases: list[dict], cfg
     prompts = None  # the same for every variant: one tokenizer, one context length
     for (name, seed), folder in models.items():
         log.info("evaluating %s (seed %d)", name, seed)
-        engine = Engine.load(folder, dtype="float32")
+        engine = Engine.load(folder, dtype="float32", rows=32)  # a small preset: 32 rows at once
         engine.context = cfg.seq_len  # prompts fitted to the length the variants were trained at
         prompts = prompts or [line_prompt(engine, case) for case in cases]
         cross, rest = _file_losses(engine, repos, cfg.seq_len)

@@ -259,7 +259,8 @@ def _evaluate(
     results: dict[str, dict] = {key: {} for key, _, _ in report.FIGURES}
     for name, folder in models.items():
         log.info("evaluating %s", name)
-        engine = Engine.load(folder, dtype="float32", quantize=quantize)
+        # The models trained here are tiny: 32 rows decode together (a given model keeps the default)
+        engine = Engine.load(folder, dtype="float32", quantize=quantize, rows=None if name == "given" else 32)
         loss = measure.heldout_loss(engine, texts, cfg.seq_len)
         results["heldout_loss"][name] = loss
         results["heldout_perplexity"][name] = math.exp(loss)

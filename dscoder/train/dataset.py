@@ -67,7 +67,7 @@ def parse_source(spec: str) -> tuple[str, float]:
     return spec, 1.0
 
 
-def _tokenizer_fingerprint(tokenizer) -> str:
+def tokenizer_fingerprint(tokenizer) -> str:
     return hashlib.sha256(tokenizer.backend_tokenizer.to_str().encode()).hexdigest()[:16]
 
 
@@ -337,7 +337,7 @@ def corpus_cache(source: str, tokenizer, fim: FIMConfig, seed: int, cfg: DataCon
         "source": str(path.resolve()),
         "corpus_created": (path / "stats.json").stat().st_mtime_ns,
         "corpus_inputs": hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()[:16],
-        "tokenizer": _tokenizer_fingerprint(tokenizer),
+        "tokenizer": tokenizer_fingerprint(tokenizer),
         "fim": asdict(fim),
         "seed": seed,
         "format": 3,

@@ -310,7 +310,7 @@ def instruct(
     key = {
         "source": str(Path(data_file).resolve()),
         "mtime": Path(data_file).stat().st_mtime_ns if Path(data_file).exists() else 0,
-        "tokenizer": dataset._tokenizer_fingerprint(tokenizer),
+        "tokenizer": dataset.tokenizer_fingerprint(tokenizer),
         "format": 2,
     }
     documents = (json.dumps(messages) for messages in read_conversations(data_file))
