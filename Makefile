@@ -18,8 +18,12 @@ $(STAMP): pyproject.toml constraints.txt
 demo: $(STAMP)
 	$(VENV)/bin/dscoder quickstart
 
+# The tests in TEST_WORKERS parallel workers (one test file each at a time, one thread each),
+# then the tests that measure time or speed on this machine (marked `alone`), with nothing beside them
+TEST_WORKERS ?= 2
 test: lint
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile -m "not alone"
+	$(PY) -m pytest -q -m alone
 
 # ruff (lint and format) and the layers contract (.importlinter, docs/design.md): `make test` runs it first
 lint: $(STAMP)

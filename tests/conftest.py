@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sysconfig
 from collections import Counter
 from pathlib import Path
@@ -181,6 +182,21 @@ def tiny_instruct_model(tiny_base_model, small_corpus, tmp_path_factory) -> Path
         == 0
     )
     return folder / "instruct" / "final"
+
+
+def pytest_configure(config):
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        # `make test` runs two workers on two cores: one thread each (torch's threads would
+        # otherwise wait on each other across the workers)
+        for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+            os.environ[name] = "1"
+
+
+def pytest_collection_modifyitems(config, items):
+    """Files with a long test first, so that parallel workers (one file each at a time) end
+    together; each file's tests keep their order."""
+    long = {item.path for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.path not in long)
 
 
 def pytest_terminal_summary(terminalreporter):

@@ -263,14 +263,6 @@ def test_worker_processes_give_the_same_output(tmp_path):
     assert corpus_content(out) == reference
 
 
-def test_ray_gives_the_same_output(tmp_path):
-    pytest.importorskip("ray")
-    reference = uninterrupted(tmp_path, CFG)
-    out = tmp_path / "ray"
-    build(out, stdlib_repos(), [], [], apply_overrides(CFG, {"run.workers": "2"}), engine="ray")
-    assert corpus_content(out) == reference
-
-
 def test_bad_sources(tmp_path, capsys):
     corrupt = tmp_path / "bad.parquet"
     corrupt.write_bytes(b"PAR1 not really parquet")
@@ -513,6 +505,7 @@ def corpus_bytes(out):
     return {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
 
 
+@pytest.mark.slow
 def test_killed_at_ten_points_then_resumed_gives_the_same_bytes(tmp_path):
     """SIGKILL at twelve points of one build, chosen from its progress (units done, dedup keys
     written, duplicates found, units finished), resuming after each: the corpus is byte-identical to an uninterrupted one."""

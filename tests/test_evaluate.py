@@ -229,6 +229,7 @@ ATTACKS = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["bwrap", "unshare"])
 def test_safety_battery(mode, tmp_path, monkeypatch):
     problem = sandbox.problem_with(mode, toolchains.readable_roots())
@@ -643,6 +644,7 @@ def test_eval_run_checks_everything_before_it_writes_and_scores_only_n_samples(
     assert summary["overall"]["samples"] == 2 and summary["overall"]["tasks"] == 2
 
 
+@pytest.mark.alone
 def test_time_limits_hold_on_a_busy_machine(tmp_path):
     """The canonical solutions all pass while two CPU-bound processes run alongside, with a
     time limit that is tight for this machine when it is idle: the limit grows with the load."""
@@ -671,6 +673,7 @@ def test_time_limits_hold_on_a_busy_machine(tmp_path):
     assert summary["load_factor"] > idle_factor * 1.3 and summary["timeout_seconds"] > tight.timeout
 
 
+@pytest.mark.slow
 def test_execute_killed_at_five_points_then_resumed_runs_each_sample_once(tmp_path):
     import signal
     import subprocess

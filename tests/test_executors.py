@@ -11,8 +11,9 @@ import threading
 import time
 
 import pytest
-from test_build import CFG, corpus_bytes, stdlib_repos
+from test_build import CFG, corpus_bytes, corpus_content, stdlib_repos, uninterrupted
 
+from dscoder.config import apply_overrides
 from dscoder.data.build import build
 from dscoder.data.steps import BuildConfig
 from dscoder.errors import UserError
@@ -78,6 +79,7 @@ def cluster():
     subprocess.run([RAY, "stop", "--force"], env=env, capture_output=True, timeout=120)
 
 
+@pytest.mark.slow
 def test_two_nodes_build_the_same_corpus_as_local_processes(cluster, tmp_path):
     import ray
 
@@ -96,6 +98,7 @@ def test_two_nodes_build_the_same_corpus_as_local_processes(cluster, tmp_path):
     }
 
 
+@pytest.mark.slow
 def test_a_worker_killed_mid_task_is_retried_and_the_corpus_is_the_same(cluster, tmp_path):
     import psutil
 
@@ -128,6 +131,20 @@ def test_a_worker_killed_mid_task_is_retried_and_the_corpus_is_the_same(cluster,
     assert {k: v for k, v in corpus_bytes(tmp_path / "out").items() if k != "manifest.json"} == {
         k: v for k, v in corpus_bytes(reference).items() if k != "manifest.json"
     }
+
+
+@pytest.mark.slow
+def test_a_local_ray_build_starts_its_own_instance_beside_a_running_cluster(cluster, tmp_path):
+    """`--engine ray` without an address runs on a Ray instance of its own with `--workers` CPUs,
+    the same corpus as local processes, even where a `ray start` cluster already runs on the
+    machine (Ray would otherwise join that cluster)."""
+    import ray
+
+    reference = uninterrupted(tmp_path, CFG)
+    out = tmp_path / "ray"
+    build(out, stdlib_repos(), [], [], apply_overrides(CFG, {"run.workers": "2"}), engine="ray")
+    assert corpus_content(out) == reference
+    assert not ray.is_initialized()
 
 
 def test_a_node_that_cannot_see_the_build_folder_is_one_line(tmp_path):

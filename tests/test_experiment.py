@@ -67,6 +67,7 @@ def check_report(out, data, plot):
         assert e["verdict"] in (out / "report.md").read_text()
 
 
+@pytest.mark.slow
 def test_fim_rate_end_to_end_and_resumed(small_corpus, tmp_path, few_steps, monkeypatch):
     out = tmp_path / "fim"
     data = fim_rate.run(out, CFG, small_corpus)
@@ -100,6 +101,7 @@ def test_fim_rate_end_to_end_and_resumed(small_corpus, tmp_path, few_steps, monk
     assert two["seeds"] == 2 and "over held-out items and seeds" in (out / "report.md").read_text()
 
 
+@pytest.mark.slow
 def test_repo_level_end_to_end(small_corpus, tmp_path, few_steps):
     out = tmp_path / "repo"
     data = repo_level.run(out, replace(CFG, seq_len=128), small_corpus)

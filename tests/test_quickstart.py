@@ -4,6 +4,8 @@ import json
 import sys
 from collections import namedtuple
 
+import pytest
+
 from dscoder.cli import main
 
 KEYS = (
@@ -17,6 +19,7 @@ KEYS = (
 )
 
 
+@pytest.mark.slow
 def test_quickstart_end_to_end_then_resume_then_existing_model(capsys, tmp_path, monkeypatch):
     out = tmp_path / "qs"
     assert main(["quickstart", "--out", str(out), "--minutes", "0.15", "--corpus-mb", "4"]) == 0
@@ -156,6 +159,7 @@ def test_function_prompts_take_functions_and_methods_out_to_column_0():
     assert len(function_prompts([source], 2, seed=0)) == 2
 
 
+@pytest.mark.alone
 def test_the_training_budget_survives_load_present_only_during_the_probe(small_corpus, trained_tokenizer_dir, tmp_path):
     """Two CPU hogs while the speed probe runs make it plan too few steps; the FIM run then
     re-plans from the speed it measures and uses its budget, instead of stopping early."""
@@ -182,6 +186,7 @@ def test_the_training_budget_survives_load_present_only_during_the_probe(small_c
     assert seconds < 1.25 * 60 * cfg.minutes + 20  # and the budget held (the cap is 1.25 x, plus start-up)
 
 
+@pytest.mark.alone
 def test_a_plan_too_short_to_measure_still_uses_the_budget(small_corpus, trained_tokenizer_dir, tmp_path):
     """A probe slowed so much by load that it plans one step: the run measures its own speed
     from its first steps and goes on until the budget is used, instead of stopping at step 1."""

@@ -237,6 +237,7 @@ def test_concurrent_requests_are_correct(base):
         assert list(pool.map(ask, prompts)) == expected
 
 
+@pytest.mark.alone
 def test_a_client_leaving_mid_stream_frees_the_server(base):
     engine, url, client = base
     with httpx.stream(
@@ -397,6 +398,7 @@ def test_what_one_request_may_ask_is_limited(base):
         thread.join(timeout=10)
 
 
+@pytest.mark.alone
 def test_sigterm_stops_a_busy_server_within_seconds(tiny_base_model):
     """`dscoder serve` with streams in flight (and one client that left mid-stream) stops within
     5 s of SIGTERM; each in-flight request ends with its last chunk or an error, never hangs."""

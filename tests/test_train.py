@@ -78,6 +78,7 @@ def test_lr_follows_warmup_and_the_step_schedule(pretrained):
     assert lrs[40] == pytest.approx(peak * 0.1)  # after 90%
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_bit_identically(small_corpus, trained_tokenizer_dir, tmp_path):
     base = [
         sys.executable,
@@ -113,6 +114,7 @@ def test_killed_run_resumes_bit_identically(small_corpus, trained_tokenizer_dir,
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
 def test_two_processes_match_one_process_with_the_same_global_batch(
     strategy, small_corpus, trained_tokenizer_dir, tmp_path

@@ -12,6 +12,8 @@ from types import SimpleNamespace
 
 import pytest
 
+pytestmark = pytest.mark.alone  # latency policies measured on this machine: nothing may run beside them
+
 from dscoder import tokenizer as tokenizer_lib
 from dscoder.infer import prompts
 from dscoder.infer.engine import Engine, encode_prompt

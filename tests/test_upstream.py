@@ -260,6 +260,7 @@ def test_in_front_of_llama_cpp_python_server(tiny_base_model, tmp_path):
         process.wait(timeout=20)
 
 
+@pytest.mark.alone
 def test_the_front_stops_on_sigterm_as_serve_does(fronted, tiny_base_model, tmp_path):
     """`dscoder serve --upstream` ends on SIGTERM as `dscoder serve` does: no traceback, the
     signal's own exit status (uvicorn raises it again once it has shut down)."""

@@ -58,7 +58,9 @@ def run_ray(fn: Callable, units: Sequence, args: tuple, workers: int, desc: str,
         raise UserError("--engine ray needs Ray: pip install 'dscoder[ray]'") from None
     started_here = not ray.is_initialized()
     if started_here:
-        options = {"address": address} if address else {"num_cpus": workers}
+        # without an address, an instance of its own ("local"): Ray would otherwise join a cluster
+        # that `ray start` left running on this machine
+        options = {"address": address} if address else {"address": "local", "num_cpus": workers}
         try:
             ray.init(log_to_driver=False, include_dashboard=False, **options)
         except ConnectionError as exc:
