@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import need_shared
 from dscoder.cli import main
 from dscoder.evaluate.benchmarks import instruct_completion, tasks
 from dscoder.infer import prompts
@@ -16,6 +17,11 @@ pytest.importorskip("uvicorn")
 from test_server import KEY, start  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "benchmarks"
+
+
+def shared(name: str) -> Path:
+    """A benchmark file of the shared data (the test skips where that folder is absent)."""
+    return need_shared(SHARED / name)
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +42,7 @@ def rows(path: Path) -> dict:
 def test_samples_through_the_server_are_those_of_local_generation(served, tiny_base_model, tmp_path, benchmark):
     """Greedy samples through `dscoder serve` (completions; FIM through `suffix`) equal local
     generation with the same model, raw text and cleaned completion alike."""
-    bench = str(SHARED / benchmark)
+    bench = str(shared(benchmark))
     common = ["--benchmark", bench, "--limit", "4", "--max-new-tokens", "24"]
     assert (
         main(["eval", "generate", "--model", str(tiny_base_model), "--out", str(tmp_path / "local.jsonl"), *common])
@@ -82,7 +88,7 @@ def test_server_mistakes_are_one_line(served, tmp_path, capsys):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         free = s.getsockname()[1]
-    common = ["--benchmark", str(SHARED / "HumanEval.jsonl.gz"), "--limit", "1", "--out", str(tmp_path / "s.jsonl")]
+    common = ["--benchmark", str(shared("HumanEval.jsonl.gz")), "--limit", "1", "--out", str(tmp_path / "s.jsonl")]
     for flags, said in (
         ([f"http://127.0.0.1:{free}/v1"], "cannot reach"),
         ([served, "--api-key", "wrong"], "API key"),
@@ -98,7 +104,7 @@ def test_server_mistakes_are_one_line(served, tmp_path, capsys):
 
 
 def test_instruct_prompts_are_the_released_ones():
-    _, humaneval = tasks(SHARED / "HumanEval.jsonl.gz")
+    _, humaneval = tasks(shared("HumanEval.jsonl.gz"))
     task = humaneval[0]
     turn = prompts.instruct_messages(task)[0]["content"]
     assert turn.startswith(
@@ -107,7 +113,7 @@ def test_instruct_prompts_are_the_released_ones():
         "given code to do completion:\n```python\nfrom typing import List"
     )
     assert turn.endswith(task.record["prompt"].strip() + "\n```")
-    _, mbpp = tasks(SHARED / "mbpp.jsonl")
+    _, mbpp = tasks(shared("mbpp.jsonl"))
     turn = prompts.instruct_messages(mbpp[0])[0]["content"]
     assert turn.startswith(
         "Please refer the given examples and generate a python function for my problem.\n"
@@ -120,11 +126,11 @@ def test_instruct_prompts_are_the_released_ones():
         + "\n"
     )
     with pytest.raises(Exception, match="--chat"):
-        prompts.instruct_messages(tasks(SHARED / "HumanEval-SingleLineInfilling.jsonl.gz")[1][0])
+        prompts.instruct_messages(tasks(shared("HumanEval-SingleLineInfilling.jsonl.gz"))[1][0])
 
 
 def test_code_is_taken_from_the_answer_as_the_released_scripts_do():
-    _, humaneval = tasks(SHARED / "HumanEval.jsonl.gz", chat=True)
+    _, humaneval = tasks(shared("HumanEval.jsonl.gz"), chat=True)
     task = humaneval[0]  # has_close_elements, with `from typing import List` before it
     answer = (
         "Sure:\n```python\ndef has_close_elements(numbers, threshold):\n    return any(abs(a - b) < threshold "
@@ -138,7 +144,7 @@ def test_code_is_taken_from_the_answer_as_the_released_scripts_do():
     exec(program.replace(f"check({task.record['entry_point']})", ""), scope)
     scope["check"](scope["has_close_elements"])  # the program the sandbox runs passes
     assert instruct_completion(task, "no code here") == task.record["prompt"] + "\nno code here"
-    _, mbpp = tasks(SHARED / "mbpp.jsonl")
+    _, mbpp = tasks(shared("mbpp.jsonl"))
     assert instruct_completion(mbpp[0], "x\n```python\ndef f():\n    return 1\n```") == "def f():\n    return 1\n"
     assert instruct_completion(mbpp[0], "def f(): pass") == "def f(): pass"
 
@@ -149,7 +155,7 @@ def test_chat_evaluation_of_an_instruct_model_through_the_server(tiny_instruct_m
     engine = Engine.load(tiny_instruct_model)
     server, thread, url = start(engine)
     try:
-        common = ["--benchmark", str(SHARED / "HumanEval.jsonl.gz"), "--limit", "2", "--max-new-tokens", "16", "--chat"]
+        common = ["--benchmark", str(shared("HumanEval.jsonl.gz")), "--limit", "2", "--max-new-tokens", "16", "--chat"]
         assert (
             main(["eval", "generate", "--model", str(tiny_instruct_model), "--out", str(tmp_path / "l.jsonl"), *common])
             == 0
@@ -175,13 +181,13 @@ def test_chat_evaluation_of_an_instruct_model_through_the_server(tiny_instruct_m
         thread.join(timeout=10)
     local, api = rows(tmp_path / "l.jsonl"), rows(tmp_path / "a.jsonl")
     assert {k: r["raw"] for k, r in local.items()} == {k: r["raw"] for k, r in api.items()}
-    task = tasks(SHARED / "HumanEval.jsonl.gz", chat=True)[1][0]
+    task = tasks(shared("HumanEval.jsonl.gz"), chat=True)[1][0]
     assert local[(task.task_id, 0)]["completion"] == instruct_completion(task, local[(task.task_id, 0)]["raw"])
 
 
 def test_run_json_records_every_choice_and_rerun_repeats_it(tiny_base_model, tmp_path, capsys):
     bench = tmp_path / "he.jsonl"
-    records = [json.loads(line) for line in gzip.open(SHARED / "HumanEval.jsonl.gz", "rt")][:2]
+    records = [json.loads(line) for line in gzip.open(shared("HumanEval.jsonl.gz"), "rt")][:2]
     bench.write_text("".join(json.dumps(r) + "\n" for r in records))
     first, again = tmp_path / "first", tmp_path / "again"
     assert (
@@ -253,7 +259,7 @@ def test_contamination_finds_the_leaked_task(small_corpus, tmp_path, capsys):
     import sysconfig
 
     leaked = (Path(sysconfig.get_paths()["stdlib"]) / "json" / "decoder.py").read_text()[800:1600]
-    records = [json.loads(line) for line in gzip.open(SHARED / "HumanEval.jsonl.gz", "rt")][:3]
+    records = [json.loads(line) for line in gzip.open(shared("HumanEval.jsonl.gz"), "rt")][:3]
     records[1]["canonical_solution"] = leaked
     bench = tmp_path / "bench.jsonl"
     bench.write_text("".join(json.dumps(r) + "\n" for r in records))
@@ -272,7 +278,7 @@ def test_contamination_finds_the_leaked_task(small_corpus, tmp_path, capsys):
 
 def test_instruct_answers_without_a_code_block_are_counted(tiny_instruct_model, tmp_path, capsys):
     bench = tmp_path / "he.jsonl"
-    records = [json.loads(line) for line in gzip.open(SHARED / "HumanEval.jsonl.gz", "rt")][:2]
+    records = [json.loads(line) for line in gzip.open(shared("HumanEval.jsonl.gz"), "rt")][:2]
     bench.write_text("".join(json.dumps(r) + "\n" for r in records))
     assert (
         main(
@@ -392,7 +398,7 @@ def test_a_failed_run_resumes_where_it_stopped(flaky, tmp_path, capsys):
         "--api-base",
         url,
         "--benchmark",
-        str(SHARED / "HumanEval.jsonl.gz"),
+        str(shared("HumanEval.jsonl.gz")),
         "--limit",
         "5",
         "--concurrency",

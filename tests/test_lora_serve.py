@@ -214,12 +214,12 @@ def test_without_adapters_llama_routes_ignore_the_model_name(tiny_base_model):
 def test_eval_scores_an_adapter_by_name(tiny_base_model, folders, server, tmp_path, capsys):
     """`eval generate --api-base URL --api-model a` samples adapter a: the same samples as the
     merged model saved as a folder of its own and evaluated locally."""
-    from test_eval_api import SHARED, rows
+    from test_eval_api import rows, shared
 
     merged = tmp_path / "merged"
     shutil.copytree(tiny_base_model, merged)
     folders[1]["a"].save_pretrained(str(merged))
-    common = ["--benchmark", str(SHARED / "HumanEval.jsonl.gz"), "--limit", "2", "--max-new-tokens", "12"]
+    common = ["--benchmark", str(shared("HumanEval.jsonl.gz")), "--limit", "2", "--max-new-tokens", "12"]
     assert main(["eval", "generate", "--model", str(merged), "--out", str(tmp_path / "local.jsonl"), *common]) == 0
     api = ["eval", "generate", "--api-base", server[0] + "/v1", "--api-key", KEY]
     assert main([*api, "--out", str(tmp_path / "none.jsonl"), *common]) != 0  # three models: which?
