@@ -857,7 +857,8 @@ def test_instruct_answers_run_as_the_released_harness_runs_them(language, tmp_pa
     samples = [{"task_id": task.task_id, "completion": instruct_completion(task, answer)} for answer in (good, bad)]
     execute([task], samples, tmp_path, CFG)
     rows = [json.loads(line) for line in (tmp_path / "results.jsonl").read_text().splitlines()]
-    assert [r["passed"] for r in sorted(rows, key=lambda r: r["completion_id"])] == [True, False], rows
+    rows.sort(key=lambda r: r["completion_id"])
+    assert [r["passed"] for r in rows] == [True, False], [(r["status"], r["error"][-500:]) for r in rows]
 
 
 def test_the_eight_language_suite_reports_each_language_and_their_mean(tmp_path):

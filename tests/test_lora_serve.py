@@ -34,13 +34,14 @@ ADAPTERS = {
 
 
 def make_adapter(model, folder, config, seed=0):
-    """A peft adapter of `model` with random, non-zero lora_B weights (peft starts them at zero)."""
+    """A peft adapter of `model` with random, non-zero lora_B weights (peft starts them at zero),
+    large enough to change a tiny model's greedy answer whatever its base weights."""
     torch.manual_seed(seed)
     tuned = peft.get_peft_model(model, config)
     with torch.no_grad():
         for name, weight in tuned.named_parameters():
             if "lora_B" in name:
-                weight.copy_(torch.randn_like(weight) * 2)
+                weight.copy_(torch.randn_like(weight) * 8)
     tuned.save_pretrained(str(folder))
     return tuned
 
