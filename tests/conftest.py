@@ -193,10 +193,14 @@ def pytest_configure(config):
 
 
 def pytest_collection_modifyitems(config, items):
-    """Files with a long test first, so that parallel workers (one file each at a time) end
-    together; each file's tests keep their order."""
-    long = {item.path for item in items if item.get_closest_marker("slow")}
-    items.sort(key=lambda item: item.path not in long)
+    """The files with the longest tests first (`slow(seconds=...)`, 10 by default), so that parallel
+    workers (one file each at a time) end together; each file's tests keep their order."""
+    weight: Counter = Counter()
+    for item in items:
+        mark = item.get_closest_marker("slow")
+        if mark is not None:
+            weight[item.path] += mark.kwargs.get("seconds", 10)
+    items.sort(key=lambda item: -weight[item.path])
 
 
 def pytest_terminal_summary(terminalreporter):

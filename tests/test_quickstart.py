@@ -19,7 +19,7 @@ KEYS = (
 )
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=200)
 def test_quickstart_end_to_end_then_resume_then_existing_model(capsys, tmp_path, monkeypatch):
     out = tmp_path / "qs"
     assert main(["quickstart", "--out", str(out), "--minutes", "0.15", "--corpus-mb", "4"]) == 0
