@@ -109,7 +109,7 @@ def test_a_toolchain_under_a_private_home_runs_in_every_isolating_mode(tmp_path)
             )
             assert result.returncode == 0, (mode, result.stderr)
             if os.getuid() == 0:
-                assert result.stdout.split()[0] == str(sandbox.BASE_UID)  # not root
+                assert result.stdout.split()[0] == str(sandbox.slot_uid(0)) != "0"  # not root
             if shutil.which("rustc"):
                 assert toolchains.probe("rust", mode) is None
 
@@ -216,3 +216,30 @@ def _read(path):
         return path.read_bytes()
     except OSError:
         return b""
+
+
+def test_a_sandbox_user_id_is_held_by_one_process_at_a_time(tmp_path):
+    """Two evaluations at once (two `eval execute`, parallel test workers) get different user ids
+    for their slots: a fork bomb in one cannot use up the other's process limit, and one's
+    clean-up never reaps the other's programs. An id is free again when its process ends."""
+    import subprocess
+
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "from dscoder.evaluate import sandbox; print(sandbox.slot_uid(0), flush=True); input()"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        held = int(holder.stdout.readline())
+        here = {sandbox.slot_uid(slot) for slot in (0, 1)}
+        assert held not in here and len(here) == 2 and sandbox.slot_uid(0) == sandbox.slot_uid(0)
+    finally:
+        holder.communicate("\n", timeout=30)
+    again = subprocess.run(
+        [sys.executable, "-c", "from dscoder.evaluate import sandbox; print(sandbox.slot_uid(0))"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert int(again.stdout) not in here  # the first free id: the one the holder had, or another free one

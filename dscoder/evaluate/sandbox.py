@@ -10,7 +10,8 @@ Isolation modes (`--sandbox`; `auto` takes the strongest that works here and say
   and /run/lock; no capabilities left to undo it.
 - `none`: the time and resource limits only; programs run as the calling user, unisolated.
 Started as root, bwrap and unshare run each program as an unprivileged user id of its own per
-worker slot (so a fork bomb exhausts only its own slot's process limit). Such a user cannot
+worker slot (so a fork bomb exhausts only its own slot's process limit), held by one process on
+the machine at a time (`slot_uid`: two evaluations at once never share one). Such a user cannot
 enter private folders such as /root, where administrators install pyenv interpreters and
 rustup toolchains: in both modes those folders are replaced by an empty one that shows, read-
 only, only the toolchains programs need (`exposures`). Started by a normal user, programs run as
@@ -21,6 +22,7 @@ processes). Before any sample runs, `choose` checks that the mode starts the int
 from __future__ import annotations
 
 import atexit
+import fcntl
 import logging
 import os
 import resource
@@ -32,6 +34,7 @@ import stat
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from functools import lru_cache
@@ -40,7 +43,7 @@ from pathlib import Path
 from dscoder.errors import UserError
 
 log = logging.getLogger("dscoder")
-BASE_UID = 61000  # sandbox user ids: BASE_UID + worker slot (no account needed)
+BASE_UID = 61000  # the first sandbox user id (no account needed); see slot_uid
 OUTPUT_CAP = 64 * 1024  # bytes of stdout/stderr kept for the result
 MODES = ("auto", "bwrap", "unshare", "none")
 TMP = "/tmp"  # where sample folders live: the sandbox's private /tmp shows them (whatever TMPDIR says)
@@ -273,6 +276,36 @@ def _unshare(workdir: Path, readable: tuple[str, ...], uid: int) -> list[str]:
     return [_tool("unshare"), *namespaces, "--", "/bin/sh", "-c", "\n".join(script), "sandbox"]
 
 
+_slot_uids: dict[int, int] = {}  # this process's worker slot -> the sandbox user id it holds
+_slot_locks: list = []  # their lock files, open (so held) until the process ends
+_slot_guard = threading.Lock()
+
+
+def slot_uid(slot: int) -> int:
+    """The sandbox user id of this process's worker `slot`: the first of BASE_UID, BASE_UID + 1, ...
+    that no other process on the machine holds (an flock on a file per id, released when the
+    process ends), so two evaluations running at once (two `eval execute`, parallel test workers)
+    never count against one user's process limit or have their programs reaped together."""
+    with _slot_guard:
+        if slot in _slot_uids:
+            return _slot_uids[slot]
+        folder = Path(TMP) / f"dscoder-sandbox-uids-{os.getuid()}"
+        folder.mkdir(exist_ok=True)
+        for uid in range(BASE_UID, BASE_UID + 4096):
+            if uid in _slot_uids.values():
+                continue
+            lock = open(folder / f"{uid}.lock", "a")  # held open until the process ends
+            try:
+                fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                lock.close()
+                continue
+            _slot_locks.append(lock)
+            _slot_uids[slot] = uid
+            return uid
+        raise UserError(f"{folder}: all 4096 sandbox user ids are held by other running evaluations")
+
+
 def _wait_until_gone(uid: int, seconds: float = 10.0) -> None:
     """After a kill, wait for the slot's processes to be reaped (a fork bomb takes a moment)."""
     if os.getuid() != 0:
@@ -321,7 +354,7 @@ def run(
 ) -> Run:
     """Run `command` in `workdir` in sandbox `mode` (see `choose`), as the user id of worker
     `slot`; `readable` are the folders the program needs (interpreters, toolchains)."""
-    uid = BASE_UID + slot
+    uid = slot_uid(slot)
     env = {**environment(workdir), **(env or {})}
     if mode == "bwrap":
         full, child_env = _bwrap(workdir, readable, env, uid) + command, {}
@@ -472,7 +505,7 @@ class PythonWorker:
         self.slot, self.readable = slot, readable
         self.root = Path(tempfile.mkdtemp(prefix=f"dscoder-slot{slot}-", dir=TMP))
         os.chmod(self.root, 0o755)  # samples write only in their own folder inside
-        uid = BASE_UID + slot
+        uid = slot_uid(slot)
         script = Path(__file__).with_name("pyworker.py")
         env = {"PATH": environment(self.root)["PATH"], "LANG": "C.UTF-8"}
         if mode == "bwrap":
