@@ -118,6 +118,7 @@ def prepare(
 
     if corpus is not None and not corpus_lib.is_corpus(corpus):
         raise UserError(f"--corpus {corpus}: not a corpus folder (build one with `dscoder data build`)")
+    rows = None  # the given corpus's rows, read once for the checks and the split
     if corpus is not None and not (out / "stages" / "corpus.json").is_file():
         # refused before anything is written
         rows = _corpus_rows(corpus)
@@ -142,7 +143,7 @@ def prepare(
             build(out / "corpus", train, [], [], build_cfg, force=True)
             build(out / "heldout", held, [], [], build_cfg, force=True)
             return {"source": "installed Python packages", "train": len(train), "held_out": [p.name for p in held]}
-        return split_corpus(corpus, out / "corpus", out / "heldout", min_held_out)
+        return split_corpus(corpus, out / "corpus", out / "heldout", min_held_out, rows)
 
     record = run_stage(out, "corpus", build_stage)
     held = record["held_out"] if isinstance(record["held_out"], int) else len(record["held_out"])
@@ -211,12 +212,13 @@ def evaluation_stage(cfg: ExperimentConfig) -> str:
     return "evaluate" if cfg.seeds == 1 else f"evaluate-{cfg.seeds}-seeds"
 
 
-def split_corpus(source: Path, train: Path, held: Path, min_held_out: int) -> dict:
+def split_corpus(source: Path, train: Path, held: Path, min_held_out: int, rows: list[dict] | None = None) -> dict:
     """Split a built corpus by repository: every tenth repository (by a hash of its name, at
-    least `min_held_out`) is held out. Both halves are written as corpus folders."""
+    least `min_held_out`) is held out. Both halves are written as corpus folders. `rows`: the
+    source's rows where the caller has read them already."""
     from dscoder.data import corpus as corpus_lib
 
-    rows = _corpus_rows(source)
+    rows = _corpus_rows(source) if rows is None else rows
     held_out = held_out_repositories(source, rows, min_held_out)
     for folder, keep in ((train, lambda r: r["repo"] not in held_out), (held, lambda r: r["repo"] in held_out)):
         corpus_lib.write_corpus(folder, [r for r in rows if keep(r)], {"split_from": str(source)})
