@@ -174,12 +174,13 @@ class Trainer:
 
     def _replan(self, mark: tuple[int, float] | None, bar) -> tuple[int, float] | None:
         """With a time budget: every few steps, plan the run's length from the speed measured since
-        the last plan, until 70% of the plan is done. Returns where the next measurement starts."""
+        the last plan, until 70% of the budget is used. Returns where the next measurement starts."""
         if not self.loop.budget_minutes:
             return mark
-        if self.step >= self.planned and self.step < 3:  # a plan too short to measure (a probe under load):
-            self._plan(self.elapsed_now() / self.step, bar, at_least=0)  # go on at the speed seen so far
-        if self.step >= 0.7 * self.planned:
+        budget = 60 * self.loop.budget_minutes
+        if self.step >= self.planned and self.elapsed_now() < 0.9 * budget:  # a plan too short (a probe under
+            self._plan(self.elapsed_now() / self.step, bar, at_least=0)  # load): go on at the speed seen so far
+        if self.elapsed_now() >= 0.7 * budget:
             return mark
         now = time.perf_counter()
         if mark is None or self.step < 3:  # the first steps are slow (warm-up): measure after them
