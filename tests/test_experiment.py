@@ -214,7 +214,8 @@ def test_every_setting_is_checked_before_the_corpus_is_built(small_corpus, tmp_p
 
 def test_held_out_data_too_small_for_the_experiment_is_refused_before_any_work(tmp_path, capsys):
     """A corpus whose held-out repositories cannot give the experiment its cases (FIM holes,
-    repositories with two Python files) is refused before the corpus split and tokenizer are made."""
+    repositories with two Python files, long windows) is refused before the corpus split and
+    tokenizer are made."""
     for k in range(9):
         body = "".join(f"def scale_{k}_{i}(value):\n    return value * {i} + {k}\n\n\n" for i in range(3))
         write_tree(tmp_path / "src" / f"r{k}", {"only.py": body})
@@ -228,6 +229,7 @@ def test_held_out_data_too_small_for_the_experiment_is_refused_before_any_work(t
     for experiment, needle in (
         ("fim-rate", "code lines to make FIM holes from; at least 50 are needed"),
         ("repo-level", "repositories with two or more Python files; this experiment needs at least 8"),
+        ("extend", "at most 0 stretches of 513 tokens in one file; at least 16 are needed"),
     ):
         out = tmp_path / experiment
         code = main(["experiment", experiment, "--corpus", str(tmp_path / "corpus"), "--out", str(out)])

@@ -39,7 +39,14 @@ def run(out: Path, cfg: ExperimentConfig, corpus: Path | None = None) -> dict:
         fim_max_chars=cfg.fim_max_chars // FACTOR,
     )
     long = cfg.seq_len
-    common.prepare(out, "extend", cfg, corpus, min_held_out=1)
+    common.prepare(
+        out,
+        "extend",
+        cfg,
+        corpus,
+        min_held_out=1,
+        check_held_out=lambda rows: _enough_text(common.files_of(rows), long),
+    )
     windows = _windows(out, long)
     steps = common.plan_steps(out, short, out / "corpus")
     models: dict[tuple[str, int], Path] = {}
@@ -56,7 +63,6 @@ def run(out: Path, cfg: ExperimentConfig, corpus: Path | None = None) -> dict:
 
 def _windows(out: Path, length: int) -> list[list[int]]:
     from dscoder import tokenizer as tokenizer_lib
-    from dscoder.errors import UserError
 
     tok = tokenizer_lib.load(out / "tokenizer")
     windows: list[list[int]] = []
@@ -65,12 +71,32 @@ def _windows(out: Path, length: int) -> list[list[int]]:
         windows += [ids[i : i + length + 1] for i in range(0, len(ids) - length - 1, length + 1)]
         if len(windows) >= 64:
             break
-    if len(windows) < MIN_WINDOWS:
-        raise UserError(
-            f"the held-out files have {len(windows)} stretches of {length + 1} tokens in one file; "
-            f"at least {MIN_WINDOWS} are needed to score positions up to {length}"
-        )
+    _refuse_if_few(len(windows), length)
     return windows[:64]
+
+
+def _stretches(tokens: int, length: int) -> int:
+    """How many windows of `length` + 1 tokens `_windows` cuts from a file of `tokens` tokens."""
+    return len(range(0, tokens - length - 1, length + 1))
+
+
+def _enough_text(files: list[tuple[str, str, str]], length: int) -> None:
+    """Refuse held-out files that cannot hold MIN_WINDOWS windows whatever the tokenizer: a
+    byte-level BPE token covers at least one byte, so a file's bytes bound its tokens. (The
+    tokenizer, trained later, decides the exact count; `_windows` checks that.)"""
+    most = sum(_stretches(len(text.encode("utf-8")), length) for _, _, text in files)
+    _refuse_if_few(most, length, "at most ")
+
+
+def _refuse_if_few(windows: int, length: int, bound: str = "") -> None:
+    from dscoder.errors import UserError
+
+    if windows < MIN_WINDOWS:
+        raise UserError(
+            f"the held-out files have {bound}{windows} stretches of {length + 1} tokens in one file; "
+            f"at least {MIN_WINDOWS} are needed to score positions up to {length} (lower --seq-len or "
+            "give a corpus with longer held-out files)"
+        )
 
 
 def _scaled(base: Path, folder: Path, positions: int) -> Path:
