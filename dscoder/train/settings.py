@@ -32,8 +32,8 @@ class LoopConfig:
     """Stop (with a checkpoint) after this much wall time in all (resumes included); 0: no limit."""
     budget_minutes: Annotated[float, NON_NEGATIVE] = 0.0
     """Train for about this much wall time: `max_steps` is the first plan, and the plan follows the
-    measured speed until 70% of it is done (the schedule keeps its shape), so load that comes
-    and goes neither cuts the run short nor stretches it; 0: exactly `max_steps`."""
+    measured speed until 70% of the budget is used (the schedule keeps its shape), so load that
+    comes and goes neither cuts the run short nor stretches it; 0: exactly `max_steps`."""
     batch_size: Annotated[int, AT_LEAST_ONE] = 8
     """Sequences per micro-batch on each process."""
     grad_accum: Annotated[int, AT_LEAST_ONE] = 1
