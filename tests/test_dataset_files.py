@@ -46,12 +46,15 @@ def test_one_file_per_dataset_file_and_every_row_comes_back_in_its_repositorys_b
 
 def test_skipped_rows_are_counted_in_the_spill_file(tmp_path):
     shard = tmp_path / "rows.jsonl"
-    shard.write_text(
-        "".join(json.dumps(r) + "\n" for r in [*ROWS[:5], {"repository": "org/x", "path": None, "content": "x"}])
-    )
+    odd = [
+        {"repository": "org/x", "path": None, "content": "x"},
+        {"repository": "org/x", "path": "a.py", "content": "s = '\ud800'\n"},  # a lone surrogate: not text
+        {"repository": "org/\udfff", "path": "b.py", "content": "x = 1\n"},
+    ]
+    shard.write_text("".join(json.dumps(r) + "\n" for r in [*ROWS[:5], *odd]))
     target = tmp_path / "file-00000.spill"
     spill(shard, 0, target, 4)
-    assert spill_skips(target) == {"dataset_row_missing_field": 1}
+    assert spill_skips(target) == {"dataset_row_missing_field": 1, "dataset_row_not_unicode": 2}
     assert sum(len(repo.files) for b in range(4) for repo in read_bucket([target], b, CollectConfig(), Counter())) == 5
 
 

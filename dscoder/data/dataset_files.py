@@ -145,13 +145,13 @@ def spill(path: Path, number: int, target: Path, buckets: int, flush_bytes: int 
     the members are copied into `target` bucket by bucket. Memory stays bounded by
     `flush_bytes` and 24 bytes per member."""
     skips: Counter = Counter()
-    waiting: dict[int, list[str]] = defaultdict(list)
+    waiting: dict[int, list[bytes]] = defaultdict(list)
     members = array("q")  # (bucket, offset in the scratch file, length) per gzip member
     with artifacts.output_path(target, force=True) as partial, tempfile.TemporaryFile(dir=target.parent) as scratch:
 
         def flush() -> None:
             for bucket in sorted(waiting):
-                member = gzip.compress("".join(waiting[bucket]).encode("utf-8"), compresslevel=1, mtime=0)
+                member = gzip.compress(b"".join(waiting[bucket]), compresslevel=1, mtime=0)
                 members.extend((bucket, scratch.tell(), len(member)))
                 scratch.write(member)
             waiting.clear()
@@ -168,7 +168,12 @@ def spill(path: Path, number: int, target: Path, buckets: int, flush_bytes: int 
                 )
                 + "\n"
             )
-            waiting[bucket_of(repo, buckets)].append(record)
+            try:
+                data = record.encode("utf-8")
+            except UnicodeEncodeError:  # a lone surrogate (a JSON "\ud800" escape): not text
+                skips["dataset_row_not_unicode"] += 1
+                continue
+            waiting[bucket_of(repo, buckets)].append(data)
             size += len(record)
             if size >= flush_bytes:
                 flush()
