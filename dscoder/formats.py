@@ -9,6 +9,7 @@ inference engine, the server and the evaluator all render text through this modu
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
@@ -48,6 +49,17 @@ ADDED_TOKENS: tuple[AddedToken, ...] = (
 )
 
 FIMMode = Literal["psm", "spm"]
+
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def well_formed(text: str) -> tuple[str, int]:
+    """`text` with each lone surrogate replaced by U+FFFD, as a UTF-8 encoder replaces it, and how
+    many there were. A JSON "\\ud83d" escape (half of an emoji that an editor's UTF-16 string was
+    cut through) and a byte that is not UTF-8 in a command-line argument (read as "\\udcff") give
+    one; no tokenizer takes such a string."""
+    fixed, count = _LONE_SURROGATE.subn("\ufffd", text)
+    return fixed, count
 
 
 def fim_prompt(prefix: str, suffix: str, mode: FIMMode = "psm") -> str:

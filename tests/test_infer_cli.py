@@ -32,6 +32,22 @@ def test_complete_shows_the_exact_prompt(capsys, tiny_base_model):
     assert streamed == out.split("=== completion ===\n", 1)[1]
 
 
+def test_bytes_that_are_not_utf8_in_a_prompt_are_replaced_with_a_warning(capsys, tiny_base_model, monkeypatch):
+    """A byte that is not UTF-8 in an argument or on standard input reads as a lone surrogate
+    ("\\udcff"), which no tokenizer takes: it is answered as U+FFFD, with a warning naming where."""
+    code, out, err = run(capsys, "complete", "--model", tiny_base_model, "def f():\udcff", "--max-new-tokens", "4")
+    assert code == 0 and "PROMPT: 1 byte(s) that are not UTF-8 text replaced by U+FFFD" in err, err
+    assert run(capsys, "complete", "--model", tiny_base_model, "def f():\ufffd", "--max-new-tokens", "4")[1] == out
+    monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(b"def f():\xff"), "utf-8", "surrogateescape"))
+    code, piped, err = run(capsys, "complete", "--model", tiny_base_model, "-", "--max-new-tokens", "4")
+    assert code == 0 and piped == out and "standard input: 1 byte(s)" in err
+    code, out, err = run(
+        capsys, "infill", "--model", tiny_base_model, "--prefix", "a\udcff", "--suffix", "\udcfe", "--show-prompt"
+    )
+    assert code == 0 and "--prefix: 1 byte(s)" in err and "--suffix: 1 byte(s)" in err
+    assert shown_prompt(out) == formats.fim_prompt("a\ufffd", "\ufffd")
+
+
 def test_infill_at_a_cursor_in_a_file(capsys, tiny_base_model, tmp_path):
     source = tmp_path / "calc.py"
     source.write_text("def area(r):\n    pi = 3.14\n    return pi * r * r\n")

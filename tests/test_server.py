@@ -281,6 +281,33 @@ def test_every_endpoint_reports_an_over_long_prompt_the_same_way(base):
     assert suffixed.usage.prompt_tokens <= engine.context - 4
 
 
+def test_half_of_a_surrogate_pair_is_answered_as_the_replacement_character(base):
+    """An editor's text cut through an emoji is sent as a lone JSON escape ("\\ud83d"); each
+    endpoint answers it as U+FFFD, as a UTF-8 encoder would send it, instead of a server error."""
+    engine, url, _ = base
+    headers = {"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"}
+    bodies = {
+        "/v1/completions": '{"prompt": "def f():  # %s", "max_tokens": 4, "temperature": 0}',
+        "/v1/chat/completions": '{"messages": [{"role": "user", "content": "hi %s"}], "max_tokens": 4, '
+        '"temperature": 0}',
+        "/completion": '{"prompt": "x = %s", "n_predict": 4, "temperature": 0}',
+        "/infill": '{"input_prefix": "s = \'%s", "input_suffix": "\'\\n", "n_predict": 4}',
+        "/tokenize": '{"content": "x%s"}',
+    }
+    for path, body in bodies.items():
+        lone = httpx.post(url + path, content=(body % "\\ud83d").encode(), headers=headers)
+        replaced = httpx.post(url + path, content=(body % "\\ufffd").encode(), headers=headers)
+        assert lone.status_code == 200, (path, lone.text)
+
+        def answer(response):
+            data = response.json()
+            for key in ("id", "created", "timings", "tokens_cached"):  # the second one reuses the cache
+                data.pop(key, None)
+            return data
+
+        assert answer(lone) == answer(replaced), path
+
+
 def test_bad_values_are_400s_that_name_the_parameter(base):
     engine, url, client = base
     headers = {"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"}

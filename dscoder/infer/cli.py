@@ -29,6 +29,17 @@ def _engine(args: argparse.Namespace, adapters=None):
     )
 
 
+def _text(value: str, what: str) -> str:
+    """A prompt given on the command line or standard input, with characters that are not text (a
+    byte that is not UTF-8 reads as a lone surrogate) replaced by U+FFFD, and a warning."""
+    from dscoder import formats
+
+    fixed, count = formats.well_formed(value)
+    if count:
+        log.warning("%s: %d byte(s) that are not UTF-8 text replaced by U+FFFD", what, count)
+    return fixed
+
+
 def _params(args: argparse.Namespace, engine):
     return SamplingParams(
         max_new_tokens=args.max_new_tokens,
@@ -65,7 +76,7 @@ def cmd_complete(args: argparse.Namespace) -> int:
     from dscoder.infer import prompts
 
     engine = _engine(args)
-    text = sys.stdin.read() if args.prompt == "-" else args.prompt
+    text = _text(sys.stdin.read(), "standard input") if args.prompt == "-" else _text(args.prompt, "PROMPT")
     _generate(args, engine, prompts.completion(engine, text, args.max_new_tokens))
     return 0
 
@@ -84,7 +95,7 @@ def cmd_infill(args: argparse.Namespace) -> int:
             raise UserError(f"{args.file}: cannot be read ({exc})") from None
         prefix, suffix = prompts.split_at_cursor(text, args.line, args.column)
     elif args.prefix is not None:
-        prefix, suffix = args.prefix, args.suffix or ""
+        prefix, suffix = _text(args.prefix, "--prefix"), _text(args.suffix or "", "--suffix")
     else:
         raise UserError("give --prefix/--suffix or --file/--line")
     if is_instruct(engine.tokenizer):
@@ -109,9 +120,9 @@ def cmd_chat(args: argparse.Namespace) -> int:
     engine = _engine(args)
     if not is_instruct(engine.tokenizer):
         log.warning("%s is a base model: it was not tuned for chat, answers may ramble", engine.name)
-    messages = [{"role": "system", "content": args.system}] if args.system else []
+    messages = [{"role": "system", "content": _text(args.system, "--system")}] if args.system else []
     if args.message is not None:
-        messages.append({"role": "user", "content": args.message})
+        messages.append({"role": "user", "content": _text(args.message, "--message")})
         _generate(args, engine, prompts.chat(engine, messages, args.max_new_tokens))
         return 0
     print(
@@ -131,7 +142,7 @@ def cmd_chat(args: argparse.Namespace) -> int:
         if line.strip() == "/reset":
             messages = messages[:1] if args.system else []
             continue
-        messages.append({"role": "user", "content": line})
+        messages.append({"role": "user", "content": _text(line, "your message")})
         try:
             answer = _generate(args, engine, prompts.chat(engine, messages, args.max_new_tokens))
         except UserError as exc:

@@ -28,6 +28,7 @@ from dscoder.infer import prompts
 from dscoder.infer.engine import Sequence
 from dscoder.infer.http_common import (
     APIError,
+    Body,
     adapter_for,
     bounded,
     check_prompt_ms,
@@ -60,7 +61,7 @@ class AnyContentType(APIRoute):
 router = APIRouter(route_class=AnyContentType)
 
 
-class _Sampling(BaseModel):
+class _Sampling(Body):
     model_config = ConfigDict(extra="ignore")
     model: str | None = None  # with serve --lora: the adapter's name (or the base's); ignored without
     n_predict: int | None = None  # -1: as many as the server gives
@@ -117,13 +118,13 @@ class InfillBody(_Sampling):
     editor_rules: bool = True  # an extension: false gives the raw FIM output (until EOS or n_predict)
 
 
-class TokenizeBody(BaseModel):
+class TokenizeBody(Body):
     content: str
     add_special: bool = False
     with_pieces: bool = False
 
 
-class DetokenizeBody(BaseModel):
+class DetokenizeBody(Body):
     tokens: list[int]
 
 

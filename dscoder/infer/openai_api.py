@@ -43,6 +43,7 @@ from dscoder.infer import prompts
 from dscoder.infer.engine import Sequence, is_instruct
 from dscoder.infer.http_common import (
     APIError,
+    Body,
     adapter_for,
     bounded,
     check_prompt_ms,
@@ -67,7 +68,7 @@ class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
-class _Common(BaseModel):
+class _Common(Body):
     model_config = ConfigDict(extra="ignore")
     model: str | None = None
     temperature: float = bounded(1.0, "temperature")
