@@ -340,6 +340,11 @@ def test_refusals(pretrained, small_corpus, trained_tokenizer_dir, deepseek_toke
         ["train", "instruct", "--model", str(pretrained / "final"), "--data", str(bad), "--out", str(tmp_path / "e")],
         "bad.jsonl:1",
     )
+    bad.write_text('{"instruction": "a", "output": "b"}\n{"instruction": "cut \\ud83d", "output": "c"}\n')
+    refused(
+        ["train", "instruct", "--model", str(pretrained / "final"), "--data", str(bad), "--out", str(tmp_path / "e")],
+        "bad.jsonl:2: holds half of a surrogate pair",
+    )
 
 
 def test_activation_checkpointing_gives_the_same_losses(small_corpus, trained_tokenizer_dir, tmp_path):

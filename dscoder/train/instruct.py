@@ -47,9 +47,13 @@ def read_conversations(path: str | Path) -> Iterator[list[dict]]:
             if not any(isinstance(m, dict) and m.get("role") == "assistant" for m in messages):
                 raise UserError(f"{path}:{number}: no assistant message to learn from")
             try:
-                formats.render_chat(messages)
+                rendered = formats.render_chat(messages)
             except ValueError as exc:
                 raise UserError(f"{path}:{number}: {exc}") from None
+            if formats.well_formed(rendered)[1]:
+                raise UserError(
+                    f"{path}:{number}: holds half of a surrogate pair (a lone \\ud800-\\udfff escape), not text"
+                )
             yield messages
 
 
