@@ -293,7 +293,9 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
     print(f"\nreport     {args.out / 'report.md'}  (figures in {args.out / 'report.json'})")
     for name, folder in data["models"].items():
         print(f"model      {name:10s} {folder}")
-    print(f"corpus     {args.out / 'corpus'}")
+    if (args.out / "corpus").is_dir():
+        print(f"corpus     {args.out / 'corpus'}")
+    print(f"held out   {args.out / 'heldout'}")
     if (args.out / "tokenizer").is_dir():
         print(f"tokenizer  {args.out / 'tokenizer'}")
     print("seconds    " + ", ".join(f"{k} {v:.0f}" for k, v in data["seconds"].items()))

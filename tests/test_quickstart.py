@@ -68,6 +68,8 @@ def test_quickstart_end_to_end_then_resume_then_existing_model(capsys, tmp_path,
     )
     data = json.loads((given / "report.json").read_text())
     assert set(data["heldout_loss"]) == {"given"} and not (given / "tokenizer").exists()
+    assert not (given / "corpus").exists()  # evaluated only: no training corpus built
+    assert "Evaluated on installed Python packages: " in (given / "report.md").read_text()
     assert data["examples"]["server"]["output"].startswith("skipped: serving needs the 'serve' extra")
     assert data["examples"]["chat"]["output"]
 

@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from dscoder import artifacts
+from dscoder import artifacts, formats
 from dscoder.errors import UserError
 
 SAMPLES = pa.schema(
@@ -105,3 +105,19 @@ def iter_texts(path: str | Path, batch_rows: int = 256) -> Iterator[str]:
     """Sample texts of a corpus, shard by shard, in order."""
     for row in iter_rows(path, ("text",), batch_rows):
         yield row["text"]
+
+
+def files_of(rows: Iterable[dict]) -> list[tuple[str, str, str]]:
+    """(repository, path, text) of every non-blank file of corpus rows (their repo, text and paths
+    columns), in their order."""
+    return [
+        (row["repo"], path, text)
+        for row in rows
+        for path, text in formats.split_repo_sample(row["text"], row["paths"])
+        if text.strip()
+    ]
+
+
+def files(path: str | Path) -> list[tuple[str, str, str]]:
+    """(repository, path, text) of every non-blank file of a corpus, in its order."""
+    return files_of(iter_rows(path, ("repo", "text", "paths")))

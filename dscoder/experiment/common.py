@@ -18,7 +18,7 @@ import json
 import logging
 import math
 import shutil
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
@@ -254,19 +254,7 @@ def heldout_files(out: Path) -> list[tuple[str, str, str]]:
     """(repository, path, text) of every held-out file, in repository order."""
     from dscoder.data import corpus as corpus_lib
 
-    return files_of(corpus_lib.iter_rows(out / "heldout", ("repo", "text", "paths")))
-
-
-def files_of(rows: Iterable[dict]) -> list[tuple[str, str, str]]:
-    """(repository, path, text) of every non-blank file of corpus rows, in their order."""
-    from dscoder import formats
-
-    return [
-        (row["repo"], path, text)
-        for row in rows
-        for path, text in formats.split_repo_sample(row["text"], row["paths"])
-        if text.strip()
-    ]
+    return corpus_lib.files(out / "heldout")
 
 
 # --- training ---------------------------------------------------------------------------------------

@@ -31,6 +31,8 @@ MODELS = ("as_is", "scaled", "extended")
 
 
 def run(out: Path, cfg: ExperimentConfig, corpus: Path | None = None) -> dict:
+    from dscoder.data import corpus as corpus_lib
+
     cfg = common.check(cfg, DEFAULT_MINUTES)
     short = replace(
         cfg,
@@ -45,7 +47,7 @@ def run(out: Path, cfg: ExperimentConfig, corpus: Path | None = None) -> dict:
         cfg,
         corpus,
         min_held_out=1,
-        check_held_out=lambda rows: _enough_text(common.files_of(rows), long),
+        check_held_out=lambda rows: _enough_text(corpus_lib.files_of(rows), long),
     )
     windows = _windows(out, long)
     steps = common.plan_steps(out, short, out / "corpus")

@@ -36,6 +36,8 @@ MIN_FIM_CASES = 50
 
 
 def run(out: Path, cfg: ExperimentConfig, corpus: Path | None = None) -> dict:
+    from dscoder.data import corpus as corpus_lib
+
     cfg = common.check(cfg, DEFAULT_MINUTES)
     common.prepare(
         out,
@@ -43,7 +45,7 @@ def run(out: Path, cfg: ExperimentConfig, corpus: Path | None = None) -> dict:
         cfg,
         corpus,
         min_held_out=1,
-        check_held_out=lambda rows: _cases(_texts(common.files_of(rows)), cfg),
+        check_held_out=lambda rows: _cases(_texts(corpus_lib.files_of(rows)), cfg),
     )
     files = _texts(common.heldout_files(out))
     cases = _cases(files, cfg)

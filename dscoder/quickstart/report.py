@@ -78,8 +78,10 @@ def write(out: Path, data: dict) -> None:
     lines = [
         "# dscoder quickstart",
         "",
-        f"Corpus: {len(data['corpus'].get('train_repositories', []))} installed Python packages "
-        f"(held out for evaluation: {', '.join(data['corpus'].get('held_out', []))}).",
+        f"Corpus: {len(data['corpus']['train_repositories'])} installed Python packages "
+        f"(held out for evaluation: {', '.join(data['corpus'].get('held_out', []))})."
+        if "train_repositories" in data["corpus"]
+        else f"Evaluated on installed Python packages: {', '.join(data['corpus'].get('held_out', []))}.",
         "",
         "| figure | " + " | ".join(names) + " |",
         "|---|" + "---|" * len(names),

@@ -95,8 +95,10 @@ def run(
     def corpus_stage():
         train, held = repositories(cfg.corpus_mb * 1_000_000)
         data_cfg = apply_overrides(BuildConfig(), {"order.max_sample_chars": "400000"})
-        build(out / "corpus", train, [], [], data_cfg, force=True)
         build(out / "heldout", held, [], [], data_cfg, force=True)
+        if model is not None:  # a given model is only evaluated: no training corpus
+            return {"held_out": [p.name for p in held]}
+        build(out / "corpus", train, [], [], data_cfg, force=True)
         return {"train_repositories": [p.name for p in train], "held_out": [p.name for p in held]}
 
     corpus = run_stage(out, "corpus", corpus_stage, seconds)
@@ -131,15 +133,9 @@ def run(
 
 def _heldout_files(folder: Path) -> list[str]:
     """The held-out Python files, one text each, taken out of their repository samples."""
-    from dscoder import formats
     from dscoder.data import corpus
 
-    return [
-        text
-        for row in corpus.iter_rows(folder, ("text", "paths"))
-        for _, text in formats.split_repo_sample(row["text"], row["paths"])
-        if text.strip()
-    ]
+    return [text for _, _, text in corpus.files(folder)]
 
 
 def _train_all(out: Path, cfg: QuickstartConfig, seconds: dict) -> dict[str, Path]:
