@@ -190,8 +190,8 @@ def test_the_training_budget_survives_load_present_only_during_the_probe(small_c
     result = pretrain(tmp_path / "run", resolve("pretrain", None, overrides), trained_tokenizer_dir, "tiny", None)
     seconds = time.monotonic() - start
     state = torch.load(checkpoint.latest(tmp_path / "run") / checkpoint.STATE, weights_only=False)
-    assert result["step"] > planned, (result["step"], planned)  # the plan followed the real speed
-    assert state["elapsed"] > 0.85 * 60 * cfg.minutes, (state["elapsed"], result["step"], planned)  # the budget used
+    # the plan followed the real speed: the budget is used (with the probe's plan, about half of it)
+    assert state["elapsed"] > 0.85 * 60 * cfg.minutes, (state["elapsed"], result["step"], planned)
     assert seconds < 1.25 * 60 * cfg.minutes + 20  # and held (the cap is 1.25 x, plus start-up)
 
 
