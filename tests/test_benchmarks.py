@@ -938,6 +938,24 @@ def test_leetcode_prompt_and_chain_of_thought():
         prompts.instruct_messages(humaneval[0], cot=True)
 
 
+def test_a_benchmark_row_with_half_a_surrogate_pair_is_refused_before_anything_is_written(
+    tiny_base_model, tmp_path, capsys
+):
+    """A lone `\\ud83d` escape in a row (no tokenizer takes it) is named with its row and field
+    before any sample is generated, instead of a traceback and a half-written folder."""
+    import gzip
+
+    rows = [json.loads(line) for line in gzip.open(need_shared(BENCH / "HumanEval.jsonl.gz"), "rt")][:3]
+    rows[1]["prompt"] += "# \ud83d\n"
+    bad = tmp_path / "he.jsonl"
+    bad.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "out"
+    assert main(["eval", "run", "--model", str(tiny_base_model), "--benchmark", str(bad), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "row 2 (HumanEval/1): 'prompt' holds half of a surrogate pair" in err and "Traceback" not in err, err
+    assert not out.exists()
+
+
 def test_bad_leetcode_rows_and_flags_are_refused_before_anything_is_written(tiny_instruct_model, tmp_path, capsys):
     rows = [json.loads(line) for line in need_shared(LEETCODE).read_text().splitlines()[:3]]
     del rows[1]["test"]
