@@ -242,18 +242,14 @@ def pretrain(
     _check_fit(hf_model, tokenizer)
     check_length(cfg, hf_model.config.max_position_embeddings)
     hf_model = _adapt(hf_model, cfg, model_dir)
-    world, resume_from = _setup(run, cfg, resume, force)
-    local_tokenizer = _main_first(world, lambda: artifacts.copy_tokenizer(tokenizer_dir, run / "tokenizer"))
-    folders, weights = _main_first(world, lambda: _corpus_data(cfg, tokenizer, run))
-    return _run(
+    return _train_on_corpora(
         run,
         cfg,
-        world,
         hf_model,
-        local_tokenizer,
-        folders,
-        weights,
-        resume_from,
+        tokenizer,
+        tokenizer_dir,
+        resume,
+        force,
         cfg.optim.lr or default_lr,
         {"preset": preset, "model": str(model_dir) if model_dir else None, "tokenizer": str(tokenizer_dir)},
     )
@@ -270,21 +266,28 @@ def extend(run: Path, cfg: TrainConfig, model_dir: Path, resume: bool = False, f
         raise UserError(f"extend.max_position_embeddings {positions} is shorter than --seq-len {cfg.data.seq_len}")
     hf_model = model_lib.with_linear_rope(base, cfg.extend.rope_factor, cfg.extend.rope_theta, positions)
     _check_fit(hf_model, tokenizer)
-    world, resume_from = _setup(run, cfg, resume, force)
-    local_tokenizer = _main_first(world, lambda: artifacts.copy_tokenizer(model_dir, run / "tokenizer"))
-    folders, weights = _main_first(world, lambda: _corpus_data(cfg, tokenizer, run))
-    return _run(
-        run,
-        cfg,
-        world,
-        hf_model,
-        local_tokenizer,
-        folders,
-        weights,
-        resume_from,
-        cfg.optim.lr or 1e-4,
-        {"model": str(model_dir)},
+    return _train_on_corpora(
+        run, cfg, hf_model, tokenizer, model_dir, resume, force, cfg.optim.lr or 1e-4, {"model": str(model_dir)}
     )
+
+
+def _train_on_corpora(
+    run: Path,
+    cfg: TrainConfig,
+    hf_model,
+    tokenizer,
+    tokenizer_dir: Path,
+    resume: bool,
+    force: bool,
+    lr: float,
+    source: dict,
+) -> dict:
+    """Train `hf_model` on the corpora of `cfg.data` (pretrain, extend): the run folder, its copy of
+    the tokenizer in `tokenizer_dir`, the token caches, then the loop."""
+    world, resume_from = _setup(run, cfg, resume, force)
+    local_tokenizer = _main_first(world, lambda: artifacts.copy_tokenizer(tokenizer_dir, run / "tokenizer"))
+    folders, weights = _main_first(world, lambda: _corpus_data(cfg, tokenizer, run))
+    return _run(run, cfg, world, hf_model, local_tokenizer, folders, weights, resume_from, lr, source)
 
 
 def instruct(
