@@ -70,6 +70,12 @@ def test_quickstart_end_to_end_then_resume_then_existing_model(capsys, tmp_path,
     assert set(data["heldout_loss"]) == {"given"} and not (given / "tokenizer").exists()
     assert not (given / "corpus").exists()  # evaluated only: no training corpus built
     assert "Evaluated on installed Python packages: " in (given / "report.md").read_text()
+
+    # A folder holds one kind of run: the other kind is refused before anything is written
+    assert main(["quickstart", "--out", str(given), "--minutes", "0.15", "--corpus-mb", "4"]) == 2
+    assert "made by evaluating a given --model; give another --out" in capsys.readouterr().err
+    assert main(["quickstart", "--out", str(out), "--model", str(out / "pretrain-fim" / "final")]) == 2
+    assert "made by training the demo's models" in capsys.readouterr().err
     assert data["examples"]["server"]["output"].startswith("skipped: serving needs the 'serve' extra")
     assert data["examples"]["chat"]["output"]
 

@@ -84,6 +84,12 @@ def run(
         raise UserError(f"--minutes ({cfg.minutes}) and --corpus-mb ({cfg.corpus_mb}) must be positive")
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out}: exists and is not a folder")
+    # A folder holds one kind of run: the models trained here, or one given model evaluated
+    # (stage "heldout" only: no training corpus, no tokenizer, another report)
+    stage, other = ("corpus", "heldout") if model is None else ("heldout", "corpus")
+    if not force and (out / "stages" / f"{other}.json").is_file():
+        made = "evaluating a given --model" if model is None else "training the demo's models"
+        raise UserError(f"--out {out}: made by {made}; give another --out, or --force to start over")
     if force and out.exists():
         artifacts.check_replaceable(out)
         shutil.rmtree(out)
@@ -101,7 +107,7 @@ def run(
         build(out / "corpus", train, [], [], data_cfg, force=True)
         return {"train_repositories": [p.name for p in train], "held_out": [p.name for p in held]}
 
-    corpus = run_stage(out, "corpus", corpus_stage, seconds)
+    corpus = run_stage(out, stage, corpus_stage, seconds)
     heldout_files = _heldout_files(out / "heldout")
 
     models: dict[str, Path] = {}
