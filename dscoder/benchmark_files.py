@@ -92,39 +92,16 @@ def detect_format(records: list[dict[str, Any]], path: str | Path = "") -> str:
     raise UserError(f"{path}: unknown benchmark format (fields {sorted(first)}; expected one of {known})")
 
 
-def _not_text(value: Any) -> bool:
-    """Whether a JSON value holds a string that is not text: half of a surrogate pair (a lone
-    `\\ud800`-`\\udfff` escape), which no UTF-8 encoder or tokenizer takes."""
-    if isinstance(value, str):
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError:
-            return True
-        return False
-    if isinstance(value, dict):
-        return any(_not_text(v) for v in value.values())
-    if isinstance(value, list):
-        return any(_not_text(v) for v in value)
-    return False
-
-
 def check_rows(records: list[dict[str, Any]], fmt: str, path: str | Path = "") -> None:
-    """A UserError naming the first row that lacks a field its format needs, or holds a string
-    that is not text."""
+    """A UserError naming the first row that lacks a field its format needs."""
     fields = REQUIRED_FIELDS[fmt] + ROW_FIELDS.get(fmt, ())
     for number, record in enumerate(records, 1):
-        name = record.get("task_id", record.get("name", ""))
         absent = [f for f in fields if f not in record]
         if absent:
+            name = record.get("task_id", record.get("name", ""))
             raise UserError(
                 f"{path}: row {number}{f' ({name})' if name else ''} has no {absent[0]!r} "
                 f"(a {fmt} row needs {', '.join(fields)})"
-            )
-        broken = [f for f, value in record.items() if _not_text(value)]
-        if broken:
-            raise UserError(
-                f"{path}: row {number}{f' ({name})' if name else ''}: {broken[0]!r} holds half of a surrogate "
-                "pair (a lone \\ud800-\\udfff escape), not text"
             )
     if fmt == "leetcode":
         for number, record in enumerate(records, 1):

@@ -53,13 +53,21 @@ FIMMode = Literal["psm", "spm"]
 _LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
-def well_formed(text: str) -> tuple[str, int]:
-    """`text` with each lone surrogate replaced by U+FFFD, as a UTF-8 encoder replaces it, and how
-    many there were. A JSON "\\ud83d" escape (half of an emoji that an editor's UTF-16 string was
-    cut through) and a byte that is not UTF-8 in a command-line argument (read as "\\udcff") give
-    one; no tokenizer takes such a string."""
-    fixed, count = _LONE_SURROGATE.subn("\ufffd", text)
-    return fixed, count
+def well_formed(value):
+    """`value` (a string, or a JSON value of lists and objects) with each lone surrogate in its
+    strings replaced by U+FFFD, as a UTF-8 encoder replaces it, and how many there were. A JSON
+    "\\ud83d" escape (half of an emoji that an editor's UTF-16 string was cut through) and a byte
+    that is not UTF-8 in a command-line argument (read as "\\udcff") give one; no tokenizer takes
+    such a string."""
+    if isinstance(value, str):
+        return _LONE_SURROGATE.subn("\ufffd", value)
+    if isinstance(value, list):
+        pairs = [well_formed(v) for v in value]
+        return [v for v, _ in pairs], sum(n for _, n in pairs)
+    if isinstance(value, dict):
+        pairs = {k: well_formed(v) for k, v in value.items()}
+        return {k: v for k, (v, _) in pairs.items()}, sum(n for _, n in pairs.values())
+    return value, 0
 
 
 def fim_prompt(prefix: str, suffix: str, mode: FIMMode = "psm") -> str:

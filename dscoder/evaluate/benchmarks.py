@@ -16,6 +16,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from dscoder import formats
 from dscoder.benchmark_files import check_rows, detect_format, read_records
 from dscoder.errors import UserError
 from dscoder.evaluate import plus
@@ -202,6 +203,14 @@ def tasks(path: str | Path, records: list[dict] | None = None, chat: bool = Fals
     records = records if records is not None else read_records(path)
     fmt = detect_format(records, path)
     check_rows(records, fmt, path)
+    for number, record in enumerate(records, 1):
+        broken = [name for name, value in record.items() if formats.well_formed(value)[1]]
+        if broken:  # no tokenizer takes such a string
+            task = record.get("task_id", record.get("name", ""))
+            raise UserError(
+                f"{path}: row {number}{f' ({task})' if task else ''}: {broken[0]!r} holds half of a surrogate "
+                "pair (a lone \\ud800-\\udfff escape), not text"
+            )
     out = _tasks(fmt, records, path)
     for task in out:
         task.chat = chat

@@ -140,7 +140,7 @@ def _evaluate(models: dict, windows: list[list[int]]) -> dict:
     scores: dict = {}
     for (name, seed), folder in models.items():
         log.info("scoring %s (seed %d) by position", name, seed)
-        engine = Engine.load(folder, dtype="float32", rows=32)  # a small preset: 32 rows at once
+        engine = Engine.load(folder, dtype="float32")  # scored by forward passes only: no rows to decode
         losses = np.concatenate(
             [measure.position_losses(engine, windows[i : i + 4]) for i in range(0, len(windows), 4)]
         )

@@ -32,17 +32,6 @@ from dscoder.infer.sampling import SamplingParams
 MIN_PROMPT = 8  # tokens an answer leaves at least for a prompt that is fitted to the rest of the context
 
 
-def _well_formed(value: Any) -> Any:
-    """A parsed JSON value with lone surrogates in its strings replaced (formats.well_formed)."""
-    if isinstance(value, str):
-        return formats.well_formed(value)[0]
-    if isinstance(value, list):
-        return [_well_formed(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _well_formed(v) for k, v in value.items()}
-    return value
-
-
 class Body(BaseModel):
     """A request body of either dialect. JSON may escape half of a UTF-16 surrogate pair alone
     ("\\ud83d": an editor's text cut through an emoji); such a half becomes U+FFFD, as a UTF-8
@@ -51,7 +40,7 @@ class Body(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _text(cls, data: Any) -> Any:
-        return _well_formed(data)
+        return formats.well_formed(data)[0]
 
 
 class APIError(Exception):
